@@ -1,0 +1,1 @@
+//! Compiler: validated model → per-workload plan.

@@ -1,0 +1,1 @@
+//! Programs the kernel: eBPF programs and maps.

@@ -1,0 +1,1 @@
+//! Policy model: YAML objects → validated model.

@@ -1,0 +1,1 @@
+//! Host facts the agent depends on: cgroup2 and bpffs mounts.

@@ -1,0 +1,1 @@
+//! Fixtures for privileged tests: network namespaces, cgroups, listeners.
