@@ -1,1 +1,203 @@
-//! Compiler: validated model → per-workload plan.
+//! Compiler: validated [`Model`] → [`Plan`], a pure function.
+//!
+//! The plan holds exactly what the data plane is programmed with (prefix
+//! tables, port ranges, capture rules, node rules), and [`decide`] answers
+//! questions from the plan alone. So `explain`, the unit tests and the kernel
+//! all read the same compiled data: a compiler bug shows up in `explain`
+//! rather than only on the wire.
+
+pub mod capture;
+pub mod decide;
+pub mod plan;
+pub mod prefix;
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+
+pub use decide::{decide, Decision, Destination, Reason, Verdict};
+pub use plan::{Allow, Capture, ClusterScope, Egress, GatewayRole, NodeRules, Plan, RuleRef, WorkloadPlan};
+use prefix::{Atom, PrefixTable};
+
+use crate::policy::{
+    model::{EgressRule, Model, Peer, Workload},
+    ports::{PortMatch, PortRange, PortSpec},
+};
+
+/// Compiles the whole model.
+pub fn compile(model: &Model) -> Plan {
+    let cluster = (!model.gateways.is_empty()).then(|| {
+        let mut cidrs: Vec<IpNet> = model
+            .gateways
+            .iter()
+            .flat_map(|g| g.cluster_cidrs.iter().copied())
+            .collect();
+        cidrs.sort();
+        cidrs.dedup();
+        ClusterScope {
+            cidrs: IpNet::aggregate(&cidrs),
+        }
+    });
+    let workloads: Vec<WorkloadPlan> = model.workloads.iter().map(|w| workload(model, w)).collect();
+    let node = NodeRules {
+        cluster_cidrs: cluster.as_ref().map(|c| c.cidrs.clone()).unwrap_or_default(),
+        gateway_addresses: workloads
+            .iter()
+            .filter(|w| w.gateway.is_some())
+            .flat_map(|w| w.addresses.iter().copied())
+            .collect(),
+        workload_addresses: workloads
+            .iter()
+            .filter(|w| w.gateway.is_none())
+            .flat_map(|w| w.addresses.iter().copied())
+            .collect(),
+    };
+    Plan {
+        workloads,
+        cluster,
+        node,
+    }
+}
+
+fn workload(model: &Model, w: &Workload) -> WorkloadPlan {
+    let gateway = model
+        .gateways
+        .iter()
+        .find(|g| model.selects(&g.selector, w))
+        .map(|g| GatewayRole {
+            gateway: g.id.clone(),
+            allowed_hosts: g.allowed_hosts.clone(),
+        });
+    let proxy_for: Vec<_> = model
+        .redirects
+        .iter()
+        .filter(|r| r.proxy.selector.as_ref().is_some_and(|s| model.selects(s, w)))
+        .map(|r| r.id.clone())
+        .collect();
+    // The proxy's own connections are never captured, whichever Redirect
+    // they would otherwise fall under: that is what prevents loops.
+    let capture = if proxy_for.is_empty() {
+        model
+            .redirects
+            .iter()
+            .find(|r| model.selects(&r.capture, w))
+            .map(|r| Capture {
+                redirect: r.id.clone(),
+                proxy: SocketAddr::new(r.proxy.address, r.proxy.port),
+                rules: w.capture_overrides.apply(&r.rules),
+                dns_port: r.dns_port,
+            })
+    } else {
+        None
+    };
+    WorkloadPlan {
+        id: w.id.clone(),
+        cgroup: w.cgroup.clone(),
+        addresses: w.addresses.clone(),
+        gateway,
+        proxy_for,
+        capture,
+        egress: egress(model, w),
+    }
+}
+
+fn egress(model: &Model, w: &Workload) -> Egress {
+    let policies: Vec<_> = model
+        .network_policies
+        .iter()
+        .filter(|p| p.affects_egress && p.id.namespace == w.id.namespace && p.pod_selector.matches(&w.labels))
+        .collect();
+    if policies.is_empty() {
+        return Egress::Unrestricted;
+    }
+    let mut atoms = Vec::new();
+    for policy in &policies {
+        for (index, rule) in policy.egress.iter().enumerate() {
+            let rule_ref = RuleRef {
+                policy: policy.id.clone(),
+                index,
+            };
+            rule_atoms(model, rule, &rule_ref, &mut atoms);
+        }
+    }
+    Egress::Isolated {
+        policies: policies.iter().map(|p| p.id.clone()).collect(),
+        table: PrefixTable::build(&atoms),
+    }
+}
+
+/// Expands one rule into (destination block, protocol, port range) atoms.
+/// Named ports resolve per destination workload, so they become host-route
+/// atoms for each workload that declares the name.
+fn rule_atoms(model: &Model, rule: &EgressRule, rule_ref: &RuleRef, atoms: &mut Vec<Atom>) {
+    let all_ports = [PortSpec {
+        protocol: crate::policy::ports::Protocol::Tcp,
+        port: PortMatch::Range(PortRange::ALL),
+    }];
+    let any_port = rule.ports.is_empty();
+    let ports: &[PortSpec] = if any_port { &all_ports } else { &rule.ports };
+    let everywhere = [
+        Peer::IpBlock(crate::policy::model::IpBlock {
+            cidr: IpNet::V4(ipnet::Ipv4Net::default()),
+            except: Vec::new(),
+        }),
+        Peer::IpBlock(crate::policy::model::IpBlock {
+            cidr: IpNet::V6(ipnet::Ipv6Net::default()),
+            except: Vec::new(),
+        }),
+    ];
+    let peers: &[Peer] = if rule.to.is_empty() { &everywhere } else { &rule.to };
+
+    for peer in peers {
+        for port in ports {
+            let protocol = (!any_port).then_some(port.protocol);
+            let allow = |ports| Allow {
+                rule: rule_ref.clone(),
+                protocol,
+                ports,
+            };
+            match (&port.port, peer) {
+                (PortMatch::Range(range), Peer::IpBlock(block)) => atoms.push(Atom {
+                    cidr: block.cidr,
+                    except: block.except.clone(),
+                    allow: allow(*range),
+                }),
+                (PortMatch::Range(range), Peer::Workloads(sel)) => {
+                    for w in model.select(sel) {
+                        for addr in &w.addresses {
+                            atoms.push(host_atom(*addr, allow(*range)));
+                        }
+                    }
+                }
+                (PortMatch::Named(name), peer) => {
+                    for w in &model.workloads {
+                        let Some(named) = w
+                            .ports
+                            .iter()
+                            .find(|p| &p.name == name && p.protocol == port.protocol)
+                        else {
+                            continue;
+                        };
+                        for addr in &w.addresses {
+                            let in_peer = match peer {
+                                Peer::IpBlock(block) => block.contains(*addr),
+                                Peer::Workloads(sel) => model.selects(sel, w),
+                            };
+                            if in_peer {
+                                atoms.push(host_atom(*addr, allow(PortRange::single(named.port))));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn host_atom(addr: IpAddr, allow: Allow) -> Atom {
+    Atom {
+        cidr: IpNet::from(addr),
+        except: Vec::new(),
+        allow,
+    }
+}

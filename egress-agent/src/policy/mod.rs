@@ -1,1 +1,45 @@
-//! Policy model: YAML objects → validated model.
+//! Policy model: NetworkPolicy-style YAML → validated [`Model`].
+//!
+//! Loading never stops at the first problem: every file is read and every
+//! object checked, and the result is either a model (with warnings) or a
+//! [`Rejected`] carrying all findings, each naming file, object, field and
+//! line.
+
+pub mod diagnostic;
+pub mod model;
+pub mod objects;
+mod parse;
+pub mod ports;
+pub mod selector;
+pub mod source;
+pub mod validate;
+
+use std::path::PathBuf;
+
+pub use diagnostic::{Diagnostic, Rejected, Severity};
+pub use model::Model;
+pub use source::Source;
+pub use validate::{load_sources, Loaded};
+
+/// Loads every `*.yaml` / `*.yml` under `paths` (files or directories).
+pub fn load(paths: &[PathBuf]) -> Result<Loaded, Rejected> {
+    let files = source::discover(paths).map_err(|d| Rejected {
+        diagnostics: vec![d],
+    })?;
+    let (sources, unreadable) = source::read(&files);
+    if !unreadable.is_empty() {
+        return Err(Rejected {
+            diagnostics: unreadable,
+        });
+    }
+    if sources.is_empty() {
+        let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(Rejected {
+            diagnostics: vec![Diagnostic::error(
+                &diagnostic::file_name(paths.first().map_or(&PathBuf::new(), |p| p)),
+                format!("no *.yaml or *.yml files in {}", shown.join(", ")),
+            )],
+        });
+    }
+    load_sources(&sources)
+}

@@ -1,0 +1,60 @@
+//! `egress-agent check`: validate policy files.
+
+use std::process::ExitCode;
+
+use egress_agent::policy::{self, Diagnostic};
+use serde::Serialize;
+
+use super::args::{CheckArgs, Output};
+
+#[derive(Serialize)]
+struct Report<'a> {
+    valid: bool,
+    diagnostics: &'a [Diagnostic],
+}
+
+pub fn run(args: &CheckArgs) -> ExitCode {
+    let (valid, diagnostics, summary) = match policy::load(&args.paths) {
+        Ok(loaded) => {
+            let m = &loaded.model;
+            let summary = format!(
+                "ok: {} namespace(s), {} workload(s), {} NetworkPolicy, {} EgressGateway, {} Redirect; {} warning(s)",
+                m.namespaces.values().filter(|n| n.declared).count(),
+                m.workloads.len(),
+                m.network_policies.len(),
+                m.gateways.len(),
+                m.redirects.len(),
+                loaded.warnings.len(),
+            );
+            (true, loaded.warnings, summary)
+        }
+        Err(rejected) => {
+            let summary = format!("{} error(s); policy rejected", rejected.error_count());
+            (false, rejected.diagnostics, summary)
+        }
+    };
+    match args.output {
+        Output::Text => {
+            for d in &diagnostics {
+                eprintln!("{d}");
+            }
+            if valid {
+                println!("{summary}");
+            } else {
+                eprintln!("{summary}");
+            }
+        }
+        Output::Json => {
+            let report = Report { valid, diagnostics: &diagnostics };
+            match serde_json::to_string_pretty(&report) {
+                Ok(json) => println!("{json}"),
+                Err(e) => eprintln!("cannot encode report: {e}"),
+            }
+        }
+    }
+    if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

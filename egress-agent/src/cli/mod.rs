@@ -1,0 +1,49 @@
+//! The `egress-agent` command line: one module per verb.
+
+pub mod args;
+mod check;
+mod completions;
+mod explain;
+mod plan;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use egress_agent::policy::{self, Diagnostic, Loaded};
+
+pub use args::Cli;
+use args::Command;
+
+/// Runs one verb and maps its outcome to the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check(args) => Ok(check::run(&args)),
+        Command::Plan(args) => plan::run(&args),
+        Command::Explain(args) => explain::run(&args),
+        Command::Completions(args) => {
+            completions::run(&args);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Loads a policy set for the verbs that need a valid one: warnings go to
+/// stderr, and a rejected set prints every error and exits 1.
+fn load_or_report(paths: &[PathBuf]) -> Result<Loaded, ExitCode> {
+    match policy::load(paths) {
+        Ok(loaded) => {
+            print_diagnostics(&loaded.warnings);
+            Ok(loaded)
+        }
+        Err(rejected) => {
+            print_diagnostics(&rejected.diagnostics);
+            eprintln!("{} error(s); policy rejected", rejected.error_count());
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn print_diagnostics(diagnostics: &[Diagnostic]) {
+    for d in diagnostics {
+        eprintln!("{d}");
+    }
+}

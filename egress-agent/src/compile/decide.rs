@@ -1,0 +1,187 @@
+//! The verdict for one connection, read from the compiled plan.
+
+use std::{fmt, net::IpAddr, net::SocketAddr};
+
+use serde::Serialize;
+
+use super::{
+    capture::captures,
+    plan::{Egress, Plan, RuleRef, WorkloadPlan},
+};
+use crate::policy::{
+    model::{HostName, ObjectId},
+    ports::Protocol,
+};
+
+/// A destination as an application names it in `connect()` / `sendto()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl Destination {
+    /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is the IPv4 address:
+    /// a dual-stack socket reaches the same host either way.
+    pub fn canonical(self) -> Self {
+        Self {
+            ip: self.ip.to_canonical(),
+            ..self
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = self.protocol.to_string().to_ascii_lowercase();
+        write!(f, "{}/{proto}", SocketAddr::new(self.ip, self.port))
+    }
+}
+
+/// What happens to the connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "verdict")]
+pub enum Verdict {
+    Redirect { proxy: SocketAddr },
+    Allow,
+    Deny,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Redirect { proxy } => write!(f, "redirect to {proxy}"),
+            Self::Allow => f.write_str("allow"),
+            Self::Deny => f.write_str("deny"),
+        }
+    }
+}
+
+/// Why: the one rule that decided.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Reason {
+    /// Loopback never leaves the workload; never captured or filtered.
+    Loopback,
+    /// Captured by a Redirect (the proxy hop itself was allowed).
+    Captured { redirect: ObjectId },
+    /// Allowed by this NetworkPolicy egress rule.
+    Rule { rule: RuleRef },
+    /// No NetworkPolicy with Egress selects the workload.
+    NotIsolated,
+    /// Selected by these policies, and none of their rules allows it.
+    DefaultDeny { policies: Vec<ObjectId> },
+    /// Outside the cluster, and the workload is not an egress gateway.
+    GatewayExclusivity,
+    /// A REGISTRY_ONLY gateway, and no allowed host matches.
+    GatewayAllowList { gateway: ObjectId, hosts: Vec<String> },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Loopback => f.write_str("loopback (never captured or filtered)"),
+            Self::Captured { redirect } => write!(f, "captured by Redirect {redirect}"),
+            Self::Rule { rule } => write!(f, "{rule}"),
+            Self::NotIsolated => f.write_str("no NetworkPolicy selects this workload for Egress"),
+            Self::DefaultDeny { policies } => {
+                let names: Vec<String> = policies.iter().map(ToString::to_string).collect();
+                write!(f, "default deny (selected by NetworkPolicy {}; no rule allows it)", names.join(", "))
+            }
+            Self::GatewayExclusivity => {
+                f.write_str("gateway exclusivity (outside clusterCIDRs; only the egress gateway may go there)")
+            }
+            Self::GatewayAllowList { gateway, hosts } => {
+                write!(f, "gateway allow-list of EgressGateway {gateway} (REGISTRY_ONLY: {}; names are resolved at run time)", hosts.join(", "))
+            }
+        }
+    }
+}
+
+/// A verdict and the rule behind it, plus the steps that led there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    pub reason: Reason,
+    pub trace: Vec<String>,
+}
+
+/// Decides `dst` for `workload`, exactly as the data plane will.
+pub fn decide(plan: &Plan, workload: &WorkloadPlan, dst: Destination) -> Decision {
+    let dst = dst.canonical();
+    let mut trace = Vec::new();
+    if let Some(capture) = &workload.capture {
+        if dst.protocol == Protocol::Tcp && captures(&capture.rules, dst.ip, dst.port) {
+            trace.push(format!("captured by Redirect {} → proxy {}", capture.redirect, capture.proxy));
+            // The redirected connection's policy check applies to the proxy hop.
+            let hop = Destination {
+                ip: capture.proxy.ip(),
+                port: capture.proxy.port(),
+                protocol: Protocol::Tcp,
+            };
+            let mut checked = filter(plan, workload, hop, trace);
+            if checked.verdict == Verdict::Allow {
+                checked.verdict = Verdict::Redirect { proxy: capture.proxy };
+                checked.reason = Reason::Captured {
+                    redirect: capture.redirect.clone(),
+                };
+            }
+            return checked;
+        }
+        trace.push(format!("not captured by Redirect {} (include/exclude rules)", capture.redirect));
+    }
+    filter(plan, workload, dst, trace)
+}
+
+/// The enforcement layers, for a destination that is not redirected.
+fn filter(plan: &Plan, workload: &WorkloadPlan, dst: Destination, mut trace: Vec<String>) -> Decision {
+    let done = |verdict, reason, trace| Decision { verdict, reason, trace };
+    if dst.ip.is_loopback() {
+        return done(Verdict::Allow, Reason::Loopback, trace);
+    }
+    if let Some(cluster) = &plan.cluster {
+        if !cluster.contains(dst.ip) {
+            match &workload.gateway {
+                None => return done(Verdict::Deny, Reason::GatewayExclusivity, trace),
+                Some(role) => match &role.allowed_hosts {
+                    None => trace.push(format!("egress gateway {} (ALLOW_ANY)", role.gateway)),
+                    Some(hosts) => {
+                        let hit = hosts.iter().find(|h| {
+                            matches!(&h.host, HostName::Net(net) if net.contains(&dst.ip))
+                                && (h.ports.is_empty() || h.ports.contains(&(dst.protocol, dst.port)))
+                        });
+                        match hit {
+                            Some(h) => trace.push(format!("egress gateway {} allows host {}", role.gateway, h.host)),
+                            None => {
+                                let hosts = hosts.iter().map(|h| h.host.to_string()).collect();
+                                return done(
+                                    Verdict::Deny,
+                                    Reason::GatewayAllowList { gateway: role.gateway.clone(), hosts },
+                                    trace,
+                                );
+                            }
+                        }
+                    }
+                },
+            }
+        } else {
+            trace.push("inside clusterCIDRs".to_owned());
+        }
+    }
+    match &workload.egress {
+        Egress::Unrestricted => done(Verdict::Allow, Reason::NotIsolated, trace),
+        Egress::Isolated { policies, table } => {
+            let allowed = table
+                .lookup(dst.ip)
+                .unwrap_or_default()
+                .iter()
+                .find(|a| a.permits(dst.protocol, dst.port));
+            match allowed {
+                Some(a) => done(Verdict::Allow, Reason::Rule { rule: a.rule.clone() }, trace),
+                None => done(Verdict::Deny, Reason::DefaultDeny { policies: policies.clone() }, trace),
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Longest-prefix tables: CIDRs with `except` holes, flattened so that one
+//! longest-prefix lookup gives the exact answer.
+//!
+//! An `ipBlock` is "this CIDR minus those holes", and several rules overlap.
+//! A kernel LPM trie returns only the single longest matching prefix, so the
+//! table stores, for every prefix P that any rule mentions (as a CIDR or as
+//! a hole), the set of allows whose CIDR contains P and none of whose holes
+//! contain P. For an address A whose longest match is P, a CIDR or hole
+//! contains A exactly when it contains P (anything in the table containing A
+//! either contains P or is contained in it, and P is the longest), so the
+//! stored set is exactly the set of rules that allow A. Holes get entries with
+//! an empty set, which shadow the shorter prefixes around them.
+//!
+//! Building costs O(prefixes × address bits) hash lookups, not O(prefixes²),
+//! so 100k CIDRs compile in well under a second. Identical allow sets are
+//! stored once; the kernel maps prefix → set id.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::plan::Allow;
+
+/// One rule's contribution: allow `allow` to `cidr` minus `except`.
+#[derive(Clone, Debug)]
+pub struct Atom {
+    pub cidr: IpNet,
+    pub except: Vec<IpNet>,
+    pub allow: Allow,
+}
+
+/// A set of allows shared by many prefixes.
+pub type SetId = u32;
+
+/// Prefix → allow set, flattened for longest-prefix lookups.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PrefixTable {
+    /// Ordered, so plans print and diff deterministically.
+    pub entries: BTreeMap<IpNet, SetId>,
+    /// Sorted, deduplicated allows; set 0 is always the empty set (a hole).
+    pub sets: Vec<Vec<Allow>>,
+}
+
+impl PrefixTable {
+    pub fn build(atoms: &[Atom]) -> Self {
+        // prefix → (atoms whose cidr it is, atoms for which it is a hole)
+        let mut by_prefix: HashMap<IpNet, (Vec<usize>, Vec<usize>)> = HashMap::new();
+        for (i, atom) in atoms.iter().enumerate() {
+            by_prefix.entry(atom.cidr).or_default().0.push(i);
+            for hole in &atom.except {
+                by_prefix.entry(*hole).or_default().1.push(i);
+            }
+        }
+
+        let mut table = Self {
+            entries: BTreeMap::new(),
+            sets: vec![Vec::new()],
+        };
+        let mut set_ids: HashMap<Vec<Allow>, SetId> = HashMap::from([(Vec::new(), 0)]);
+        for prefix in by_prefix.keys() {
+            let mut covering = BTreeSet::new();
+            let mut holes = BTreeSet::new();
+            for ancestor in ancestors(*prefix) {
+                if let Some((cidrs, excepts)) = by_prefix.get(&ancestor) {
+                    covering.extend(cidrs.iter().copied());
+                    holes.extend(excepts.iter().copied());
+                }
+            }
+            let allows: BTreeSet<Allow> = covering
+                .difference(&holes)
+                .map(|&i| atoms[i].allow.clone())
+                .collect();
+            let allows: Vec<Allow> = allows.into_iter().collect();
+            let next = SetId::try_from(table.sets.len()).unwrap_or(SetId::MAX);
+            let id = *set_ids.entry(allows.clone()).or_insert_with(|| {
+                table.sets.push(allows);
+                next
+            });
+            table.entries.insert(*prefix, id);
+        }
+        table
+    }
+
+    /// The allows for `ip`, from its longest matching prefix; `None` when no
+    /// prefix matches at all.
+    pub fn lookup(&self, ip: IpAddr) -> Option<&[Allow]> {
+        let host = IpNet::from(ip);
+        ancestors(host)
+            .rev()
+            .find_map(|net| self.entries.get(&net))
+            .and_then(|&id| self.sets.get(id as usize))
+            .map(Vec::as_slice)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// `net` truncated to every prefix length from 0 up to its own.
+fn ancestors(net: IpNet) -> impl DoubleEndedIterator<Item = IpNet> {
+    (0..=net.prefix_len()).filter_map(move |len| IpNet::new(net.addr(), len).ok().map(|n| n.trunc()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        compile::plan::{Allow, RuleRef},
+        policy::{model::ObjectId, ports::PortRange},
+    };
+
+    fn allow(policy: &str) -> Allow {
+        Allow {
+            rule: RuleRef {
+                policy: ObjectId::new("ns", policy),
+                index: 0,
+            },
+            protocol: None,
+            ports: PortRange::ALL,
+        }
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("test CIDR")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test IP")
+    }
+
+    fn names(t: &PrefixTable, addr: &str) -> Vec<String> {
+        t.lookup(ip(addr))
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a.rule.policy.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn except_carves_a_hole_that_other_rules_can_fill() {
+        let atoms = [
+            Atom { cidr: net("10.0.0.0/8"), except: vec![net("10.1.0.0/16")], allow: allow("a") },
+            Atom { cidr: net("10.1.2.0/24"), except: vec![], allow: allow("b") },
+            Atom { cidr: net("0.0.0.0/0"), except: vec![net("10.0.0.0/8")], allow: allow("c") },
+        ];
+        let t = PrefixTable::build(&atoms);
+        assert_eq!(names(&t, "10.2.3.4"), ["a"]);
+        assert!(names(&t, "10.1.9.9").is_empty(), "inside a's hole, and c's");
+        assert_eq!(names(&t, "10.1.2.3"), ["b"]);
+        assert_eq!(names(&t, "192.0.2.1"), ["c"]);
+        assert_eq!(t.sets[0], Vec::<Allow>::new());
+    }
+
+    #[test]
+    fn families_do_not_mix() {
+        let atoms = [Atom { cidr: net("::/0"), except: vec![], allow: allow("v6") }];
+        let t = PrefixTable::build(&atoms);
+        assert!(t.lookup(ip("10.0.0.1")).is_none());
+        assert_eq!(names(&t, "2001:db8::1"), ["v6"]);
+    }
+
+    #[test]
+    fn identical_allow_sets_are_shared() {
+        let atoms: Vec<Atom> = (0..100u8)
+            .map(|i| Atom { cidr: net(&format!("10.0.{i}.0/24")), except: vec![], allow: allow("a") })
+            .collect();
+        let t = PrefixTable::build(&atoms);
+        assert_eq!(t.entries.len(), 100);
+        assert_eq!(t.sets.len(), 2, "the empty set plus one shared set");
+    }
+}

@@ -1,0 +1,171 @@
+//! The YAML objects as written, before validation.
+//!
+//! Kubernetes kinds use the k8s-openapi types, so a `NetworkPolicy` is
+//! accepted exactly as the API server would accept it and the same types serve
+//! when objects come from a cluster. The extension kinds below are ours.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use serde::Deserialize;
+
+/// The API group and version of the extension kinds.
+pub const EXTENSION_API_VERSION: &str = "egress.enforcer.dev/v1alpha1";
+
+/// The kinds this agent understands, as `(apiVersion, kind)`.
+pub const KNOWN_KINDS: &[(&str, &str)] = &[
+    ("v1", "Namespace"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    (EXTENSION_API_VERSION, "Workload"),
+    (EXTENSION_API_VERSION, "EgressGateway"),
+    (EXTENSION_API_VERSION, "Redirect"),
+];
+
+/// An extension object: the usual envelope around a `spec`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Object<S> {
+    #[allow(dead_code, reason = "checked before the typed parse")]
+    pub api_version: String,
+    #[allow(dead_code, reason = "checked before the typed parse")]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: S,
+}
+
+/// `Workload.spec`: one workload of the local inventory (no API server).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSpec {
+    /// cgroup v2 path, absolute or relative to the cgroup2 mount.
+    pub cgroup: String,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Named ports, for NetworkPolicy rules that name a port.
+    #[serde(default)]
+    pub ports: Vec<NamedPortSpec>,
+}
+
+/// A named container port, as in `Pod.spec.containers[].ports[]`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedPortSpec {
+    pub name: String,
+    pub port: i64,
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// Selects workloads across namespaces, like a NetworkPolicy peer. An absent
+/// `namespaceSelector` means the object's own namespace.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSelectorSpec {
+    #[serde(default)]
+    pub namespace_selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub pod_selector: Option<LabelSelector>,
+}
+
+/// `EgressGateway.spec`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressGatewaySpec {
+    pub selector: WorkloadSelectorSpec,
+    #[serde(rename = "clusterCIDRs")]
+    pub cluster_cidrs: Vec<String>,
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<AllowedHostSpec>>,
+}
+
+/// One external host the gateway may reach, like an Istio ServiceEntry.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedHostSpec {
+    pub host: String,
+    #[serde(default)]
+    pub ports: Vec<HostPortSpec>,
+}
+
+/// A port of an allowed host. Accepts `443` or `{port: 443, protocol: TCP}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum HostPortSpec {
+    Number(i64),
+    Full {
+        port: i64,
+        #[serde(default)]
+        protocol: Option<String>,
+        #[serde(default)]
+        name: Option<String>,
+    },
+}
+
+/// `Redirect.spec`: which workloads are captured, and where to.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedirectSpec {
+    #[serde(default)]
+    pub namespace_selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub pod_selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub proxy: ProxySpec,
+    #[serde(default, rename = "includeIPRanges")]
+    pub include_ip_ranges: Option<StringOrList>,
+    #[serde(default, rename = "excludeIPRanges")]
+    pub exclude_ip_ranges: Option<StringOrList>,
+    #[serde(default)]
+    pub include_ports: Option<PortList>,
+    #[serde(default)]
+    pub exclude_ports: Option<PortList>,
+    /// Also send UDP port 53 to the proxy's DNS port, like Istio DNS proxying.
+    #[serde(default)]
+    pub capture_dns: Option<DnsCaptureSpec>,
+}
+
+/// `Redirect.spec.proxy`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxySpec {
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub port: Option<i64>,
+    /// Which workloads are the proxy; never redirected, known by cgroup.
+    #[serde(default)]
+    pub selector: Option<WorkloadSelectorSpec>,
+}
+
+/// `Redirect.spec.captureDNS`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsCaptureSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub port: Option<i64>,
+}
+
+/// Istio writes ranges as one comma-separated string (`"*"`,
+/// `"10.0.0.0/8,172.16.0.0/12"`); YAML users write lists. Accept both.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    String(String),
+    List(Vec<String>),
+}
+
+/// Ports as a list of numbers or an Istio-style comma-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PortList {
+    String(String),
+    List(Vec<i64>),
+}
+
+/// Labels or annotations, never absent after parsing.
+pub fn string_map(map: &Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    map.clone().unwrap_or_default()
+}

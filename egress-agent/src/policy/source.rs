@@ -1,0 +1,386 @@
+//! Policy sources: finding YAML files, splitting them into documents, and
+//! remembering where every field is.
+//!
+//! serde_yaml reports a location only for the errors it raises itself. The
+//! semantic checks that run after deserialization (a bad CIDR, an `except`
+//! outside its block, an unknown field) would otherwise have no line, so each
+//! document is also walked once with yaml-rust2's event parser to build a
+//! field path → line index.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use yaml_rust2::{
+    parser::{Event, Parser},
+    scanner::Marker,
+};
+
+use super::diagnostic::{file_name, Diagnostic, FieldPath, Location, Segment};
+
+/// One YAML file, already read.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub file: Arc<Path>,
+    pub text: String,
+}
+
+impl Source {
+    pub fn new(file: impl AsRef<Path>, text: impl Into<String>) -> Self {
+        Self {
+            file: file_name(file.as_ref()),
+            text: text.into(),
+        }
+    }
+}
+
+/// One document of a multi-document file.
+#[derive(Debug)]
+pub struct Document<'a> {
+    pub file: &'a Arc<Path>,
+    /// The document's text, starting at the beginning of a line so that
+    /// indentation (and so the YAML structure) is preserved.
+    pub text: &'a str,
+    /// Lines of the file before `text` starts.
+    pub line_offset: usize,
+    pub index: LineIndex,
+}
+
+impl Document<'_> {
+    /// Where `field` is in the file, or the nearest enclosing field that was
+    /// found (a missing field is reported at its parent).
+    pub fn locate(&self, field: &FieldPath) -> Option<Location> {
+        let mut path = field.clone();
+        loop {
+            if let Some(loc) = self.index.get(&path) {
+                return Some(self.shift(loc));
+            }
+            path.pop()?;
+        }
+    }
+
+    /// Converts a location inside `text` to one in the whole file.
+    pub fn shift(&self, loc: Location) -> Location {
+        Location {
+            line: loc.line + self.line_offset,
+            column: loc.column,
+        }
+    }
+
+    /// The string value of a top-level scalar key such as `kind`.
+    pub fn top_level_scalar(&self, key: &str) -> Option<&str> {
+        self.index.scalars.get(key).map(String::as_str)
+    }
+}
+
+/// Field path → location, for one document.
+#[derive(Debug, Default)]
+pub struct LineIndex {
+    locations: HashMap<FieldPath, Location>,
+    /// Top-level scalar values (`apiVersion`, `kind`), read before the typed
+    /// parse decides which schema applies.
+    scalars: HashMap<String, String>,
+    /// The document held nothing but comments or whitespace.
+    pub empty: bool,
+}
+
+impl LineIndex {
+    pub fn get(&self, path: &FieldPath) -> Option<Location> {
+        self.locations.get(path).copied()
+    }
+}
+
+/// Expands directories (recursively, `*.yaml` / `*.yml`, hidden entries
+/// skipped) into a sorted list of files, so load order is deterministic.
+pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
+    let mut files = Vec::new();
+    for path in paths {
+        let meta = fs::metadata(path).map_err(|e| {
+            Diagnostic::error(&file_name(path), format!("cannot read policy path: {e}"))
+        })?;
+        if meta.is_dir() {
+            walk(path, &mut files)?;
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), Diagnostic> {
+    let read_err = |e: std::io::Error| {
+        Diagnostic::error(&file_name(dir), format!("cannot read policy directory: {e}"))
+    };
+    let mut entries = fs::read_dir(dir)
+        .map_err(read_err)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read_err)?;
+    entries.sort();
+    for path in entries {
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, files)?;
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Reads the files; unreadable ones become diagnostics, not a panic.
+pub fn read(files: &[PathBuf]) -> (Vec<Source>, Vec<Diagnostic>) {
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        match fs::read_to_string(file) {
+            Ok(text) => sources.push(Source::new(file, text)),
+            Err(e) => errors.push(Diagnostic::error(
+                &file_name(file),
+                format!("cannot read policy file: {e}"),
+            )),
+        }
+    }
+    (sources, errors)
+}
+
+/// Splits a source into documents with their line indexes. A syntax error
+/// rejects the whole file: after one, the parser cannot tell where the
+/// following documents begin.
+pub fn documents(source: &Source) -> Result<Vec<Document<'_>>, Diagnostic> {
+    let mut walker = Walker::default();
+    let mut parser = Parser::new_from_str(&source.text);
+    loop {
+        let (event, mark) = parser.next_token().map_err(|e| {
+            Diagnostic::error(&source.file, format!("YAML syntax error: {}", e.info()))
+                .at(Some(location(e.marker())))
+        })?;
+        if event == Event::StreamEnd {
+            break;
+        }
+        walker.on_event(event, mark);
+    }
+
+    let text = &source.text;
+    let starts: Vec<usize> = walker
+        .docs
+        .iter()
+        .map(|doc| line_start(text, doc.start))
+        .collect();
+    let mut docs = Vec::with_capacity(walker.docs.len());
+    for (i, doc) in walker.docs.into_iter().enumerate() {
+        let start = starts[i];
+        let end = starts.get(i + 1).copied().unwrap_or(text.len());
+        let line_offset = text[..start].matches('\n').count();
+        let mut index = doc.index;
+        // Locations were recorded against the whole file; store them
+        // relative to the slice so serde_yaml's and ours share one origin.
+        for loc in index.locations.values_mut() {
+            loc.line -= line_offset;
+        }
+        docs.push(Document {
+            file: &source.file,
+            text: &text[start..end],
+            line_offset,
+            index,
+        });
+    }
+    Ok(docs)
+}
+
+fn location(mark: &Marker) -> Location {
+    Location {
+        line: mark.line(),
+        column: mark.col() + 1,
+    }
+}
+
+/// The byte offset of the start of the line containing `offset`.
+fn line_start(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text[..offset].rfind('\n').map_or(0, |i| i + 1)
+}
+
+/// Tracks the path of the node being parsed from the event stream.
+#[derive(Default)]
+struct Walker {
+    docs: Vec<DocIndex>,
+    stack: Vec<Frame>,
+    path: FieldPath,
+}
+
+struct DocIndex {
+    start: usize,
+    index: LineIndex,
+}
+
+enum Frame {
+    /// `key` is `Some` while the mapping's next node is that key's value.
+    Mapping { key: Option<String> },
+    Sequence { next: usize },
+}
+
+impl Walker {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        match event {
+            Event::DocumentStart => {
+                self.docs.push(DocIndex {
+                    start: mark.index(),
+                    index: LineIndex {
+                        empty: true,
+                        ..LineIndex::default()
+                    },
+                });
+                self.stack.clear();
+                self.path = FieldPath::root();
+            }
+            Event::Scalar(value, ..) => {
+                if let Some(Frame::Mapping { key }) = self.stack.last_mut() {
+                    if key.is_none() {
+                        // A key: the value that follows lives under it.
+                        *key = Some(value.clone());
+                        self.path.push(Segment::Key(value));
+                        self.record(mark);
+                        return;
+                    }
+                }
+                self.begin_node(mark);
+                if self.path.segments().len() == 1 {
+                    if let (Some(Segment::Key(key)), Some(doc)) =
+                        (self.path.segments().first(), self.docs.last_mut())
+                    {
+                        doc.index.scalars.insert(key.clone(), value);
+                    }
+                }
+                self.end_node();
+            }
+            Event::Alias(_) => {
+                self.begin_node(mark);
+                self.end_node();
+            }
+            Event::MappingStart(..) => {
+                self.begin_node(mark);
+                self.stack.push(Frame::Mapping { key: None });
+            }
+            Event::SequenceStart(..) => {
+                self.begin_node(mark);
+                self.stack.push(Frame::Sequence { next: 0 });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+                self.end_node();
+            }
+            _ => {}
+        }
+    }
+
+    /// Called when a value node starts: in a sequence it gets the next index.
+    fn begin_node(&mut self, mark: Marker) {
+        if let Some(doc) = self.docs.last_mut() {
+            doc.index.empty = false;
+        }
+        if let Some(Frame::Sequence { next }) = self.stack.last_mut() {
+            let index = *next;
+            *next += 1;
+            self.path.push(Segment::Index(index));
+            self.record(mark);
+        } else if self.path.is_root() {
+            self.record(mark);
+        }
+    }
+
+    /// Called when a value node is complete: leave its path segment.
+    fn end_node(&mut self) {
+        match self.stack.last_mut() {
+            Some(Frame::Mapping { key }) => {
+                if key.take().is_some() {
+                    self.path.pop();
+                }
+            }
+            Some(Frame::Sequence { .. }) => {
+                self.path.pop();
+            }
+            None => {}
+        }
+    }
+
+    fn record(&mut self, mark: Marker) {
+        if let Some(doc) = self.docs.last_mut() {
+            doc.index
+                .locations
+                .entry(self.path.clone())
+                .or_insert_with(|| location(&mark));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_DOCS: &str = "\
+# leading comment
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: a
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+spec:
+  egress:
+  - to:
+    - ipBlock:
+        cidr: 10.0.0.0/8
+";
+
+    #[test]
+    fn splits_documents_and_indexes_fields() {
+        let source = Source::new("x.yaml", TWO_DOCS);
+        let docs = documents(&source).expect("valid YAML");
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].top_level_scalar("kind"), Some("Namespace"));
+        assert_eq!(docs[1].top_level_scalar("kind"), Some("NetworkPolicy"));
+        let cidr = FieldPath::of(&["spec", "egress"])
+            .index(0)
+            .key("to")
+            .index(0)
+            .key("ipBlock")
+            .key("cidr");
+        assert_eq!(docs[1].locate(&cidr).map(|l| l.line), Some(13));
+        // A field that is absent is reported at its nearest present parent.
+        assert_eq!(
+            docs[1].locate(&cidr.key("missing")).map(|l| l.line),
+            Some(13)
+        );
+        assert!(docs[1].text.starts_with("---"));
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let source = Source::new("bad.yaml", "a: b\nc: [1, 2\nd: e\n");
+        let err = documents(&source).expect_err("unterminated flow sequence");
+        assert!(err.location.is_some(), "{err}");
+        assert!(err.message.contains("syntax"), "{err}");
+    }
+
+    #[test]
+    fn empty_documents_are_marked() {
+        let source = Source::new("e.yaml", "---\n# nothing\n---\nkind: Namespace\n");
+        let docs = documents(&source).expect("valid YAML");
+        assert!(docs.iter().any(|d| d.index.empty));
+        assert!(docs.iter().any(|d| !d.index.empty));
+    }
+}
