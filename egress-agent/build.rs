@@ -1,1 +1,47 @@
-fn main() {}
+//! Builds the eBPF programs and leaves the object in `OUT_DIR/egress-ebpf`,
+//! where `dataplane::object` embeds it.
+//!
+//! The programs target `bpfel-unknown-none`, which needs `core` built from
+//! source by a compiler whose library sources match it exactly. The stable
+//! toolchain that builds this crate has no such sources, so the nested build
+//! runs under the `debian-rustc-web` toolchain (Debian's rustc with its
+//! `rust-web-src`; see docs/toolchain.md), linked into rustup by
+//! `cargo xtask setup`.
+
+use std::env;
+
+use anyhow::{anyhow, Context as _};
+use aya_build::{Package, Toolchain};
+
+/// The rustup toolchain name that `cargo xtask setup` links to `/usr`.
+const EBPF_TOOLCHAIN: &str = "debian-rustc-web";
+
+fn main() -> anyhow::Result<()> {
+    let metadata_dir = env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
+    let ebpf_dir = std::path::Path::new(&metadata_dir)
+        .parent()
+        .ok_or_else(|| anyhow!("{metadata_dir} has no parent"))?
+        .join("egress-ebpf");
+    let ebpf_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
+
+    // `-Z build-std=core` is unstable. aya-build passes it only when it sees
+    // RUSTC_BOOTSTRAP=1, and the nested cargo inherits this process's
+    // environment. Setting it here, in the build script's own process, keeps
+    // it out of the outer (stable) build.
+    env::set_var("RUSTC_BOOTSTRAP", "1");
+    // aya-build relays every line the nested cargo prints as a build-script
+    // warning; progress lines would drown real warnings. Errors still show.
+    env::set_var("CARGO_TERM_QUIET", "true");
+
+    aya_build::build_ebpf(
+        [Package {
+            name: "egress-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
+        Toolchain::Custom(EBPF_TOOLCHAIN),
+    )
+    .context("building the eBPF programs (is the toolchain installed? run `cargo xtask setup`)")
+}

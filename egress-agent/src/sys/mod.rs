@@ -1,1 +1,17 @@
-//! Host facts the agent depends on: cgroup2 and bpffs mounts.
+//! Host facts the agent depends on: cgroup2 and bpffs mounts, and the
+//! memlock limit.
+//!
+//! Nothing here hard-codes a path: distributions and container runtimes
+//! mount cgroup2 at `/sys/fs/cgroup` (unified), `/sys/fs/cgroup/unified`
+//! (hybrid) or elsewhere, so the mount table is the only source of truth.
+
+mod bpffs;
+mod cgroup;
+mod error;
+mod memlock;
+pub mod mountinfo;
+
+pub use bpffs::{bpffs_mount, BPFFS_DEFAULT_PATH};
+pub use cgroup::{cgroup2_mount, is_cgroup2_dir};
+pub use error::SysError;
+pub use memlock::raise_memlock_limit;
