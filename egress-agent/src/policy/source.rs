@@ -72,7 +72,13 @@ impl Document<'_> {
 
     /// The string value of a top-level scalar key such as `kind`.
     pub fn top_level_scalar(&self, key: &str) -> Option<&str> {
-        self.index.scalars.get(key).map(String::as_str)
+        self.scalar(&FieldPath::of(&[key]))
+    }
+
+    /// The string value of any scalar, read before the typed parse (so an
+    /// object can be named even when its schema is wrong).
+    pub fn scalar(&self, path: &FieldPath) -> Option<&str> {
+        self.index.scalars.get(path).map(String::as_str)
     }
 }
 
@@ -80,9 +86,9 @@ impl Document<'_> {
 #[derive(Debug, Default)]
 pub struct LineIndex {
     locations: HashMap<FieldPath, Location>,
-    /// Top-level scalar values (`apiVersion`, `kind`), read before the typed
-    /// parse decides which schema applies.
-    scalars: HashMap<String, String>,
+    /// Scalar values by path (`apiVersion`, `kind`, `metadata.name`), read
+    /// before the typed parse decides which schema applies.
+    scalars: HashMap<FieldPath, String>,
     /// The document held nothing but comments or whitespace.
     pub empty: bool,
 }
@@ -247,6 +253,10 @@ impl Walker {
                 self.path = FieldPath::root();
             }
             Event::Scalar(value, ..) => {
+                // A document holding only comments parses as one null scalar.
+                if self.stack.is_empty() && matches!(value.as_str(), "" | "~" | "null") {
+                    return;
+                }
                 if let Some(Frame::Mapping { key }) = self.stack.last_mut() {
                     if key.is_none() {
                         // A key: the value that follows lives under it.
@@ -257,12 +267,8 @@ impl Walker {
                     }
                 }
                 self.begin_node(mark);
-                if self.path.segments().len() == 1 {
-                    if let (Some(Segment::Key(key)), Some(doc)) =
-                        (self.path.segments().first(), self.docs.last_mut())
-                    {
-                        doc.index.scalars.insert(key.clone(), value);
-                    }
+                if let Some(doc) = self.docs.last_mut() {
+                    doc.index.scalars.insert(self.path.clone(), value);
                 }
                 self.end_node();
             }

@@ -157,13 +157,22 @@ impl Builder {
             return;
         }
 
-        // The object reference is provisional until metadata is parsed.
+        // Named from the raw document, so that schema errors found by the
+        // typed parse already say which object they are about.
+        let namespaced = kind != "Namespace";
         let mut ctx = Ctx {
             doc,
             object: ObjectRef {
                 kind: kind.to_owned(),
-                namespace: None,
-                name: "(unnamed)".to_owned(),
+                namespace: namespaced.then(|| {
+                    doc.scalar(&FieldPath::of(&["metadata", "namespace"]))
+                        .unwrap_or("default")
+                        .to_owned()
+                }),
+                name: doc
+                    .scalar(&FieldPath::of(&["metadata", "name"]))
+                    .unwrap_or("(unnamed)")
+                    .to_owned(),
             },
         };
         match kind {
@@ -249,9 +258,11 @@ impl Builder {
                 FieldPath::of(&["metadata", "name"]),
                 format!("duplicate {} {}: already defined at {at}", ctx.object.kind, ctx.object_label()),
             ));
-            return None;
+            // Validate its body anyway, so every error is reported at once;
+            // the set is rejected regardless.
+        } else {
+            self.seen.insert(key, here);
         }
-        self.seen.insert(key, here);
         Some(ObjectId::new(namespace, name.clone()))
     }
 
@@ -778,6 +789,17 @@ impl Builder {
             let key = expr.key.clone();
             let values: BTreeSet<String> = expr.values.iter().flatten().cloned().collect();
             let needs_values = matches!(expr.operator.as_str(), "In" | "NotIn");
+            if !needs_values && !matches!(expr.operator.as_str(), "Exists" | "DoesNotExist") {
+                self.diags.push(ctx.error(
+                    e_path.key("operator"),
+                    format!(
+                        "unknown operator {:?} (expected In, NotIn, Exists or DoesNotExist)",
+                        expr.operator
+                    ),
+                ));
+                ok = false;
+                continue;
+            }
             if needs_values && values.is_empty() {
                 self.diags.push(ctx.error(
                     e_path.key("values"),
@@ -798,15 +820,7 @@ impl Builder {
                 "In" => Requirement::In { key, values },
                 "NotIn" => Requirement::NotIn { key, values },
                 "Exists" => Requirement::Exists { key },
-                "DoesNotExist" => Requirement::DoesNotExist { key },
-                other => {
-                    self.diags.push(ctx.error(
-                        e_path.key("operator"),
-                        format!("unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"),
-                    ));
-                    ok = false;
-                    continue;
-                }
+                _ => Requirement::DoesNotExist { key },
             });
         }
         ok.then(|| Selector::new(requirements))
