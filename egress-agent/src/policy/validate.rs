@@ -84,6 +84,8 @@ struct Builder {
     selector_uses: Vec<SelectorUse>,
     /// Where each gateway and redirect was defined, by id, for conflicts.
     locations: HashMap<(&'static str, ObjectId), Diagnostic>,
+    /// False while validating a duplicate, which must not enter the model.
+    keep: bool,
 }
 
 /// The object being validated: where findings go.
@@ -214,7 +216,9 @@ impl Builder {
     }
 
     /// Reads `metadata.name`/`namespace`, names the object in `ctx`, and
-    /// refuses duplicates. Returns `None` when the object must be dropped.
+    /// refuses duplicates. Returns `None` when the object has no usable name.
+    /// A duplicate is still validated (so all its errors are reported) but
+    /// never enters the model, where it would trip cross-object checks.
     fn identify(
         &mut self,
         ctx: &mut Ctx<'_, '_>,
@@ -258,9 +262,9 @@ impl Builder {
                 FieldPath::of(&["metadata", "name"]),
                 format!("duplicate {} {}: already defined at {at}", ctx.object.kind, ctx.object_label()),
             ));
-            // Validate its body anyway, so every error is reported at once;
-            // the set is rejected regardless.
+            self.keep = false;
         } else {
+            self.keep = true;
             self.seen.insert(key, here);
         }
         Some(ObjectId::new(namespace, name.clone()))
@@ -272,6 +276,9 @@ impl Builder {
         };
         let mut labels = objects::string_map(&ns.metadata.labels);
         labels.insert(NAMESPACE_NAME_LABEL.to_owned(), id.name.clone());
+        if !self.keep {
+            return;
+        }
         self.model.namespaces.insert(
             id.name.clone(),
             Namespace {
@@ -326,6 +333,9 @@ impl Builder {
         }
         let annotations = objects::string_map(&meta.annotations);
         let capture_overrides = self.capture_overrides(ctx, &annotations);
+        if !self.keep {
+            return;
+        }
         self.model.workloads.push(Workload {
             id,
             labels: objects::string_map(&meta.labels),
@@ -424,6 +434,9 @@ impl Builder {
                 pods: pod_selector.clone(),
             },
         });
+        if !self.keep {
+            return;
+        }
         self.model.network_policies.push(NetworkPolicy {
             id,
             pod_selector,
@@ -589,6 +602,9 @@ impl Builder {
                 .collect()
         });
         let Some(selector) = selector else { return };
+        if !self.keep {
+            return;
+        }
         self.selector_uses.push(SelectorUse {
             at: ctx.warning(spec_path.key("selector"), ""),
             what: "selector matches no workload: no workload may reach the internet",
@@ -729,6 +745,9 @@ impl Builder {
         else {
             return;
         };
+        if !self.keep {
+            return;
+        }
         self.selector_uses.push(SelectorUse {
             at: ctx.warning(spec_path.key("podSelector"), ""),
             what: "selects no workload: nothing is redirected",
