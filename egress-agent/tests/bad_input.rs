@@ -20,7 +20,11 @@ fn np(egress: &str) -> String {
 fn errors(text: &str) -> Vec<Diagnostic> {
     match policy::load_sources(&[Source::new("policies/case.yaml", text)]) {
         Ok(loaded) => panic!("expected rejection; warnings: {:#?}", loaded.warnings),
-        Err(rejected) => rejected.diagnostics.into_iter().filter(|d| d.severity == Severity::Error).collect(),
+        Err(rejected) => rejected
+            .diagnostics
+            .into_iter()
+            .filter(|d| d.severity == Severity::Error)
+            .collect(),
     }
 }
 
@@ -37,7 +41,10 @@ fn one_error(text: &str, fragments: &[&str]) -> Diagnostic {
 
 #[test]
 fn yaml_syntax_error_names_file_and_line() {
-    let d = one_error("apiVersion: v1\nkind: [Namespace\nmetadata: {}\n", &["policies/case.yaml:", "YAML syntax error"]);
+    let d = one_error(
+        "apiVersion: v1\nkind: [Namespace\nmetadata: {}\n",
+        &["policies/case.yaml:", "YAML syntax error"],
+    );
     assert!(d.location.is_some());
 }
 
@@ -45,7 +52,12 @@ fn yaml_syntax_error_names_file_and_line() {
 fn unknown_kind_is_refused_with_the_known_ones() {
     let d = one_error(
         "apiVersion: egress.enforcer.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: x}\n",
-        &["policies/case.yaml:2:1", "kind", "unknown kind \"EgressPolicy\"", "EgressGateway"],
+        &[
+            "policies/case.yaml:2:1",
+            "kind",
+            "unknown kind \"EgressPolicy\"",
+            "EgressGateway",
+        ],
     );
     assert_eq!(d.field.map(|f| f.to_string()).as_deref(), Some("kind"));
 }
@@ -63,7 +75,12 @@ fn unknown_fields_are_errors_with_path_and_line() {
     let text = np("  - to:\n    - ipBlock: {cidr: 10.0.0.0/8}\n      podSelektor: {}\n");
     one_error(
         &text,
-        &["policies/case.yaml:21:7", "NetworkPolicy prod/np", "spec.egress[0].to[0].podSelektor", "unknown field `podSelektor`"],
+        &[
+            "policies/case.yaml:21:7",
+            "NetworkPolicy prod/np",
+            "spec.egress[0].to[0].podSelektor",
+            "unknown field `podSelektor`",
+        ],
     );
 }
 
@@ -71,7 +88,12 @@ fn unknown_fields_are_errors_with_path_and_line() {
 fn bad_cidr() {
     one_error(
         &np("  - to:\n    - ipBlock: {cidr: 10.0.0.0/33}\n"),
-        &["policies/case.yaml:20:17", "NetworkPolicy prod/np", "spec.egress[0].to[0].ipBlock.cidr", "invalid CIDR \"10.0.0.0/33\""],
+        &[
+            "policies/case.yaml:20:17",
+            "NetworkPolicy prod/np",
+            "spec.egress[0].to[0].ipBlock.cidr",
+            "invalid CIDR \"10.0.0.0/33\"",
+        ],
     );
 }
 
@@ -87,7 +109,11 @@ fn except_outside_cidr() {
 fn end_port_below_port() {
     one_error(
         &np("  - ports:\n    - port: 8080\n      endPort: 80\n"),
-        &["policies/case.yaml:21:7", "spec.egress[0].ports[0].endPort", "endPort 80 is less than port 8080"],
+        &[
+            "policies/case.yaml:21:7",
+            "spec.egress[0].ports[0].endPort",
+            "endPort 80 is less than port 8080",
+        ],
     );
 }
 
@@ -95,7 +121,11 @@ fn end_port_below_port() {
 fn port_out_of_range() {
     one_error(
         &np("  - ports:\n    - port: 65536\n"),
-        &["policies/case.yaml:20:7", "spec.egress[0].ports[0].port", "port 65536 is out of range"],
+        &[
+            "policies/case.yaml:20:7",
+            "spec.egress[0].ports[0].port",
+            "port 65536 is out of range",
+        ],
     );
 }
 
@@ -103,17 +133,28 @@ fn port_out_of_range() {
 fn wrong_type_has_path_and_line() {
     one_error(
         &np("  - ports:\n    - port: [80]\n"),
-        &["policies/case.yaml:20:13", "NetworkPolicy prod/np", "spec.egress[0].ports[0].port"],
+        &[
+            "policies/case.yaml:20:13",
+            "NetworkPolicy prod/np",
+            "spec.egress[0].ports[0].port",
+        ],
     );
 }
 
 #[test]
 fn selector_matching_nothing_is_a_warning() {
     let text = np("  - to:\n    - podSelector: {matchLabels: {app: ghost}}\n");
-    let loaded = policy::load_sources(&[Source::new("policies/case.yaml", text)]).expect("only a warning");
+    let loaded =
+        policy::load_sources(&[Source::new("policies/case.yaml", text)]).expect("only a warning");
     assert_eq!(loaded.warnings.len(), 1, "{:#?}", loaded.warnings);
     let w = loaded.warnings[0].to_string();
-    for f in ["policies/case.yaml:20:", "warning", "NetworkPolicy prod/np", "spec.egress[0].to[0]", "matches no workload"] {
+    for f in [
+        "policies/case.yaml:20:",
+        "warning",
+        "NetworkPolicy prod/np",
+        "spec.egress[0].to[0]",
+        "matches no workload",
+    ] {
         assert!(w.contains(f), "{w:?} lacks {f:?}");
     }
 }
@@ -129,14 +170,27 @@ fn two_gateways_claiming_one_workload() {
     let text = format!("{NS}{WORKLOAD}{}{}", gw("first"), gw("second"));
     one_error(
         &text,
-        &["policies/case.yaml:", "EgressGateway prod/second", "spec.selector", "workload prod/app is already claimed by EgressGateway prod/first"],
+        &[
+            "policies/case.yaml:",
+            "EgressGateway prod/second",
+            "spec.selector",
+            "workload prod/app is already claimed by EgressGateway prod/first",
+        ],
     );
 }
 
 #[test]
 fn duplicate_object_names() {
     let text = format!("{NS}{WORKLOAD}{}", WORKLOAD.trim_end_matches("---\n"));
-    one_error(&text, &["policies/case.yaml:", "Workload prod/app", "metadata.name", "duplicate Workload prod/app: already defined at policies/case.yaml:5"]);
+    one_error(
+        &text,
+        &[
+            "policies/case.yaml:",
+            "Workload prod/app",
+            "metadata.name",
+            "duplicate Workload prod/app: already defined at policies/case.yaml:5",
+        ],
+    );
 }
 
 #[test]
@@ -145,7 +199,10 @@ fn duplicates_across_files_name_both_files() {
     let b = Source::new("b.yaml", NS.trim_end_matches("---\n"));
     let err = policy::load_sources(&[a, b]).expect_err("duplicate namespace");
     let rendered = err.diagnostics[0].to_string();
-    assert!(rendered.starts_with("b.yaml:") && rendered.contains("already defined at a.yaml:1"), "{rendered}");
+    assert!(
+        rendered.starts_with("b.yaml:") && rendered.contains("already defined at a.yaml:1"),
+        "{rendered}"
+    );
 }
 
 #[test]
@@ -154,7 +211,12 @@ fn bad_istio_annotation_on_a_workload() {
         traffic.sidecar.istio.io/excludeOutboundIPRanges: \"10.0.0.0/8,not-a-cidr\"\nspec: {cgroup: t/w}\n";
     one_error(
         text,
-        &["policies/case.yaml:7:", "Workload prod/w", "metadata.annotations[\"traffic.sidecar.istio.io/excludeOutboundIPRanges\"]", "item 1: invalid CIDR \"not-a-cidr\""],
+        &[
+            "policies/case.yaml:7:",
+            "Workload prod/w",
+            "metadata.annotations[\"traffic.sidecar.istio.io/excludeOutboundIPRanges\"]",
+            "item 1: invalid CIDR \"not-a-cidr\"",
+        ],
     );
 }
 
@@ -176,8 +238,16 @@ fn repo_policies() -> PathBuf {
 
 #[test]
 fn check_accepts_the_seed_policies() {
-    let out = agent().arg("check").arg(repo_policies()).output().expect("run egress-agent");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = agent()
+        .arg("check")
+        .arg(repo_policies())
+        .output()
+        .expect("run egress-agent");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok:"));
 }
 
@@ -185,15 +255,33 @@ fn check_accepts_the_seed_policies() {
 fn check_exits_1_and_prints_every_error_to_stderr() {
     let dir = std::env::temp_dir().join(format!("egress-bad-{}", std::process::id()));
     fs::create_dir_all(&dir).expect("temp dir");
-    fs::write(dir.join("a.yaml"), np("  - to:\n    - ipBlock: {cidr: 10.0.0.0/40}\n")).expect("write");
-    fs::write(dir.join("b.yml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: Bad_Name}\n").expect("write");
+    fs::write(
+        dir.join("a.yaml"),
+        np("  - to:\n    - ipBlock: {cidr: 10.0.0.0/40}\n"),
+    )
+    .expect("write");
+    fs::write(
+        dir.join("b.yml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: Bad_Name}\n",
+    )
+    .expect("write");
     fs::write(dir.join("ignored.txt"), "not yaml: [").expect("write");
-    let out = agent().arg("check").arg(&dir).output().expect("run egress-agent");
+    let out = agent()
+        .arg("check")
+        .arg(&dir)
+        .output()
+        .expect("run egress-agent");
     fs::remove_dir_all(&dir).ok();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("a.yaml:20:17") && stderr.contains("invalid CIDR"), "{stderr}");
-    assert!(stderr.contains("b.yml:3:") && stderr.contains("not a valid Kubernetes name"), "{stderr}");
+    assert!(
+        stderr.contains("a.yaml:20:17") && stderr.contains("invalid CIDR"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("b.yml:3:") && stderr.contains("not a valid Kubernetes name"),
+        "{stderr}"
+    );
     assert!(stderr.contains("2 error(s)"), "{stderr}");
     assert!(out.stdout.is_empty());
 }
@@ -203,12 +291,26 @@ fn explain_cli_reports_verdict_and_rule() {
     let out = agent()
         .args(["explain"])
         .arg(repo_policies())
-        .args(["--from", "test-egress/sleep", "--to", "10.244.0.10:53/udp", "-o", "json"])
+        .args([
+            "--from",
+            "test-egress/sleep",
+            "--to",
+            "10.244.0.10:53/udp",
+            "-o",
+            "json",
+        ])
         .output()
         .expect("run egress-agent");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["verdict"], "allow");
-    assert_eq!(v["reason"]["rule"]["policy"]["name"], "allow-egress-to-istio-system-and-kube-dns");
+    assert_eq!(
+        v["reason"]["rule"]["policy"]["name"],
+        "allow-egress-to-istio-system-and-kube-dns"
+    );
     assert_eq!(v["reason"]["rule"]["index"], 0);
 }

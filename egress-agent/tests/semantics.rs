@@ -105,10 +105,20 @@ fn verdict(objects: &[String], from: &str, to: &str) -> String {
     let (addr, proto) = to.rsplit_once('/').unwrap_or((to, "tcp"));
     let addr: std::net::SocketAddr = addr.parse().expect("IP:PORT");
     let protocol: Protocol = proto.parse().expect("protocol");
-    let d = compile::decide(&plan, workload, Destination { ip: addr.ip(), port: addr.port(), protocol });
+    let d = compile::decide(
+        &plan,
+        workload,
+        Destination {
+            ip: addr.ip(),
+            port: addr.port(),
+            protocol,
+        },
+    );
     match (d.verdict, d.reason) {
         (Verdict::Redirect { proxy }, _) => format!("redirect {proxy}"),
-        (Verdict::Allow, Reason::Rule { rule }) => format!("allow {}[{}]", rule.policy.name, rule.index),
+        (Verdict::Allow, Reason::Rule { rule }) => {
+            format!("allow {}[{}]", rule.policy.name, rule.index)
+        }
         (Verdict::Allow, Reason::NotIsolated) => "allow".to_owned(),
         (Verdict::Allow, Reason::Loopback) => "allow loopback".to_owned(),
         (Verdict::Deny, Reason::DefaultDeny { .. }) => "deny".to_owned(),
@@ -126,8 +136,20 @@ struct Case {
     expect: &'static str,
 }
 
-fn case(name: &'static str, objects: Vec<String>, from: &'static str, to: &'static str, expect: &'static str) -> Case {
-    Case { name, objects, from, to, expect }
+fn case(
+    name: &'static str,
+    objects: Vec<String>,
+    from: &'static str,
+    to: &'static str,
+    expect: &'static str,
+) -> Case {
+    Case {
+        name,
+        objects,
+        from,
+        to,
+        expect,
+    }
 }
 
 fn cases() -> Vec<Case> {
@@ -278,10 +300,20 @@ fn semantics_table() {
         .iter()
         .filter_map(|c| {
             let got = verdict(&c.objects, c.from, c.to);
-            (got != c.expect).then(|| format!("{}: {} → {}: expected {:?}, got {:?}", c.name, c.from, c.to, c.expect, got))
+            (got != c.expect).then(|| {
+                format!(
+                    "{}: {} → {}: expected {:?}, got {:?}",
+                    c.name, c.from, c.to, c.expect, got
+                )
+            })
         })
         .collect();
-    assert!(failures.is_empty(), "{} case(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// The seed's flows, from the repository's own `policies/`.
@@ -292,24 +324,45 @@ fn seed_flows_explain_as_documented() {
     assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
     let plan = compile::compile(&loaded.model);
     let ask = |from: &str, ip: &str, port, protocol| {
-        let w = plan.workload(&from.parse().expect("id")).expect("seed workload");
-        compile::decide(&plan, w, Destination { ip: ip.parse().expect("ip"), port, protocol })
+        let w = plan
+            .workload(&from.parse().expect("id"))
+            .expect("seed workload");
+        compile::decide(
+            &plan,
+            w,
+            Destination {
+                ip: ip.parse().expect("ip"),
+                port,
+                protocol,
+            },
+        )
     };
     // edition.cnn.com, as the seed's curl resolves it.
     let d = ask("default/sleep", "151.101.65.67", 443, Protocol::Tcp);
     assert!(matches!(d.verdict, Verdict::Redirect { .. }), "{d:?}");
     let d = ask("test-egress/sleep", "151.101.65.67", 443, Protocol::Tcp);
-    assert_eq!((d.verdict, d.reason), (Verdict::Deny, Reason::GatewayExclusivity));
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Deny, Reason::GatewayExclusivity)
+    );
     let d = ask("test-egress/sleep", "10.244.0.10", 53, Protocol::Udp);
     assert_eq!(d.verdict, Verdict::Allow);
     match d.reason {
         Reason::Rule { rule } => {
-            assert_eq!(rule.policy.to_string(), "test-egress/allow-egress-to-istio-system-and-kube-dns");
+            assert_eq!(
+                rule.policy.to_string(),
+                "test-egress/allow-egress-to-istio-system-and-kube-dns"
+            );
             assert_eq!(rule.index, 0);
         }
         other => panic!("expected the seed policy's rule 0, got {other:?}"),
     }
     // The sidecar itself goes to the gateway, which is inside the cluster.
-    let d = ask("default/sleep-istio-proxy", "10.244.0.20", 443, Protocol::Tcp);
+    let d = ask(
+        "default/sleep-istio-proxy",
+        "10.244.0.20",
+        443,
+        Protocol::Tcp,
+    );
     assert_eq!(d.verdict, Verdict::Allow);
 }

@@ -45,7 +45,10 @@ pub fn run(args: &CheckArgs) -> ExitCode {
             }
         }
         Output::Json => {
-            let report = Report { valid, diagnostics: &diagnostics };
+            let report = Report {
+                valid,
+                diagnostics: &diagnostics,
+            };
             match serde_json::to_string_pretty(&report) {
                 Ok(json) => println!("{json}"),
                 Err(e) => eprintln!("cannot encode report: {e}"),

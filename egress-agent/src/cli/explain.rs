@@ -29,12 +29,19 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let plan = compile::compile(&loaded.model);
     let Some(workload) = plan.workload(&from) else {
         let known: Vec<String> = plan.workloads.iter().map(|w| w.id.to_string()).collect();
-        return Err(anyhow!("--from: no Workload {from}; known: {}", known.join(", ")));
+        return Err(anyhow!(
+            "--from: no Workload {from}; known: {}",
+            known.join(", ")
+        ));
     };
     let decision = compile::decide(&plan, workload, to);
     match args.output {
         Output::Json => {
-            let report = Report { from: &from, to: to.to_string(), decision: &decision };
+            let report = Report {
+                from: &from,
+                to: to.to_string(),
+                decision: &decision,
+            };
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Output::Text => {
@@ -57,7 +64,11 @@ fn parse_destination(s: &str) -> anyhow::Result<Destination> {
     let addr: SocketAddr = addr
         .parse()
         .map_err(|_| anyhow!("expected IP:PORT (IPv6 as [ADDR]:PORT), got {addr:?}"))?;
-    Ok(Destination { ip: addr.ip(), port: addr.port(), protocol })
+    Ok(Destination {
+        ip: addr.ip(),
+        port: addr.port(),
+        protocol,
+    })
 }
 
 #[cfg(test)]
@@ -69,7 +80,10 @@ mod tests {
         let d = parse_destination("10.96.0.10:53/udp").expect("valid");
         assert_eq!((d.port, d.protocol), (53, Protocol::Udp));
         let d = parse_destination("[2001:db8::1]:443").expect("valid");
-        assert_eq!((d.ip.to_string().as_str(), d.protocol), ("2001:db8::1", Protocol::Tcp));
+        assert_eq!(
+            (d.ip.to_string().as_str(), d.protocol),
+            ("2001:db8::1", Protocol::Tcp)
+        );
         assert!(parse_destination("10.0.0.1").is_err());
         assert!(parse_destination("10.0.0.1:80/icmp").is_err());
     }

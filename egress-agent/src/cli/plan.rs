@@ -27,7 +27,11 @@ fn render(plan: &Plan) -> String {
     match &plan.cluster {
         Some(c) => {
             let cidrs: Vec<String> = c.cidrs.iter().map(ToString::to_string).collect();
-            let _ = writeln!(out, "cluster: {} (everything else is the internet; only gateways reach it)", cidrs.join(", "));
+            let _ = writeln!(
+                out,
+                "cluster: {} (everything else is the internet; only gateways reach it)",
+                cidrs.join(", ")
+            );
         }
         None => {
             let _ = writeln!(out, "cluster: no EgressGateway, so no gateway exclusivity");
@@ -41,7 +45,13 @@ fn render(plan: &Plan) -> String {
 
 fn workload(out: &mut String, w: &WorkloadPlan) {
     let addrs: Vec<String> = w.addresses.iter().map(ToString::to_string).collect();
-    let _ = writeln!(out, "\nworkload {}  cgroup {}  addresses [{}]", w.id, w.cgroup, addrs.join(", "));
+    let _ = writeln!(
+        out,
+        "\nworkload {}  cgroup {}  addresses [{}]",
+        w.id,
+        w.cgroup,
+        addrs.join(", ")
+    );
     if let Some(g) = &w.gateway {
         let mode = match &g.allowed_hosts {
             None => "ALLOW_ANY".to_owned(),
@@ -49,7 +59,8 @@ fn workload(out: &mut String, w: &WorkloadPlan) {
                 let hosts: Vec<String> = hosts
                     .iter()
                     .map(|h| {
-                        let ports: Vec<String> = h.ports.iter().map(|(p, n)| format!("{n}/{p}")).collect();
+                        let ports: Vec<String> =
+                            h.ports.iter().map(|(p, n)| format!("{n}/{p}")).collect();
                         if ports.is_empty() {
                             h.host.to_string()
                         } else {
@@ -85,16 +96,27 @@ fn workload(out: &mut String, w: &WorkloadPlan) {
     }
     match &w.egress {
         Egress::Unrestricted => {
-            let _ = writeln!(out, "  egress: unrestricted (no NetworkPolicy selects it for Egress)");
+            let _ = writeln!(
+                out,
+                "  egress: unrestricted (no NetworkPolicy selects it for Egress)"
+            );
         }
         Egress::Isolated { policies, table } => {
             let names: Vec<String> = policies.iter().map(ToString::to_string).collect();
-            let _ = writeln!(out, "  egress: isolated by NetworkPolicy {}", names.join(", "));
+            let _ = writeln!(
+                out,
+                "  egress: isolated by NetworkPolicy {}",
+                names.join(", ")
+            );
             if table.is_empty() {
                 let _ = writeln!(out, "    (no rule allows anything: deny all)");
             }
             for (prefix, set) in &table.entries {
-                let allows = table.sets.get(*set as usize).map(Vec::as_slice).unwrap_or_default();
+                let allows = table
+                    .sets
+                    .get(*set as usize)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
                 if allows.is_empty() {
                     let _ = writeln!(out, "    {prefix:<22} deny (except)");
                     continue;
@@ -116,6 +138,10 @@ fn list<T: ToString>(items: &[T]) -> String {
     if items.is_empty() {
         "-".to_owned()
     } else {
-        items.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        items
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }

@@ -75,7 +75,10 @@ pub enum Reason {
     /// Outside the cluster, and the workload is not an egress gateway.
     GatewayExclusivity,
     /// A REGISTRY_ONLY gateway, and no allowed host matches.
-    GatewayAllowList { gateway: ObjectId, hosts: Vec<String> },
+    GatewayAllowList {
+        gateway: ObjectId,
+        hosts: Vec<String>,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -87,11 +90,15 @@ impl fmt::Display for Reason {
             Self::NotIsolated => f.write_str("no NetworkPolicy selects this workload for Egress"),
             Self::DefaultDeny { policies } => {
                 let names: Vec<String> = policies.iter().map(ToString::to_string).collect();
-                write!(f, "default deny (selected by NetworkPolicy {}; no rule allows it)", names.join(", "))
+                write!(
+                    f,
+                    "default deny (selected by NetworkPolicy {}; no rule allows it)",
+                    names.join(", ")
+                )
             }
-            Self::GatewayExclusivity => {
-                f.write_str("gateway exclusivity (outside clusterCIDRs; only the egress gateway may go there)")
-            }
+            Self::GatewayExclusivity => f.write_str(
+                "gateway exclusivity (outside clusterCIDRs; only the egress gateway may go there)",
+            ),
             Self::GatewayAllowList { gateway, hosts } => {
                 write!(f, "gateway allow-list of EgressGateway {gateway} (REGISTRY_ONLY: {}; names are resolved at run time)", hosts.join(", "))
             }
@@ -114,7 +121,10 @@ pub fn decide(plan: &Plan, workload: &WorkloadPlan, dst: Destination) -> Decisio
     let mut trace = Vec::new();
     if let Some(capture) = &workload.capture {
         if dst.protocol == Protocol::Tcp && captures(&capture.rules, dst.ip, dst.port) {
-            trace.push(format!("captured by Redirect {} → proxy {}", capture.redirect, capture.proxy));
+            trace.push(format!(
+                "captured by Redirect {} → proxy {}",
+                capture.redirect, capture.proxy
+            ));
             // The redirected connection's policy check applies to the proxy hop.
             let hop = Destination {
                 ip: capture.proxy.ip(),
@@ -123,21 +133,35 @@ pub fn decide(plan: &Plan, workload: &WorkloadPlan, dst: Destination) -> Decisio
             };
             let mut checked = filter(plan, workload, hop, trace);
             if checked.verdict == Verdict::Allow {
-                checked.verdict = Verdict::Redirect { proxy: capture.proxy };
+                checked.verdict = Verdict::Redirect {
+                    proxy: capture.proxy,
+                };
                 checked.reason = Reason::Captured {
                     redirect: capture.redirect.clone(),
                 };
             }
             return checked;
         }
-        trace.push(format!("not captured by Redirect {} (include/exclude rules)", capture.redirect));
+        trace.push(format!(
+            "not captured by Redirect {} (include/exclude rules)",
+            capture.redirect
+        ));
     }
     filter(plan, workload, dst, trace)
 }
 
 /// The enforcement layers, for a destination that is not redirected.
-fn filter(plan: &Plan, workload: &WorkloadPlan, dst: Destination, mut trace: Vec<String>) -> Decision {
-    let done = |verdict, reason, trace| Decision { verdict, reason, trace };
+fn filter(
+    plan: &Plan,
+    workload: &WorkloadPlan,
+    dst: Destination,
+    mut trace: Vec<String>,
+) -> Decision {
+    let done = |verdict, reason, trace| Decision {
+        verdict,
+        reason,
+        trace,
+    };
     if dst.ip.is_loopback() {
         return done(Verdict::Allow, Reason::Loopback, trace);
     }
@@ -150,15 +174,22 @@ fn filter(plan: &Plan, workload: &WorkloadPlan, dst: Destination, mut trace: Vec
                     Some(hosts) => {
                         let hit = hosts.iter().find(|h| {
                             matches!(&h.host, HostName::Net(net) if net.contains(&dst.ip))
-                                && (h.ports.is_empty() || h.ports.contains(&(dst.protocol, dst.port)))
+                                && (h.ports.is_empty()
+                                    || h.ports.contains(&(dst.protocol, dst.port)))
                         });
                         match hit {
-                            Some(h) => trace.push(format!("egress gateway {} allows host {}", role.gateway, h.host)),
+                            Some(h) => trace.push(format!(
+                                "egress gateway {} allows host {}",
+                                role.gateway, h.host
+                            )),
                             None => {
                                 let hosts = hosts.iter().map(|h| h.host.to_string()).collect();
                                 return done(
                                     Verdict::Deny,
-                                    Reason::GatewayAllowList { gateway: role.gateway.clone(), hosts },
+                                    Reason::GatewayAllowList {
+                                        gateway: role.gateway.clone(),
+                                        hosts,
+                                    },
                                     trace,
                                 );
                             }
@@ -179,8 +210,20 @@ fn filter(plan: &Plan, workload: &WorkloadPlan, dst: Destination, mut trace: Vec
                 .iter()
                 .find(|a| a.permits(dst.protocol, dst.port));
             match allowed {
-                Some(a) => done(Verdict::Allow, Reason::Rule { rule: a.rule.clone() }, trace),
-                None => done(Verdict::Deny, Reason::DefaultDeny { policies: policies.clone() }, trace),
+                Some(a) => done(
+                    Verdict::Allow,
+                    Reason::Rule {
+                        rule: a.rule.clone(),
+                    },
+                    trace,
+                ),
+                None => done(
+                    Verdict::Deny,
+                    Reason::DefaultDeny {
+                        policies: policies.clone(),
+                    },
+                    trace,
+                ),
             }
         }
     }

@@ -16,7 +16,9 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 pub use decide::{decide, Decision, Destination, Reason, Verdict};
-pub use plan::{Allow, Capture, ClusterScope, Egress, GatewayRole, NodeRules, Plan, RuleRef, WorkloadPlan};
+pub use plan::{
+    Allow, Capture, ClusterScope, Egress, GatewayRole, NodeRules, Plan, RuleRef, WorkloadPlan,
+};
 use prefix::{Atom, PrefixTable};
 
 use crate::policy::{
@@ -40,7 +42,10 @@ pub fn compile(model: &Model) -> Plan {
     });
     let workloads: Vec<WorkloadPlan> = model.workloads.iter().map(|w| workload(model, w)).collect();
     let node = NodeRules {
-        cluster_cidrs: cluster.as_ref().map(|c| c.cidrs.clone()).unwrap_or_default(),
+        cluster_cidrs: cluster
+            .as_ref()
+            .map(|c| c.cidrs.clone())
+            .unwrap_or_default(),
         gateway_addresses: workloads
             .iter()
             .filter(|w| w.gateway.is_some())
@@ -71,7 +76,12 @@ fn workload(model: &Model, w: &Workload) -> WorkloadPlan {
     let proxy_for: Vec<_> = model
         .redirects
         .iter()
-        .filter(|r| r.proxy.selector.as_ref().is_some_and(|s| model.selects(s, w)))
+        .filter(|r| {
+            r.proxy
+                .selector
+                .as_ref()
+                .is_some_and(|s| model.selects(s, w))
+        })
         .map(|r| r.id.clone())
         .collect();
     // The proxy's own connections are never captured, whichever Redirect
@@ -105,7 +115,11 @@ fn egress(model: &Model, w: &Workload) -> Egress {
     let policies: Vec<_> = model
         .network_policies
         .iter()
-        .filter(|p| p.affects_egress && p.id.namespace == w.id.namespace && p.pod_selector.matches(&w.labels))
+        .filter(|p| {
+            p.affects_egress
+                && p.id.namespace == w.id.namespace
+                && p.pod_selector.matches(&w.labels)
+        })
         .collect();
     if policies.is_empty() {
         return Egress::Unrestricted;
@@ -146,7 +160,11 @@ fn rule_atoms(model: &Model, rule: &EgressRule, rule_ref: &RuleRef, atoms: &mut 
             except: Vec::new(),
         }),
     ];
-    let peers: &[Peer] = if rule.to.is_empty() { &everywhere } else { &rule.to };
+    let peers: &[Peer] = if rule.to.is_empty() {
+        &everywhere
+    } else {
+        &rule.to
+    };
 
     for peer in peers {
         for port in ports {

@@ -103,7 +103,8 @@ impl PrefixTable {
 
 /// `net` truncated to every prefix length from 0 up to its own.
 fn ancestors(net: IpNet) -> impl DoubleEndedIterator<Item = IpNet> {
-    (0..=net.prefix_len()).filter_map(move |len| IpNet::new(net.addr(), len).ok().map(|n| n.trunc()))
+    (0..=net.prefix_len())
+        .filter_map(move |len| IpNet::new(net.addr(), len).ok().map(|n| n.trunc()))
 }
 
 #[cfg(test)]
@@ -144,9 +145,21 @@ mod tests {
     #[test]
     fn except_carves_a_hole_that_other_rules_can_fill() {
         let atoms = [
-            Atom { cidr: net("10.0.0.0/8"), except: vec![net("10.1.0.0/16")], allow: allow("a") },
-            Atom { cidr: net("10.1.2.0/24"), except: vec![], allow: allow("b") },
-            Atom { cidr: net("0.0.0.0/0"), except: vec![net("10.0.0.0/8")], allow: allow("c") },
+            Atom {
+                cidr: net("10.0.0.0/8"),
+                except: vec![net("10.1.0.0/16")],
+                allow: allow("a"),
+            },
+            Atom {
+                cidr: net("10.1.2.0/24"),
+                except: vec![],
+                allow: allow("b"),
+            },
+            Atom {
+                cidr: net("0.0.0.0/0"),
+                except: vec![net("10.0.0.0/8")],
+                allow: allow("c"),
+            },
         ];
         let t = PrefixTable::build(&atoms);
         assert_eq!(names(&t, "10.2.3.4"), ["a"]);
@@ -158,7 +171,11 @@ mod tests {
 
     #[test]
     fn families_do_not_mix() {
-        let atoms = [Atom { cidr: net("::/0"), except: vec![], allow: allow("v6") }];
+        let atoms = [Atom {
+            cidr: net("::/0"),
+            except: vec![],
+            allow: allow("v6"),
+        }];
         let t = PrefixTable::build(&atoms);
         assert!(t.lookup(ip("10.0.0.1")).is_none());
         assert_eq!(names(&t, "2001:db8::1"), ["v6"]);
@@ -167,7 +184,11 @@ mod tests {
     #[test]
     fn identical_allow_sets_are_shared() {
         let atoms: Vec<Atom> = (0..100u8)
-            .map(|i| Atom { cidr: net(&format!("10.0.{i}.0/24")), except: vec![], allow: allow("a") })
+            .map(|i| Atom {
+                cidr: net(&format!("10.0.{i}.0/24")),
+                except: vec![],
+                allow: allow("a"),
+            })
             .collect();
         let t = PrefixTable::build(&atoms);
         assert_eq!(t.entries.len(), 100);

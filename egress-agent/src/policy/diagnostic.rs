@@ -265,7 +265,10 @@ mod tests {
     fn diagnostic_names_file_line_object_and_field() {
         let file = file_name(Path::new("policies/np.yaml"));
         let d = Diagnostic::error(&file, "invalid CIDR")
-            .at(Some(Location { line: 12, column: 9 }))
+            .at(Some(Location {
+                line: 12,
+                column: 9,
+            }))
             .on(&ObjectRef {
                 kind: "NetworkPolicy".into(),
                 namespace: Some("test-egress".into()),

@@ -24,7 +24,7 @@ pub use validate::{load_sources, Loaded};
 /// Loads every `*.yaml` / `*.yml` under `paths` (files or directories).
 pub fn load(paths: &[PathBuf]) -> Result<Loaded, Rejected> {
     let files = source::discover(paths).map_err(|d| Rejected {
-        diagnostics: vec![d],
+        diagnostics: vec![*d],
     })?;
     let (sources, unreadable) = source::read(&files);
     if !unreadable.is_empty() {

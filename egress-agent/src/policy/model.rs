@@ -82,7 +82,9 @@ impl Model {
         &'a self,
         selector: &'a WorkloadSelector,
     ) -> impl Iterator<Item = &'a Workload> + 'a {
-        self.workloads.iter().filter(move |w| self.selects(selector, w))
+        self.workloads
+            .iter()
+            .filter(move |w| self.selects(selector, w))
     }
 
     pub fn selects(&self, selector: &WorkloadSelector, workload: &Workload) -> bool {

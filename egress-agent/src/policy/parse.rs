@@ -65,9 +65,9 @@ fn ignored_path(path: &serde_ignored::Path<'_>) -> FieldPath {
         Path::Root => FieldPath::root(),
         Path::Seq { parent, index } => ignored_path(parent).index(*index),
         Path::Map { parent, key } => ignored_path(parent).key(key.clone()),
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            ignored_path(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
     }
 }
 

@@ -34,7 +34,9 @@ impl FromStr for Protocol {
             "TCP" => Ok(Self::Tcp),
             "UDP" => Ok(Self::Udp),
             "SCTP" => Ok(Self::Sctp),
-            _ => Err(format!("unknown protocol {s:?} (expected TCP, UDP or SCTP)")),
+            _ => Err(format!(
+                "unknown protocol {s:?} (expected TCP, UDP or SCTP)"
+            )),
         }
     }
 }
@@ -150,7 +152,10 @@ mod tests {
     fn ranges_refuse_reversed_and_out_of_range() {
         assert_eq!(
             PortRange::new(100, 99),
-            Err(PortError::Reversed { start: 100, end: 99 })
+            Err(PortError::Reversed {
+                start: 100,
+                end: 99
+            })
         );
         assert_eq!(PortRange::port(0), Err(PortError::OutOfRange(0)));
         assert_eq!(PortRange::port(65536), Err(PortError::OutOfRange(65536)));

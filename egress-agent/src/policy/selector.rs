@@ -12,11 +12,24 @@ pub type Labels = BTreeMap<String, String>;
 #[serde(tag = "operator", rename_all = "PascalCase")]
 pub enum Requirement {
     /// From `matchLabels`: the label is present with exactly this value.
-    Equals { key: String, value: String },
-    In { key: String, values: BTreeSet<String> },
-    NotIn { key: String, values: BTreeSet<String> },
-    Exists { key: String },
-    DoesNotExist { key: String },
+    Equals {
+        key: String,
+        value: String,
+    },
+    In {
+        key: String,
+        values: BTreeSet<String>,
+    },
+    NotIn {
+        key: String,
+        values: BTreeSet<String>,
+    },
+    Exists {
+        key: String,
+    },
+    DoesNotExist {
+        key: String,
+    },
 }
 
 impl Requirement {
@@ -98,12 +111,31 @@ mod tests {
     fn operators_follow_kubernetes() {
         let l = labels(&[("app", "web"), ("tier", "front")]);
         let key = || "app".to_owned();
-        assert!(Requirement::In { key: key(), values: set(&["web", "db"]) }.matches(&l));
-        assert!(!Requirement::NotIn { key: key(), values: set(&["web"]) }.matches(&l));
-        assert!(Requirement::NotIn { key: "missing".into(), values: set(&["x"]) }.matches(&l));
+        assert!(Requirement::In {
+            key: key(),
+            values: set(&["web", "db"])
+        }
+        .matches(&l));
+        assert!(!Requirement::NotIn {
+            key: key(),
+            values: set(&["web"])
+        }
+        .matches(&l));
+        assert!(Requirement::NotIn {
+            key: "missing".into(),
+            values: set(&["x"])
+        }
+        .matches(&l));
         assert!(Requirement::Exists { key: key() }.matches(&l));
-        assert!(Requirement::DoesNotExist { key: "missing".into() }.matches(&l));
-        assert!(!Requirement::In { key: "missing".into(), values: set(&["x"]) }.matches(&l));
+        assert!(Requirement::DoesNotExist {
+            key: "missing".into()
+        }
+        .matches(&l));
+        assert!(!Requirement::In {
+            key: "missing".into(),
+            values: set(&["x"])
+        }
+        .matches(&l));
         assert!(Selector::everything().matches(&Labels::new()));
     }
 }

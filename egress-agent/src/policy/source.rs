@@ -101,11 +101,14 @@ impl LineIndex {
 
 /// Expands directories (recursively, `*.yaml` / `*.yml`, hidden entries
 /// skipped) into a sorted list of files, so load order is deterministic.
-pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
+pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Box<Diagnostic>> {
     let mut files = Vec::new();
     for path in paths {
         let meta = fs::metadata(path).map_err(|e| {
-            Diagnostic::error(&file_name(path), format!("cannot read policy path: {e}"))
+            Box::new(Diagnostic::error(
+                &file_name(path),
+                format!("cannot read policy path: {e}"),
+            ))
         })?;
         if meta.is_dir() {
             walk(path, &mut files)?;
@@ -116,9 +119,12 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
     Ok(files)
 }
 
-fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), Diagnostic> {
+fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), Box<Diagnostic>> {
     let read_err = |e: std::io::Error| {
-        Diagnostic::error(&file_name(dir), format!("cannot read policy directory: {e}"))
+        Box::new(Diagnostic::error(
+            &file_name(dir),
+            format!("cannot read policy directory: {e}"),
+        ))
     };
     let mut entries = fs::read_dir(dir)
         .map_err(read_err)?
@@ -165,13 +171,15 @@ pub fn read(files: &[PathBuf]) -> (Vec<Source>, Vec<Diagnostic>) {
 /// Splits a source into documents with their line indexes. A syntax error
 /// rejects the whole file: after one, the parser cannot tell where the
 /// following documents begin.
-pub fn documents(source: &Source) -> Result<Vec<Document<'_>>, Diagnostic> {
+pub fn documents(source: &Source) -> Result<Vec<Document<'_>>, Box<Diagnostic>> {
     let mut walker = Walker::default();
     let mut parser = Parser::new_from_str(&source.text);
     loop {
         let (event, mark) = parser.next_token().map_err(|e| {
-            Diagnostic::error(&source.file, format!("YAML syntax error: {}", e.info()))
-                .at(Some(location(e.marker())))
+            Box::new(
+                Diagnostic::error(&source.file, format!("YAML syntax error: {}", e.info()))
+                    .at(Some(location(e.marker()))),
+            )
         })?;
         if event == Event::StreamEnd {
             break;
@@ -234,8 +242,12 @@ struct DocIndex {
 
 enum Frame {
     /// `key` is `Some` while the mapping's next node is that key's value.
-    Mapping { key: Option<String> },
-    Sequence { next: usize },
+    Mapping {
+        key: Option<String>,
+    },
+    Sequence {
+        next: usize,
+    },
 }
 
 impl Walker {
@@ -309,16 +321,13 @@ impl Walker {
 
     /// Called when a value node is complete: leave its path segment.
     fn end_node(&mut self) {
-        match self.stack.last_mut() {
-            Some(Frame::Mapping { key }) => {
-                if key.take().is_some() {
-                    self.path.pop();
-                }
-            }
-            Some(Frame::Sequence { .. }) => {
-                self.path.pop();
-            }
-            None => {}
+        let leaving = match self.stack.last_mut() {
+            Some(Frame::Mapping { key }) => key.take().is_some(),
+            Some(Frame::Sequence { .. }) => true,
+            None => false,
+        };
+        if leaving {
+            self.path.pop();
         }
     }
 

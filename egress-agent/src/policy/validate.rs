@@ -61,7 +61,7 @@ pub fn load_sources(sources: &[Source]) -> Result<Loaded, super::Rejected> {
     for source in sources {
         match source::documents(source) {
             Ok(docs) => docs.iter().for_each(|doc| builder.document(doc)),
-            Err(diag) => builder.diags.push(diag),
+            Err(diag) => builder.diags.push(*diag),
         }
     }
     builder.finish()
@@ -75,12 +75,15 @@ struct SelectorUse {
     selector: WorkloadSelector,
 }
 
+/// `(kind, namespace, name)`: what must be unique.
+type ObjectKey = (String, String, String);
+
 #[derive(Default)]
 struct Builder {
     diags: Diagnostics,
     model: Model,
     /// `(kind, namespace, name)` → where it was first defined.
-    seen: HashMap<(String, String, String), (Arc<Path>, Option<Location>)>,
+    seen: HashMap<ObjectKey, (Arc<Path>, Option<Location>)>,
     selector_uses: Vec<SelectorUse>,
     /// Where each gateway and redirect was defined, by id, for conflicts.
     locations: HashMap<(&'static str, ObjectId), Diagnostic>,
@@ -148,7 +151,9 @@ impl Builder {
                 Some((expected, _)) => {
                     format!("kind {kind} has apiVersion {expected}, not {api_version:?}")
                 }
-                None => format!("unknown kind {kind:?} (apiVersion {api_version}); expected one of: {known}"),
+                None => format!(
+                    "unknown kind {kind:?} (apiVersion {api_version}); expected one of: {known}"
+                ),
             };
             let field = if KNOWN_KINDS.iter().any(|(_, k)| *k == kind) {
                 FieldPath::of(&["apiVersion"])
@@ -260,7 +265,11 @@ impl Builder {
             };
             self.diags.push(ctx.error(
                 FieldPath::of(&["metadata", "name"]),
-                format!("duplicate {} {}: already defined at {at}", ctx.object.kind, ctx.object_label()),
+                format!(
+                    "duplicate {} {}: already defined at {at}",
+                    ctx.object.kind,
+                    ctx.object_label()
+                ),
             ));
             self.keep = false;
         } else {
@@ -297,7 +306,8 @@ impl Builder {
         let spec_path = FieldPath::of(&["spec"]);
         let cgroup = obj.spec.cgroup.trim().to_owned();
         if cgroup.is_empty() {
-            self.diags.push(ctx.error(spec_path.key("cgroup"), "must not be empty"));
+            self.diags
+                .push(ctx.error(spec_path.key("cgroup"), "must not be empty"));
         } else if cgroup.split('/').any(|c| c == "..") {
             self.diags.push(ctx.error(
                 spec_path.key("cgroup"),
@@ -322,7 +332,8 @@ impl Builder {
                 .map_err(|e| self.diags.push(ctx.error(path.key("port"), e.to_string())))
                 .ok();
             if !is_port_name(&p.name) {
-                self.diags.push(ctx.error(path.key("name"), port_name_error(&p.name)));
+                self.diags
+                    .push(ctx.error(path.key("name"), port_name_error(&p.name)));
             } else if let (Some(protocol), Some(port)) = (protocol, port) {
                 ports.push(NamedPort {
                     name: p.name.clone(),
@@ -356,20 +367,32 @@ impl Builder {
         let path = |key: &str| FieldPath::of(&["metadata", "annotations"]).key(key);
         let mut overrides = CaptureOverrides::default();
         if let Some(v) = annotations.get(annotations::INCLUDE_IP_RANGES) {
-            overrides.include_ip_ranges =
-                self.include_ranges(ctx, &StringOrList::String(v.clone()), path(annotations::INCLUDE_IP_RANGES));
+            overrides.include_ip_ranges = self.include_ranges(
+                ctx,
+                &StringOrList::String(v.clone()),
+                path(annotations::INCLUDE_IP_RANGES),
+            );
         }
         if let Some(v) = annotations.get(annotations::EXCLUDE_IP_RANGES) {
-            overrides.exclude_ip_ranges =
-                self.exclude_ranges(ctx, &StringOrList::String(v.clone()), path(annotations::EXCLUDE_IP_RANGES));
+            overrides.exclude_ip_ranges = self.exclude_ranges(
+                ctx,
+                &StringOrList::String(v.clone()),
+                path(annotations::EXCLUDE_IP_RANGES),
+            );
         }
         if let Some(v) = annotations.get(annotations::INCLUDE_PORTS) {
-            overrides.include_ports =
-                self.port_list(ctx, &PortList::String(v.clone()), path(annotations::INCLUDE_PORTS));
+            overrides.include_ports = self.port_list(
+                ctx,
+                &PortList::String(v.clone()),
+                path(annotations::INCLUDE_PORTS),
+            );
         }
         if let Some(v) = annotations.get(annotations::EXCLUDE_PORTS) {
-            overrides.exclude_ports =
-                self.port_list(ctx, &PortList::String(v.clone()), path(annotations::EXCLUDE_PORTS));
+            overrides.exclude_ports = self.port_list(
+                ctx,
+                &PortList::String(v.clone()),
+                path(annotations::EXCLUDE_PORTS),
+            );
         }
         overrides
     }
@@ -385,7 +408,11 @@ impl Builder {
             return;
         };
         let pod_selector = self
-            .selector(ctx, spec.pod_selector.as_ref(), spec_path.key("podSelector"))
+            .selector(
+                ctx,
+                spec.pod_selector.as_ref(),
+                spec_path.key("podSelector"),
+            )
             .unwrap_or_default();
         let has_egress_rules = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
         let affects_egress = match &spec.policy_types {
@@ -491,13 +518,15 @@ impl Builder {
             }
             (None, true) => {
                 let namespaces = match &peer.namespace_selector {
-                    Some(sel) => NamespaceScope::Selected(
-                        self.selector(ctx, Some(sel), path.key("namespaceSelector"))?,
-                    ),
+                    Some(sel) => NamespaceScope::Selected(self.selector(
+                        ctx,
+                        Some(sel),
+                        path.key("namespaceSelector"),
+                    )?),
                     None => NamespaceScope::Own(policy.namespace.clone()),
                 };
-                let pods = self
-                    .selector(ctx, peer.pod_selector.as_ref(), path.key("podSelector"))?;
+                let pods =
+                    self.selector(ctx, peer.pod_selector.as_ref(), path.key("podSelector"))?;
                 let selector = WorkloadSelector { namespaces, pods };
                 self.selector_uses.push(SelectorUse {
                     at: ctx.warning(path, ""),
@@ -509,11 +538,17 @@ impl Builder {
         }
     }
 
-    fn port(&mut self, ctx: &Ctx<'_, '_>, port: &NetworkPolicyPort, path: FieldPath) -> Option<PortSpec> {
+    fn port(
+        &mut self,
+        ctx: &Ctx<'_, '_>,
+        port: &NetworkPolicyPort,
+        path: FieldPath,
+    ) -> Option<PortSpec> {
         let protocol = self.protocol(ctx, port.protocol.as_deref(), path.key("protocol"));
         let matched = match (&port.port, port.end_port) {
             (None, Some(_)) => {
-                self.diags.push(ctx.error(path.key("endPort"), "endPort requires port"));
+                self.diags
+                    .push(ctx.error(path.key("endPort"), "endPort requires port"));
                 None
             }
             (None, None) => Some(PortMatch::Range(PortRange::ALL)),
@@ -533,7 +568,8 @@ impl Builder {
                     ));
                     None
                 } else if !is_port_name(name) {
-                    self.diags.push(ctx.error(path.key("port"), port_name_error(name)));
+                    self.diags
+                        .push(ctx.error(path.key("port"), port_name_error(name)));
                     None
                 } else {
                     Some(PortMatch::Named(name.clone()))
@@ -546,11 +582,17 @@ impl Builder {
                 let end = match end {
                     None => start,
                     Some(e) => PortRange::port(i64::from(e))
-                        .map_err(|err| self.diags.push(ctx.error(path.key("endPort"), err.to_string())))
+                        .map_err(|err| {
+                            self.diags
+                                .push(ctx.error(path.key("endPort"), err.to_string()))
+                        })
                         .ok()?,
                 };
                 PortRange::new(start, end)
-                    .map_err(|e| self.diags.push(ctx.error(path.key("endPort"), e.to_string())))
+                    .map_err(|e| {
+                        self.diags
+                            .push(ctx.error(path.key("endPort"), e.to_string()))
+                    })
                     .ok()
                     .map(PortMatch::Range)
             }
@@ -561,7 +603,12 @@ impl Builder {
         })
     }
 
-    fn protocol(&mut self, ctx: &Ctx<'_, '_>, protocol: Option<&str>, path: FieldPath) -> Option<Protocol> {
+    fn protocol(
+        &mut self,
+        ctx: &Ctx<'_, '_>,
+        protocol: Option<&str>,
+        path: FieldPath,
+    ) -> Option<Protocol> {
         match protocol {
             None => Some(Protocol::Tcp),
             Some(p) if p == "TCP" || p == "UDP" || p == "SCTP" => p.parse().ok(),
@@ -581,7 +628,8 @@ impl Builder {
             return;
         };
         let spec_path = FieldPath::of(&["spec"]);
-        let selector = self.workload_selector(ctx, &id, &obj.spec.selector, spec_path.key("selector"));
+        let selector =
+            self.workload_selector(ctx, &id, &obj.spec.selector, spec_path.key("selector"));
         let mut cluster_cidrs = Vec::new();
         for (i, c) in obj.spec.cluster_cidrs.iter().enumerate() {
             if let Some(net) = self.cidr(ctx, c, spec_path.key("clusterCIDRs").index(i)) {
@@ -598,7 +646,9 @@ impl Builder {
             hosts
                 .iter()
                 .enumerate()
-                .filter_map(|(i, h)| self.allowed_host(ctx, h, spec_path.key("allowedHosts").index(i)))
+                .filter_map(|(i, h)| {
+                    self.allowed_host(ctx, h, spec_path.key("allowedHosts").index(i))
+                })
                 .collect()
         });
         let Some(selector) = selector else { return };
@@ -610,7 +660,10 @@ impl Builder {
             what: "selector matches no workload: no workload may reach the internet",
             selector: selector.clone(),
         });
-        self.locations.insert(("EgressGateway", id.clone()), ctx.error(spec_path.key("selector"), ""));
+        self.locations.insert(
+            ("EgressGateway", id.clone()),
+            ctx.error(spec_path.key("selector"), ""),
+        );
         self.model.gateways.push(EgressGateway {
             id,
             selector,
@@ -620,7 +673,12 @@ impl Builder {
         });
     }
 
-    fn allowed_host(&mut self, ctx: &Ctx<'_, '_>, spec: &AllowedHostSpec, path: FieldPath) -> Option<AllowedHost> {
+    fn allowed_host(
+        &mut self,
+        ctx: &Ctx<'_, '_>,
+        spec: &AllowedHostSpec,
+        path: FieldPath,
+    ) -> Option<AllowedHost> {
         let raw = spec.host.trim();
         let host = if let Ok(ip) = raw.parse::<IpAddr>() {
             HostName::Net(IpNet::from(ip.to_canonical()))
@@ -650,7 +708,9 @@ impl Builder {
             };
             // ServiceEntry protocols (HTTP, HTTPS, TLS) all ride on TCP.
             let protocol = match protocol.map(str::to_ascii_uppercase).as_deref() {
-                None | Some("TCP" | "HTTP" | "HTTPS" | "HTTP2" | "TLS" | "GRPC") => Some(Protocol::Tcp),
+                None | Some("TCP" | "HTTP" | "HTTPS" | "HTTP2" | "TLS" | "GRPC") => {
+                    Some(Protocol::Tcp)
+                }
                 Some("UDP") => Some(Protocol::Udp),
                 Some(other) => {
                     self.diags.push(ctx.error(
@@ -696,14 +756,20 @@ impl Builder {
                 .parse::<IpAddr>()
                 .map(|ip| ip.to_canonical())
                 .map_err(|_| {
-                    self.diags.push(ctx.error(proxy_path.key("address"), format!("invalid IP address {a:?}")))
+                    self.diags.push(ctx.error(
+                        proxy_path.key("address"),
+                        format!("invalid IP address {a:?}"),
+                    ))
                 })
                 .ok(),
         };
         let port = match spec.proxy.port {
             None => Some(DEFAULT_PROXY_PORT),
             Some(p) => PortRange::port(p)
-                .map_err(|e| self.diags.push(ctx.error(proxy_path.key("port"), e.to_string())))
+                .map_err(|e| {
+                    self.diags
+                        .push(ctx.error(proxy_path.key("port"), e.to_string()))
+                })
                 .ok(),
         };
         let proxy_selector = match &spec.proxy.selector {
@@ -724,17 +790,22 @@ impl Builder {
                 .unwrap_or_default();
         }
         if let Some(v) = &spec.include_ports {
-            rules.include_ports = self.port_list(ctx, v, spec_path.key("includePorts")).unwrap_or_default();
+            rules.include_ports = self
+                .port_list(ctx, v, spec_path.key("includePorts"))
+                .unwrap_or_default();
         }
         if let Some(v) = &spec.exclude_ports {
-            rules.exclude_ports = self.port_list(ctx, v, spec_path.key("excludePorts")).unwrap_or_default();
+            rules.exclude_ports = self
+                .port_list(ctx, v, spec_path.key("excludePorts"))
+                .unwrap_or_default();
         }
         let dns_port = match &spec.capture_dns {
             Some(dns) if dns.enabled => match dns.port {
                 None => Some(DEFAULT_DNS_PORT),
                 Some(p) => PortRange::port(p)
                     .map_err(|e| {
-                        self.diags.push(ctx.error(spec_path.key("captureDNS").key("port"), e.to_string()))
+                        self.diags
+                            .push(ctx.error(spec_path.key("captureDNS").key("port"), e.to_string()))
                     })
                     .ok(),
             },
@@ -760,7 +831,10 @@ impl Builder {
                 selector: sel.clone(),
             });
         }
-        self.locations.insert(("Redirect", id.clone()), ctx.error(spec_path.key("podSelector"), ""));
+        self.locations.insert(
+            ("Redirect", id.clone()),
+            ctx.error(spec_path.key("podSelector"), ""),
+        );
         self.model.redirects.push(Redirect {
             id,
             capture,
@@ -783,7 +857,11 @@ impl Builder {
         path: FieldPath,
     ) -> Option<WorkloadSelector> {
         let namespaces = match &spec.namespace_selector {
-            Some(sel) => NamespaceScope::Selected(self.selector(ctx, Some(sel), path.key("namespaceSelector"))?),
+            Some(sel) => NamespaceScope::Selected(self.selector(
+                ctx,
+                Some(sel),
+                path.key("namespaceSelector"),
+            )?),
             None => NamespaceScope::Own(owner.namespace.clone()),
         };
         let pods = self.selector(ctx, spec.pod_selector.as_ref(), path.key("podSelector"))?;
@@ -791,7 +869,12 @@ impl Builder {
     }
 
     /// Converts a Kubernetes label selector; absent means everything.
-    fn selector(&mut self, ctx: &Ctx<'_, '_>, sel: Option<&LabelSelector>, path: FieldPath) -> Option<Selector> {
+    fn selector(
+        &mut self,
+        ctx: &Ctx<'_, '_>,
+        sel: Option<&LabelSelector>,
+        path: FieldPath,
+    ) -> Option<Selector> {
         let Some(sel) = sel else {
             return Some(Selector::everything());
         };
@@ -863,11 +946,17 @@ impl Builder {
         }
     }
 
-    fn include_ranges(&mut self, ctx: &Ctx<'_, '_>, value: &StringOrList, path: FieldPath) -> Option<IpRanges> {
+    fn include_ranges(
+        &mut self,
+        ctx: &Ctx<'_, '_>,
+        value: &StringOrList,
+        path: FieldPath,
+    ) -> Option<IpRanges> {
         let items = split_list(value);
         if items.iter().any(|s| s == "*") {
             if items.len() > 1 {
-                self.diags.push(ctx.error(path, "\"*\" cannot be combined with other ranges"));
+                self.diags
+                    .push(ctx.error(path, "\"*\" cannot be combined with other ranges"));
                 return None;
             }
             return Some(IpRanges::All);
@@ -875,17 +964,28 @@ impl Builder {
         self.cidr_list(ctx, &items, path).map(IpRanges::Only)
     }
 
-    fn exclude_ranges(&mut self, ctx: &Ctx<'_, '_>, value: &StringOrList, path: FieldPath) -> Option<Vec<IpNet>> {
+    fn exclude_ranges(
+        &mut self,
+        ctx: &Ctx<'_, '_>,
+        value: &StringOrList,
+        path: FieldPath,
+    ) -> Option<Vec<IpNet>> {
         let items = split_list(value);
         if items.iter().any(|s| s == "*") {
             // istio-iptables refuses this too: it would disable capture silently.
-            self.diags.push(ctx.error(path, "\"*\" is not allowed in excludeIPRanges"));
+            self.diags
+                .push(ctx.error(path, "\"*\" is not allowed in excludeIPRanges"));
             return None;
         }
         self.cidr_list(ctx, &items, path)
     }
 
-    fn cidr_list(&mut self, ctx: &Ctx<'_, '_>, items: &[String], path: FieldPath) -> Option<Vec<IpNet>> {
+    fn cidr_list(
+        &mut self,
+        ctx: &Ctx<'_, '_>,
+        items: &[String],
+        path: FieldPath,
+    ) -> Option<Vec<IpNet>> {
         let mut nets = Vec::new();
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
@@ -893,7 +993,8 @@ impl Builder {
                 Ok((net, _)) => nets.push(net),
                 Err(message) => {
                     // A comma-separated string is one YAML field: name the item.
-                    self.diags.push(ctx.error(path.clone(), format!("item {i}: {message}")));
+                    self.diags
+                        .push(ctx.error(path.clone(), format!("item {i}: {message}")));
                     ok = false;
                 }
             }
@@ -901,7 +1002,12 @@ impl Builder {
         ok.then_some(nets)
     }
 
-    fn port_list(&mut self, ctx: &Ctx<'_, '_>, value: &PortList, path: FieldPath) -> Option<Vec<u16>> {
+    fn port_list(
+        &mut self,
+        ctx: &Ctx<'_, '_>,
+        value: &PortList,
+        path: FieldPath,
+    ) -> Option<Vec<u16>> {
         let numbers: Vec<Result<i64, String>> = match value {
             PortList::List(list) => list.iter().map(|n| Ok(*n)).collect(),
             PortList::String(s) => s
@@ -914,12 +1020,14 @@ impl Builder {
         let mut ports = Vec::new();
         let mut ok = true;
         for (i, n) in numbers.into_iter().enumerate() {
-            match n.map_err(|s| format!("{s:?} is not a port number")).and_then(|n| {
-                PortRange::port(n).map_err(|e| e.to_string())
-            }) {
+            match n
+                .map_err(|s| format!("{s:?} is not a port number"))
+                .and_then(|n| PortRange::port(n).map_err(|e| e.to_string()))
+            {
                 Ok(p) => ports.push(p),
                 Err(message) => {
-                    self.diags.push(ctx.error(path.clone(), format!("item {i}: {message}")));
+                    self.diags
+                        .push(ctx.error(path.clone(), format!("item {i}: {message}")));
                     ok = false;
                 }
             }
@@ -932,11 +1040,14 @@ impl Builder {
         // Namespaces that workloads live in but nobody declared.
         for w in &self.model.workloads {
             let name = w.id.namespace.clone();
-            self.model.namespaces.entry(name.clone()).or_insert_with(|| Namespace {
-                labels: BTreeMap::from([(NAMESPACE_NAME_LABEL.to_owned(), name.clone())]),
-                name,
-                declared: false,
-            });
+            self.model
+                .namespaces
+                .entry(name.clone())
+                .or_insert_with(|| Namespace {
+                    labels: BTreeMap::from([(NAMESPACE_NAME_LABEL.to_owned(), name.clone())]),
+                    name,
+                    declared: false,
+                });
         }
         self.unique_workload_resources();
         self.exclusive_claims();
@@ -1007,11 +1118,19 @@ impl Builder {
         for (kind, claims) in [
             (
                 "EgressGateway",
-                model.gateways.iter().map(|g| (&g.id, &g.selector)).collect::<Vec<_>>(),
+                model
+                    .gateways
+                    .iter()
+                    .map(|g| (&g.id, &g.selector))
+                    .collect::<Vec<_>>(),
             ),
             (
                 "Redirect",
-                model.redirects.iter().map(|r| (&r.id, &r.capture)).collect::<Vec<_>>(),
+                model
+                    .redirects
+                    .iter()
+                    .map(|r| (&r.id, &r.capture))
+                    .collect::<Vec<_>>(),
             ),
         ] {
             let mut owner: HashMap<&ObjectId, &ObjectId> = HashMap::new();
@@ -1087,7 +1206,8 @@ fn split_list(value: &StringOrList) -> Vec<String> {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -1103,7 +1223,9 @@ fn is_dns_name(s: &str) -> bool {
         && s.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -1113,7 +1235,8 @@ fn is_dns_name(s: &str) -> bool {
 fn is_port_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && s.bytes().any(|b| b.is_ascii_lowercase())
         && !s.starts_with('-')
         && !s.ends_with('-')
