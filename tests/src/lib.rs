@@ -1,1 +1,28 @@
 //! Fixtures for privileged tests: network namespaces, cgroups, listeners.
+//!
+//! Every fixture creates what it needs under a name unique to this process
+//! and test ([`names`]), and removes it in `Drop`, which also runs when a
+//! test panics. Leftovers of a process that was killed outright are swept
+//! the next time a fixture is created.
+//!
+//! Test traffic never leaves the namespaces the fixtures create: the root
+//! namespace's interfaces and routes are never touched.
+
+pub mod cgroup;
+pub mod names;
+pub mod netns;
+pub mod probe;
+
+pub use cgroup::TestCgroup;
+pub use netns::{Netns, TestNet};
+pub use probe::{Client, Listener, Outcome, Proto};
+
+/// Fails early, and says why, when the tests cannot work at all.
+pub fn require_root() {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(
+        uid, 0,
+        "the integration tests need root (netns, cgroups, eBPF); run them through `cargo xtask test`"
+    );
+}

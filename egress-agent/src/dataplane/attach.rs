@@ -69,10 +69,12 @@ impl Dataplane {
 
     /// Attaches the program of `hook` to `cgroup`.
     ///
-    /// Attachments use `BPF_F_ALLOW_MULTI`: programs that others (systemd,
-    /// another agent) attach to the same cgroup or to its ancestors keep
-    /// running, and a packet must pass all of them. A descendant cgroup
-    /// cannot override the deny.
+    /// On kernels >= 5.7 aya attaches through a `bpf_link`, which the kernel
+    /// always treats as `BPF_F_ALLOW_MULTI` (and `link_create` rejects the
+    /// flag itself with EINVAL, hence the default mode below): programs that
+    /// others (systemd, another agent) attach to the same cgroup or its
+    /// ancestors keep running, a packet must pass all of them, and a
+    /// descendant cgroup cannot override the deny.
     pub fn attach(&mut self, cgroup: &Path, hook: Hook) -> Result<(), DataplaneError> {
         let key = (hook, cgroup.to_owned());
         if self.links.contains_key(&key) {
@@ -84,7 +86,7 @@ impl Dataplane {
             path: cgroup.to_owned(),
             source,
         };
-        let mode = CgroupAttachMode::AllowMultiple;
+        let mode = CgroupAttachMode::default();
         let link = match hook {
             Hook::Egress => {
                 let prog: &mut CgroupSkb = program_mut(&mut self.ebpf, hook.program())?;
