@@ -1,1 +1,45 @@
-fn main() {}
+//! Developer tasks, run as `cargo xtask <task>`.
+//!
+//! `main` only parses and dispatches; each task lives in its own module.
+
+mod host;
+mod run;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Developer tasks for the egress enforcer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (as root; idempotent).
+    Setup(setup::SetupArgs),
+    /// Run fmt, clippy, unit tests and the privileged integration tests.
+    Test(test::TestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup(args) => setup::run(&args),
+        Task::Test(args) => test::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

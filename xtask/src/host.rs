@@ -1,0 +1,91 @@
+//! Facts about this machine that setup and the test preflight share.
+//!
+//! The mount-table scan duplicates a little of `egress_agent::sys` on
+//! purpose: xtask must build before the eBPF toolchain exists, so it cannot
+//! depend on the agent.
+
+use std::{fs, path::Path};
+
+use crate::run;
+
+/// The exact bpf-linker release the eBPF build is verified with.
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The rustup toolchain name that `egress-agent/build.rs` builds eBPF with.
+pub const EBPF_TOOLCHAIN: &str = "debian-rustc-web";
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn euid() -> u32 {
+    // SAFETY: as above.
+    unsafe { libc::geteuid() }
+}
+
+/// The mount point of the first visible mount of `fs_type` in
+/// `/proc/self/mountinfo`.
+pub fn mount_of(fs_type: &str) -> Option<String> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mount_in(&text, fs_type)
+}
+
+fn mount_in(mountinfo: &str, fs_type: &str) -> Option<String> {
+    mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        let mount_point = before.split(' ').nth(4)?;
+        (after.split(' ').next()? == fs_type).then(|| mount_point.replace("\\040", " "))
+    })
+}
+
+/// The version `bpf-linker --version` reports, if it runs.
+pub fn bpf_linker_version() -> Option<String> {
+    run::output("bpf-linker", ["--version"]).and_then(|v| parse_bpf_linker_version(&v))
+}
+
+fn parse_bpf_linker_version(output: &str) -> Option<String> {
+    output
+        .split_whitespace()
+        .nth(1)
+        .map(|v| v.trim_start_matches('v').to_owned())
+}
+
+/// Whether `program` is an executable on `PATH`.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| is_executable(&dir.join(program)))
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_mounts_by_type_in_hybrid_and_unified_tables() {
+        let hybrid = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:3 - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            mount_in(hybrid, "cgroup2").as_deref(),
+            Some("/sys/fs/cgroup/unified")
+        );
+        assert_eq!(mount_in(hybrid, "bpf"), None);
+        let unified = "26 22 0:24 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
+                       27 22 0:25 / /sys/fs/bpf rw - bpf bpf rw,mode=700\n";
+        assert_eq!(mount_in(unified, "bpf").as_deref(), Some("/sys/fs/bpf"));
+    }
+
+    #[test]
+    fn reads_the_bpf_linker_version() {
+        assert_eq!(
+            parse_bpf_linker_version("bpf-linker 0.13.0").as_deref(),
+            Some("0.13.0")
+        );
+        assert_eq!(parse_bpf_linker_version("bpf-linker"), None);
+    }
+}

@@ -1,0 +1,279 @@
+//! `cargo xtask test`: every check CI runs, in order, with a summary.
+//!
+//! 1. `cargo fmt --all -- --check`
+//! 2. `cargo clippy --workspace --all-targets -- -D warnings`
+//! 3. unit tests: `cargo test --workspace --exclude integration-tests`
+//! 4. privileged integration tests: `cargo test -p integration-tests`
+//!
+//! Stage 4 needs root. Without root it is skipped, loudly. With root, a
+//! missing precondition fails it: on a machine that could run the tests,
+//! nothing is skipped silently.
+
+use std::{
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    host::{self, BPF_LINKER_VERSION},
+    run,
+};
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Skip the privileged integration tests (stages 1-3 only).
+    #[arg(long)]
+    unit_only: bool,
+    /// Stop at the first stage that fails.
+    #[arg(long)]
+    fail_fast: bool,
+    /// Skip `cargo fmt --check` and clippy (stages 3-4 only).
+    #[arg(long)]
+    no_lint: bool,
+}
+
+enum Verdict {
+    Passed,
+    Failed(String),
+    Skipped(String),
+}
+
+struct Stage {
+    name: &'static str,
+    verdict: Verdict,
+    took: Duration,
+}
+
+/// Test counts summed from cargo's `test result:` lines.
+#[derive(Default)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Counts {
+    /// Adds `test result: ok. 12 passed; 0 failed; 1 ignored; ...`.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The stages run so far, and the test counts they reported.
+struct Report {
+    stages: Vec<Stage>,
+    counts: Counts,
+    fail_fast: bool,
+}
+
+impl Report {
+    /// Whether the next stage should run.
+    fn go_on(&self) -> bool {
+        !(self.fail_fast && self.any_failed())
+    }
+
+    fn any_failed(&self) -> bool {
+        self.stages
+            .iter()
+            .any(|s| matches!(s.verdict, Verdict::Failed(_)))
+    }
+
+    /// Runs a command as a stage that passes when the command succeeds.
+    fn command(&mut self, name: &'static str, cmd: &mut Command) -> anyhow::Result<()> {
+        let stage = timed(name, || {
+            Ok(passed_if(run::status(cmd)?, "see the output above"))
+        })?;
+        self.stages.push(stage);
+        Ok(())
+    }
+
+    /// Runs `cargo test ...` as a stage, counting the tests it reports.
+    fn cargo_test(&mut self, name: &'static str, args: &[&str]) -> anyhow::Result<()> {
+        let counts = &mut self.counts;
+        let stage = timed(name, || {
+            let ok = run::tee(run::cargo().arg("test").args(args), |line| {
+                counts.add_line(line)
+            })?;
+            Ok(passed_if(ok, "see the failures above"))
+        })?;
+        self.stages.push(stage);
+        Ok(())
+    }
+
+    fn skip(&mut self, name: &'static str, why: &str) {
+        self.stages.push(Stage {
+            name,
+            verdict: Verdict::Skipped(why.to_owned()),
+            took: Duration::ZERO,
+        });
+    }
+
+    fn fail(&mut self, name: &'static str, why: String) {
+        self.stages.push(Stage {
+            name,
+            verdict: Verdict::Failed(why),
+            took: Duration::ZERO,
+        });
+    }
+
+    fn print(&self) {
+        println!();
+        println!("xtask test summary:");
+        for stage in &self.stages {
+            let took = stage.took.as_secs_f32();
+            match &stage.verdict {
+                Verdict::Passed => println!("  {:<17} passed ({took:.1}s)", stage.name),
+                Verdict::Failed(why) => {
+                    println!("  {:<17} FAILED ({took:.1}s): {why}", stage.name)
+                }
+                Verdict::Skipped(why) => println!("  {:<17} skipped: {why}", stage.name),
+            }
+        }
+        if !self.go_on() {
+            println!("  (stopped at the first failure: --fail-fast)");
+        }
+        let c = &self.counts;
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            c.passed, c.failed, c.ignored
+        );
+    }
+}
+
+pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
+    let mut report = Report {
+        stages: Vec::new(),
+        counts: Counts::default(),
+        fail_fast: args.fail_fast,
+    };
+
+    if args.no_lint {
+        report.skip("fmt", "--no-lint");
+        report.skip("clippy", "--no-lint");
+    } else {
+        report.command("fmt", run::cargo().args(["fmt", "--all", "--", "--check"]))?;
+        if report.go_on() {
+            report.command(
+                "clippy",
+                run::cargo().args([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]),
+            )?;
+        }
+    }
+    if report.go_on() {
+        report.cargo_test(
+            "unit tests",
+            &["--workspace", "--exclude", "integration-tests"],
+        )?;
+    }
+    if report.go_on() {
+        const NAME: &str = "privileged tests";
+        if args.unit_only {
+            report.skip(NAME, "--unit-only");
+        } else if !host::is_root() {
+            let why = format!(
+                "not root (euid {}); they need root for network namespaces, cgroups and eBPF",
+                host::euid()
+            );
+            println!("SKIPPED privileged tests: {why}");
+            report.skip(NAME, &why);
+        } else if let Err(missing) = preconditions() {
+            let why = format!(
+                "running as root but {}; run `cargo xtask setup`",
+                missing.join("; ")
+            );
+            eprintln!("xtask: privileged tests cannot run: {why}");
+            report.fail(NAME, why);
+        } else {
+            report.cargo_test(NAME, &["-p", "integration-tests"])?;
+        }
+    }
+
+    report.print();
+    Ok(if report.any_failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What the privileged tests need besides root, each checked directly.
+fn preconditions() -> Result<(), Vec<String>> {
+    let mut missing = Vec::new();
+    if host::mount_of("cgroup2").is_none() {
+        missing.push("no cgroup2 mount in /proc/self/mountinfo".to_owned());
+    }
+    if host::mount_of("bpf").is_none() {
+        missing.push("bpffs is not mounted".to_owned());
+    }
+    match host::bpf_linker_version() {
+        Some(v) if v == BPF_LINKER_VERSION => {}
+        Some(v) => missing.push(format!("bpf-linker is {v}, not {BPF_LINKER_VERSION}")),
+        None => missing.push("bpf-linker is not on PATH".to_owned()),
+    }
+    if !host::on_path("ip") {
+        missing.push("`ip` (iproute2) is not on PATH".to_owned());
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing)
+    }
+}
+
+fn timed(name: &'static str, f: impl FnOnce() -> anyhow::Result<Verdict>) -> anyhow::Result<Stage> {
+    let start = Instant::now();
+    let verdict = f()?;
+    Ok(Stage {
+        name,
+        verdict,
+        took: start.elapsed(),
+    })
+}
+
+fn passed_if(ok: bool, otherwise: &str) -> Verdict {
+    if ok {
+        Verdict::Passed
+    } else {
+        Verdict::Failed(otherwise.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_summed_from_cargo_test_result_lines() {
+        let mut counts = Counts::default();
+        counts.add_line(
+            "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+        );
+        counts.add_line(
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        counts.add_line("running 5 tests");
+        assert_eq!((counts.passed, counts.failed, counts.ignored), (15, 2, 1));
+    }
+}
