@@ -8,7 +8,10 @@
 //! `rust-web-src`; see docs/toolchain.md), linked into rustup by
 //! `cargo xtask setup`.
 
-use std::env;
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{anyhow, Context as _};
 use aya_build::{Package, Toolchain};
@@ -35,6 +38,8 @@ fn main() -> anyhow::Result<()> {
     // warning; progress lines would drown real warnings. Errors still show.
     env::set_var("CARGO_TERM_QUIET", "true");
 
+    share_ebpf_target_dir()?;
+
     aya_build::build_ebpf(
         [Package {
             name: "egress-ebpf",
@@ -44,4 +49,37 @@ fn main() -> anyhow::Result<()> {
         Toolchain::Custom(EBPF_TOOLCHAIN),
     )
     .context("building the eBPF programs (is the toolchain installed? run `cargo xtask setup`)")
+}
+
+/// Points aya-build's per-`OUT_DIR` target directory at one directory shared
+/// by every build of this crate.
+///
+/// cargo gives this build script a new `OUT_DIR` whenever the features or
+/// dependencies of `egress-agent` differ between invocations (`cargo
+/// clippy`, `cargo test --workspace`, `cargo test -p integration-tests` each
+/// get one), and aya-build builds into `OUT_DIR/aya-build/target/<crate>`,
+/// so each would rebuild `core` and the programs from scratch (~45 s).
+/// Sharing the directory makes all but the first a no-op; the nested cargo's
+/// own lock serialises concurrent builds. If `OUT_DIR` is not laid out as
+/// `<profile>/build/<pkg>/out`, nothing is shared.
+fn share_ebpf_target_dir() -> anyhow::Result<()> {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+    let Some(profile_dir) = out_dir
+        .ancestors()
+        .find(|dir| dir.file_name().is_some_and(|name| name == "build"))
+        .and_then(Path::parent)
+    else {
+        return Ok(());
+    };
+    let shared = profile_dir.join("egress-ebpf-target");
+    let link_parent = out_dir.join("aya-build").join("target");
+    let link = link_parent.join("egress-ebpf");
+    if link.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
+    fs::create_dir_all(&link_parent)
+        .with_context(|| format!("creating {}", link_parent.display()))?;
+    std::os::unix::fs::symlink(&shared, &link)
+        .with_context(|| format!("linking {} to {}", link.display(), shared.display()))
 }
