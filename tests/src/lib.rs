@@ -11,6 +11,7 @@
 pub mod cgroup;
 pub mod names;
 pub mod netns;
+pub mod nftns;
 pub mod probe;
 
 pub use cgroup::TestCgroup;

@@ -19,6 +19,7 @@ mod counters;
 mod deny;
 mod error;
 mod load;
+pub mod nft;
 pub mod object;
 
 pub use attach::Hook;

@@ -1,0 +1,75 @@
+//! Applying, reading and removing the backstop's table.
+
+use std::ffi::{OsStr, OsString};
+
+use super::{counters, exec, ruleset, BackstopCounts, NftError, Operation, TABLE};
+use crate::compile::NodeRules;
+
+/// Drives `nft` for the backstop's table.
+///
+/// nft runs in the network namespace of the calling *thread* (a child
+/// inherits it from the thread that spawns it), so another namespace is
+/// programmed by calling from a thread that has `setns`'d into it.
+///
+/// Needs `CAP_NET_ADMIN`, and nft built with JSON support (`nft -j`;
+/// Debian's is). Minimum kernel: 4.10, for named counters (nf_tables
+/// stateful objects).
+#[derive(Clone, Debug)]
+pub struct Backstop {
+    program: OsString,
+}
+
+impl Default for Backstop {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Backstop {
+    /// Uses `nft` from `PATH`.
+    pub fn new() -> Self {
+        Self::with_program("nft")
+    }
+
+    /// Uses another nft executable: a pinned path, or a wrapper in tests.
+    pub fn with_program(program: impl Into<OsString>) -> Self {
+        Self {
+            program: program.into(),
+        }
+    }
+
+    pub fn program(&self) -> &OsStr {
+        &self.program
+    }
+
+    /// Makes the table exactly what `rules` describe, in one transaction
+    /// (see [`ruleset()`](fn@super::ruleset)). Idempotent; restarts the counters.
+    pub fn apply(&self, rules: &NodeRules) -> Result<(), NftError> {
+        exec::apply(&self.program, &ruleset::ruleset(rules), Operation::Apply)
+    }
+
+    /// Deletes the table and nothing else. Succeeds when it is already gone.
+    pub fn uninstall(&self) -> Result<(), NftError> {
+        exec::apply(
+            &self.program,
+            &ruleset::uninstall_batch(),
+            Operation::Uninstall,
+        )
+    }
+
+    /// The named counters' current values. Fails when the table is not
+    /// installed.
+    pub fn counters(&self) -> Result<BackstopCounts, NftError> {
+        let operation = Operation::ReadCounters;
+        let json = exec::list(
+            &self.program,
+            &["list", "counters", "table", "inet", TABLE],
+            operation,
+        )?;
+        counters::parse(&json).map_err(|source| NftError::Output {
+            operation,
+            program: self.program.clone(),
+            source,
+        })
+    }
+}

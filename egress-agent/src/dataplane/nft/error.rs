@@ -1,0 +1,57 @@
+//! Errors from driving `nft`.
+
+use std::{ffi::OsString, fmt, io, process::ExitStatus};
+
+use super::counters::ParseError;
+
+/// What the backstop was doing when `nft` failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Apply,
+    Uninstall,
+    ReadCounters,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::Apply => "applying the nftables backstop",
+            Operation::Uninstall => "uninstalling the nftables backstop",
+            Operation::ReadCounters => "reading the nftables backstop's counters",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// The program could not be started or talked to (not installed?).
+    #[error("{operation}: running {program:?}")]
+    Run {
+        operation: Operation,
+        program: OsString,
+        #[source]
+        source: io::Error,
+    },
+    /// nft ran and refused; its stderr says why (a kernel without
+    /// nf_tables, a syntax the installed nft does not know, …).
+    #[error("{operation}: {program:?} exited with {status}: {stderr}")]
+    Failed {
+        operation: Operation,
+        program: OsString,
+        status: ExitStatus,
+        stderr: String,
+    },
+    #[error("{operation}: serializing the batch for nft")]
+    Serialize {
+        operation: Operation,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{operation}: unexpected output from {program:?}")]
+    Output {
+        operation: Operation,
+        program: OsString,
+        #[source]
+        source: ParseError,
+    },
+}
