@@ -1,7 +1,7 @@
 //! Compiler: validated [`Model`] → [`Plan`], a pure function.
 //!
 //! The plan holds exactly what the data plane is programmed with (prefix
-//! tables, port ranges, capture rules, node rules), and [`decide`] answers
+//! tables, port ranges, capture rules, node rules), and [`decide()`] answers
 //! questions from the plan alone. So `explain`, the unit tests and the kernel
 //! all read the same compiled data: a compiler bug shows up in `explain`
 //! rather than only on the wire.
