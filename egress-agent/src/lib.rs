@@ -8,4 +8,5 @@
 pub mod compile;
 pub mod dataplane;
 pub mod policy;
+pub mod resolve;
 pub mod sys;
