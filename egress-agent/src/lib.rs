@@ -5,6 +5,7 @@
 //! plan) → [`dataplane`] (plan → kernel). Everything up to the dataplane is a
 //! pure function of its input, so it is unit-tested without root.
 
+pub mod agent;
 pub mod compile;
 pub mod dataplane;
 pub mod policy;

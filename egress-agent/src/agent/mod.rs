@@ -1,0 +1,13 @@
+//! The long-running agent: keeps the policy in `--policies` enforced.
+//!
+//! [`reload::Reloader`] owns the policy lifecycle (load → compile → enforce,
+//! keeping the last good generation when a reload is rejected), and
+//! [`run`] drives it from its triggers: file changes, SIGHUP, DNS changes
+//! and a periodic reconcile. The kernel side sits behind the
+//! [`reload::Enforcer`] trait so the lifecycle is unit-tested without root.
+
+pub mod reload;
+pub mod state;
+
+pub use reload::{Enforcer, Reloader};
+pub use state::{AgentState, Generation, ReloadOutcome};

@@ -1,0 +1,230 @@
+//! The policy lifecycle: load → compile → enforce, never losing the policy
+//! in force.
+
+use std::{path::PathBuf, sync::Arc, time::SystemTime};
+
+use tracing::{error, info, warn};
+
+use super::state::{AgentState, Generation, ReloadOutcome};
+use crate::{
+    compile::{self, Plan},
+    policy::{self, Severity},
+    resolve::ResolvedHosts,
+};
+
+/// Programs the kernel with a plan. Implementations must be atomic: on
+/// error, whatever was in force before stays in force.
+pub trait Enforcer {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    fn enforce(&mut self, plan: &Plan, hosts: &ResolvedHosts) -> Result<(), Self::Error>;
+}
+
+/// Owns the policy paths, the enforcer and the agent state.
+pub struct Reloader<E> {
+    paths: Vec<PathBuf>,
+    enforcer: E,
+    state: AgentState,
+    hosts: ResolvedHosts,
+}
+
+impl<E: Enforcer> Reloader<E> {
+    pub fn new(paths: Vec<PathBuf>, enforcer: E, audit: bool) -> Self {
+        Self {
+            paths,
+            enforcer,
+            state: AgentState {
+                audit,
+                ..AgentState::default()
+            },
+            hosts: ResolvedHosts::default(),
+        }
+    }
+
+    pub fn state(&self) -> &AgentState {
+        &self.state
+    }
+
+    pub fn enforcer(&self) -> &E {
+        &self.enforcer
+    }
+
+    pub fn enforcer_mut(&mut self) -> &mut E {
+        &mut self.enforcer
+    }
+
+    /// The plan in force, if any.
+    pub fn plan(&self) -> Option<Arc<Plan>> {
+        self.state.current.as_ref().map(|g| Arc::clone(&g.plan))
+    }
+
+    /// Reads the policy paths again and, if they are valid, enforces them.
+    /// An invalid set is logged with every finding and changes nothing.
+    pub fn reload(&mut self) -> &ReloadOutcome {
+        self.state.reloads += 1;
+        let outcome = match policy::load(&self.paths) {
+            Err(rejected) => {
+                for d in &rejected.diagnostics {
+                    match d.severity {
+                        Severity::Error => error!(target: "policy", "{d}"),
+                        Severity::Warning => warn!(target: "policy", "{d}"),
+                    }
+                }
+                error!(
+                    errors = rejected.error_count(),
+                    generation = self.state.current.as_ref().map(|g| g.number),
+                    "policy rejected; the previous generation stays in force"
+                );
+                ReloadOutcome::Rejected {
+                    diagnostics: rejected.diagnostics,
+                }
+            }
+            Ok(loaded) => {
+                for d in &loaded.warnings {
+                    warn!(target: "policy", "{d}");
+                }
+                let plan = Arc::new(compile::compile(&loaded.model));
+                match self.enforcer.enforce(&plan, &self.hosts) {
+                    Ok(()) => {
+                        let number = self.state.current.as_ref().map_or(1, |g| g.number + 1);
+                        info!(
+                            generation = number,
+                            workloads = plan.workloads.len(),
+                            "policy applied"
+                        );
+                        self.state.current = Some(Generation {
+                            number,
+                            plan,
+                            loaded_at: SystemTime::now(),
+                            warnings: loaded.warnings,
+                        });
+                        ReloadOutcome::Applied { generation: number }
+                    }
+                    Err(e) => {
+                        error!(error = %format_chain(&e), "cannot program the kernel; the previous generation stays in force");
+                        ReloadOutcome::Failed {
+                            error: format_chain(&e),
+                        }
+                    }
+                }
+            }
+        };
+        if !outcome.is_applied() {
+            self.state.failed_reloads += 1;
+        }
+        self.state.last_reload.insert(outcome)
+    }
+
+    /// Re-enforces the plan in force, e.g. after DNS answers changed or a
+    /// workload's cgroup appeared. Returns false when nothing is in force.
+    pub fn reenforce(&mut self, hosts: Option<ResolvedHosts>) -> Result<bool, E::Error> {
+        if let Some(hosts) = hosts {
+            self.hosts = hosts;
+        }
+        let Some(plan) = self.plan() else {
+            return Ok(false);
+        };
+        self.enforcer.enforce(&plan, &self.hosts)?;
+        Ok(true)
+    }
+}
+
+/// An error and its sources, on one line.
+pub fn format_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    /// Records what it was asked to enforce; can be told to fail.
+    #[derive(Default)]
+    struct Recorder {
+        applied: Vec<usize>,
+        fail: bool,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("kernel said no")]
+    struct No;
+
+    impl Enforcer for Recorder {
+        type Error = No;
+
+        fn enforce(&mut self, plan: &Plan, _: &ResolvedHosts) -> Result<(), No> {
+            if self.fail {
+                return Err(No);
+            }
+            self.applied.push(plan.workloads.len());
+            Ok(())
+        }
+    }
+
+    const WORKLOAD: &str = "apiVersion: egress.enforcer.dev/v1alpha1\nkind: Workload\n\
+        metadata: {name: w, namespace: ns}\nspec: {cgroup: t/w}\n";
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("egress-reload-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    #[test]
+    fn an_invalid_reload_keeps_the_generation_in_force() {
+        let d = dir("invalid");
+        fs::write(d.join("w.yaml"), WORKLOAD).expect("write");
+        let mut r = Reloader::new(vec![d.clone()], Recorder::default(), false);
+        assert!(r.reload().is_applied());
+        fs::write(d.join("bad.yaml"), "apiVersion: v1\nkind: Nope\n").expect("write");
+        assert!(
+            matches!(r.reload(), ReloadOutcome::Rejected { diagnostics } if !diagnostics.is_empty())
+        );
+        assert_eq!(r.state().current.as_ref().map(|g| g.number), Some(1));
+        assert_eq!(
+            r.enforcer().applied,
+            [1],
+            "the kernel was not touched by the bad reload"
+        );
+        fs::remove_file(d.join("bad.yaml")).expect("rm");
+        assert!(matches!(
+            r.reload(),
+            ReloadOutcome::Applied { generation: 2 }
+        ));
+        assert_eq!((r.state().reloads, r.state().failed_reloads), (3, 1));
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn an_enforcer_failure_keeps_the_generation_in_force() {
+        let d = dir("enforce");
+        fs::write(d.join("w.yaml"), WORKLOAD).expect("write");
+        let mut r = Reloader::new(vec![d.clone()], Recorder::default(), false);
+        r.reload();
+        r.enforcer_mut().fail = true;
+        assert!(matches!(r.reload(), ReloadOutcome::Failed { error } if error == "kernel said no"));
+        assert_eq!(r.state().current.as_ref().map(|g| g.number), Some(1));
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn nothing_is_enforced_before_a_first_valid_policy() {
+        let d = dir("first");
+        fs::write(d.join("bad.yaml"), "kind: [").expect("write");
+        let mut r = Reloader::new(vec![d.clone()], Recorder::default(), false);
+        assert!(!r.reload().is_applied());
+        assert!(r.state().current.is_none());
+        assert!(!r.reenforce(None).expect("no plan, no error"));
+        fs::remove_dir_all(&d).ok();
+    }
+}
