@@ -6,6 +6,7 @@
 //! and a periodic reconcile. The kernel side sits behind the
 //! [`reload::Enforcer`] trait so the lifecycle is unit-tested without root.
 
+pub mod cgroups;
 pub mod reload;
 pub mod state;
 
