@@ -8,6 +8,7 @@
 
 pub mod cgroups;
 pub mod reload;
+pub mod run;
 pub mod state;
 
 pub use reload::{Enforcer, Reloader};

@@ -18,6 +18,12 @@ pub trait Enforcer {
     type Error: std::error::Error + Send + Sync + 'static;
 
     fn enforce(&mut self, plan: &Plan, hosts: &ResolvedHosts) -> Result<(), Self::Error>;
+
+    /// True while part of the plan could not be enforced yet (a workload
+    /// whose cgroup does not exist): the agent then re-enforces often.
+    fn needs_reconcile(&self) -> bool {
+        false
+    }
 }
 
 /// Owns the policy paths, the enforcer and the agent state.

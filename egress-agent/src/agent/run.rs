@@ -1,0 +1,143 @@
+//! The agent's event loop: what makes it reload.
+
+use std::{path::PathBuf, time::Duration};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+    time::{interval, sleep, MissedTickBehavior},
+};
+use tracing::{debug, error, info, warn};
+
+use super::reload::{format_chain, Enforcer, Reloader};
+use crate::resolve::{dns_names, HostResolver, ResolverSettings};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot install the {signal} handler")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot watch {path} for changes")]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+    #[error("cannot start the DNS resolver for allowedHosts")]
+    Resolver(#[source] crate::resolve::ResolveError),
+}
+
+/// Timing knobs of the loop.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Editors write files in several steps; changes closer together than
+    /// this become one reload.
+    pub debounce: Duration,
+    /// How often workloads whose cgroup did not exist yet are looked for.
+    pub reconcile_every: Duration,
+    pub resolver: ResolverSettings,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(50),
+            reconcile_every: Duration::from_millis(100),
+            resolver: ResolverSettings::default(),
+        }
+    }
+}
+
+/// Runs until SIGTERM or SIGINT. Exiting never removes enforcement: the
+/// programs and maps stay pinned (fail closed); only `uninstall` removes
+/// them.
+pub async fn run<E: Enforcer>(
+    mut reloader: Reloader<E>,
+    paths: &[PathBuf],
+    options: RunOptions,
+) -> Result<(), RunError> {
+    let sig = |kind, name| {
+        signal(kind).map_err(|source| RunError::Signal {
+            signal: name,
+            source,
+        })
+    };
+    let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
+    let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
+
+    let (changes_tx, mut changes) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if !event.kind.is_access() {
+                let _ = changes_tx.send(());
+            }
+        }
+    })
+    .map_err(|source| RunError::Watch {
+        path: PathBuf::new(),
+        source,
+    })?;
+    for path in paths {
+        watcher
+            .watch(path, RecursiveMode::Recursive)
+            .map_err(|source| RunError::Watch {
+                path: path.clone(),
+                source,
+            })?;
+    }
+
+    let resolver = HostResolver::spawn(options.resolver.clone(), []).map_err(RunError::Resolver)?;
+    let mut hosts = resolver.subscribe();
+
+    reload(&mut reloader, &resolver);
+    let mut tick = interval(options.reconcile_every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading");
+                reload(&mut reloader, &resolver);
+            }
+            Some(()) = changes.recv() => {
+                sleep(options.debounce).await;
+                while changes.try_recv().is_ok() {}
+                info!("policy files changed: reloading");
+                reload(&mut reloader, &resolver);
+            }
+            Ok(()) = hosts.changed() => {
+                let snapshot = hosts.borrow_and_update().clone();
+                debug!(?snapshot, "allowedHosts addresses changed");
+                if let Err(e) = reloader.reenforce(Some(snapshot)) {
+                    error!(error = %format_chain(&e), "cannot apply new allowedHosts addresses; the previous ones stay in force");
+                }
+            }
+            _ = tick.tick() => {
+                if reloader.enforcer().needs_reconcile() {
+                    if let Err(e) = reloader.reenforce(None) {
+                        warn!(error = %format_chain(&e), "reconcile failed");
+                    }
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!("exiting; enforcement stays in force (pinned) until `egress-agent uninstall`");
+    Ok(())
+}
+
+fn reload<E: Enforcer>(reloader: &mut Reloader<E>, resolver: &HostResolver) {
+    if reloader.reload().is_applied() {
+        if let Some(plan) = reloader.plan() {
+            if let Err(e) = resolver.set_names(dns_names(&plan)) {
+                error!(error = %format_chain(&e), "cannot watch the new allowedHosts names");
+            }
+        }
+    }
+}
