@@ -1,128 +1,378 @@
-//! Types shared by the eBPF programs and the agent.
+//! Types shared by the eBPF programs and the agent: map names, keys, values
+//! and verdict codes.
 //!
 //! Everything here crosses the kernel/user boundary as raw bytes, so every
-//! type is `#[repr(C)]`, has no padding, and is `Copy`. The `user` feature
-//! implements [`aya::Pod`] for them; the eBPF side never enables it.
+//! type is `#[repr(C)]`, has no implicit padding, and is `Copy`. The `user`
+//! feature implements `aya::Pod` for them; the eBPF side never enables it.
+//!
+//! # The enforcement model in one paragraph
+//!
+//! The programs are attached once, at a cgroup root. A socket's workload is
+//! the deepest ancestor cgroup of the socket (levels listed in
+//! [`Config::level_mask`]) that has an entry in `WORKLOADS` whose slot for
+//! the active generation ([`map::ACTIVE`]) names a policy. The policy's
+//! [`PolicyInfo`] says which checks apply; its allowed destinations live in
+//! the `ALLOW_*` tries under keys that start with the policy id, and map to
+//! [`PortSet`]s. Every decision increments one [`verdict_index`] counter.
 #![cfg_attr(not(test), no_std)]
 
-/// Name of the LPM trie of denied IPv4 destination prefixes.
-pub const DENY_V4_MAP: &str = "DENY_V4";
-/// Name of the LPM trie of denied IPv6 destination prefixes.
-pub const DENY_V6_MAP: &str = "DENY_V6";
-/// Name of the per-CPU array of [`Counter`]s.
-pub const VERDICTS_MAP: &str = "VERDICTS";
+/// Map names, as the object defines them and as they are pinned under
+/// `<pin_dir>/maps/`.
+pub mod map {
+    /// `Array<u32>` of length 1: the active generation slot, 0 or 1.
+    pub const ACTIVE: &str = "ACTIVE";
+    /// `Array<Config>` of length 1.
+    pub const CONFIG: &str = "CONFIG";
+    /// `HashMap<u64 cgroup id, WorkloadSlot>`.
+    pub const WORKLOADS: &str = "WORKLOADS";
+    /// `HashMap<u32 policy id, PolicyInfo>`.
+    pub const POLICIES: &str = "POLICIES";
+    /// `LpmTrie<PolicyAddrV4, u32 port set id>`.
+    pub const ALLOW_V4: &str = "ALLOW_V4";
+    /// `LpmTrie<PolicyAddrV6, u32 port set id>`.
+    pub const ALLOW_V6: &str = "ALLOW_V6";
+    /// `HashMap<u32 port set id, PortSet>`.
+    pub const PORT_SETS: &str = "PORT_SETS";
+    /// `LpmTrie<PolicyAddrV4, u8>` keyed by cluster tag: the cluster CIDRs.
+    pub const CLUSTER_V4: &str = "CLUSTER_V4";
+    /// `LpmTrie<PolicyAddrV6, u8>` keyed by cluster tag.
+    pub const CLUSTER_V6: &str = "CLUSTER_V6";
+    /// `LpmTrie<PolicyAddrV4, u32 port set id>`: REGISTRY_ONLY hosts.
+    pub const GATEWAY_V4: &str = "GATEWAY_V4";
+    /// `LpmTrie<PolicyAddrV6, u32 port set id>`.
+    pub const GATEWAY_V6: &str = "GATEWAY_V6";
+    /// `PerCpuArray<u64>`, indexed by [`super::verdict_index`].
+    pub const VERDICTS: &str = "VERDICTS";
+    /// `LruPerCpuHashMap<HitKey, u64>`.
+    pub const RULE_HITS: &str = "RULE_HITS";
 
-/// Capacity of each deny trie. The tries are created with
-/// `BPF_F_NO_PREALLOC`, so unused capacity costs no kernel memory.
-pub const DENY_MAX_ENTRIES: u32 = 65_536;
+    /// Every map of the object, in the order the agent opens them.
+    pub const ALL: [&str; 13] = [
+        ACTIVE, CONFIG, WORKLOADS, POLICIES, ALLOW_V4, ALLOW_V6, PORT_SETS, CLUSTER_V4, CLUSTER_V6,
+        GATEWAY_V4, GATEWAY_V6, VERDICTS, RULE_HITS,
+    ];
+}
+
+/// Capacities. Maps other than `RULE_HITS` and the arrays are created with
+/// `BPF_F_NO_PREALLOC`, so unused capacity costs no kernel memory; each must
+/// hold two generations at once while a new one is written.
+pub mod capacity {
+    /// Workload cgroups (entries of `WORKLOADS`).
+    pub const WORKLOADS: u32 = 65_536;
+    /// Policies: two per workload (one per generation), plus cluster tags.
+    pub const POLICIES: u32 = 2 * WORKLOADS;
+    /// Prefixes per address family, summed over workloads and generations.
+    pub const ALLOW: u32 = 1 << 21;
+    /// Port sets, summed over generations.
+    pub const PORT_SETS: u32 = 1 << 18;
+    /// Cluster CIDRs per family, summed over generations.
+    pub const CLUSTER: u32 = 8_192;
+    /// Gateway host prefixes per family, summed over gateways and generations.
+    pub const GATEWAY: u32 = 65_536;
+    /// `(cgroup, rule, verdict)` hit counters; least recently used ones are
+    /// evicted beyond this.
+    pub const RULE_HITS: u32 = 16_384;
+}
 
 /// Names of the programs in the eBPF object, as `aya::Ebpf::program_mut`
 /// expects them. They differ from their ELF section names on purpose:
 /// bpf-linker rejects a symbol that is named like its own section.
 pub mod program {
-    /// `cgroup_skb/egress`: drops packets to denied destinations.
+    /// `cgroup_skb/egress`: every packet; the guarantee.
     pub const EGRESS_SKB: &str = "egress_skb";
-    /// `cgroup/connect4`: refuses `connect()` to denied IPv4 destinations.
+    /// `cgroup/connect4`: `connect()` on IPv4 sockets, refused with EPERM.
     pub const CONNECT4: &str = "egress_connect4";
-    /// `cgroup/connect6`: refuses `connect()` to denied IPv6 destinations,
-    /// and to IPv4-mapped IPv6 destinations denied by the IPv4 trie.
+    /// `cgroup/connect6`: `connect()` on IPv6 sockets, IPv4-mapped included.
     pub const CONNECT6: &str = "egress_connect6";
+    /// `cgroup/sendmsg4`: unconnected UDP `sendto()` on IPv4 sockets.
+    pub const SENDMSG4: &str = "egress_sendmsg4";
+    /// `cgroup/sendmsg6`: unconnected UDP `sendto()` on IPv6 sockets.
+    pub const SENDMSG6: &str = "egress_sendmsg6";
 }
 
-/// Key data of the IPv4 deny trie: the destination address in network byte
-/// order, because the LPM trie matches bits from the most significant byte
-/// of the key data.
+/// The deepest cgroup level the programs can look at: `level_mask` is a
+/// `u32`, one bit per level.
+pub const MAX_LEVEL: u32 = 31;
+
+/// Entries per port set. A bounded loop over them runs for every decision,
+/// so the bound is small; a larger set is refused by the agent.
+pub const MAX_PORT_ENTRIES: usize = 16;
+
+/// The port set id that stands for "no port allowed" (an `except` hole).
+/// It never has a `PORT_SETS` entry.
+pub const EMPTY_SET: u32 = 0;
+
+/// [`PortEntry::rule`] / [`HitKey::rule`] when no rule is involved.
+pub const NO_RULE: u32 = u32::MAX;
+
+/// `CONFIG[0]`: settings that are not part of a generation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Ipv4Dest {
+pub struct Config {
+    /// [`Config::AUDIT`].
+    pub flags: u32,
+    /// Bit `n` set: some workload's cgroup is at level `n` of the cgroup v2
+    /// hierarchy (the root is level 0). The programs only look up ancestors
+    /// at these levels.
+    pub level_mask: u32,
+}
+
+impl Config {
+    /// Audit mode: every would-deny is counted as an audit verdict and
+    /// allowed.
+    pub const AUDIT: u32 = 1;
+}
+
+/// `WORKLOADS` value: the workload's policy in each generation slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WorkloadSlot {
+    /// Policy id per slot; 0 = not managed in that generation.
+    pub policy: [u32; 2],
+}
+
+/// `POLICIES` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyInfo {
+    /// [`PolicyInfo::ISOLATED`] and friends.
+    pub flags: u32,
+    /// The tag under which this generation's cluster CIDRs are stored in
+    /// `CLUSTER_V4/V6`; meaningful with [`PolicyInfo::HAS_CLUSTER`].
+    pub cluster: u32,
+}
+
+impl PolicyInfo {
+    /// A NetworkPolicy selects the workload for Egress: default deny.
+    pub const ISOLATED: u32 = 1 << 0;
+    /// An EgressGateway exists: only gateways may leave the cluster CIDRs.
+    pub const HAS_CLUSTER: u32 = 1 << 1;
+    /// The workload is an egress gateway.
+    pub const GATEWAY: u32 = 1 << 2;
+    /// The gateway may only reach its allowed hosts (`GATEWAY_V4/V6`).
+    pub const REGISTRY_ONLY: u32 = 1 << 3;
+}
+
+/// Key data of the IPv4 tries: 32 bits of policy id (or cluster tag), then
+/// the address, both in network byte order, so that the trie's prefix
+/// length is `32 + prefix` and a match never crosses into another policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyAddrV4 {
+    /// The id, big-endian: use [`PolicyAddrV4::new`] / [`PolicyAddrV4::id`].
+    pub policy: u32,
     pub addr: [u8; 4],
 }
 
-/// Key data of the IPv6 deny trie: the destination address in network byte
-/// order.
+impl PolicyAddrV4 {
+    pub const fn new(id: u32, addr: [u8; 4]) -> Self {
+        Self {
+            policy: id.to_be(),
+            addr,
+        }
+    }
+
+    pub const fn id(&self) -> u32 {
+        u32::from_be(self.policy)
+    }
+}
+
+/// Key data of the IPv6 tries; see [`PolicyAddrV4`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Ipv6Dest {
+pub struct PolicyAddrV6 {
+    pub policy: u32,
     pub addr: [u8; 16],
 }
 
-/// Value stored for each denied prefix.
-///
-/// It is a struct, not a bare integer, so later fields (ports, protocol,
-/// audit-only mode) can be appended without changing the map's key. The
-/// kernel checks the value size at load time, so the agent and the programs
-/// must always be built from the same version of this type.
+impl PolicyAddrV6 {
+    pub const fn new(id: u32, addr: [u8; 16]) -> Self {
+        Self {
+            policy: id.to_be(),
+            addr,
+        }
+    }
+
+    pub const fn id(&self) -> u32 {
+        u32::from_be(self.policy)
+    }
+}
+
+/// Bits of a trie key taken by the policy id.
+pub const POLICY_BITS: u32 = 32;
+
+/// One allowed (protocol, port range) and the rule that allows it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct DenyRule {
-    /// Opaque identifier chosen by the control plane, so that a verdict can
-    /// be traced back to the policy that caused it. 0 means "unnamed".
-    pub rule_id: u32,
+pub struct PortEntry {
+    /// Rule id (an index the agent maps back to a NetworkPolicy rule, or a
+    /// gateway host index), or [`NO_RULE`].
+    pub rule: u32,
+    /// First port, host byte order.
+    pub start: u16,
+    /// Last port, inclusive, host byte order.
+    pub end: u16,
+    /// IP protocol number; 0 = any protocol (and then any port).
+    pub proto: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 3],
 }
 
-impl DenyRule {
-    pub const fn new(rule_id: u32) -> Self {
-        Self { rule_id }
+impl PortEntry {
+    pub const fn new(rule: u32, proto: u8, start: u16, end: u16) -> Self {
+        Self {
+            rule,
+            start,
+            end,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Whether a packet of `proto` to `port` matches. Protocols without
+    /// ports are looked up with port 0.
+    #[inline(always)]
+    pub const fn matches(&self, proto: u8, port: u16) -> bool {
+        (self.proto == 0 || self.proto == proto) && self.start <= port && port <= self.end
     }
 }
 
-/// Index of each slot in the per-CPU `VERDICTS` array. Every verdict a
-/// program returns increments exactly one counter, so "why was this allowed"
-/// always has an answer.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Counter {
-    /// `cgroup_skb/egress` passed an IP packet whose destination is not denied.
-    EgressAllowed = 0,
-    /// `cgroup_skb/egress` dropped a packet to a denied destination.
-    EgressDenied = 1,
-    /// `cgroup_skb/egress` passed a packet that is neither IPv4 nor IPv6.
-    EgressNotIp = 2,
-    /// `cgroup_skb/egress` dropped an IP packet whose header it could not
-    /// read (fail closed: an unreadable destination cannot be proven allowed).
-    EgressMalformed = 3,
-    /// `cgroup/connect4` allowed a connect.
-    Connect4Allowed = 4,
-    /// `cgroup/connect4` refused a connect to a denied IPv4 destination.
-    Connect4Denied = 5,
-    /// `cgroup/connect6` allowed a connect (native or IPv4-mapped).
-    Connect6Allowed = 6,
-    /// `cgroup/connect6` refused a connect to a denied IPv6 destination.
-    Connect6Denied = 7,
-    /// `cgroup/connect6` refused a connect to an IPv4-mapped IPv6 destination
-    /// (`::ffff:a.b.c.d`) whose IPv4 address is denied.
-    Connect6MappedDenied = 8,
+/// `PORT_SETS` value: up to [`MAX_PORT_ENTRIES`] entries, the first `len`
+/// used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortSet {
+    pub len: u32,
+    pub entries: [PortEntry; MAX_PORT_ENTRIES],
 }
 
-impl Counter {
-    /// Number of counters; the size of the `VERDICTS` array.
-    pub const COUNT: u32 = 9;
+/// `RULE_HITS` key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HitKey {
+    /// The workload's cgroup (the ancestor that matched, not necessarily
+    /// the socket's own cgroup).
+    pub cgroup_id: u64,
+    /// [`PortEntry::rule`] of the deciding entry, or [`NO_RULE`].
+    pub rule: u32,
+    /// [`verdict_index`] of the decision.
+    pub verdict: u32,
+}
 
-    /// All counters, in index order.
-    pub const ALL: [Counter; Self::COUNT as usize] = [
-        Counter::EgressAllowed,
-        Counter::EgressDenied,
-        Counter::EgressNotIp,
-        Counter::EgressMalformed,
-        Counter::Connect4Allowed,
-        Counter::Connect4Denied,
-        Counter::Connect6Allowed,
-        Counter::Connect6Denied,
-        Counter::Connect6MappedDenied,
+/// Where a decision was made.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    /// `cgroup_skb/egress`.
+    Skb = 0,
+    /// `cgroup/connect4`.
+    Connect4 = 1,
+    /// `cgroup/connect6`.
+    Connect6 = 2,
+    /// `cgroup/sendmsg4`.
+    Sendmsg4 = 3,
+    /// `cgroup/sendmsg6`.
+    Sendmsg6 = 4,
+}
+
+impl Hook {
+    pub const COUNT: u32 = 5;
+    pub const ALL: [Hook; Self::COUNT as usize] = [
+        Hook::Skb,
+        Hook::Connect4,
+        Hook::Connect6,
+        Hook::Sendmsg4,
+        Hook::Sendmsg6,
+    ];
+}
+
+/// Why a decision went the way it did. Mirrors the agent's
+/// `compile::Reason`, plus what only the kernel sees.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Allowed: no ancestor cgroup is a workload of the active generation.
+    Unmanaged = 0,
+    /// Allowed: loopback never leaves the workload.
+    Loopback = 1,
+    /// Allowed: no NetworkPolicy selects the workload for Egress.
+    NotIsolated = 2,
+    /// Allowed by a NetworkPolicy egress rule ([`HitKey::rule`]).
+    Rule = 3,
+    /// Allowed: a REGISTRY_ONLY gateway reaching one of its hosts
+    /// ([`HitKey::rule`] = host index), not isolated.
+    GatewayHost = 4,
+    /// Allowed: `cgroup_skb` saw a packet that is neither IPv4 nor IPv6.
+    NotIp = 5,
+    /// Denied: outside the cluster CIDRs and not a gateway.
+    GatewayExclusivity = 8,
+    /// Denied: a REGISTRY_ONLY gateway, and no allowed host matches.
+    GatewayAllowList = 9,
+    /// Denied: isolated and no rule allows it.
+    DefaultDeny = 10,
+    /// Denied: a managed socket's packet whose headers could not be read
+    /// (fail closed).
+    Malformed = 11,
+    /// Denied: the workload names a policy that has no `POLICIES` entry
+    /// (fail closed; the agent's write order makes this unreachable).
+    NoPolicy = 12,
+}
+
+impl Reason {
+    /// Slots per (hook, disposition) in `VERDICTS`.
+    pub const SLOTS: u32 = 16;
+    pub const ALL: [Reason; 11] = [
+        Reason::Unmanaged,
+        Reason::Loopback,
+        Reason::NotIsolated,
+        Reason::Rule,
+        Reason::GatewayHost,
+        Reason::NotIp,
+        Reason::GatewayExclusivity,
+        Reason::GatewayAllowList,
+        Reason::DefaultDeny,
+        Reason::Malformed,
+        Reason::NoPolicy,
     ];
 
-    pub const fn index(self) -> u32 {
-        self as u32
+    /// Whether this reason denies (when not in audit mode).
+    pub const fn denies(self) -> bool {
+        self as u32 >= 8
     }
+}
+
+/// Size of `VERDICTS`: hook × {enforced, audit} × reason.
+pub const VERDICT_SLOTS: u32 = Hook::COUNT * 2 * Reason::SLOTS;
+
+/// Index of a decision in `VERDICTS` (and [`HitKey::verdict`]). `audit`:
+/// a would-deny that audit mode let through.
+#[inline(always)]
+pub const fn verdict_index(hook: Hook, reason: Reason, audit: bool) -> u32 {
+    (hook as u32) * 2 * Reason::SLOTS + (audit as u32) * Reason::SLOTS + reason as u32
+}
+
+/// The inverse of [`verdict_index`], for the agent.
+pub fn verdict_from_index(index: u32) -> Option<(Hook, Reason, bool)> {
+    let hook = *Hook::ALL.get((index / (2 * Reason::SLOTS)) as usize)?;
+    let audit = (index / Reason::SLOTS) % 2 == 1;
+    let code = index % Reason::SLOTS;
+    let reason = *Reason::ALL.iter().find(|r| **r as u32 == code)?;
+    Some((hook, reason, audit))
 }
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: each type is `#[repr(C)]`, made only of byte arrays or u32s with
-    // no padding, so every bit pattern is valid.
-    unsafe impl aya::Pod for super::Ipv4Dest {}
-    unsafe impl aya::Pod for super::Ipv6Dest {}
-    unsafe impl aya::Pod for super::DenyRule {}
+    // SAFETY: each type is `#[repr(C)]`, made only of integers and byte
+    // arrays with explicit padding fields and no implicit padding (checked
+    // by `map_types_have_no_padding`), so every bit pattern is valid.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::WorkloadSlot {}
+    unsafe impl aya::Pod for super::PolicyInfo {}
+    unsafe impl aya::Pod for super::PolicyAddrV4 {}
+    unsafe impl aya::Pod for super::PolicyAddrV6 {}
+    unsafe impl aya::Pod for super::PortEntry {}
+    unsafe impl aya::Pod for super::PortSet {}
+    unsafe impl aya::Pod for super::HitKey {}
 }
 
 #[cfg(test)]
@@ -130,16 +380,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counter_indices_are_dense_and_in_order() {
-        for (i, counter) in Counter::ALL.iter().enumerate() {
-            assert_eq!(counter.index() as usize, i);
+    fn verdict_indices_are_unique_round_trip_and_fit() {
+        let mut seen = std::collections::HashSet::new();
+        for hook in Hook::ALL {
+            for reason in Reason::ALL {
+                for audit in [false, true] {
+                    let i = verdict_index(hook, reason, audit);
+                    assert!(i < VERDICT_SLOTS);
+                    assert!(seen.insert(i));
+                    assert_eq!(verdict_from_index(i), Some((hook, reason, audit)));
+                }
+            }
         }
+        assert!(Reason::ALL.iter().all(|r| (*r as u32) < Reason::SLOTS));
     }
 
     #[test]
     fn map_types_have_no_padding() {
-        assert_eq!(core::mem::size_of::<Ipv4Dest>(), 4);
-        assert_eq!(core::mem::size_of::<Ipv6Dest>(), 16);
-        assert_eq!(core::mem::size_of::<DenyRule>(), 4);
+        use core::mem::size_of;
+        assert_eq!(size_of::<Config>(), 8);
+        assert_eq!(size_of::<WorkloadSlot>(), 8);
+        assert_eq!(size_of::<PolicyInfo>(), 8);
+        assert_eq!(size_of::<PolicyAddrV4>(), 8);
+        assert_eq!(size_of::<PolicyAddrV6>(), 20);
+        assert_eq!(size_of::<PortEntry>(), 4 + 2 + 2 + 1 + 3);
+        assert_eq!(size_of::<PortSet>(), 4 + MAX_PORT_ENTRIES * 12);
+        assert_eq!(size_of::<HitKey>(), 16);
+    }
+
+    #[test]
+    fn policy_ids_are_stored_big_endian() {
+        let key = PolicyAddrV4::new(0x0102_0304, [10, 0, 0, 1]);
+        // SAFETY: reading the bytes of a padding-free repr(C) struct.
+        let bytes: [u8; 8] = unsafe { core::mem::transmute(key) };
+        assert_eq!(bytes, [1, 2, 3, 4, 10, 0, 0, 1]);
+        assert_eq!(key.id(), 0x0102_0304);
+    }
+
+    #[test]
+    fn port_entries_match_protocol_and_range() {
+        let tcp = PortEntry::new(1, 6, 80, 90);
+        assert!(tcp.matches(6, 80) && tcp.matches(6, 90));
+        assert!(!tcp.matches(6, 91) && !tcp.matches(17, 80));
+        let any = PortEntry::new(2, 0, 0, u16::MAX);
+        assert!(any.matches(1, 0), "ICMP (no ports) matches any-protocol");
+        assert!(!tcp.matches(1, 0));
     }
 }

@@ -1,9 +1,11 @@
 //! The egress enforcer's eBPF programs.
 //!
-//! Each entry point is a thin wrapper: it asks a function in [`egress`] or
-//! [`connect`] for a [`Verdict`](verdict::Verdict), and [`verdict::apply`]
-//! is the single place that counts it and turns it into the kernel's return
-//! code.
+//! Attached once, at the agent's cgroup root, they find the socket's
+//! workload by walking its ancestor cgroups ([`workload`]), decide with the
+//! workload's policy of the active generation ([`decide`]), and
+//! [`verdict::conclude`] is the single place that counts the outcome and
+//! turns it into the kernel's return code. Each entry point is a thin
+//! wrapper around a `try_*` function of [`skb`] or [`sock_addr`].
 //!
 //! On the host this crate is only a stub with an empty `main`, so that
 //! `cargo clippy --workspace` can lint it; the real object is built for
@@ -11,38 +13,50 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
-mod connect;
-mod egress;
+mod decide;
 mod maps;
+mod skb;
+mod sock_addr;
 mod verdict;
+mod workload;
 
 use aya_ebpf::{
     macros::{cgroup_skb, cgroup_sock_addr},
     programs::{SkBuffContext, SockAddrContext},
 };
-use egress_common::Counter;
-use verdict::{apply, Verdict};
+use egress_common::Hook;
+use verdict::conclude;
 
-/// Drops packets, sent by sockets in the cgroup, whose destination is
-/// denied. This is the guarantee: it sees every packet, whatever syscall
-/// produced it (UDP `sendto`, raw sockets, already-connected flows).
+/// Drops packets that the sending socket's workload may not send. This is
+/// the guarantee: it sees every packet, whatever syscall produced it.
 #[cgroup_skb(egress)]
 pub fn egress_skb(ctx: SkBuffContext) -> i32 {
-    apply(egress::try_egress_skb(&ctx).unwrap_or(Verdict::Deny(Counter::EgressMalformed)))
+    conclude(Hook::Skb, skb::try_egress_skb(&ctx))
 }
 
-/// Refuses `connect()` on IPv4 sockets to denied destinations, so that the
-/// application gets EPERM at once instead of a SYN that times out.
+/// Refuses `connect()` on IPv4 sockets (TCP and UDP) with EPERM.
 #[cgroup_sock_addr(connect4)]
 pub fn egress_connect4(ctx: SockAddrContext) -> i32 {
-    apply(connect::connect4_verdict(&ctx))
+    conclude(Hook::Connect4, sock_addr::try_sock_addr4(&ctx))
 }
 
-/// Refuses `connect()` on IPv6 sockets to denied destinations, including
-/// IPv4-mapped ones, which never reach `connect4`.
+/// Refuses `connect()` on IPv6 sockets, including to IPv4-mapped addresses,
+/// which never reach `connect4`.
 #[cgroup_sock_addr(connect6)]
 pub fn egress_connect6(ctx: SockAddrContext) -> i32 {
-    apply(connect::connect6_verdict(&ctx))
+    conclude(Hook::Connect6, sock_addr::try_sock_addr6(&ctx))
+}
+
+/// Refuses unconnected UDP `sendto()`/`sendmsg()` on IPv4 sockets.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn egress_sendmsg4(ctx: SockAddrContext) -> i32 {
+    conclude(Hook::Sendmsg4, sock_addr::try_sock_addr4(&ctx))
+}
+
+/// Refuses unconnected UDP `sendto()`/`sendmsg()` on IPv6 sockets.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn egress_sendmsg6(ctx: SockAddrContext) -> i32 {
+    conclude(Hook::Sendmsg6, sock_addr::try_sock_addr6(&ctx))
 }
 
 #[cfg(target_arch = "bpf")]

@@ -34,6 +34,22 @@ impl TestCgroup {
         &self.path
     }
 
+    /// The path relative to the cgroup2 mount, as workloads name cgroups.
+    pub fn relative(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Creates `relative` (and its parents) below this cgroup; removed with
+    /// it.
+    pub fn child(&self, relative: &str) -> anyhow::Result<PathBuf> {
+        let path = self.path.join(relative.trim_matches('/'));
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(path)
+    }
+
     /// The pids currently in the cgroup.
     pub fn pids(&self) -> io::Result<Vec<u32>> {
         pids(&self.path)
@@ -53,12 +69,19 @@ fn pids(path: &Path) -> io::Result<Vec<u32>> {
         .collect())
 }
 
-/// Kills what is left in the cgroup and removes it. A cgroup cannot be
-/// removed while it has processes, and killing is asynchronous, hence the
-/// polling.
+/// Kills what is left in the cgroup and removes it, with its descendants
+/// (deepest first). A cgroup cannot be removed while it has processes or
+/// children, and killing is asynchronous, hence the polling.
 pub(crate) fn remove(path: &Path) {
     // cgroup.kill (5.14+) kills every process in the subtree at once.
     let _ = fs::write(path.join("cgroup.kill"), "1");
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove(&entry.path());
+            }
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match fs::remove_dir(path) {

@@ -1,4 +1,5 @@
-//! Fixtures for privileged tests: network namespaces, cgroups, listeners.
+//! Fixtures for privileged tests: network namespaces, cgroups, listeners,
+//! bpffs pin directories, and enforced scenarios ([`Enforced`]).
 //!
 //! Every fixture creates what it needs under a name unique to this process
 //! and test ([`names`]), and removes it in `Drop`, which also runs when a
@@ -9,14 +10,18 @@
 //! namespace's interfaces and routes are never touched.
 
 pub mod cgroup;
+pub mod enforcer;
 pub mod names;
 pub mod netns;
 pub mod nftns;
+pub mod pins;
 pub mod probe;
 
 pub use cgroup::TestCgroup;
+pub use enforcer::{Enforced, Resolved};
 pub use netns::{Netns, TestNet};
-pub use probe::{Client, Listener, Outcome, Proto};
+pub use pins::PinDir;
+pub use probe::{Client, Event, Held, Listener, Outcome, Proto, RepeatOp, Repeater, Tally};
 
 /// Fails early, and says why, when the tests cannot work at all.
 pub fn require_root() {

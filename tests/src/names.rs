@@ -14,6 +14,8 @@ use std::{
 pub const NETNS_PREFIX: &str = "egt";
 /// Prefix of every cgroup the fixtures create.
 pub const CGROUP_PREFIX: &str = "egress-test";
+/// Prefix of every bpffs pin directory the fixtures create.
+pub const PIN_PREFIX: &str = "egress-test";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 static SWEEP: Once = Once::new();
@@ -40,8 +42,8 @@ fn is_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Removes namespaces and cgroups whose creating process is gone (it was
-/// killed before its `Drop`s could run).
+/// Removes namespaces, cgroups and pin directories whose creating process
+/// is gone (it was killed before its `Drop`s could run).
 fn sweep_stale() {
     if let Ok(entries) = fs::read_dir("/run/netns") {
         for entry in entries.flatten() {
@@ -57,6 +59,16 @@ fn sweep_stale() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if owner_pid(&name, CGROUP_PREFIX).is_some_and(|pid| !is_alive(pid)) {
                     crate::cgroup::remove(&entry.path());
+                }
+            }
+        }
+    }
+    if let Ok(mount) = egress_agent::sys::bpffs_mount() {
+        if let Ok(entries) = fs::read_dir(&mount) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if owner_pid(&name, PIN_PREFIX).is_some_and(|pid| !is_alive(pid)) {
+                    let _ = egress_agent::dataplane::Dataplane::uninstall(&entry.path());
                 }
             }
         }

@@ -4,11 +4,14 @@
 
 use std::{
     fmt,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Write as _},
     net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::{
+        mpsc::{self, Receiver, RecvTimeoutError},
+        Arc, Mutex,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -97,11 +100,13 @@ pub fn probe_exe() -> PathBuf {
     probe
 }
 
-/// A process that will connect from `netns`, inside `cgroup` if one is
+/// A process that will connect from `netns`, inside a cgroup if one is
 /// given. Each call runs a fresh probe process.
+#[derive(Clone)]
 pub struct Client<'a> {
     netns: &'a Netns,
-    cgroup: Option<&'a TestCgroup>,
+    cgroup: Option<PathBuf>,
+    escape_into: Option<String>,
 }
 
 impl<'a> Client<'a> {
@@ -110,15 +115,29 @@ impl<'a> Client<'a> {
         Self {
             netns,
             cgroup: None,
+            escape_into: None,
         }
     }
 
     /// A client inside `cgroup`, where the programs are attached.
-    pub fn inside(netns: &'a Netns, cgroup: &'a TestCgroup) -> Self {
+    pub fn inside(netns: &'a Netns, cgroup: &TestCgroup) -> Self {
+        Self::in_cgroup(netns, cgroup.path())
+    }
+
+    /// A client in the cgroup v2 directory `cgroup`.
+    pub fn in_cgroup(netns: &'a Netns, cgroup: &Path) -> Self {
         Self {
             netns,
-            cgroup: Some(cgroup),
+            cgroup: Some(cgroup.to_owned()),
+            escape_into: None,
         }
+    }
+
+    /// The same client, but it creates a child cgroup `child` of its cgroup
+    /// and moves there first, as a process escaping its workload would.
+    pub fn escaping_into(mut self, child: &str) -> Self {
+        self.escape_into = Some(child.to_owned());
+        self
     }
 
     pub fn connect_tcp(&self, addr: SocketAddr) -> anyhow::Result<Outcome> {
@@ -136,18 +155,90 @@ impl<'a> Client<'a> {
         self.run(&["connect", &target, "--timeout-ms", &timeout_ms])
     }
 
-    /// An unconnected UDP `sendto`, which no `connect` hook sees.
+    /// An unconnected UDP `sendto`, which no `connect` hook sees (the
+    /// `sendmsg` hooks do).
     pub fn sendto(&self, addr: SocketAddr) -> anyhow::Result<Outcome> {
         self.run(&["sendto", &addr.to_string()])
     }
 
-    fn run(&self, args: &[&str]) -> anyhow::Result<Outcome> {
+    /// Connects and keeps the socket, to send on it later.
+    pub fn hold(&self, addr: SocketAddr, proto: Proto) -> anyhow::Result<Held> {
+        let target = format!("{addr}/{}", proto.suffix());
+        let timeout_ms = CONNECT_TIMEOUT.as_millis().to_string();
+        let mut child = self
+            .command(&["hold", &target, "--timeout-ms", &timeout_ms])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting egress-probe hold")?;
+        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        let lines = line_channel(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
+        let held = Held {
+            child,
+            stdin: Some(stdin),
+            lines,
+        };
+        match held.lines.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) if line == "CONNECTED" => Ok(held),
+            Ok(line) => bail!("hold {target}: {line}"),
+            Err(_) => bail!("hold {target}: no answer"),
+        }
+    }
+
+    /// Connects (or sends) again and again, in the background, until
+    /// [`Repeater::stop`].
+    pub fn repeat(&self, op: RepeatOp, addr: SocketAddr, proto: Proto) -> anyhow::Result<Repeater> {
+        let target = format!("{addr}/{}", proto.suffix());
+        let op = match op {
+            RepeatOp::Connect => "connect",
+            RepeatOp::Sendto => "sendto",
+        };
+        let mut child = self
+            .command(&["repeat", op, &target])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting egress-probe repeat")?;
+        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let counting = tally.clone();
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(result) = line.strip_prefix("RESULT ") {
+                    let outcome = Outcome::parse(result.trim());
+                    if let Ok(mut tally) = counting.lock() {
+                        tally.add(outcome);
+                    }
+                }
+            }
+        });
+        Ok(Repeater {
+            child,
+            stdin: Some(stdin),
+            reader: Some(reader),
+            tally,
+        })
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(probe_exe());
-        if let Some(cgroup) = self.cgroup {
-            cmd.arg("--cgroup").arg(cgroup.path());
+        if let Some(cgroup) = &self.cgroup {
+            cmd.arg("--cgroup").arg(cgroup);
+        }
+        if let Some(child) = &self.escape_into {
+            cmd.arg("--escape-into").arg(child);
         }
         cmd.args(["--netns", self.netns.name()]).args(args);
-        let output = cmd.output().context("running egress-probe")?;
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> anyhow::Result<Outcome> {
+        let output = self
+            .command(args)
+            .output()
+            .context("running egress-probe")?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         let result = stdout.lines().find_map(|l| l.strip_prefix("RESULT "));
         match (output.status.success(), result) {
@@ -161,17 +252,151 @@ impl<'a> Client<'a> {
     }
 }
 
+/// A connected socket in a probe process; closed on drop.
+pub struct Held {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+}
+
+impl Held {
+    /// Sends one segment (TCP) or datagram (UDP) on the held socket.
+    pub fn send(&mut self) -> anyhow::Result<Outcome> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| anyhow!("closed"))?;
+        writeln!(stdin, "send").context("asking the probe to send")?;
+        stdin.flush()?;
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(5)) {
+                Ok(line) => {
+                    if let Some(result) = line.strip_prefix("RESULT ") {
+                        return Ok(Outcome::parse(result.trim()));
+                    }
+                }
+                Err(_) => bail!("the held socket's probe did not answer"),
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a [`Repeater`] does each time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepeatOp {
+    /// `connect()` (TCP) or `connect()` + `send()` (UDP).
+    Connect,
+    /// Unconnected UDP `sendto()`.
+    Sendto,
+}
+
+/// Outcomes counted by kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub ok: u64,
+    pub eperm: u64,
+    /// Anything else, as printed.
+    pub other: Vec<String>,
+}
+
+impl Tally {
+    fn add(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Ok => self.ok += 1,
+            Outcome::Eperm => self.eperm += 1,
+            other => self.other.push(other.to_string()),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.ok + self.eperm + self.other.len() as u64
+    }
+}
+
+/// A probe repeating an operation in the background.
+pub struct Repeater {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    reader: Option<thread::JoinHandle<()>>,
+    tally: Arc<Mutex<Tally>>,
+}
+
+impl Repeater {
+    /// The outcomes so far.
+    pub fn tally(&self) -> Tally {
+        self.tally.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Waits until at least `n` attempts were made (or `within` passed).
+    pub fn wait_for(&self, n: u64, within: Duration) -> Tally {
+        let deadline = Instant::now() + within;
+        loop {
+            let tally = self.tally();
+            if tally.total() >= n || Instant::now() >= deadline {
+                return tally;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the probe and returns every outcome.
+    pub fn stop(mut self) -> Tally {
+        self.finish();
+        self.tally()
+    }
+
+    fn finish(&mut self) {
+        // Closing stdin ends the loop after the current attempt.
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for Repeater {
+    fn drop(&mut self) {
+        if self.stdin.is_some() {
+            let _ = self.child.kill();
+            self.finish();
+        }
+    }
+}
+
+fn line_channel(stdout: ChildStdout) -> Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 /// What reached a listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
+    /// A TCP connection was accepted.
     Accepted(SocketAddr),
+    /// A UDP datagram arrived.
     Received(SocketAddr),
+    /// Data arrived on an accepted TCP connection.
+    Data(SocketAddr),
 }
 
 impl Event {
     pub fn peer(&self) -> SocketAddr {
         match self {
-            Event::Accepted(peer) | Event::Received(peer) => *peer,
+            Event::Accepted(peer) | Event::Received(peer) | Event::Data(peer) => *peer,
         }
     }
 
@@ -181,6 +406,7 @@ impl Event {
         match kind {
             "ACCEPTED" => Some(Event::Accepted(peer)),
             "RECEIVED" => Some(Event::Received(peer)),
+            "DATA" => Some(Event::Data(peer)),
             _ => None,
         }
     }
@@ -203,16 +429,7 @@ impl Listener {
             .stdout(Stdio::piped())
             .spawn()
             .context("starting the egress-probe listener")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = line_channel(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
         let listener = Self { child, lines, addr };
         match listener.lines.recv_timeout(Duration::from_secs(5)) {
             Ok(line) if line.starts_with("LISTENING") => Ok(listener),
@@ -223,6 +440,22 @@ impl Listener {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Every event that arrives within `within`.
+    pub fn events(&self, within: Duration) -> Vec<Event> {
+        let deadline = Instant::now() + within;
+        let mut events = Vec::new();
+        while let Some(event) = self.next_event(deadline.saturating_duration_since(Instant::now()))
+        {
+            events.push(event);
+        }
+        events
+    }
+
+    /// Discards what arrived so far.
+    pub fn drain(&self) {
+        while self.lines.try_recv().is_ok() {}
     }
 
     /// The next connection or datagram, if one arrives within `within`.

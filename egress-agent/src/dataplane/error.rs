@@ -1,17 +1,78 @@
-//! Errors from programming the kernel.
+//! Errors from building an image and from programming the kernel. Each
+//! says which map, workload, prefix, hook or path it is about.
 
 use std::{io, path::PathBuf};
 
-use aya::{maps::MapError, programs::ProgramError, EbpfError};
+use aya::{
+    maps::MapError,
+    pin::PinError,
+    programs::{links::LinkError, ProgramError},
+    EbpfError,
+};
+use egress_common::Hook;
 use ipnet::IpNet;
 
-use super::Hook;
+use crate::{policy::model::ObjectId, sys::SysError};
+
+/// Why a plan cannot be turned into map contents.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The programs check at most `MAX_PORT_ENTRIES` (16) entries per
+    /// prefix, after entries that can never decide are dropped and
+    /// neighbouring ranges of one rule merged.
+    #[error("workload {workload}: {table} allows {entries} (protocol, port) entries for {prefix}; at most 16 fit in one port set (merge ports into ranges, or split the rules across prefixes)")]
+    PortSetTooLarge {
+        workload: ObjectId,
+        table: &'static str,
+        prefix: IpNet,
+        entries: usize,
+    },
+    #[error("workloads {first} and {second} have the same cgroup (id {cgroup_id})")]
+    SharedCgroup {
+        first: ObjectId,
+        second: ObjectId,
+        cgroup_id: u64,
+    },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    /// The object could not be loaded. `memlock` is set when raising
-    /// `RLIMIT_MEMLOCK` failed first: harmless on kernels >= 5.11, the likely
-    /// cause on older ones.
+    #[error("{path} is not a cgroup v2 directory")]
+    NotCgroup2 { path: PathBuf },
+    #[error("inspecting {path}")]
+    Inspect {
+        path: PathBuf,
+        #[source]
+        source: SysError,
+    },
+    #[error("cgroup root {path} is not below the cgroup2 mount {mount}")]
+    RootOutsideMount { path: PathBuf, mount: PathBuf },
+    #[error("{path} is not on a bpf filesystem (mount one with `mount -t bpf bpf /sys/fs/bpf`)")]
+    NotBpffs { path: PathBuf },
+    #[error("{action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A map pinned by another version of the agent has another layout; it
+    /// cannot be adopted. `uninstall` first (enforcement lapses until the
+    /// new agent attaches).
+    #[error("pinned map {path} has {found}, this agent needs {expected}: it was created by an incompatible agent version; run `egress-agent uninstall` first")]
+    IncompatibleMap {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("reading pinned map {path}")]
+    PinnedMap {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    /// `memlock` is set when raising `RLIMIT_MEMLOCK` failed first:
+    /// harmless on kernels >= 5.11, the likely cause on older ones.
     #[error("loading the embedded eBPF object{}", memlock_hint(.memlock))]
     LoadObject {
         #[source]
@@ -41,54 +102,61 @@ pub enum DataplaneError {
         #[source]
         source: MapError,
     },
-    #[error("{path} is not a cgroup v2 directory")]
-    NotCgroup2 { path: PathBuf },
-    #[error("inspecting cgroup {path}")]
-    InspectCgroup {
-        path: PathBuf,
-        #[source]
-        source: crate::sys::SysError,
-    },
-    #[error("opening cgroup {path}")]
-    OpenCgroup {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("attaching {hook} to cgroup {path}")]
+    #[error("attaching {hook:?} to cgroup {path}")]
     Attach {
         hook: Hook,
         path: PathBuf,
         #[source]
         source: ProgramError,
     },
-    #[error("{hook} is already attached to cgroup {path}")]
-    AlreadyAttached { hook: Hook, path: PathBuf },
-    #[error("{hook} is not attached to cgroup {path}")]
-    NotAttached { hook: Hook, path: PathBuf },
-    #[error("detaching {hook} from cgroup {path}")]
-    Detach {
+    #[error("taking the link of {hook:?} from aya")]
+    TakeLink {
         hook: Hook,
-        path: PathBuf,
         #[source]
         source: ProgramError,
     },
-    #[error("inserting deny prefix {prefix} into `{map}`")]
-    InsertPrefix {
-        prefix: IpNet,
+    #[error("the link of {hook:?} is not a bpf_link (kernel older than 5.7?)")]
+    NotFdLink {
+        hook: Hook,
+        #[source]
+        source: LinkError,
+    },
+    #[error("pinning the link of {hook:?} at {path}")]
+    PinLink {
+        hook: Hook,
+        path: PathBuf,
+        #[source]
+        source: PinError,
+    },
+    #[error("workload {workload}: cgroup {cgroup:?} is at level {level} of the cgroup hierarchy; the programs look at levels 0 to 31 only")]
+    WorkloadTooDeep {
+        workload: ObjectId,
+        cgroup: String,
+        level: u32,
+    },
+    /// The programs only run below the cgroup root they are attached to.
+    #[error("workload {workload}: cgroup {cgroup:?} is not below the enforced cgroup root {root:?}, so it would not be enforced")]
+    OutsideRoot {
+        workload: ObjectId,
+        cgroup: String,
+        root: String,
+    },
+    #[error("writing {what} to `{map}`")]
+    Write {
         map: &'static str,
+        what: String,
         #[source]
         source: MapError,
     },
-    #[error("removing deny prefix {prefix} from `{map}`")]
-    RemovePrefix {
-        prefix: IpNet,
+    #[error("deleting {what} from `{map}`")]
+    Delete {
         map: &'static str,
+        what: String,
         #[source]
         source: MapError,
     },
     #[error("reading map `{map}`")]
-    ReadMap {
+    Read {
         map: &'static str,
         #[source]
         source: MapError,

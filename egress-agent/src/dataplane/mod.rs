@@ -1,29 +1,211 @@
-//! Programs the kernel: eBPF programs and maps.
+//! The enforcement data plane: eBPF programs attached once at a cgroup
+//! root, and the maps they decide with.
 //!
-//! [`Dataplane`] owns one loaded copy of the eBPF object (built by
-//! `build.rs`, embedded by [`object`]). It attaches the programs to cgroup v2
-//! directories ([`Hook`]) and keeps the deny tries that the programs consult.
-//! Dropping it detaches everything and frees the maps: nothing is pinned yet.
+//! # Design
+//!
+//! The programs (`cgroup_skb/egress`, `cgroup/connect4`, `connect6`,
+//! `sendmsg4`, `sendmsg6`) are attached **once**, at the agent's cgroup
+//! root, through bpf_links pinned under `<pin_dir>/links`. A workload is an
+//! entry of the `WORKLOADS` map, keyed by its cgroup id. So:
+//! - there is one attach point, whatever the number of workloads;
+//! - a new workload is enforced by one map write: no attach, no verifier
+//!   run per cgroup;
+//! - descendants are covered: the programs run for every cgroup below the
+//!   root. A process that creates a child cgroup of its workload's and
+//!   moves into it does not escape, because the programs walk the
+//!   socket's ANCESTORS, deepest first, at the levels where workloads
+//!   live (`CONFIG.level_mask`), and the first one that is a workload
+//!   decides. Cgroups that are no workload's are allowed, and counted.
+//!
+//! Map contents come in generations (see `generation.rs`): an apply writes a
+//! complete new generation beside the live one, then flips one index, so a
+//! connection always sees one complete generation. Maps and links are
+//! pinned: an agent that restarts (after a crash or SIGKILL) adopts them
+//! without detaching anything, so enforcement never has a gap, and fails
+//! closed while no agent runs.
+//!
+//! # Flow
+//!
+//! [`MapImage::build`] turns a [`Plan`](crate::compile::Plan) into map
+//! contents (pure; unit-tested without root); [`Dataplane::open`] loads or
+//! adopts the programs; [`Dataplane::apply`] writes an image.
 //!
 //! ```no_run
-//! use egress_agent::dataplane::{Dataplane, DenyRule};
+//! use std::{collections::BTreeMap, path::Path};
+//! use egress_agent::{compile, dataplane::{self, Dataplane, MapImage}, policy, sys};
 //!
-//! let mut dataplane = Dataplane::load()?;
-//! dataplane.attach_all("/sys/fs/cgroup/unified/workload".as_ref())?;
-//! dataplane.deny("203.0.113.0/24".parse().unwrap(), DenyRule::new(7))?;
-//! # Ok::<(), egress_agent::dataplane::DataplaneError>(())
+//! let plan = compile::compile(&policy::load(&["policies".into()]).unwrap().model);
+//! let mount = sys::cgroup2_mount()?;
+//! let ids = dataplane::cgroup_ids(&plan, &mount);
+//! let image = MapImage::build(&plan, &ids, &BTreeMap::new(), false)?;
+//! let mut dataplane = Dataplane::open(Path::new(dataplane::DEFAULT_PIN_DIR), &mount)?;
+//! dataplane.apply(&image)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Minimum kernel: 5.7 (bpf_link for cgroups; `bpf_get_current_ancestor_cgroup_id`
+//! in sock_addr programs), 5.11 for eBPF memory charged to the memory
+//! cgroup rather than `RLIMIT_MEMLOCK`.
 
-mod attach;
+mod cgroups;
 mod counters;
-mod deny;
 mod error;
-mod load;
+mod generation;
+mod image;
+mod keys;
+mod links;
+mod maps;
 pub mod nft;
 pub mod object;
+mod syscalls;
+mod uninstall;
 
-pub use attach::Hook;
-pub use counters::VerdictCounts;
-pub use egress_common::{Counter, DenyRule};
-pub use error::DataplaneError;
-pub use load::Dataplane;
+use std::path::{Path, PathBuf};
+
+pub use cgroups::cgroup_ids;
+pub use counters::{Counters, RuleHit, VerdictKind};
+pub use egress_common::{Hook, Reason};
+pub use error::{DataplaneError, ImageError};
+pub use generation::ApplyStats;
+pub use image::{GatewayHost, ImageSize, ImageWorkload, MapImage};
+pub use links::{program_name, AttachedLink};
+pub use maps::EntryCounts;
+pub use uninstall::UninstallReport;
+
+use cgroups::CgroupRoot;
+use generation::{Allocator, Applier, Generation};
+use maps::Maps;
+
+/// Where the agent pins its maps and links by default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/egress-enforcer";
+
+/// The loaded, attached, pinned data plane.
+///
+/// It holds the maps only: the programs stay attached through their pinned
+/// links whether or not a `Dataplane` exists. Dropping it changes nothing
+/// in the kernel; [`Dataplane::uninstall`] removes everything.
+pub struct Dataplane {
+    pin_dir: PathBuf,
+    root: CgroupRoot,
+    maps: Maps,
+    links: Vec<AttachedLink>,
+    replaced: Vec<PathBuf>,
+    /// The live generation, when this process wrote it; `None` after
+    /// `open` or a failed apply, until an apply reconciles the maps.
+    live: Option<Generation>,
+    ids: Allocator,
+    set_ids: Allocator,
+}
+
+impl Dataplane {
+    /// Loads the embedded object with maps pinned under `<pin_dir>/maps`
+    /// (reusing pinned maps if present), attaches every program at
+    /// `cgroup_root` via bpf_link and pins the links under
+    /// `<pin_dir>/links` — or, if pinned links already exist (agent
+    /// restart after a crash/SIGKILL), adopts them without ever detaching:
+    /// enforcement never has a gap. Links of another agent build are
+    /// replaced: the new link is attached first, the old one unpinned after.
+    pub fn open(pin_dir: &Path, cgroup_root: &Path) -> Result<Self, DataplaneError> {
+        let root = CgroupRoot::inspect(cgroup_root)?;
+        let maps_dir = pin_dir.join("maps");
+        let links_dir = pin_dir.join("links");
+        for dir in [&maps_dir, &links_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Io {
+                action: "creating",
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let on_bpffs = syscalls::is_bpffs(pin_dir).map_err(|source| DataplaneError::Io {
+            action: "inspecting",
+            path: pin_dir.to_owned(),
+            source,
+        })?;
+        if !on_bpffs {
+            return Err(DataplaneError::NotBpffs {
+                path: pin_dir.to_owned(),
+            });
+        }
+        let mut ebpf = maps::load_object(&maps_dir)?;
+        let maps = Maps::take(&mut ebpf, &maps_dir)?;
+        let (links, replaced) = links::establish(&mut ebpf, &links_dir, &root, maps.workloads_id)?;
+        // The programs stay loaded through their links; this process keeps
+        // only the maps.
+        drop(ebpf);
+        Ok(Self {
+            pin_dir: pin_dir.to_owned(),
+            root,
+            maps,
+            links,
+            replaced,
+            live: None,
+            ids: Allocator::default(),
+            set_ids: Allocator::default(),
+        })
+    }
+
+    /// Writes the image as the inactive generation, flips `ACTIVE`, and
+    /// deletes the old generation — also entries left by a previous agent
+    /// process that the new image does not contain: the first apply after
+    /// `open` reconciles by enumerating the maps.
+    ///
+    /// Fails before touching the maps if a workload is not below the
+    /// cgroup root or too deep. A failure while writing leaves the live
+    /// generation in force; the next apply reconciles.
+    pub fn apply(&mut self, image: &MapImage) -> Result<ApplyStats, DataplaneError> {
+        Applier {
+            maps: &mut self.maps,
+            root: &self.root,
+            live: &mut self.live,
+            ids: &mut self.ids,
+            set_ids: &mut self.set_ids,
+        }
+        .apply(image)
+    }
+
+    /// The verdict counters: per verdict kind, and per (cgroup, rule,
+    /// verdict).
+    pub fn counters(&self) -> Result<Counters, DataplaneError> {
+        Counters::read(&self.maps)
+    }
+
+    /// Entries currently in each map (both generations, plus anything
+    /// stale), e.g. to check that a reload left nothing behind.
+    pub fn entry_counts(&self) -> Result<EntryCounts, DataplaneError> {
+        self.maps.entry_counts()
+    }
+
+    /// The active generation slot.
+    pub fn active_slot(&self) -> Result<u32, DataplaneError> {
+        self.maps.active_slot()
+    }
+
+    /// The programs' links, in attach order.
+    pub fn links(&self) -> &[AttachedLink] {
+        &self.links
+    }
+
+    /// Pins of links that `open` replaced (another build's, or attached
+    /// elsewhere).
+    pub fn replaced_links(&self) -> &[PathBuf] {
+        &self.replaced
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The cgroup the programs are attached to.
+    pub fn cgroup_root(&self) -> &Path {
+        &self.root.path
+    }
+
+    /// Detaches and removes everything under `pin_dir` that the agent
+    /// created (links, so the programs detach; then maps), and nothing
+    /// else. Idempotent. Works without an open `Dataplane` (e.g. from
+    /// `egress-agent uninstall` after a crash); an open one in this
+    /// process keeps its maps alive until it is dropped.
+    pub fn uninstall(pin_dir: &Path) -> Result<UninstallReport, DataplaneError> {
+        uninstall::uninstall(pin_dir)
+    }
+}

@@ -10,7 +10,21 @@
 //! - `connect ADDR/PROTO`: one `RESULT <outcome>` line. For UDP this is
 //!   `connect()` then `send()`.
 //! - `sendto ADDR`: one `RESULT <outcome>` line for an unconnected UDP
-//!   `sendto()`, which never runs the `connect4/6` hooks.
+//!   `sendto()`, which never runs the `connect4/6` hooks (it runs
+//!   `sendmsg4/6`).
+//! - `hold ADDR/PROTO`: connects, prints `CONNECTED` (or `RESULT <outcome>`
+//!   if that fails and exits), then sends one datagram or segment per line
+//!   read on stdin, printing `RESULT <outcome>` for each, until stdin closes.
+//!   A socket connected before a policy exists is how a test bypasses the
+//!   `connect` hooks.
+//! - `repeat connect|sendto ADDR/PROTO`: one `RESULT <outcome>` line per
+//!   attempt, every `--interval-ms`, until stdin closes.
+//!
+//! TCP listeners also print `DATA <peer> <bytes>` for data they read.
+//!
+//! With `--escape-into NAME`, the probe creates a child cgroup `NAME` of
+//! `--cgroup` and moves into it, as a process escaping its workload's
+//! cgroup would.
 //!
 //! `<outcome>` is `ok`, `eperm`, `refused`, `timeout` or `errno=N <text>`.
 //!
@@ -19,7 +33,7 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::{self, Write as _},
+    io::{self, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     path::PathBuf,
@@ -37,6 +51,9 @@ struct Args {
     /// cgroup v2 directory to move into first.
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// Then create this child cgroup of `--cgroup` and move into it.
+    #[arg(long, requires = "cgroup")]
+    escape_into: Option<String>,
     /// Network namespace (a name under /run/netns) to enter next.
     #[arg(long)]
     netns: Option<String>,
@@ -56,6 +73,27 @@ enum Command {
     },
     /// Send one UDP datagram without connecting, and report the outcome.
     Sendto { addr: SocketAddr },
+    /// Connect, then send once per stdin line until stdin closes.
+    Hold {
+        target: Target,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// Connect (or sendto) again and again until stdin closes.
+    Repeat {
+        op: RepeatOp,
+        target: Target,
+        #[arg(long, default_value_t = 2)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RepeatOp {
+    Connect,
+    Sendto,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -102,6 +140,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     // host's mounts; then the namespace.
     if let Some(cgroup) = &args.cgroup {
         enter_cgroup(cgroup)?;
+        if let Some(child) = &args.escape_into {
+            let child = cgroup.join(child);
+            std::fs::create_dir_all(&child)
+                .with_context(|| format!("creating {}", child.display()))?;
+            enter_cgroup(&child)?;
+        }
     }
     if let Some(netns) = &args.netns {
         enter_netns(netns)?;
@@ -113,6 +157,18 @@ fn run(args: Args) -> anyhow::Result<()> {
             report(outcome)
         }
         Command::Sendto { addr } => report(sendto(addr)),
+        Command::Hold { target, timeout_ms } => hold(target, Duration::from_millis(timeout_ms)),
+        Command::Repeat {
+            op,
+            target,
+            interval_ms,
+            timeout_ms,
+        } => repeat(
+            op,
+            target,
+            Duration::from_millis(interval_ms),
+            Duration::from_millis(timeout_ms),
+        ),
     }
 }
 
@@ -145,9 +201,20 @@ fn listen(target: Target) -> anyhow::Result<()> {
             let listener = TcpListener::bind(target.addr)
                 .with_context(|| format!("binding {}", target.addr))?;
             writeln!(out, "LISTENING {}", listener.local_addr()?)?;
+            drop(out);
             for stream in listener.incoming() {
-                let stream = stream.context("accept")?;
-                writeln!(out, "ACCEPTED {}", stream.peer_addr()?)?;
+                let mut stream = stream.context("accept")?;
+                let peer = stream.peer_addr()?;
+                println!("ACCEPTED {peer}");
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 2048];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        println!("DATA {peer} {n}");
+                    }
+                });
             }
         }
         Proto::Udp => {
@@ -170,14 +237,72 @@ fn connect(target: Target, timeout: Duration) -> io::Result<()> {
         Proto::Udp => {
             let socket = UdpSocket::bind(unspecified(target.addr))?;
             socket.connect(target.addr)?;
-            socket.send(b"egress-probe").map(drop)
+            socket.send(PAYLOAD).map(drop)
         }
     }
 }
 
+fn hold(target: Target, timeout: Duration) -> anyhow::Result<()> {
+    enum Held {
+        Tcp(TcpStream),
+        Udp(UdpSocket),
+    }
+    let connected = match target.proto {
+        Proto::Tcp => TcpStream::connect_timeout(&target.addr, timeout).map(Held::Tcp),
+        Proto::Udp => UdpSocket::bind(unspecified(target.addr)).and_then(|s| {
+            s.connect(target.addr)?;
+            Ok(Held::Udp(s))
+        }),
+    };
+    let mut held = match connected {
+        Ok(held) => held,
+        Err(err) => return report(Err(err)),
+    };
+    println!("CONNECTED");
+    for line in io::stdin().lines() {
+        line?;
+        let sent = match &mut held {
+            Held::Tcp(s) => s.write_all(PAYLOAD),
+            Held::Udp(s) => s.send(PAYLOAD).map(drop),
+        };
+        report(sent)?;
+    }
+    Ok(())
+}
+
+fn repeat(
+    op: RepeatOp,
+    target: Target,
+    interval: Duration,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    std::thread::spawn(move || {
+        for line in io::stdin().lines() {
+            if line.is_err() {
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        let outcome = match op {
+            RepeatOp::Connect => connect(target, timeout),
+            RepeatOp::Sendto => sendto(target.addr),
+        };
+        report(outcome)?;
+        std::thread::sleep(interval);
+    }
+    Ok(())
+}
+
+/// What clients send.
+const PAYLOAD: &[u8] = b"egress-probe";
+
 fn sendto(addr: SocketAddr) -> io::Result<()> {
     let socket = UdpSocket::bind(unspecified(addr))?;
-    socket.send_to(b"egress-probe", addr).map(drop)
+    socket.send_to(PAYLOAD, addr).map(drop)
 }
 
 /// The wildcard address of `addr`'s family, port 0.

@@ -1,0 +1,314 @@
+//! Plan → map contents for one generation: a pure function, unit-tested
+//! without root.
+//!
+//! The image uses its own numbering: port set `n` is `port_sets()[n - 1]`
+//! (0 is the empty set, a hole), and a rule id is an index into
+//! [`MapImage::rules`]. [`Dataplane::apply`](super::Dataplane::apply) maps
+//! port sets and workloads to fresh kernel ids for each generation; rule
+//! ids go to the kernel unchanged, so counters read back with the image's
+//! [`MapImage::rules`].
+
+mod hosts;
+mod ports;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use egress_common::{PolicyInfo, PortEntry};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::ImageError;
+use crate::{
+    compile::{Egress, Plan, RuleRef, WorkloadPlan},
+    policy::model::ObjectId,
+};
+pub use hosts::GatewayHost;
+use ports::PortSets;
+
+/// One workload's share of the image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageWorkload {
+    pub id: ObjectId,
+    /// The cgroup as the workload names it: relative to the cgroup2 mount,
+    /// absolute in the hierarchy (`/a/b`), or a full path under the mount.
+    pub cgroup: String,
+    /// The cgroup's id (the inode number of its directory).
+    pub cgroup_id: u64,
+    /// `PolicyInfo` flags.
+    pub flags: u32,
+    /// Flattened NetworkPolicy prefix table: prefix → image port set.
+    pub allow_v4: Vec<(Ipv4Net, u32)>,
+    pub allow_v6: Vec<(Ipv6Net, u32)>,
+    /// REGISTRY_ONLY gateways: allowed host prefix → image port set.
+    pub gateway_v4: Vec<(Ipv4Net, u32)>,
+    pub gateway_v6: Vec<(Ipv6Net, u32)>,
+}
+
+/// What one generation of the maps holds, before kernel ids are assigned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapImage {
+    rules: Vec<RuleRef>,
+    hosts: Vec<GatewayHost>,
+    port_sets: Vec<Vec<PortEntry>>,
+    workloads: Vec<ImageWorkload>,
+    cluster_v4: Vec<Ipv4Net>,
+    cluster_v6: Vec<Ipv6Net>,
+    has_cluster: bool,
+    audit: bool,
+    unplaced: Vec<ObjectId>,
+    unresolved: Vec<String>,
+}
+
+impl MapImage {
+    /// Builds the image of `plan`.
+    ///
+    /// `cgroup_ids` gives each workload's cgroup id (see
+    /// [`super::cgroup_ids`]); a workload without one has no cgroup yet and
+    /// is left out (listed by [`MapImage::unplaced`]). `resolved` gives the
+    /// addresses of REGISTRY_ONLY gateways' DNS hosts; a name without
+    /// addresses allows nothing (listed by [`MapImage::unresolved`]).
+    /// `audit`: would-deny verdicts are counted and allowed.
+    ///
+    /// Fails when a port set has more than
+    /// [`MAX_PORT_ENTRIES`](egress_common::MAX_PORT_ENTRIES) entries after
+    /// redundant entries are dropped, or when two workloads share a cgroup
+    /// id. Cgroup levels depend on the mount and are checked by
+    /// [`Dataplane::apply`](super::Dataplane::apply).
+    pub fn build(
+        plan: &Plan,
+        cgroup_ids: &BTreeMap<ObjectId, u64>,
+        resolved: &BTreeMap<String, Vec<IpAddr>>,
+        audit: bool,
+    ) -> Result<Self, ImageError> {
+        let mut image = Self {
+            audit,
+            has_cluster: plan.cluster.is_some(),
+            ..Self::default()
+        };
+        if let Some(cluster) = &plan.cluster {
+            for net in &cluster.cidrs {
+                match net.trunc() {
+                    IpNet::V4(n) => image.cluster_v4.push(n),
+                    IpNet::V6(n) => image.cluster_v6.push(n),
+                }
+            }
+        }
+        let mut rule_ids: HashMap<RuleRef, u32> = HashMap::new();
+        let mut sets = PortSets::default();
+        let mut by_cgroup: HashMap<u64, ObjectId> = HashMap::new();
+        let mut unresolved = BTreeSet::new();
+        for w in &plan.workloads {
+            let Some(&cgroup_id) = cgroup_ids.get(&w.id) else {
+                image.unplaced.push(w.id.clone());
+                continue;
+            };
+            if let Some(first) = by_cgroup.insert(cgroup_id, w.id.clone()) {
+                return Err(ImageError::SharedCgroup {
+                    first,
+                    second: w.id.clone(),
+                    cgroup_id,
+                });
+            }
+            let mut iw = ImageWorkload {
+                id: w.id.clone(),
+                cgroup: w.cgroup.trim().to_owned(),
+                cgroup_id,
+                flags: flags(plan, w),
+                allow_v4: Vec::new(),
+                allow_v6: Vec::new(),
+                gateway_v4: Vec::new(),
+                gateway_v6: Vec::new(),
+            };
+            if let Egress::Isolated { table, .. } = &w.egress {
+                // Each of the table's sets, once, as an image port set.
+                let mut local: HashMap<u32, u32> = HashMap::new();
+                for (prefix, set) in &table.entries {
+                    let id = match local.get(set) {
+                        Some(id) => *id,
+                        None => {
+                            let allows =
+                                table.sets.get(*set as usize).map_or(&[][..], Vec::as_slice);
+                            let entries = allows
+                                .iter()
+                                .map(|a| {
+                                    let next = u32::try_from(image.rules.len()).unwrap_or(u32::MAX);
+                                    let rule =
+                                        *rule_ids.entry(a.rule.clone()).or_insert_with(|| {
+                                            image.rules.push(a.rule.clone());
+                                            next
+                                        });
+                                    let (start, end) = (a.ports.start(), a.ports.end());
+                                    PortEntry::new(
+                                        rule,
+                                        a.protocol.map_or(0, |p| p.number()),
+                                        start,
+                                        end,
+                                    )
+                                })
+                                .collect();
+                            let id = sets.intern(entries).map_err(|entries| {
+                                ImageError::PortSetTooLarge {
+                                    workload: w.id.clone(),
+                                    table: "NetworkPolicy egress",
+                                    prefix: *prefix,
+                                    entries,
+                                }
+                            })?;
+                            local.insert(*set, id);
+                            id
+                        }
+                    };
+                    push(&mut iw.allow_v4, &mut iw.allow_v6, *prefix, id);
+                }
+            }
+            if let Some(hosts) = w
+                .gateway
+                .as_ref()
+                .and_then(|g| g.allowed_hosts.as_ref().map(|h| (g, h)))
+            {
+                let (role, allowed) = hosts;
+                let first = image.hosts.len();
+                let flat = hosts::flatten(role, allowed, resolved, first, &mut unresolved);
+                image.hosts.extend(flat.hosts);
+                for (prefix, entries) in flat.prefixes {
+                    let id =
+                        sets.intern(entries)
+                            .map_err(|entries| ImageError::PortSetTooLarge {
+                                workload: w.id.clone(),
+                                table: "EgressGateway allowedHosts",
+                                prefix,
+                                entries,
+                            })?;
+                    push(&mut iw.gateway_v4, &mut iw.gateway_v6, prefix, id);
+                }
+            }
+            image.workloads.push(iw);
+        }
+        image.port_sets = sets.into_sets();
+        image.unresolved = unresolved.into_iter().collect();
+        Ok(image)
+    }
+
+    /// Rule id (index) → the NetworkPolicy rule, for counters and logs.
+    pub fn rules(&self) -> &[RuleRef] {
+        &self.rules
+    }
+
+    /// The id of `rule` in this image, if some workload uses it.
+    pub fn rule_id(&self, rule: &RuleRef) -> Option<u32> {
+        self.rules
+            .iter()
+            .position(|r| r == rule)
+            .and_then(|i| u32::try_from(i).ok())
+    }
+
+    /// Gateway host index (the rule id of `GatewayHost` verdicts) → host.
+    pub fn gateway_hosts(&self) -> &[GatewayHost] {
+        &self.hosts
+    }
+
+    /// Image port set `n` is `port_sets()[n - 1]`; set 0 is empty.
+    pub fn port_sets(&self) -> &[Vec<PortEntry>] {
+        &self.port_sets
+    }
+
+    pub fn workloads(&self) -> &[ImageWorkload] {
+        &self.workloads
+    }
+
+    pub fn workload(&self, id: &ObjectId) -> Option<&ImageWorkload> {
+        self.workloads.iter().find(|w| &w.id == id)
+    }
+
+    /// Whether an EgressGateway exists (gateway exclusivity applies).
+    pub fn has_cluster(&self) -> bool {
+        self.has_cluster
+    }
+
+    pub fn cluster_v4(&self) -> &[Ipv4Net] {
+        &self.cluster_v4
+    }
+
+    pub fn cluster_v6(&self) -> &[Ipv6Net] {
+        &self.cluster_v6
+    }
+
+    pub fn audit(&self) -> bool {
+        self.audit
+    }
+
+    /// Workloads left out because they have no cgroup id.
+    pub fn unplaced(&self) -> &[ObjectId] {
+        &self.unplaced
+    }
+
+    /// Gateway DNS hosts with no resolved address: they allow nothing.
+    pub fn unresolved(&self) -> &[String] {
+        &self.unresolved
+    }
+
+    /// Entries this image writes, per kind.
+    pub fn size(&self) -> ImageSize {
+        let sum = |f: fn(&ImageWorkload) -> usize| self.workloads.iter().map(f).sum();
+        ImageSize {
+            workloads: self.workloads.len(),
+            allow: sum(|w| w.allow_v4.len() + w.allow_v6.len()),
+            gateway: sum(|w| w.gateway_v4.len() + w.gateway_v6.len()),
+            cluster: if self.has_cluster {
+                self.cluster_v4.len() + self.cluster_v6.len()
+            } else {
+                0
+            },
+            port_sets: self.port_sets.len(),
+        }
+    }
+}
+
+/// Entry counts of an image (or of one generation in the kernel).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImageSize {
+    /// `WORKLOADS` entries, and `POLICIES` entries (one each).
+    pub workloads: usize,
+    /// `ALLOW_V4` + `ALLOW_V6` entries.
+    pub allow: usize,
+    /// `GATEWAY_V4` + `GATEWAY_V6` entries.
+    pub gateway: usize,
+    /// `CLUSTER_V4` + `CLUSTER_V6` entries.
+    pub cluster: usize,
+    /// `PORT_SETS` entries.
+    pub port_sets: usize,
+}
+
+/// `PolicyInfo` flags for `w`, as `compile::decide::filter` reads the plan.
+fn flags(plan: &Plan, w: &WorkloadPlan) -> u32 {
+    let mut flags = 0;
+    if matches!(w.egress, Egress::Isolated { .. }) {
+        flags |= PolicyInfo::ISOLATED;
+    }
+    if plan.cluster.is_some() {
+        flags |= PolicyInfo::HAS_CLUSTER;
+    }
+    if let Some(role) = &w.gateway {
+        flags |= PolicyInfo::GATEWAY;
+        if role.allowed_hosts.is_some() {
+            flags |= PolicyInfo::REGISTRY_ONLY;
+        }
+    }
+    flags
+}
+
+/// Stores `prefix` (host bits cleared) in the list of its family. IPv6
+/// prefixes stay IPv6 even inside `::ffff:0:0/96`: the programs decide an
+/// IPv4-mapped destination as IPv4, like `compile::decide`, so such a
+/// prefix never matches there either.
+fn push(v4: &mut Vec<(Ipv4Net, u32)>, v6: &mut Vec<(Ipv6Net, u32)>, prefix: IpNet, set: u32) {
+    match prefix.trunc() {
+        IpNet::V4(n) => v4.push((n, set)),
+        IpNet::V6(n) => v6.push((n, set)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,262 @@
+//! Attaching the programs once, at the cgroup root, through pinned
+//! bpf_links; adopting the links an earlier agent process left.
+//!
+//! A link is pinned at `<pin_dir>/links/<program>@<fingerprint>`, the
+//! fingerprint being that of the embedded object ([`object::fingerprint`]).
+//! An agent adopts a pinned link only if it is its own build's, attached to
+//! its cgroup root, and running a program that uses its pinned maps;
+//! adopting never detaches anything, so a restart leaves no gap. Anything
+//! else is replaced: the new link is attached first, the old one unpinned
+//! after, so both run (and agree, reading the same maps) for a moment
+//! rather than neither.
+//!
+//! bpf_links to a cgroup are always multi-attach (`bpf_link_create` even
+//! rejects an explicit `BPF_F_ALLOW_MULTI`, hence aya's default mode here):
+//! programs that others attach to the same cgroup or its ancestors keep
+//! running, and a packet must pass all of them.
+
+use std::{
+    fs::{self, File},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{
+        links::FdLink, loaded_programs, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType,
+        CgroupSockAddr,
+    },
+    Ebpf,
+};
+use egress_common::{program, Hook};
+
+use super::{cgroups::CgroupRoot, object, syscalls, DataplaneError};
+
+/// One program attached at the cgroup root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedLink {
+    pub hook: Hook,
+    /// Where the link is pinned.
+    pub pin: PathBuf,
+    /// The kernel's ids, as `bpftool link` / `bpftool prog` show them.
+    pub link_id: u32,
+    pub program_id: u32,
+    /// Whether this process found the link pinned and kept it, rather
+    /// than attaching it.
+    pub adopted: bool,
+}
+
+/// The program that runs at `hook`.
+pub fn program_name(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Skb => program::EGRESS_SKB,
+        Hook::Connect4 => program::CONNECT4,
+        Hook::Connect6 => program::CONNECT6,
+        Hook::Sendmsg4 => program::SENDMSG4,
+        Hook::Sendmsg6 => program::SENDMSG6,
+    }
+}
+
+/// The hooks in attach order: the packet-level guarantee first, so that no
+/// moment has only the connect hooks.
+const ATTACH_ORDER: [Hook; 5] = [
+    Hook::Skb,
+    Hook::Connect4,
+    Hook::Connect6,
+    Hook::Sendmsg4,
+    Hook::Sendmsg6,
+];
+
+/// `<program>@<fingerprint>`.
+fn pin_name(hook: Hook, fingerprint: &str) -> String {
+    format!("{}@{fingerprint}", program_name(hook))
+}
+
+/// The hook and fingerprint of a pin name this agent (any version) made.
+pub(super) fn parse_pin_name(name: &str) -> Option<(Hook, &str)> {
+    let (prog, fingerprint) = name.split_once('@')?;
+    let hook = ATTACH_ORDER
+        .into_iter()
+        .find(|h| program_name(*h) == prog)?;
+    (fingerprint.len() == 16 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some((hook, fingerprint))
+}
+
+/// Links pinned in `links_dir` by some version of the agent.
+pub(super) fn pinned(links_dir: &Path) -> Result<Vec<(Hook, String, PathBuf)>, DataplaneError> {
+    let entries = match fs::read_dir(links_dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(io("listing", links_dir, source)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| io("listing", links_dir, source))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some((hook, fingerprint)) = parse_pin_name(&name) {
+            found.push((hook, fingerprint.to_owned(), entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Makes sure every program runs at `root`, adopting what can be adopted.
+/// Returns the links, and the pins of replaced links.
+pub(super) fn establish(
+    ebpf: &mut Ebpf,
+    links_dir: &Path,
+    root: &CgroupRoot,
+    workloads_map_id: u32,
+) -> Result<(Vec<AttachedLink>, Vec<PathBuf>), DataplaneError> {
+    let fingerprint = object::fingerprint();
+    let before = pinned(links_dir)?;
+    let mut links = Vec::with_capacity(ATTACH_ORDER.len());
+    let mut replaced = Vec::new();
+    for hook in ATTACH_ORDER {
+        let pin = links_dir.join(pin_name(hook, fingerprint));
+        if let Some(link) = adopt(hook, &pin, root, workloads_map_id)? {
+            links.push(link);
+            continue;
+        }
+        let link = attach(ebpf, hook, root)?;
+        // A link pinned here that could not be adopted (attached to another
+        // root, or to other maps) goes now that the new one runs.
+        match fs::remove_file(&pin) {
+            Ok(()) => replaced.push(pin.clone()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(io("unpinning", &pin, source)),
+        }
+        link.pin(&pin).map_err(|source| DataplaneError::PinLink {
+            hook,
+            path: pin.clone(),
+            source,
+        })?;
+        let info = inspect(&pin)?;
+        links.push(AttachedLink {
+            hook,
+            pin,
+            link_id: info.id,
+            program_id: info.prog_id,
+            adopted: false,
+        });
+    }
+    // Links of other builds: ours run now, so theirs can go.
+    for (_, other, path) in before {
+        if other != fingerprint {
+            fs::remove_file(&path).map_err(|source| io("unpinning", &path, source))?;
+            replaced.push(path);
+        }
+    }
+    Ok((links, replaced))
+}
+
+/// The pinned link at `pin`, if it can be kept as is.
+fn adopt(
+    hook: Hook,
+    pin: &Path,
+    root: &CgroupRoot,
+    workloads_map_id: u32,
+) -> Result<Option<AttachedLink>, DataplaneError> {
+    if !pin.exists() {
+        return Ok(None);
+    }
+    let info = inspect(pin)?;
+    if info.cgroup_id != Some(root.id) {
+        return Ok(None);
+    }
+    let uses_our_maps = loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == info.prog_id)
+        .and_then(|p| p.map_ids().ok().flatten())
+        .is_some_and(|ids| ids.contains(&workloads_map_id));
+    if !uses_our_maps {
+        return Ok(None);
+    }
+    Ok(Some(AttachedLink {
+        hook,
+        pin: pin.to_owned(),
+        link_id: info.id,
+        program_id: info.prog_id,
+        adopted: true,
+    }))
+}
+
+fn inspect(pin: &Path) -> Result<syscalls::LinkInfo, DataplaneError> {
+    let fd = syscalls::obj_get(pin).map_err(|source| io("opening pinned link", pin, source))?;
+    syscalls::link_info(&fd).map_err(|source| io("inspecting pinned link", pin, source))
+}
+
+/// Loads `hook`'s program and attaches it to `root` with a new bpf_link.
+fn attach(ebpf: &mut Ebpf, hook: Hook, root: &CgroupRoot) -> Result<FdLink, DataplaneError> {
+    let name = program_name(hook);
+    let dir = File::open(&root.path).map_err(|source| io("opening cgroup", &root.path, source))?;
+    let attach_err = |source| DataplaneError::Attach {
+        hook,
+        path: root.path.clone(),
+        source,
+    };
+    let take_err = |source| DataplaneError::TakeLink { hook, source };
+    let fd_err = |source| DataplaneError::NotFdLink { hook, source };
+    let mode = CgroupAttachMode::default();
+    match hook {
+        Hook::Skb => {
+            let prog: &mut CgroupSkb = program_mut(ebpf, name)?;
+            load(prog.load(), name)?;
+            let id = prog
+                .attach(&dir, CgroupSkbAttachType::Egress, mode)
+                .map_err(attach_err)?;
+            FdLink::try_from(prog.take_link(id).map_err(take_err)?).map_err(fd_err)
+        }
+        Hook::Connect4 | Hook::Connect6 | Hook::Sendmsg4 | Hook::Sendmsg6 => {
+            // The attach type comes from the program's ELF section.
+            let prog: &mut CgroupSockAddr = program_mut(ebpf, name)?;
+            load(prog.load(), name)?;
+            let id = prog.attach(&dir, mode).map_err(attach_err)?;
+            FdLink::try_from(prog.take_link(id).map_err(take_err)?).map_err(fd_err)
+        }
+    }
+}
+
+fn load(
+    result: Result<(), aya::programs::ProgramError>,
+    program: &'static str,
+) -> Result<(), DataplaneError> {
+    result.map_err(|source| DataplaneError::LoadProgram { program, source })
+}
+
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DataplaneError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| DataplaneError::ProgramType {
+            program: name,
+            source,
+        })
+}
+
+fn io(action: &'static str, path: &Path, source: std::io::Error) -> DataplaneError {
+    DataplaneError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_names_round_trip_and_foreign_names_are_ignored() {
+        for hook in ATTACH_ORDER {
+            let name = pin_name(hook, "0123456789abcdef");
+            assert_eq!(parse_pin_name(&name), Some((hook, "0123456789abcdef")));
+        }
+        assert_eq!(parse_pin_name("egress_skb"), None);
+        assert_eq!(parse_pin_name("egress_skb@xyz"), None);
+        assert_eq!(parse_pin_name("other_prog@0123456789abcdef"), None);
+    }
+}

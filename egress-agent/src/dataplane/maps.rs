@@ -1,0 +1,376 @@
+//! The object's maps, pinned under `<pin_dir>/maps/`, as typed handles.
+
+use std::{
+    mem::size_of,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, PerCpuHashMap,
+    },
+    Ebpf, EbpfLoader,
+};
+use egress_common::{
+    capacity, map, Config, HitKey, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortSet, WorkloadSlot,
+    VERDICT_SLOTS,
+};
+
+use super::{object, DataplaneError};
+use crate::sys;
+
+/// `BPF_F_NO_PREALLOC`.
+const NO_PREALLOC: u32 = 1;
+
+/// What a map must look like: the object's definition (see
+/// `egress-ebpf/src/maps.rs`), checked against maps pinned by an earlier
+/// agent before they are reused.
+struct Layout {
+    name: &'static str,
+    kind: MapType,
+    key: usize,
+    value: usize,
+    max_entries: u32,
+    flags: u32,
+}
+
+const LAYOUTS: [Layout; 13] = [
+    Layout {
+        name: map::ACTIVE,
+        kind: MapType::Array,
+        key: 4,
+        value: size_of::<u32>(),
+        max_entries: 1,
+        flags: 0,
+    },
+    Layout {
+        name: map::CONFIG,
+        kind: MapType::Array,
+        key: 4,
+        value: size_of::<Config>(),
+        max_entries: 1,
+        flags: 0,
+    },
+    Layout {
+        name: map::WORKLOADS,
+        kind: MapType::Hash,
+        key: size_of::<u64>(),
+        value: size_of::<WorkloadSlot>(),
+        max_entries: capacity::WORKLOADS,
+        flags: NO_PREALLOC,
+    },
+    Layout {
+        name: map::POLICIES,
+        kind: MapType::Hash,
+        key: size_of::<u32>(),
+        value: size_of::<PolicyInfo>(),
+        max_entries: capacity::POLICIES,
+        flags: NO_PREALLOC,
+    },
+    Layout {
+        name: map::ALLOW_V4,
+        kind: MapType::LpmTrie,
+        key: 4 + size_of::<PolicyAddrV4>(),
+        value: size_of::<u32>(),
+        max_entries: capacity::ALLOW,
+        flags: NO_PREALLOC,
+    },
+    Layout {
+        name: map::ALLOW_V6,
+        kind: MapType::LpmTrie,
+        key: 4 + size_of::<PolicyAddrV6>(),
+        value: size_of::<u32>(),
+        max_entries: capacity::ALLOW,
+        flags: NO_PREALLOC,
+    },
+    Layout {
+        name: map::PORT_SETS,
+        kind: MapType::Hash,
+        key: size_of::<u32>(),
+        value: size_of::<PortSet>(),
+        max_entries: capacity::PORT_SETS,
+        flags: NO_PREALLOC,
+    },
+    Layout {
+        name: map::CLUSTER_V4,
+        kind: MapType::LpmTrie,
+        key: 4 + size_of::<PolicyAddrV4>(),
+        value: 1,
+        max_entries: capacity::CLUSTER,
+        flags: NO_PREALLOC,
+    },
+    Layout {
+        name: map::CLUSTER_V6,
+        kind: MapType::LpmTrie,
+        key: 4 + size_of::<PolicyAddrV6>(),
+        value: 1,
+        max_entries: capacity::CLUSTER,
+        flags: NO_PREALLOC,
+    },
+    Layout {
+        name: map::GATEWAY_V4,
+        kind: MapType::LpmTrie,
+        key: 4 + size_of::<PolicyAddrV4>(),
+        value: size_of::<u32>(),
+        max_entries: capacity::GATEWAY,
+        flags: NO_PREALLOC,
+    },
+    Layout {
+        name: map::GATEWAY_V6,
+        kind: MapType::LpmTrie,
+        key: 4 + size_of::<PolicyAddrV6>(),
+        value: size_of::<u32>(),
+        max_entries: capacity::GATEWAY,
+        flags: NO_PREALLOC,
+    },
+    Layout {
+        name: map::VERDICTS,
+        kind: MapType::PerCpuArray,
+        key: 4,
+        value: size_of::<u64>(),
+        max_entries: VERDICT_SLOTS,
+        flags: 0,
+    },
+    Layout {
+        name: map::RULE_HITS,
+        kind: MapType::LruPerCpuHash,
+        key: size_of::<HitKey>(),
+        value: size_of::<u64>(),
+        max_entries: capacity::RULE_HITS,
+        flags: 0,
+    },
+];
+
+/// Typed handles on every map.
+pub(super) struct Maps {
+    pub(super) active: Array<MapData, u32>,
+    pub(super) config: Array<MapData, Config>,
+    pub(super) workloads: HashMap<MapData, u64, WorkloadSlot>,
+    pub(super) policies: HashMap<MapData, u32, PolicyInfo>,
+    pub(super) allow_v4: LpmTrie<MapData, PolicyAddrV4, u32>,
+    pub(super) allow_v6: LpmTrie<MapData, PolicyAddrV6, u32>,
+    pub(super) port_sets: HashMap<MapData, u32, PortSet>,
+    pub(super) cluster_v4: LpmTrie<MapData, PolicyAddrV4, u8>,
+    pub(super) cluster_v6: LpmTrie<MapData, PolicyAddrV6, u8>,
+    pub(super) gateway_v4: LpmTrie<MapData, PolicyAddrV4, u32>,
+    pub(super) gateway_v6: LpmTrie<MapData, PolicyAddrV6, u32>,
+    pub(super) verdicts: PerCpuArray<MapData, u64>,
+    pub(super) rule_hits: PerCpuHashMap<MapData, HitKey, u64>,
+    /// Id of `WORKLOADS`: a program that uses it is one of ours, on these
+    /// maps.
+    pub(super) workloads_id: u32,
+}
+
+/// Loads the embedded object with every map pinned at
+/// `<maps_dir>/<NAME>`: a map already pinned there is reused (after its
+/// layout is checked), any other is created and pinned. Programs are not
+/// loaded into the kernel yet.
+pub(super) fn load_object(maps_dir: &Path) -> Result<Ebpf, DataplaneError> {
+    check_pinned(maps_dir)?;
+    let paths: Vec<(&'static str, PathBuf)> = map::ALL
+        .iter()
+        .map(|name| (*name, maps_dir.join(name)))
+        .collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    // Non-fatal by design; see `sys::raise_memlock_limit`.
+    let memlock = sys::raise_memlock_limit().err();
+    loader
+        .load(object::bytes())
+        .map_err(|source| DataplaneError::LoadObject { source, memlock })
+}
+
+/// Refuses pinned maps whose layout differs from this build's.
+fn check_pinned(maps_dir: &Path) -> Result<(), DataplaneError> {
+    for layout in &LAYOUTS {
+        let path = maps_dir.join(layout.name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|source| DataplaneError::PinnedMap {
+            path: path.clone(),
+            source,
+        })?;
+        let found = describe(
+            info.map_type().ok(),
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+            info.map_flags(),
+        );
+        let expected = describe(
+            Some(layout.kind),
+            layout.key,
+            layout.value,
+            layout.max_entries,
+            layout.flags,
+        );
+        if found != expected {
+            return Err(DataplaneError::IncompatibleMap {
+                path,
+                found,
+                expected,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn describe(kind: Option<MapType>, key: usize, value: usize, max: u32, flags: u32) -> String {
+    format!("type {kind:?}, key {key} B, value {value} B, max_entries {max}, flags {flags:#x}")
+}
+
+impl Maps {
+    /// Takes every map out of `ebpf`.
+    pub(super) fn take(ebpf: &mut Ebpf, maps_dir: &Path) -> Result<Self, DataplaneError> {
+        fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
+        where
+            T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+        {
+            let map = ebpf
+                .take_map(name)
+                .ok_or(DataplaneError::MissingMap(name))?;
+            T::try_from(map).map_err(|source| DataplaneError::MapLayout { map: name, source })
+        }
+        let workloads_pin = maps_dir.join(map::WORKLOADS);
+        let workloads_id = MapInfo::from_pin(&workloads_pin)
+            .map_err(|source| DataplaneError::PinnedMap {
+                path: workloads_pin,
+                source,
+            })?
+            .id();
+        Ok(Self {
+            active: take(ebpf, map::ACTIVE)?,
+            config: take(ebpf, map::CONFIG)?,
+            workloads: take(ebpf, map::WORKLOADS)?,
+            policies: take(ebpf, map::POLICIES)?,
+            allow_v4: take(ebpf, map::ALLOW_V4)?,
+            allow_v6: take(ebpf, map::ALLOW_V6)?,
+            port_sets: take(ebpf, map::PORT_SETS)?,
+            cluster_v4: take(ebpf, map::CLUSTER_V4)?,
+            cluster_v6: take(ebpf, map::CLUSTER_V6)?,
+            gateway_v4: take(ebpf, map::GATEWAY_V4)?,
+            gateway_v6: take(ebpf, map::GATEWAY_V6)?,
+            verdicts: take(ebpf, map::VERDICTS)?,
+            rule_hits: take(ebpf, map::RULE_HITS)?,
+            workloads_id,
+        })
+    }
+
+    pub(super) fn active_slot(&self) -> Result<u32, DataplaneError> {
+        self.active
+            .get(&0, 0)
+            .map(|slot| slot & 1)
+            .map_err(|source| read(map::ACTIVE, source))
+    }
+
+    pub(super) fn config(&self) -> Result<Config, DataplaneError> {
+        self.config
+            .get(&0, 0)
+            .map_err(|source| read(map::CONFIG, source))
+    }
+
+    pub(super) fn set_config(&mut self, config: Config) -> Result<(), DataplaneError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(|source| DataplaneError::Write {
+                map: map::CONFIG,
+                what: format!("{config:?}"),
+                source,
+            })
+    }
+
+    pub(super) fn set_active(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        self.active
+            .set(0, slot, 0)
+            .map_err(|source| DataplaneError::Write {
+                map: map::ACTIVE,
+                what: format!("slot {slot}"),
+                source,
+            })
+    }
+
+    /// Every `WORKLOADS` entry.
+    pub(super) fn workload_slots(&self) -> Result<Vec<(u64, WorkloadSlot)>, DataplaneError> {
+        self.workloads
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|source| read(map::WORKLOADS, source))
+    }
+
+    /// The number of entries of every map, by name (not `VERDICTS`, an
+    /// array).
+    pub(super) fn entry_counts(&self) -> Result<EntryCounts, DataplaneError> {
+        fn count<K>(
+            keys: impl Iterator<Item = Result<K, aya::maps::MapError>>,
+            name: &'static str,
+        ) -> Result<usize, DataplaneError> {
+            let mut n = 0;
+            for key in keys {
+                key.map_err(|source| read(name, source))?;
+                n += 1;
+            }
+            Ok(n)
+        }
+        Ok(EntryCounts {
+            workloads: count(self.workloads.keys(), map::WORKLOADS)?,
+            policies: count(self.policies.keys(), map::POLICIES)?,
+            allow: count(self.allow_v4.keys(), map::ALLOW_V4)?
+                + count(self.allow_v6.keys(), map::ALLOW_V6)?,
+            port_sets: count(self.port_sets.keys(), map::PORT_SETS)?,
+            cluster: count(self.cluster_v4.keys(), map::CLUSTER_V4)?
+                + count(self.cluster_v6.keys(), map::CLUSTER_V6)?,
+            gateway: count(self.gateway_v4.keys(), map::GATEWAY_V4)?
+                + count(self.gateway_v6.keys(), map::GATEWAY_V6)?,
+        })
+    }
+
+    /// Every key of an IPv4 trie (collected first: deleting while
+    /// iterating would restart the walk).
+    pub(super) fn keys_v4<V: aya::Pod>(
+        trie: &LpmTrie<MapData, PolicyAddrV4, V>,
+        name: &'static str,
+    ) -> Result<Vec<Key<PolicyAddrV4>>, DataplaneError> {
+        trie.keys()
+            .collect::<Result<_, _>>()
+            .map_err(|source| read(name, source))
+    }
+
+    pub(super) fn keys_v6<V: aya::Pod>(
+        trie: &LpmTrie<MapData, PolicyAddrV6, V>,
+        name: &'static str,
+    ) -> Result<Vec<Key<PolicyAddrV6>>, DataplaneError> {
+        trie.keys()
+            .collect::<Result<_, _>>()
+            .map_err(|source| read(name, source))
+    }
+}
+
+/// Entries per map (the IPv4 and IPv6 tries of a kind summed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryCounts {
+    pub workloads: usize,
+    pub policies: usize,
+    pub allow: usize,
+    pub port_sets: usize,
+    pub cluster: usize,
+    pub gateway: usize,
+}
+
+pub(super) fn read(map: &'static str, source: aya::maps::MapError) -> DataplaneError {
+    DataplaneError::Read { map, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_map_has_a_layout() {
+        let names: Vec<&str> = LAYOUTS.iter().map(|l| l.name).collect();
+        assert_eq!(names, map::ALL);
+    }
+}

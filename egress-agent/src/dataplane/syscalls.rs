@@ -1,0 +1,157 @@
+//! The few bpf(2) and membarrier(2) calls aya 0.14 does not expose.
+
+use std::{
+    ffi::CString,
+    io,
+    mem::size_of,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+    thread,
+    time::Duration,
+};
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_TYPE_CGROUP: u32 = 3;
+/// `MEMBARRIER_CMD_GLOBAL` (formerly `MEMBARRIER_CMD_SHARED`).
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+
+/// What the kernel says about a pinned link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct LinkInfo {
+    pub(super) id: u32,
+    pub(super) prog_id: u32,
+    /// The cgroup the link is attached to; `None` for other link types.
+    pub(super) cgroup_id: Option<u64>,
+    pub(super) attach_type: u32,
+}
+
+/// `struct bpf_link_info` up to the cgroup member of its union.
+#[repr(C)]
+#[derive(Default)]
+struct RawLinkInfo {
+    type_: u32,
+    id: u32,
+    prog_id: u32,
+    _pad: u32,
+    cgroup_id: u64,
+    attach_type: u32,
+    _rest: [u32; 13],
+}
+
+/// Opens the object pinned at `path`.
+pub(super) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // `union bpf_attr` for BPF_OBJ_GET: pathname, bpf_fd, file_flags.
+    #[repr(C)]
+    struct Attr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: [u32; 11],
+    }
+    let mut attr = Attr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: [0; 11],
+    };
+    // SAFETY: `attr` is a valid, zero-padded bpf_attr for this command and
+    // `path` outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &mut attr as *mut Attr,
+            size_of::<Attr>() as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a link.
+pub(super) fn link_info(fd: &OwnedFd) -> io::Result<LinkInfo> {
+    let mut info = RawLinkInfo::default();
+    #[repr(C)]
+    struct Attr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+        _pad: [u32; 12],
+    }
+    let mut attr = Attr {
+        bpf_fd: u32::try_from(fd.as_raw_fd())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        info_len: size_of::<RawLinkInfo>() as u32,
+        info: &mut info as *mut RawLinkInfo as u64,
+        _pad: [0; 12],
+    };
+    // SAFETY: `attr` points at `info`, which is as large as `info_len` says
+    // and lives across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut Attr,
+            size_of::<Attr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(LinkInfo {
+        id: info.id,
+        prog_id: info.prog_id,
+        cgroup_id: (info.type_ == BPF_LINK_TYPE_CGROUP).then_some(info.cgroup_id),
+        attach_type: info.attach_type,
+    })
+}
+
+/// Waits until every eBPF program that was running when it was called has
+/// returned.
+///
+/// cgroup programs run inside an RCU read-side critical section, and
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)` is `synchronize_rcu()`: once it
+/// returns, no program still holds a value read before the call (such as
+/// the previous `ACTIVE` slot). Kernels with `nohz_full` refuse the
+/// command; a sleep far longer than any program run stands in then.
+pub(super) fn wait_for_running_programs() -> Duration {
+    let start = std::time::Instant::now();
+    // SAFETY: plain syscall without pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+/// `BPF_FS_MAGIC` from `linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Whether `path` is on a bpf filesystem, where objects can be pinned.
+pub(super) fn is_bpffs(path: &Path) -> io::Result<bool> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c_path` is NUL-terminated and `buf` is large enough; the
+    // kernel fills it when the call succeeds.
+    if unsafe { libc::statfs(c_path.as_ptr(), buf.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs returned 0, so `buf` is initialised.
+    let stat = unsafe { buf.assume_init() };
+    #[allow(clippy::unnecessary_cast, reason = "f_type's type differs by arch")]
+    let f_type = stat.f_type as i64;
+    Ok(f_type == BPF_FS_MAGIC)
+}

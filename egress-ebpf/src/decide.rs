@@ -1,0 +1,182 @@
+//! The decision for one destination, given the workload's policy. It must
+//! equal the agent's `compile::decide::filter` (redirects aside), which
+//! `explain` and the unit tests use; the order of the checks is that
+//! function's order.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use egress_common::{
+    PolicyAddrV4, PolicyAddrV6, PolicyInfo, Reason, EMPTY_SET, MAX_PORT_ENTRIES, NO_RULE,
+    POLICY_BITS,
+};
+
+use crate::maps::{
+    ALLOW_V4, ALLOW_V6, CLUSTER_V4, CLUSTER_V6, GATEWAY_V4, GATEWAY_V6, POLICIES, PORT_SETS,
+};
+
+/// A destination address; IPv4-mapped IPv6 addresses are already IPv4.
+#[derive(Clone, Copy)]
+pub enum Addr {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+/// Where a packet or a connect goes.
+#[derive(Clone, Copy)]
+pub struct Dst {
+    pub addr: Addr,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Destination port for TCP, UDP and SCTP; 0 for every other protocol
+    /// (and for IPv4 non-first fragments), so that only "any protocol"
+    /// entries match those.
+    pub port: u16,
+}
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_SCTP: u8 = 132;
+
+/// Whether `proto` has 16-bit ports where TCP has them.
+#[inline(always)]
+pub fn has_ports(proto: u8) -> bool {
+    proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP
+}
+
+/// A reason and the rule (or gateway host) behind it.
+#[derive(Clone, Copy)]
+pub struct Decision {
+    pub reason: Reason,
+    pub rule: u32,
+}
+
+impl Decision {
+    const fn because(reason: Reason) -> Self {
+        Self {
+            reason,
+            rule: NO_RULE,
+        }
+    }
+}
+
+/// Decides `dst` for the workload whose active policy is `policy`.
+#[inline(always)]
+pub fn decide(policy: u32, dst: &Dst) -> Decision {
+    // SAFETY: POLICIES is not preallocated; the value is copied at once.
+    let Some(info) = (unsafe { POLICIES.get(policy) }).copied() else {
+        return Decision::because(Reason::NoPolicy);
+    };
+    if is_loopback(&dst.addr) {
+        return Decision::because(Reason::Loopback);
+    }
+    let mut host = NO_RULE;
+    if info.flags & PolicyInfo::HAS_CLUSTER != 0 && !in_cluster(info.cluster, &dst.addr) {
+        if info.flags & PolicyInfo::GATEWAY == 0 {
+            return Decision::because(Reason::GatewayExclusivity);
+        }
+        if info.flags & PolicyInfo::REGISTRY_ONLY != 0 {
+            match port_match(gateway_set(policy, &dst.addr), dst) {
+                Some(index) => host = index,
+                None => return Decision::because(Reason::GatewayAllowList),
+            }
+        }
+    }
+    if info.flags & PolicyInfo::ISOLATED != 0 {
+        return match port_match(allow_set(policy, &dst.addr), dst) {
+            Some(rule) => Decision {
+                reason: Reason::Rule,
+                rule,
+            },
+            None => Decision::because(Reason::DefaultDeny),
+        };
+    }
+    if host != NO_RULE {
+        Decision {
+            reason: Reason::GatewayHost,
+            rule: host,
+        }
+    } else {
+        Decision::because(Reason::NotIsolated)
+    }
+}
+
+/// 127.0.0.0/8 and ::1, as `IpAddr::is_loopback`.
+#[inline(always)]
+fn is_loopback(addr: &Addr) -> bool {
+    match addr {
+        Addr::V4(a) => a[0] == 127,
+        Addr::V6(a) => {
+            let mut i = 0;
+            while i < 15 {
+                if a[i] != 0 {
+                    return false;
+                }
+                i += 1;
+            }
+            a[15] == 1
+        }
+    }
+}
+
+/// Full-length keys: the trie answers with the longest stored prefix of
+/// this policy that contains the address (stored prefixes are at least
+/// `POLICY_BITS` long, so a match never belongs to another policy).
+#[inline(always)]
+fn key_v4(id: u32, addr: [u8; 4]) -> Key<PolicyAddrV4> {
+    Key::new(POLICY_BITS + 32, PolicyAddrV4::new(id, addr))
+}
+
+#[inline(always)]
+fn key_v6(id: u32, addr: [u8; 16]) -> Key<PolicyAddrV6> {
+    Key::new(POLICY_BITS + 128, PolicyAddrV6::new(id, addr))
+}
+
+#[inline(always)]
+fn in_cluster(tag: u32, addr: &Addr) -> bool {
+    match *addr {
+        Addr::V4(a) => CLUSTER_V4.get(key_v4(tag, a)).is_some(),
+        Addr::V6(a) => CLUSTER_V6.get(key_v6(tag, a)).is_some(),
+    }
+}
+
+/// The port set of the longest allowed prefix, [`EMPTY_SET`] if none.
+#[inline(always)]
+fn allow_set(policy: u32, addr: &Addr) -> u32 {
+    let set = match *addr {
+        Addr::V4(a) => ALLOW_V4.get(key_v4(policy, a)),
+        Addr::V6(a) => ALLOW_V6.get(key_v6(policy, a)),
+    };
+    set.copied().unwrap_or(EMPTY_SET)
+}
+
+#[inline(always)]
+fn gateway_set(policy: u32, addr: &Addr) -> u32 {
+    let set = match *addr {
+        Addr::V4(a) => GATEWAY_V4.get(key_v4(policy, a)),
+        Addr::V6(a) => GATEWAY_V6.get(key_v6(policy, a)),
+    };
+    set.copied().unwrap_or(EMPTY_SET)
+}
+
+/// The rule of the first entry of port set `set` that matches `dst`.
+#[inline(always)]
+fn port_match(set: u32, dst: &Dst) -> Option<u32> {
+    if set == EMPTY_SET {
+        return None;
+    }
+    // SAFETY: PORT_SETS is not preallocated, and a set id is never
+    // rewritten while a generation that uses it is live.
+    let set = unsafe { PORT_SETS.get(set) }?;
+    let len = set.len as usize;
+    let mut i = 0;
+    while i < MAX_PORT_ENTRIES {
+        if i >= len {
+            break;
+        }
+        let entry = &set.entries[i];
+        if entry.matches(dst.proto, dst.port) {
+            return Some(entry.rule);
+        }
+        i += 1;
+    }
+    None
+}

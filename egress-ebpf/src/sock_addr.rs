@@ -1,0 +1,120 @@
+//! `cgroup/connect4`, `connect6`, `sendmsg4` and `sendmsg6`: the early,
+//! explicit refusal. `connect()` (TCP and UDP) and unconnected UDP
+//! `sendto()` fail with EPERM at once, instead of a dropped SYN that TCP
+//! retries until it times out. The same decision as `cgroup_skb`, from the
+//! address the application named.
+
+use aya_ebpf::{helpers::bpf_get_current_ancestor_cgroup_id, programs::SockAddrContext};
+
+use crate::{
+    decide::{decide, has_ports, Addr, Dst},
+    verdict::Outcome,
+    workload::{self, Workload},
+};
+
+/// Decides on a `connect()`/`sendmsg()` from an IPv4 socket.
+#[inline(always)]
+pub fn try_sock_addr4(ctx: &SockAddrContext) -> Outcome {
+    with_workload(|| {
+        let sa = ctx.sock_addr;
+        // SAFETY: the kernel guarantees `sock_addr` points to a valid
+        // context; each field is read with a 4-byte load, which the
+        // verifier allows for these fields.
+        let (ip, port, proto) = unsafe {
+            (
+                core::ptr::read_volatile(&(*sa).user_ip4),
+                core::ptr::read_volatile(&(*sa).user_port),
+                core::ptr::read_volatile(&(*sa).protocol),
+            )
+        };
+        // `user_ip4` holds the address in network byte order, so its
+        // in-memory bytes are the address's bytes in order.
+        dst(Addr::V4(ip.to_ne_bytes()), proto, port)
+    })
+}
+
+/// Decides on a `connect()`/`sendmsg()` from an IPv6 socket.
+///
+/// A dual-stack socket connecting to `::ffff:a.b.c.d` sends IPv4 packets
+/// and the kernel never runs `connect4` for it, so such an address is
+/// decided as the IPv4 address it embeds.
+#[inline(always)]
+pub fn try_sock_addr6(ctx: &SockAddrContext) -> Outcome {
+    with_workload(|| {
+        let sa = ctx.sock_addr;
+        // SAFETY: as above.
+        let (words, port, proto) = unsafe {
+            (
+                [
+                    core::ptr::read_volatile(&(*sa).user_ip6[0]),
+                    core::ptr::read_volatile(&(*sa).user_ip6[1]),
+                    core::ptr::read_volatile(&(*sa).user_ip6[2]),
+                    core::ptr::read_volatile(&(*sa).user_ip6[3]),
+                ],
+                core::ptr::read_volatile(&(*sa).user_port),
+                core::ptr::read_volatile(&(*sa).protocol),
+            )
+        };
+        let addr = match ipv4_mapped(words) {
+            Some(v4) => Addr::V4(v4),
+            None => {
+                let mut bytes = [0u8; 16];
+                let mut i = 0;
+                while i < 4 {
+                    let b = words[i].to_ne_bytes();
+                    bytes[i * 4] = b[0];
+                    bytes[i * 4 + 1] = b[1];
+                    bytes[i * 4 + 2] = b[2];
+                    bytes[i * 4 + 3] = b[3];
+                    i += 1;
+                }
+                Addr::V6(bytes)
+            }
+        };
+        dst(addr, proto, port)
+    })
+}
+
+/// Runs the ancestor walk on the current task's cgroup, then `dst` and the
+/// decision for a managed one.
+#[inline(always)]
+fn with_workload(dst: impl FnOnce() -> Dst) -> Outcome {
+    // SAFETY: plain helper call; returns 0 for levels deeper than the
+    // current cgroup.
+    let found =
+        workload::lookup(|level| unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) });
+    let Some(Workload { cgroup_id, policy }) = found.workload else {
+        return Outcome::unmanaged(found.audit);
+    };
+    let decision = decide(policy, &dst());
+    Outcome {
+        reason: decision.reason,
+        rule: decision.rule,
+        cgroup_id,
+        audit_mode: found.audit,
+    }
+}
+
+/// `user_port` holds the port in network byte order in its first two bytes.
+#[inline(always)]
+fn dst(addr: Addr, proto: u32, user_port: u32) -> Dst {
+    let proto = proto as u8;
+    let port = if has_ports(proto) {
+        u16::from_be(user_port as u16)
+    } else {
+        0
+    };
+    Dst { addr, proto, port }
+}
+
+/// The IPv4 address inside `::ffff:a.b.c.d`, if `words` (network byte order)
+/// is one.
+#[inline(always)]
+fn ipv4_mapped(words: [u32; 4]) -> Option<[u8; 4]> {
+    let prefix = u32::from_be_bytes(words[2].to_ne_bytes());
+    if words[0] == 0 && words[1] == 0 && prefix == 0x0000_ffff {
+        Some(words[3].to_ne_bytes())
+    } else {
+        None
+    }
+}
