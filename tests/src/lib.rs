@@ -9,6 +9,7 @@
 //! Test traffic never leaves the namespaces the fixtures create: the root
 //! namespace's interfaces and routes are never touched.
 
+pub mod agent;
 pub mod cgroup;
 pub mod enforcer;
 pub mod names;

@@ -1,6 +1,6 @@
 //! The command line, as a clap derive tree.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -21,6 +21,12 @@ pub enum Command {
     Plan(PlanArgs),
     /// Give the verdict for one connection and the rule that decided it.
     Explain(ExplainArgs),
+    /// Enforce the policies in the kernel until stopped (SIGTERM keeps
+    /// enforcement pinned; see `uninstall`).
+    Run(RunArgs),
+    /// Remove every program, link, pinned map and nft table the agent
+    /// created, and nothing else.
+    Uninstall(UninstallArgs),
     /// Print shell completions.
     #[command(hide = true)]
     Completions(CompletionsArgs),
@@ -70,4 +76,49 @@ pub struct ExplainArgs {
 #[derive(Debug, clap::Args)]
 pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Policy directory or files, watched for changes (reloads also on
+    /// SIGHUP).
+    #[arg(long, required = true, value_name = "DIR")]
+    pub policies: Vec<PathBuf>,
+    /// Enforce nothing: count and log what would have been denied.
+    #[arg(long)]
+    pub audit: bool,
+    /// Where programs, links and maps are pinned.
+    #[arg(long, value_name = "PATH", default_value = egress_agent::dataplane::DEFAULT_PIN_DIR)]
+    pub bpffs: PathBuf,
+    /// cgroup v2 directory to attach the programs at (default: the
+    /// cgroup2 mount's root).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+    /// DNS server for EgressGateway allowedHosts (default:
+    /// /etc/resolv.conf). Repeatable.
+    #[arg(long = "dns-server", value_name = "IP:PORT")]
+    pub dns_servers: Vec<SocketAddr>,
+    /// Do not install the nftables backstop.
+    #[arg(long)]
+    pub no_nft: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UninstallArgs {
+    /// Where programs, links and maps are pinned.
+    #[arg(long, value_name = "PATH", default_value = egress_agent::dataplane::DEFAULT_PIN_DIR)]
+    pub bpffs: PathBuf,
+    /// Leave the nftables table alone.
+    #[arg(long)]
+    pub no_nft: bool,
 }

@@ -5,6 +5,8 @@ mod check;
 mod completions;
 mod explain;
 mod plan;
+mod run;
+mod uninstall;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -19,6 +21,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => Ok(check::run(&args)),
         Command::Plan(args) => plan::run(&args),
         Command::Explain(args) => explain::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Uninstall(args) => uninstall::run(&args),
         Command::Completions(args) => {
             completions::run(&args);
             Ok(ExitCode::SUCCESS)

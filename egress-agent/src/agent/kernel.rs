@@ -1,0 +1,132 @@
+//! The real [`Enforcer`]: the eBPF data plane plus the nftables backstop.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use tracing::{info, warn};
+
+use super::reload::Enforcer;
+use crate::{
+    compile::Plan,
+    dataplane::{self, nft::Backstop, Dataplane, DataplaneError, ImageError, MapImage},
+    policy::model::ObjectId,
+    resolve::ResolvedHosts,
+    sys,
+};
+
+/// Why the kernel could not be programmed.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("cannot find the cgroup2 mount")]
+    Cgroup2(#[source] sys::SysError),
+    #[error("cannot open the eBPF data plane under {pin_dir}")]
+    Open {
+        pin_dir: PathBuf,
+        #[source]
+        source: Box<DataplaneError>,
+    },
+    #[error("cannot build the map image")]
+    Image(#[source] ImageError),
+    #[error("cannot write the eBPF maps")]
+    Apply(#[source] Box<DataplaneError>),
+    #[error("cannot program the nftables backstop")]
+    Nft(#[source] dataplane::nft::NftError),
+}
+
+/// eBPF data plane + nftables backstop, applied together.
+pub struct KernelEnforcer {
+    dataplane: Dataplane,
+    backstop: Option<Backstop>,
+    cgroup_mount: PathBuf,
+    audit: bool,
+    /// Workloads whose cgroup did not exist at the last apply, with the
+    /// cgroup they wait for.
+    waiting: BTreeMap<ObjectId, String>,
+}
+
+impl KernelEnforcer {
+    /// Loads or adopts the pinned data plane under `pin_dir`, attached at
+    /// `cgroup_root` (default: the cgroup2 mount's root). In audit mode the
+    /// backstop is not installed: it can only drop, never count-and-pass.
+    pub fn open(
+        pin_dir: &Path,
+        cgroup_root: Option<&Path>,
+        audit: bool,
+        nft: bool,
+    ) -> Result<Self, KernelError> {
+        let cgroup_mount = sys::cgroup2_mount().map_err(KernelError::Cgroup2)?;
+        let root = cgroup_root.map_or_else(|| cgroup_mount.clone(), Path::to_path_buf);
+        let dataplane = Dataplane::open(pin_dir, &root).map_err(|source| KernelError::Open {
+            pin_dir: pin_dir.to_owned(),
+            source: Box::new(source),
+        })?;
+        info!(pin_dir = %pin_dir.display(), cgroup_root = %root.display(), links = dataplane.links().len(), "data plane attached");
+        if audit && nft {
+            warn!(
+                "audit mode: the nftables backstop is not installed (it cannot audit, only drop)"
+            );
+        }
+        Ok(Self {
+            dataplane,
+            backstop: (nft && !audit).then(Backstop::new),
+            cgroup_mount,
+            audit,
+            waiting: BTreeMap::new(),
+        })
+    }
+
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dataplane
+    }
+}
+
+impl Enforcer for KernelEnforcer {
+    type Error = KernelError;
+
+    fn enforce(&mut self, plan: &Plan, hosts: &ResolvedHosts) -> Result<(), KernelError> {
+        let ids = dataplane::cgroup_ids(plan, &self.cgroup_mount);
+        let resolved: BTreeMap<String, Vec<IpAddr>> = hosts
+            .iter()
+            .map(|(name, addrs)| (name.to_owned(), addrs.to_vec()))
+            .collect();
+        let image =
+            MapImage::build(plan, &ids, &resolved, self.audit).map_err(KernelError::Image)?;
+        let stats = self
+            .dataplane
+            .apply(&image)
+            .map_err(|e| KernelError::Apply(Box::new(e)))?;
+        if let Some(backstop) = &self.backstop {
+            backstop.apply(&plan.node).map_err(KernelError::Nft)?;
+        }
+        let waiting: BTreeMap<ObjectId, String> = plan
+            .workloads
+            .iter()
+            .filter(|w| image.unplaced().contains(&w.id))
+            .map(|w| (w.id.clone(), w.cgroup.clone()))
+            .collect();
+        for (id, cgroup) in &waiting {
+            if !self.waiting.contains_key(id) {
+                warn!(workload = %id, cgroup, "cgroup does not exist yet; the workload is enforced as soon as it appears");
+            }
+        }
+        for name in image.unresolved() {
+            warn!(
+                host = name,
+                "allowedHosts name has no addresses yet: the gateway cannot reach it"
+            );
+        }
+        self.waiting = waiting;
+        info!(?stats, "data plane programmed");
+        Ok(())
+    }
+
+    fn needs_reconcile(&self) -> bool {
+        // Cheap: one stat per workload still waiting for its cgroup.
+        self.waiting
+            .values()
+            .any(|cgroup| super::cgroups::locate(&self.cgroup_mount, cgroup).is_dir())
+    }
+}

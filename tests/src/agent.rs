@@ -1,0 +1,194 @@
+//! The real `egress-agent` binary, run as a daemon in a test namespace.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+use crate::{names, netns::Netns};
+
+/// Where cargo put `egress-agent` (a sibling of `target/<profile>/deps`).
+/// `EGRESS_AGENT` overrides it.
+pub fn agent_exe() -> PathBuf {
+    if let Some(path) = std::env::var_os("EGRESS_AGENT") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let agent = dir.join("egress-agent");
+    assert!(
+        agent.exists(),
+        "{} not found: build it with `cargo build -p egress-agent` (cargo xtask test does)",
+        agent.display()
+    );
+    agent
+}
+
+/// A running `egress-agent run`, its log captured to a file. Dropping it
+/// kills the agent; the test's [`PinDir`](crate::pins::PinDir) then
+/// uninstalls what it pinned, so a failing test leaves nothing attached.
+pub struct Agent {
+    child: Option<Child>,
+    log: PathBuf,
+    pin_dir: PathBuf,
+    netns: String,
+    args: Vec<String>,
+}
+
+impl Agent {
+    /// Starts the agent in `netns` with `args` after `run`, and waits until
+    /// it has applied a first generation.
+    pub fn start(netns: &Netns, pin_dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let log = std::env::temp_dir().join(format!("{}.log", names::unique("egress-agent")));
+        let mut agent = Self {
+            child: None,
+            log,
+            pin_dir: pin_dir.to_owned(),
+            netns: netns.name().to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        agent.spawn()?;
+        agent.wait_for_log("policy applied", Duration::from_secs(15))?;
+        Ok(agent)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(agent_exe())
+            .arg("run")
+            .arg("--bpffs")
+            .arg(&self.pin_dir)
+            .args(&self.args)
+            .env("EGRESS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting egress-agent")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` `count` times in all.
+    pub fn wait_for_count(
+        &mut self,
+        needle: &str,
+        count: usize,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.log().matches(needle).count() >= count {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "egress-agent exited ({status}) before logging {needle:?}:\n{}",
+                        self.log()
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "egress-agent did not log {needle:?} {count} time(s) within {within:?}:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_for_log(&mut self, needle: &str, within: Duration) -> anyhow::Result<()> {
+        self.wait_for_count(needle, 1, within)
+    }
+
+    fn signal(&self, signal: i32) -> anyhow::Result<()> {
+        let Some(child) = &self.child else {
+            bail!("the agent is not running");
+        };
+        let pid = i32::try_from(child.id()).context("pid")?;
+        // SAFETY: plain kill(2) on our own child's pid.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn sighup(&self) -> anyhow::Result<()> {
+        self.signal(libc::SIGHUP)
+    }
+
+    /// SIGKILL, as a crash would: nothing runs on the agent's side.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.signal(libc::SIGKILL)?;
+        if let Some(mut child) = self.child.take() {
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM)?;
+        match self.child.take() {
+            Some(mut child) => Ok(child.wait()?),
+            None => bail!("the agent is not running"),
+        }
+    }
+
+    /// Starts the agent again with the same arguments (after `kill`).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let before = self.log().matches("policy applied").count();
+        self.spawn()?;
+        self.wait_for_count("policy applied", before + 1, Duration::from_secs(15))
+    }
+
+    /// Runs `egress-agent uninstall` for this agent's pin dir.
+    pub fn uninstall(&self) -> anyhow::Result<String> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(agent_exe())
+            .args(["uninstall", "--bpffs"])
+            .arg(&self.pin_dir)
+            .output()
+            .context("running egress-agent uninstall")?;
+        if !out.status.success() {
+            bail!("uninstall failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_file(&self.log);
+    }
+}

@@ -1,0 +1,327 @@
+//! `egress-agent run` as an operator uses it: the real binary, a policy
+//! directory, real connections from a workload cgroup in a test namespace.
+//! Hot reload (file change and SIGHUP), an invalid reload that changes
+//! nothing, SIGKILL with enforcement left in force, adoption by a restarted
+//! agent, audit mode, a workload whose cgroup appears late, and uninstall.
+
+use std::{
+    fs,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    agent::Agent,
+    cgroup::TestCgroup,
+    names,
+    netns::TestNet,
+    pins::PinDir,
+    probe::{Client, Listener, Outcome, Proto, RepeatOp},
+};
+
+/// One workload in namespace `shop`, allowed to reach the server on one
+/// TCP port only.
+fn policy(root: &str, port: u16) -> String {
+    format!(
+        r#"apiVersion: egress.enforcer.dev/v1alpha1
+kind: Workload
+metadata: {{name: app, namespace: shop, labels: {{app: web}}}}
+spec: {{cgroup: {root}/app}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: one-port, namespace: shop}}
+spec:
+  podSelector: {{}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{{ipBlock: {{cidr: {server}/32}}}}]
+    ports: [{{port: {port}}}]
+"#,
+        server = TestNet::SERVER_V4
+    )
+}
+
+const OPEN: u16 = 8080;
+const CLOSED: u16 = 9090;
+
+/// Fields drop in order: the agent first, then its pins (detaching the
+/// programs), listeners, cgroups and namespaces.
+struct Scene {
+    agent: Option<Agent>,
+    pins: PinDir,
+    _listeners: Vec<Listener>,
+    root: TestCgroup,
+    net: TestNet,
+    dir: PolicyDir,
+}
+
+impl Scene {
+    fn start(extra: &[&str]) -> anyhow::Result<Self> {
+        let net = TestNet::new()?;
+        let root = TestCgroup::new()?;
+        root.child("app")?;
+        let dir = PolicyDir::new()?;
+        dir.write("policy.yaml", &policy(&root.relative(), OPEN))?;
+        let listeners = [OPEN, CLOSED]
+            .into_iter()
+            .map(|port| Listener::start(&net.server, server(port), Proto::Tcp))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let pins = PinDir::new()?;
+        let policies = dir.path.to_string_lossy().into_owned();
+        let cgroup_root = root.path().to_string_lossy().into_owned();
+        let mut args = vec![
+            "--policies",
+            &policies,
+            "--cgroup-root",
+            &cgroup_root,
+            "--no-nft",
+        ];
+        args.extend_from_slice(extra);
+        let agent = Agent::start(&net.client, pins.path(), &args)?;
+        Ok(Self {
+            agent: Some(agent),
+            pins,
+            _listeners: listeners,
+            root,
+            net,
+            dir,
+        })
+    }
+
+    fn agent(&mut self) -> &mut Agent {
+        self.agent.as_mut().expect("agent started")
+    }
+
+    fn connect(&self, port: u16) -> Outcome {
+        Client::in_cgroup(&self.net.client, &self.root.path().join("app"))
+            .connect_tcp(server(port))
+            .expect("probe runs")
+    }
+}
+
+fn server(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(TestNet::SERVER_V4), port)
+}
+
+/// A policy directory of the test's own.
+struct PolicyDir {
+    path: PathBuf,
+}
+
+impl PolicyDir {
+    fn new() -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(names::unique("egress-policies"));
+        fs::create_dir_all(&path)?;
+        Ok(Self { path })
+    }
+
+    /// Writes through a temporary file and a rename, as config management
+    /// tools do, so the agent never reads half a file.
+    fn write(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        let tmp = self.path.join(format!(".{name}.tmp"));
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, self.path.join(name))?;
+        Ok(())
+    }
+}
+
+impl Drop for PolicyDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+#[test]
+fn the_agent_enforces_its_policy_directory_and_reloads_when_a_file_changes() -> anyhow::Result<()> {
+    let mut scene = Scene::start(&[])?;
+    assert_eq!(scene.connect(OPEN), Outcome::Ok);
+    assert_eq!(
+        scene.connect(CLOSED),
+        Outcome::Eperm,
+        "refused at connect(), not timed out"
+    );
+
+    let root = scene.root.relative();
+    scene.dir.write("policy.yaml", &policy(&root, CLOSED))?;
+    scene
+        .agent()
+        .wait_for_count("policy applied", 2, Duration::from_secs(10))?;
+    assert_eq!(scene.connect(CLOSED), Outcome::Ok);
+    assert_eq!(scene.connect(OPEN), Outcome::Eperm);
+    Ok(())
+}
+
+#[test]
+fn sighup_reloads() -> anyhow::Result<()> {
+    let mut scene = Scene::start(&[])?;
+    scene.agent().sighup()?;
+    scene
+        .agent()
+        .wait_for_log("SIGHUP: reloading", Duration::from_secs(10))?;
+    scene
+        .agent()
+        .wait_for_count("policy applied", 2, Duration::from_secs(10))?;
+    assert_eq!(scene.connect(CLOSED), Outcome::Eperm);
+    Ok(())
+}
+
+#[test]
+fn an_invalid_policy_is_logged_with_file_and_field_and_the_old_policy_stays() -> anyhow::Result<()>
+{
+    let mut scene = Scene::start(&[])?;
+    let denied = Client::in_cgroup(&scene.net.client, &scene.root.path().join("app")).repeat(
+        RepeatOp::Connect,
+        server(CLOSED),
+        Proto::Tcp,
+    )?;
+    let allowed = Client::in_cgroup(&scene.net.client, &scene.root.path().join("app")).repeat(
+        RepeatOp::Connect,
+        server(OPEN),
+        Proto::Tcp,
+    )?;
+
+    // A bad CIDR that would, if half-applied, open everything.
+    let root = scene.root.relative();
+    let bad = policy(&root, CLOSED).replace(&format!("{}/32", TestNet::SERVER_V4), "0.0.0.0/33");
+    scene.dir.write("policy.yaml", &bad)?;
+    scene
+        .agent()
+        .wait_for_log("policy rejected", Duration::from_secs(10))?;
+    let log = scene.agent().log();
+    assert!(
+        log.contains("policy.yaml:")
+            && log.contains("spec.egress[0].to[0].ipBlock.cidr")
+            && log.contains("invalid CIDR"),
+        "the log names the file and the field:\n{log}"
+    );
+    assert!(log.contains("previous generation stays in force"), "{log}");
+
+    // The old policy is still the one in force, with no gap.
+    thread::sleep(Duration::from_millis(300));
+    let (denied, allowed) = (denied.stop(), allowed.stop());
+    assert!(denied.total() > 0 && allowed.total() > 0);
+    assert_eq!(denied.ok, 0, "a denied connection got through: {denied:?}");
+    assert_eq!(
+        allowed.eperm, 0,
+        "an allowed connection failed: {allowed:?}"
+    );
+    assert!(
+        allowed.other.is_empty() && denied.other.is_empty(),
+        "{allowed:?} {denied:?}"
+    );
+    assert_eq!(scene.connect(CLOSED), Outcome::Eperm);
+    assert_eq!(scene.connect(OPEN), Outcome::Ok);
+
+    // Fixing the file applies it.
+    scene.dir.write("policy.yaml", &policy(&root, CLOSED))?;
+    scene
+        .agent()
+        .wait_for_count("policy applied", 2, Duration::from_secs(10))?;
+    assert_eq!(scene.connect(CLOSED), Outcome::Ok);
+    Ok(())
+}
+
+#[test]
+fn a_killed_agent_leaves_enforcement_in_force_and_a_restarted_one_adopts_it() -> anyhow::Result<()>
+{
+    let mut scene = Scene::start(&[])?;
+    let denied = Client::in_cgroup(&scene.net.client, &scene.root.path().join("app")).repeat(
+        RepeatOp::Connect,
+        server(CLOSED),
+        Proto::Tcp,
+    )?;
+    let allowed = Client::in_cgroup(&scene.net.client, &scene.root.path().join("app")).repeat(
+        RepeatOp::Connect,
+        server(OPEN),
+        Proto::Tcp,
+    )?;
+    denied.wait_for(5, Duration::from_secs(5));
+
+    scene.agent().kill()?;
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        scene.connect(CLOSED),
+        Outcome::Eperm,
+        "no agent, still enforced"
+    );
+    scene.agent().restart()?;
+    thread::sleep(Duration::from_millis(200));
+
+    let (denied, allowed) = (denied.stop(), allowed.stop());
+    assert!(denied.total() >= 5, "{denied:?}");
+    assert_eq!(
+        denied.ok, 0,
+        "a denied connection got through while the agent was dead or restarting: {denied:?}"
+    );
+    assert_eq!(
+        allowed.eperm, 0,
+        "an allowed connection failed: {allowed:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn sigterm_keeps_enforcement_and_uninstall_removes_everything() -> anyhow::Result<()> {
+    let mut scene = Scene::start(&[])?;
+    let status = scene.agent().terminate()?;
+    assert!(status.success(), "{status}");
+    assert!(scene.agent().log().contains("enforcement stays in force"));
+    assert_eq!(
+        scene.connect(CLOSED),
+        Outcome::Eperm,
+        "SIGTERM does not open anything"
+    );
+
+    let report = scene.agent().uninstall()?;
+    assert!(report.contains("removed 5 link(s)"), "{report}");
+    assert!(!scene.pins.path().exists(), "the pin directory is gone");
+    assert_eq!(
+        scene.connect(CLOSED),
+        Outcome::Ok,
+        "nothing enforces any more"
+    );
+    let again = scene.agent().uninstall()?;
+    assert!(again.contains("nothing pinned"), "{again}");
+    Ok(())
+}
+
+#[test]
+fn audit_mode_enforces_nothing() -> anyhow::Result<()> {
+    let scene = Scene::start(&["--audit"])?;
+    assert_eq!(
+        scene.connect(CLOSED),
+        Outcome::Ok,
+        "would be denied, but audit passes it"
+    );
+    assert_eq!(scene.connect(OPEN), Outcome::Ok);
+    Ok(())
+}
+
+#[test]
+fn a_workload_is_enforced_as_soon_as_its_cgroup_appears() -> anyhow::Result<()> {
+    let mut scene = Scene::start(&[])?;
+    let root = scene.root.relative();
+    let late = policy(&root, OPEN).replace(&format!("{root}/app"), &format!("{root}/late"));
+    scene.dir.write("policy.yaml", &late)?;
+    scene
+        .agent()
+        .wait_for_log("cgroup does not exist yet", Duration::from_secs(10))?;
+
+    let created = Instant::now();
+    let cgroup = scene.root.child("late")?;
+    let client = Client::in_cgroup(&scene.net.client, &cgroup);
+    let enforced = loop {
+        if client.connect_tcp(server(CLOSED))? == Outcome::Eperm {
+            break created.elapsed();
+        }
+        assert!(
+            created.elapsed() < Duration::from_secs(10),
+            "never enforced"
+        );
+    };
+    eprintln!("time from cgroup creation to the first denied connect: {enforced:?}");
+    Ok(())
+}
