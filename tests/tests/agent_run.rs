@@ -289,14 +289,26 @@ fn sigterm_keeps_enforcement_and_uninstall_removes_everything() -> anyhow::Resul
 }
 
 #[test]
-fn audit_mode_enforces_nothing() -> anyhow::Result<()> {
-    let scene = Scene::start(&["--audit"])?;
+fn audit_mode_enforces_nothing_and_logs_what_it_would_have_denied() -> anyhow::Result<()> {
+    let mut scene = Scene::start(&["--audit"])?;
     assert_eq!(
         scene.connect(CLOSED),
         Outcome::Ok,
         "would be denied, but audit passes it"
     );
     assert_eq!(scene.connect(OPEN), Outcome::Ok);
+    scene
+        .agent()
+        .wait_for_log("audit: would have denied", Duration::from_secs(5))?;
+    let log = scene.agent().log();
+    let finding = log
+        .lines()
+        .find(|l| l.contains("audit: would have denied"))
+        .unwrap_or_default();
+    assert!(
+        finding.contains("shop/app") && finding.contains("DefaultDeny"),
+        "names the workload and the reason: {finding}"
+    );
     Ok(())
 }
 

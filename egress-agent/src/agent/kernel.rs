@@ -4,6 +4,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use tracing::{info, warn};
@@ -11,7 +12,9 @@ use tracing::{info, warn};
 use super::reload::Enforcer;
 use crate::{
     compile::Plan,
-    dataplane::{self, nft::Backstop, Dataplane, DataplaneError, ImageError, MapImage},
+    dataplane::{
+        self, nft::Backstop, Dataplane, DataplaneError, ImageError, MapImage, VerdictKind,
+    },
     policy::model::ObjectId,
     resolve::ResolvedHosts,
     sys,
@@ -45,7 +48,21 @@ pub struct KernelEnforcer {
     /// Workloads whose cgroup did not exist at the last apply, with the
     /// cgroup they wait for.
     waiting: BTreeMap<ObjectId, String>,
+    /// Names for the last image's cgroup ids, for audit findings.
+    names: Names,
+    /// Audit counts already reported, and when they were last read.
+    audited: BTreeMap<(u64, Option<u32>, VerdictKind), u64>,
+    last_audit: Option<Instant>,
 }
+
+/// The workloads of the image in force, by cgroup id.
+#[derive(Default)]
+struct Names {
+    workloads: BTreeMap<u64, ObjectId>,
+}
+
+/// How often audit mode reports new would-deny verdicts.
+const AUDIT_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 impl KernelEnforcer {
     /// Loads or adopts the pinned data plane under `pin_dir`, attached at
@@ -75,6 +92,9 @@ impl KernelEnforcer {
             cgroup_mount,
             audit,
             waiting: BTreeMap::new(),
+            names: Names::default(),
+            audited: BTreeMap::new(),
+            last_audit: None,
         })
     }
 
@@ -119,6 +139,9 @@ impl Enforcer for KernelEnforcer {
             );
         }
         self.waiting = waiting;
+        self.names = Names {
+            workloads: ids.iter().map(|(id, cg)| (*cg, id.clone())).collect(),
+        };
         info!(?stats, "data plane programmed");
         Ok(())
     }
@@ -128,5 +151,43 @@ impl Enforcer for KernelEnforcer {
         self.waiting
             .values()
             .any(|cgroup| super::cgroups::locate(&self.cgroup_mount, cgroup).is_dir())
+    }
+
+    /// In audit mode, logs each would-deny verdict that the kernel counted
+    /// since the last report, by workload and reason.
+    fn poll(&mut self) {
+        if !self.audit
+            || self
+                .last_audit
+                .is_some_and(|t| t.elapsed() < AUDIT_REPORT_EVERY)
+        {
+            return;
+        }
+        self.last_audit = Some(Instant::now());
+        let counters = match self.dataplane.counters() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot read the audit counters");
+                return;
+            }
+        };
+        for hit in counters.hits().iter().filter(|h| h.verdict.audit) {
+            let key = (hit.cgroup_id, hit.rule, hit.verdict);
+            let before = self.audited.insert(key, hit.count).unwrap_or(0);
+            if hit.count > before {
+                let workload = self
+                    .names
+                    .workloads
+                    .get(&hit.cgroup_id)
+                    .map_or_else(|| format!("cgroup {}", hit.cgroup_id), ToString::to_string);
+                warn!(
+                    workload,
+                    hook = ?hit.verdict.hook,
+                    reason = ?hit.verdict.reason,
+                    count = hit.count - before,
+                    "audit: would have denied"
+                );
+            }
+        }
     }
 }

@@ -24,6 +24,10 @@ pub trait Enforcer {
     fn needs_reconcile(&self) -> bool {
         false
     }
+
+    /// Called on every tick of the event loop, for periodic work such as
+    /// reporting audit findings.
+    fn poll(&mut self) {}
 }
 
 /// Owns the policy paths, the enforcer and the agent state.

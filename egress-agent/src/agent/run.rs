@@ -118,6 +118,7 @@ pub async fn run<E: Enforcer>(
                 }
             }
             _ = tick.tick() => {
+                reloader.enforcer_mut().poll();
                 if reloader.enforcer().needs_reconcile() {
                     if let Err(e) = reloader.reenforce(None) {
                         warn!(error = %format_chain(&e), "reconcile failed");
