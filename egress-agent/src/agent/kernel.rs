@@ -146,11 +146,12 @@ impl Enforcer for KernelEnforcer {
         Ok(())
     }
 
-    fn needs_reconcile(&self) -> bool {
-        // Cheap: one stat per workload still waiting for its cgroup.
-        self.waiting
-            .values()
-            .any(|cgroup| super::cgroups::locate(&self.cgroup_mount, cgroup).is_dir())
+    fn needs_reconcile(&self, plan: &Plan) -> bool {
+        // One stat per workload, and only while some still wait.
+        !self.waiting.is_empty()
+            && dataplane::cgroup_ids(plan, &self.cgroup_mount)
+                .keys()
+                .any(|id| self.waiting.contains_key(id))
     }
 
     /// In audit mode, logs each would-deny verdict that the kernel counted

@@ -6,7 +6,6 @@
 //! and a periodic reconcile. The kernel side sits behind the
 //! [`reload::Enforcer`] trait so the lifecycle is unit-tested without root.
 
-pub mod cgroups;
 pub mod kernel;
 pub mod reload;
 pub mod run;

@@ -19,9 +19,9 @@ pub trait Enforcer {
 
     fn enforce(&mut self, plan: &Plan, hosts: &ResolvedHosts) -> Result<(), Self::Error>;
 
-    /// True while part of the plan could not be enforced yet (a workload
-    /// whose cgroup does not exist): the agent then re-enforces often.
-    fn needs_reconcile(&self) -> bool {
+    /// True when part of `plan` could not be enforced at the last apply (a
+    /// workload whose cgroup did not exist) and can be now.
+    fn needs_reconcile(&self, _plan: &Plan) -> bool {
         false
     }
 

@@ -119,7 +119,8 @@ pub async fn run<E: Enforcer>(
             }
             _ = tick.tick() => {
                 reloader.enforcer_mut().poll();
-                if reloader.enforcer().needs_reconcile() {
+                let due = reloader.plan().is_some_and(|plan| reloader.enforcer().needs_reconcile(&plan));
+                if due {
                     if let Err(e) = reloader.reenforce(None) {
                         warn!(error = %format_chain(&e), "reconcile failed");
                     }
