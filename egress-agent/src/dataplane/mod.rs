@@ -107,6 +107,22 @@ impl Dataplane {
     /// replaced: the new link is attached first, the old one unpinned after.
     pub fn open(pin_dir: &Path, cgroup_root: &Path) -> Result<Self, DataplaneError> {
         let root = CgroupRoot::inspect(cgroup_root)?;
+        // Checked on the nearest existing ancestor, so that nothing is
+        // created outside bpffs.
+        let existing = pin_dir
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(Path::new("/"));
+        let on_bpffs = syscalls::is_bpffs(existing).map_err(|source| DataplaneError::Io {
+            action: "inspecting",
+            path: existing.to_owned(),
+            source,
+        })?;
+        if !on_bpffs {
+            return Err(DataplaneError::NotBpffs {
+                path: pin_dir.to_owned(),
+            });
+        }
         let maps_dir = pin_dir.join("maps");
         let links_dir = pin_dir.join("links");
         for dir in [&maps_dir, &links_dir] {
@@ -115,16 +131,6 @@ impl Dataplane {
                 path: dir.clone(),
                 source,
             })?;
-        }
-        let on_bpffs = syscalls::is_bpffs(pin_dir).map_err(|source| DataplaneError::Io {
-            action: "inspecting",
-            path: pin_dir.to_owned(),
-            source,
-        })?;
-        if !on_bpffs {
-            return Err(DataplaneError::NotBpffs {
-                path: pin_dir.to_owned(),
-            });
         }
         let mut ebpf = maps::load_object(&maps_dir)?;
         let maps = Maps::take(&mut ebpf, &maps_dir)?;

@@ -1,0 +1,166 @@
+//! Scenarios: `uninstall` takes out exactly what the agent put in: its
+//! links (so its programs detach and unload) and its pinned maps, and
+//! nothing of anyone else's.
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use egress_agent::dataplane::Dataplane;
+use integration_tests::{Enforced, Listener, Outcome, PinDir, Proto, TestNet};
+
+const ARRIVAL: Duration = Duration::from_secs(2);
+
+/// `prod/client` may reach port 7070 only.
+const POLICY: &str = r#"
+apiVersion: egress.enforcer.dev/v1alpha1
+kind: Workload
+metadata: {name: client, namespace: prod, labels: {app: client}}
+spec: {cgroup: $ROOT/prod/client}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - ports: [{port: 7070}]
+"#;
+
+fn server(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(TestNet::SERVER_V4), port)
+}
+
+/// `bpftool -j <args>`'s output.
+fn bpftool(args: &[&str]) -> (bool, String) {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("bpftool runs (cargo xtask setup installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The ids of the programs attached to `cgroup` itself.
+fn attached_ids(cgroup: &Path) -> Vec<u32> {
+    let (ok, json) = bpftool(&["cgroup", "show", &cgroup.display().to_string()]);
+    assert!(ok, "bpftool cgroup show {}: {json}", cgroup.display());
+    json.split("\"id\":")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+fn program_exists(id: u32) -> bool {
+    bpftool(&["prog", "show", "id", &id.to_string()]).0
+}
+
+#[test]
+fn uninstall_detaches_and_unloads_the_programs_removes_the_maps_and_is_idempotent() {
+    let mut s = Enforced::new(POLICY).unwrap();
+    let listener = Listener::start(
+        &s.net.server,
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7071),
+        Proto::Tcp,
+    )
+    .unwrap();
+    let programs: Vec<u32> = s
+        .dataplane_ref()
+        .links()
+        .iter()
+        .map(|l| l.program_id)
+        .collect();
+    let mut attached = attached_ids(s.root.path());
+    attached.sort_unstable();
+    let mut expected = programs.clone();
+    expected.sort_unstable();
+    assert_eq!(
+        attached, expected,
+        "bpftool sees our five programs on the root"
+    );
+    assert_eq!(
+        s.client("prod/client").connect_tcp(server(7071)).unwrap(),
+        Outcome::Eperm
+    );
+
+    s.close();
+    let report = Dataplane::uninstall(s.pin_dir()).unwrap();
+    assert_eq!(report.links.len(), 5, "{report:?}");
+    assert_eq!(report.maps.len(), 13, "{report:?}");
+    assert_eq!(report.directories.len(), 3, "{report:?}");
+    assert!(report.kept.is_empty());
+    assert!(!s.pin_dir().exists(), "the bpffs directory is gone");
+    assert!(
+        attached_ids(s.root.path()).is_empty(),
+        "nothing attached to the root any more"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while programs.iter().any(|id| program_exists(*id)) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    for id in &programs {
+        assert!(!program_exists(*id), "program {id} is unloaded");
+    }
+    assert_eq!(
+        s.client("prod/client").connect_tcp(server(7071)).unwrap(),
+        Outcome::Ok
+    );
+    assert!(listener.next_event(ARRIVAL).is_some());
+
+    let again = Dataplane::uninstall(s.pin_dir()).unwrap();
+    assert!(
+        again.is_empty(),
+        "a second uninstall has nothing to do: {again:?}"
+    );
+}
+
+#[test]
+fn uninstalling_one_data_plane_leaves_another_on_the_same_cgroup_and_foreign_pins_alone() {
+    let mut s = Enforced::new(POLICY).unwrap();
+    // A second, unrelated data plane on the same root, with the same policy.
+    let other_pins = PinDir::new().unwrap();
+    let mut other = Dataplane::open(other_pins.path(), s.root.path()).unwrap();
+    other.apply(&s.image).unwrap();
+    let other_programs: Vec<u32> = other.links().iter().map(|l| l.program_id).collect();
+    // Something else pinned a directory inside ours.
+    let foreign = s.pin_dir().join("links").join("someone-elses");
+    fs::create_dir(&foreign).unwrap();
+
+    s.close();
+    let report = Dataplane::uninstall(s.pin_dir()).unwrap();
+    assert_eq!(report.links.len(), 5);
+    assert_eq!(report.kept, [foreign.clone()]);
+    assert!(
+        foreign.exists(),
+        "left alone, with the directories holding it"
+    );
+
+    let mut attached = attached_ids(s.root.path());
+    attached.sort_unstable();
+    let mut expected = other_programs.clone();
+    expected.sort_unstable();
+    assert_eq!(
+        attached, expected,
+        "only the other data plane's programs remain"
+    );
+    assert_eq!(
+        s.client("prod/client").connect_tcp(server(7071)).unwrap(),
+        Outcome::Eperm,
+        "the other data plane still enforces"
+    );
+    fs::remove_dir(&foreign).unwrap();
+}
