@@ -18,7 +18,7 @@ use integration_tests::{
     names,
     netns::TestNet,
     pins::PinDir,
-    probe::{Client, Listener, Outcome, Proto, RepeatOp},
+    probe::{Client, Listener, Outcome, Proto, RepeatOp, Repeater},
 };
 
 /// One workload in namespace `shop`, allowed to reach the server on one
@@ -95,10 +95,19 @@ impl Scene {
         self.agent.as_mut().expect("agent started")
     }
 
-    fn connect(&self, port: u16) -> Outcome {
+    /// A probe client in the workload's cgroup.
+    fn client(&self) -> Client<'_> {
         Client::in_cgroup(&self.net.client, &self.root.path().join("app"))
-            .connect_tcp(server(port))
-            .expect("probe runs")
+    }
+
+    fn connect(&self, port: u16) -> Outcome {
+        self.client().connect_tcp(server(port)).expect("probe runs")
+    }
+
+    /// Connects to `port` again and again in the background.
+    fn keep_connecting(&self, port: u16) -> anyhow::Result<Repeater> {
+        self.client()
+            .repeat(RepeatOp::Connect, server(port), Proto::Tcp)
     }
 }
 
@@ -172,16 +181,7 @@ fn sighup_reloads() -> anyhow::Result<()> {
 fn an_invalid_policy_is_logged_with_file_and_field_and_the_old_policy_stays() -> anyhow::Result<()>
 {
     let mut scene = Scene::start(&[])?;
-    let denied = Client::in_cgroup(&scene.net.client, &scene.root.path().join("app")).repeat(
-        RepeatOp::Connect,
-        server(CLOSED),
-        Proto::Tcp,
-    )?;
-    let allowed = Client::in_cgroup(&scene.net.client, &scene.root.path().join("app")).repeat(
-        RepeatOp::Connect,
-        server(OPEN),
-        Proto::Tcp,
-    )?;
+    let (denied, allowed) = (scene.keep_connecting(CLOSED)?, scene.keep_connecting(OPEN)?);
 
     // A bad CIDR that would, if half-applied, open everything.
     let root = scene.root.relative();
@@ -228,16 +228,7 @@ fn an_invalid_policy_is_logged_with_file_and_field_and_the_old_policy_stays() ->
 fn a_killed_agent_leaves_enforcement_in_force_and_a_restarted_one_adopts_it() -> anyhow::Result<()>
 {
     let mut scene = Scene::start(&[])?;
-    let denied = Client::in_cgroup(&scene.net.client, &scene.root.path().join("app")).repeat(
-        RepeatOp::Connect,
-        server(CLOSED),
-        Proto::Tcp,
-    )?;
-    let allowed = Client::in_cgroup(&scene.net.client, &scene.root.path().join("app")).repeat(
-        RepeatOp::Connect,
-        server(OPEN),
-        Proto::Tcp,
-    )?;
+    let (denied, allowed) = (scene.keep_connecting(CLOSED)?, scene.keep_connecting(OPEN)?);
     denied.wait_for(5, Duration::from_secs(5));
 
     scene.agent().kill()?;
