@@ -15,7 +15,8 @@ use crate::{
 
 /// Debian packages: the eBPF compiler pair (rustc-web with its matching
 /// library sources), the LLVM that bpf-linker links against, and the tools
-/// the agent and the tests drive.
+/// the agent, the tests and the demo drive (`dnsmasq-base` is the demo's
+/// kube-dns).
 pub const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -26,6 +27,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "bpftool",
     "iptables",
+    "dnsmasq-base",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
