@@ -453,6 +453,19 @@ impl Listener {
         events
     }
 
+    /// Waits for `n` events, each within `within` of the previous one;
+    /// returns those that came.
+    pub fn expect(&self, n: usize, within: Duration) -> Vec<Event> {
+        let mut events = Vec::with_capacity(n);
+        while events.len() < n {
+            match self.next_event(within) {
+                Some(event) => events.push(event),
+                None => break,
+            }
+        }
+        events
+    }
+
     /// Discards what arrived so far.
     pub fn drain(&self) {
         while self.lines.try_recv().is_ok() {}

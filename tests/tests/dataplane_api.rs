@@ -62,8 +62,7 @@ fn a_workload_outside_the_cgroup_root_is_refused_before_anything_is_written() {
     let outside = POLICY.replace("$ROOT/prod/client", "$ROOT-elsewhere/client");
     let err = s
         .apply(&outside, &Resolved::new(), false)
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     let err = err
         .downcast::<DataplaneError>()
         .expect("a data plane error");

@@ -10,6 +10,7 @@ use std::{
 use egress_agent::dataplane::{Hook, Reason};
 use integration_tests::{Enforced, Event, Listener, Outcome, Proto, Resolved, TestNet};
 
+const ARRIVAL: Duration = Duration::from_secs(2);
 /// How long a listener must stay silent to count as "never received".
 const SILENCE: Duration = Duration::from_millis(700);
 

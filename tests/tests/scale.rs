@@ -144,8 +144,8 @@ fn a_workload_with_100k_cidrs_applies_and_a_one_cidr_change_takes_effect() {
                 .unwrap_or(0)
         };
         let (ns, runs) = (field("run_time_ns"), field("run_cnt"));
-        if runs > 0 {
-            println!("{:?}: {} ns per run over {runs} runs", link.hook, ns / runs);
+        if let Some(per_run) = ns.checked_div(runs) {
+            println!("{:?}: {per_run} ns per run over {runs} runs", link.hook);
         }
     }
     fs::write(stats_path, was.trim()).unwrap();
