@@ -143,7 +143,7 @@ fn uninstalling_one_data_plane_leaves_another_on_the_same_cgroup_and_foreign_pin
     s.close();
     let report = Dataplane::uninstall(s.pin_dir()).unwrap();
     assert_eq!(report.links.len(), 5);
-    assert_eq!(report.kept, [foreign.clone()]);
+    assert_eq!(report.kept, std::slice::from_ref(&foreign));
     assert!(
         foreign.exists(),
         "left alone, with the directories holding it"
