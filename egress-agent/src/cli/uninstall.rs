@@ -22,7 +22,10 @@ pub fn run(args: &UninstallArgs) -> anyhow::Result<ExitCode> {
         );
     }
     for kept in &report.kept {
-        println!("eBPF: left alone (not created by the agent): {}", kept.display());
+        println!(
+            "eBPF: left alone (not created by the agent): {}",
+            kept.display()
+        );
     }
     if !args.no_nft {
         Backstop::new().uninstall()?;
