@@ -15,6 +15,7 @@ pub mod enforcer;
 pub mod names;
 pub mod netns;
 pub mod nftns;
+pub mod node;
 pub mod pins;
 pub mod probe;
 

@@ -2,6 +2,7 @@
 //!
 //! `main` only parses and dispatches; each task lives in its own module.
 
+mod demo;
 mod host;
 mod run;
 mod setup;
@@ -27,6 +28,9 @@ enum Task {
     Setup(setup::SetupArgs),
     /// Run fmt, clippy, unit tests and the privileged integration tests.
     Test(test::TestArgs),
+    /// Run the live demo: a simulated node built from policies/, the real
+    /// agent, real connections (as root; removes everything it creates).
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Setup(args) => setup::run(&args),
         Task::Test(args) => test::run(&args),
+        Task::Demo(args) => demo::run(&args),
     };
     match result {
         Ok(code) => code,
