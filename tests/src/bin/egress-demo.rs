@@ -24,7 +24,7 @@ use std::{
     fmt::Write as _,
     fs,
     io::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
@@ -920,6 +920,10 @@ fn derive_flows(sim: &SimNode, baseline: bool) -> Vec<Flow> {
         proxy: None,
     };
     let internet = |port| SocketAddr::new(ext, port);
+    let ext6 = records
+        .get(&ext_name)
+        .and_then(|addrs| addrs.iter().find(|a| a.is_ipv6()).copied())
+        .unwrap_or(IpAddr::V6(SimNode::INTERNET_V6));
     let mut flows = Vec::new();
 
     let isolated: Vec<&WorkloadPlan> = plan
@@ -941,6 +945,16 @@ fn derive_flows(sim: &SimNode, baseline: bool) -> Vec<Flow> {
             Protocol::Tcp,
             ext_name.clone(),
         ));
+        // Over IPv6 too (connect6), when the pod has an IPv6 address.
+        if w.addresses.iter().any(IpAddr::is_ipv6) {
+            flows.push(flow(
+                w,
+                Action::Connect(Proto::Tcp),
+                SocketAddr::new(ext6, 443),
+                Protocol::Tcp,
+                ext_name.clone(),
+            ));
+        }
         let own = sim
             .pod_of(&w.id)
             .map(|p| p.addresses.clone())
@@ -1143,13 +1157,10 @@ fn start_listeners(sim: &SimNode, flows: &[Flow]) -> anyhow::Result<Listeners> {
         let (netns, bind) = match owner {
             Some(pod) => (pod.netns.name().to_owned(), flow.dst),
             None => {
-                let any = match flow.dst.ip() {
-                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                };
+                // `[::]` is dual-stack: it takes IPv4 as well.
                 (
                     sim.internet().name().to_owned(),
-                    SocketAddr::new(any, flow.dst.port()),
+                    SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), flow.dst.port()),
                 )
             }
         };
