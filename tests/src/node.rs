@@ -3,14 +3,16 @@
 //! workloads' cgroups, and a real DNS server for kube-dns.
 //!
 //! ```text
-//!   pod netns (one per Workload with addresses)       node netns (forwards)
-//!   eth0 10.244.2.10/32 ───────────────────────────── caliN (no address, proxy_arp)
-//!   default via 169.254.1.1 (answered by proxy ARP)   10.244.2.10/32 dev caliN
-//!   default via fe80::1 (the node's caliN)            lo: 10.244.0.1/32 (node's cluster address)
-//!                                                     eth0 198.51.100.1/24 ── eth0 internet netns
-//!                                                     default via 198.51.100.2   198.51.100.2/24
-//!                                                                                local 203.0.113.0/24
-//!                                                                                cluster CIDRs via the node
+//!  pod netns (one per Workload with addresses)
+//!    eth0 10.244.2.10/32, default via 169.254.1.1 (proxy ARP) / fe80::1
+//!     │
+//!  node netns (forwards)
+//!    caliN: no IPv4 address, proxy_arp, fe80::1; route 10.244.2.10/32 dev caliN
+//!    lo: 10.244.0.1/32, the node's own address inside the cluster
+//!    eth0 198.51.100.1/24, default via 198.51.100.2
+//!     │
+//!  internet netns
+//!    eth0 198.51.100.2/24; local 203.0.113.0/24; cluster CIDRs via the node
 //! ```
 //!
 //! This is Calico's layout: pods have host addresses and a link-local next
@@ -85,7 +87,19 @@ use crate::{
     Netns,
 };
 
-/// A simulated node built from policy files; see the module doc.
+/// A simulated node built from policy files; see the module doc. Needs
+/// root, cgroup v2, `ip`, `nsenter` and `dnsmasq`.
+///
+/// ```no_run
+/// use integration_tests::{node::SimNode, Outcome};
+///
+/// let sim = SimNode::new(&["policies".into()])?;
+/// let sleep = sim.client(&"test-egress/sleep".parse().map_err(anyhow::Error::msg)?);
+/// // No agent runs on it yet: the internet is reachable.
+/// let edition = sim.host_address("edition.cnn.com").unwrap();
+/// assert_eq!(sleep.unwrap().connect_tcp((edition, 443).into())?, Outcome::Ok);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub struct SimNode {
     model: Model,
     plan: Plan,

@@ -336,7 +336,7 @@ struct Demo<'a> {
 
 impl Demo<'_> {
     fn run(&self, report: &mut Report) -> anyhow::Result<()> {
-        let flows = derive_flows(self.sim, self.baseline);
+        let flows = derive_flows(self.sim);
         let listeners = start_listeners(self.sim, &flows)?;
         signals::check()?;
 
@@ -369,7 +369,10 @@ impl Demo<'_> {
     ) -> anyhow::Result<()> {
         println!();
         if self.baseline {
-            println!("Flows without the agent (the baseline: nothing is enforced, so everything connects):");
+            println!(
+                "Flows without the agent (the baseline: nothing is enforced, so everything \
+                 connects):"
+            );
         } else {
             println!(
                 "Flows (expected: `egress-agent explain` on the agent's plan; observed: a real \
@@ -867,7 +870,7 @@ fn resolved_plan(plan: &Plan, records: &BTreeMap<String, Vec<IpAddr>>) -> Plan {
 /// The flows the plan says something about, in the order a reader wants
 /// them: isolated workloads (those a NetworkPolicy selects) first, then
 /// gateways, captured workloads, the rest, and the node backstop.
-fn derive_flows(sim: &SimNode, baseline: bool) -> Vec<Flow> {
+fn derive_flows(sim: &SimNode) -> Vec<Flow> {
     let plan = sim.plan();
     let model = sim.model();
     let records = &sim.dns().records;
@@ -1128,7 +1131,6 @@ fn derive_flows(sim: &SimNode, baseline: bool) -> Vec<Flow> {
             flows.push(f);
         }
     }
-    let _ = baseline;
     flows
 }
 
