@@ -73,7 +73,12 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
 
     let profile = if args.release { "release" } else { "debug" };
     let demo = target_dir(&root).join(profile).join("egress-demo");
-    let policies = if args.policies.is_empty() {
+    // `cargo xtask demo -- --policies DIR` works as well as `--policies DIR`.
+    let passed_on = args
+        .args
+        .iter()
+        .any(|a| a.to_str().is_some_and(|a| a.starts_with("--policies")));
+    let policies = if args.policies.is_empty() && !passed_on {
         vec![root.join("policies")]
     } else {
         args.policies.clone()
