@@ -206,7 +206,15 @@ pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
             eprintln!("xtask: privileged tests cannot run: {why}");
             report.fail(NAME, why);
         } else {
-            report.cargo_test(NAME, &["-p", "integration-tests"])?;
+            // The scenarios run the real `egress-agent` binary; build it
+            // explicitly rather than rely on an earlier stage having done so.
+            report.command(
+                "build egress-agent",
+                run::cargo().args(["build", "-p", "egress-agent", "--bins"]),
+            )?;
+            if report.go_on() {
+                report.cargo_test(NAME, &["-p", "integration-tests"])?;
+            }
         }
     }
 

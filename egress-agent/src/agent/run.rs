@@ -8,7 +8,7 @@ use tokio::{
     sync::mpsc,
     time::{interval, sleep, MissedTickBehavior},
 };
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use super::reload::{format_chain, Enforcer, Reloader};
 use crate::resolve::{dns_names, HostResolver, ResolverSettings};
@@ -112,7 +112,11 @@ pub async fn run<E: Enforcer>(
             }
             Ok(()) = hosts.changed() => {
                 let snapshot = hosts.borrow_and_update().clone();
-                debug!(?snapshot, "allowedHosts addresses changed");
+                let names: Vec<String> = snapshot
+                    .iter()
+                    .map(|(name, addrs)| format!("{name}={}", addrs.len()))
+                    .collect();
+                info!(hosts = names.join(","), "allowedHosts addresses changed");
                 if let Err(e) = reloader.reenforce(Some(snapshot)) {
                     error!(error = %format_chain(&e), "cannot apply new allowedHosts addresses; the previous ones stay in force");
                 }
