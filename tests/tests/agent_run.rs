@@ -328,3 +328,35 @@ fn a_workload_is_enforced_as_soon_as_its_cgroup_appears() -> anyhow::Result<()> 
     eprintln!("time from cgroup creation to the first denied connect: {enforced:?}");
     Ok(())
 }
+
+#[test]
+fn a_second_agent_on_the_same_pin_dir_is_refused() -> anyhow::Result<()> {
+    let scene = Scene::start(&[])?;
+    let policies = scene.dir.path.to_string_lossy().into_owned();
+    let cgroup_root = scene.root.path().to_string_lossy().into_owned();
+    let second = Agent::start(
+        &scene.net.client,
+        scene.pins.path(),
+        &[
+            "--policies",
+            &policies,
+            "--cgroup-root",
+            &cgroup_root,
+            "--no-nft",
+        ],
+    );
+    let err = match second {
+        Ok(_) => anyhow::bail!("a second agent started on the same pin dir"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("another egress-agent already manages"),
+        "{err}"
+    );
+    assert_eq!(
+        scene.connect(CLOSED),
+        Outcome::Eperm,
+        "the first agent's policy is untouched"
+    );
+    Ok(())
+}

@@ -23,6 +23,8 @@ use crate::{
 /// Why the kernel could not be programmed.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    #[error(transparent)]
+    Lock(#[from] super::lock::LockError),
     #[error("cannot find the cgroup2 mount")]
     Cgroup2(#[source] sys::SysError),
     #[error("cannot open the eBPF data plane under {pin_dir}")]
@@ -41,6 +43,8 @@ pub enum KernelError {
 
 /// eBPF data plane + nftables backstop, applied together.
 pub struct KernelEnforcer {
+    /// Held first and for the agent's life: one agent per pin directory.
+    _lock: super::lock::PinDirLock,
     dataplane: Dataplane,
     backstop: Option<Backstop>,
     cgroup_mount: PathBuf,
@@ -74,6 +78,7 @@ impl KernelEnforcer {
         audit: bool,
         nft: bool,
     ) -> Result<Self, KernelError> {
+        let lock = super::lock::PinDirLock::acquire(pin_dir)?;
         let cgroup_mount = sys::cgroup2_mount().map_err(KernelError::Cgroup2)?;
         let root = cgroup_root.map_or_else(|| cgroup_mount.clone(), Path::to_path_buf);
         let dataplane = Dataplane::open(pin_dir, &root).map_err(|source| KernelError::Open {
@@ -87,6 +92,7 @@ impl KernelEnforcer {
             );
         }
         Ok(Self {
+            _lock: lock,
             dataplane,
             backstop: (nft && !audit).then(Backstop::new),
             cgroup_mount,

@@ -7,6 +7,7 @@
 //! [`reload::Enforcer`] trait so the lifecycle is unit-tested without root.
 
 pub mod kernel;
+pub mod lock;
 pub mod reload;
 pub mod run;
 pub mod state;
