@@ -17,6 +17,7 @@ pub mod netns;
 pub mod nftns;
 pub mod node;
 pub mod pins;
+pub mod policies;
 pub mod probe;
 
 pub use cgroup::TestCgroup;

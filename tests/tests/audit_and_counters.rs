@@ -12,27 +12,15 @@ use egress_agent::{
     dataplane::{Hook, Reason, VerdictKind},
     policy::model::ObjectId,
 };
+use integration_tests::policies::isolated_client;
 use integration_tests::{Enforced, Listener, Outcome, Proto, Resolved, TestNet};
 
 const ARRIVAL: Duration = Duration::from_secs(2);
 
 /// `prod/client` may reach port 7060 (rule 0) and UDP 7061 (rule 1).
-const POLICY: &str = r#"
-apiVersion: egress.enforcer.dev/v1alpha1
-kind: Workload
-metadata: {name: client, namespace: prod, labels: {app: client}}
-spec: {cgroup: $ROOT/prod/client}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: client, namespace: prod}
-spec:
-  podSelector: {matchLabels: {app: client}}
-  policyTypes: [Egress]
-  egress:
-  - ports: [{port: 7060}]
-  - ports: [{port: 7061, protocol: UDP}]
-"#;
+fn policy() -> String {
+    isolated_client("  - ports: [{port: 7060}]\n  - ports: [{port: 7061, protocol: UDP}]\n")
+}
 
 fn server(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(TestNet::SERVER_V4), port)
@@ -44,7 +32,7 @@ fn any(port: u16) -> SocketAddr {
 
 #[test]
 fn in_audit_mode_would_deny_traffic_passes_and_is_counted_as_audit() {
-    let mut s = Enforced::with(POLICY, &Resolved::new(), true).unwrap();
+    let mut s = Enforced::with(&policy(), &Resolved::new(), true).unwrap();
     let denied_port = Listener::start(&s.net.server, any(7062), Proto::Tcp).unwrap();
     let denied_udp = Listener::start(&s.net.server, any(7062), Proto::Udp).unwrap();
     let client = s.client("prod/client");
@@ -74,7 +62,7 @@ fn in_audit_mode_would_deny_traffic_passes_and_is_counted_as_audit() {
     assert_eq!(audited, [(None, 1)].into());
 
     // Enforcing again is one apply away.
-    s.apply(POLICY, &Resolved::new(), false).unwrap();
+    s.apply(&policy(), &Resolved::new(), false).unwrap();
     let client = s.client("prod/client");
     assert_eq!(client.connect_tcp(server(7062)).unwrap(), Outcome::Eperm);
     assert_eq!(
@@ -88,7 +76,7 @@ fn in_audit_mode_would_deny_traffic_passes_and_is_counted_as_audit() {
 
 #[test]
 fn counters_count_every_verdict_and_every_rule_hit_per_workload() {
-    let mut s = Enforced::new(POLICY).unwrap();
+    let mut s = Enforced::new(&policy()).unwrap();
     let tcp = Listener::start(&s.net.server, any(7060), Proto::Tcp).unwrap();
     let _udp = Listener::start(&s.net.server, any(7061), Proto::Udp).unwrap();
     let client = s.client("prod/client");

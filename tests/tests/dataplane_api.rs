@@ -11,25 +11,14 @@ use std::{
 };
 
 use egress_agent::dataplane::{Dataplane, DataplaneError};
+use integration_tests::policies::isolated_client;
 use integration_tests::{
     require_root, Enforced, PinDir, Proto, RepeatOp, Resolved, TestCgroup, TestNet,
 };
 
-const POLICY: &str = r#"
-apiVersion: egress.enforcer.dev/v1alpha1
-kind: Workload
-metadata: {name: client, namespace: prod, labels: {app: client}}
-spec: {cgroup: $ROOT/prod/client}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: client, namespace: prod}
-spec:
-  podSelector: {matchLabels: {app: client}}
-  policyTypes: [Egress]
-  egress:
-  - ports: [{port: 7080}]
-"#;
+fn policy() -> String {
+    isolated_client("  - ports: [{port: 7080}]\n")
+}
 
 #[test]
 fn opening_at_a_directory_that_is_not_a_cgroup_is_refused_with_a_clear_error() {
@@ -56,10 +45,10 @@ fn a_pin_directory_outside_bpffs_is_refused() {
 
 #[test]
 fn a_workload_outside_the_cgroup_root_is_refused_before_anything_is_written() {
-    let mut s = Enforced::new(POLICY).unwrap();
+    let mut s = Enforced::new(&policy()).unwrap();
     let before = s.dataplane().entry_counts().unwrap();
     let slot = s.dataplane().active_slot().unwrap();
-    let outside = POLICY.replace("$ROOT/prod/client", "$ROOT-elsewhere/client");
+    let outside = policy().replace("$ROOT/prod/client", "$ROOT-elsewhere/client");
     let err = s
         .apply(&outside, &Resolved::new(), false)
         .expect_err("refused");
@@ -101,7 +90,7 @@ fn pinned_maps_with_another_layout_are_refused_not_reused() {
 
 #[test]
 fn a_new_agent_build_replaces_the_old_builds_links_attaching_first() {
-    let mut s = Enforced::new(POLICY).unwrap();
+    let mut s = Enforced::new(&policy()).unwrap();
     let server = |port| SocketAddr::new(IpAddr::V4(TestNet::SERVER_V4), port);
     let denied = s
         .client("prod/client")

@@ -11,46 +11,20 @@ use std::{
 };
 
 use egress_agent::dataplane::{cgroup_ids, ApplyStats, MapImage};
+use integration_tests::policies::isolated_client;
 use integration_tests::{Enforced, Listener, Outcome, Proto, RepeatOp, Resolved, TestNet};
 
 const CIDRS: usize = 100_000;
 
 /// The workload, isolated with no rule.
-const BEFORE: &str = r#"
-apiVersion: egress.enforcer.dev/v1alpha1
-kind: Workload
-metadata: {name: client, namespace: prod, labels: {app: client}}
-spec: {cgroup: $ROOT/prod/client}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: client, namespace: prod}
-spec:
-  podSelector: {matchLabels: {app: client}}
-  policyTypes: [Egress]
-"#;
+fn before() -> String {
+    isolated_client("")
+}
 
 /// `prod/client` may reach port 7090 on 100,000 /32s in 172.16.0.0/12,
 /// plus `last`.
 fn policy(last: &str) -> String {
-    let mut yaml = String::from(
-        r#"
-apiVersion: egress.enforcer.dev/v1alpha1
-kind: Workload
-metadata: {name: client, namespace: prod, labels: {app: client}}
-spec: {cgroup: $ROOT/prod/client}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: client, namespace: prod}
-spec:
-  podSelector: {matchLabels: {app: client}}
-  policyTypes: [Egress]
-  egress:
-  - ports: [{port: 7090}]
-    to:
-"#,
-    );
+    let mut yaml = isolated_client("  - ports: [{port: 7090}]\n    to:\n");
     for i in 0..CIDRS - 1 {
         let _ = writeln!(
             yaml,
@@ -86,7 +60,7 @@ fn report(what: &str, stats: &ApplyStats, compiled: Duration, built: Duration) {
 fn a_workload_with_100k_cidrs_applies_and_a_one_cidr_change_takes_effect() {
     let server = |port| SocketAddr::new(IpAddr::V4(TestNet::SERVER_V4), port);
     // Before: the workload may go nowhere.
-    let mut s = Enforced::new(BEFORE).unwrap();
+    let mut s = Enforced::new(&before()).unwrap();
     let listener = Listener::start(&s.net.server, server(7090), Proto::Tcp).unwrap();
 
     // Full: a generation with every prefix.

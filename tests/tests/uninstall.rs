@@ -12,26 +12,15 @@ use std::{
 };
 
 use egress_agent::dataplane::Dataplane;
+use integration_tests::policies::isolated_client;
 use integration_tests::{Enforced, Listener, Outcome, PinDir, Proto, TestNet};
 
 const ARRIVAL: Duration = Duration::from_secs(2);
 
 /// `prod/client` may reach port 7070 only.
-const POLICY: &str = r#"
-apiVersion: egress.enforcer.dev/v1alpha1
-kind: Workload
-metadata: {name: client, namespace: prod, labels: {app: client}}
-spec: {cgroup: $ROOT/prod/client}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: client, namespace: prod}
-spec:
-  podSelector: {matchLabels: {app: client}}
-  policyTypes: [Egress]
-  egress:
-  - ports: [{port: 7070}]
-"#;
+fn policy() -> String {
+    isolated_client("  - ports: [{port: 7070}]\n")
+}
 
 fn server(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(TestNet::SERVER_V4), port)
@@ -71,7 +60,7 @@ fn program_exists(id: u32) -> bool {
 
 #[test]
 fn uninstall_detaches_and_unloads_the_programs_removes_the_maps_and_is_idempotent() {
-    let mut s = Enforced::new(POLICY).unwrap();
+    let mut s = Enforced::new(&policy()).unwrap();
     let listener = Listener::start(
         &s.net.server,
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7071),
@@ -130,7 +119,7 @@ fn uninstall_detaches_and_unloads_the_programs_removes_the_maps_and_is_idempoten
 
 #[test]
 fn uninstalling_one_data_plane_leaves_another_on_the_same_cgroup_and_foreign_pins_alone() {
-    let mut s = Enforced::new(POLICY).unwrap();
+    let mut s = Enforced::new(&policy()).unwrap();
     // A second, unrelated data plane on the same root, with the same policy.
     let other_pins = PinDir::new().unwrap();
     let mut other = Dataplane::open(other_pins.path(), s.root.path()).unwrap();
