@@ -14,6 +14,14 @@
 //! [`PolicyInfo`] says which checks apply; its allowed destinations live in
 //! the `ALLOW_*` tries under keys that start with the policy id, and map to
 //! [`PortSet`]s. Every decision increments one [`verdict_index`] counter.
+//!
+//! Egress rules restrict what a workload *initiates*, as in Kubernetes:
+//! replies on flows that came in are allowed ([`Reason::Reply`]). The
+//! programs learn those flows from the kernel, never from what the workload
+//! sends: `sock_ops` marks accepted TCP sockets in `INBOUND_TCP` once their
+//! handshake completes ([`inbound`]), and `cgroup_skb/ingress` records the
+//! remote of each UDP datagram a managed socket receives in `INBOUND_UDP`
+//! ([`UdpFlowKey`]).
 #![cfg_attr(not(test), no_std)]
 
 /// Map names, as the object defines them and as they are pinned under
@@ -45,11 +53,33 @@ pub mod map {
     pub const VERDICTS: &str = "VERDICTS";
     /// `LruPerCpuHashMap<HitKey, u64>`.
     pub const RULE_HITS: &str = "RULE_HITS";
+    /// `LruHashMap<u64 socket cookie, u8 state>`: accepted TCP sockets, see
+    /// [`super::inbound`].
+    pub const INBOUND_TCP: &str = "INBOUND_TCP";
+    /// `LruHashMap<UdpFlowKey, u64 last seen, ns since boot>`: remotes that
+    /// sent a datagram to a managed UDP socket.
+    pub const INBOUND_UDP: &str = "INBOUND_UDP";
+    /// `PerCpuArray<u64>`, indexed by [`super::FlowEvent`].
+    pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
 
     /// Every map of the object, in the order the agent opens them.
-    pub const ALL: [&str; 13] = [
-        ACTIVE, CONFIG, WORKLOADS, POLICIES, ALLOW_V4, ALLOW_V6, PORT_SETS, CLUSTER_V4, CLUSTER_V6,
-        GATEWAY_V4, GATEWAY_V6, VERDICTS, RULE_HITS,
+    pub const ALL: [&str; 16] = [
+        ACTIVE,
+        CONFIG,
+        WORKLOADS,
+        POLICIES,
+        ALLOW_V4,
+        ALLOW_V6,
+        PORT_SETS,
+        CLUSTER_V4,
+        CLUSTER_V6,
+        GATEWAY_V4,
+        GATEWAY_V6,
+        VERDICTS,
+        RULE_HITS,
+        INBOUND_TCP,
+        INBOUND_UDP,
+        FLOW_EVENTS,
     ];
 }
 
@@ -72,6 +102,20 @@ pub mod capacity {
     /// `(cgroup, rule, verdict)` hit counters; least recently used ones are
     /// evicted beyond this.
     pub const RULE_HITS: u32 = 16_384;
+    /// Open accepted TCP sockets below the cgroup root, as many as
+    /// conntrack's default table on a large host (`nf_conntrack_max`).
+    /// Entries go when their socket closes; LRU is only the bound. An LRU
+    /// map is preallocated: about 64 B an entry, 16 MiB in all. An evicted
+    /// live socket's replies are decided by the egress policy again (fail
+    /// closed); stale entries are never looked up again, so they are the
+    /// first evicted.
+    pub const INBOUND_TCP: u32 = 1 << 18;
+    /// UDP (socket, remote) flows of managed workloads, about 90 B each
+    /// (5.6 MiB). Every datagram from a new remote port takes one (a DNS
+    /// server sees one per query), so under load eviction, not the idle
+    /// timeout, ends the oldest flows; replies follow requests within
+    /// milliseconds, far inside that window.
+    pub const INBOUND_UDP: u32 = 1 << 16;
 }
 
 /// Names of the programs in the eBPF object, as `aya::Ebpf::program_mut`
@@ -88,6 +132,11 @@ pub mod program {
     pub const SENDMSG4: &str = "egress_sendmsg4";
     /// `cgroup/sendmsg6`: unconnected UDP `sendto()` on IPv6 sockets.
     pub const SENDMSG6: &str = "egress_sendmsg6";
+    /// `sockops`: marks accepted TCP sockets inbound, unmarks them on close.
+    pub const SOCK_OPS: &str = "egress_sock_ops";
+    /// `cgroup_skb/ingress`: records the UDP flows that reach managed
+    /// sockets. It never drops anything.
+    pub const SKB_INGRESS: &str = "egress_skb_ingress";
 }
 
 /// The deepest cgroup level the programs can look at: `level_mask` is a
@@ -259,7 +308,9 @@ pub struct HitKey {
     pub verdict: u32,
 }
 
-/// Where a decision was made.
+/// Where a program runs. The first [`Hook::DECIDING`] hooks make
+/// decisions and count them in `VERDICTS`; the others only record inbound
+/// flows for them (counted in `FLOW_EVENTS`) and never refuse anything.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Hook {
@@ -273,17 +324,32 @@ pub enum Hook {
     Sendmsg4 = 3,
     /// `cgroup/sendmsg6`.
     Sendmsg6 = 4,
+    /// `sockops`: accepted TCP sockets (records only).
+    SockOps = 5,
+    /// `cgroup_skb/ingress`: UDP flows that came in (records only).
+    SkbIngress = 6,
 }
 
 impl Hook {
-    pub const COUNT: u32 = 5;
+    /// Hooks that decide: `Hook::ALL[..DECIDING]`. `VERDICTS` is sized for
+    /// them only, so that its layout (and the maps an earlier agent
+    /// pinned) did not change when the recording hooks came.
+    pub const DECIDING: u32 = 5;
+    pub const COUNT: u32 = 7;
     pub const ALL: [Hook; Self::COUNT as usize] = [
         Hook::Skb,
         Hook::Connect4,
         Hook::Connect6,
         Hook::Sendmsg4,
         Hook::Sendmsg6,
+        Hook::SockOps,
+        Hook::SkbIngress,
     ];
+
+    /// Whether this hook decides (and has `VERDICTS` slots).
+    pub const fn decides(self) -> bool {
+        (self as u32) < Self::DECIDING
+    }
 }
 
 /// Why a decision went the way it did. Mirrors the agent's
@@ -304,6 +370,14 @@ pub enum Reason {
     GatewayHost = 4,
     /// Allowed: `cgroup_skb` saw a packet that is neither IPv4 nor IPv6.
     NotIp = 5,
+    /// Allowed although the egress policy denies it: a reply on a flow the
+    /// workload did not initiate. A packet of a TCP socket marked inbound
+    /// in `INBOUND_TCP`, a SYN-ACK from a listener (or a Fast Open child),
+    /// or a UDP datagram (or `sendto`, `connect`) to a remote that sent to
+    /// this socket less than [`UDP_IDLE_NS`] ago. Consulted only when the
+    /// policy denies (not for [`Reason::NoPolicy`]), so an allowed packet
+    /// keeps its policy reason.
+    Reply = 6,
     /// Denied: outside the cluster CIDRs and not a gateway.
     GatewayExclusivity = 8,
     /// Denied: a REGISTRY_ONLY gateway, and no allowed host matches.
@@ -321,13 +395,14 @@ pub enum Reason {
 impl Reason {
     /// Slots per (hook, disposition) in `VERDICTS`.
     pub const SLOTS: u32 = 16;
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Unmanaged,
         Reason::Loopback,
         Reason::NotIsolated,
         Reason::Rule,
         Reason::GatewayHost,
         Reason::NotIp,
+        Reason::Reply,
         Reason::GatewayExclusivity,
         Reason::GatewayAllowList,
         Reason::DefaultDeny,
@@ -341,11 +416,12 @@ impl Reason {
     }
 }
 
-/// Size of `VERDICTS`: hook × {enforced, audit} × reason.
-pub const VERDICT_SLOTS: u32 = Hook::COUNT * 2 * Reason::SLOTS;
+/// Size of `VERDICTS`: deciding hook × {enforced, audit} × reason.
+pub const VERDICT_SLOTS: u32 = Hook::DECIDING * 2 * Reason::SLOTS;
 
 /// Index of a decision in `VERDICTS` (and [`HitKey::verdict`]). `audit`:
-/// a would-deny that audit mode let through.
+/// a would-deny that audit mode let through. Only for deciding hooks
+/// ([`Hook::decides`]); others are out of range.
 #[inline(always)]
 pub const fn verdict_index(hook: Hook, reason: Reason, audit: bool) -> u32 {
     (hook as u32) * 2 * Reason::SLOTS + (audit as u32) * Reason::SLOTS + reason as u32
@@ -353,11 +429,146 @@ pub const fn verdict_index(hook: Hook, reason: Reason, audit: bool) -> u32 {
 
 /// The inverse of [`verdict_index`], for the agent.
 pub fn verdict_from_index(index: u32) -> Option<(Hook, Reason, bool)> {
-    let hook = *Hook::ALL.get((index / (2 * Reason::SLOTS)) as usize)?;
+    let hook = *Hook::ALL[..Hook::DECIDING as usize].get((index / (2 * Reason::SLOTS)) as usize)?;
     let audit = (index / Reason::SLOTS) % 2 == 1;
     let code = index % Reason::SLOTS;
     let reason = *Reason::ALL.iter().find(|r| **r as u32 == code)?;
     Some((hook, reason, audit))
+}
+
+/// `INBOUND_TCP` values: what is known of an accepted TCP socket.
+///
+/// `sock_ops` writes them; `cgroup_skb/egress` reads them. A socket that
+/// the workload opened with `connect()` never has an entry: only
+/// `BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB`, which the kernel runs for
+/// sockets created by a listener, creates one. Keys are socket cookies,
+/// which the kernel never reuses (a 64-bit counter), so a stale entry can
+/// never stand for another socket.
+pub mod inbound {
+    /// The three-way handshake completed: every packet of the socket is a
+    /// reply. Completing it proves the client received our SYN-ACK at the
+    /// address it claims, so a forged source address cannot get here.
+    pub const ESTABLISHED: u8 = 1;
+    /// A TCP Fast Open child: the kernel creates it (and runs
+    /// `PASSIVE_ESTABLISHED_CB`) on the SYN, before the client has shown it
+    /// can receive at its source address. Its packets are not replies
+    /// until `SYN_RECV -> ESTABLISHED` upgrades it (its SYN-ACK is allowed
+    /// by the SYN-ACK rule).
+    pub const HANDSHAKE: u8 = 2;
+    /// Went to `TCP_CLOSE` from `ESTABLISHED` or `CLOSE_WAIT`: the kernel
+    /// may still send one RST (close with unread data, `SO_LINGER` 0,
+    /// `connect(AF_UNSPEC)`), which it does after the state change. That
+    /// RST is allowed and the entry deleted; if none comes (the peer reset
+    /// the connection), the entry stays until LRU eviction.
+    pub const ABORTED: u8 = 3;
+}
+
+/// How long a UDP flow stays recorded without traffic: 60 s, between
+/// conntrack's UDP timeouts for unreplied (30 s) and replied (120 s)
+/// flows. Datagrams in either direction refresh it, as with conntrack.
+pub const UDP_IDLE_NS: u64 = 60_000_000_000;
+
+/// `INBOUND_UDP` key: a managed UDP socket and a remote that sent to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UdpFlowKey {
+    /// The socket's cookie (`bpf_get_socket_cookie`).
+    pub cookie: u64,
+    /// The remote address; an IPv4 address as `::ffff:a.b.c.d`, so that a
+    /// dual-stack socket's IPv4 flows have one spelling.
+    pub addr: [u8; 16],
+    /// The remote port, host byte order.
+    pub port: u16,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 6],
+}
+
+impl UdpFlowKey {
+    pub const fn new(cookie: u64, addr: [u8; 16], port: u16) -> Self {
+        Self {
+            cookie,
+            addr,
+            port,
+            _pad: [0; 6],
+        }
+    }
+
+    /// `::ffff:a.b.c.d`.
+    pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+        [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+        ]
+    }
+}
+
+/// What the recording programs did, and how replies were found; one
+/// `FLOW_EVENTS` slot each. The recording hooks never refuse anything, so
+/// these are not verdicts, but every path through them is counted.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FlowEvent {
+    /// `sock_ops`: an accepted socket completed its handshake and was
+    /// marked [`inbound::ESTABLISHED`].
+    TcpInbound = 0,
+    /// `sock_ops`: a Fast Open child was marked [`inbound::HANDSHAKE`].
+    TcpFastOpen = 1,
+    /// `sock_ops`: an accepted socket could not be marked (map update or
+    /// `bpf_sock_ops_cb_flags_set` failed): its replies are decided by the
+    /// egress policy (fail closed).
+    TcpRecordFailed = 2,
+    /// `sock_ops`: an inbound socket closed; its entry was deleted.
+    TcpClosed = 3,
+    /// `sock_ops`: an inbound socket was aborted; marked
+    /// [`inbound::ABORTED`] for its last RST.
+    TcpAborted = 4,
+    /// `cgroup_skb/ingress`: a new UDP flow was recorded.
+    UdpRecorded = 5,
+    /// `cgroup_skb/ingress`: a recorded UDP flow was refreshed.
+    UdpRefreshed = 6,
+    /// `cgroup_skb/ingress`: a UDP flow could not be recorded (map update
+    /// failed): replies to it are decided by the egress policy.
+    UdpRecordFailed = 7,
+    /// `cgroup_skb/ingress`: not recorded: the datagram came over the
+    /// loopback device from a source that is neither a loopback address nor
+    /// its own destination. Only this host can send on loopback, and a
+    /// socket may pick a foreign source (IPv6 `IP_FREEBIND`, raw sockets):
+    /// recording it would let a workload allow itself any destination.
+    UdpForeignLoopback = 8,
+    /// A reply was looked for and the UDP flow had been idle longer than
+    /// [`UDP_IDLE_NS`]: the entry was deleted and the policy's verdict kept.
+    UdpExpired = 9,
+    /// `cgroup_skb/ingress`: a packet of a managed socket that is not UDP
+    /// to a UDP socket (TCP has `sock_ops`), or not IP: nothing to record.
+    IngressIgnored = 10,
+    /// `cgroup_skb/ingress`: a packet of an unmanaged socket.
+    IngressUnmanaged = 11,
+    /// `cgroup_skb/ingress`: headers unreadable; nothing recorded (the
+    /// packet is still delivered: this program never drops).
+    IngressMalformed = 12,
+}
+
+impl FlowEvent {
+    /// Slots in `FLOW_EVENTS` (room to grow without a layout change).
+    pub const SLOTS: u32 = 32;
+    pub const ALL: [FlowEvent; 13] = [
+        FlowEvent::TcpInbound,
+        FlowEvent::TcpFastOpen,
+        FlowEvent::TcpRecordFailed,
+        FlowEvent::TcpClosed,
+        FlowEvent::TcpAborted,
+        FlowEvent::UdpRecorded,
+        FlowEvent::UdpRefreshed,
+        FlowEvent::UdpRecordFailed,
+        FlowEvent::UdpForeignLoopback,
+        FlowEvent::UdpExpired,
+        FlowEvent::IngressIgnored,
+        FlowEvent::IngressUnmanaged,
+        FlowEvent::IngressMalformed,
+    ];
+
+    pub fn from_index(index: u32) -> Option<Self> {
+        Self::ALL.iter().copied().find(|e| *e as u32 == index)
+    }
 }
 
 #[cfg(feature = "user")]
@@ -373,6 +584,7 @@ mod pod {
     unsafe impl aya::Pod for super::PortEntry {}
     unsafe impl aya::Pod for super::PortSet {}
     unsafe impl aya::Pod for super::HitKey {}
+    unsafe impl aya::Pod for super::UdpFlowKey {}
 }
 
 #[cfg(test)]
@@ -382,7 +594,7 @@ mod tests {
     #[test]
     fn verdict_indices_are_unique_round_trip_and_fit() {
         let mut seen = std::collections::HashSet::new();
-        for hook in Hook::ALL {
+        for hook in Hook::ALL.into_iter().filter(|h| h.decides()) {
             for reason in Reason::ALL {
                 for audit in [false, true] {
                     let i = verdict_index(hook, reason, audit);
@@ -393,6 +605,23 @@ mod tests {
             }
         }
         assert!(Reason::ALL.iter().all(|r| (*r as u32) < Reason::SLOTS));
+        assert_eq!(seen.len(), 5 * 2 * Reason::ALL.len());
+        assert_eq!(
+            VERDICT_SLOTS, 160,
+            "VERDICTS keeps the layout pinned maps have"
+        );
+        assert!(!Reason::Reply.denies());
+        assert!(!Hook::SockOps.decides() && !Hook::SkbIngress.decides());
+    }
+
+    #[test]
+    fn flow_events_fit_and_round_trip() {
+        for (i, event) in FlowEvent::ALL.into_iter().enumerate() {
+            assert_eq!(event as usize, i);
+            assert!((event as u32) < FlowEvent::SLOTS);
+            assert_eq!(FlowEvent::from_index(i as u32), Some(event));
+        }
+        assert_eq!(FlowEvent::from_index(FlowEvent::SLOTS - 1), None);
     }
 
     #[test]
@@ -406,6 +635,7 @@ mod tests {
         assert_eq!(size_of::<PortEntry>(), 4 + 2 + 2 + 1 + 3);
         assert_eq!(size_of::<PortSet>(), 4 + MAX_PORT_ENTRIES * 12);
         assert_eq!(size_of::<HitKey>(), 16);
+        assert_eq!(size_of::<UdpFlowKey>(), 8 + 16 + 2 + 6);
     }
 
     #[test]

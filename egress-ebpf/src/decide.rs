@@ -5,8 +5,8 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use egress_common::{
-    PolicyAddrV4, PolicyAddrV6, PolicyInfo, Reason, EMPTY_SET, MAX_PORT_ENTRIES, NO_RULE,
-    POLICY_BITS,
+    PolicyAddrV4, PolicyAddrV6, PolicyInfo, Reason, UdpFlowKey, EMPTY_SET, MAX_PORT_ENTRIES,
+    NO_RULE, POLICY_BITS,
 };
 
 use crate::maps::{
@@ -18,6 +18,34 @@ use crate::maps::{
 pub enum Addr {
     V4([u8; 4]),
     V6([u8; 16]),
+}
+
+impl Addr {
+    /// The address as 16 bytes, IPv4 as `::ffff:a.b.c.d`: one spelling for
+    /// flow keys, whichever family the socket has.
+    #[inline(always)]
+    pub fn mapped(&self) -> [u8; 16] {
+        match *self {
+            Addr::V4(a) => UdpFlowKey::v4_mapped(a),
+            Addr::V6(a) => a,
+        }
+    }
+
+    /// Whether both are the same address (in their mapped spelling).
+    /// Compared byte by byte: an array `==` may become a `bcmp` call, which
+    /// has no eBPF implementation.
+    #[inline(always)]
+    pub fn same(&self, other: &Addr) -> bool {
+        let (a, b) = (self.mapped(), other.mapped());
+        let mut i = 0;
+        while i < 16 {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
 }
 
 /// Where a packet or a connect goes.
@@ -101,7 +129,7 @@ pub fn decide(policy: u32, dst: &Dst) -> Decision {
 
 /// 127.0.0.0/8 and ::1, as `IpAddr::is_loopback`.
 #[inline(always)]
-fn is_loopback(addr: &Addr) -> bool {
+pub fn is_loopback(addr: &Addr) -> bool {
     match addr {
         Addr::V4(a) => a[0] == 127,
         Addr::V6(a) => {

@@ -7,6 +7,13 @@
 //! turns it into the kernel's return code. Each entry point is a thin
 //! wrapper around a `try_*` function of [`skb`] or [`sock_addr`].
 //!
+//! Two more programs decide nothing and never refuse: they record the flows
+//! a workload did not initiate, whose replies the deciding programs allow
+//! ([`reply`]): `sock_ops` marks accepted TCP sockets ([`sock_ops`]), and
+//! `cgroup_skb/ingress` records the remotes that send to managed UDP
+//! sockets ([`ingress`]). What they record or fail to record, and every
+//! packet `cgroup_skb/ingress` sees, is counted in `FLOW_EVENTS`.
+//!
 //! On the host this crate is only a stub with an empty `main`, so that
 //! `cargo clippy --workspace` can lint it; the real object is built for
 //! `bpfel-unknown-none` by `egress-agent/build.rs`.
@@ -14,18 +21,22 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod decide;
+mod ingress;
 mod maps;
+mod packet;
+mod reply;
 mod skb;
 mod sock_addr;
+mod sock_ops;
 mod verdict;
 mod workload;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock_addr},
-    programs::{SkBuffContext, SockAddrContext},
+    macros::{cgroup_skb, cgroup_sock_addr, sock_ops},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
 };
 use egress_common::Hook;
-use verdict::conclude;
+use verdict::{conclude, count};
 
 /// Drops packets that the sending socket's workload may not send. This is
 /// the guarantee: it sees every packet, whatever syscall produced it.
@@ -57,6 +68,24 @@ pub fn egress_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn egress_sendmsg6(ctx: SockAddrContext) -> i32 {
     conclude(Hook::Sendmsg6, sock_addr::try_sock_addr6(&ctx))
+}
+
+/// Marks accepted TCP sockets inbound, and unmarks them when they close.
+/// The return value of these callbacks is ignored by the kernel.
+#[sock_ops]
+pub fn egress_sock_ops(ctx: SockOpsContext) -> u32 {
+    if let Some(event) = sock_ops::on_sock_ops(&ctx) {
+        count(event);
+    }
+    1
+}
+
+/// Records the UDP flows that reach managed sockets. Always lets the packet
+/// in (1): this enforcer restricts egress only.
+#[cgroup_skb(ingress)]
+pub fn egress_skb_ingress(ctx: SkBuffContext) -> i32 {
+    count(ingress::record(&ctx));
+    1
 }
 
 #[cfg(target_arch = "bpf")]

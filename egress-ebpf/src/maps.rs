@@ -10,11 +10,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use egress_common::{
-    capacity, Config, HitKey, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortSet, WorkloadSlot,
-    VERDICT_SLOTS,
+    capacity, Config, FlowEvent, HitKey, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortSet,
+    UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
 };
 
 const NO_PREALLOC: u32 = BPF_F_NO_PREALLOC;
@@ -69,3 +69,20 @@ pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(VERDICT_SL
 #[map(name = "RULE_HITS")]
 pub static RULE_HITS: LruPerCpuHashMap<HitKey, u64> =
     LruPerCpuHashMap::with_max_entries(capacity::RULE_HITS, 0);
+
+/// Socket cookie → `egress_common::inbound` state, for accepted TCP
+/// sockets. Written by `sock_ops` only. LRU maps are always preallocated
+/// (`BPF_F_NO_PREALLOC` is refused for them).
+#[map(name = "INBOUND_TCP")]
+pub static INBOUND_TCP: LruHashMap<u64, u8> =
+    LruHashMap::with_max_entries(capacity::INBOUND_TCP, 0);
+
+/// (socket, remote) → when a datagram last went either way, ns since boot
+/// (`bpf_ktime_get_ns`). Created by `cgroup_skb/ingress` only.
+#[map(name = "INBOUND_UDP")]
+pub static INBOUND_UDP: LruHashMap<UdpFlowKey, u64> =
+    LruHashMap::with_max_entries(capacity::INBOUND_UDP, 0);
+
+/// One counter per `FlowEvent`, per CPU.
+#[map(name = "FLOW_EVENTS")]
+pub static FLOW_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FlowEvent::SLOTS, 0);

@@ -2,12 +2,17 @@
 //! explicit refusal. `connect()` (TCP and UDP) and unconnected UDP
 //! `sendto()` fail with EPERM at once, instead of a dropped SYN that TCP
 //! retries until it times out. The same decision as `cgroup_skb`, from the
-//! address the application named.
+//! address the application named, replies included: a UDP server's
+//! `sendto()` back to a remote that sent to the same socket is allowed
+//! ([`reply::sock_addr_is_reply`]), or a DNS-server-like workload would get
+//! EPERM for every answer.
 
 use aya_ebpf::{helpers::bpf_get_current_ancestor_cgroup_id, programs::SockAddrContext};
+use egress_common::{Reason, NO_RULE};
 
 use crate::{
     decide::{decide, has_ports, Addr, Dst},
+    reply,
     verdict::Outcome,
     workload::{self, Workload},
 };
@@ -15,7 +20,7 @@ use crate::{
 /// Decides on a `connect()`/`sendmsg()` from an IPv4 socket.
 #[inline(always)]
 pub fn try_sock_addr4(ctx: &SockAddrContext) -> Outcome {
-    with_workload(|| {
+    with_workload(ctx, || {
         let sa = ctx.sock_addr;
         // SAFETY: the kernel guarantees `sock_addr` points to a valid
         // context; each field is read with a 4-byte load, which the
@@ -40,7 +45,7 @@ pub fn try_sock_addr4(ctx: &SockAddrContext) -> Outcome {
 /// decided as the IPv4 address it embeds.
 #[inline(always)]
 pub fn try_sock_addr6(ctx: &SockAddrContext) -> Outcome {
-    with_workload(|| {
+    with_workload(ctx, || {
         let sa = ctx.sock_addr;
         // SAFETY: as above.
         let (words, port, proto) = unsafe {
@@ -76,9 +81,10 @@ pub fn try_sock_addr6(ctx: &SockAddrContext) -> Outcome {
 }
 
 /// Runs the ancestor walk on the current task's cgroup, then `dst` and the
-/// decision for a managed one.
+/// decision for a managed one; a denied UDP destination may be a reply, as
+/// in `cgroup_skb` (and only then, `NoPolicy` excepted).
 #[inline(always)]
-fn with_workload(dst: impl FnOnce() -> Dst) -> Outcome {
+fn with_workload(ctx: &SockAddrContext, dst: impl FnOnce() -> Dst) -> Outcome {
     // SAFETY: plain helper call; returns 0 for levels deeper than the
     // current cgroup.
     let found =
@@ -86,7 +92,15 @@ fn with_workload(dst: impl FnOnce() -> Dst) -> Outcome {
     let Some(Workload { cgroup_id, policy }) = found.workload else {
         return Outcome::unmanaged(found.audit);
     };
-    let decision = decide(policy, &dst());
+    let dst = dst();
+    let mut decision = decide(policy, &dst);
+    if decision.reason.denies()
+        && decision.reason != Reason::NoPolicy
+        && reply::sock_addr_is_reply(ctx, &dst)
+    {
+        decision.reason = Reason::Reply;
+        decision.rule = NO_RULE;
+    }
     Outcome {
         reason: decision.reason,
         rule: decision.rule,

@@ -1,9 +1,10 @@
-//! Outcomes and the one place they become return codes and counters.
+//! Outcomes and the one place they become return codes and counters; and
+//! the counters of the recording programs, which decide nothing.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use egress_common::{verdict_index, HitKey, Hook, Reason, NO_RULE};
+use egress_common::{verdict_index, FlowEvent, HitKey, Hook, Reason, NO_RULE};
 
-use crate::maps::{RULE_HITS, VERDICTS};
+use crate::maps::{FLOW_EVENTS, RULE_HITS, VERDICTS};
 
 /// What a program decided, for whom, and why.
 #[derive(Clone, Copy)]
@@ -69,5 +70,15 @@ pub fn conclude(hook: Hook, outcome: Outcome) -> i32 {
         DENY
     } else {
         ALLOW
+    }
+}
+
+/// Counts one event of the recording programs (or of the reply lookups).
+#[inline(always)]
+pub fn count(event: FlowEvent) {
+    if let Some(slot) = FLOW_EVENTS.get_ptr_mut(event as u32) {
+        // SAFETY: this CPU's slot of a per-CPU array, from a successful
+        // lookup.
+        unsafe { *slot += 1 };
     }
 }

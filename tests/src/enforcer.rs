@@ -8,7 +8,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -19,7 +19,11 @@ use egress_agent::{
     policy::{self, model::ObjectId, Source},
 };
 
-use crate::{pins::PinDir, Client, TestCgroup, TestNet};
+use crate::{
+    pins::PinDir,
+    probe::{EchoServer, Proto},
+    Client, TestCgroup, TestNet,
+};
 
 /// DNS names → addresses, as the resolver would give them.
 pub type Resolved = BTreeMap<String, Vec<IpAddr>>;
@@ -150,6 +154,38 @@ impl Enforced {
     /// A client in the client namespace, in workload `ns/name`'s cgroup.
     pub fn client(&self, workload: &str) -> Client<'_> {
         Client::in_cgroup(&self.net.client, &self.cgroup(workload))
+    }
+
+    /// An echo server in the server namespace, in workload `ns/name`'s
+    /// cgroup: its answers are the workload's egress.
+    pub fn serve(
+        &self,
+        workload: &str,
+        addr: SocketAddr,
+        proto: Proto,
+    ) -> anyhow::Result<EchoServer> {
+        EchoServer::start(&self.net.server, Some(&self.cgroup(workload)), addr, proto)
+    }
+
+    /// [`Enforced::serve`], reporting nothing (for floods).
+    pub fn serve_quietly(
+        &self,
+        workload: &str,
+        addr: SocketAddr,
+        proto: Proto,
+    ) -> anyhow::Result<EchoServer> {
+        EchoServer::start_quiet(&self.net.server, Some(&self.cgroup(workload)), addr, proto)
+    }
+
+    /// [`Enforced::serve`] over TCP, accepting TCP Fast Open.
+    pub fn serve_fast_open(&self, workload: &str, addr: SocketAddr) -> anyhow::Result<EchoServer> {
+        EchoServer::start_fast_open(&self.net.server, Some(&self.cgroup(workload)), addr)
+    }
+
+    /// A client in the server namespace, in workload `ns/name`'s cgroup:
+    /// the workload of a [`Enforced::serve`] server initiating something.
+    pub fn server_side_client(&self, workload: &str) -> Client<'_> {
+        Client::in_cgroup(&self.net.server, &self.cgroup(workload))
     }
 
     /// A client in the client namespace, in cgroup `relative` below the

@@ -1,6 +1,6 @@
 //! Driving the `egress-probe` binary: clients that connect from a namespace
-//! (inside or outside the enforced cgroup), and listeners that report what
-//! reaches them.
+//! (inside or outside the enforced cgroup), listeners that report what
+//! reaches them, and echo servers (inside a workload's cgroup) that answer.
 
 use std::{
     fmt,
@@ -161,6 +161,127 @@ impl<'a> Client<'a> {
         self.run(&["sendto", &addr.to_string()])
     }
 
+    /// An unconnected UDP `sendto` from a socket bound to `bind` first.
+    pub fn sendto_from(&self, bind: SocketAddr, addr: SocketAddr) -> anyhow::Result<Outcome> {
+        self.run(&["sendto", &addr.to_string(), "--bind", &bind.to_string()])
+    }
+
+    /// One request to an echo server and its answer: `Ok` if the answer
+    /// came, `Timeout` if it did not (TCP: connect, write, read; UDP:
+    /// `sendto`, `recvfrom`).
+    pub fn request(&self, addr: SocketAddr, proto: Proto) -> anyhow::Result<Outcome> {
+        let target = format!("{addr}/{}", proto.suffix());
+        let timeout_ms = CONNECT_TIMEOUT.as_millis().to_string();
+        self.run(&["request", &target, "--timeout-ms", &timeout_ms])
+    }
+
+    /// [`Client::request`] over TCP with the request in the SYN (TCP Fast
+    /// Open), waiting up to `timeout` for the answer.
+    pub fn request_fast_open(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> anyhow::Result<Outcome> {
+        let target = format!("{addr}/tcp");
+        let timeout_ms = timeout.as_millis().to_string();
+        self.run(&[
+            "request",
+            &target,
+            "--timeout-ms",
+            &timeout_ms,
+            "--fast-open",
+        ])
+    }
+
+    /// [`Client::request`] over UDP from a socket bound to `bind`.
+    pub fn request_udp_from(&self, bind: SocketAddr, addr: SocketAddr) -> anyhow::Result<Outcome> {
+        let target = format!("{addr}/udp");
+        let timeout_ms = CONNECT_TIMEOUT.as_millis().to_string();
+        let bind = bind.to_string();
+        self.run(&[
+            "request",
+            &target,
+            "--timeout-ms",
+            &timeout_ms,
+            "--bind",
+            &bind,
+        ])
+    }
+
+    /// `count` TCP request/answer connections in a row, each closed by the
+    /// client once answered.
+    pub fn flood_tcp(&self, addr: SocketAddr, count: u64) -> anyhow::Result<Flood> {
+        let count = count.to_string();
+        let timeout_ms = CONNECT_TIMEOUT.as_millis().to_string();
+        self.done(&[
+            "flood",
+            &addr.to_string(),
+            "--count",
+            &count,
+            "--timeout-ms",
+            &timeout_ms,
+        ])
+    }
+
+    /// Runs a probe command that ends with a `DONE` line.
+    fn done(&self, args: &[&str]) -> anyhow::Result<Flood> {
+        let output = self
+            .command(args)
+            .output()
+            .context("running egress-probe")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("DONE ").and_then(Flood::parse))
+            .ok_or_else(|| {
+                anyhow!(
+                    "egress-probe {args:?} failed ({}): {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                )
+            })
+    }
+
+    /// One UDP datagram to `addr` from each local port in `ports` (a new
+    /// socket each).
+    pub fn spray_udp(
+        &self,
+        addr: SocketAddr,
+        ports: std::ops::RangeInclusive<u16>,
+    ) -> anyhow::Result<Flood> {
+        let range = format!("{}-{}", ports.start(), ports.end());
+        self.done(&["spray", &addr.to_string(), "--ports", &range])
+    }
+
+    /// `count` answered TCP connections, open until the result is dropped.
+    pub fn hold_many(&self, addr: SocketAddr, count: u64) -> anyhow::Result<Held> {
+        let count_arg = count.to_string();
+        let mut child = self
+            .command(&["hold-many", &addr.to_string(), "--count", &count_arg])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting egress-probe hold-many")?;
+        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        let lines = line_channel(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
+        let held = Held {
+            child,
+            stdin: Some(stdin),
+            lines,
+        };
+        match held.lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line == format!("OPEN {count}") => Ok(held),
+            Ok(line) => bail!("hold-many {addr}: {line}"),
+            Err(_) => bail!("hold-many {addr}: no answer"),
+        }
+    }
+
+    /// One UDP datagram to `addr` from `from`, an address this host does
+    /// not have (`IP_FREEBIND`).
+    pub fn spoof_udp(&self, from: SocketAddr, addr: SocketAddr) -> anyhow::Result<Outcome> {
+        self.run(&["spoof", &addr.to_string(), "--from", &from.to_string()])
+    }
+
     /// Connects and keeps the socket, to send on it later.
     pub fn hold(&self, addr: SocketAddr, proto: Proto) -> anyhow::Result<Held> {
         let target = format!("{addr}/{}", proto.suffix());
@@ -249,6 +370,40 @@ impl<'a> Client<'a> {
                 String::from_utf8_lossy(&output.stderr).trim()
             ),
         }
+    }
+}
+
+/// What [`Client::flood_tcp`] or [`Client::spray_udp`] saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flood {
+    pub ok: u64,
+    pub failed: u64,
+    /// The first failure, `none` if there was none.
+    pub first: String,
+}
+
+impl Flood {
+    fn parse(line: &str) -> Option<Self> {
+        let mut ok = None;
+        let mut failed = None;
+        let mut first = None;
+        for field in line.split(' ') {
+            if let Some(v) = field.strip_prefix("ok=") {
+                ok = v.parse().ok();
+            } else if let Some(v) = field.strip_prefix("failed=") {
+                failed = v.parse().ok();
+            } else if let Some(v) = field.strip_prefix("first=") {
+                first = Some(v.to_owned());
+            } else if let Some(first) = first.as_mut() {
+                first.push(' ');
+                first.push_str(field);
+            }
+        }
+        Some(Self {
+            ok: ok?,
+            failed: failed?,
+            first: first?,
+        })
     }
 }
 
@@ -489,6 +644,146 @@ impl Listener {
 }
 
 impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What an [`EchoServer`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// A TCP connection was accepted.
+    Accepted(SocketAddr),
+    /// A UDP datagram arrived.
+    Received(SocketAddr),
+    /// The server wrote (TCP) or sent (UDP) the echo back to the peer: the
+    /// outcome of that `write()`/`sendto()`. For TCP `Ok` only means the
+    /// data was queued; the client tells whether it arrived.
+    Echoed(SocketAddr, Outcome),
+}
+
+impl Served {
+    fn parse(line: &str) -> Option<Self> {
+        let mut words = line.splitn(3, ' ');
+        let (kind, peer) = (words.next()?, words.next()?);
+        let peer = peer.parse().ok()?;
+        match kind {
+            "ACCEPTED" => Some(Served::Accepted(peer)),
+            "RECEIVED" => Some(Served::Received(peer)),
+            "ECHOED" => Some(Served::Echoed(peer, Outcome::parse(words.next()?.trim()))),
+            _ => None,
+        }
+    }
+}
+
+/// An echo server (`egress-probe serve`) in a namespace and, usually, in a
+/// workload's cgroup, so that its answers go through the enforcement;
+/// killed on drop.
+pub struct EchoServer {
+    child: Child,
+    lines: Receiver<String>,
+    addr: SocketAddr,
+}
+
+impl EchoServer {
+    /// Starts serving on `addr` in `netns`, inside `cgroup` if given, and
+    /// waits until it is bound.
+    pub fn start(
+        netns: &Netns,
+        cgroup: Option<&Path>,
+        addr: SocketAddr,
+        proto: Proto,
+    ) -> anyhow::Result<Self> {
+        Self::spawn(netns, cgroup, addr, proto, &[])
+    }
+
+    /// A TCP echo server that accepts TCP Fast Open (and turns the Fast Open
+    /// server on in `netns`).
+    pub fn start_fast_open(
+        netns: &Netns,
+        cgroup: Option<&Path>,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        Self::spawn(netns, cgroup, addr, Proto::Tcp, &["--fast-open"])
+    }
+
+    /// [`EchoServer::start`], reporting nothing (for floods).
+    pub fn start_quiet(
+        netns: &Netns,
+        cgroup: Option<&Path>,
+        addr: SocketAddr,
+        proto: Proto,
+    ) -> anyhow::Result<Self> {
+        Self::spawn(netns, cgroup, addr, proto, &["--quiet"])
+    }
+
+    fn spawn(
+        netns: &Netns,
+        cgroup: Option<&Path>,
+        addr: SocketAddr,
+        proto: Proto,
+        options: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(probe_exe());
+        if let Some(cgroup) = cgroup {
+            cmd.arg("--cgroup").arg(cgroup);
+        }
+        cmd.args(["--netns", netns.name(), "serve"])
+            .arg(format!("{addr}/{}", proto.suffix()))
+            .args(options);
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the egress-probe echo server")?;
+        let lines = line_channel(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
+        let server = Self { child, lines, addr };
+        match server.lines.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) if line.starts_with("LISTENING") => Ok(server),
+            Ok(line) => bail!("echo server on {addr} said {line:?} instead of LISTENING"),
+            Err(_) => bail!("echo server on {addr} did not start (see its stderr above)"),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The next event, if one comes within `within`.
+    pub fn next_event(&self, within: Duration) -> Option<Served> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(event) = Served::parse(&line) {
+                        return Some(event);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// The outcome of the next echo (skipping the accept or receive before
+    /// it), if one comes within `within`.
+    pub fn next_echo(&self, within: Duration) -> Option<(SocketAddr, Outcome)> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.next_event(deadline.saturating_duration_since(Instant::now()))? {
+                Served::Echoed(peer, outcome) => return Some((peer, outcome)),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Discards what happened so far.
+    pub fn drain(&self) {
+        while self.lines.try_recv().is_ok() {}
+    }
+}
+
+impl Drop for EchoServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

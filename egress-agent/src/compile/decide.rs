@@ -1,4 +1,11 @@
 //! The verdict for one connection, read from the compiled plan.
+//!
+//! This models what a workload *initiates* (`connect()`, `sendto()`), as
+//! Kubernetes egress rules do. Replies on flows that came in (a TCP
+//! connection the workload accepted, a UDP remote that sent to the same
+//! socket within the last 60 s) are allowed by the data plane whatever
+//! this verdict says, as Kubernetes CNIs allow them through conntrack; the
+//! kernel counts them as `Reason::Reply`.
 
 use std::{fmt, net::IpAddr, net::SocketAddr};
 

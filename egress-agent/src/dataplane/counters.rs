@@ -1,9 +1,10 @@
 //! Verdict counters: how often each program decided what, and why; and
-//! per workload, per rule.
+//! per workload, per rule. Also what the recording programs (`sockops`,
+//! `cgroup_skb/ingress`) did, which are not verdicts.
 
 use std::collections::BTreeMap;
 
-use egress_common::{map, verdict_from_index, Hook, Reason, NO_RULE, VERDICT_SLOTS};
+use egress_common::{map, verdict_from_index, FlowEvent, Hook, Reason, NO_RULE, VERDICT_SLOTS};
 
 use super::{maps::read, maps::Maps, DataplaneError};
 
@@ -62,6 +63,7 @@ pub struct RuleHit {
 pub struct Counters {
     verdicts: BTreeMap<VerdictKind, u64>,
     hits: Vec<RuleHit>,
+    flows: BTreeMap<FlowEvent, u64>,
 }
 
 impl Counters {
@@ -105,7 +107,35 @@ impl Counters {
             });
         }
         hits.sort();
-        Ok(Self { verdicts, hits })
+        let mut flows = BTreeMap::new();
+        for index in 0..FlowEvent::SLOTS {
+            let Some(event) = FlowEvent::from_index(index) else {
+                continue;
+            };
+            let per_cpu = maps
+                .flow_events
+                .get(&index, 0)
+                .map_err(|source| read(map::FLOW_EVENTS, source))?;
+            let total: u64 = per_cpu.iter().sum();
+            if total != 0 {
+                flows.insert(event, total);
+            }
+        }
+        Ok(Self {
+            verdicts,
+            hits,
+            flows,
+        })
+    }
+
+    /// How often the recording programs did `event`.
+    pub fn flow(&self, event: FlowEvent) -> u64 {
+        self.flows.get(&event).copied().unwrap_or(0)
+    }
+
+    /// Every non-zero flow event counter.
+    pub fn flows(&self) -> impl Iterator<Item = (FlowEvent, u64)> + '_ {
+        self.flows.iter().map(|(e, n)| (*e, *n))
     }
 
     /// How many verdicts of this kind the programs returned.

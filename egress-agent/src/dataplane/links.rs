@@ -10,6 +10,12 @@
 //! after, so both run (and agree, reading the same maps) for a moment
 //! rather than neither.
 //!
+//! Seven programs: five decide (`cgroup_skb/egress`, `connect4/6`,
+//! `sendmsg4/6`) and two record the flows whose replies they allow
+//! (`sockops`, `cgroup_skb/ingress`). All are attached the same way and
+//! named the same way (`<program>@<fingerprint>`), so adoption, replacement
+//! and uninstall treat them alike.
+//!
 //! bpf_links to a cgroup are always multi-attach (`bpf_link_create` even
 //! rejects an explicit `BPF_F_ALLOW_MULTI`, hence aya's default mode here):
 //! programs that others attach to the same cgroup or its ancestors keep
@@ -23,7 +29,7 @@ use std::{
 use aya::{
     programs::{
         links::FdLink, loaded_programs, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType,
-        CgroupSockAddr,
+        CgroupSockAddr, SockOps,
     },
     Ebpf,
 };
@@ -53,12 +59,20 @@ pub fn program_name(hook: Hook) -> &'static str {
         Hook::Connect6 => program::CONNECT6,
         Hook::Sendmsg4 => program::SENDMSG4,
         Hook::Sendmsg6 => program::SENDMSG6,
+        Hook::SockOps => program::SOCK_OPS,
+        Hook::SkbIngress => program::SKB_INGRESS,
     }
 }
 
-/// The hooks in attach order: the packet-level guarantee first, so that no
-/// moment has only the connect hooks.
-const ATTACH_ORDER: [Hook; 5] = [
+/// The hooks in attach order. The recorders first: a connection accepted
+/// or a datagram received between two attaches is then already known when
+/// the deciding programs start asking (a flow that arrived before the
+/// recorders ran is never known, and its replies are decided by the
+/// policy). Then the packet-level guarantee, so that no moment has only the
+/// connect hooks.
+const ATTACH_ORDER: [Hook; 7] = [
+    Hook::SockOps,
+    Hook::SkbIngress,
     Hook::Skb,
     Hook::Connect4,
     Hook::Connect6,
@@ -100,13 +114,33 @@ pub(super) fn pinned(links_dir: &Path) -> Result<Vec<(Hook, String, PathBuf)>, D
     Ok(found)
 }
 
+/// Ids of pinned maps that tell our programs from others': a program that
+/// uses one of them runs on this pin directory's maps.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct OwnMaps {
+    /// `WORKLOADS`: used by every program but `sockops`.
+    pub(super) workloads: u32,
+    /// `INBOUND_TCP`: the only map `sockops` decides with.
+    pub(super) inbound_tcp: u32,
+}
+
+impl OwnMaps {
+    /// The map `hook`'s program must use to be adopted.
+    fn of(&self, hook: Hook) -> u32 {
+        match hook {
+            Hook::SockOps => self.inbound_tcp,
+            _ => self.workloads,
+        }
+    }
+}
+
 /// Makes sure every program runs at `root`, adopting what can be adopted.
 /// Returns the links, and the pins of replaced links.
 pub(super) fn establish(
     ebpf: &mut Ebpf,
     links_dir: &Path,
     root: &CgroupRoot,
-    workloads_map_id: u32,
+    own: OwnMaps,
 ) -> Result<(Vec<AttachedLink>, Vec<PathBuf>), DataplaneError> {
     let fingerprint = object::fingerprint();
     let before = pinned(links_dir)?;
@@ -114,7 +148,7 @@ pub(super) fn establish(
     let mut replaced = Vec::new();
     for hook in ATTACH_ORDER {
         let pin = links_dir.join(pin_name(hook, fingerprint));
-        if let Some(link) = adopt(hook, &pin, root, workloads_map_id)? {
+        if let Some(link) = adopt(hook, &pin, root, own.of(hook))? {
             links.push(link);
             continue;
         }
@@ -150,12 +184,13 @@ pub(super) fn establish(
     Ok((links, replaced))
 }
 
-/// The pinned link at `pin`, if it can be kept as is.
+/// The pinned link at `pin`, if it can be kept as is: attached to `root`
+/// and running a program that uses the map `own_map_id`.
 fn adopt(
     hook: Hook,
     pin: &Path,
     root: &CgroupRoot,
-    workloads_map_id: u32,
+    own_map_id: u32,
 ) -> Result<Option<AttachedLink>, DataplaneError> {
     if !pin.exists() {
         return Ok(None);
@@ -168,7 +203,7 @@ fn adopt(
         .filter_map(Result::ok)
         .find(|p| p.id() == info.prog_id)
         .and_then(|p| p.map_ids().ok().flatten())
-        .is_some_and(|ids| ids.contains(&workloads_map_id));
+        .is_some_and(|ids| ids.contains(&own_map_id));
     if !uses_our_maps {
         return Ok(None);
     }
@@ -199,12 +234,21 @@ fn attach(ebpf: &mut Ebpf, hook: Hook, root: &CgroupRoot) -> Result<FdLink, Data
     let fd_err = |source| DataplaneError::NotFdLink { hook, source };
     let mode = CgroupAttachMode::default();
     match hook {
-        Hook::Skb => {
+        Hook::Skb | Hook::SkbIngress => {
+            let direction = if hook == Hook::Skb {
+                CgroupSkbAttachType::Egress
+            } else {
+                CgroupSkbAttachType::Ingress
+            };
             let prog: &mut CgroupSkb = program_mut(ebpf, name)?;
             load(prog.load(), name)?;
-            let id = prog
-                .attach(&dir, CgroupSkbAttachType::Egress, mode)
-                .map_err(attach_err)?;
+            let id = prog.attach(&dir, direction, mode).map_err(attach_err)?;
+            FdLink::try_from(prog.take_link(id).map_err(take_err)?).map_err(fd_err)
+        }
+        Hook::SockOps => {
+            let prog: &mut SockOps = program_mut(ebpf, name)?;
+            load(prog.load(), name)?;
+            let id = prog.attach(&dir, mode).map_err(attach_err)?;
             FdLink::try_from(prog.take_link(id).map_err(take_err)?).map_err(fd_err)
         }
         Hook::Connect4 | Hook::Connect6 | Hook::Sendmsg4 | Hook::Sendmsg6 => {
@@ -255,6 +299,15 @@ mod tests {
             let name = pin_name(hook, "0123456789abcdef");
             assert_eq!(parse_pin_name(&name), Some((hook, "0123456789abcdef")));
         }
+        assert_eq!(
+            parse_pin_name("egress_sock_ops@0123456789abcdef"),
+            Some((Hook::SockOps, "0123456789abcdef"))
+        );
+        assert_eq!(
+            ATTACH_ORDER.len(),
+            Hook::ALL.len(),
+            "every hook is attached"
+        );
         assert_eq!(parse_pin_name("egress_skb"), None);
         assert_eq!(parse_pin_name("egress_skb@xyz"), None);
         assert_eq!(parse_pin_name("other_prog@0123456789abcdef"), None);

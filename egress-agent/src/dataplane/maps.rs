@@ -13,11 +13,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use egress_common::{
-    capacity, map, Config, HitKey, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortSet, WorkloadSlot,
-    VERDICT_SLOTS,
+    capacity, map, Config, FlowEvent, HitKey, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortSet,
+    UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
 };
 
-use super::{object, DataplaneError};
+use super::{links::OwnMaps, object, syscalls, DataplaneError};
 use crate::sys;
 
 /// `BPF_F_NO_PREALLOC`.
@@ -35,7 +35,7 @@ struct Layout {
     flags: u32,
 }
 
-const LAYOUTS: [Layout; 13] = [
+const LAYOUTS: [Layout; 16] = [
     Layout {
         name: map::ACTIVE,
         kind: MapType::Array,
@@ -140,6 +140,30 @@ const LAYOUTS: [Layout; 13] = [
         max_entries: capacity::RULE_HITS,
         flags: 0,
     },
+    Layout {
+        name: map::INBOUND_TCP,
+        kind: MapType::LruHash,
+        key: size_of::<u64>(),
+        value: 1,
+        max_entries: capacity::INBOUND_TCP,
+        flags: 0,
+    },
+    Layout {
+        name: map::INBOUND_UDP,
+        kind: MapType::LruHash,
+        key: size_of::<UdpFlowKey>(),
+        value: size_of::<u64>(),
+        max_entries: capacity::INBOUND_UDP,
+        flags: 0,
+    },
+    Layout {
+        name: map::FLOW_EVENTS,
+        kind: MapType::PerCpuArray,
+        key: 4,
+        value: size_of::<u64>(),
+        max_entries: FlowEvent::SLOTS,
+        flags: 0,
+    },
 ];
 
 /// Typed handles on every map.
@@ -157,9 +181,11 @@ pub(super) struct Maps {
     pub(super) gateway_v6: LpmTrie<MapData, PolicyAddrV6, u32>,
     pub(super) verdicts: PerCpuArray<MapData, u64>,
     pub(super) rule_hits: PerCpuHashMap<MapData, HitKey, u64>,
-    /// Id of `WORKLOADS`: a program that uses it is one of ours, on these
-    /// maps.
-    pub(super) workloads_id: u32,
+    pub(super) inbound_tcp: HashMap<MapData, u64, u8>,
+    pub(super) inbound_udp: HashMap<MapData, UdpFlowKey, u64>,
+    pub(super) flow_events: PerCpuArray<MapData, u64>,
+    /// Ids of maps that tell our programs, on these maps, from others'.
+    pub(super) own: OwnMaps,
 }
 
 /// Loads the embedded object with every map pinned at
@@ -235,13 +261,16 @@ impl Maps {
                 .ok_or(DataplaneError::MissingMap(name))?;
             T::try_from(map).map_err(|source| DataplaneError::MapLayout { map: name, source })
         }
-        let workloads_pin = maps_dir.join(map::WORKLOADS);
-        let workloads_id = MapInfo::from_pin(&workloads_pin)
-            .map_err(|source| DataplaneError::PinnedMap {
-                path: workloads_pin,
-                source,
-            })?
-            .id();
+        let pinned_id = |name: &'static str| {
+            let pin = maps_dir.join(name);
+            MapInfo::from_pin(&pin)
+                .map(|info| info.id())
+                .map_err(|source| DataplaneError::PinnedMap { path: pin, source })
+        };
+        let own = OwnMaps {
+            workloads: pinned_id(map::WORKLOADS)?,
+            inbound_tcp: pinned_id(map::INBOUND_TCP)?,
+        };
         Ok(Self {
             active: take(ebpf, map::ACTIVE)?,
             config: take(ebpf, map::CONFIG)?,
@@ -256,7 +285,10 @@ impl Maps {
             gateway_v6: take(ebpf, map::GATEWAY_V6)?,
             verdicts: take(ebpf, map::VERDICTS)?,
             rule_hits: take(ebpf, map::RULE_HITS)?,
-            workloads_id,
+            inbound_tcp: take(ebpf, map::INBOUND_TCP)?,
+            inbound_udp: take(ebpf, map::INBOUND_UDP)?,
+            flow_events: take(ebpf, map::FLOW_EVENTS)?,
+            own,
         })
     }
 
@@ -328,6 +360,28 @@ impl Maps {
         })
     }
 
+    /// The entries of the inbound-flow maps. Walking an LRU map of live
+    /// traffic while the programs evict and delete may skip or repeat a
+    /// key (the walk restarts when the current key disappears): the counts
+    /// are a snapshot, good for sizes, not for exact bookkeeping.
+    pub(super) fn flow_entries(&self) -> FlowEntries {
+        let now = syscalls::monotonic_ns();
+        let (mut inbound_udp, mut idle) = (0, 0);
+        // An error is a key that vanished under the walk: it no longer
+        // counts.
+        for (_, seen) in self.inbound_udp.iter().filter_map(Result::ok) {
+            inbound_udp += 1;
+            if now.is_some_and(|now| now.saturating_sub(seen) > egress_common::UDP_IDLE_NS) {
+                idle += 1;
+            }
+        }
+        FlowEntries {
+            inbound_tcp: self.inbound_tcp.keys().filter(Result::is_ok).count(),
+            inbound_udp,
+            inbound_udp_idle: idle,
+        }
+    }
+
     /// Every key of an IPv4 trie (collected first: deleting while
     /// iterating would restart the walk).
     pub(super) fn keys_v4<V: aya::Pod>(
@@ -358,6 +412,19 @@ pub struct EntryCounts {
     pub port_sets: usize,
     pub cluster: usize,
     pub gateway: usize,
+}
+
+/// Entries of the maps of inbound flows (see [`Dataplane::flow_entries`](super::Dataplane::flow_entries)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntries {
+    /// Accepted TCP sockets marked in `INBOUND_TCP` (open ones, and
+    /// aborted ones whose RST never came).
+    pub inbound_tcp: usize,
+    /// Recorded UDP flows in `INBOUND_UDP`, idle ones included.
+    pub inbound_udp: usize,
+    /// Of those, flows idle for longer than `UDP_IDLE_NS`: no longer
+    /// replies, left until a lookup deletes them or LRU evicts them.
+    pub inbound_udp_idle: usize,
 }
 
 pub(super) fn read(map: &'static str, source: aya::maps::MapError) -> DataplaneError {

@@ -4,7 +4,8 @@
 //! # Design
 //!
 //! The programs (`cgroup_skb/egress`, `cgroup/connect4`, `connect6`,
-//! `sendmsg4`, `sendmsg6`) are attached **once**, at the agent's cgroup
+//! `sendmsg4`, `sendmsg6`, and the recorders `sockops` and
+//! `cgroup_skb/ingress`) are attached **once**, at the agent's cgroup
 //! root, through bpf_links pinned under `<pin_dir>/links`. A workload is an
 //! entry of the `WORKLOADS` map, keyed by its cgroup id. So:
 //! - there is one attach point, whatever the number of workloads;
@@ -19,7 +20,14 @@
 //!
 //! Map contents come in generations (see `generation.rs`): an apply writes a
 //! complete new generation beside the live one, then flips one index, so a
-//! connection always sees one complete generation. Maps and links are
+//! connection always sees one complete generation.
+//!
+//! Egress rules restrict what a workload initiates; replies on flows that
+//! came in are allowed, as Kubernetes does (`Reason::Reply`). The recorders
+//! learn those flows from the kernel (accepted TCP sockets whose handshake
+//! completed; UDP datagrams received by managed sockets) into
+//! `INBOUND_TCP` and `INBOUND_UDP`, which are not part of a generation:
+//! they describe sockets, not policy. Maps and links are
 //! pinned: an agent that restarts (after a crash or SIGKILL) adopts them
 //! without detaching anything, so enforcement never has a gap, and fails
 //! closed while no agent runs.
@@ -43,9 +51,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Minimum kernel: 5.7 (bpf_link for cgroups; `bpf_get_current_ancestor_cgroup_id`
-//! in sock_addr programs), 5.11 for eBPF memory charged to the memory
-//! cgroup rather than `RLIMIT_MEMLOCK`.
+//! Minimum kernel: 5.10 (bpf_link for cgroups and
+//! `bpf_get_current_ancestor_cgroup_id` in sock_addr programs since 5.7;
+//! `skb_tcp_flags` in `sock_ops`, which tells a Fast Open child from a
+//! completed handshake, since 5.10), 5.11 for eBPF memory charged to the
+//! memory cgroup rather than `RLIMIT_MEMLOCK`.
 
 mod cgroups;
 mod counters;
@@ -64,12 +74,12 @@ use std::path::{Path, PathBuf};
 
 pub use cgroups::cgroup_ids;
 pub use counters::{Counters, RuleHit, VerdictKind};
-pub use egress_common::{Hook, Reason};
+pub use egress_common::{FlowEvent, Hook, Reason};
 pub use error::{DataplaneError, ImageError};
 pub use generation::ApplyStats;
 pub use image::{GatewayHost, ImageSize, ImageWorkload, MapImage};
 pub use links::{program_name, AttachedLink};
-pub use maps::EntryCounts;
+pub use maps::{EntryCounts, FlowEntries};
 pub use uninstall::UninstallReport;
 
 use cgroups::CgroupRoot;
@@ -134,7 +144,7 @@ impl Dataplane {
         }
         let mut ebpf = maps::load_object(&maps_dir)?;
         let maps = Maps::take(&mut ebpf, &maps_dir)?;
-        let (links, replaced) = links::establish(&mut ebpf, &links_dir, &root, maps.workloads_id)?;
+        let (links, replaced) = links::establish(&mut ebpf, &links_dir, &root, maps.own)?;
         // The programs stay loaded through their links; this process keeps
         // only the maps.
         drop(ebpf);
@@ -179,6 +189,12 @@ impl Dataplane {
     /// stale), e.g. to check that a reload left nothing behind.
     pub fn entry_counts(&self) -> Result<EntryCounts, DataplaneError> {
         self.maps.entry_counts()
+    }
+
+    /// Entries of the inbound-flow maps (accepted TCP sockets, received UDP
+    /// flows): a snapshot of state the programs keep, not of the policy.
+    pub fn flow_entries(&self) -> FlowEntries {
+        self.maps.flow_entries()
     }
 
     /// The active generation slot.

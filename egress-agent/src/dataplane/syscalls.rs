@@ -1,4 +1,5 @@
-//! The few bpf(2) and membarrier(2) calls aya 0.14 does not expose.
+//! The few bpf(2) and membarrier(2) calls aya 0.14 does not expose, and
+//! the programs' clock.
 
 use std::{
     ffi::CString,
@@ -154,4 +155,20 @@ pub(super) fn is_bpffs(path: &Path) -> io::Result<bool> {
     #[allow(clippy::unnecessary_cast, reason = "f_type's type differs by arch")]
     let f_type = stat.f_type as i64;
     Ok(f_type == BPF_FS_MAGIC)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`, which
+/// stamps `INBOUND_UDP` values. `None` if it cannot be read.
+pub(super) fn monotonic_ns() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the kernel to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return None;
+    }
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u64::try_from(ts.tv_nsec).ok()?;
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
