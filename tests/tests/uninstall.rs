@@ -11,7 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use egress_agent::dataplane::Dataplane;
+use egress_agent::dataplane::{Dataplane, Hook};
+use egress_common::map;
 use integration_tests::policies::isolated_client;
 use integration_tests::{Enforced, Listener, Outcome, PinDir, Proto, TestNet};
 
@@ -88,8 +89,12 @@ fn uninstall_detaches_and_unloads_the_programs_removes_the_maps_and_is_idempoten
 
     s.close();
     let report = Dataplane::uninstall(s.pin_dir()).unwrap();
-    assert_eq!(report.links.len(), 5, "{report:?}");
-    assert_eq!(report.maps.len(), 13, "{report:?}");
+    assert_eq!(
+        report.links.len(),
+        Hook::ALL.len(),
+        "one link per program: {report:?}"
+    );
+    assert_eq!(report.maps.len(), map::ALL.len(), "every map: {report:?}");
     assert_eq!(report.directories.len(), 3, "{report:?}");
     assert!(report.kept.is_empty());
     assert!(!s.pin_dir().exists(), "the bpffs directory is gone");
@@ -131,7 +136,7 @@ fn uninstalling_one_data_plane_leaves_another_on_the_same_cgroup_and_foreign_pin
 
     s.close();
     let report = Dataplane::uninstall(s.pin_dir()).unwrap();
-    assert_eq!(report.links.len(), 5);
+    assert_eq!(report.links.len(), Hook::ALL.len());
     assert_eq!(report.kept, std::slice::from_ref(&foreign));
     assert!(
         foreign.exists(),
