@@ -60,7 +60,7 @@ use std::{
     io::{self, BufRead as _, BufReader},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc::{self, Receiver},
     thread,
@@ -68,6 +68,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _};
+use egress_agent::dataplane::cgroup_relative;
 use egress_agent::{
     compile::{self, Plan, WorkloadPlan},
     dataplane::{nft::Backstop, nft::BackstopCounts, Dataplane},
@@ -601,7 +602,7 @@ impl SimNode {
             }
         }
         for w in &workloads {
-            let cgroup = mount.join(relative_cgroup(mount, &w.cgroup));
+            let cgroup = mount.join(cgroup_relative(mount, &w.cgroup));
             fs::create_dir_all(&cgroup)
                 .with_context(|| format!("creating {}", cgroup.display()))?;
             let pod = self
@@ -933,7 +934,7 @@ fn rebase_policies(
             }
             if value.get("kind").and_then(|k| k.as_str()) == Some("Workload") {
                 if let Some(cgroup) = value.get_mut("spec").and_then(|s| s.get_mut("cgroup")) {
-                    let relative = relative_cgroup(mount, cgroup.as_str().unwrap_or_default());
+                    let relative = cgroup_relative(mount, cgroup.as_str().unwrap_or_default());
                     *cgroup = serde_yaml::Value::String(format!("{prefix}/{relative}"));
                 }
             }
@@ -948,21 +949,6 @@ fn rebase_policies(
             .with_context(|| format!("writing {}", target.display()))?;
     }
     Ok(())
-}
-
-/// A Workload's cgroup relative to the mount, `a/b`, whichever way it is
-/// spelled (`a/b`, `/a/b`, `<mount>/a/b`); `..` never climbs. The agent
-/// reads `spec.cgroup` the same way.
-pub fn relative_cgroup(mount: &Path, cgroup: &str) -> String {
-    let spec = Path::new(cgroup.trim());
-    let spec = spec.strip_prefix(mount).unwrap_or(spec);
-    spec.components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// `test-egress/sleep` → `test-egress-sleep`, safe in a netns name.
@@ -1241,7 +1227,7 @@ mod tests {
     fn cgroup_spellings_are_relative_to_the_mount() {
         let mount = Path::new("/sys/fs/cgroup/unified");
         for spelling in ["a/b", "/a/b/", "/sys/fs/cgroup/unified/a/b", "../a/b"] {
-            assert_eq!(relative_cgroup(mount, spelling), "a/b", "{spelling}");
+            assert_eq!(cgroup_relative(mount, spelling), "a/b", "{spelling}");
         }
     }
 

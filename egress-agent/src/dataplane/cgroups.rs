@@ -28,7 +28,7 @@ pub fn cgroup_ids(plan: &Plan, cgroup2_mount: &Path) -> BTreeMap<ObjectId, u64> 
 /// trailing `/`). Workloads name it relative to the mount (`a/b`), as an
 /// absolute cgroup path as `/proc/PID/cgroup` prints it (`/a/b`), or as a
 /// full path under the mount (`/sys/fs/cgroup/a/b`); `..` never climbs.
-pub(super) fn relative(mount: &Path, cgroup: &str) -> String {
+pub fn relative(mount: &Path, cgroup: &str) -> String {
     let spec = Path::new(cgroup.trim());
     let spec = spec.strip_prefix(mount).unwrap_or(spec);
     spec.components()

@@ -72,7 +72,7 @@ mod uninstall;
 
 use std::path::{Path, PathBuf};
 
-pub use cgroups::cgroup_ids;
+pub use cgroups::{cgroup_ids, relative as cgroup_relative};
 pub use counters::{Counters, RuleHit, VerdictKind};
 pub use egress_common::{FlowEvent, Hook, Reason};
 pub use error::{DataplaneError, ImageError};
