@@ -125,6 +125,11 @@ impl<E: Enforcer> Reloader<E> {
         self.state.last_reload.insert(outcome)
     }
 
+    /// Sets the resolved `allowedHosts` addresses for the next apply.
+    pub fn set_hosts(&mut self, hosts: ResolvedHosts) {
+        self.hosts = hosts;
+    }
+
     /// Re-enforces the plan in force, e.g. after DNS answers changed or a
     /// workload's cgroup appeared. Returns false when nothing is in force.
     pub fn reenforce(&mut self, hosts: Option<ResolvedHosts>) -> Result<bool, E::Error> {

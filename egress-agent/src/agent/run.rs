@@ -41,6 +41,8 @@ pub struct RunOptions {
     /// How often workloads whose cgroup did not exist yet are looked for.
     pub reconcile_every: Duration,
     pub resolver: ResolverSettings,
+    /// How long the first apply waits for `allowedHosts` to resolve.
+    pub initial_dns_wait: Duration,
 }
 
 impl Default for RunOptions {
@@ -49,6 +51,7 @@ impl Default for RunOptions {
             debounce: Duration::from_millis(50),
             reconcile_every: Duration::from_millis(100),
             resolver: ResolverSettings::default(),
+            initial_dns_wait: Duration::from_secs(2),
         }
     }
 }
@@ -95,47 +98,96 @@ pub async fn run<E: Enforcer>(
     let resolver = HostResolver::spawn(options.resolver.clone(), []).map_err(RunError::Resolver)?;
     let mut hosts = resolver.subscribe();
 
+    resolve_first(
+        &mut reloader,
+        paths,
+        &resolver,
+        &mut hosts,
+        options.initial_dns_wait,
+    )
+    .await;
     reload(&mut reloader, &resolver);
     let mut tick = interval(options.reconcile_every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = hup.recv() => {
-                info!("SIGHUP: reloading");
-                reload(&mut reloader, &resolver);
-            }
-            Some(()) = changes.recv() => {
-                sleep(options.debounce).await;
-                while changes.try_recv().is_ok() {}
-                info!("policy files changed: reloading");
-                reload(&mut reloader, &resolver);
-            }
-            Ok(()) = hosts.changed() => {
-                let snapshot = hosts.borrow_and_update().clone();
-                let names: Vec<String> = snapshot
-                    .iter()
-                    .map(|(name, addrs)| format!("{name}={}", addrs.len()))
-                    .collect();
-                info!(hosts = names.join(","), "allowedHosts addresses changed");
-                if let Err(e) = reloader.reenforce(Some(snapshot)) {
-                    error!(error = %format_chain(&e), "cannot apply new allowedHosts addresses; the previous ones stay in force");
-                }
-            }
-            _ = tick.tick() => {
-                reloader.enforcer_mut().poll();
-                let due = reloader.plan().is_some_and(|plan| reloader.enforcer().needs_reconcile(&plan));
-                if due {
-                    if let Err(e) = reloader.reenforce(None) {
-                        warn!(error = %format_chain(&e), "reconcile failed");
+                    _ = hup.recv() => {
+                        info!("SIGHUP: reloading");
+                        reload(&mut reloader, &resolver);
                     }
+                    Some(()) = changes.recv() => {
+                        sleep(options.debounce).await;
+                        while changes.try_recv().is_ok() {}
+                        info!("policy files changed: reloading");
+                        reload(&mut reloader, &resolver);
+                    }
+                    Ok(()) = hosts.changed() => {
+                        let snapshot = hosts.borrow_and_update().clone();
+        info!(hosts = %describe(&snapshot), "allowedHosts addresses changed");
+                        if let Err(e) = reloader.reenforce(Some(snapshot)) {
+                            error!(error = %format_chain(&e), "cannot apply new allowedHosts addresses; the previous ones stay in force");
+                        }
+                    }
+                    _ = tick.tick() => {
+                        reloader.enforcer_mut().poll();
+                        let due = reloader.plan().is_some_and(|plan| reloader.enforcer().needs_reconcile(&plan));
+                        if due {
+                            if let Err(e) = reloader.reenforce(None) {
+                                warn!(error = %format_chain(&e), "reconcile failed");
+                            }
+                        }
+                    }
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
                 }
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
     }
     info!("exiting; enforcement stays in force (pinned) until `egress-agent uninstall`");
     Ok(())
+}
+
+/// Resolves the policy's `allowedHosts` names before the first apply. A
+/// restarted agent adopts the pinned generation, which holds the addresses;
+/// applying before DNS answers would take them away from the gateway until
+/// it does. Pinned enforcement stays in force while this waits, and the
+/// wait is bounded: a name that does not resolve in time is simply
+/// unreachable until it does (fail closed).
+async fn resolve_first<E: Enforcer>(
+    reloader: &mut Reloader<E>,
+    paths: &[PathBuf],
+    resolver: &HostResolver,
+    hosts: &mut tokio::sync::watch::Receiver<crate::resolve::ResolvedHosts>,
+    wait: Duration,
+) {
+    let Ok(loaded) = crate::policy::load(paths) else {
+        return; // the first reload reports the errors
+    };
+    let names = dns_names(&crate::compile::compile(&loaded.model));
+    if names.is_empty() || resolver.set_names(names.clone()).is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let resolved = hosts.borrow_and_update().clone();
+        if names.iter().all(|n| !resolved.addresses(n).is_empty()) {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, hosts.changed()).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+    }
+    let resolved = hosts.borrow().clone();
+    info!(hosts = %describe(&resolved), "allowedHosts addresses changed");
+    reloader.set_hosts(resolved);
+}
+
+/// `name=count` for each resolved name, for logs.
+fn describe(hosts: &crate::resolve::ResolvedHosts) -> String {
+    hosts
+        .iter()
+        .map(|(name, addrs)| format!("{name}={}", addrs.len()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn reload<E: Enforcer>(reloader: &mut Reloader<E>, resolver: &HostResolver) {
