@@ -364,3 +364,34 @@ fn a_second_agent_on_the_same_pin_dir_is_refused() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn startup_refuses_clearly_when_nft_is_missing() -> anyhow::Result<()> {
+    let net = TestNet::new()?;
+    let root = TestCgroup::new()?;
+    let dir = PolicyDir::new()?;
+    dir.write("policy.yaml", &policy(&root.relative(), OPEN))?;
+    let pins = PinDir::new()?;
+    // No PATH: `nft` cannot be found, and the backstop was not disabled.
+    let out = std::process::Command::new("/usr/bin/nsenter")
+        .arg(format!("--net=/run/netns/{}", net.client.name()))
+        .arg(integration_tests::agent::agent_exe())
+        .arg("run")
+        .arg("--policies")
+        .arg(&dir.path)
+        .arg("--bpffs")
+        .arg(pins.path())
+        .arg("--cgroup-root")
+        .arg(root.path())
+        .env_clear()
+        .env("PATH", "/nonexistent")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent must not start: {stderr}");
+    assert!(
+        stderr.contains("the nft binary was not found") && stderr.contains("--no-nft"),
+        "says what is wrong and how to fix it: {stderr}"
+    );
+    assert!(!pins.path().exists(), "nothing was loaded or pinned");
+    Ok(())
+}

@@ -25,6 +25,8 @@ use crate::{
 pub enum KernelError {
     #[error(transparent)]
     Lock(#[from] super::lock::LockError),
+    #[error(transparent)]
+    Preflight(#[from] super::preflight::PreflightError),
     #[error("cannot find the cgroup2 mount")]
     Cgroup2(#[source] sys::SysError),
     #[error("cannot open the eBPF data plane under {pin_dir}")]
@@ -78,6 +80,8 @@ impl KernelEnforcer {
         audit: bool,
         nft: bool,
     ) -> Result<Self, KernelError> {
+        super::preflight::check(nft && !audit)?;
+        super::preflight::ensure_bpffs(pin_dir)?;
         let lock = super::lock::PinDirLock::acquire(pin_dir)?;
         let cgroup_mount = sys::cgroup2_mount().map_err(KernelError::Cgroup2)?;
         let root = cgroup_root.map_or_else(|| cgroup_mount.clone(), Path::to_path_buf);

@@ -8,6 +8,7 @@
 
 pub mod kernel;
 pub mod lock;
+pub mod preflight;
 pub mod reload;
 pub mod run;
 pub mod state;
