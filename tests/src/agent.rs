@@ -12,24 +12,13 @@ use anyhow::{bail, Context as _};
 
 use crate::{names, netns::Netns};
 
-/// Where cargo put `egress-agent` (a sibling of `target/<profile>/deps`).
-/// `EGRESS_AGENT` overrides it.
+/// Where cargo put `egress-agent` (`EGRESS_AGENT` overrides it).
 pub fn agent_exe() -> PathBuf {
-    if let Some(path) = std::env::var_os("EGRESS_AGENT") {
-        return path.into();
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
-    let agent = dir.join("egress-agent");
-    assert!(
-        agent.exists(),
-        "{} not found: build it with `cargo build -p egress-agent` (cargo xtask test does)",
-        agent.display()
-    );
-    agent
+    crate::target_bin(
+        "egress-agent",
+        "EGRESS_AGENT",
+        "build it with `cargo build -p egress-agent` (cargo xtask test does)",
+    )
 }
 
 /// A running `egress-agent run`, its log captured to a file. Dropping it

@@ -35,3 +35,21 @@ pub fn require_root() {
         "the integration tests need root (netns, cgroups, eBPF); run them through `cargo xtask test`"
     );
 }
+
+/// A binary of this workspace, found beside the running test: test
+/// executables live in `target/<profile>/deps/`, binaries one level up.
+/// The environment variable `env` overrides the lookup; `hint` says how to
+/// build the binary when it is missing.
+pub fn target_bin(name: &str, env: &str, hint: &str) -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os(env) {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} not found: {hint}", bin.display());
+    bin
+}

@@ -79,25 +79,13 @@ impl Outcome {
     }
 }
 
-/// Where cargo put the probe: integration-test executables live in
-/// `target/<profile>/deps/`, binaries one level up. `EGRESS_PROBE`
-/// overrides it.
+/// Where cargo put the probe (`EGRESS_PROBE` overrides it).
 pub fn probe_exe() -> PathBuf {
-    if let Some(path) = std::env::var_os("EGRESS_PROBE") {
-        return path.into();
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
-    let probe = dir.join("egress-probe");
-    assert!(
-        probe.exists(),
-        "{} not found: run the tests with `cargo test -p integration-tests`",
-        probe.display()
-    );
-    probe
+    crate::target_bin(
+        "egress-probe",
+        "EGRESS_PROBE",
+        "run the tests with `cargo test -p integration-tests`",
+    )
 }
 
 /// A process that will connect from `netns`, inside a cgroup if one is
