@@ -343,34 +343,42 @@ fn write_generation(
     }
     for (w, &policy) in image.workloads().iter().zip(policy_ids) {
         let what = |net: &dyn std::fmt::Display| format!("prefix {net} of workload {}", w.id);
-        for (net, set) in &w.allow_v4 {
-            let key = keys::v4(policy, *net);
-            maps.allow_v4
-                .insert(&key, kernel_set(*set), 0)
-                .map_err(|source| write_err(map::ALLOW_V4, what(net), source))?;
-            keys.allow_v4.push(key);
-        }
-        for (net, set) in &w.allow_v6 {
-            let key = keys::v6(policy, *net);
-            maps.allow_v6
-                .insert(&key, kernel_set(*set), 0)
-                .map_err(|source| write_err(map::ALLOW_V6, what(net), source))?;
-            keys.allow_v6.push(key);
-        }
-        for (net, set) in &w.gateway_v4 {
-            let key = keys::v4(policy, *net);
-            maps.gateway_v4
-                .insert(&key, kernel_set(*set), 0)
-                .map_err(|source| write_err(map::GATEWAY_V4, what(net), source))?;
-            keys.gateway_v4.push(key);
-        }
-        for (net, set) in &w.gateway_v6 {
-            let key = keys::v6(policy, *net);
-            maps.gateway_v6
-                .insert(&key, kernel_set(*set), 0)
-                .map_err(|source| write_err(map::GATEWAY_V6, what(net), source))?;
-            keys.gateway_v6.push(key);
-        }
+        write_prefixes(
+            &mut maps.allow_v4,
+            map::ALLOW_V4,
+            &w.allow_v4,
+            |n| keys::v4(policy, n),
+            kernel_set,
+            &what,
+            &mut keys.allow_v4,
+        )?;
+        write_prefixes(
+            &mut maps.allow_v6,
+            map::ALLOW_V6,
+            &w.allow_v6,
+            |n| keys::v6(policy, n),
+            kernel_set,
+            &what,
+            &mut keys.allow_v6,
+        )?;
+        write_prefixes(
+            &mut maps.gateway_v4,
+            map::GATEWAY_V4,
+            &w.gateway_v4,
+            |n| keys::v4(policy, n),
+            kernel_set,
+            &what,
+            &mut keys.gateway_v4,
+        )?;
+        write_prefixes(
+            &mut maps.gateway_v6,
+            map::GATEWAY_V6,
+            &w.gateway_v6,
+            |n| keys::v6(policy, n),
+            kernel_set,
+            &what,
+            &mut keys.gateway_v6,
+        )?;
         stats.allow_entries += w.allow_v4.len() + w.allow_v6.len();
         stats.gateway_entries += w.gateway_v4.len() + w.gateway_v6.len();
         // The policy last: a workload slot pointing at it is written after.
@@ -408,6 +416,26 @@ fn write_workload(maps: &mut Maps, cgroup: u64, slot: WorkloadSlot) -> Result<()
             source,
         )
     })
+}
+
+/// Writes one workload's prefix → port-set entries into `trie`, keeping
+/// each key so that this generation can be deleted when it is replaced.
+fn write_prefixes<K: aya::Pod, N: Copy + std::fmt::Display>(
+    trie: &mut aya::maps::LpmTrie<aya::maps::MapData, K, u32>,
+    name: &'static str,
+    entries: &[(N, u32)],
+    key: impl Fn(N) -> Key<K>,
+    kernel_set: &dyn Fn(u32) -> u32,
+    what: &dyn Fn(&dyn std::fmt::Display) -> String,
+    written: &mut Vec<Key<K>>,
+) -> Result<(), DataplaneError> {
+    for (net, set) in entries {
+        let k = key(*net);
+        trie.insert(&k, kernel_set(*set), 0)
+            .map_err(|source| write_err(name, what(net), source))?;
+        written.push(k);
+    }
+    Ok(())
 }
 
 fn write_err(map: &'static str, what: String, source: MapError) -> DataplaneError {
