@@ -241,31 +241,49 @@ fn attach(ebpf: &mut Ebpf, hook: Hook, root: &CgroupRoot) -> Result<FdLink, Data
                 CgroupSkbAttachType::Ingress
             };
             let prog: &mut CgroupSkb = program_mut(ebpf, name)?;
-            load(prog.load(), name)?;
+            load(|| prog.load(), name)?;
             let id = prog.attach(&dir, direction, mode).map_err(attach_err)?;
             FdLink::try_from(prog.take_link(id).map_err(take_err)?).map_err(fd_err)
         }
         Hook::SockOps => {
             let prog: &mut SockOps = program_mut(ebpf, name)?;
-            load(prog.load(), name)?;
+            load(|| prog.load(), name)?;
             let id = prog.attach(&dir, mode).map_err(attach_err)?;
             FdLink::try_from(prog.take_link(id).map_err(take_err)?).map_err(fd_err)
         }
         Hook::Connect4 | Hook::Connect6 | Hook::Sendmsg4 | Hook::Sendmsg6 => {
             // The attach type comes from the program's ELF section.
             let prog: &mut CgroupSockAddr = program_mut(ebpf, name)?;
-            load(prog.load(), name)?;
+            load(|| prog.load(), name)?;
             let id = prog.attach(&dir, mode).map_err(attach_err)?;
             FdLink::try_from(prog.take_link(id).map_err(take_err)?).map_err(fd_err)
         }
     }
 }
 
+/// How many times a load interrupted by a signal is retried, as libbpf does.
+const LOAD_ATTEMPTS: usize = 5;
+
+/// Loads a program, retrying when the verifier gave up because a signal
+/// arrived mid-verification (`EAGAIN`): the ancestor walk makes verification
+/// long enough that a child's `SIGCHLD` can land inside it.
 fn load(
-    result: Result<(), aya::programs::ProgramError>,
+    mut attempt: impl FnMut() -> Result<(), aya::programs::ProgramError>,
     program: &'static str,
 ) -> Result<(), DataplaneError> {
-    result.map_err(|source| DataplaneError::LoadProgram { program, source })
+    let mut tries = 1;
+    loop {
+        match attempt() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < LOAD_ATTEMPTS =>
+            {
+                tries += 1;
+            }
+            result => {
+                return result.map_err(|source| DataplaneError::LoadProgram { program, source })
+            }
+        }
+    }
 }
 
 fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DataplaneError>
