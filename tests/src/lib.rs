@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod enforcer;
+pub mod internet;
 pub mod names;
 pub mod netns;
 pub mod nftns;

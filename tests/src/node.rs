@@ -1,26 +1,35 @@
 //! A simulated Kubernetes node, built from policy files: one network
-//! namespace per pod, a forwarding node namespace, an "internet", the
-//! workloads' cgroups, and a real DNS server for kube-dns.
+//! namespace per pod on the node's bridge, a forwarding node namespace, a
+//! gateway pod with its own uplink, an "internet" serving the seed hosts
+//! over HTTP and TLS, the workloads' cgroups, and a real DNS server for
+//! kube-dns.
 //!
 //! ```text
 //!  pod netns (one per Workload with addresses)
-//!    eth0 10.244.2.10/32, default via 169.254.1.1 (proxy ARP) / fe80::1
-//!     │
+//!    eth0 10.244.2.10/32, default via 169.254.1.1 / fe80::1
+//!     │ veth
 //!  node netns (forwards)
-//!    caliN: no IPv4 address, proxy_arp, fe80::1; route 10.244.2.10/32 dev caliN
+//!    cni0: bridge of the pods' veths; 169.254.1.1/32, fe80::1/64
+//!          route 10.244.2.10/32 dev cni0 (one per pod address)
 //!    lo: 10.244.0.1/32, the node's own address inside the cluster
-//!    eth0 198.51.100.1/24, default via 198.51.100.2
+//!    eth0 198.51.100.1/25, default via 198.51.100.2
 //!     │
-//!  internet netns
-//!    eth0 198.51.100.2/24; local 203.0.113.0/24; cluster CIDRs via the node
+//!  internet netns                       gateway pod (an EgressGateway's)
+//!    eth0 198.51.100.2/25                 eth0 on cni0 (cluster CIDRs)
+//!    gwuN 198.51.100.129 ───────────────  uplink 198.51.100.130+N/32, default
+//!    local 203.0.113.0/24: nginx on 80 and 443 (every seed host), probes
 //! ```
 //!
-//! This is Calico's layout: pods have host addresses and a link-local next
-//! hop that the node answers by proxy ARP (IPv4) or owns (IPv6, `fe80::1` on
-//! each `caliN`), and the node routes each pod address to its veth. The
+//! Pods have host addresses and reach everything through the bridge's
+//! address, which the node owns: like kubenet's `cbr0`, but routed per
+//! address, so pods may have any addresses a policy gives them. The node
+//! routes each pod address onto the bridge. The egress gateway's pod also
+//! has an uplink of its own straight into the internet, as egress gateways
+//! on dedicated nodes do; cluster CIDRs still go through the node. The
 //! internet answers every address of 203.0.113.0/24 (and
-//! 2001:db8:113::/64): each DNS name of an EgressGateway's `allowedHosts`
-//! gets one of them, starting at [`SimNode::INTERNET_V4`].
+//! 2001:db8:113::/64): each seed host ([`SimNode::SEED_HOSTS`]) and each
+//! DNS name of an EgressGateway's `allowedHosts` gets one of them, starting
+//! at [`SimNode::INTERNET_V4`], and nginx serves them all ([`crate::internet`]).
 //!
 //! Rules the fixture applies to the policy's Workloads:
 //! - A Workload with `addresses` is a pod: it gets a network namespace of
@@ -82,6 +91,7 @@ use egress_agent::{
 use ipnet::IpNet;
 
 use crate::{
+    internet::WebServer,
     names,
     nftns::{in_netns, sysctl},
     probe::{probe_exe, Client, Proto},
@@ -118,6 +128,7 @@ pub struct SimNode {
     workloads: Vec<SimWorkload>,
     dns: Option<DnsServer>,
     dnsmasq: Option<Child>,
+    web: Option<WebServer>,
     torn_down: bool,
 }
 
@@ -129,6 +140,9 @@ pub struct Pod {
     pub addresses: Vec<IpAddr>,
     /// The node's end of the pod's veth; `None` for a loopback-only pod.
     pub node_if: Option<String>,
+    /// A gateway pod's addresses on its own uplink into the internet (what
+    /// the internet sees as its client address); empty for other pods.
+    pub uplink: Vec<IpAddr>,
     /// Its Workloads, the one with the addresses first.
     pub workloads: Vec<ObjectId>,
 }
@@ -159,6 +173,31 @@ pub struct DnsServer {
 pub struct Teardown {
     pub removed: Vec<String>,
     pub left_behind: Vec<String>,
+}
+
+/// What a [`SimNode::curl`] got.
+#[derive(Clone, Debug)]
+pub struct Curl {
+    /// curl's exit code (7: could not connect; 28: timed out).
+    pub exit: Option<i32>,
+    /// The HTTP status, when a response came.
+    pub status: Option<u16>,
+    pub body: String,
+    /// curl's error lines, e.g. "Immediate connect fail for 203.0.113.10:
+    /// Operation not permitted; curl: (7) Failed to connect …".
+    pub error: String,
+}
+
+impl Curl {
+    /// Whether the site answered 200.
+    pub fn ok(&self) -> bool {
+        self.exit == Some(0) && self.status == Some(200)
+    }
+
+    /// Whether the connection was refused with EPERM by the kernel.
+    pub fn refused_eperm(&self) -> bool {
+        self.exit == Some(7) && self.error.contains("Operation not permitted")
+    }
 }
 
 /// A listener started by [`SimNode::listen`]; killed on drop.
@@ -209,12 +248,22 @@ impl SimNode {
     /// Every address of these answers in the internet namespace.
     pub const INTERNET_NET_V4: &str = "203.0.113.0/24";
     pub const INTERNET_NET_V6: &str = "2001:db8:113::/64";
+    /// The sites the internet always serves (the seed docs' hosts), besides
+    /// every `allowedHosts` name.
+    pub const SEED_HOSTS: [&str; 2] = ["edition.cnn.com", "httpbin.org"];
     /// The node's uplink and the internet's end of it.
     pub const UPLINK_NODE_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
     pub const UPLINK_INTERNET_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
     pub const UPLINK_NODE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
     pub const UPLINK_INTERNET_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
-    /// The pods' next hop, answered by the node (Calico's addresses).
+    /// The internet's end of every gateway pod's own uplink, and the first
+    /// gateway pod's address on it (the next ones count up).
+    pub const GATEWAY_UPLINK_PEER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 129);
+    pub const GATEWAY_UPLINK_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 130);
+    pub const GATEWAY_UPLINK_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x10);
+    /// The bridge's name in the node namespace.
+    pub const BRIDGE: &str = "cni0";
+    /// The pods' next hop: the bridge's addresses, owned by the node.
     pub const POD_GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
     pub const POD_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
     /// TTL of the DNS answers, short so that resolvers re-ask often.
@@ -246,6 +295,7 @@ impl SimNode {
             workloads: Vec::new(),
             dns: None,
             dnsmasq: None,
+            web: None,
             torn_down: false,
         };
         node.build(policies, &mount, &root_name, &base)?;
@@ -281,6 +331,26 @@ impl SimNode {
             .context("wiring the node and the internet")?;
         self.place_workloads(mount, base)?;
         self.start_dns()?;
+        self.start_web()?;
+        Ok(())
+    }
+
+    fn start_web(&mut self) -> anyhow::Result<()> {
+        let names: Vec<String> = self.dns().records.keys().cloned().collect();
+        let fixture = self.fixture_cgroup.clone();
+        let web = WebServer::start(
+            &self.scratch.join("internet"),
+            &names,
+            self.internet(),
+            IpAddr::V4(Self::INTERNET_V4),
+            |ns| {
+                let mut cmd = nsenter(ns, "nginx");
+                enter_cgroup_on_spawn(&mut cmd, &fixture)?;
+                Ok(cmd)
+            },
+        )
+        .context("starting the internet's web sites")?;
+        self.web = Some(web);
         Ok(())
     }
 
@@ -363,6 +433,12 @@ impl SimNode {
         self.dns.as_ref().expect("built")
     }
 
+    /// The internet's web sites (nginx on ports 80 and 443 of every
+    /// internet address).
+    pub fn web(&self) -> &WebServer {
+        self.web.as_ref().expect("built")
+    }
+
     /// The internet address a DNS name resolves to here (its first).
     pub fn host_address(&self, name: &str) -> Option<IpAddr> {
         self.dns().records.get(name)?.first().copied()
@@ -393,6 +469,60 @@ impl SimNode {
         let mut cmd = nsenter(&self.pods[w.pod].netns, program);
         enter_cgroup_on_spawn(&mut cmd, &w.cgroup)?;
         Ok(cmd)
+    }
+
+    /// `program` run in the Workload's cgroup and pod as a container would
+    /// run it: with a `/etc/resolv.conf` that names the node's DNS server
+    /// (bind-mounted in a mount namespace of its own), so that names such
+    /// as `edition.cnn.com` resolve through kube-dns.
+    pub fn pod_command(&self, id: &ObjectId, program: &str) -> anyhow::Result<Command> {
+        let resolv = self.scratch.join("resolv.conf");
+        if !resolv.exists() {
+            let dns = self.dns().address.ip();
+            fs::write(
+                &resolv,
+                format!("nameserver {dns}\noptions timeout:2 attempts:2\n"),
+            )
+            .with_context(|| format!("writing {}", resolv.display()))?;
+        }
+        let mut cmd = self.workload_command(id, "unshare")?;
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#)
+            .arg(&resolv)
+            .arg(program);
+        Ok(cmd)
+    }
+
+    /// `curl` from the Workload's pod (see [`Self::pod_command`]), trusting
+    /// the internet's certificate; never waits more than a few seconds.
+    pub fn curl(&self, id: &ObjectId, url: &str) -> anyhow::Result<Curl> {
+        let output = self
+            .pod_command(id, "curl")?
+            // --verbose: curl's own error line hides errno; its trace says
+            // "Immediate connect fail for …: Operation not permitted".
+            .args(["--silent", "--show-error", "--verbose"])
+            .args(["--connect-timeout", "3", "--max-time", "5"])
+            .arg("--cacert")
+            .arg(self.web().ca_certificate())
+            .args(["--write-out", "\n%{http_code}", url])
+            .stdin(Stdio::null())
+            .output()
+            .context("running curl")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        let trace = String::from_utf8_lossy(&output.stderr);
+        let error = trace
+            .lines()
+            .filter(|l| l.starts_with("curl: ") || l.contains("connect fail"))
+            .map(|l| l.trim_start_matches("* ").trim())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Ok(Curl {
+            exit: output.status.code(),
+            status: code.trim().parse().ok().filter(|c| *c != 0),
+            body: body.to_owned(),
+            error,
+        })
     }
 
     /// Starts an `egress-probe` listener on `addr` in `netns` (one of this
@@ -501,7 +631,7 @@ impl SimNode {
             (node, Self::UPLINK_NODE_V4, Self::UPLINK_NODE_V6),
             (internet, Self::UPLINK_INTERNET_V4, Self::UPLINK_INTERNET_V6),
         ] {
-            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+            ns.ip(&["addr", "add", &format!("{v4}/25"), "dev", "eth0"])?;
             ns.ip(&[
                 "-6",
                 "addr",
@@ -513,9 +643,7 @@ impl SimNode {
             ])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
         }
-        // The node's default route is its uplink. Proxy ARP relies on it
-        // too: the node answers for 169.254.1.1 because it routes that
-        // address out of another interface than the pod's.
+        // The node's default route is its uplink.
         let up4 = Self::UPLINK_INTERNET_V4.to_string();
         let up6 = Self::UPLINK_INTERNET_V6.to_string();
         node.ip(&["route", "add", "default", "via", &up4])?;
@@ -541,6 +669,39 @@ impl SimNode {
             };
             internet.ip(&[family, "route", "replace", &net.to_string(), "via", via])?;
         }
+        // The pods' bridge. Without STP its ports forward as soon as they
+        // are up; a fixed MAC keeps the pods' neighbour entries valid as
+        // ports join.
+        node.ip(&[
+            "link",
+            "add",
+            Self::BRIDGE,
+            "address",
+            "02:00:a9:fe:01:01",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "mcast_snooping",
+            "0",
+        ])?;
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("{}/32", Self::POD_GATEWAY_V4),
+            "dev",
+            Self::BRIDGE,
+        ])?;
+        node.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", Self::POD_GATEWAY_V6),
+            "dev",
+            Self::BRIDGE,
+            "nodad",
+        ])?;
+        node.ip(&["link", "set", Self::BRIDGE, "up"])?;
         Ok(())
     }
 
@@ -564,15 +725,20 @@ impl SimNode {
         for w in workloads.iter().filter(|w| !w.addresses.is_empty()) {
             let index = self.pods.len();
             let netns = Netns::new(format!("{base}-{}", netns_suffix(&w.id)))?;
-            let node_if = format!("cali{index}");
+            let node_if = format!("veth{index}");
             self.pods.push(Pod {
                 netns,
                 addresses: w.addresses.clone(),
                 node_if: Some(node_if),
+                uplink: Vec::new(),
                 workloads: vec![w.id.clone()],
             });
             self.wire_pod(index)
                 .with_context(|| format!("wiring the pod of {}", w.id))?;
+            if w.gateway.is_some() {
+                self.wire_uplink(index)
+                    .with_context(|| format!("wiring the uplink of {}", w.id))?;
+            }
         }
         // Then the rest, in the pod of their app (see the module doc).
         for w in workloads.iter().filter(|w| w.addresses.is_empty()) {
@@ -596,6 +762,7 @@ impl SimNode {
                         netns,
                         addresses: Vec::new(),
                         node_if: None,
+                        uplink: Vec::new(),
                         workloads: vec![w.id.clone()],
                     });
                 }
@@ -637,19 +804,7 @@ impl SimNode {
             "netns",
             pod.netns.name(),
         ])?;
-        sysctl(node, &format!("net.ipv4.conf.{node_if}.proxy_arp"), "1")?;
-        // Answer at once rather than after up to 0.8 s (proxy_delay).
-        sysctl(node, &format!("net.ipv4.neigh.{node_if}.proxy_delay"), "0")?;
-        node.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{}/64", Self::POD_GATEWAY_V6),
-            "dev",
-            node_if,
-            "nodad",
-        ])?;
-        node.ip(&["link", "set", node_if, "up"])?;
+        node.ip(&["link", "set", node_if, "master", Self::BRIDGE, "up"])?;
         pod.netns.ip(&["link", "set", "eth0", "up"])?;
         let gw4 = Self::POD_GATEWAY_V4.to_string();
         let gw6 = Self::POD_GATEWAY_V6.to_string();
@@ -669,7 +824,7 @@ impl SimNode {
             add.extend(extra);
             pod.netns.ip(&add)?;
             let src = src.map(|s| s.to_string());
-            let mut route = vec![family, "route", "add", &host, "dev", node_if];
+            let mut route = vec![family, "route", "add", &host, "dev", Self::BRIDGE];
             if let Some(src) = &src {
                 route.extend(["src", src.as_str()]);
             }
@@ -678,8 +833,78 @@ impl SimNode {
         Ok(())
     }
 
+    /// Gives the gateway pod `index` a veth straight into the internet and
+    /// makes it its default route; cluster CIDRs stay on the bridge.
+    fn wire_uplink(&mut self, index: usize) -> anyhow::Result<()> {
+        let nth = self.pods.iter().filter(|p| !p.uplink.is_empty()).count();
+        let n8 = u8::try_from(nth).context("too many gateway pods")?;
+        let [a, b, c, d] = Self::GATEWAY_UPLINK_V4.octets();
+        let v4 = Ipv4Addr::new(a, b, c, d.saturating_add(n8));
+        let v6 = Ipv6Addr::from(u128::from(Self::GATEWAY_UPLINK_V6) + u128::from(n8));
+        let peer_if = format!("gwu{nth}");
+        let (internet, pod) = (self.internet(), &self.pods[index].netns);
+        pod.ip(&[
+            "link",
+            "add",
+            "uplink",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer_if,
+            "netns",
+            internet.name(),
+        ])?;
+        let peer4 = Self::GATEWAY_UPLINK_PEER_V4.to_string();
+        let peer6 = Self::POD_GATEWAY_V6.to_string();
+        internet.ip(&["addr", "add", &format!("{peer4}/32"), "dev", &peer_if])?;
+        internet.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{peer6}/64"),
+            "dev",
+            &peer_if,
+            "nodad",
+        ])?;
+        internet.ip(&["link", "set", &peer_if, "up"])?;
+        internet.ip(&["route", "add", &format!("{v4}/32"), "dev", &peer_if])?;
+        internet.ip(&["-6", "route", "add", &format!("{v6}/128"), "dev", &peer_if])?;
+        pod.ip(&["addr", "add", &format!("{v4}/32"), "dev", "uplink"])?;
+        pod.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{v6}/128"),
+            "dev",
+            "uplink",
+            "nodad",
+        ])?;
+        pod.ip(&["link", "set", "uplink", "up"])?;
+        pod.ip(&["route", "add", &peer4, "dev", "uplink", "scope", "link"])?;
+        let gw4 = Self::POD_GATEWAY_V4.to_string();
+        let gw6 = Self::POD_GATEWAY_V6.to_string();
+        for net in self.return_routes() {
+            let (family, via) = match net {
+                IpNet::V4(_) => ("-4", &gw4),
+                IpNet::V6(_) => ("-6", &gw6),
+            };
+            let net = net.to_string();
+            pod.ip(&[family, "route", "add", &net, "via", via, "dev", "eth0"])?;
+        }
+        pod.ip(&[
+            "route", "replace", "default", "via", &peer4, "dev", "uplink",
+        ])?;
+        pod.ip(&[
+            "-6", "route", "replace", "default", "via", &peer6, "dev", "uplink",
+        ])?;
+        self.pods[index].uplink = vec![IpAddr::V4(v4), IpAddr::V6(v6)];
+        Ok(())
+    }
+
     fn start_dns(&mut self) -> anyhow::Result<()> {
-        let names = dns_names(&self.plan);
+        let mut names = dns_names(&self.plan);
+        names.extend(Self::SEED_HOSTS.map(str::to_owned));
         let records: BTreeMap<String, Vec<IpAddr>> = names
             .into_iter()
             .enumerate()
@@ -791,6 +1016,7 @@ impl SimNode {
         self.torn_down = true;
         // 1. Processes: dnsmasq, then everything else in the node's
         //    cgroups (the agent, probes), at once.
+        self.web.take();
         if let Some(mut child) = self.dnsmasq.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -45,6 +45,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("nsenter", "util-linux"),
     ("dnsmasq", "dnsmasq-base"),
+    ("nginx", "nginx-light"),
+    ("openssl", "openssl"),
+    ("curl", "curl"),
 ];
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {

@@ -15,8 +15,9 @@ use crate::{
 
 /// Debian packages: the eBPF compiler pair (rustc-web with its matching
 /// library sources), the LLVM that bpf-linker links against, and the tools
-/// the agent, the tests and the demo drive (`dnsmasq-base` is the demo's
-/// kube-dns).
+/// the agent, the tests and the demo drive (`dnsmasq-base` is the
+/// simulated node's kube-dns; nginx, openssl and curl its internet's web
+/// sites and their clients).
 pub const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -28,6 +29,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "iptables",
     "dnsmasq-base",
+    "nginx-light",
+    "openssl",
+    "curl",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

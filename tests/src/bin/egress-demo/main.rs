@@ -46,11 +46,14 @@ use egress_agent::{
     },
 };
 use integration_tests::{
+    internet::{HTTPS_PORT, HTTP_PORT},
     node::{self, dns, Served, SimNode},
     probe::CONNECT_TIMEOUT,
     Client, Outcome, Proto,
 };
 use ipnet::IpNet;
+
+mod web;
 
 #[derive(Parser)]
 #[command(
@@ -407,6 +410,7 @@ impl Demo<'_> {
             flows.len(),
             began.elapsed().as_secs_f32()
         );
+        web::show(self.sim, self.baseline, report)?;
         let Some(agent) = agent else {
             return Ok(());
         };
@@ -1158,6 +1162,8 @@ fn start_listeners(sim: &SimNode, flows: &[Flow]) -> anyhow::Result<Listeners> {
             .find(|p| p.addresses.contains(&flow.dst.ip()));
         let (netns, bind) = match owner {
             Some(pod) => (pod.netns.name().to_owned(), flow.dst),
+            // The internet's web sites already take these.
+            None if tcp && [HTTP_PORT, HTTPS_PORT].contains(&flow.dst.port()) => continue,
             None => {
                 // `[::]` is dual-stack: it takes IPv4 as well.
                 (
@@ -1285,25 +1291,40 @@ impl AgentProc {
             trim_log_line(&line),
             began.elapsed().as_millis()
         );
-        if sim.dns().records.is_empty() {
+        let allowed = egress_agent::resolve::dns_names(sim.plan());
+        if allowed.is_empty() {
             return Ok(());
         }
-        let resolved = self
-            .wait_for("allowedHosts addresses changed", 1, Duration::from_secs(15))
-            .and_then(|_| {
-                // Logged before the new allow-list is written; this follows.
-                let programmed = self.log().matches("data plane programmed").count();
-                self.wait_for(
-                    "data plane programmed",
-                    programmed.max(2),
-                    Duration::from_secs(5),
-                )
-            });
-        let names: Vec<String> = sim
-            .dns()
-            .records
+        // The agent resolves before its first apply when it can (bounded
+        // wait); otherwise the allow-list follows the first answer.
+        let log = self.log();
+        let resolved_first = match (
+            log.find("allowedHosts addresses changed"),
+            log.find("data plane programmed"),
+        ) {
+            (Some(resolved), Some(programmed)) => resolved < programmed,
+            _ => false,
+        };
+        let resolved = if resolved_first {
+            Ok(String::new())
+        } else {
+            self.wait_for("allowedHosts addresses changed", 1, Duration::from_secs(15))
+                .and_then(|_| {
+                    // Logged before the new allow-list is written; this follows.
+                    let programmed = self.log().matches("data plane programmed").count();
+                    self.wait_for(
+                        "data plane programmed",
+                        programmed + 1,
+                        Duration::from_secs(5),
+                    )
+                })
+        };
+        let names: Vec<String> = allowed
             .iter()
-            .map(|(n, a)| format!("{n} → {}", join(a)))
+            .map(|n| match sim.dns().records.get(n) {
+                Some(a) => format!("{n} → {}", join(a)),
+                None => format!("{n} → (not served here)"),
+            })
             .collect();
         match resolved {
             Ok(_) => println!(
