@@ -495,6 +495,7 @@ impl SimNode {
 
     /// `curl` from the Workload's pod (see [`Self::pod_command`]), trusting
     /// the internet's certificate; never waits more than a few seconds.
+    /// Names resolve through the node's DNS server when it runs in a pod.
     pub fn curl(&self, id: &ObjectId, url: &str) -> anyhow::Result<Curl> {
         let output = self
             .pod_command(id, "curl")?
@@ -504,7 +505,9 @@ impl SimNode {
             .args(["--connect-timeout", "3", "--max-time", "5"])
             .arg("--cacert")
             .arg(self.web().ca_certificate())
-            .args(["--write-out", "\n%{http_code}", url])
+            .args(["--write-out", "\n%{http_code}"])
+            .args(self.pinned_names())
+            .arg(url)
             .stdin(Stdio::null())
             .output()
             .context("running curl")?;
@@ -523,6 +526,31 @@ impl SimNode {
             body: body.to_owned(),
             error,
         })
+    }
+
+    /// `--resolve` arguments for every record, when pods have no DNS server
+    /// they can reach (it runs on the node's loopback): curl then skips the
+    /// lookup and still sends the right Host and SNI.
+    fn pinned_names(&self) -> Vec<String> {
+        let dns = self.dns();
+        if dns.workload.is_some() {
+            return Vec::new();
+        }
+        let mut args = Vec::new();
+        for (name, addrs) in &dns.records {
+            let addrs: Vec<String> = addrs
+                .iter()
+                .map(|a| match a {
+                    IpAddr::V4(v4) => v4.to_string(),
+                    IpAddr::V6(v6) => format!("[{v6}]"),
+                })
+                .collect();
+            for port in [crate::internet::HTTP_PORT, crate::internet::HTTPS_PORT] {
+                args.push("--resolve".to_owned());
+                args.push(format!("{name}:{port}:{}", addrs.join(",")));
+            }
+        }
+        args
     }
 
     /// Starts an `egress-probe` listener on `addr` in `netns` (one of this
@@ -648,7 +676,9 @@ impl SimNode {
         let up6 = Self::UPLINK_INTERNET_V6.to_string();
         node.ip(&["route", "add", "default", "via", &up4])?;
         node.ip(&["-6", "route", "add", "default", "via", &up6])?;
-        // The internet answers every address of its ranges (AnyIP).
+        // The internet answers every address of its ranges (AnyIP), and
+        // its servers may bind any one of them (IPv6 wants leave for that).
+        sysctl(internet, "net.ipv6.ip_nonlocal_bind", "1")?;
         internet.ip(&["route", "add", "local", Self::INTERNET_NET_V4, "dev", "lo"])?;
         internet.ip(&[
             "-6",

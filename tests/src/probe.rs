@@ -149,6 +149,13 @@ impl<'a> Client<'a> {
         self.run(&["sendto", &addr.to_string()])
     }
 
+    /// One UDP datagram to `addr` from a raw IP socket (`SOCK_RAW`): no
+    /// `connect` or `sendmsg` hook sees it; only `cgroup_skb/egress` can
+    /// stop it.
+    pub fn raw_udp(&self, addr: SocketAddr) -> anyhow::Result<Outcome> {
+        self.run(&["raw", &addr.to_string()])
+    }
+
     /// An unconnected UDP `sendto` from a socket bound to `bind` first.
     pub fn sendto_from(&self, bind: SocketAddr, addr: SocketAddr) -> anyhow::Result<Outcome> {
         self.run(&["sendto", &addr.to_string(), "--bind", &bind.to_string()])

@@ -103,6 +103,39 @@ fn the_demo_shows_every_seed_guarantee_with_real_connections_and_leaves_nothing_
         assert!(words.contains(&expected), "{row}: expected {expected}");
         assert!(words.contains(&observed), "{row}: observed {observed}");
     };
+    // The curl story: the pod is refused at once, the gateway is served
+    // (the site saw the gateway's uplink), httpbin.org is not allowed.
+    for (request, outcome) in [
+        (
+            "test-egress/sleep $ curl http://edition.cnn.com/politics",
+            "refused at once",
+        ),
+        (
+            "test-egress/sleep $ curl https://edition.cnn.com/politics",
+            "refused at once",
+        ),
+        (
+            "istio-system/istio-egressgateway $ curl http://edition.cnn.com/politics",
+            "HTTP 200",
+        ),
+        (
+            "istio-system/istio-egressgateway $ curl https://edition.cnn.com/politics",
+            "SNI edition.cnn.com",
+        ),
+        (
+            "istio-system/istio-egressgateway $ curl https://httpbin.org/headers",
+            "refused at once",
+        ),
+    ] {
+        let mut lines = stdout.lines().skip_while(|l| !l.ends_with(request));
+        let title = lines
+            .next()
+            .unwrap_or_else(|| panic!("no request {request}"));
+        assert!(title.starts_with('✓'), "{title}");
+        let seen = lines.next().unwrap_or_default();
+        assert!(seen.contains(outcome), "{request}: {seen}");
+    }
+
     let sleep = "test-egress/sleep →";
     expect(
         &format!("{sleep} edition.cnn.com 203.0.113.10:443/tcp"),
@@ -241,13 +274,16 @@ fn the_demo_builds_its_node_from_any_policy_directory() {
     assert!(stdout.contains("10.50.1.10, fd00:50::10"));
     assert!(stdout.contains("DNS: dnsmasq on 127.0.0.1:53, on the node"));
     for (flow, observed) in [
-        ("shop/web → internet 203.0.113.10:443/tcp", "EPERM"),
-        ("shop/web → internet [2001:db8:113::10]:443/tcp", "EPERM"),
+        ("shop/web → edition.cnn.com 203.0.113.10:443/tcp", "EPERM"),
+        (
+            "shop/web → edition.cnn.com [2001:db8:113::10]:443/tcp",
+            "EPERM",
+        ),
         ("shop/web → shop/api 10.50.1.20:9090/tcp", "ok"),
         ("shop/egress → 203.0.113.0/24 203.0.113.1:443/tcp", "ok"),
         ("shop/egress → 203.0.113.0/24 203.0.113.1:22/tcp", "EPERM"),
-        ("shop/api → internet 203.0.113.10:443/tcp", "EPERM"),
-        ("shop/web pod, no cgroup → internet", "timeout"),
+        ("shop/api → edition.cnn.com 203.0.113.10:443/tcp", "EPERM"),
+        ("shop/web pod, no cgroup → edition.cnn.com", "timeout"),
     ] {
         let row = row(&stdout, flow);
         assert!(row.starts_with('✓') && row.contains(observed), "{row}");
@@ -308,10 +344,11 @@ fn a_simulated_node_routes_pods_to_each_other_and_the_internet_and_serves_dns() 
     }
 
     // Every workload reaches the internet and another pod through the
-    // node, with its own pod address as the source (no NAT).
-    let internet = SocketAddr::from((SimNode::INTERNET_V4, 443));
+    // node, with its own pod address as the source (no NAT). (Not on 80
+    // or 443: the internet's nginx has those.)
+    let internet = SocketAddr::from((SimNode::INTERNET_V4, 8443));
     let gateway_pod = SocketAddr::from((Ipv4Addr::new(10, 244, 0, 20), 8443));
-    let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 443));
+    let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8443));
     let outside = sim.listen(sim.internet(), any, Proto::Tcp).unwrap();
     let gateway_ns = &sim
         .pod_of(&id("istio-system/istio-egressgateway"))
@@ -332,7 +369,12 @@ fn a_simulated_node_routes_pods_to_each_other_and_the_internet_and_serves_dns() 
                 w.id
             );
             let peer = listener.next_peer(Duration::from_secs(2)).unwrap();
-            assert_eq!(peer.ip(), pod.addresses[0], "{} → {dst}", w.id);
+            // A gateway pod leaves by its own uplink.
+            let source = match pod.uplink.first() {
+                Some(uplink) if dst == internet => *uplink,
+                _ => pod.addresses[0],
+            };
+            assert_eq!(peer.ip(), source, "{} → {dst}", w.id);
         }
     }
 
@@ -355,8 +397,8 @@ fn a_simulated_node_routes_pods_to_each_other_and_the_internet_and_serves_dns() 
 
     // Another policy set: an IPv6 pod reaches the IPv6 internet.
     let other = SimNode::new(std::slice::from_ref(&dir.0)).unwrap();
-    let v6 = SocketAddr::from((SimNode::INTERNET_V6, 443));
-    let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 443));
+    let v6 = SocketAddr::from((SimNode::INTERNET_V6, 8443));
+    let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 8443));
     let outside6 = other.listen(other.internet(), any6, Proto::Tcp).unwrap();
     let web = other.client(&id("shop/web")).unwrap();
     assert_eq!(web.connect_tcp(v6).unwrap(), Outcome::Ok);

@@ -5,14 +5,13 @@
 use std::{
     fs,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::Path,
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use egress_agent::dataplane::{Dataplane, Hook};
 use egress_common::map;
+use integration_tests::bpftool::{attached_ids, program_exists};
 use integration_tests::policies::isolated_client;
 use integration_tests::{Enforced, Listener, Outcome, PinDir, Proto, TestNet};
 
@@ -25,38 +24,6 @@ fn policy() -> String {
 
 fn server(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(TestNet::SERVER_V4), port)
-}
-
-/// `bpftool -j <args>`'s output.
-fn bpftool(args: &[&str]) -> (bool, String) {
-    let out = Command::new("bpftool")
-        .arg("-j")
-        .args(args)
-        .output()
-        .expect("bpftool runs (cargo xtask setup installs it)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-/// The ids of the programs attached to `cgroup` itself.
-fn attached_ids(cgroup: &Path) -> Vec<u32> {
-    let (ok, json) = bpftool(&["cgroup", "show", &cgroup.display().to_string()]);
-    assert!(ok, "bpftool cgroup show {}: {json}", cgroup.display());
-    json.split("\"id\":")
-        .skip(1)
-        .filter_map(|rest| {
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
-fn program_exists(id: u32) -> bool {
-    bpftool(&["prog", "show", "id", &id.to_string()]).0
 }
 
 #[test]

@@ -50,6 +50,11 @@
 //!   this host does not have (`IP_FREEBIND`; IPv6 lets such a socket send
 //!   from it): what a workload could do to forge an inbound flow.
 //!
+//! - `raw ADDR`: one UDP datagram to ADDR written by hand on a raw IP
+//!   socket (`SOCK_RAW`, `IPPROTO_UDP`): no `connect` or `sendmsg` hook
+//!   sees it, only `cgroup_skb/egress` does. `RESULT <outcome>` of the
+//!   `sendto()`. Listeners report it as an ordinary datagram.
+//!
 //! With `--escape-into NAME`, the probe creates a child cgroup `NAME` of
 //! `--cgroup` and moves into it, as a process escaping its workload's
 //! cgroup would.
@@ -153,6 +158,8 @@ enum Command {
         #[arg(long)]
         from: SocketAddr,
     },
+    /// One UDP datagram built by hand on a raw IP socket.
+    Raw { addr: SocketAddr },
     /// Connect, then send once per stdin line until stdin closes.
     Hold {
         target: Target,
@@ -267,6 +274,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             timeout_ms,
         } => hold_many(addr, count, Duration::from_millis(timeout_ms)),
         Command::Spoof { addr, from } => report(spoof(from, addr)),
+        Command::Raw { addr } => report(raw_udp(addr)),
         Command::Hold { target, timeout_ms } => hold(target, Duration::from_millis(timeout_ms)),
         Command::Repeat {
             op,
@@ -680,6 +688,61 @@ fn spoof(from: SocketAddr, to: SocketAddr) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     socket.send_to(PAYLOAD, to).map(drop)
+}
+
+/// Sends [`PAYLOAD`] to `to` as a UDP datagram whose header this process
+/// writes itself, on a raw socket: the way around every socket-level hook.
+fn raw_udp(to: SocketAddr) -> io::Result<()> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    const UDP_HEADER: usize = 8;
+    let domain = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall; the descriptor is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_UDP,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    if to.is_ipv6() {
+        // IPv6 requires the UDP checksum; let the kernel fill it in at
+        // offset 6 of what we write.
+        set_int_option(&socket, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 6)?;
+    }
+    let len = u16::try_from(UDP_HEADER + PAYLOAD.len()).unwrap_or(u16::MAX);
+    let mut datagram = Vec::with_capacity(UDP_HEADER + PAYLOAD.len());
+    datagram.extend_from_slice(&40_000u16.to_be_bytes());
+    datagram.extend_from_slice(&to.port().to_be_bytes());
+    datagram.extend_from_slice(&len.to_be_bytes());
+    datagram.extend_from_slice(&0u16.to_be_bytes());
+    datagram.extend_from_slice(PAYLOAD);
+    // A raw socket's address carries no port (IPv6 insists on 0).
+    let (addr, addr_len) = raw_sockaddr(SocketAddr::new(to.ip(), 0));
+    // SAFETY: the buffers outlive the call; `addr` is a sockaddr of the
+    // length given.
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            datagram.as_ptr().cast(),
+            datagram.len(),
+            0,
+            addr.as_ptr().cast(),
+            addr_len,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `addr` as raw sockaddr bytes and their length.

@@ -38,13 +38,21 @@ fn requests(sim: &SimNode, baseline: bool) -> Vec<Request> {
     let records = &sim.dns().records;
     let resolved = resolved_plan(plan, records);
     let allowed_names = dns_names(plan);
-    let placed = |w: &&WorkloadPlan| sim.pod_of(&w.id).is_some_and(|p| !p.addresses.is_empty());
+    // curl needs its name lookups: a workload the plan keeps from kube-dns
+    // would only show that (the flow table does).
+    let dns = sim.dns();
+    let resolves = |w: &WorkloadPlan| {
+        dns.workload.is_none() || baseline || allows(&resolved, w, dns.address, Protocol::Udp)
+    };
+    let placed = |w: &&WorkloadPlan| {
+        sim.pod_of(&w.id).is_some_and(|p| !p.addresses.is_empty()) && resolves(w)
+    };
     let request = |w: &WorkloadPlan, host: &str, tls: bool| {
         let ip = records
             .get(host)
             .and_then(|a| a.iter().find(|a| a.is_ipv4()).copied())?;
         let port = if tls { HTTPS_PORT } else { HTTP_PORT };
-        let allowed = baseline || allows(&resolved, w, SocketAddr::new(ip, port));
+        let allowed = baseline || allows(&resolved, w, SocketAddr::new(ip, port), Protocol::Tcp);
         let why = (!allowed).then(|| {
             if w.gateway.is_some() && !allowed_names.contains(host) {
                 format!("{host} is not in the gateway's allowedHosts")
@@ -105,12 +113,12 @@ fn requests(sim: &SimNode, baseline: bool) -> Vec<Request> {
     out
 }
 
-fn allows(plan: &Plan, w: &WorkloadPlan, dst: SocketAddr) -> bool {
+fn allows(plan: &Plan, w: &WorkloadPlan, dst: SocketAddr, protocol: Protocol) -> bool {
     let wp = plan.workload(&w.id).unwrap_or(w);
     let destination = Destination {
         ip: dst.ip(),
         port: dst.port(),
-        protocol: Protocol::Tcp,
+        protocol,
     };
     matches!(decide(plan, wp, destination).verdict, Verdict::Allow)
 }
