@@ -395,3 +395,68 @@ fn startup_refuses_clearly_when_nft_is_missing() -> anyhow::Result<()> {
     assert!(!pins.path().exists(), "nothing was loaded or pinned");
     Ok(())
 }
+
+#[test]
+fn startup_refuses_clearly_without_the_capabilities() -> anyhow::Result<()> {
+    let root = TestCgroup::new()?;
+    let dir = PolicyDir::new()?;
+    dir.write("policy.yaml", &policy(&root.relative(), OPEN))?;
+    let pins = PinDir::new()?;
+    // Root, but with an empty bounding set: exec leaves no capability.
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set", "-all", "--inh-caps", "-all", "--"])
+        .arg(integration_tests::agent::agent_exe())
+        .arg("run")
+        .arg("--policies")
+        .arg(&dir.path)
+        .arg("--bpffs")
+        .arg(pins.path())
+        .arg("--cgroup-root")
+        .arg(root.path())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent must not start: {stderr}");
+    assert!(
+        stderr.contains("needs root, or the capabilities") && stderr.contains("CAP_BPF"),
+        "says which capabilities: {stderr}"
+    );
+    assert!(!pins.path().exists(), "nothing was loaded or pinned");
+    Ok(())
+}
+
+#[test]
+fn startup_refuses_clearly_without_cgroup2() -> anyhow::Result<()> {
+    let dir = PolicyDir::new()?;
+    dir.write("policy.yaml", &policy("egress-test-none/app", OPEN))?;
+    let pins = PinDir::new()?;
+    // A private mount namespace in which every cgroup2 mount is gone; the
+    // host's mounts are untouched.
+    let script = r#"findmnt -rn -t cgroup2 -o TARGET | xargs -r -n1 umount -l && exec "$@""#;
+    let out = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(integration_tests::agent::agent_exe())
+        .arg("run")
+        .arg("--policies")
+        .arg(&dir.path)
+        .arg("--bpffs")
+        .arg(pins.path())
+        .arg("--no-nft")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent must not start: {stderr}");
+    assert!(
+        stderr.contains("no cgroup2 filesystem is mounted"),
+        "says what is missing: {stderr}"
+    );
+    assert!(!pins.path().exists(), "nothing was loaded or pinned");
+    Ok(())
+}
