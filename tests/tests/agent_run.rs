@@ -365,16 +365,15 @@ fn a_second_agent_on_the_same_pin_dir_is_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn startup_refuses_clearly_when_nft_is_missing() -> anyhow::Result<()> {
-    let net = TestNet::new()?;
+/// Runs `egress-agent run` on a fresh policy through `wrapper` (a command
+/// that executes the rest of its arguments), checks that it refused to
+/// start and pinned nothing, and returns what it said.
+fn refused_start(mut wrapper: std::process::Command, extra: &[&str]) -> anyhow::Result<String> {
     let root = TestCgroup::new()?;
     let dir = PolicyDir::new()?;
     dir.write("policy.yaml", &policy(&root.relative(), OPEN))?;
     let pins = PinDir::new()?;
-    // No PATH: `nft` cannot be found, and the backstop was not disabled.
-    let out = std::process::Command::new("/usr/bin/nsenter")
-        .arg(format!("--net=/run/netns/{}", net.client.name()))
+    let out = wrapper
         .arg(integration_tests::agent::agent_exe())
         .arg("run")
         .arg("--policies")
@@ -383,80 +382,64 @@ fn startup_refuses_clearly_when_nft_is_missing() -> anyhow::Result<()> {
         .arg(pins.path())
         .arg("--cgroup-root")
         .arg(root.path())
-        .env_clear()
-        .env("PATH", "/nonexistent")
+        .args(extra)
         .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "the agent must not start: {stderr}");
+    assert!(!pins.path().exists(), "nothing was loaded or pinned");
+    Ok(stderr)
+}
+
+#[test]
+fn startup_refuses_clearly_when_nft_is_missing() -> anyhow::Result<()> {
+    let net = TestNet::new()?;
+    // No PATH: `nft` cannot be found, and the backstop was not disabled.
+    let mut wrapper = std::process::Command::new("/usr/bin/nsenter");
+    wrapper
+        .arg(format!("--net=/run/netns/{}", net.client.name()))
+        .env_clear()
+        .env("PATH", "/nonexistent");
+    let stderr = refused_start(wrapper, &[])?;
     assert!(
         stderr.contains("the nft binary was not found") && stderr.contains("--no-nft"),
         "says what is wrong and how to fix it: {stderr}"
     );
-    assert!(!pins.path().exists(), "nothing was loaded or pinned");
     Ok(())
 }
 
 #[test]
 fn startup_refuses_clearly_without_the_capabilities() -> anyhow::Result<()> {
-    let root = TestCgroup::new()?;
-    let dir = PolicyDir::new()?;
-    dir.write("policy.yaml", &policy(&root.relative(), OPEN))?;
-    let pins = PinDir::new()?;
     // Root, but with an empty bounding set: exec leaves no capability.
-    let out = std::process::Command::new("setpriv")
-        .args(["--bounding-set", "-all", "--inh-caps", "-all", "--"])
-        .arg(integration_tests::agent::agent_exe())
-        .arg("run")
-        .arg("--policies")
-        .arg(&dir.path)
-        .arg("--bpffs")
-        .arg(pins.path())
-        .arg("--cgroup-root")
-        .arg(root.path())
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the agent must not start: {stderr}");
+    let mut wrapper = std::process::Command::new("setpriv");
+    wrapper.args(["--bounding-set", "-all", "--inh-caps", "-all", "--"]);
+    let stderr = refused_start(wrapper, &[])?;
     assert!(
         stderr.contains("needs root, or the capabilities") && stderr.contains("CAP_BPF"),
         "says which capabilities: {stderr}"
     );
-    assert!(!pins.path().exists(), "nothing was loaded or pinned");
     Ok(())
 }
 
 #[test]
 fn startup_refuses_clearly_without_cgroup2() -> anyhow::Result<()> {
-    let dir = PolicyDir::new()?;
-    dir.write("policy.yaml", &policy("egress-test-none/app", OPEN))?;
-    let pins = PinDir::new()?;
     // A private mount namespace in which every cgroup2 mount is gone; the
     // host's mounts are untouched.
     let script = r#"findmnt -rn -t cgroup2 -o TARGET | xargs -r -n1 umount -l && exec "$@""#;
-    let out = std::process::Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            script,
-            "sh",
-        ])
-        .arg(integration_tests::agent::agent_exe())
-        .arg("run")
-        .arg("--policies")
-        .arg(&dir.path)
-        .arg("--bpffs")
-        .arg(pins.path())
-        .arg("--no-nft")
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the agent must not start: {stderr}");
+    let mut wrapper = std::process::Command::new("unshare");
+    wrapper.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ]);
+    let stderr = refused_start(wrapper, &["--no-nft"])?;
     assert!(
         stderr.contains("no cgroup2 filesystem is mounted"),
         "says what is missing: {stderr}"
     );
-    assert!(!pins.path().exists(), "nothing was loaded or pinned");
     Ok(())
 }
