@@ -175,7 +175,8 @@ pub struct ProxyArgs {
     pub access_log: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     pub access_log_format: Output,
-    /// Connections handled at once; more are closed on accept.
+    /// Connections handled at once (1 to 1048576); more are closed on
+    /// accept.
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
     /// Time for the ClientHello or request head (gateway).

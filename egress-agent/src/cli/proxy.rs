@@ -56,7 +56,7 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
         listen,
         admin: args.admin,
         limits: Limits {
-            max_connections: args.max_connections.max(1),
+            max_connections: args.max_connections,
             sniff_timeout: args.sniff_timeout,
             connect_timeout: args.connect_timeout,
             idle_timeout: args.idle_timeout,

@@ -166,11 +166,16 @@ impl Proxy {
                 Some(listener)
             }
         };
+        // The semaphore (and the drain's acquire_many) count in u32.
+        let limits = Limits {
+            max_connections: config.limits.max_connections.clamp(1, 1 << 20),
+            ..config.limits
+        };
         Ok(Self {
             listeners,
             admin,
             mode: config.mode,
-            limits: config.limits,
+            limits,
             connector,
             stats: Arc::default(),
             log: config.access_log,
