@@ -12,7 +12,7 @@
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -46,14 +46,14 @@ fn in_netns_path<T: Send + 'static>(path: String, f: impl FnOnce() -> T + Send +
     .expect("netns thread")
 }
 
-/// nftables in `ns`: every TCP connection to port 8080, except the proxy's
-/// own (UID 1337), is redirected to 127.0.0.1:15001, as istio-iptables
-/// does.
-fn redirect(ns: &Netns) {
+/// nftables in `ns`: every TCP connection to port 8080 of `family` (`ip`
+/// or `ip6`), except the proxy's own (UID 1337), is redirected to the
+/// loopback port 15001, as istio-iptables does.
+fn redirect(ns: &Netns, family: &str) {
     // One statement per line: nft's parser wants a newline after
     // `redirect to :PORT`.
     let rules = format!(
-        "table ip proxy_test {{\n chain out {{\n  type nat hook output priority -100;\n  \
+        "table {family} proxy_test {{\n chain out {{\n  type nat hook output priority -100;\n  \
          meta skuid != {PROXY_UID} tcp dport {SERVER_PORT} redirect to :15001\n }}\n}}\n"
     );
     let status = Command::new("ip")
@@ -128,7 +128,7 @@ impl ProxyProcess {
 }
 
 /// One server connection: the request it got and where from.
-fn serve_once(net: &TestNet) -> mpsc::Receiver<(SocketAddr, String)> {
+fn serve_once(net: &TestNet, at: SocketAddr) -> mpsc::Receiver<(SocketAddr, String)> {
     let (tx, rx) = mpsc::channel();
     let (bound_tx, bound_rx) = mpsc::channel();
     let path = format!("/run/netns/{}", net.server.name());
@@ -137,7 +137,7 @@ fn serve_once(net: &TestNet) -> mpsc::Receiver<(SocketAddr, String)> {
         // SAFETY: as in `in_netns`.
         let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(rc, 0);
-        let listener = TcpListener::bind((TestNet::SERVER_V4, SERVER_PORT)).expect("server binds");
+        let listener = TcpListener::bind(at).expect("server binds");
         let _ = bound_tx.send(());
         let (mut s, peer) = listener.accept().expect("accept");
         s.set_read_timeout(Some(PATIENCE)).expect("timeout");
@@ -158,9 +158,8 @@ fn serve_once(net: &TestNet) -> mpsc::Receiver<(SocketAddr, String)> {
 
 /// The client connects to the server's real address; the redirect takes it
 /// to the sidecar.
-fn client_get(net: &TestNet, host: &'static str) -> String {
+fn client_get(net: &TestNet, dst: SocketAddr, host: &'static str) -> String {
     in_netns(&net.client, move || {
-        let dst = SocketAddr::from((TestNet::SERVER_V4, SERVER_PORT));
         let mut s = TcpStream::connect_timeout(&dst, PATIENCE).expect("connect");
         s.set_read_timeout(Some(PATIENCE)).expect("timeout");
         s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
@@ -171,42 +170,62 @@ fn client_get(net: &TestNet, host: &'static str) -> String {
     })
 }
 
-#[test]
-fn the_sidecar_sends_a_redirected_connection_to_its_original_destination() {
+/// The direct path for one address family: the client dials `server`,
+/// the redirect takes it to the sidecar on `listen`, and the sidecar must
+/// find `server` again with SO_ORIGINAL_DST (IPv4) or IP6T_SO_ORIGINAL_DST
+/// (IPv6).
+fn sidecar_direct(family: &str, listen: &str, server: IpAddr, client: IpAddr) {
     require_root();
     let net = TestNet::new().expect("test net");
-    redirect(&net.client);
+    redirect(&net.client, family);
     let proxy = ProxyProcess::start(
         &net.client,
-        &["--mode", "sidecar", "--listen", "127.0.0.1:15001"],
-        "127.0.0.1:15001".parse().expect("addr"),
+        &["--mode", "sidecar", "--listen", listen],
+        listen.parse().expect("addr"),
     );
-    let server = serve_once(&net);
+    let original = SocketAddr::new(server, SERVER_PORT);
+    let seen = serve_once(&net, original);
 
-    let reply = client_get(&net, "server.test");
+    let reply = client_get(&net, original, "server.test");
     assert!(reply.ends_with("hi\n"), "{reply}");
-    let (peer, request) = server.recv_timeout(PATIENCE).expect("server saw it");
+    let (peer, request) = seen.recv_timeout(PATIENCE).expect("server saw it");
     assert!(request.contains("Host: server.test"));
-    assert_eq!(peer.ip(), TestNet::CLIENT_V4);
+    assert_eq!(peer.ip(), client);
 
     let line = proxy.next_line();
-    let original = format!("{}:{SERVER_PORT}", TestNet::SERVER_V4);
     assert_eq!(line["mode"], "sidecar");
     assert_eq!(line["verdict"], "allowed");
-    assert_eq!(line["original_dst"], original);
-    assert_eq!(line["upstream"], original);
-    assert_eq!(
-        line["cluster"],
-        format!("outbound|{SERVER_PORT}||{}", TestNet::SERVER_V4)
-    );
+    assert_eq!(line["original_dst"], original.to_string());
+    assert_eq!(line["upstream"], original.to_string());
+    assert_eq!(line["cluster"], format!("outbound|{SERVER_PORT}||{server}"));
     proxy.stop();
+}
+
+#[test]
+fn the_sidecar_sends_a_redirected_connection_to_its_original_destination() {
+    sidecar_direct(
+        "ip",
+        "127.0.0.1:15001",
+        TestNet::SERVER_V4.into(),
+        TestNet::CLIENT_V4.into(),
+    );
+}
+
+#[test]
+fn the_sidecar_recovers_an_ipv6_original_destination() {
+    sidecar_direct(
+        "ip6",
+        "[::1]:15001",
+        TestNet::SERVER_V6.into(),
+        TestNet::CLIENT_V6.into(),
+    );
 }
 
 #[test]
 fn through_the_gateway_the_original_port_travels_in_a_proxy_header() {
     require_root();
     let net = TestNet::new().expect("test net");
-    redirect(&net.client);
+    redirect(&net.client, "ip");
     let resolve = format!("server.test={}", TestNet::SERVER_V4);
     let allow = format!("server.test:{SERVER_PORT}");
     let gateway = ProxyProcess::start(
@@ -235,11 +254,12 @@ fn through_the_gateway_the_original_port_travels_in_a_proxy_header() {
         ],
         "127.0.0.1:15001".parse().expect("addr"),
     );
-    let server = serve_once(&net);
+    let original = SocketAddr::from((TestNet::SERVER_V4, SERVER_PORT));
+    let server = serve_once(&net, original);
 
     // Allowed: the gateway routes by Host, on the port the client dialled
     // (8080), which only the PROXY header tells it.
-    let reply = client_get(&net, "server.test");
+    let reply = client_get(&net, original, "server.test");
     assert!(reply.ends_with("hi\n"), "{reply}");
     let (_, request) = server.recv_timeout(PATIENCE).expect("server saw it");
     assert!(
@@ -262,7 +282,7 @@ fn through_the_gateway_the_original_port_travels_in_a_proxy_header() {
     assert_eq!(sidecar.next_line()["upstream"], "127.0.0.1:15443");
 
     // Refused at the gateway: a Host not in the allow-list.
-    let reply = client_get(&net, "evil.test");
+    let reply = client_get(&net, original, "evil.test");
     assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
     let gw = gateway.next_line();
     assert_eq!(gw["verdict"], "denied");
