@@ -134,8 +134,12 @@ impl Running {
 
 fn gateway(allow: &[&str]) -> Mode {
     Mode::Gateway(Gateway {
-        allow: AllowList::Only(allow.iter().map(|a| a.parse().expect("rule")).collect()),
+        allow: allow_list(allow).into(),
     })
+}
+
+fn allow_list(allow: &[&str]) -> AllowList {
+    AllowList::Only(allow.iter().map(|a| a.parse().expect("rule")).collect())
 }
 
 fn quick() -> Limits {
@@ -613,4 +617,28 @@ async fn shutdown_ends_open_connections_after_the_drain_time() {
         .await
         .expect("closed");
     held.abort();
+}
+
+#[tokio::test]
+async fn a_reloaded_allow_list_applies_to_the_next_connection() {
+    let allow = egress_agent::proxy::allow::SharedAllowList::new(allow_list(&["old.test"]));
+    let gw = Running::start(
+        Mode::Gateway(Gateway {
+            allow: allow.clone(),
+        }),
+        quick(),
+        &["new.test=127.0.0.2"],
+    )
+    .await;
+    let (_, new) = upstream("127.0.0.2", gw.addr.port(), "new", 1).await;
+    let reply = exchange(gw.addr, &get("new.test")).await;
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+
+    allow.replace(allow_list(&["new.test"]));
+    let reply = exchange(gw.addr, &get("new.test")).await;
+    assert!(reply.contains("new got"), "{reply}");
+    let reply = exchange(gw.addr, &get("old.test")).await;
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    gw.shutdown().await;
+    assert_eq!(new.await.expect("upstream").len(), 1);
 }

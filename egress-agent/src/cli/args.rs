@@ -136,7 +136,7 @@ pub enum ProxyMode {
     Gateway,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct ProxyArgs {
     #[arg(long, value_enum)]
     pub mode: ProxyMode,
@@ -148,7 +148,8 @@ pub struct ProxyArgs {
     /// v2 header carrying the original destination.
     #[arg(long, value_name = "HOST:PORT")]
     pub via_gateway: Option<egress_agent::proxy::sidecar::GatewayAddr>,
-    /// Gateway: policy files or directories holding the EgressGateway.
+    /// Gateway: policy files or directories holding the EgressGateway
+    /// (re-read on SIGHUP).
     #[arg(long, value_name = "DIR", requires = "gateway")]
     pub policies: Vec<PathBuf>,
     /// Gateway: the EgressGateway whose allowedHosts apply, as

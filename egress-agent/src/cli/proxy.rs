@@ -8,7 +8,7 @@ use egress_agent::{
     policy::model::ObjectId,
     proxy::{
         access_log::{self, AccessLog},
-        allow::AllowList,
+        allow::{AllowList, SharedAllowList},
         gateway::Gateway,
         sidecar::Sidecar,
         Config, Limits, Mode, Proxy,
@@ -19,6 +19,7 @@ use super::args::{Output, ProxyArgs, ProxyMode};
 
 pub fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
     super::run::init_logging(args.log_format);
+    let mut reloadable = None;
     let mode = match args.mode {
         ProxyMode::Sidecar => {
             if !args.policies.is_empty() || !args.allow.is_empty() || args.allow_any {
@@ -32,9 +33,9 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
             if args.via_gateway.is_some() {
                 bail!("--via-gateway is for --mode sidecar");
             }
-            Mode::Gateway(Gateway {
-                allow: allow_list(args)?,
-            })
+            let allow = SharedAllowList::new(allow_list(args)?);
+            reloadable = Some(allow.clone());
+            Mode::Gateway(Gateway { allow })
         }
     };
     let listen = match (args.listen.is_empty(), args.mode) {
@@ -79,6 +80,9 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
             admin = proxy.admin_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
             "proxy listening"
         );
+        if let Some(allow) = reloadable {
+            reload_on_sighup(args, allow)?;
+        }
         proxy.serve(shutdown_signal()?).await;
         tracing::info!("proxy stopped");
         Ok(ExitCode::SUCCESS)
@@ -116,6 +120,30 @@ fn allow_list(args: &ProxyArgs) -> anyhow::Result<AllowList> {
     };
     tracing::info!(allowed = allow.describe(), "gateway allow-list");
     Ok(allow)
+}
+
+/// On SIGHUP, re-reads the policies and `--allow` flags. A rejected policy
+/// is logged and the previous allow-list stays in force, as with `run`.
+fn reload_on_sighup(args: &ProxyArgs, allow: SharedAllowList) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let args = args.clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let reloaded = tokio::task::block_in_place(|| allow_list(&args));
+            match reloaded {
+                Ok(new) => {
+                    allow.replace(new);
+                    tracing::info!(allowed = allow.describe(), "SIGHUP: allow-list reloaded");
+                }
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "SIGHUP: reload rejected; the previous allow-list stays in force"
+                ),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -2,7 +2,11 @@
 //! forwards to, from an EgressGateway's `allowedHosts` and/or `--allow`
 //! flags.
 
-use std::{fmt, str::FromStr};
+use std::{
+    fmt,
+    str::FromStr,
+    sync::{Arc, PoisonError, RwLock},
+};
 
 use ipnet::IpNet;
 
@@ -165,6 +169,45 @@ impl AllowList {
                 format!("REGISTRY_ONLY {}", names.join(" "))
             }
         }
+    }
+}
+
+/// The allow-list a running gateway consults, replaced whole on reload
+/// (SIGHUP) while connections are being checked against it.
+#[derive(Clone, Debug)]
+pub struct SharedAllowList(Arc<RwLock<AllowList>>);
+
+impl SharedAllowList {
+    pub fn new(allow: AllowList) -> Self {
+        Self(Arc::new(RwLock::new(allow)))
+    }
+
+    pub fn allows(&self, host: &Host, port: u16) -> bool {
+        // A poisoned lock still holds a whole list: replace() only ever
+        // swaps complete values.
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .allows(host, port)
+    }
+
+    /// Takes effect for every connection checked from now on; open
+    /// connections keep going.
+    pub fn replace(&self, allow: AllowList) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = allow;
+    }
+
+    pub fn describe(&self) -> String {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .describe()
+    }
+}
+
+impl From<AllowList> for SharedAllowList {
+    fn from(allow: AllowList) -> Self {
+        Self::new(allow)
     }
 }
 

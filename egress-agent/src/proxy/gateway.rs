@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use super::{
-    allow::AllowList,
+    allow::SharedAllowList,
     forward,
     proxy_protocol::{self, Parsed, Received},
     sniff::{self, Sniff, Sniffed, MAX_SNIFF},
@@ -31,7 +31,8 @@ const MAX_PROXY_HEADER: usize = 512;
 /// Gateway settings.
 #[derive(Clone, Debug)]
 pub struct Gateway {
-    pub allow: AllowList,
+    /// Shared with whoever reloads it (the CLI, on SIGHUP).
+    pub allow: SharedAllowList,
 }
 
 /// Handles one client connection to the gateway.
