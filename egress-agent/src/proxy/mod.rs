@@ -129,7 +129,36 @@ impl Shared {
     }
 }
 
-/// A bound proxy, ready to serve.
+/// A bound proxy, ready to serve. Needs no privileges; the sidecar's
+/// SO_ORIGINAL_DST is answered by conntrack (any kernel) or by the agent's
+/// `cgroup/getsockopt` program (5.3+).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), egress_agent::proxy::ProxyError> {
+/// use egress_agent::proxy::{
+///     access_log::{AccessLog, Format},
+///     allow::AllowList,
+///     gateway::Gateway,
+///     Config, Limits, Mode, Proxy,
+/// };
+/// let allow = AllowList::Only(vec!["edition.cnn.com:443".parse().expect("rule")]);
+/// let proxy = Proxy::bind(Config {
+///     mode: Mode::Gateway(Gateway { allow: allow.into() }),
+///     listen: vec!["0.0.0.0:443".parse().expect("address")],
+///     admin: Some("127.0.0.1:15000".parse().expect("address")),
+///     limits: Limits::default(),
+///     resolve: Vec::new(),
+///     access_log: AccessLog::stdout(Format::Text),
+/// })
+/// .await?;
+/// proxy
+///     .serve(async {
+///         let _ = tokio::signal::ctrl_c().await;
+///     })
+///     .await;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Proxy {
     listeners: Vec<TcpListener>,
     admin: Option<TcpListener>,
