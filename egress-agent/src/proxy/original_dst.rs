@@ -6,6 +6,13 @@
 //! With iptables REDIRECT, conntrack answers. With this project's cgroup
 //! redirect, a `cgroup/getsockopt` eBPF program answers the same call, so
 //! the proxy does not care which one redirected.
+//!
+//! The contract such a program must meet is Envoy's and conntrack's: the
+//! call arrives with `optlen = sizeof(struct sockaddr_storage)` (128); the
+//! answer is a `struct sockaddr_in` (16 bytes, `sin_family = AF_INET`) or
+//! `struct sockaddr_in6` (28 bytes, `AF_INET6`), port and address in network
+//! byte order, with `optlen` set to that size. Refusing with `ENOENT`
+//! means "not redirected".
 
 use std::{io, net::SocketAddr};
 
