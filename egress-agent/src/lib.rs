@@ -9,5 +9,6 @@ pub mod agent;
 pub mod compile;
 pub mod dataplane;
 pub mod policy;
+pub mod proxy;
 pub mod resolve;
 pub mod sys;

@@ -243,6 +243,12 @@ fn preconditions() -> Result<(), Vec<String>> {
     if !host::on_path("ip") {
         missing.push("`ip` (iproute2) is not on PATH".to_owned());
     }
+    if !host::on_path("setpriv") {
+        missing.push(
+            "`setpriv` (util-linux) is not on PATH: the proxy tests run the proxy as UID 1337"
+                .to_owned(),
+        );
+    }
     if missing.is_empty() {
         Ok(())
     } else {

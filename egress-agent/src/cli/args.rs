@@ -27,6 +27,9 @@ pub enum Command {
     /// Remove every program, link, pinned map and nft table the agent
     /// created, and nothing else.
     Uninstall(UninstallArgs),
+    /// Run the built-in transparent proxy: a sidecar for redirected
+    /// connections, or the egress gateway (routes by SNI/Host).
+    Proxy(ProxyArgs),
     /// Print shell completions.
     #[command(hide = true)]
     Completions(CompletionsArgs),
@@ -121,4 +124,108 @@ pub struct UninstallArgs {
     /// Leave the nftables table alone.
     #[arg(long)]
     pub no_nft: bool,
+}
+
+/// Which proxy `egress-agent proxy` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProxyMode {
+    /// Redirected connections (Istio's 15001): SO_ORIGINAL_DST, then
+    /// direct or through the gateway.
+    Sidecar,
+    /// Route by TLS SNI or HTTP Host, to allowedHosts only.
+    Gateway,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ProxyArgs {
+    #[arg(long, value_enum)]
+    pub mode: ProxyMode,
+    /// Address to accept on; repeatable. Default for the sidecar:
+    /// 127.0.0.1:15001.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+    /// Sidecar: send every connection to this egress gateway, with a PROXY
+    /// v2 header carrying the original destination.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub via_gateway: Option<egress_agent::proxy::sidecar::GatewayAddr>,
+    /// Gateway: policy files or directories holding the EgressGateway
+    /// (re-read on SIGHUP).
+    #[arg(long, value_name = "DIR", requires = "gateway")]
+    pub policies: Vec<PathBuf>,
+    /// Gateway: the EgressGateway whose allowedHosts apply, as
+    /// NAMESPACE/NAME.
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "policies")]
+    pub gateway: Option<String>,
+    /// Gateway: also allow HOST[:PORT] (`*.example.com`, an IP or a CIDR);
+    /// repeatable.
+    #[arg(long = "allow", value_name = "HOST[:PORT]")]
+    pub allow: Vec<egress_agent::proxy::allow::Rule>,
+    /// Gateway: forward to any host (ALLOW_ANY) when no EgressGateway is
+    /// given.
+    #[arg(long, conflicts_with_all = ["allow", "gateway"])]
+    pub allow_any: bool,
+    /// Answer HOST with these addresses instead of DNS (static setups and
+    /// tests, like curl --resolve); repeatable.
+    #[arg(long = "resolve", value_name = "HOST=IP[,IP...]")]
+    pub resolve: Vec<egress_agent::proxy::upstream::StaticEntry>,
+    /// Serve Envoy-style /stats and Prometheus /metrics here.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Append access-log lines to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub access_log: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    pub access_log_format: Output,
+    /// Connections handled at once (1 to 1048576); more are closed on
+    /// accept.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Time for the ClientHello or request head (gateway).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub sniff_timeout: std::time::Duration,
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: std::time::Duration,
+    /// No byte either way for this long closes the connection.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub idle_timeout: std::time::Duration,
+    /// On SIGTERM/SIGINT, how long open connections may finish.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+/// `250ms`, `5s`, `2m`, `1h`; a bare number is seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration like 500ms, 5s, 2m or 1h, got {s:?}"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    }
+    .filter(|&ms| ms > 0)
+    .ok_or_else(|| format!("expected a positive duration like 500ms, 5s, 2m or 1h, got {s:?}"))?;
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("").is_err());
+    }
 }

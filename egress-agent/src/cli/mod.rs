@@ -5,6 +5,7 @@ mod check;
 mod completions;
 mod explain;
 mod plan;
+mod proxy;
 mod run;
 mod uninstall;
 
@@ -23,6 +24,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explain(args) => explain::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Uninstall(args) => uninstall::run(&args),
+        Command::Proxy(args) => proxy::run(&args),
         Command::Completions(args) => {
             completions::run(&args);
             Ok(ExitCode::SUCCESS)
