@@ -14,6 +14,7 @@ pub mod bpftool;
 pub mod cgroup;
 pub mod enforcer;
 pub mod internet;
+pub mod mesh;
 pub mod names;
 pub mod netns;
 pub mod nftns;
@@ -21,6 +22,7 @@ pub mod node;
 pub mod pins;
 pub mod policies;
 pub mod probe;
+pub mod scenario;
 
 pub use cgroup::TestCgroup;
 pub use enforcer::{Enforced, Resolved};

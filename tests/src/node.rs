@@ -428,6 +428,34 @@ impl SimNode {
         Some(Client::in_cgroup(&self.pods[w.pod].netns, &w.cgroup))
     }
 
+    /// Adds a Workload to the pod of `beside` after the node was built, as
+    /// injecting a container would, and creates its cgroup. `cgroup` is its
+    /// `spec.cgroup` as a user writes it; the returned spelling is the
+    /// rebased one, for a policy written into [`Self::policies_dir`].
+    pub fn add_workload(
+        &mut self,
+        id: ObjectId,
+        cgroup: &str,
+        beside: &ObjectId,
+    ) -> anyhow::Result<String> {
+        let pod = self
+            .workload(beside)
+            .map(|w| w.pod)
+            .ok_or_else(|| anyhow!("no Workload {beside} on this node"))?;
+        let mount = egress_agent::sys::cgroup2_mount().context("finding the cgroup2 mount")?;
+        let root = cgroup_relative(&mount, &self.cgroup_root.display().to_string());
+        let rebased = format!("{root}/pods/{}", cgroup_relative(&mount, cgroup));
+        let dir = mount.join(&rebased);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        self.pods[pod].workloads.push(id.clone());
+        self.workloads.push(SimWorkload {
+            id,
+            cgroup: dir,
+            pod,
+        });
+        Ok(rebased)
+    }
+
     /// The node's DNS server.
     pub fn dns(&self) -> &DnsServer {
         self.dns.as_ref().expect("built")

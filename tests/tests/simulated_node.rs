@@ -11,28 +11,24 @@ use std::{
     fs,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    process::Stdio,
     time::Duration,
 };
 
 use anyhow::{ensure, Context as _};
 use egress_agent::policy::model::ObjectId;
 use integration_tests::{
-    agent::Agent,
     bpftool::{attached_ids, map_exists, program_exists, program_map_ids},
     node::SimNode,
-    require_root, Client, Event, Listener, Outcome, Proto,
+    require_root,
+    scenario::{seed_policies, Running},
+    Client, Event, Listener, Outcome, Proto,
 };
 
 const ARRIVAL: Duration = Duration::from_millis(500);
 const RELOAD: Duration = Duration::from_secs(15);
 
-fn seed() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace")
-        .join("policies")
-}
+/// The seed NetworkPolicy's file.
+const SEED_NETWORK_POLICY: &str = "allow-egress-to-istio-system-and-kube-dns";
 
 /// A copy of the seed under `dir` in which test-egress/sleep is dual-stack
 /// (an IPv6 address inside an IPv6 pod CIDR), so that its IPv6 traffic
@@ -40,7 +36,7 @@ fn seed() -> PathBuf {
 fn dual_stack_seed(dir: &Path) -> anyhow::Result<PathBuf> {
     let out = dir.join("policies");
     fs::create_dir_all(&out)?;
-    for entry in fs::read_dir(seed())? {
+    for entry in fs::read_dir(seed_policies())? {
         let path = entry?.path();
         let text = fs::read_to_string(&path)?
             .replace(
@@ -64,93 +60,6 @@ fn test_egress() -> ObjectId {
 
 fn gateway() -> ObjectId {
     id("istio-system/istio-egressgateway")
-}
-
-/// The agent on a node; the agent is dropped (killed) before the node.
-struct Running {
-    agent: Agent,
-    sim: SimNode,
-}
-
-impl Running {
-    fn start(sim: SimNode, extra: &[&str]) -> anyhow::Result<Self> {
-        let policies = sim.policies_dir().display().to_string();
-        let root = sim.cgroup_root().display().to_string();
-        let dns = sim.dns().address.to_string();
-        let mut args = vec![
-            "--policies",
-            &policies,
-            "--cgroup-root",
-            &root,
-            "--dns-server",
-            &dns,
-        ];
-        args.extend_from_slice(extra);
-        let agent = Agent::start(sim.node(), sim.pin_dir(), &args)?;
-        Ok(Self { agent, sim })
-    }
-
-    fn seed(extra: &[&str]) -> anyhow::Result<Self> {
-        Self::start(SimNode::new(&[seed()])?, extra)
-    }
-
-    fn client(&self, who: &ObjectId) -> anyhow::Result<Client<'_>> {
-        self.sim
-            .client(who)
-            .with_context(|| format!("{who} is not on the node"))
-    }
-
-    /// An internet address of `host` (IPv4 or IPv6).
-    fn site(&self, host: &str, v6: bool, port: u16) -> anyhow::Result<SocketAddr> {
-        let ip = self
-            .sim
-            .dns()
-            .records
-            .get(host)
-            .and_then(|a| a.iter().find(|a| a.is_ipv6() == v6).copied())
-            .with_context(|| format!("{host} is not served here"))?;
-        Ok(SocketAddr::new(ip, port))
-    }
-
-    /// A listener in the pod of `who`, on its first address.
-    fn listen_in(&self, who: &ObjectId, port: u16, proto: Proto) -> anyhow::Result<Listener> {
-        let pod = self.sim.pod_of(who).context("no pod")?;
-        Listener::start(&pod.netns, SocketAddr::new(pod.addresses[0], port), proto)
-    }
-
-    /// The addresses `getent` finds for `name` from the pod of `who`: a
-    /// real lookup through the pod's resolv.conf, i.e. through kube-dns.
-    fn lookup(&self, who: &ObjectId, name: &str) -> anyhow::Result<Vec<IpAddr>> {
-        let out = self
-            .sim
-            .pod_command(who, "getent")?
-            .args(["ahosts", name])
-            .stdin(Stdio::null())
-            .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-            .collect())
-    }
-
-    /// Waits until the agent has applied `n` generations in all.
-    fn wait_applied(&mut self, n: usize) -> anyhow::Result<()> {
-        self.agent.wait_for_count("policy applied", n, RELOAD)
-    }
-
-    /// Replaces the node's copy of the seed NetworkPolicy with `yaml`.
-    fn rewrite_seed_network_policy(&self, yaml: &str) -> anyhow::Result<PathBuf> {
-        let file = fs::read_dir(self.sim.policies_dir())?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.to_string_lossy()
-                    .contains("allow-egress-to-istio-system-and-kube-dns")
-            })
-            .context("the seed NetworkPolicy's copy")?;
-        fs::write(&file, yaml)?;
-        Ok(file)
-    }
 }
 
 /// The seed NetworkPolicy without its istio-system rule: DNS only.
@@ -382,7 +291,7 @@ spec:
   addresses: [\"10.244.3.10\"]
 ",
     )?;
-    let sim = SimNode::new(&[seed(), extra.clone()])?;
+    let sim = SimNode::new(&[seed_policies(), extra.clone()])?;
     fs::remove_dir_all(&scratch)?;
     let mut node = Running::start(sim, &[])?;
     let web = id("staging/web");
@@ -437,7 +346,7 @@ fn a_reload_that_narrows_a_policy_cuts_the_newly_denied_flows() -> anyhow::Resul
         "before: data arrives ({events:?})"
     );
 
-    node.rewrite_seed_network_policy(DNS_ONLY)?;
+    node.replace_policy_file(SEED_NETWORK_POLICY, DNS_ONLY)?;
     node.wait_applied(2)?;
     let sleep = node.client(&test_egress())?;
     ensure!(
@@ -535,7 +444,7 @@ fn an_invalid_policy_on_reload_is_rejected_and_the_old_one_kept() -> anyhow::Res
         "  - to:\n",
         "  - to:\n    - ipBlock:\n        cidr: 10.244.0.0/33\n",
     );
-    let file = node.rewrite_seed_network_policy(&broken)?;
+    let file = node.replace_policy_file(SEED_NETWORK_POLICY, &broken)?;
     node.agent
         .wait_for_log("the previous generation stays in force", RELOAD)?;
     let log = node.agent.log();

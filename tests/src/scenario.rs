@@ -1,0 +1,114 @@
+//! The real agent running on a [`SimNode`], as a hostNetwork DaemonSet
+//! would: the fixture of the end-to-end scenarios.
+
+use std::{
+    fs,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use egress_agent::policy::model::ObjectId;
+
+use crate::{agent::Agent, node::SimNode, Client, Listener, Proto};
+
+/// The repository's `policies/`: the seed scenario.
+pub fn seed_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .join("policies")
+}
+
+/// The agent on a node; the agent is dropped (killed) before the node.
+pub struct Running {
+    pub agent: Agent,
+    pub sim: SimNode,
+}
+
+impl Running {
+    pub fn start(sim: SimNode, extra: &[&str]) -> anyhow::Result<Self> {
+        let policies = sim.policies_dir().display().to_string();
+        let root = sim.cgroup_root().display().to_string();
+        let dns = sim.dns().address.to_string();
+        let mut args = vec![
+            "--policies",
+            &policies,
+            "--cgroup-root",
+            &root,
+            "--dns-server",
+            &dns,
+        ];
+        args.extend_from_slice(extra);
+        let agent = Agent::start(sim.node(), sim.pin_dir(), &args)?;
+        Ok(Self { agent, sim })
+    }
+
+    pub fn seed(extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start(SimNode::new(&[seed_policies()])?, extra)
+    }
+
+    pub fn client(&self, who: &ObjectId) -> anyhow::Result<Client<'_>> {
+        self.sim
+            .client(who)
+            .with_context(|| format!("{who} is not on the node"))
+    }
+
+    /// An internet address of `host` (IPv4 or IPv6).
+    pub fn site(&self, host: &str, v6: bool, port: u16) -> anyhow::Result<SocketAddr> {
+        let ip = self
+            .sim
+            .dns()
+            .records
+            .get(host)
+            .and_then(|a| a.iter().find(|a| a.is_ipv6() == v6).copied())
+            .with_context(|| format!("{host} is not served here"))?;
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    /// A listener in the pod of `who`, on its first address.
+    pub fn listen_in(&self, who: &ObjectId, port: u16, proto: Proto) -> anyhow::Result<Listener> {
+        let pod = self.sim.pod_of(who).context("no pod")?;
+        Listener::start(&pod.netns, SocketAddr::new(pod.addresses[0], port), proto)
+    }
+
+    /// The addresses `getent` finds for `name` from the pod of `who`: a
+    /// real lookup through the pod's resolv.conf, i.e. through kube-dns.
+    pub fn lookup(&self, who: &ObjectId, name: &str) -> anyhow::Result<Vec<IpAddr>> {
+        let out = self
+            .sim
+            .pod_command(who, "getent")?
+            .args(["ahosts", name])
+            .stdin(Stdio::null())
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect())
+    }
+
+    /// Waits until the agent has applied `n` generations in all.
+    pub fn wait_applied(&mut self, n: usize) -> anyhow::Result<()> {
+        self.agent
+            .wait_for_count("policy applied", n, Duration::from_secs(15))
+    }
+}
+
+impl Running {
+    /// Replaces the node's copy of the policy file whose name contains
+    /// `name` with `yaml` (the agent reloads on the change).
+    pub fn replace_policy_file(&self, name: &str, yaml: &str) -> anyhow::Result<PathBuf> {
+        let file = fs::read_dir(self.sim.policies_dir())?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|f| f.to_string_lossy().contains(name))
+            })
+            .with_context(|| format!("no policy file named like {name:?}"))?;
+        fs::write(&file, yaml)?;
+        Ok(file)
+    }
+}
