@@ -50,6 +50,20 @@
 //!   this host does not have (`IP_FREEBIND`; IPv6 lets such a socket send
 //!   from it): what a workload could do to forge an inbound flow.
 //!
+//! For the transparent redirect:
+//!
+//! - `serve ADDR --original-dst`: a stand-in for Envoy. Per accepted
+//!   connection it asks `getsockopt(SO_ORIGINAL_DST)` (`SOL_IP`, or
+//!   `SOL_IPV6` / `IP6T_SO_ORIGINAL_DST` on an IPv6 socket), prints
+//!   `ORIGINAL <peer> <addr|outcome>`, writes `<addr|outcome>\n` to the
+//!   client first, then echoes.
+//! - `request ADDR --print-answer`: also prints `ANSWER <text>` with what
+//!   came back.
+//!
+//! With `--uid N`, the probe switches to that user (and group) after
+//! entering its cgroup and namespace: a process running as Istio's proxy
+//! UID 1337 in an app's cgroup.
+//!
 //! With `--escape-into NAME`, the probe creates a child cgroup `NAME` of
 //! `--cgroup` and moves into it, as a process escaping its workload's
 //! cgroup would.
@@ -85,6 +99,9 @@ struct Args {
     /// Network namespace (a name under /run/netns) to enter next.
     #[arg(long)]
     netns: Option<String>,
+    /// Then run as this user and group id.
+    #[arg(long)]
+    uid: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -113,6 +130,9 @@ enum Command {
         quiet: bool,
         #[arg(long)]
         fast_open: bool,
+        /// Answer each connection with its `SO_ORIGINAL_DST` first.
+        #[arg(long)]
+        original_dst: bool,
     },
     /// One UDP datagram from each local port of a range.
     Spray {
@@ -130,6 +150,9 @@ enum Command {
         bind: Option<SocketAddr>,
         #[arg(long)]
         fast_open: bool,
+        /// Print the answer (`ANSWER <text>`).
+        #[arg(long)]
+        print_answer: bool,
     },
     /// Many TCP request/answer connections in a row.
     Flood {
@@ -230,6 +253,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(netns) = &args.netns {
         enter_netns(netns)?;
     }
+    if let Some(uid) = args.uid {
+        // SAFETY: plain syscalls; the group first, while still root.
+        if unsafe { libc::setgid(uid) } != 0 || unsafe { libc::setuid(uid) } != 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("becoming uid {uid}"));
+        }
+    }
     match args.command {
         Command::Listen { target } => listen(target),
         Command::Connect { target, timeout_ms } => {
@@ -241,19 +270,21 @@ fn run(args: Args) -> anyhow::Result<()> {
             target,
             quiet,
             fast_open,
-        } => serve(target, quiet, fast_open),
+            original_dst,
+        } => serve(target, quiet, fast_open, original_dst),
         Command::Spray { addr, ports } => spray(addr, &ports),
         Command::Request {
             target,
             timeout_ms,
             bind,
             fast_open,
+            print_answer,
         } => {
             let timeout = Duration::from_millis(timeout_ms);
             if fast_open {
                 report(request_fast_open(target.addr, timeout))
             } else {
-                report(request(target, bind, timeout))
+                report(request(target, bind, timeout, print_answer))
             }
         }
         Command::Flood {
@@ -433,7 +464,49 @@ fn echo_stream(mut stream: TcpStream, peer: SocketAddr, quiet: bool) {
     }
 }
 
-fn serve(target: Target, quiet: bool, fast_open: bool) -> anyhow::Result<()> {
+/// `getsockopt(SO_ORIGINAL_DST)` on an accepted socket, as Envoy asks it:
+/// `SOL_IP` on IPv4 sockets, `SOL_IPV6` (`IP6T_SO_ORIGINAL_DST`, also 80)
+/// on IPv6 ones.
+fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    let v6 = stream.local_addr()?.is_ipv6();
+    let level = if v6 { libc::SOL_IPV6 } else { libc::SOL_IP };
+    // SAFETY: a zeroed sockaddr_storage is a valid buffer of its size.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the buffer and its length outlive the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            level,
+            SO_ORIGINAL_DST,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    match i32::from(storage.ss_family) {
+        libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the kernel wrote a sockaddr_in.
+            let sin: libc::sockaddr_in =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Ok(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the kernel wrote a sockaddr_in6.
+            let sin6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Ok(SocketAddr::from((ip, u16::from_be(sin6.sin6_port))))
+        }
+        family => Err(io::Error::other(format!("family {family}, length {len}"))),
+    }
+}
+
+fn serve(target: Target, quiet: bool, fast_open: bool, original: bool) -> anyhow::Result<()> {
     match target.proto {
         Proto::Tcp => {
             if fast_open {
@@ -449,10 +522,18 @@ fn serve(target: Target, quiet: bool, fast_open: bool) -> anyhow::Result<()> {
             }
             println!("LISTENING {}", listener.local_addr()?);
             for stream in listener.incoming() {
-                let stream = stream.context("accept")?;
+                let mut stream = stream.context("accept")?;
                 let peer = stream.peer_addr()?;
                 if !quiet {
                     println!("ACCEPTED {peer}");
+                }
+                if original {
+                    let text = match original_dst(&stream) {
+                        Ok(addr) => addr.to_string(),
+                        Err(err) => outcome_text(&Err(err)),
+                    };
+                    println!("ORIGINAL {peer} {text}");
+                    let _ = stream.write_all(format!("{text}\n").as_bytes());
                 }
                 std::thread::spawn(move || echo_stream(stream, peer, quiet));
             }
@@ -479,7 +560,12 @@ fn serve(target: Target, quiet: bool, fast_open: bool) -> anyhow::Result<()> {
 
 /// One request and its answer. A missing answer is a timeout (WouldBlock
 /// or TimedOut from the read timeout).
-fn request(target: Target, bind: Option<SocketAddr>, timeout: Duration) -> io::Result<()> {
+fn request(
+    target: Target,
+    bind: Option<SocketAddr>,
+    timeout: Duration,
+    print_answer: bool,
+) -> io::Result<()> {
     let mut buf = [0u8; 2048];
     let n = match target.proto {
         Proto::Tcp => {
@@ -501,6 +587,10 @@ fn request(target: Target, bind: Option<SocketAddr>, timeout: Duration) -> io::R
             io::ErrorKind::UnexpectedEof,
             "closed without an answer",
         ));
+    }
+    if print_answer {
+        let text = String::from_utf8_lossy(&buf[..n]);
+        println!("ANSWER {}", text.lines().next().unwrap_or_default());
     }
     Ok(())
 }
