@@ -132,8 +132,15 @@ fn a_captured_connect_to_a_denied_address_reaches_the_proxy_which_recovers_the_o
         Ok(dst.to_string()),
         "SO_ORIGINAL_DST on the proxy's accepted socket"
     );
-    // IPv6: the proxy's IPv6 loopback answers IP6T_SO_ORIGINAL_DST.
+    // IPv6: to the proxy's IPv6 loopback, which answers
+    // IP6T_SO_ORIGINAL_DST.
     let dst6 = at(INTERNET6, 443);
+    assert_eq!(
+        explain(&s, "apps/app", dst6),
+        Verdict::Redirect {
+            proxy: at(Ipv6Addr::LOCALHOST, PROXY_PORT)
+        }
+    );
     assert_eq!(app.ask(dst6).unwrap(), Ok(dst6.to_string()));
     // IPv4-mapped on an IPv6 socket: the IPv4 decision, the IPv4 proxy
     // (as ::ffff:127.0.0.1), and the IPv4 original destination.

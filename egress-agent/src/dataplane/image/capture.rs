@@ -1,7 +1,7 @@
 //! A workload's Redirect as map contents: `CaptureInfo` and the
 //! include/exclude prefixes of `CAPTURE_V4/V6`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use egress_common::{capture, CaptureInfo, MAX_CAPTURE_PORTS};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -24,15 +24,9 @@ pub struct TooManyPorts {
     pub len: usize,
 }
 
-/// Builds the image of `capture`.
-///
-/// The proxy address for each family: the one given, and for a loopback
-/// proxy the other family's loopback too (127.0.0.1 ↔ ::1), because a
-/// sidecar listens on both and an IPv6 socket cannot reach an IPv4 address
-/// unless it is dual-stack. A non-loopback IPv4 proxy is reached from IPv6
-/// sockets as `::ffff:a.b.c.d` only for IPv4-mapped destinations; IPv6
-/// destinations are then not captured (and a non-loopback IPv6 proxy
-/// captures no IPv4 destination).
+/// Builds the image of `capture`. The proxy address per destination family
+/// is [`Capture::proxy_for`]'s (an IPv4-mapped destination is IPv4, and
+/// its IPv6 socket is sent to `::ffff:<IPv4 proxy>`).
 pub fn build(capture: &Capture) -> Result<ImageCapture, TooManyPorts> {
     let rules = &capture.rules;
     let mut info = CaptureInfo {
@@ -40,23 +34,14 @@ pub fn build(capture: &Capture) -> Result<ImageCapture, TooManyPorts> {
         dns_port: capture.dns_port.unwrap_or(0),
         ..CaptureInfo::default()
     };
-    match capture.proxy.ip().to_canonical() {
-        IpAddr::V4(a) => {
-            info.flags |= CaptureInfo::PROXY_V4;
-            info.proxy_v4 = a.octets();
-            if a.is_loopback() {
-                info.flags |= CaptureInfo::PROXY_V6;
-                info.proxy_v6 = Ipv6Addr::LOCALHOST.octets();
-            }
-        }
-        IpAddr::V6(a) => {
-            info.flags |= CaptureInfo::PROXY_V6;
-            info.proxy_v6 = a.octets();
-            if a.is_loopback() {
-                info.flags |= CaptureInfo::PROXY_V4;
-                info.proxy_v4 = Ipv4Addr::LOCALHOST.octets();
-            }
-        }
+    // The same per-family answer as `compile::decide` reads.
+    if let Some(SocketAddr::V4(p)) = capture.proxy_for(Ipv4Addr::UNSPECIFIED.into()) {
+        info.flags |= CaptureInfo::PROXY_V4;
+        info.proxy_v4 = p.ip().octets();
+    }
+    if let Some(SocketAddr::V6(p)) = capture.proxy_for(Ipv6Addr::UNSPECIFIED.into()) {
+        info.flags |= CaptureInfo::PROXY_V6;
+        info.proxy_v6 = p.ip().octets();
     }
     info.include_len = ports(
         &rules.include_ports,
