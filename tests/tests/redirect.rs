@@ -243,3 +243,36 @@ fn original_destinations_live_as_long_as_their_connections_even_over_100k() {
     assert_eq!(counters.flow(FlowEvent::RedirectClosed), 100_100);
     assert_eq!(counters.flow(FlowEvent::RedirectRecordFailed), 0);
 }
+
+#[test]
+fn a_reload_changes_what_is_captured_and_leaves_one_generation_of_capture_entries() {
+    let (mut s, _v4, _v6) = setup();
+    let dst = at(INTERNET, 443);
+    assert_eq!(s.client("apps/app").ask(dst).unwrap(), Ok(dst.to_string()));
+    // One captured workload (the proxy is not): one CAPTURES entry, and
+    // its prefixes (0.0.0.0/0 and ::/0 included, 10.200.0.0/24 excluded).
+    let counts = s.dataplane_ref().entry_counts().unwrap();
+    assert_eq!((counts.captures, counts.capture), (1, 3));
+
+    // 443 excluded now: the internet is denied outright.
+    let reloaded = POLICY.replace("excludePorts: [22]", "excludePorts: [22, 443]");
+    s.apply(&reloaded, &Default::default(), false).unwrap();
+    assert!(matches!(explain(&s, "apps/app", dst), Verdict::Deny));
+    assert_eq!(
+        s.client("apps/app").connect_tcp(dst).unwrap(),
+        Outcome::Eperm
+    );
+    let counts = s.dataplane_ref().entry_counts().unwrap();
+    assert_eq!((counts.captures, counts.capture), (1, 3));
+
+    // No Redirect at all: nothing of it is left in the maps.
+    let start = POLICY.find("kind: Redirect").unwrap();
+    let without = &POLICY[..POLICY[..start].rfind("---").unwrap()];
+    s.apply(without, &Default::default(), false).unwrap();
+    let counts = s.dataplane_ref().entry_counts().unwrap();
+    assert_eq!((counts.captures, counts.capture), (0, 0));
+    assert_eq!(
+        s.client("apps/app").connect_tcp(dst).unwrap(),
+        Outcome::Eperm
+    );
+}
