@@ -7,8 +7,9 @@
 //! `sendmsg4`, `sendmsg6`, the recorders `sockops` and
 //! `cgroup_skb/ingress`, and `cgroup/getsockopt`, which answers
 //! `SO_ORIGINAL_DST` for redirected connections) are attached **once**,
-//! at the agent's cgroup root, through bpf_links pinned under `<pin_dir>/links`. A workload is an
-//! entry of the `WORKLOADS` map, keyed by its cgroup id. So:
+//! at the agent's cgroup root, through bpf_links pinned under
+//! `<pin_dir>/links`. A workload is an entry of the `WORKLOADS` map, keyed
+//! by its cgroup id. So:
 //! - there is one attach point, whatever the number of workloads;
 //! - a new workload is enforced by one map write: no attach, no verifier
 //!   run per cgroup;
