@@ -74,9 +74,12 @@ pub mod map {
     /// `LruHashMap<SockKey, OrigDst>`: established redirected connections
     /// by the app's local address, which is the proxy's peer address.
     pub const ORIG_DST: &str = "ORIG_DST";
+    /// `LruHashMap<u64 socket cookie, DnsOrig>`: the DNS server a UDP
+    /// socket's query was redirected away from, for `recvmsg4/6`.
+    pub const DNS_ORIG: &str = "DNS_ORIG";
 
     /// Every map of the object, in the order the agent opens them.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         ACTIVE,
         CONFIG,
         WORKLOADS,
@@ -98,6 +101,7 @@ pub mod map {
         CAPTURE_V6,
         REDIRECTED,
         ORIG_DST,
+        DNS_ORIG,
     ];
 }
 
@@ -142,6 +146,10 @@ pub mod capacity {
     pub const REDIRECTED: u32 = 1 << 16;
     /// Open redirected connections (about 100 B each, 6.5 MiB).
     pub const ORIG_DST: u32 = 1 << 16;
+    /// UDP sockets whose DNS queries were redirected. UDP sockets have no
+    /// close callback, so LRU eviction is what bounds it (about 100 B an
+    /// entry, 6.5 MiB); an evicted socket's next query records it again.
+    pub const DNS_ORIG: u32 = 1 << 16;
 }
 
 /// Names of the programs in the eBPF object, as `aya::Ebpf::program_mut`
@@ -165,6 +173,10 @@ pub mod program {
     pub const SKB_INGRESS: &str = "egress_skb_ingress";
     /// `cgroup/getsockopt`: answers `SO_ORIGINAL_DST` for the proxy.
     pub const GETSOCKOPT: &str = "egress_getsockopt";
+    /// `cgroup/recvmsg4`: restores the source of redirected DNS replies.
+    pub const RECVMSG4: &str = "egress_recvmsg4";
+    /// `cgroup/recvmsg6`.
+    pub const RECVMSG6: &str = "egress_recvmsg6";
 }
 
 /// The deepest cgroup level the programs can look at: `level_mask` is a
@@ -358,6 +370,10 @@ pub enum Hook {
     SkbIngress = 6,
     /// `cgroup/getsockopt`: answers `SO_ORIGINAL_DST` (decides nothing).
     GetSockopt = 7,
+    /// `cgroup/recvmsg4`: DNS replies from the proxy (decides nothing).
+    Recvmsg4 = 8,
+    /// `cgroup/recvmsg6`.
+    Recvmsg6 = 9,
 }
 
 impl Hook {
@@ -365,7 +381,7 @@ impl Hook {
     /// them only, so that its layout (and the maps an earlier agent
     /// pinned) did not change when the recording hooks came.
     pub const DECIDING: u32 = 5;
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Hook; Self::COUNT as usize] = [
         Hook::Skb,
         Hook::Connect4,
@@ -375,6 +391,8 @@ impl Hook {
         Hook::SockOps,
         Hook::SkbIngress,
         Hook::GetSockopt,
+        Hook::Recvmsg4,
+        Hook::Recvmsg6,
     ];
 
     /// Whether this hook decides (and has `VERDICTS` slots).
@@ -594,12 +612,18 @@ pub enum FlowEvent {
     /// entry (not redirected, or the client already closed): the kernel's
     /// own answer stands.
     OriginalDstUnknown = 17,
+    /// `sendmsg4/6`: a DNS query was sent to the DNS proxy instead; its
+    /// server was recorded in `DNS_ORIG`.
+    DnsRedirected = 18,
+    /// `recvmsg4/6`: a reply from the DNS proxy was given the source of
+    /// the server the query was meant for.
+    DnsReplyRestored = 19,
 }
 
 impl FlowEvent {
     /// Slots in `FLOW_EVENTS` (room to grow without a layout change).
     pub const SLOTS: u32 = 32;
-    pub const ALL: [FlowEvent; 18] = [
+    pub const ALL: [FlowEvent; 20] = [
         FlowEvent::TcpInbound,
         FlowEvent::TcpFastOpen,
         FlowEvent::TcpRecordFailed,
@@ -618,6 +642,8 @@ impl FlowEvent {
         FlowEvent::RedirectRecordFailed,
         FlowEvent::OriginalDstAnswered,
         FlowEvent::OriginalDstUnknown,
+        FlowEvent::DnsRedirected,
+        FlowEvent::DnsReplyRestored,
     ];
 
     pub fn from_index(index: u32) -> Option<Self> {
@@ -687,6 +713,24 @@ pub struct OrigDst {
     pub _pad: [u8; 4],
 }
 
+/// `DNS_ORIG` value: where a UDP socket's last redirected DNS query was
+/// meant to go, and the proxy it went to instead, so that only replies from
+/// that proxy are given the server's address back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsOrig {
+    /// The server, IPv4 as `::ffff:a.b.c.d`.
+    pub server: [u8; 16],
+    /// The DNS proxy, IPv4 as `::ffff:a.b.c.d`.
+    pub proxy: [u8; 16],
+    /// Host byte order.
+    pub server_port: u16,
+    /// Host byte order.
+    pub proxy_port: u16,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 4],
+}
+
 /// `ORIG_DST` key: the app socket's local address and port once connected,
 /// which is the peer address of the proxy's accepted socket. IPv4 as
 /// `::ffff:a.b.c.d`, so that both ends spell it alike whatever their
@@ -718,6 +762,7 @@ mod pod {
     unsafe impl aya::Pod for super::CaptureInfo {}
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::DnsOrig {}
 }
 
 #[cfg(test)]
@@ -746,6 +791,7 @@ mod tests {
         assert!(!Reason::Reply.denies());
         assert!(!Hook::SockOps.decides() && !Hook::SkbIngress.decides());
         assert!(!Hook::GetSockopt.decides());
+        assert!(!Hook::Recvmsg4.decides() && !Hook::Recvmsg6.decides());
     }
 
     #[test]
@@ -776,6 +822,7 @@ mod tests {
         );
         assert_eq!(size_of::<OrigDst>(), 8 + 16 + 2 + 2 + 4);
         assert_eq!(size_of::<SockKey>(), 16 + 2 + 2);
+        assert_eq!(size_of::<DnsOrig>(), 16 + 16 + 2 + 2 + 4);
     }
 
     #[test]

@@ -91,6 +91,21 @@ pub fn egress_skb_ingress(ctx: SkBuffContext) -> i32 {
     1
 }
 
+/// Gives DNS replies from the proxy the source of the server the query
+/// was meant for (1: a receive is never refused).
+#[cgroup_sock_addr(recvmsg4)]
+pub fn egress_recvmsg4(ctx: SockAddrContext) -> i32 {
+    redirect::restore4(&ctx);
+    1
+}
+
+/// As `egress_recvmsg4`, for IPv6 sockets.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn egress_recvmsg6(ctx: SockAddrContext) -> i32 {
+    redirect::restore6(&ctx);
+    1
+}
+
 /// Answers `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST` on the proxy's
 /// accepted sockets of redirected connections; leaves every other
 /// `getsockopt()` as the kernel answered it (1: never refused).

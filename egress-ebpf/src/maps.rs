@@ -13,7 +13,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use egress_common::{
-    capacity, CaptureInfo, Config, FlowEvent, HitKey, OrigDst, PolicyAddrV4, PolicyAddrV6,
+    capacity, CaptureInfo, Config, DnsOrig, FlowEvent, HitKey, OrigDst, PolicyAddrV4, PolicyAddrV6,
     PolicyInfo, PortSet, SockKey, UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
 };
 
@@ -110,3 +110,7 @@ pub static REDIRECTED: LruHashMap<u64, OrigDst> =
 #[map(name = "ORIG_DST")]
 pub static ORIG_DST: LruHashMap<SockKey, OrigDst> =
     LruHashMap::with_max_entries(capacity::ORIG_DST, 0);
+
+/// UDP socket cookie → the DNS server its last redirected query was for.
+#[map(name = "DNS_ORIG")]
+pub static DNS_ORIG: LruHashMap<u64, DnsOrig> = LruHashMap::with_max_entries(capacity::DNS_ORIG, 0);

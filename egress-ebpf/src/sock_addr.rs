@@ -15,14 +15,14 @@ use aya_ebpf::{helpers::bpf_get_current_ancestor_cgroup_id, programs::SockAddrCo
 use egress_common::{Reason, NO_RULE};
 
 use crate::{
-    decide::{decide, has_ports, Addr, Dst},
+    decide::{decide, has_ports, Addr, Dst, IPPROTO_TCP},
     redirect, reply,
     verdict::Outcome,
     workload::{self, Workload},
 };
 
-/// Decides on a `connect()` (`connect` true: redirects apply) or
-/// `sendmsg()` from an IPv4 socket.
+/// Decides on a `connect()` (`connect` true: TCP and DNS redirects apply)
+/// or `sendmsg()` (DNS redirects apply) from an IPv4 socket.
 #[inline(always)]
 pub fn try_sock_addr4(ctx: &SockAddrContext, connect: bool) -> Outcome {
     let rewrite = |proxy: &Dst| {
@@ -30,7 +30,7 @@ pub fn try_sock_addr4(ctx: &SockAddrContext, connect: bool) -> Outcome {
             redirect::rewrite4(ctx, a, proxy.port);
         }
     };
-    with_workload(ctx, connect.then_some(rewrite), || {
+    with_workload(ctx, connect, rewrite, || {
         let sa = ctx.sock_addr;
         // SAFETY: the kernel guarantees `sock_addr` points to a valid
         // context; each field is read with a 4-byte load, which the
@@ -59,7 +59,7 @@ pub fn try_sock_addr4(ctx: &SockAddrContext, connect: bool) -> Outcome {
 #[inline(always)]
 pub fn try_sock_addr6(ctx: &SockAddrContext, connect: bool) -> Outcome {
     let rewrite = |proxy: &Dst| redirect::rewrite6(ctx, proxy.addr.mapped(), proxy.port);
-    with_workload(ctx, connect.then_some(rewrite), || {
+    with_workload(ctx, connect, rewrite, || {
         let sa = ctx.sock_addr;
         // SAFETY: as above.
         let (words, port, proto) = unsafe {
@@ -96,13 +96,15 @@ pub fn try_sock_addr6(ctx: &SockAddrContext, connect: bool) -> Outcome {
 
 /// Runs the ancestor walk on the current task's cgroup, then `dst` and the
 /// decision for a managed one; a denied UDP destination may be a reply, as
-/// in `cgroup_skb` (and only then, `NoPolicy` excepted). With `rewrite`
-/// (a connect), a destination the workload's Redirect captures is decided
-/// as the hop to the proxy and, if that is allowed, rewritten to it.
+/// in `cgroup_skb` (and only then, `NoPolicy` excepted). A destination the
+/// workload's Redirect captures (a TCP connect, or with `captureDNS` a UDP
+/// query to port 53) is decided as the hop to the proxy and, if that is
+/// allowed, rewritten to it with `rewrite`.
 #[inline(always)]
 fn with_workload(
     ctx: &SockAddrContext,
-    rewrite: Option<impl FnOnce(&Dst)>,
+    connect: bool,
+    rewrite: impl FnOnce(&Dst),
     dst: impl FnOnce() -> Dst,
 ) -> Outcome {
     // SAFETY: plain helper call; returns 0 for levels deeper than the
@@ -113,25 +115,34 @@ fn with_workload(
         return Outcome::unmanaged(found.audit);
     };
     let dst = dst();
-    if let Some(rewrite) = rewrite {
-        if let Some(proxy) = redirect::proxy_for(policy, &dst) {
-            let hop = decide(policy, &proxy);
-            let reason = if hop.reason.denies() {
-                // Denied hop: no rewrite; in audit mode the connect goes
-                // where the application asked.
-                hop.reason
-            } else {
-                rewrite(&proxy);
+    // A UDP `connect()` to port 53 is captured too: glibc's resolver
+    // connects its socket, then reads with `recvfrom()`.
+    let proxy = if connect {
+        redirect::proxy_for(policy, &dst).or_else(|| redirect::dns_proxy_for(policy, &dst))
+    } else {
+        redirect::dns_proxy_for(policy, &dst)
+    };
+    if let Some(proxy) = proxy {
+        let hop = decide(policy, &proxy);
+        let reason = if hop.reason.denies() {
+            // Denied hop: no rewrite; in audit mode the connect or query
+            // goes where the application asked.
+            hop.reason
+        } else {
+            rewrite(&proxy);
+            if proxy.proto == IPPROTO_TCP {
                 redirect::remember(ctx, &dst);
-                Reason::Redirect
-            };
-            return Outcome {
-                reason,
-                rule: hop.rule,
-                cgroup_id,
-                audit_mode: found.audit,
-            };
-        }
+            } else {
+                redirect::remember_dns(ctx, &dst, &proxy);
+            }
+            Reason::Redirect
+        };
+        return Outcome {
+            reason,
+            rule: hop.rule,
+            cgroup_id,
+            audit_mode: found.audit,
+        };
     }
     let mut decision = decide(policy, &dst);
     if decision.reason.denies()

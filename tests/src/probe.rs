@@ -141,7 +141,17 @@ impl<'a> Client<'a> {
     /// One TCP request; what came back (`Ok(text)`), or the outcome when
     /// no answer came.
     pub fn ask(&self, addr: SocketAddr) -> anyhow::Result<Result<String, Outcome>> {
-        let target = format!("{addr}/tcp");
+        self.ask_over(addr, Proto::Tcp)
+    }
+
+    /// [`Client::ask`] over `proto`; for UDP the text is the address the
+    /// answer came from.
+    pub fn ask_over(
+        &self,
+        addr: SocketAddr,
+        proto: Proto,
+    ) -> anyhow::Result<Result<String, Outcome>> {
+        let target = format!("{addr}/{}", proto.suffix());
         let timeout_ms = CONNECT_TIMEOUT.as_millis().to_string();
         let args = [
             "request",

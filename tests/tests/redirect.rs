@@ -276,3 +276,77 @@ fn a_reload_changes_what_is_captured_and_leaves_one_generation_of_capture_entrie
         Outcome::Eperm
     );
 }
+
+/// The scenario with `captureDNS` (the test data plane builds the plan as
+/// `run --capture-dns` does) and a UDP echo standing in for the DNS proxy
+/// on 127.0.0.1:15053 and [::1]:15053, in the proxy's cgroup.
+#[test]
+fn dns_queries_go_to_the_dns_proxy_and_answers_come_from_the_server_asked() {
+    let policy = POLICY.replace(
+        "  excludePorts: [22]",
+        "  excludePorts: [22]\n  captureDNS: {enabled: true, port: 15053}",
+    );
+    let mut s = Enforced::new(&policy).unwrap();
+    let proxy = s.cgroup("apps/proxy");
+    let dns = |ip: IpAddr| {
+        EchoServer::start(&s.net.client, Some(&proxy), at(ip, 15053), Proto::Udp).unwrap()
+    };
+    let (dns4, _dns6) = (
+        dns(Ipv4Addr::LOCALHOST.into()),
+        dns(Ipv6Addr::LOCALHOST.into()),
+    );
+    let app = s.client("apps/app");
+    // In the cluster, and on the internet (denied to UDP otherwise).
+    for server in [
+        at(TestNet::SERVER_V4, 53),
+        at(INTERNET, 53),
+        at(TestNet::SERVER_V6, 53),
+    ] {
+        let id = "apps/app".parse().unwrap();
+        let w = s.plan.workload(&id).unwrap();
+        let dst = Destination {
+            ip: server.ip(),
+            port: 53,
+            protocol: Protocol::Udp,
+        };
+        assert!(matches!(
+            compile::decide(&s.plan, w, dst).verdict,
+            Verdict::Redirect { proxy } if proxy.port() == 15053
+        ));
+        assert_eq!(
+            app.ask_over(server, Proto::Udp).unwrap(),
+            Ok(server.to_string()),
+            "the answer seems to come from the server asked"
+        );
+    }
+    assert!(matches!(
+        dns4.next_event(ARRIVAL),
+        Some(integration_tests::probe::Served::Received(_))
+    ));
+    // glibc's resolver connect()s its UDP socket first: captured too.
+    assert_eq!(
+        app.connect(at(INTERNET, 53), Proto::Udp, ARRIVAL).unwrap(),
+        Outcome::Ok
+    );
+    // Without `run --capture-dns`, explain (and the agent) leave DNS alone.
+    let plain = s.plan.clone().without_dns_capture();
+    let w = plain.workload(&"apps/app".parse().unwrap()).unwrap();
+    let query = Destination {
+        ip: INTERNET.into(),
+        port: 53,
+        protocol: Protocol::Udp,
+    };
+    assert_eq!(compile::decide(&plain, w, query).verdict, Verdict::Deny);
+    // Another UDP port is not DNS: not captured, denied on the internet.
+    assert_eq!(app.sendto(at(INTERNET, 5353)).unwrap(), Outcome::Eperm);
+    // The proxy's own queries are not captured.
+    let proxy_client = s.client("apps/proxy");
+    assert_eq!(
+        proxy_client.sendto(at(INTERNET, 53)).unwrap(),
+        Outcome::Eperm
+    );
+    let counters = s.dataplane().counters().unwrap();
+    assert_eq!(counters.flow(FlowEvent::DnsRedirected), 4);
+    assert_eq!(counters.flow(FlowEvent::DnsReplyRestored), 3);
+    assert_eq!(s.dataplane_ref().flow_entries().dns_orig, 4);
+}

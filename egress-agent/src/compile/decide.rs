@@ -128,9 +128,16 @@ pub fn decide(plan: &Plan, workload: &WorkloadPlan, dst: Destination) -> Decisio
     let mut trace = Vec::new();
     if let Some(capture) = &workload.capture {
         let proxy = capture.proxy_for(dst.ip);
-        if let Some(proxy) = proxy
-            .filter(|_| dst.protocol == Protocol::Tcp && captures(&capture.rules, dst.ip, dst.port))
-        {
+        let target = match dst.protocol {
+            Protocol::Tcp if captures(&capture.rules, dst.ip, dst.port) => proxy,
+            // Istio's DNS proxying: every UDP query to port 53 but to
+            // loopback, whatever the include/exclude rules.
+            Protocol::Udp if dst.port == 53 && !dst.ip.is_loopback() => capture
+                .dns_port
+                .and_then(|port| proxy.map(|p| SocketAddr::new(p.ip(), port))),
+            _ => None,
+        };
+        if let Some(proxy) = target {
             trace.push(format!(
                 "captured by Redirect {} → proxy {proxy}",
                 capture.redirect
@@ -139,7 +146,7 @@ pub fn decide(plan: &Plan, workload: &WorkloadPlan, dst: Destination) -> Decisio
             let hop = Destination {
                 ip: proxy.ip(),
                 port: proxy.port(),
-                protocol: Protocol::Tcp,
+                protocol: dst.protocol,
             };
             let mut checked = filter(plan, workload, hop, trace);
             if checked.verdict == Verdict::Allow {

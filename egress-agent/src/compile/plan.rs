@@ -56,6 +56,17 @@ impl Plan {
     pub fn workload(&self, id: &ObjectId) -> Option<&WorkloadPlan> {
         self.workloads.iter().find(|w| &w.id == id)
     }
+
+    /// The plan without DNS capture: what the agent enforces unless it runs
+    /// with `--capture-dns`, whatever the Redirects' `captureDNS` says
+    /// (DNS proxying needs a proxy that answers on the DNS port, which is
+    /// an opt-in in Istio too).
+    pub fn without_dns_capture(mut self) -> Self {
+        for capture in self.workloads.iter_mut().filter_map(|w| w.capture.as_mut()) {
+            capture.dns_port = None;
+        }
+        self
+    }
 }
 
 /// "Inside the cluster": the union of every gateway's `clusterCIDRs`.

@@ -10,10 +10,11 @@
 //! after, so both run (and agree, reading the same maps) for a moment
 //! rather than neither.
 //!
-//! Eight programs: five decide (`cgroup_skb/egress`, `connect4/6`,
+//! Ten programs: five decide (`cgroup_skb/egress`, `connect4/6`,
 //! `sendmsg4/6`), two record the flows whose replies they allow
-//! (`sockops`, `cgroup_skb/ingress`), and `cgroup/getsockopt` answers
-//! `SO_ORIGINAL_DST` for redirected connections. All are attached the same way and
+//! (`sockops`, `cgroup_skb/ingress`), `cgroup/getsockopt` answers
+//! `SO_ORIGINAL_DST` for redirected connections, and `recvmsg4/6` restore
+//! the source of redirected DNS replies. All are attached the same way and
 //! named the same way (`<program>@<fingerprint>`), so adoption, replacement
 //! and uninstall treat them alike.
 //!
@@ -65,6 +66,8 @@ pub fn program_name(hook: Hook) -> &'static str {
         Hook::SockOps => program::SOCK_OPS,
         Hook::SkbIngress => program::SKB_INGRESS,
         Hook::GetSockopt => program::GETSOCKOPT,
+        Hook::Recvmsg4 => program::RECVMSG4,
+        Hook::Recvmsg6 => program::RECVMSG6,
     }
 }
 
@@ -72,14 +75,17 @@ pub fn program_name(hook: Hook) -> &'static str {
 /// or a datagram received between two attaches is then already known when
 /// the deciding programs start asking (a flow that arrived before the
 /// recorders ran is never known, and its replies are decided by the
-/// policy). `getsockopt` before the connect hooks that redirect, so that a
-/// proxy never accepts a redirected connection it cannot ask about. Then
+/// policy). `getsockopt` and `recvmsg4/6` before the hooks that redirect,
+/// so that a proxy never accepts a redirected connection it cannot ask
+/// about, and no redirected DNS reply keeps the proxy's source. Then
 /// the packet-level guarantee, so that no moment has only the
 /// connect hooks.
-const ATTACH_ORDER: [Hook; 8] = [
+const ATTACH_ORDER: [Hook; 10] = [
     Hook::SockOps,
     Hook::SkbIngress,
     Hook::GetSockopt,
+    Hook::Recvmsg4,
+    Hook::Recvmsg6,
     Hook::Skb,
     Hook::Connect4,
     Hook::Connect6,
@@ -131,6 +137,8 @@ pub(super) struct OwnMaps {
     pub(super) inbound_tcp: u32,
     /// `ORIG_DST`: the only map `getsockopt` reads.
     pub(super) orig_dst: u32,
+    /// `DNS_ORIG`: the only map `recvmsg4/6` read.
+    pub(super) dns_orig: u32,
 }
 
 impl OwnMaps {
@@ -139,6 +147,7 @@ impl OwnMaps {
         match hook {
             Hook::SockOps => self.inbound_tcp,
             Hook::GetSockopt => self.orig_dst,
+            Hook::Recvmsg4 | Hook::Recvmsg6 => self.dns_orig,
             _ => self.workloads,
         }
     }
@@ -275,7 +284,12 @@ fn attach(
             })?;
             sockopt_link(prog_fd.as_fd(), &dir, &root.path, links_dir)
         }
-        Hook::Connect4 | Hook::Connect6 | Hook::Sendmsg4 | Hook::Sendmsg6 => {
+        Hook::Connect4
+        | Hook::Connect6
+        | Hook::Sendmsg4
+        | Hook::Sendmsg6
+        | Hook::Recvmsg4
+        | Hook::Recvmsg6 => {
             // The attach type comes from the program's ELF section.
             let prog: &mut CgroupSockAddr = program_mut(ebpf, name)?;
             load(|| prog.load(), name)?;

@@ -13,8 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use egress_common::{
-    capacity, map, CaptureInfo, Config, FlowEvent, HitKey, OrigDst, PolicyAddrV4, PolicyAddrV6,
-    PolicyInfo, PortSet, SockKey, UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
+    capacity, map, CaptureInfo, Config, DnsOrig, FlowEvent, HitKey, OrigDst, PolicyAddrV4,
+    PolicyAddrV6, PolicyInfo, PortSet, SockKey, UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
 };
 
 use super::{links::OwnMaps, object, syscalls, DataplaneError};
@@ -35,7 +35,7 @@ struct Layout {
     flags: u32,
 }
 
-const LAYOUTS: [Layout; 21] = [
+const LAYOUTS: [Layout; 22] = [
     Layout {
         name: map::ACTIVE,
         kind: MapType::Array,
@@ -204,6 +204,14 @@ const LAYOUTS: [Layout; 21] = [
         max_entries: capacity::ORIG_DST,
         flags: 0,
     },
+    Layout {
+        name: map::DNS_ORIG,
+        kind: MapType::LruHash,
+        key: size_of::<u64>(),
+        value: size_of::<DnsOrig>(),
+        max_entries: capacity::DNS_ORIG,
+        flags: 0,
+    },
 ];
 
 /// Typed handles on every map.
@@ -229,6 +237,7 @@ pub(super) struct Maps {
     pub(super) capture_v6: LpmTrie<MapData, PolicyAddrV6, u8>,
     pub(super) redirected: HashMap<MapData, u64, OrigDst>,
     pub(super) orig_dst: HashMap<MapData, SockKey, OrigDst>,
+    pub(super) dns_orig: HashMap<MapData, u64, DnsOrig>,
     /// Ids of maps that tell our programs, on these maps, from others'.
     pub(super) own: OwnMaps,
 }
@@ -316,6 +325,7 @@ impl Maps {
             workloads: pinned_id(map::WORKLOADS)?,
             inbound_tcp: pinned_id(map::INBOUND_TCP)?,
             orig_dst: pinned_id(map::ORIG_DST)?,
+            dns_orig: pinned_id(map::DNS_ORIG)?,
         };
         Ok(Self {
             active: take(ebpf, map::ACTIVE)?,
@@ -339,6 +349,7 @@ impl Maps {
             capture_v6: take(ebpf, map::CAPTURE_V6)?,
             redirected: take(ebpf, map::REDIRECTED)?,
             orig_dst: take(ebpf, map::ORIG_DST)?,
+            dns_orig: take(ebpf, map::DNS_ORIG)?,
             own,
         })
     }
@@ -435,6 +446,7 @@ impl Maps {
             inbound_udp_idle: idle,
             redirected: self.redirected.keys().filter(Result::is_ok).count(),
             orig_dst: self.orig_dst.keys().filter(Result::is_ok).count(),
+            dns_orig: self.dns_orig.keys().filter(Result::is_ok).count(),
         }
     }
 
@@ -490,6 +502,8 @@ pub struct FlowEntries {
     /// Open redirected connections with their original destination
     /// (`ORIG_DST`).
     pub orig_dst: usize,
+    /// UDP sockets whose DNS queries were redirected (`DNS_ORIG`).
+    pub dns_orig: usize,
 }
 
 pub(super) fn read(map: &'static str, source: aya::maps::MapError) -> DataplaneError {

@@ -5,8 +5,9 @@
 //!
 //! The programs (`cgroup_skb/egress`, `cgroup/connect4`, `connect6`,
 //! `sendmsg4`, `sendmsg6`, the recorders `sockops` and
-//! `cgroup_skb/ingress`, and `cgroup/getsockopt`, which answers
-//! `SO_ORIGINAL_DST` for redirected connections) are attached **once**,
+//! `cgroup_skb/ingress`, `cgroup/getsockopt`, which answers
+//! `SO_ORIGINAL_DST` for redirected connections, and `cgroup/recvmsg4/6`,
+//! which restore the source of redirected DNS answers) are attached **once**,
 //! at the agent's cgroup root, through bpf_links pinned under
 //! `<pin_dir>/links`. A workload is an entry of the `WORKLOADS` map, keyed
 //! by its cgroup id. So:
@@ -31,8 +32,9 @@
 //! `INBOUND_TCP` and `INBOUND_UDP`, which are not part of a generation:
 //! they describe sockets, not policy. So are `REDIRECTED` and `ORIG_DST`,
 //! the original destinations of connects that `connect4/6` rewrote to a
-//! Redirect's proxy (the Redirect itself, `CAPTURES` and `CAPTURE_V4/V6`,
-//! is part of each generation). Maps and links are
+//! Redirect's proxy, and `DNS_ORIG`, the servers of redirected DNS queries
+//! (the Redirect itself, `CAPTURES` and `CAPTURE_V4/V6`, is part of each
+//! generation). Maps and links are
 //! pinned: an agent that restarts (after a crash or SIGKILL) adopts them
 //! without detaching anything, so enforcement never has a gap, and fails
 //! closed while no agent runs.

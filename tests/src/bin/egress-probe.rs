@@ -57,8 +57,9 @@
 //!   `SOL_IPV6` / `IP6T_SO_ORIGINAL_DST` on an IPv6 socket), prints
 //!   `ORIGINAL <peer> <addr|outcome>`, writes `<addr|outcome>\n` to the
 //!   client first, then echoes.
-//! - `request ADDR --print-answer`: also prints `ANSWER <text>` with what
-//!   came back.
+//! - `request ADDR --print-answer`: also prints `ANSWER <text>`: for TCP
+//!   the first line that came back, for UDP the address the answer came
+//!   from (what a resolver checks).
 //!
 //! With `--uid N`, the probe switches to that user (and group) after
 //! entering its cgroup and namespace: a process running as Istio's proxy
@@ -567,6 +568,7 @@ fn request(
     print_answer: bool,
 ) -> io::Result<()> {
     let mut buf = [0u8; 2048];
+    let mut from = None;
     let n = match target.proto {
         Proto::Tcp => {
             let mut stream = TcpStream::connect_timeout(&target.addr, timeout)?;
@@ -578,7 +580,10 @@ fn request(
             let socket = UdpSocket::bind(bind.unwrap_or(unspecified(target.addr)))?;
             socket.set_read_timeout(Some(timeout))?;
             socket.send_to(PAYLOAD, target.addr)?;
-            socket.recv_from(&mut buf).map(|(n, _)| n)
+            socket.recv_from(&mut buf).map(|(n, peer)| {
+                from = Some(peer);
+                n
+            })
         }
     }
     .map_err(read_timeout)?;
@@ -589,8 +594,13 @@ fn request(
         ));
     }
     if print_answer {
-        let text = String::from_utf8_lossy(&buf[..n]);
-        println!("ANSWER {}", text.lines().next().unwrap_or_default());
+        match from {
+            Some(peer) => println!("ANSWER {peer}"),
+            None => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                println!("ANSWER {}", text.lines().next().unwrap_or_default());
+            }
+        }
     }
     Ok(())
 }
