@@ -61,9 +61,25 @@ pub mod map {
     pub const INBOUND_UDP: &str = "INBOUND_UDP";
     /// `PerCpuArray<u64>`, indexed by [`super::FlowEvent`].
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+    /// `HashMap<u32 policy id, CaptureInfo>`: the policy's Redirect, if any.
+    pub const CAPTURES: &str = "CAPTURES";
+    /// `LpmTrie<PolicyAddrV4, u8>`: capture include/exclude ranges, see
+    /// [`super::capture`].
+    pub const CAPTURE_V4: &str = "CAPTURE_V4";
+    /// `LpmTrie<PolicyAddrV6, u8>`.
+    pub const CAPTURE_V6: &str = "CAPTURE_V6";
+    /// `LruHashMap<u64 socket cookie, OrigDst>`: redirected connects whose
+    /// handshake has not completed yet.
+    pub const REDIRECTED: &str = "REDIRECTED";
+    /// `LruHashMap<SockKey, OrigDst>`: established redirected connections
+    /// by the app's local address, which is the proxy's peer address.
+    pub const ORIG_DST: &str = "ORIG_DST";
+    /// `LruHashMap<u64 socket cookie, DnsOrig>`: the DNS server a UDP
+    /// socket's query was redirected away from, for `recvmsg4/6`.
+    pub const DNS_ORIG: &str = "DNS_ORIG";
 
     /// Every map of the object, in the order the agent opens them.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 22] = [
         ACTIVE,
         CONFIG,
         WORKLOADS,
@@ -80,6 +96,12 @@ pub mod map {
         INBOUND_TCP,
         INBOUND_UDP,
         FLOW_EVENTS,
+        CAPTURES,
+        CAPTURE_V4,
+        CAPTURE_V6,
+        REDIRECTED,
+        ORIG_DST,
+        DNS_ORIG,
     ];
 }
 
@@ -116,6 +138,18 @@ pub mod capacity {
     /// timeout, ends the oldest flows; replies follow requests within
     /// milliseconds, far inside that window.
     pub const INBOUND_UDP: u32 = 1 << 16;
+    /// Capture include/exclude prefixes per family, summed over workloads
+    /// and generations.
+    pub const CAPTURE: u32 = 65_536;
+    /// Redirected connects between `connect()` and the end of the
+    /// handshake (a failed one goes with its `TCP_CLOSE`; LRU is the bound).
+    pub const REDIRECTED: u32 = 1 << 16;
+    /// Open redirected connections (about 100 B each, 6.5 MiB).
+    pub const ORIG_DST: u32 = 1 << 16;
+    /// UDP sockets whose DNS queries were redirected. UDP sockets have no
+    /// close callback, so LRU eviction is what bounds it (about 100 B an
+    /// entry, 6.5 MiB); an evicted socket's next query records it again.
+    pub const DNS_ORIG: u32 = 1 << 16;
 }
 
 /// Names of the programs in the eBPF object, as `aya::Ebpf::program_mut`
@@ -137,6 +171,12 @@ pub mod program {
     /// `cgroup_skb/ingress`: records the UDP flows that reach managed
     /// sockets. It never drops anything.
     pub const SKB_INGRESS: &str = "egress_skb_ingress";
+    /// `cgroup/getsockopt`: answers `SO_ORIGINAL_DST` for the proxy.
+    pub const GETSOCKOPT: &str = "egress_getsockopt";
+    /// `cgroup/recvmsg4`: restores the source of redirected DNS replies.
+    pub const RECVMSG4: &str = "egress_recvmsg4";
+    /// `cgroup/recvmsg6`.
+    pub const RECVMSG6: &str = "egress_recvmsg6";
 }
 
 /// The deepest cgroup level the programs can look at: `level_mask` is a
@@ -328,6 +368,12 @@ pub enum Hook {
     SockOps = 5,
     /// `cgroup_skb/ingress`: UDP flows that came in (records only).
     SkbIngress = 6,
+    /// `cgroup/getsockopt`: answers `SO_ORIGINAL_DST` (decides nothing).
+    GetSockopt = 7,
+    /// `cgroup/recvmsg4`: DNS replies from the proxy (decides nothing).
+    Recvmsg4 = 8,
+    /// `cgroup/recvmsg6`.
+    Recvmsg6 = 9,
 }
 
 impl Hook {
@@ -335,7 +381,7 @@ impl Hook {
     /// them only, so that its layout (and the maps an earlier agent
     /// pinned) did not change when the recording hooks came.
     pub const DECIDING: u32 = 5;
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Hook; Self::COUNT as usize] = [
         Hook::Skb,
         Hook::Connect4,
@@ -344,6 +390,9 @@ impl Hook {
         Hook::Sendmsg6,
         Hook::SockOps,
         Hook::SkbIngress,
+        Hook::GetSockopt,
+        Hook::Recvmsg4,
+        Hook::Recvmsg6,
     ];
 
     /// Whether this hook decides (and has `VERDICTS` slots).
@@ -378,6 +427,9 @@ pub enum Reason {
     /// policy denies (not for [`Reason::NoPolicy`]), so an allowed packet
     /// keeps its policy reason.
     Reply = 6,
+    /// Allowed: a TCP `connect()` captured by a Redirect, rewritten to the
+    /// proxy; the hop to the proxy passed the policy.
+    Redirect = 7,
     /// Denied: outside the cluster CIDRs and not a gateway.
     GatewayExclusivity = 8,
     /// Denied: a REGISTRY_ONLY gateway, and no allowed host matches.
@@ -395,7 +447,7 @@ pub enum Reason {
 impl Reason {
     /// Slots per (hook, disposition) in `VERDICTS`.
     pub const SLOTS: u32 = 16;
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Unmanaged,
         Reason::Loopback,
         Reason::NotIsolated,
@@ -403,6 +455,7 @@ impl Reason {
         Reason::GatewayHost,
         Reason::NotIp,
         Reason::Reply,
+        Reason::Redirect,
         Reason::GatewayExclusivity,
         Reason::GatewayAllowList,
         Reason::DefaultDeny,
@@ -545,12 +598,32 @@ pub enum FlowEvent {
     /// `cgroup_skb/ingress`: headers unreadable; nothing recorded (the
     /// packet is still delivered: this program never drops).
     IngressMalformed = 12,
+    /// `sock_ops`: a redirected connect completed its handshake; its
+    /// original destination was filed under its local address.
+    RedirectEstablished = 13,
+    /// `sock_ops`: a redirected connection closed; its entry was deleted.
+    RedirectClosed = 14,
+    /// `sock_ops`: a redirected connection could not be filed (map full):
+    /// the proxy will not find its original destination.
+    RedirectRecordFailed = 15,
+    /// `cgroup/getsockopt`: `SO_ORIGINAL_DST` answered from `ORIG_DST`.
+    OriginalDstAnswered = 16,
+    /// `cgroup/getsockopt`: `SO_ORIGINAL_DST` asked for a connection with no
+    /// entry (not redirected, or the client already closed): the kernel's
+    /// own answer stands.
+    OriginalDstUnknown = 17,
+    /// `sendmsg4/6`: a DNS query was sent to the DNS proxy instead; its
+    /// server was recorded in `DNS_ORIG`.
+    DnsRedirected = 18,
+    /// `recvmsg4/6`: a reply from the DNS proxy was given the source of
+    /// the server the query was meant for.
+    DnsReplyRestored = 19,
 }
 
 impl FlowEvent {
     /// Slots in `FLOW_EVENTS` (room to grow without a layout change).
     pub const SLOTS: u32 = 32;
-    pub const ALL: [FlowEvent; 13] = [
+    pub const ALL: [FlowEvent; 20] = [
         FlowEvent::TcpInbound,
         FlowEvent::TcpFastOpen,
         FlowEvent::TcpRecordFailed,
@@ -564,11 +637,112 @@ impl FlowEvent {
         FlowEvent::IngressIgnored,
         FlowEvent::IngressUnmanaged,
         FlowEvent::IngressMalformed,
+        FlowEvent::RedirectEstablished,
+        FlowEvent::RedirectClosed,
+        FlowEvent::RedirectRecordFailed,
+        FlowEvent::OriginalDstAnswered,
+        FlowEvent::OriginalDstUnknown,
+        FlowEvent::DnsRedirected,
+        FlowEvent::DnsReplyRestored,
     ];
 
     pub fn from_index(index: u32) -> Option<Self> {
         Self::ALL.iter().copied().find(|e| *e as u32 == index)
     }
+}
+
+/// Values of the `CAPTURE_V4/V6` tries, keyed by policy id and prefix.
+///
+/// istio-iptables lets `excludeIPRanges` beat `includeIPRanges` whatever
+/// the prefix lengths, and a longest-prefix match alone cannot say that:
+/// the agent drops every include prefix that lies inside an exclude prefix,
+/// so that the longest match is the right answer. `"*"` is stored as `/0`.
+pub mod capture {
+    /// The address is in `includeIPRanges`.
+    pub const INCLUDE: u8 = 1;
+    /// The address is in `excludeIPRanges`: never captured.
+    pub const EXCLUDE: u8 = 2;
+}
+
+/// Ports per `includePorts` / `excludePorts` list; the agent refuses more.
+pub const MAX_CAPTURE_PORTS: usize = 16;
+
+/// `CAPTURES` value: where a captured workload's connects go, and the
+/// port half of its capture rules (the address half is in `CAPTURE_V4/V6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CaptureInfo {
+    /// [`CaptureInfo::PROXY_V4`] and friends.
+    pub flags: u32,
+    /// The proxy's port, host byte order.
+    pub proxy_port: u16,
+    /// The DNS proxy port (host byte order); 0 when DNS is not captured.
+    pub dns_port: u16,
+    /// The proxy address for IPv4 sockets (and IPv4-mapped destinations).
+    pub proxy_v4: [u8; 4],
+    /// The proxy address for IPv6 destinations.
+    pub proxy_v6: [u8; 16],
+    pub include_len: u16,
+    pub exclude_len: u16,
+    /// `includePorts`, the first `include_len` used, host byte order.
+    pub include_ports: [u16; MAX_CAPTURE_PORTS],
+    /// `excludePorts`, the first `exclude_len` used.
+    pub exclude_ports: [u16; MAX_CAPTURE_PORTS],
+}
+
+impl CaptureInfo {
+    /// `proxy_v4` is set: IPv4 destinations can be redirected.
+    pub const PROXY_V4: u32 = 1 << 0;
+    /// `proxy_v6` is set: IPv6 destinations can be redirected.
+    pub const PROXY_V6: u32 = 1 << 1;
+}
+
+/// The original destination of a redirected connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OrigDst {
+    /// The app socket's cookie: only that socket's close removes the entry.
+    pub cookie: u64,
+    /// The address, IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+    /// Port, host byte order.
+    pub port: u16,
+    /// `AF_INET` (2) or `AF_INET6` (10): the family the app asked for.
+    pub family: u16,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 4],
+}
+
+/// `DNS_ORIG` value: where a UDP socket's last redirected DNS query was
+/// meant to go, and the proxy it went to instead, so that only replies from
+/// that proxy are given the server's address back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsOrig {
+    /// The server, IPv4 as `::ffff:a.b.c.d`.
+    pub server: [u8; 16],
+    /// The DNS proxy, IPv4 as `::ffff:a.b.c.d`.
+    pub proxy: [u8; 16],
+    /// Host byte order.
+    pub server_port: u16,
+    /// Host byte order.
+    pub proxy_port: u16,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 4],
+}
+
+/// `ORIG_DST` key: the app socket's local address and port once connected,
+/// which is the peer address of the proxy's accepted socket. IPv4 as
+/// `::ffff:a.b.c.d`, so that both ends spell it alike whatever their
+/// socket families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 2],
 }
 
 #[cfg(feature = "user")]
@@ -585,6 +759,10 @@ mod pod {
     unsafe impl aya::Pod for super::PortSet {}
     unsafe impl aya::Pod for super::HitKey {}
     unsafe impl aya::Pod for super::UdpFlowKey {}
+    unsafe impl aya::Pod for super::CaptureInfo {}
+    unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::DnsOrig {}
 }
 
 #[cfg(test)]
@@ -612,6 +790,8 @@ mod tests {
         );
         assert!(!Reason::Reply.denies());
         assert!(!Hook::SockOps.decides() && !Hook::SkbIngress.decides());
+        assert!(!Hook::GetSockopt.decides());
+        assert!(!Hook::Recvmsg4.decides() && !Hook::Recvmsg6.decides());
     }
 
     #[test]
@@ -636,6 +816,13 @@ mod tests {
         assert_eq!(size_of::<PortSet>(), 4 + MAX_PORT_ENTRIES * 12);
         assert_eq!(size_of::<HitKey>(), 16);
         assert_eq!(size_of::<UdpFlowKey>(), 8 + 16 + 2 + 6);
+        assert_eq!(
+            size_of::<CaptureInfo>(),
+            4 + 2 + 2 + 4 + 16 + 2 + 2 + 4 * MAX_CAPTURE_PORTS
+        );
+        assert_eq!(size_of::<OrigDst>(), 8 + 16 + 2 + 2 + 4);
+        assert_eq!(size_of::<SockKey>(), 16 + 2 + 2);
+        assert_eq!(size_of::<DnsOrig>(), 16 + 16 + 2 + 2 + 4);
     }
 
     #[test]

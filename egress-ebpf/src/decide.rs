@@ -149,12 +149,12 @@ pub fn is_loopback(addr: &Addr) -> bool {
 /// this policy that contains the address (stored prefixes are at least
 /// `POLICY_BITS` long, so a match never belongs to another policy).
 #[inline(always)]
-fn key_v4(id: u32, addr: [u8; 4]) -> Key<PolicyAddrV4> {
+pub fn key_v4(id: u32, addr: [u8; 4]) -> Key<PolicyAddrV4> {
     Key::new(POLICY_BITS + 32, PolicyAddrV4::new(id, addr))
 }
 
 #[inline(always)]
-fn key_v6(id: u32, addr: [u8; 16]) -> Key<PolicyAddrV6> {
+pub fn key_v6(id: u32, addr: [u8; 16]) -> Key<PolicyAddrV6> {
     Key::new(POLICY_BITS + 128, PolicyAddrV6::new(id, addr))
 }
 

@@ -24,16 +24,18 @@ mod decide;
 mod ingress;
 mod maps;
 mod packet;
+mod redirect;
 mod reply;
 mod skb;
 mod sock_addr;
 mod sock_ops;
+mod sockopt;
 mod verdict;
 mod workload;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock_addr, sock_ops},
-    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
+    macros::{cgroup_skb, cgroup_sock_addr, cgroup_sockopt, sock_ops},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext, SockoptContext},
 };
 use egress_common::Hook;
 use verdict::{conclude, count};
@@ -45,29 +47,30 @@ pub fn egress_skb(ctx: SkBuffContext) -> i32 {
     conclude(Hook::Skb, skb::try_egress_skb(&ctx))
 }
 
-/// Refuses `connect()` on IPv4 sockets (TCP and UDP) with EPERM.
+/// Refuses `connect()` on IPv4 sockets (TCP and UDP) with EPERM, or
+/// rewrites a captured TCP connect to the Redirect's proxy.
 #[cgroup_sock_addr(connect4)]
 pub fn egress_connect4(ctx: SockAddrContext) -> i32 {
-    conclude(Hook::Connect4, sock_addr::try_sock_addr4(&ctx))
+    conclude(Hook::Connect4, sock_addr::try_sock_addr4(&ctx, true))
 }
 
 /// Refuses `connect()` on IPv6 sockets, including to IPv4-mapped addresses,
 /// which never reach `connect4`.
 #[cgroup_sock_addr(connect6)]
 pub fn egress_connect6(ctx: SockAddrContext) -> i32 {
-    conclude(Hook::Connect6, sock_addr::try_sock_addr6(&ctx))
+    conclude(Hook::Connect6, sock_addr::try_sock_addr6(&ctx, true))
 }
 
 /// Refuses unconnected UDP `sendto()`/`sendmsg()` on IPv4 sockets.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn egress_sendmsg4(ctx: SockAddrContext) -> i32 {
-    conclude(Hook::Sendmsg4, sock_addr::try_sock_addr4(&ctx))
+    conclude(Hook::Sendmsg4, sock_addr::try_sock_addr4(&ctx, false))
 }
 
 /// Refuses unconnected UDP `sendto()`/`sendmsg()` on IPv6 sockets.
 #[cgroup_sock_addr(sendmsg6)]
 pub fn egress_sendmsg6(ctx: SockAddrContext) -> i32 {
-    conclude(Hook::Sendmsg6, sock_addr::try_sock_addr6(&ctx))
+    conclude(Hook::Sendmsg6, sock_addr::try_sock_addr6(&ctx, false))
 }
 
 /// Marks accepted TCP sockets inbound, and unmarks them when they close.
@@ -85,6 +88,32 @@ pub fn egress_sock_ops(ctx: SockOpsContext) -> u32 {
 #[cgroup_skb(ingress)]
 pub fn egress_skb_ingress(ctx: SkBuffContext) -> i32 {
     count(ingress::record(&ctx));
+    1
+}
+
+/// Gives DNS replies from the proxy the source of the server the query
+/// was meant for (1: a receive is never refused).
+#[cgroup_sock_addr(recvmsg4)]
+pub fn egress_recvmsg4(ctx: SockAddrContext) -> i32 {
+    redirect::restore4(&ctx);
+    1
+}
+
+/// As `egress_recvmsg4`, for IPv6 sockets.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn egress_recvmsg6(ctx: SockAddrContext) -> i32 {
+    redirect::restore6(&ctx);
+    1
+}
+
+/// Answers `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST` on the proxy's
+/// accepted sockets of redirected connections; leaves every other
+/// `getsockopt()` as the kernel answered it (1: never refused).
+#[cgroup_sockopt(getsockopt)]
+pub fn egress_getsockopt(ctx: SockoptContext) -> i32 {
+    if let Some(event) = sockopt::original_dst(&ctx) {
+        count(event);
+    }
     1
 }
 

@@ -13,8 +13,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use egress_common::{
-    capacity, Config, FlowEvent, HitKey, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortSet,
-    UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
+    capacity, CaptureInfo, Config, DnsOrig, FlowEvent, HitKey, OrigDst, PolicyAddrV4, PolicyAddrV6,
+    PolicyInfo, PortSet, SockKey, UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
 };
 
 const NO_PREALLOC: u32 = BPF_F_NO_PREALLOC;
@@ -86,3 +86,31 @@ pub static INBOUND_UDP: LruHashMap<UdpFlowKey, u64> =
 /// One counter per `FlowEvent`, per CPU.
 #[map(name = "FLOW_EVENTS")]
 pub static FLOW_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FlowEvent::SLOTS, 0);
+
+/// Policy id → its Redirect's proxy and port rules; absent = not captured.
+#[map(name = "CAPTURES")]
+pub static CAPTURES: HashMap<u32, CaptureInfo> =
+    HashMap::with_max_entries(capacity::POLICIES, NO_PREALLOC);
+
+/// (policy, prefix) → `egress_common::capture` include/exclude.
+#[map(name = "CAPTURE_V4")]
+pub static CAPTURE_V4: LpmTrie<PolicyAddrV4, u8> = LpmTrie::with_max_entries(capacity::CAPTURE, 0);
+
+#[map(name = "CAPTURE_V6")]
+pub static CAPTURE_V6: LpmTrie<PolicyAddrV6, u8> = LpmTrie::with_max_entries(capacity::CAPTURE, 0);
+
+/// Socket cookie → original destination, from the rewritten `connect()`
+/// until the handshake completes (or fails).
+#[map(name = "REDIRECTED")]
+pub static REDIRECTED: LruHashMap<u64, OrigDst> =
+    LruHashMap::with_max_entries(capacity::REDIRECTED, 0);
+
+/// The app's local address → original destination, while the connection
+/// is open: what `SO_ORIGINAL_DST` on the proxy's accepted socket answers.
+#[map(name = "ORIG_DST")]
+pub static ORIG_DST: LruHashMap<SockKey, OrigDst> =
+    LruHashMap::with_max_entries(capacity::ORIG_DST, 0);
+
+/// UDP socket cookie → the DNS server its last redirected query was for.
+#[map(name = "DNS_ORIG")]
+pub static DNS_ORIG: LruHashMap<u64, DnsOrig> = LruHashMap::with_max_entries(capacity::DNS_ORIG, 0);

@@ -6,21 +6,31 @@
 //! `sendto()` back to a remote that sent to the same socket is allowed
 //! ([`reply::sock_addr_is_reply`]), or a DNS-server-like workload would get
 //! EPERM for every answer.
+//!
+//! `connect4/6` also carry out a Redirect: a captured TCP connect is
+//! rewritten to the proxy ([`redirect`]), and the policy is checked on that
+//! hop instead of the original destination, as `compile::decide` does.
 
 use aya_ebpf::{helpers::bpf_get_current_ancestor_cgroup_id, programs::SockAddrContext};
 use egress_common::{Reason, NO_RULE};
 
 use crate::{
-    decide::{decide, has_ports, Addr, Dst},
-    reply,
+    decide::{decide, has_ports, Addr, Dst, IPPROTO_TCP},
+    redirect, reply,
     verdict::Outcome,
     workload::{self, Workload},
 };
 
-/// Decides on a `connect()`/`sendmsg()` from an IPv4 socket.
+/// Decides on a `connect()` (`connect` true: TCP and DNS redirects apply)
+/// or `sendmsg()` (DNS redirects apply) from an IPv4 socket.
 #[inline(always)]
-pub fn try_sock_addr4(ctx: &SockAddrContext) -> Outcome {
-    with_workload(ctx, || {
+pub fn try_sock_addr4(ctx: &SockAddrContext, connect: bool) -> Outcome {
+    let rewrite = |proxy: &Dst| {
+        if let Addr::V4(a) = proxy.addr {
+            redirect::rewrite4(ctx, a, proxy.port);
+        }
+    };
+    with_workload(ctx, connect, rewrite, || {
         let sa = ctx.sock_addr;
         // SAFETY: the kernel guarantees `sock_addr` points to a valid
         // context; each field is read with a 4-byte load, which the
@@ -43,9 +53,13 @@ pub fn try_sock_addr4(ctx: &SockAddrContext) -> Outcome {
 /// A dual-stack socket connecting to `::ffff:a.b.c.d` sends IPv4 packets
 /// and the kernel never runs `connect4` for it, so such an address is
 /// decided as the IPv4 address it embeds.
+///
+/// A captured IPv4-mapped destination goes to the IPv4 proxy address,
+/// mapped; an IPv6 one to the proxy's IPv6 address.
 #[inline(always)]
-pub fn try_sock_addr6(ctx: &SockAddrContext) -> Outcome {
-    with_workload(ctx, || {
+pub fn try_sock_addr6(ctx: &SockAddrContext, connect: bool) -> Outcome {
+    let rewrite = |proxy: &Dst| redirect::rewrite6(ctx, proxy.addr.mapped(), proxy.port);
+    with_workload(ctx, connect, rewrite, || {
         let sa = ctx.sock_addr;
         // SAFETY: as above.
         let (words, port, proto) = unsafe {
@@ -82,9 +96,17 @@ pub fn try_sock_addr6(ctx: &SockAddrContext) -> Outcome {
 
 /// Runs the ancestor walk on the current task's cgroup, then `dst` and the
 /// decision for a managed one; a denied UDP destination may be a reply, as
-/// in `cgroup_skb` (and only then, `NoPolicy` excepted).
+/// in `cgroup_skb` (and only then, `NoPolicy` excepted). A destination the
+/// workload's Redirect captures (a TCP connect, or with `captureDNS` a UDP
+/// query to port 53) is decided as the hop to the proxy and, if that is
+/// allowed, rewritten to it with `rewrite`.
 #[inline(always)]
-fn with_workload(ctx: &SockAddrContext, dst: impl FnOnce() -> Dst) -> Outcome {
+fn with_workload(
+    ctx: &SockAddrContext,
+    connect: bool,
+    rewrite: impl FnOnce(&Dst),
+    dst: impl FnOnce() -> Dst,
+) -> Outcome {
     // SAFETY: plain helper call; returns 0 for levels deeper than the
     // current cgroup.
     let found =
@@ -93,6 +115,35 @@ fn with_workload(ctx: &SockAddrContext, dst: impl FnOnce() -> Dst) -> Outcome {
         return Outcome::unmanaged(found.audit);
     };
     let dst = dst();
+    // A UDP `connect()` to port 53 is captured too: glibc's resolver
+    // connects its socket, then reads with `recvfrom()`.
+    let proxy = if connect {
+        redirect::proxy_for(policy, &dst).or_else(|| redirect::dns_proxy_for(policy, &dst))
+    } else {
+        redirect::dns_proxy_for(policy, &dst)
+    };
+    if let Some(proxy) = proxy {
+        let hop = decide(policy, &proxy);
+        let reason = if hop.reason.denies() {
+            // Denied hop: no rewrite; in audit mode the connect or query
+            // goes where the application asked.
+            hop.reason
+        } else {
+            rewrite(&proxy);
+            if proxy.proto == IPPROTO_TCP {
+                redirect::remember(ctx, &dst);
+            } else {
+                redirect::remember_dns(ctx, &dst, &proxy);
+            }
+            Reason::Redirect
+        };
+        return Outcome {
+            reason,
+            rule: hop.rule,
+            cgroup_id,
+            audit_mode: found.audit,
+        };
+    }
     let mut decision = decide(policy, &dst);
     if decision.reason.denies()
         && decision.reason != Reason::NoPolicy

@@ -10,20 +10,32 @@
 //! It runs for every TCP socket below the cgroup root, managed or not
 //! (sock_ops has no helper to find a socket's cgroup): a workload that
 //! becomes managed keeps answering the connections it had accepted.
+//!
+//! It also carries redirected connections' original destinations from the
+//! app socket's cookie (`REDIRECTED`, written by `connect4/6`) to its local
+//! address (`ORIG_DST`) when its handshake completes, because the proxy's
+//! accepted socket can only name its peer's address, not the peer's
+//! cookie. The entry goes when the app socket reaches `TCP_CLOSE`.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_TCP_CLOSE, BPF_TCP_CLOSE_WAIT, BPF_TCP_ESTABLISHED, BPF_TCP_SYN_RECV,
     },
     helpers::bpf_get_socket_cookie,
     programs::SockOpsContext,
 };
-use egress_common::{inbound, FlowEvent};
+use egress_common::{inbound, FlowEvent, SockKey, UdpFlowKey};
 
-use crate::{maps::INBOUND_TCP, packet::TCP_SYN};
+use crate::{
+    maps::{INBOUND_TCP, ORIG_DST, REDIRECTED},
+    packet::TCP_SYN,
+    redirect::AF_INET,
+    sockopt::words_to_bytes,
+};
 
 /// What one callback did; `None` for callbacks that concern no entry.
 #[inline(always)]
@@ -31,8 +43,89 @@ pub fn on_sock_ops(ctx: &SockOpsContext) -> Option<FlowEvent> {
     match ctx.op() {
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => Some(accepted(ctx)),
         BPF_SOCK_OPS_STATE_CB => state_changed(ctx),
+        BPF_SOCK_OPS_TCP_CONNECT_CB => redirect_connecting(ctx),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => redirect_established(ctx),
         _ => None,
     }
+}
+
+/// A redirected connect sends its SYN: ask for state callbacks, so that a
+/// connect that fails (`SYN_SENT -> CLOSE`) removes its `REDIRECTED`
+/// entry and an established one its `ORIG_DST` entry.
+#[inline(always)]
+fn redirect_connecting(ctx: &SockOpsContext) -> Option<FlowEvent> {
+    // SAFETY: an LRU element; only its presence matters.
+    unsafe { REDIRECTED.get(cookie(ctx)) }?;
+    let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
+    // A failure leaves the entry to LRU eviction: bounded either way.
+    let _ = ctx.set_cb_flags(flags as i32);
+    None
+}
+
+/// The app's local address, IPv4 as `::ffff:a.b.c.d`.
+#[inline(always)]
+fn local_key(ctx: &SockOpsContext) -> SockKey {
+    let ops = ctx.ops;
+    // SAFETY: 4-byte fields of the kernel's context. All are read, whatever
+    // the family, each with its own load at a constant offset: loads in
+    // two branches would be merged into one through a moved context
+    // pointer, which the verifier refuses.
+    let (family, port, v4, words) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ops).family),
+            core::ptr::read_volatile(&(*ops).local_port),
+            core::ptr::read_volatile(&(*ops).local_ip4),
+            [
+                core::ptr::read_volatile(&(*ops).local_ip6[0]),
+                core::ptr::read_volatile(&(*ops).local_ip6[1]),
+                core::ptr::read_volatile(&(*ops).local_ip6[2]),
+                core::ptr::read_volatile(&(*ops).local_ip6[3]),
+            ],
+        )
+    };
+    let addr = if family == u32::from(AF_INET) {
+        UdpFlowKey::v4_mapped(v4.to_ne_bytes())
+    } else {
+        words_to_bytes(words)
+    };
+    SockKey {
+        addr,
+        port: port as u16,
+        _pad: [0; 2],
+    }
+}
+
+/// A redirected connect completed its handshake: its local address is
+/// now what the proxy sees as the peer, so the entry moves there.
+#[inline(always)]
+fn redirect_established(ctx: &SockOpsContext) -> Option<FlowEvent> {
+    let cookie = cookie(ctx);
+    // SAFETY: an LRU element, copied at once.
+    let orig = (unsafe { REDIRECTED.get(cookie) }).copied()?;
+    let _ = REDIRECTED.remove(cookie);
+    let event = match ORIG_DST.insert(local_key(ctx), orig, 0) {
+        Ok(()) => FlowEvent::RedirectEstablished,
+        Err(_) => FlowEvent::RedirectRecordFailed,
+    };
+    Some(event)
+}
+
+/// Removes what a closing redirected socket left: its `ORIG_DST` entry
+/// (only if it is this socket's: another socket may have the address
+/// since) or its `REDIRECTED` entry if it never connected.
+#[inline(always)]
+fn redirect_closed(ctx: &SockOpsContext, cookie: u64) -> Option<FlowEvent> {
+    if REDIRECTED.remove(cookie).is_ok() {
+        return Some(FlowEvent::RedirectClosed);
+    }
+    let key = local_key(ctx);
+    // SAFETY: an LRU element, copied at once.
+    let orig = (unsafe { ORIG_DST.get(key) }).copied()?;
+    if orig.cookie != cookie {
+        return None;
+    }
+    let _ = ORIG_DST.remove(key);
+    Some(FlowEvent::RedirectClosed)
 }
 
 #[inline(always)]
@@ -76,6 +169,13 @@ fn state_changed(ctx: &SockOpsContext) -> Option<FlowEvent> {
         return None;
     }
     let cookie = cookie(ctx);
+    // A socket this program asked state callbacks for as a redirected
+    // connect is never an accepted one.
+    if new == BPF_TCP_CLOSE {
+        if let Some(event) = redirect_closed(ctx, cookie) {
+            return Some(event);
+        }
+    }
     // Another program may have asked for state callbacks on sockets that
     // are not ours: only entries this program made are touched.
     let entry = INBOUND_TCP.get_ptr_mut(cookie)?;

@@ -95,6 +95,7 @@ pub struct Client<'a> {
     netns: &'a Netns,
     cgroup: Option<PathBuf>,
     escape_into: Option<String>,
+    uid: Option<u32>,
 }
 
 impl<'a> Client<'a> {
@@ -104,6 +105,7 @@ impl<'a> Client<'a> {
             netns,
             cgroup: None,
             escape_into: None,
+            uid: None,
         }
     }
 
@@ -118,6 +120,7 @@ impl<'a> Client<'a> {
             netns,
             cgroup: Some(cgroup.to_owned()),
             escape_into: None,
+            uid: None,
         }
     }
 
@@ -126,6 +129,53 @@ impl<'a> Client<'a> {
     pub fn escaping_into(mut self, child: &str) -> Self {
         self.escape_into = Some(child.to_owned());
         self
+    }
+
+    /// The same client, running as user and group `uid` (after entering
+    /// its cgroup and namespace).
+    pub fn as_uid(mut self, uid: u32) -> Self {
+        self.uid = Some(uid);
+        self
+    }
+
+    /// One TCP request; what came back (`Ok(text)`), or the outcome when
+    /// no answer came.
+    pub fn ask(&self, addr: SocketAddr) -> anyhow::Result<Result<String, Outcome>> {
+        self.ask_over(addr, Proto::Tcp)
+    }
+
+    /// [`Client::ask`] over `proto`; for UDP the text is the address the
+    /// answer came from.
+    pub fn ask_over(
+        &self,
+        addr: SocketAddr,
+        proto: Proto,
+    ) -> anyhow::Result<Result<String, Outcome>> {
+        let target = format!("{addr}/{}", proto.suffix());
+        let timeout_ms = CONNECT_TIMEOUT.as_millis().to_string();
+        let args = [
+            "request",
+            &target,
+            "--timeout-ms",
+            &timeout_ms,
+            "--print-answer",
+        ];
+        let output = self
+            .command(&args)
+            .output()
+            .context("running egress-probe")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if let Some(answer) = stdout.lines().find_map(|l| l.strip_prefix("ANSWER ")) {
+            return Ok(Ok(answer.trim().to_owned()));
+        }
+        match stdout.lines().find_map(|l| l.strip_prefix("RESULT ")) {
+            Some(result) => Ok(Err(Outcome::parse(result.trim()))),
+            None => bail!(
+                "egress-probe {args:?} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        }
     }
 
     pub fn connect_tcp(&self, addr: SocketAddr) -> anyhow::Result<Outcome> {
@@ -345,6 +395,9 @@ impl<'a> Client<'a> {
         }
         if let Some(child) = &self.escape_into {
             cmd.arg("--escape-into").arg(child);
+        }
+        if let Some(uid) = self.uid {
+            cmd.arg("--uid").arg(uid.to_string());
         }
         cmd.args(["--netns", self.netns.name()]).args(args);
         cmd
@@ -701,6 +754,16 @@ impl EchoServer {
         addr: SocketAddr,
     ) -> anyhow::Result<Self> {
         Self::spawn(netns, cgroup, addr, Proto::Tcp, &["--fast-open"])
+    }
+
+    /// A stand-in for Envoy: a TCP echo server that first answers each
+    /// connection with its `SO_ORIGINAL_DST` (see [`Client::ask`]).
+    pub fn start_proxy(
+        netns: &Netns,
+        cgroup: Option<&Path>,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        Self::spawn(netns, cgroup, addr, Proto::Tcp, &["--original-dst"])
     }
 
     /// [`EchoServer::start`], reporting nothing (for floods).

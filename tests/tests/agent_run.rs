@@ -443,3 +443,34 @@ fn startup_refuses_clearly_without_cgroup2() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A Redirect of `shop/app` with `captureDNS`; its proxy workload does not
+/// run here: only where the query goes matters.
+const DNS_REDIRECT: &str = r#"apiVersion: egress.enforcer.dev/v1alpha1
+kind: Redirect
+metadata: {name: sidecar, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  proxy: {selector: {podSelector: {matchLabels: {role: proxy}}}}
+  captureDNS: {enabled: true, port: 15053}
+"#;
+
+#[test]
+fn dns_is_captured_only_when_the_agent_runs_with_capture_dns() -> anyhow::Result<()> {
+    let dns = SocketAddr::new(IpAddr::V4(TestNet::SERVER_V4), 53);
+    for (extra, expected) in [
+        // The NetworkPolicy allows only TCP 8080: the query is denied.
+        (&[][..], Outcome::Eperm),
+        // Sent to the DNS proxy on loopback instead, which is allowed.
+        (&["--capture-dns"][..], Outcome::Ok),
+    ] {
+        let mut scene = Scene::start(extra)?;
+        scene.dir.write("redirect.yaml", DNS_REDIRECT)?;
+        scene
+            .agent()
+            .wait_for_count("policy applied", 2, Duration::from_secs(10))?;
+        let outcome = scene.client().sendto(dns)?;
+        assert_eq!(outcome, expected, "run {extra:?}");
+    }
+    Ok(())
+}

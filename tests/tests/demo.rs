@@ -176,10 +176,14 @@ fn the_demo_shows_every_seed_guarantee_with_real_connections_and_leaves_nothing_
     assert!(stdout
         .contains("NetworkPolicy test-egress/allow-egress-to-istio-system-and-kube-dns egress[0]"));
     assert!(stdout.contains("gateway exclusivity"));
-    // Redirect is planned but not enforced yet: pending, not a failure.
-    let redirect = row(&stdout, "default/sleep → edition.cnn.com");
-    assert!(redirect.starts_with('…'), "{redirect}");
-    assert!(stdout.contains("pending: redirect (issue 4)"));
+    // The captured connect to a denied address is rewritten to the
+    // sidecar's proxy in the kernel, and reaches it.
+    expect(
+        "default/sleep → edition.cnn.com 203.0.113.10:443/tcp",
+        "redirect",
+        "ok",
+    );
+    assert!(stdout.contains("(reached the proxy)"));
     // Fail closed, adoption, uninstall.
     for step in [
         "SIGKILL the agent",

@@ -51,6 +51,8 @@ pub struct KernelEnforcer {
     backstop: Option<Backstop>,
     cgroup_mount: PathBuf,
     audit: bool,
+    /// `run --capture-dns`: otherwise `captureDNS` is left out of images.
+    capture_dns: bool,
     /// Workloads whose cgroup did not exist at the last apply, with the
     /// cgroup they wait for.
     waiting: BTreeMap<ObjectId, String>,
@@ -101,11 +103,18 @@ impl KernelEnforcer {
             backstop: (nft && !audit).then(Backstop::new),
             cgroup_mount,
             audit,
+            capture_dns: false,
             waiting: BTreeMap::new(),
             names: Names::default(),
             audited: BTreeMap::new(),
             last_audit: None,
         })
+    }
+
+    /// Carries out the Redirects' `captureDNS` (`run --capture-dns`).
+    pub fn with_dns_capture(mut self, on: bool) -> Self {
+        self.capture_dns = on;
+        self
     }
 
     pub fn dataplane(&self) -> &Dataplane {
@@ -122,6 +131,13 @@ impl Enforcer for KernelEnforcer {
             .iter()
             .map(|(name, addrs)| (name.to_owned(), addrs.to_vec()))
             .collect();
+        let stripped;
+        let plan = if self.capture_dns {
+            plan
+        } else {
+            stripped = plan.clone().without_dns_capture();
+            &stripped
+        };
         let image =
             MapImage::build(plan, &ids, &resolved, self.audit).map_err(KernelError::Image)?;
         let stats = self

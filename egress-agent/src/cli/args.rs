@@ -72,6 +72,9 @@ pub struct ExplainArgs {
     /// The destination, as IP:PORT[/tcp|/udp|/sctp]; IPv6 as [ADDR]:PORT.
     #[arg(long, value_name = "IP:PORT[/PROTO]")]
     pub to: String,
+    /// As `run --capture-dns`: Redirects with `captureDNS` capture UDP/53.
+    #[arg(long)]
+    pub capture_dns: bool,
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -112,6 +115,11 @@ pub struct RunArgs {
     /// Do not install the nftables backstop.
     #[arg(long)]
     pub no_nft: bool,
+    /// Carry out `captureDNS` of Redirects: captured workloads' UDP
+    /// queries to port 53 go to the proxy's DNS port (Istio's DNS
+    /// proxying). Off by default.
+    #[arg(long)]
+    pub capture_dns: bool,
     #[arg(long, value_enum, default_value_t)]
     pub log_format: LogFormat,
 }

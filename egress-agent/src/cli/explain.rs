@@ -26,7 +26,10 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
-    let plan = compile::compile(&loaded.model);
+    let mut plan = compile::compile(&loaded.model);
+    if !args.capture_dns {
+        plan = plan.without_dns_capture();
+    }
     let Some(workload) = plan.workload(&from) else {
         let known: Vec<String> = plan.workloads.iter().map(|w| w.id.to_string()).collect();
         return Err(anyhow!(

@@ -27,7 +27,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             args.cgroup_root.as_deref(),
             args.audit,
             !args.no_nft,
-        )?;
+        )?
+        .with_dns_capture(args.capture_dns);
         let reloader = Reloader::new(args.policies.clone(), enforcer, args.audit);
         let resolver = ResolverSettings {
             upstream: if args.dns_servers.is_empty() {

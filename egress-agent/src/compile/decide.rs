@@ -127,30 +127,43 @@ pub fn decide(plan: &Plan, workload: &WorkloadPlan, dst: Destination) -> Decisio
     let dst = dst.canonical();
     let mut trace = Vec::new();
     if let Some(capture) = &workload.capture {
-        if dst.protocol == Protocol::Tcp && captures(&capture.rules, dst.ip, dst.port) {
+        let proxy = capture.proxy_for(dst.ip);
+        let target = match dst.protocol {
+            Protocol::Tcp if captures(&capture.rules, dst.ip, dst.port) => proxy,
+            // Istio's DNS proxying: every UDP query to port 53 but to
+            // loopback, whatever the include/exclude rules.
+            Protocol::Udp if dst.port == 53 && !dst.ip.is_loopback() => capture
+                .dns_port
+                .and_then(|port| proxy.map(|p| SocketAddr::new(p.ip(), port))),
+            _ => None,
+        };
+        if let Some(proxy) = target {
             trace.push(format!(
-                "captured by Redirect {} → proxy {}",
-                capture.redirect, capture.proxy
+                "captured by Redirect {} → proxy {proxy}",
+                capture.redirect
             ));
             // The redirected connection's policy check applies to the proxy hop.
             let hop = Destination {
-                ip: capture.proxy.ip(),
-                port: capture.proxy.port(),
-                protocol: Protocol::Tcp,
+                ip: proxy.ip(),
+                port: proxy.port(),
+                protocol: dst.protocol,
             };
             let mut checked = filter(plan, workload, hop, trace);
             if checked.verdict == Verdict::Allow {
-                checked.verdict = Verdict::Redirect {
-                    proxy: capture.proxy,
-                };
+                checked.verdict = Verdict::Redirect { proxy };
                 checked.reason = Reason::Captured {
                     redirect: capture.redirect.clone(),
                 };
             }
             return checked;
         }
+        let why = if proxy.is_none() {
+            "no proxy address of the destination's family"
+        } else {
+            "include/exclude rules"
+        };
         trace.push(format!(
-            "not captured by Redirect {} (include/exclude rules)",
+            "not captured by Redirect {} ({why})",
             capture.redirect
         ));
     }

@@ -1,6 +1,9 @@
 //! The plan: what the kernel is programmed with, per workload.
 
-use std::{fmt, net::IpAddr, net::SocketAddr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use ipnet::IpNet;
 use serde::Serialize;
@@ -53,6 +56,17 @@ impl Plan {
     pub fn workload(&self, id: &ObjectId) -> Option<&WorkloadPlan> {
         self.workloads.iter().find(|w| &w.id == id)
     }
+
+    /// The plan without DNS capture: what the agent enforces unless it runs
+    /// with `--capture-dns`, whatever the Redirects' `captureDNS` says
+    /// (DNS proxying needs a proxy that answers on the DNS port, which is
+    /// an opt-in in Istio too).
+    pub fn without_dns_capture(mut self) -> Self {
+        for capture in self.workloads.iter_mut().filter_map(|w| w.capture.as_mut()) {
+            capture.dns_port = None;
+        }
+        self
+    }
 }
 
 /// "Inside the cluster": the union of every gateway's `clusterCIDRs`.
@@ -104,6 +118,28 @@ pub struct Capture {
     pub dns_port: Option<u16>,
 }
 
+impl Capture {
+    /// Where a captured connect to `dst` goes: the proxy, in the family of
+    /// `dst` (canonical: IPv4-mapped is IPv4). A socket cannot be
+    /// redirected across families, so a loopback proxy stands for both
+    /// loopbacks (127.0.0.1 ↔ ::1: a sidecar listens on both), and a
+    /// non-loopback proxy captures only destinations of its own family.
+    pub fn proxy_for(&self, dst: IpAddr) -> Option<SocketAddr> {
+        let port = self.proxy.port();
+        match (self.proxy.ip().to_canonical(), dst.to_canonical()) {
+            (IpAddr::V4(p), IpAddr::V4(_)) => Some(SocketAddr::new(p.into(), port)),
+            (IpAddr::V6(p), IpAddr::V6(_)) => Some(SocketAddr::new(p.into(), port)),
+            (IpAddr::V4(p), IpAddr::V6(_)) if p.is_loopback() => {
+                Some(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port))
+            }
+            (IpAddr::V6(p), IpAddr::V4(_)) if p.is_loopback() => {
+                Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// NetworkPolicy egress for one workload.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase", tag = "mode")]
@@ -125,4 +161,44 @@ pub struct NodeRules {
     pub cluster_cidrs: Vec<IpNet>,
     pub gateway_addresses: Vec<IpAddr>,
     pub workload_addresses: Vec<IpAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::model::CaptureRules;
+
+    fn capture(proxy: &str) -> Capture {
+        Capture {
+            redirect: ObjectId {
+                namespace: "default".into(),
+                name: "r".into(),
+            },
+            proxy: proxy.parse().unwrap(),
+            rules: CaptureRules::default(),
+            dns_port: None,
+        }
+    }
+
+    #[test]
+    fn a_loopback_proxy_stands_for_both_loopbacks_and_others_for_their_family() {
+        let at = |s: &str| s.parse::<IpAddr>().unwrap();
+        let local = capture("127.0.0.1:15001");
+        assert_eq!(
+            local.proxy_for(at("2001:db8::1")),
+            Some("[::1]:15001".parse().unwrap())
+        );
+        assert_eq!(
+            local.proxy_for(at("::ffff:192.0.2.1")),
+            Some("127.0.0.1:15001".parse().unwrap())
+        );
+        let node = capture("10.0.0.1:15001");
+        assert_eq!(node.proxy_for(at("2001:db8::1")), None);
+        let node6 = capture("[fd00::1]:15001");
+        assert_eq!(node6.proxy_for(at("192.0.2.1")), None);
+        assert_eq!(
+            capture("[::1]:15001").proxy_for(at("192.0.2.1")),
+            Some("127.0.0.1:15001".parse().unwrap())
+        );
+    }
 }

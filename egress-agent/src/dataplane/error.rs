@@ -27,6 +27,14 @@ pub enum ImageError {
         prefix: IpNet,
         entries: usize,
     },
+    /// `CaptureInfo` holds at most `MAX_CAPTURE_PORTS` (16) distinct ports
+    /// per list.
+    #[error("workload {workload}: Redirect {field} lists {len} distinct ports; at most 16 fit")]
+    TooManyCapturePorts {
+        workload: ObjectId,
+        field: &'static str,
+        len: usize,
+    },
     #[error("workloads {first} and {second} have the same cgroup (id {cgroup_id})")]
     SharedCgroup {
         first: ObjectId,

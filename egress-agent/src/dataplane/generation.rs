@@ -55,6 +55,8 @@ pub struct ApplyStats {
     pub cluster_entries: usize,
     /// `PORT_SETS` entries written.
     pub port_sets: usize,
+    /// `CAPTURES` and `CAPTURE_V4/V6` entries written.
+    pub capture_entries: usize,
     /// Entries of earlier generations deleted (all maps).
     pub removed: usize,
     /// Whether the previous state was unknown (first apply after `open`, or
@@ -78,6 +80,9 @@ struct Keys {
     gateway_v6: Vec<Key<PolicyAddrV6>>,
     cluster_v4: Vec<Key<PolicyAddrV4>>,
     cluster_v6: Vec<Key<PolicyAddrV6>>,
+    capture_v4: Vec<Key<PolicyAddrV4>>,
+    capture_v6: Vec<Key<PolicyAddrV6>>,
+    captures: Vec<u32>,
     policies: Vec<u32>,
     port_sets: Vec<u32>,
 }
@@ -381,6 +386,33 @@ fn write_generation(
         )?;
         stats.allow_entries += w.allow_v4.len() + w.allow_v6.len();
         stats.gateway_entries += w.gateway_v4.len() + w.gateway_v6.len();
+        if let Some(capture) = &w.capture {
+            for (net, value) in &capture.v4 {
+                let key = keys::v4(policy, *net);
+                maps.capture_v4
+                    .insert(&key, value, 0)
+                    .map_err(|source| write_err(map::CAPTURE_V4, what(net), source))?;
+                keys.capture_v4.push(key);
+            }
+            for (net, value) in &capture.v6 {
+                let key = keys::v6(policy, *net);
+                maps.capture_v6
+                    .insert(&key, value, 0)
+                    .map_err(|source| write_err(map::CAPTURE_V6, what(net), source))?;
+                keys.capture_v6.push(key);
+            }
+            maps.captures
+                .insert(policy, capture.info, 0)
+                .map_err(|source| {
+                    write_err(
+                        map::CAPTURES,
+                        format!("capture of workload {}", w.id),
+                        source,
+                    )
+                })?;
+            keys.captures.push(policy);
+            stats.capture_entries += 1 + capture.v4.len() + capture.v6.len();
+        }
         // The policy last: a workload slot pointing at it is written after.
         let info = PolicyInfo {
             flags: w.flags,
@@ -487,6 +519,15 @@ fn scan_ids(
     for key in Maps::keys_v6(&maps.cluster_v6, map::CLUSTER_V6)? {
         ids.insert(keys::v6_id(&key));
     }
+    for key in Maps::keys_v4(&maps.capture_v4, map::CAPTURE_V4)? {
+        ids.insert(keys::v4_id(&key));
+    }
+    for key in Maps::keys_v6(&maps.capture_v6, map::CAPTURE_V6)? {
+        ids.insert(keys::v6_id(&key));
+    }
+    for key in maps.captures.keys() {
+        ids.insert(key.map_err(|source| read(map::CAPTURES, source))?);
+    }
     sets.remove(&EMPTY_SET);
     Ok((ids, sets))
 }
@@ -525,6 +566,15 @@ fn delete_keys(maps: &mut Maps, keys: &Keys) -> usize {
     for key in &keys.port_sets {
         count(maps.port_sets.remove(key));
     }
+    for key in &keys.captures {
+        count(maps.captures.remove(key));
+    }
+    for key in &keys.capture_v4 {
+        count(maps.capture_v4.remove(key));
+    }
+    for key in &keys.capture_v6 {
+        count(maps.capture_v6.remove(key));
+    }
     removed
 }
 
@@ -561,6 +611,20 @@ fn delete_foreign(
     for id in stale {
         delete(&mut maps.port_sets, &id, map::PORT_SETS, || {
             format!("port set {id}")
+        })?;
+        removed += 1;
+    }
+    let stale: Vec<u32> = maps
+        .captures
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| read(map::CAPTURES, source))?
+        .into_iter()
+        .filter(|id| !ids.contains(id))
+        .collect();
+    for id in stale {
+        delete(&mut maps.captures, &id, map::CAPTURES, || {
+            format!("capture of policy {id}")
         })?;
         removed += 1;
     }
@@ -616,6 +680,20 @@ fn delete_foreign(
         keys::v6_id,
         keys::v6_net,
         map::CLUSTER_V6
+    );
+    sweep!(
+        maps.capture_v4,
+        Maps::keys_v4,
+        keys::v4_id,
+        keys::v4_net,
+        map::CAPTURE_V4
+    );
+    sweep!(
+        maps.capture_v6,
+        Maps::keys_v6,
+        keys::v6_id,
+        keys::v6_net,
+        map::CAPTURE_V6
     );
     Ok(removed)
 }

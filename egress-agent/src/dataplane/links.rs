@@ -10,9 +10,11 @@
 //! after, so both run (and agree, reading the same maps) for a moment
 //! rather than neither.
 //!
-//! Seven programs: five decide (`cgroup_skb/egress`, `connect4/6`,
-//! `sendmsg4/6`) and two record the flows whose replies they allow
-//! (`sockops`, `cgroup_skb/ingress`). All are attached the same way and
+//! Ten programs: five decide (`cgroup_skb/egress`, `connect4/6`,
+//! `sendmsg4/6`), two record the flows whose replies they allow
+//! (`sockops`, `cgroup_skb/ingress`), `cgroup/getsockopt` answers
+//! `SO_ORIGINAL_DST` for redirected connections, and `recvmsg4/6` restore
+//! the source of redirected DNS replies. All are attached the same way and
 //! named the same way (`<program>@<fingerprint>`), so adoption, replacement
 //! and uninstall treat them alike.
 //!
@@ -23,13 +25,15 @@
 
 use std::{
     fs::{self, File},
+    os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
 use aya::{
     programs::{
-        links::FdLink, loaded_programs, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType,
-        CgroupSockAddr, SockOps,
+        links::{FdLink, PinnedLink},
+        loaded_programs, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
+        CgroupSockopt, SockOps,
     },
     Ebpf,
 };
@@ -61,6 +65,9 @@ pub fn program_name(hook: Hook) -> &'static str {
         Hook::Sendmsg6 => program::SENDMSG6,
         Hook::SockOps => program::SOCK_OPS,
         Hook::SkbIngress => program::SKB_INGRESS,
+        Hook::GetSockopt => program::GETSOCKOPT,
+        Hook::Recvmsg4 => program::RECVMSG4,
+        Hook::Recvmsg6 => program::RECVMSG6,
     }
 }
 
@@ -68,11 +75,17 @@ pub fn program_name(hook: Hook) -> &'static str {
 /// or a datagram received between two attaches is then already known when
 /// the deciding programs start asking (a flow that arrived before the
 /// recorders ran is never known, and its replies are decided by the
-/// policy). Then the packet-level guarantee, so that no moment has only the
+/// policy). `getsockopt` and `recvmsg4/6` before the hooks that redirect,
+/// so that a proxy never accepts a redirected connection it cannot ask
+/// about, and no redirected DNS reply keeps the proxy's source. Then
+/// the packet-level guarantee, so that no moment has only the
 /// connect hooks.
-const ATTACH_ORDER: [Hook; 7] = [
+const ATTACH_ORDER: [Hook; 10] = [
     Hook::SockOps,
     Hook::SkbIngress,
+    Hook::GetSockopt,
+    Hook::Recvmsg4,
+    Hook::Recvmsg6,
     Hook::Skb,
     Hook::Connect4,
     Hook::Connect6,
@@ -122,6 +135,10 @@ pub(super) struct OwnMaps {
     pub(super) workloads: u32,
     /// `INBOUND_TCP`: the only map `sockops` decides with.
     pub(super) inbound_tcp: u32,
+    /// `ORIG_DST`: the only map `getsockopt` reads.
+    pub(super) orig_dst: u32,
+    /// `DNS_ORIG`: the only map `recvmsg4/6` read.
+    pub(super) dns_orig: u32,
 }
 
 impl OwnMaps {
@@ -129,6 +146,8 @@ impl OwnMaps {
     fn of(&self, hook: Hook) -> u32 {
         match hook {
             Hook::SockOps => self.inbound_tcp,
+            Hook::GetSockopt => self.orig_dst,
+            Hook::Recvmsg4 | Hook::Recvmsg6 => self.dns_orig,
             _ => self.workloads,
         }
     }
@@ -152,7 +171,7 @@ pub(super) fn establish(
             links.push(link);
             continue;
         }
-        let link = attach(ebpf, hook, root)?;
+        let link = attach(ebpf, hook, root, links_dir)?;
         // A link pinned here that could not be adopted (attached to another
         // root, or to other maps) goes now that the new one runs.
         match fs::remove_file(&pin) {
@@ -222,7 +241,12 @@ fn inspect(pin: &Path) -> Result<syscalls::LinkInfo, DataplaneError> {
 }
 
 /// Loads `hook`'s program and attaches it to `root` with a new bpf_link.
-fn attach(ebpf: &mut Ebpf, hook: Hook, root: &CgroupRoot) -> Result<FdLink, DataplaneError> {
+fn attach(
+    ebpf: &mut Ebpf,
+    hook: Hook,
+    root: &CgroupRoot,
+    links_dir: &Path,
+) -> Result<FdLink, DataplaneError> {
     let name = program_name(hook);
     let dir = File::open(&root.path).map_err(|source| io("opening cgroup", &root.path, source))?;
     let attach_err = |source| DataplaneError::Attach {
@@ -251,7 +275,21 @@ fn attach(ebpf: &mut Ebpf, hook: Hook, root: &CgroupRoot) -> Result<FdLink, Data
             let id = prog.attach(&dir, mode).map_err(attach_err)?;
             FdLink::try_from(prog.take_link(id).map_err(take_err)?).map_err(fd_err)
         }
-        Hook::Connect4 | Hook::Connect6 | Hook::Sendmsg4 | Hook::Sendmsg6 => {
+        Hook::GetSockopt => {
+            let prog: &mut CgroupSockopt = program_mut(ebpf, name)?;
+            load(|| prog.load(), name)?;
+            let prog_fd = prog.fd().map_err(|source| DataplaneError::LoadProgram {
+                program: name,
+                source,
+            })?;
+            sockopt_link(prog_fd.as_fd(), &dir, &root.path, links_dir)
+        }
+        Hook::Connect4
+        | Hook::Connect6
+        | Hook::Sendmsg4
+        | Hook::Sendmsg6
+        | Hook::Recvmsg4
+        | Hook::Recvmsg6 => {
             // The attach type comes from the program's ELF section.
             let prog: &mut CgroupSockAddr = program_mut(ebpf, name)?;
             load(|| prog.load(), name)?;
@@ -259,6 +297,36 @@ fn attach(ebpf: &mut Ebpf, hook: Hook, root: &CgroupRoot) -> Result<FdLink, Data
             FdLink::try_from(prog.take_link(id).map_err(take_err)?).map_err(fd_err)
         }
     }
+}
+
+/// A `cgroup/getsockopt` bpf_link as an `FdLink`. aya 0.14 keeps this
+/// link type to itself, so it is created with `BPF_LINK_CREATE`, pinned
+/// at a temporary name in `links_dir` (bpffs refuses names with a dot;
+/// no `@`, so never taken for
+/// one of ours), and taken back with `PinnedLink::unpin`, which removes
+/// that name.
+fn sockopt_link(
+    prog: BorrowedFd<'_>,
+    cgroup: &File,
+    path: &Path,
+    links_dir: &Path,
+) -> Result<FdLink, DataplaneError> {
+    let fd = syscalls::cgroup_link_create(prog, cgroup.as_fd(), syscalls::BPF_CGROUP_GETSOCKOPT)
+        .map_err(|source| io("attaching cgroup/getsockopt at", path, source))?;
+    let tmp = links_dir.join("getsockopt-link-being-pinned");
+    let _ = fs::remove_file(&tmp);
+    syscalls::obj_pin(fd.as_fd(), &tmp)
+        .map_err(|source| io("pinning the cgroup/getsockopt link at", &tmp, source))?;
+    let pinned = PinnedLink::from_pin(&tmp).map_err(|source| DataplaneError::NotFdLink {
+        hook: Hook::GetSockopt,
+        source,
+    });
+    let link = pinned.and_then(|p| {
+        p.unpin()
+            .map_err(|source| io("unpinning the temporary link", &tmp, source))
+    });
+    let _ = fs::remove_file(&tmp);
+    link
 }
 
 /// How many times a load interrupted by a signal is retried, as libbpf does.

@@ -13,8 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use egress_common::{
-    capacity, map, Config, FlowEvent, HitKey, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortSet,
-    UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
+    capacity, map, CaptureInfo, Config, DnsOrig, FlowEvent, HitKey, OrigDst, PolicyAddrV4,
+    PolicyAddrV6, PolicyInfo, PortSet, SockKey, UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
 };
 
 use super::{links::OwnMaps, object, syscalls, DataplaneError};
@@ -35,7 +35,7 @@ struct Layout {
     flags: u32,
 }
 
-const LAYOUTS: [Layout; 16] = [
+const LAYOUTS: [Layout; 22] = [
     Layout {
         name: map::ACTIVE,
         kind: MapType::Array,
@@ -164,6 +164,54 @@ const LAYOUTS: [Layout; 16] = [
         max_entries: FlowEvent::SLOTS,
         flags: 0,
     },
+    Layout {
+        name: map::CAPTURES,
+        kind: MapType::Hash,
+        key: size_of::<u32>(),
+        value: size_of::<CaptureInfo>(),
+        max_entries: capacity::POLICIES,
+        flags: NO_PREALLOC,
+    },
+    Layout {
+        name: map::CAPTURE_V4,
+        kind: MapType::LpmTrie,
+        key: 4 + size_of::<PolicyAddrV4>(),
+        value: 1,
+        max_entries: capacity::CAPTURE,
+        flags: NO_PREALLOC,
+    },
+    Layout {
+        name: map::CAPTURE_V6,
+        kind: MapType::LpmTrie,
+        key: 4 + size_of::<PolicyAddrV6>(),
+        value: 1,
+        max_entries: capacity::CAPTURE,
+        flags: NO_PREALLOC,
+    },
+    Layout {
+        name: map::REDIRECTED,
+        kind: MapType::LruHash,
+        key: size_of::<u64>(),
+        value: size_of::<OrigDst>(),
+        max_entries: capacity::REDIRECTED,
+        flags: 0,
+    },
+    Layout {
+        name: map::ORIG_DST,
+        kind: MapType::LruHash,
+        key: size_of::<SockKey>(),
+        value: size_of::<OrigDst>(),
+        max_entries: capacity::ORIG_DST,
+        flags: 0,
+    },
+    Layout {
+        name: map::DNS_ORIG,
+        kind: MapType::LruHash,
+        key: size_of::<u64>(),
+        value: size_of::<DnsOrig>(),
+        max_entries: capacity::DNS_ORIG,
+        flags: 0,
+    },
 ];
 
 /// Typed handles on every map.
@@ -184,6 +232,12 @@ pub(super) struct Maps {
     pub(super) inbound_tcp: HashMap<MapData, u64, u8>,
     pub(super) inbound_udp: HashMap<MapData, UdpFlowKey, u64>,
     pub(super) flow_events: PerCpuArray<MapData, u64>,
+    pub(super) captures: HashMap<MapData, u32, CaptureInfo>,
+    pub(super) capture_v4: LpmTrie<MapData, PolicyAddrV4, u8>,
+    pub(super) capture_v6: LpmTrie<MapData, PolicyAddrV6, u8>,
+    pub(super) redirected: HashMap<MapData, u64, OrigDst>,
+    pub(super) orig_dst: HashMap<MapData, SockKey, OrigDst>,
+    pub(super) dns_orig: HashMap<MapData, u64, DnsOrig>,
     /// Ids of maps that tell our programs, on these maps, from others'.
     pub(super) own: OwnMaps,
 }
@@ -270,6 +324,8 @@ impl Maps {
         let own = OwnMaps {
             workloads: pinned_id(map::WORKLOADS)?,
             inbound_tcp: pinned_id(map::INBOUND_TCP)?,
+            orig_dst: pinned_id(map::ORIG_DST)?,
+            dns_orig: pinned_id(map::DNS_ORIG)?,
         };
         Ok(Self {
             active: take(ebpf, map::ACTIVE)?,
@@ -288,6 +344,12 @@ impl Maps {
             inbound_tcp: take(ebpf, map::INBOUND_TCP)?,
             inbound_udp: take(ebpf, map::INBOUND_UDP)?,
             flow_events: take(ebpf, map::FLOW_EVENTS)?,
+            captures: take(ebpf, map::CAPTURES)?,
+            capture_v4: take(ebpf, map::CAPTURE_V4)?,
+            capture_v6: take(ebpf, map::CAPTURE_V6)?,
+            redirected: take(ebpf, map::REDIRECTED)?,
+            orig_dst: take(ebpf, map::ORIG_DST)?,
+            dns_orig: take(ebpf, map::DNS_ORIG)?,
             own,
         })
     }
@@ -357,6 +419,9 @@ impl Maps {
                 + count(self.cluster_v6.keys(), map::CLUSTER_V6)?,
             gateway: count(self.gateway_v4.keys(), map::GATEWAY_V4)?
                 + count(self.gateway_v6.keys(), map::GATEWAY_V6)?,
+            captures: count(self.captures.keys(), map::CAPTURES)?,
+            capture: count(self.capture_v4.keys(), map::CAPTURE_V4)?
+                + count(self.capture_v6.keys(), map::CAPTURE_V6)?,
         })
     }
 
@@ -379,6 +444,9 @@ impl Maps {
             inbound_tcp: self.inbound_tcp.keys().filter(Result::is_ok).count(),
             inbound_udp,
             inbound_udp_idle: idle,
+            redirected: self.redirected.keys().filter(Result::is_ok).count(),
+            orig_dst: self.orig_dst.keys().filter(Result::is_ok).count(),
+            dns_orig: self.dns_orig.keys().filter(Result::is_ok).count(),
         }
     }
 
@@ -412,6 +480,10 @@ pub struct EntryCounts {
     pub port_sets: usize,
     pub cluster: usize,
     pub gateway: usize,
+    /// `CAPTURES` entries: one per captured workload and generation.
+    pub captures: usize,
+    /// `CAPTURE_V4` + `CAPTURE_V6` entries.
+    pub capture: usize,
 }
 
 /// Entries of the maps of inbound flows (see [`Dataplane::flow_entries`](super::Dataplane::flow_entries)).
@@ -425,6 +497,13 @@ pub struct FlowEntries {
     /// Of those, flows idle for longer than `UDP_IDLE_NS`: no longer
     /// replies, left until a lookup deletes them or LRU evicts them.
     pub inbound_udp_idle: usize,
+    /// Redirected connects whose handshake has not completed (`REDIRECTED`).
+    pub redirected: usize,
+    /// Open redirected connections with their original destination
+    /// (`ORIG_DST`).
+    pub orig_dst: usize,
+    /// UDP sockets whose DNS queries were redirected (`DNS_ORIG`).
+    pub dns_orig: usize,
 }
 
 pub(super) fn read(map: &'static str, source: aya::maps::MapError) -> DataplaneError {

@@ -4,10 +4,13 @@
 //! # Design
 //!
 //! The programs (`cgroup_skb/egress`, `cgroup/connect4`, `connect6`,
-//! `sendmsg4`, `sendmsg6`, and the recorders `sockops` and
-//! `cgroup_skb/ingress`) are attached **once**, at the agent's cgroup
-//! root, through bpf_links pinned under `<pin_dir>/links`. A workload is an
-//! entry of the `WORKLOADS` map, keyed by its cgroup id. So:
+//! `sendmsg4`, `sendmsg6`, the recorders `sockops` and
+//! `cgroup_skb/ingress`, `cgroup/getsockopt`, which answers
+//! `SO_ORIGINAL_DST` for redirected connections, and `cgroup/recvmsg4/6`,
+//! which restore the source of redirected DNS answers) are attached **once**,
+//! at the agent's cgroup root, through bpf_links pinned under
+//! `<pin_dir>/links`. A workload is an entry of the `WORKLOADS` map, keyed
+//! by its cgroup id. So:
 //! - there is one attach point, whatever the number of workloads;
 //! - a new workload is enforced by one map write: no attach, no verifier
 //!   run per cgroup;
@@ -27,7 +30,11 @@
 //! learn those flows from the kernel (accepted TCP sockets whose handshake
 //! completed; UDP datagrams received by managed sockets) into
 //! `INBOUND_TCP` and `INBOUND_UDP`, which are not part of a generation:
-//! they describe sockets, not policy. Maps and links are
+//! they describe sockets, not policy. So are `REDIRECTED` and `ORIG_DST`,
+//! the original destinations of connects that `connect4/6` rewrote to a
+//! Redirect's proxy, and `DNS_ORIG`, the servers of redirected DNS queries
+//! (the Redirect itself, `CAPTURES` and `CAPTURE_V4/V6`, is part of each
+//! generation). Maps and links are
 //! pinned: an agent that restarts (after a crash or SIGKILL) adopts them
 //! without detaching anything, so enforcement never has a gap, and fails
 //! closed while no agent runs.

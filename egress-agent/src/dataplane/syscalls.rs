@@ -1,12 +1,15 @@
 //! The few bpf(2) and membarrier(2) calls aya 0.14 does not expose, and
 //! the programs' clock.
+//!
+//! aya 0.14 attaches `cgroup/getsockopt` with a bpf_link but cannot hand
+//! that link out as an `FdLink` to pin, so that link is created here.
 
 use std::{
     ffi::CString,
     io,
     mem::size_of,
     os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
     path::Path,
@@ -14,7 +17,11 @@ use std::{
     time::Duration,
 };
 
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_CREATE: libc::c_long = 28;
+/// `BPF_CGROUP_GETSOCKOPT` of `enum bpf_attach_type`.
+pub(super) const BPF_CGROUP_GETSOCKOPT: u32 = 21;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_TYPE_CGROUP: u32 = 3;
 /// `MEMBARRIER_CMD_GLOBAL` (formerly `MEMBARRIER_CMD_SHARED`).
@@ -79,6 +86,82 @@ pub(super) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `BPF_LINK_CREATE`: attaches `prog` to the cgroup `cgroup` with a new
+/// bpf_link (multi-attach, as every cgroup link is).
+pub(super) fn cgroup_link_create(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct Attr {
+        prog_fd: u32,
+        target_fd: u32,
+        attach_type: u32,
+        flags: u32,
+        _pad: [u32; 12],
+    }
+    let fd_u32 =
+        |fd: BorrowedFd<'_>| u32::try_from(fd.as_raw_fd()).map_err(|_| io::ErrorKind::InvalidInput);
+    let mut attr = Attr {
+        prog_fd: fd_u32(prog)?,
+        target_fd: fd_u32(cgroup)?,
+        attach_type,
+        flags: 0,
+        _pad: [0; 12],
+    };
+    // SAFETY: `attr` is a valid, zero-padded bpf_attr for this command.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            &mut attr as *mut Attr,
+            size_of::<Attr>() as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `BPF_OBJ_PIN`: pins the object `fd` at `path` (on bpffs).
+pub(super) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    #[repr(C)]
+    struct Attr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: [u32; 11],
+    }
+    let mut attr = Attr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: u32::try_from(fd.as_raw_fd())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: [0; 11],
+    };
+    // SAFETY: as for BPF_OBJ_GET; `path` outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &mut attr as *mut Attr,
+            size_of::<Attr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `BPF_OBJ_GET_INFO_BY_FD` on a link.

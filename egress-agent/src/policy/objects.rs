@@ -121,7 +121,9 @@ pub struct RedirectSpec {
     #[serde(default)]
     pub exclude_ports: Option<PortList>,
     /// Also send UDP port 53 to the proxy's DNS port, like Istio DNS proxying.
-    #[serde(default)]
+    /// Spelled `captureDNS`, as documented (camelCase would give
+    /// `captureDns`, which is kept as an alias).
+    #[serde(default, rename = "captureDNS", alias = "captureDns")]
     pub capture_dns: Option<DnsCaptureSpec>,
 }
 

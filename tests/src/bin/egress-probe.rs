@@ -55,6 +55,21 @@
 //!   sees it, only `cgroup_skb/egress` does. `RESULT <outcome>` of the
 //!   `sendto()`. Listeners report it as an ordinary datagram.
 //!
+//! For the transparent redirect:
+//!
+//! - `serve ADDR --original-dst`: a stand-in for Envoy. Per accepted
+//!   connection it asks `getsockopt(SO_ORIGINAL_DST)` (`SOL_IP`, or
+//!   `SOL_IPV6` / `IP6T_SO_ORIGINAL_DST` on an IPv6 socket), prints
+//!   `ORIGINAL <peer> <addr|outcome>`, writes `<addr|outcome>\n` to the
+//!   client first, then echoes.
+//! - `request ADDR --print-answer`: also prints `ANSWER <text>`: for TCP
+//!   the first line that came back, for UDP the address the answer came
+//!   from (what a resolver checks).
+//!
+//! With `--uid N`, the probe switches to that user (and group) after
+//! entering its cgroup and namespace: a process running as Istio's proxy
+//! UID 1337 in an app's cgroup.
+//!
 //! With `--escape-into NAME`, the probe creates a child cgroup `NAME` of
 //! `--cgroup` and moves into it, as a process escaping its workload's
 //! cgroup would.
@@ -90,6 +105,9 @@ struct Args {
     /// Network namespace (a name under /run/netns) to enter next.
     #[arg(long)]
     netns: Option<String>,
+    /// Then run as this user and group id.
+    #[arg(long)]
+    uid: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,6 +136,9 @@ enum Command {
         quiet: bool,
         #[arg(long)]
         fast_open: bool,
+        /// Answer each connection with its `SO_ORIGINAL_DST` first.
+        #[arg(long)]
+        original_dst: bool,
     },
     /// One UDP datagram from each local port of a range.
     Spray {
@@ -135,6 +156,9 @@ enum Command {
         bind: Option<SocketAddr>,
         #[arg(long)]
         fast_open: bool,
+        /// Print the answer (`ANSWER <text>`).
+        #[arg(long)]
+        print_answer: bool,
     },
     /// Many TCP request/answer connections in a row.
     Flood {
@@ -237,6 +261,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(netns) = &args.netns {
         enter_netns(netns)?;
     }
+    if let Some(uid) = args.uid {
+        // SAFETY: plain syscalls; the group first, while still root.
+        if unsafe { libc::setgid(uid) } != 0 || unsafe { libc::setuid(uid) } != 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("becoming uid {uid}"));
+        }
+    }
     match args.command {
         Command::Listen { target } => listen(target),
         Command::Connect { target, timeout_ms } => {
@@ -248,19 +278,21 @@ fn run(args: Args) -> anyhow::Result<()> {
             target,
             quiet,
             fast_open,
-        } => serve(target, quiet, fast_open),
+            original_dst,
+        } => serve(target, quiet, fast_open, original_dst),
         Command::Spray { addr, ports } => spray(addr, &ports),
         Command::Request {
             target,
             timeout_ms,
             bind,
             fast_open,
+            print_answer,
         } => {
             let timeout = Duration::from_millis(timeout_ms);
             if fast_open {
                 report(request_fast_open(target.addr, timeout))
             } else {
-                report(request(target, bind, timeout))
+                report(request(target, bind, timeout, print_answer))
             }
         }
         Command::Flood {
@@ -441,7 +473,49 @@ fn echo_stream(mut stream: TcpStream, peer: SocketAddr, quiet: bool) {
     }
 }
 
-fn serve(target: Target, quiet: bool, fast_open: bool) -> anyhow::Result<()> {
+/// `getsockopt(SO_ORIGINAL_DST)` on an accepted socket, as Envoy asks it:
+/// `SOL_IP` on IPv4 sockets, `SOL_IPV6` (`IP6T_SO_ORIGINAL_DST`, also 80)
+/// on IPv6 ones.
+fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    let v6 = stream.local_addr()?.is_ipv6();
+    let level = if v6 { libc::SOL_IPV6 } else { libc::SOL_IP };
+    // SAFETY: a zeroed sockaddr_storage is a valid buffer of its size.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the buffer and its length outlive the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            level,
+            SO_ORIGINAL_DST,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    match i32::from(storage.ss_family) {
+        libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the kernel wrote a sockaddr_in.
+            let sin: libc::sockaddr_in =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Ok(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the kernel wrote a sockaddr_in6.
+            let sin6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Ok(SocketAddr::from((ip, u16::from_be(sin6.sin6_port))))
+        }
+        family => Err(io::Error::other(format!("family {family}, length {len}"))),
+    }
+}
+
+fn serve(target: Target, quiet: bool, fast_open: bool, original: bool) -> anyhow::Result<()> {
     match target.proto {
         Proto::Tcp => {
             if fast_open {
@@ -457,10 +531,18 @@ fn serve(target: Target, quiet: bool, fast_open: bool) -> anyhow::Result<()> {
             }
             println!("LISTENING {}", listener.local_addr()?);
             for stream in listener.incoming() {
-                let stream = stream.context("accept")?;
+                let mut stream = stream.context("accept")?;
                 let peer = stream.peer_addr()?;
                 if !quiet {
                     println!("ACCEPTED {peer}");
+                }
+                if original {
+                    let text = match original_dst(&stream) {
+                        Ok(addr) => addr.to_string(),
+                        Err(err) => outcome_text(&Err(err)),
+                    };
+                    println!("ORIGINAL {peer} {text}");
+                    let _ = stream.write_all(format!("{text}\n").as_bytes());
                 }
                 std::thread::spawn(move || echo_stream(stream, peer, quiet));
             }
@@ -487,8 +569,14 @@ fn serve(target: Target, quiet: bool, fast_open: bool) -> anyhow::Result<()> {
 
 /// One request and its answer. A missing answer is a timeout (WouldBlock
 /// or TimedOut from the read timeout).
-fn request(target: Target, bind: Option<SocketAddr>, timeout: Duration) -> io::Result<()> {
+fn request(
+    target: Target,
+    bind: Option<SocketAddr>,
+    timeout: Duration,
+    print_answer: bool,
+) -> io::Result<()> {
     let mut buf = [0u8; 2048];
+    let mut from = None;
     let n = match target.proto {
         Proto::Tcp => {
             let mut stream = TcpStream::connect_timeout(&target.addr, timeout)?;
@@ -500,7 +588,10 @@ fn request(target: Target, bind: Option<SocketAddr>, timeout: Duration) -> io::R
             let socket = UdpSocket::bind(bind.unwrap_or(unspecified(target.addr)))?;
             socket.set_read_timeout(Some(timeout))?;
             socket.send_to(PAYLOAD, target.addr)?;
-            socket.recv_from(&mut buf).map(|(n, _)| n)
+            socket.recv_from(&mut buf).map(|(n, peer)| {
+                from = Some(peer);
+                n
+            })
         }
     }
     .map_err(read_timeout)?;
@@ -509,6 +600,15 @@ fn request(target: Target, bind: Option<SocketAddr>, timeout: Duration) -> io::R
             io::ErrorKind::UnexpectedEof,
             "closed without an answer",
         ));
+    }
+    if print_answer {
+        match from {
+            Some(peer) => println!("ANSWER {peer}"),
+            None => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                println!("ANSWER {}", text.lines().next().unwrap_or_default());
+            }
+        }
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! ids go to the kernel unchanged, so counters read back with the image's
 //! [`MapImage::rules`].
 
+mod capture;
 mod hosts;
 mod ports;
 
@@ -24,6 +25,7 @@ use crate::{
     compile::{Egress, Plan, RuleRef, WorkloadPlan},
     policy::model::ObjectId,
 };
+pub use capture::ImageCapture;
 pub use hosts::GatewayHost;
 use ports::PortSets;
 
@@ -44,6 +46,8 @@ pub struct ImageWorkload {
     /// REGISTRY_ONLY gateways: allowed host prefix → image port set.
     pub gateway_v4: Vec<(Ipv4Net, u32)>,
     pub gateway_v6: Vec<(Ipv6Net, u32)>,
+    /// The workload's Redirect, when it is captured.
+    pub capture: Option<ImageCapture>,
 }
 
 /// What one generation of the maps holds, before kernel ids are assigned.
@@ -120,7 +124,16 @@ impl MapImage {
                 allow_v6: Vec::new(),
                 gateway_v4: Vec::new(),
                 gateway_v6: Vec::new(),
+                capture: None,
             };
+            if let Some(c) = &w.capture {
+                let built = capture::build(c).map_err(|e| ImageError::TooManyCapturePorts {
+                    workload: w.id.clone(),
+                    field: e.field,
+                    len: e.len,
+                })?;
+                iw.capture = Some(built);
+            }
             if let Egress::Isolated { table, .. } = &w.egress {
                 // Each of the table's sets, once, as an image port set.
                 let mut local: HashMap<u32, u32> = HashMap::new();

@@ -202,7 +202,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     println!();
     let ok = report.failed == 0 && teardown.left_behind.is_empty();
     println!(
-        "Result: {} {} as expected, {} failed{}; total {:.1} s",
+        "Result: {} {} as expected, {} failed; total {:.1} s",
         report.passed,
         if report.passed == 1 {
             "check"
@@ -210,14 +210,6 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             "checks"
         },
         report.failed,
-        if report.pending > 0 {
-            format!(
-                ", {} pending (transparent redirect, issue 4)",
-                report.pending
-            )
-        } else {
-            String::new()
-        },
         started.elapsed().as_secs_f32()
     );
     Ok(ok)
@@ -296,7 +288,6 @@ fn join(addrs: &[IpAddr]) -> String {
 struct Report {
     passed: usize,
     failed: usize,
-    pending: usize,
 }
 
 impl Report {
@@ -310,10 +301,6 @@ impl Report {
                 self.failed += 1;
                 "✗"
             }
-            Mark::Pending => {
-                self.pending += 1;
-                "…"
-            }
         }
     }
 
@@ -326,7 +313,6 @@ impl Report {
 enum Mark {
     Pass,
     Fail,
-    Pending,
 }
 
 struct Demo<'a> {
@@ -654,12 +640,6 @@ enum Action {
 enum Expect {
     /// What the plan decides.
     Decided(Decision),
-    /// The plan redirects, which the data plane does not do yet (issue 4);
-    /// until then the kernel decides as if the workload were not captured.
-    Pending {
-        planned: Decision,
-        meanwhile: Decision,
-    },
     /// Forwarded by the node from a workload address that is not a
     /// gateway's to outside the cluster: the nftables backstop drops it.
     Backstop,
@@ -702,7 +682,6 @@ impl Flow {
         }
         match &self.expect {
             Expect::Decided(d) => verdict_word(&d.verdict),
-            Expect::Pending { .. } => "redirect",
             Expect::Backstop => "nft drop",
         }
     }
@@ -727,20 +706,6 @@ impl Flow {
                     let _ = write!(line, "; {note}");
                 }
                 lines.push(with_agent(line));
-            }
-            Expect::Pending { planned, meanwhile } => {
-                lines.push(with_agent(format!(
-                    "{}: {}",
-                    planned.verdict, planned.reason
-                )));
-                if baseline {
-                    return lines;
-                }
-                lines.push(format!(
-                    "pending: redirect (issue 4); until then the kernel decides {}: {}",
-                    verdict_word(&meanwhile.verdict),
-                    meanwhile.reason
-                ));
             }
             Expect::Backstop => lines.push(with_agent(
                 "nftables backstop: forwarded from a workload address that is not a gateway's \
@@ -775,15 +740,6 @@ impl Flow {
             Expect::Decided(d) => {
                 if matches(d) {
                     Mark::Pass
-                } else {
-                    Mark::Fail
-                }
-            }
-            Expect::Pending { planned, meanwhile } => {
-                if matches(planned) {
-                    Mark::Pass
-                } else if matches(meanwhile) {
-                    Mark::Pending
                 } else {
                     Mark::Fail
                 }
@@ -1070,7 +1026,10 @@ fn derive_flows(sim: &SimNode) -> Vec<Flow> {
     for w in plan.workloads.iter().filter(placed) {
         let Some(capture) = &w.capture else { continue };
         let dst = internet(443);
-        let planned = decide_on(&resolved, w, dst, Protocol::Tcp);
+        let redirected = matches!(
+            decide_on(&resolved, w, dst, Protocol::Tcp).verdict,
+            Verdict::Redirect { .. }
+        );
         let mut f = flow(
             w,
             Action::Connect(Proto::Tcp),
@@ -1078,15 +1037,8 @@ fn derive_flows(sim: &SimNode) -> Vec<Flow> {
             Protocol::Tcp,
             ext_name.clone(),
         );
-        if matches!(planned.verdict, Verdict::Redirect { .. }) {
-            let mut uncaptured = resolved.clone();
-            for u in &mut uncaptured.workloads {
-                if u.id == w.id {
-                    u.capture = None;
-                }
-            }
-            let meanwhile = decide_on(&uncaptured, w, dst, Protocol::Tcp);
-            f.expect = Expect::Pending { planned, meanwhile };
+        if redirected {
+            // The kernel rewrites the connect: the proxy must see it.
             f.proxy = Some(capture.proxy);
         }
         flows.push(f);

@@ -1,0 +1,143 @@
+//! `cgroup/getsockopt`: `SO_ORIGINAL_DST` for the proxy, as iptables'
+//! conntrack answers it after a REDIRECT, so that an unmodified Envoy works.
+//!
+//! The kernel has already run its own `getsockopt()` (without conntrack it
+//! fails); this program then sees the call. For a connection that
+//! [`crate::sock_ops`] filed in `ORIG_DST` under the peer's address, it
+//! writes a `sockaddr_in` (`SOL_IP`) or `sockaddr_in6` (`SOL_IPV6`, IPv4
+//! as `::ffff:a.b.c.d`) and clears the error.
+
+use aya_ebpf::programs::SockoptContext;
+use egress_common::{FlowEvent, SockKey};
+
+use crate::{
+    maps::ORIG_DST,
+    redirect::{AF_INET, AF_INET6},
+};
+
+const SOL_IP: i32 = 0;
+const SOL_IPV6: i32 = 41;
+/// `SO_ORIGINAL_DST` and `IP6T_SO_ORIGINAL_DST` are both 80.
+const SO_ORIGINAL_DST: i32 = 80;
+const SOCKADDR_IN: usize = 16;
+const SOCKADDR_IN6: usize = 28;
+
+/// `None` for every other option (nothing to count).
+#[inline(always)]
+pub fn original_dst(ctx: &SockoptContext) -> Option<FlowEvent> {
+    let so = ctx.sockopt;
+    // SAFETY: the kernel's context; 4-byte fields readable in getsockopt.
+    let (level, optname) = unsafe {
+        (
+            core::ptr::read_volatile(&(*so).level),
+            core::ptr::read_volatile(&(*so).optname),
+        )
+    };
+    if optname != SO_ORIGINAL_DST || (level != SOL_IP && level != SOL_IPV6) {
+        return None;
+    }
+    // SAFETY: `sk` is always set (a full socket) for sockopt programs.
+    let sk = unsafe { (*so).__bindgen_anon_1.sk };
+    if sk.is_null() {
+        return Some(FlowEvent::OriginalDstUnknown);
+    }
+    // SAFETY: fields of `struct bpf_sock`, readable with these sizes.
+    let (family, port, v4, v6) = unsafe {
+        (
+            core::ptr::read_volatile(&(*sk).family),
+            core::ptr::read_volatile(&(*sk).dst_port),
+            core::ptr::read_volatile(&(*sk).dst_ip4),
+            [
+                core::ptr::read_volatile(&(*sk).dst_ip6[0]),
+                core::ptr::read_volatile(&(*sk).dst_ip6[1]),
+                core::ptr::read_volatile(&(*sk).dst_ip6[2]),
+                core::ptr::read_volatile(&(*sk).dst_ip6[3]),
+            ],
+        )
+    };
+    let addr = if family == u32::from(AF_INET) {
+        let a = v4.to_ne_bytes();
+        [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+        ]
+    } else {
+        words_to_bytes(v6)
+    };
+    let key = SockKey {
+        addr,
+        port: u16::from_be(port),
+        _pad: [0; 2],
+    };
+    // SAFETY: an LRU element, copied at once.
+    let Some(orig) = (unsafe { ORIG_DST.get(key) }).copied() else {
+        return Some(FlowEvent::OriginalDstUnknown);
+    };
+    // SAFETY: the buffer pointers of the context.
+    let (start, end) = unsafe {
+        (
+            (*so).__bindgen_anon_2.optval as *mut u8,
+            (*so).__bindgen_anon_3.optval_end as *mut u8,
+        )
+    };
+    let written = if level == SOL_IP {
+        if orig.family != AF_INET {
+            return Some(FlowEvent::OriginalDstUnknown);
+        }
+        // struct sockaddr_in: family (host order), port, address, zero.
+        let mut out = [0u8; SOCKADDR_IN];
+        out[0..2].copy_from_slice(&AF_INET.to_ne_bytes());
+        out[2..4].copy_from_slice(&orig.port.to_be_bytes());
+        out[4..8].copy_from_slice(&orig.addr[12..16]);
+        write(start, end, &out)
+    } else {
+        // struct sockaddr_in6: family, port, flowinfo, address, scope id.
+        let mut out = [0u8; SOCKADDR_IN6];
+        out[0..2].copy_from_slice(&AF_INET6.to_ne_bytes());
+        out[2..4].copy_from_slice(&orig.port.to_be_bytes());
+        out[8..24].copy_from_slice(&orig.addr);
+        write(start, end, &out)
+    };
+    let Some(len) = written else {
+        return Some(FlowEvent::OriginalDstUnknown);
+    };
+    // SAFETY: `optlen` and `retval` are writable in getsockopt programs.
+    unsafe {
+        core::ptr::write_volatile(&mut (*so).optlen, len as i32);
+        core::ptr::write_volatile(&mut (*so).retval, 0);
+    }
+    Some(FlowEvent::OriginalDstAnswered)
+}
+
+/// Copies `out` to the option buffer if it fits; its length then. The
+/// verifier needs the bound checked against `optval_end` with a constant
+/// length, hence one instance per size.
+#[inline(always)]
+fn write<const N: usize>(start: *mut u8, end: *mut u8, out: &[u8; N]) -> Option<usize> {
+    // SAFETY: pointer arithmetic only; checked before any access.
+    if start.is_null() || unsafe { start.add(N) } > end {
+        return None;
+    }
+    let mut i = 0;
+    while i < N {
+        // SAFETY: `start + i < start + N <= end`, checked above.
+        unsafe { core::ptr::write_volatile(start.add(i), out[i]) };
+        i += 1;
+    }
+    Some(N)
+}
+
+/// Four network-order words, as their bytes in order.
+#[inline(always)]
+pub fn words_to_bytes(words: [u32; 4]) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        bytes[i * 4] = b[0];
+        bytes[i * 4 + 1] = b[1];
+        bytes[i * 4 + 2] = b[2];
+        bytes[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    bytes
+}
