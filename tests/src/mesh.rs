@@ -12,7 +12,7 @@
 use std::{
     fs,
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, Stdio},
     thread,
@@ -128,20 +128,18 @@ impl Mesh {
             .map(|a| a.to_string());
         let mut sidecars = Vec::new();
         for w in plan.workloads.iter().filter(|w| !w.proxy_for.is_empty()) {
-            let Some(proxy) = w
-                .proxy_for
+            // The proxy address of a Redirect it serves, as its captured
+            // workloads' plans carry it.
+            let Some(proxy) = plan
+                .workloads
                 .iter()
-                .find_map(|app| plan.workload(app)?.capture.as_ref())
+                .filter_map(|app| app.capture.as_ref())
+                .find(|c| w.proxy_for.contains(&c.redirect))
                 .map(|c| c.proxy)
             else {
                 continue;
             };
-            let mut args: Vec<String> = vec!["--mode".into(), "sidecar".into()];
-            args.extend(["--listen".into(), proxy.to_string()]);
-            if let Some(via) = &via {
-                args.extend(["--via-gateway".into(), via.clone()]);
-            }
-            sidecars.push(spawn(sim, &w.id, "sidecar", args, vec![proxy])?);
+            sidecars.push(sidecar(sim, &w.id, proxy, via.as_deref())?);
         }
         let mesh = Self { sidecars, gateways };
         for proxy in mesh.sidecars.iter().chain(&mesh.gateways) {
@@ -158,12 +156,12 @@ impl Mesh {
         workload: &ObjectId,
         listen: SocketAddr,
     ) -> anyhow::Result<&Proxy> {
-        let mut args: Vec<String> = vec!["--mode".into(), "sidecar".into()];
-        args.extend(["--listen".into(), listen.to_string()]);
-        if let Some(via) = self.gateways.first().and_then(|g| g.listen.last()) {
-            args.extend(["--via-gateway".into(), via.to_string()]);
-        }
-        let proxy = spawn(sim, workload, "sidecar", args, vec![listen])?;
+        let via = self
+            .gateways
+            .first()
+            .and_then(|g| g.listen.last())
+            .map(|a| a.to_string());
+        let proxy = sidecar(sim, workload, listen, via.as_deref())?;
         wait_listening(sim, &proxy)?;
         self.sidecars.push(proxy);
         Ok(self.sidecars.last().expect("just pushed"))
@@ -183,6 +181,31 @@ impl Mesh {
         let pod = sim.pod_of(&proxy.workload).context("the proxy's pod")?;
         in_netns(&pod.netns, || http_get(ADMIN, "/stats"))?
     }
+}
+
+/// A sidecar on `proxy`, and on `[::1]` at the same port when `proxy` is
+/// IPv4 loopback: the kernel sends IPv6 connects to the IPv6 loopback.
+fn sidecar(
+    sim: &SimNode,
+    workload: &ObjectId,
+    proxy: SocketAddr,
+    via: Option<&str>,
+) -> anyhow::Result<Proxy> {
+    let mut listen = vec![proxy];
+    if proxy.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST) {
+        listen.push(SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            proxy.port(),
+        ));
+    }
+    let mut args: Vec<String> = vec!["--mode".into(), "sidecar".into()];
+    for addr in &listen {
+        args.extend(["--listen".into(), addr.to_string()]);
+    }
+    if let Some(via) = via {
+        args.extend(["--via-gateway".into(), via.to_owned()]);
+    }
+    spawn(sim, workload, "sidecar", args, listen)
 }
 
 /// `egress-agent proxy <args>` in `workload`'s cgroup and pod, with the
