@@ -13,7 +13,7 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Stdio},
     thread,
     time::{Duration, Instant},
@@ -23,7 +23,7 @@ use anyhow::{anyhow, bail, Context as _};
 use egress_agent::policy::model::ObjectId;
 use serde::Deserialize;
 
-use crate::{agent::agent_exe, nftns::in_netns, node::SimNode};
+use crate::{nftns::in_netns, node::SimNode};
 
 /// Where every proxy serves its admin endpoint, inside its pod.
 pub const ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
@@ -94,12 +94,14 @@ impl Drop for Proxy {
 pub struct Mesh {
     pub sidecars: Vec<Proxy>,
     pub gateways: Vec<Proxy>,
+    /// The `egress-agent` binary the proxies run.
+    exe: PathBuf,
 }
 
 impl Mesh {
-    /// Starts every proxy the node's plan calls for, and waits until each
-    /// accepts.
-    pub fn start(sim: &SimNode) -> anyhow::Result<Self> {
+    /// Starts every proxy the node's plan calls for, as `exe proxy …`
+    /// (the `egress-agent` binary), and waits until each accepts.
+    pub fn start(sim: &SimNode, exe: &Path) -> anyhow::Result<Self> {
         let plan = sim.plan();
         let mut gateways = Vec::new();
         for w in plan.workloads.iter().filter(|w| w.gateway.is_some()) {
@@ -120,7 +122,7 @@ impl Mesh {
                 .iter()
                 .map(|p| SocketAddr::new(pod.addresses[0], *p))
                 .collect();
-            gateways.push(spawn(sim, &w.id, "gateway", args, listen)?);
+            gateways.push(spawn(sim, exe, &w.id, "gateway", args, listen)?);
         }
         let via = gateways
             .first()
@@ -139,9 +141,13 @@ impl Mesh {
             else {
                 continue;
             };
-            sidecars.push(sidecar(sim, &w.id, proxy, via.as_deref())?);
+            sidecars.push(sidecar(sim, exe, &w.id, proxy, via.as_deref())?);
         }
-        let mesh = Self { sidecars, gateways };
+        let mesh = Self {
+            sidecars,
+            gateways,
+            exe: exe.to_owned(),
+        };
         for proxy in mesh.sidecars.iter().chain(&mesh.gateways) {
             wait_listening(sim, proxy)?;
         }
@@ -161,7 +167,7 @@ impl Mesh {
             .first()
             .and_then(|g| g.listen.last())
             .map(|a| a.to_string());
-        let proxy = sidecar(sim, workload, listen, via.as_deref())?;
+        let proxy = sidecar(sim, &self.exe, workload, listen, via.as_deref())?;
         wait_listening(sim, &proxy)?;
         self.sidecars.push(proxy);
         Ok(self.sidecars.last().expect("just pushed"))
@@ -187,6 +193,7 @@ impl Mesh {
 /// IPv4 loopback: the kernel sends IPv6 connects to the IPv6 loopback.
 fn sidecar(
     sim: &SimNode,
+    exe: &Path,
     workload: &ObjectId,
     proxy: SocketAddr,
     via: Option<&str>,
@@ -205,13 +212,14 @@ fn sidecar(
     if let Some(via) = via {
         args.extend(["--via-gateway".into(), via.to_owned()]);
     }
-    spawn(sim, workload, "sidecar", args, listen)
+    spawn(sim, exe, workload, "sidecar", args, listen)
 }
 
 /// `egress-agent proxy <args>` in `workload`'s cgroup and pod, with the
 /// pod's resolv.conf (the gateway resolves names through kube-dns).
 fn spawn(
     sim: &SimNode,
+    exe: &Path,
     workload: &ObjectId,
     mode: &'static str,
     mut args: Vec<String>,
@@ -227,7 +235,6 @@ fn spawn(
     args.extend(["--access-log-format".into(), "json".into()]);
     let log =
         fs::File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?;
-    let exe = agent_exe();
     let child = sim
         .pod_command(workload, &exe.display().to_string())?
         .arg("proxy")

@@ -103,9 +103,22 @@ fn the_demo_shows_every_seed_guarantee_with_real_connections_and_leaves_nothing_
         assert!(words.contains(&expected), "{row}: expected {expected}");
         assert!(words.contains(&observed), "{row}: observed {observed}");
     };
-    // The curl story: the pod is refused at once, the gateway is served
-    // (the site saw the gateway's uplink), httpbin.org is not allowed.
+    // The curl story: sleep goes through its sidecar and the gateway,
+    // test-egress is refused at once, the gateway is served (the site saw
+    // the gateway's uplink), httpbin.org is not allowed.
     for (request, outcome) in [
+        (
+            "default/sleep $ curl http://edition.cnn.com/politics",
+            "[sidecar, gateway: allowed]",
+        ),
+        (
+            "default/sleep $ curl https://edition.cnn.com/politics",
+            "[sidecar, gateway: allowed]",
+        ),
+        (
+            "default/sleep $ curl https://httpbin.org/headers",
+            "gateway: denied",
+        ),
         (
             "test-egress/sleep $ curl http://edition.cnn.com/politics",
             "refused at once",
@@ -135,6 +148,13 @@ fn the_demo_shows_every_seed_guarantee_with_real_connections_and_leaves_nothing_
         let seen = lines.next().unwrap_or_default();
         assert!(seen.contains(outcome), "{request}: {seen}");
     }
+
+    assert!(
+        stdout.contains(
+            "✓  gateway /stats: cluster.outbound|443||edition.cnn.com.upstream_cx_total: 1"
+        ),
+        "the gateway counted the request it carried"
+    );
 
     let sleep = "test-egress/sleep →";
     expect(

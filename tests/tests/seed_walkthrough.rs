@@ -12,6 +12,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::{ensure, Context as _};
 use egress_agent::policy::model::ObjectId;
 use integration_tests::{
+    agent::agent_exe,
     mesh::{counter, AccessLine, Mesh},
     require_root,
     scenario::Running,
@@ -50,7 +51,7 @@ struct Walkthrough {
 impl Walkthrough {
     fn start() -> anyhow::Result<Self> {
         let node = Running::seed(&[])?;
-        let mesh = Mesh::start(&node.sim)?;
+        let mesh = Mesh::start(&node.sim, &agent_exe())?;
         ensure!(
             mesh.sidecar(&sidecar_of_sleep()).is_some(),
             "sleep has a sidecar"

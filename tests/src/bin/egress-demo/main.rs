@@ -47,6 +47,7 @@ use egress_agent::{
 };
 use integration_tests::{
     internet::{HTTPS_PORT, HTTP_PORT},
+    mesh::Mesh,
     node::{self, dns, Served, SimNode},
     probe::CONNECT_TIMEOUT,
     Client, Outcome, Proto,
@@ -326,7 +327,7 @@ struct Demo<'a> {
 impl Demo<'_> {
     fn run(&self, report: &mut Report) -> anyhow::Result<()> {
         let flows = derive_flows(self.sim);
-        let listeners = start_listeners(self.sim, &flows)?;
+        let mut listeners = start_listeners(self.sim, &flows)?;
         signals::check()?;
 
         let mut agent = None;
@@ -336,7 +337,7 @@ impl Demo<'_> {
             agent = Some(started);
             outcome?;
         }
-        let result = self.flows_and_fail_closed(&flows, &listeners, agent.as_mut(), report);
+        let result = self.flows_and_fail_closed(&flows, &mut listeners, agent.as_mut(), report);
         if let Some(agent) = &agent {
             if self.print_agent_log || report.failed > 0 || result.is_err() {
                 println!();
@@ -352,7 +353,7 @@ impl Demo<'_> {
     fn flows_and_fail_closed(
         &self,
         flows: &[Flow],
-        listeners: &Listeners,
+        listeners: &mut Listeners,
         agent: Option<&mut AgentProc>,
         report: &mut Report,
     ) -> anyhow::Result<()> {
@@ -396,7 +397,18 @@ impl Demo<'_> {
             flows.len(),
             began.elapsed().as_secs_f32()
         );
-        web::show(self.sim, self.baseline, report)?;
+        // The real mesh takes the listeners' places for the requests (the
+        // proxy's address, the gateway's ports), then gives them back.
+        if self.baseline {
+            web::show(self.sim, None, report)?;
+        } else {
+            *listeners = Listeners::default();
+            let mesh = Mesh::start(self.sim, self.agent_exe)
+                .context("starting the sidecars and the gateway")?;
+            web::show(self.sim, Some(&mesh), report)?;
+            drop(mesh);
+            *listeners = start_listeners(self.sim, flows)?;
+        }
         let Some(agent) = agent else {
             return Ok(());
         };
@@ -1091,6 +1103,7 @@ fn derive_flows(sim: &SimNode) -> Vec<Flow> {
 }
 
 /// The listeners the flows connect to, killed on drop.
+#[derive(Default)]
 struct Listeners {
     _servers: Vec<Served>,
     proxies: BTreeMap<SocketAddr, Served>,
