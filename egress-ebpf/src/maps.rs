@@ -10,11 +10,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use egress_common::{
-    capacity, Config, FlowEvent, HitKey, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortSet,
-    UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
+    capacity, Config, EventConfig, EventStat, FlowEvent, HitKey, LimitKey, PolicyAddrV4,
+    PolicyAddrV6, PolicyInfo, PortSet, UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
 };
 
 const NO_PREALLOC: u32 = BPF_F_NO_PREALLOC;
@@ -86,3 +86,19 @@ pub static INBOUND_UDP: LruHashMap<UdpFlowKey, u64> =
 /// One counter per `FlowEvent`, per CPU.
 #[map(name = "FLOW_EVENTS")]
 pub static FLOW_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FlowEvent::SLOTS, 0);
+
+/// Verdict events for the agent (`egress_common::Event`).
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+
+#[map(name = "EVENT_CONFIG")]
+pub static EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 0);
+
+/// Rate-limit key -> when it last emitted (ns since boot).
+#[map(name = "EVENT_LIMIT")]
+pub static EVENT_LIMIT: LruHashMap<LimitKey, u64> =
+    LruHashMap::with_max_entries(capacity::EVENT_LIMIT, 0);
+
+/// One counter per `EventStat`, per CPU.
+#[map(name = "EVENT_STATS")]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EventStat::SLOTS, 0);

@@ -2,10 +2,13 @@
 
 pub mod args;
 mod check;
+mod client;
 mod completions;
+mod events;
 mod explain;
 mod plan;
 mod run;
+mod status;
 mod uninstall;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -23,6 +26,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explain(args) => explain::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Uninstall(args) => uninstall::run(&args),
+        Command::Events(args) => events::run(&args),
+        Command::Status(args) => status::run(&args),
         Command::Completions(args) => {
             completions::run(&args);
             Ok(ExitCode::SUCCESS)

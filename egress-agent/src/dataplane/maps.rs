@@ -8,13 +8,13 @@ use std::{
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, PerCpuHashMap,
+        Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, PerCpuHashMap, RingBuf,
     },
     Ebpf, EbpfLoader,
 };
 use egress_common::{
-    capacity, map, Config, FlowEvent, HitKey, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortSet,
-    UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
+    capacity, map, Config, EventConfig, EventStat, FlowEvent, HitKey, LimitKey, PolicyAddrV4,
+    PolicyAddrV6, PolicyInfo, PortSet, UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
 };
 
 use super::{links::OwnMaps, object, syscalls, DataplaneError};
@@ -35,7 +35,7 @@ struct Layout {
     flags: u32,
 }
 
-const LAYOUTS: [Layout; 16] = [
+const LAYOUTS: [Layout; 20] = [
     Layout {
         name: map::ACTIVE,
         kind: MapType::Array,
@@ -164,6 +164,38 @@ const LAYOUTS: [Layout; 16] = [
         max_entries: FlowEvent::SLOTS,
         flags: 0,
     },
+    Layout {
+        name: map::EVENTS,
+        kind: MapType::RingBuf,
+        key: 0,
+        value: 0,
+        max_entries: capacity::EVENTS_BYTES,
+        flags: 0,
+    },
+    Layout {
+        name: map::EVENT_CONFIG,
+        kind: MapType::Array,
+        key: 4,
+        value: size_of::<EventConfig>(),
+        max_entries: 1,
+        flags: 0,
+    },
+    Layout {
+        name: map::EVENT_LIMIT,
+        kind: MapType::LruHash,
+        key: size_of::<LimitKey>(),
+        value: size_of::<u64>(),
+        max_entries: capacity::EVENT_LIMIT,
+        flags: 0,
+    },
+    Layout {
+        name: map::EVENT_STATS,
+        kind: MapType::PerCpuArray,
+        key: 4,
+        value: size_of::<u64>(),
+        max_entries: EventStat::SLOTS,
+        flags: 0,
+    },
 ];
 
 /// Typed handles on every map.
@@ -184,6 +216,10 @@ pub(super) struct Maps {
     pub(super) inbound_tcp: HashMap<MapData, u64, u8>,
     pub(super) inbound_udp: HashMap<MapData, UdpFlowKey, u64>,
     pub(super) flow_events: PerCpuArray<MapData, u64>,
+    /// Taken once by the event reader ([`Maps::take_events`]).
+    pub(super) events: Option<RingBuf<MapData>>,
+    pub(super) event_config: Array<MapData, EventConfig>,
+    pub(super) event_stats: PerCpuArray<MapData, u64>,
     /// Ids of maps that tell our programs, on these maps, from others'.
     pub(super) own: OwnMaps,
 }
@@ -288,6 +324,9 @@ impl Maps {
             inbound_tcp: take(ebpf, map::INBOUND_TCP)?,
             inbound_udp: take(ebpf, map::INBOUND_UDP)?,
             flow_events: take(ebpf, map::FLOW_EVENTS)?,
+            events: Some(take(ebpf, map::EVENTS)?),
+            event_config: take(ebpf, map::EVENT_CONFIG)?,
+            event_stats: take(ebpf, map::EVENT_STATS)?,
             own,
         })
     }
@@ -323,6 +362,30 @@ impl Maps {
                 what: format!("slot {slot}"),
                 source,
             })
+    }
+
+    pub(super) fn set_event_config(&mut self, config: EventConfig) -> Result<(), DataplaneError> {
+        self.event_config
+            .set(0, config, 0)
+            .map_err(|source| DataplaneError::Write {
+                map: map::EVENT_CONFIG,
+                what: format!("{config:?}"),
+                source,
+            })
+    }
+
+    /// `EVENT_STATS`, summed over CPUs, by stat.
+    pub(super) fn event_stats(&self) -> Result<Vec<(EventStat, u64)>, DataplaneError> {
+        EventStat::ALL
+            .iter()
+            .map(|stat| {
+                let per_cpu = self
+                    .event_stats
+                    .get(&(*stat as u32), 0)
+                    .map_err(|source| read(map::EVENT_STATS, source))?;
+                Ok((*stat, per_cpu.iter().sum()))
+            })
+            .collect()
     }
 
     /// Every `WORKLOADS` entry.
