@@ -190,6 +190,10 @@ fn a_denied_connect_is_one_event_naming_workload_destination_and_rule() -> anyho
     ensure!(denied.len() == 3, "{denied:#?}");
     ensure!(node.events(&["--workload", "default/sleep"])?.is_empty());
     ensure!(node.events(&["--verdict", "audit"])?.is_empty());
+    println!(
+        "$ egress-agent events -o json --verdict deny\n{}",
+        node.cli(&["events", "-o", "json", "--verdict", "deny"])?
+    );
     let text = node.cli(&["events", "--workload", "test-egress/sleep"])?;
     println!("$ egress-agent events --workload test-egress/sleep\n{text}");
     ensure!(
@@ -341,6 +345,7 @@ fn metrics_parse_and_count_the_traffic_sent() -> anyhow::Result<()> {
     }
     ensure!(node.http_get("/healthz")?.0 == 200);
     ensure!(node.http_get("/readyz")?.0 == 200);
+    println!("$ curl http://{addr}/metrics\n{}", node.http_get("/metrics")?.1);
     let m = scrape(&node)?;
     let workload = [
         ("namespace", "test-egress"),
@@ -427,5 +432,41 @@ fn status_reflects_a_failed_reload() -> anyhow::Result<()> {
         "$ egress-agent status   # after a rejected reload\n{}",
         node.cli(&["status"])?
     );
+    Ok(())
+}
+
+/// Traffic the programs never see (a process of the pod outside every
+/// cgroup) is dropped by the nftables backstop; the agent polls its
+/// counters and reports the drops as an event, with the count.
+#[test]
+fn backstop_drops_are_reported_as_events() -> anyhow::Result<()> {
+    require_root();
+    let node = Observed::seed(&[])?;
+    let pod = node
+        .sim
+        .pod_of(&id("test-egress/sleep"))
+        .context("test-egress pod")?;
+    let escaped = integration_tests::Client::outside(&pod.netns);
+    let outcome = escaped.connect(
+        "203.0.113.10:443".parse()?,
+        Proto::Tcp,
+        Duration::from_millis(700),
+    )?;
+    ensure!(outcome == Outcome::Timeout, "dropped at the node: {outcome:?}");
+    let events = node.wait_event("outside clusterCIDRs")?;
+    ensure!(
+        events.iter().all(|e| e["hook"] == "nftables" && e["verdict"] == "deny"),
+        "{events:#?}"
+    );
+    let dropped: u64 = events.iter().filter_map(|e| e["count"].as_u64()).sum();
+    ensure!(dropped >= 1, "{events:#?}");
+    let status = node.status()?;
+    let counted: u64 = status["nft"]["droppedPackets"]
+        .as_array()
+        .context("droppedPackets")?
+        .iter()
+        .filter_map(|pair| pair[1].as_u64())
+        .sum();
+    ensure!(counted >= dropped, "{status:#}");
     Ok(())
 }
