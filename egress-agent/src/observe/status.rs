@@ -252,7 +252,7 @@ impl fmt::Display for Status {
         for p in &self.programs {
             writeln!(
                 f,
-                "  {:<20} link {:<6} prog {:<6}{}",
+                "  {:<20} link {:<6} prog {}{}",
                 p.program,
                 p.link_id,
                 p.program_id,
