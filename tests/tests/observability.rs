@@ -345,7 +345,10 @@ fn metrics_parse_and_count_the_traffic_sent() -> anyhow::Result<()> {
     }
     ensure!(node.http_get("/healthz")?.0 == 200);
     ensure!(node.http_get("/readyz")?.0 == 200);
-    println!("$ curl http://{addr}/metrics\n{}", node.http_get("/metrics")?.1);
+    println!(
+        "$ curl http://{addr}/metrics\n{}",
+        node.http_get("/metrics")?.1
+    );
     let m = scrape(&node)?;
     let workload = [
         ("namespace", "test-egress"),
@@ -452,10 +455,17 @@ fn backstop_drops_are_reported_as_events() -> anyhow::Result<()> {
         Proto::Tcp,
         Duration::from_millis(700),
     )?;
-    ensure!(outcome == Outcome::Timeout, "dropped at the node: {outcome:?}");
-    let events = node.wait_event("outside clusterCIDRs")?;
     ensure!(
-        events.iter().all(|e| e["hook"] == "nftables" && e["verdict"] == "deny"),
+        outcome == Outcome::Timeout,
+        "dropped at the node: {outcome:?}"
+    );
+    let events = node
+        .wait_event("outside clusterCIDRs")
+        .with_context(|| format!("status: {:#}", node.status().unwrap_or_default()))?;
+    ensure!(
+        events
+            .iter()
+            .all(|e| e["hook"] == "nftables" && e["verdict"] == "deny"),
         "{events:#?}"
     );
     let dropped: u64 = events.iter().filter_map(|e| e["count"].as_u64()).sum();
@@ -468,5 +478,66 @@ fn backstop_drops_are_reported_as_events() -> anyhow::Result<()> {
         .filter_map(|pair| pair[1].as_u64())
         .sum();
     ensure!(counted >= dropped, "{status:#}");
+    Ok(())
+}
+
+/// `events --follow` streams events that happen after it started.
+#[test]
+fn events_follow_streams_new_events() -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    require_root();
+    let node = Observed::seed(&[])?;
+    let mut follower = Command::new(agent_exe())
+        .args([
+            "events",
+            "--follow",
+            "-o",
+            "json",
+            "--verdict",
+            "deny",
+            "--socket",
+        ])
+        .arg(&node.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = follower.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The follower may connect after the first connect; connect until a
+    // line arrives (each to a new port, so none is rate-limited).
+    let deadline = Instant::now() + WAIT;
+    let mut port = 1000;
+    let line = loop {
+        ensure!(
+            node.connect("test-egress/sleep", &format!("203.0.113.10:{port}"))? == Outcome::Eperm
+        );
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            break line;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "nothing streamed within {WAIT:?}"
+        );
+        port += 1;
+    };
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let e: Value = serde_json::from_str(&line)?;
+    ensure!(
+        e["workload"] == "test-egress/sleep" && e["verdict"] == "deny",
+        "{e}"
+    );
+    ensure!(
+        e["destination"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("203.0.113.10:")),
+        "{e}"
+    );
     Ok(())
 }

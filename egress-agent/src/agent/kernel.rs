@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::reload::Enforcer;
 use crate::{
-    compile::Plan,
+    compile::{NodeRules, Plan},
     dataplane::{
         self, nft::Backstop, Dataplane, DataplaneError, ImageError, MapImage, VerdictKind,
     },
@@ -72,6 +72,8 @@ pub struct KernelEnforcer {
     hub: Option<observe::EventHub>,
     nft_seen: BTreeMap<&'static str, u64>,
     last_nft_poll: Option<Instant>,
+    /// The node rules the backstop table holds.
+    nft_applied: Option<NodeRules>,
 }
 
 /// The workloads of the image in force, by cgroup id.
@@ -131,6 +133,7 @@ impl KernelEnforcer {
             hub: None,
             nft_seen: BTreeMap::new(),
             last_nft_poll: None,
+            nft_applied: None,
         })
     }
 
@@ -148,16 +151,19 @@ impl KernelEnforcer {
         self.hub = Some(hub);
     }
 
-    /// Publishes an event for backstop drops counted since the last poll.
-    /// The table is rewritten by every apply, which restarts its
-    /// counters: a count below the last one is a restart.
-    fn poll_backstop(&mut self) {
+    /// Publishes an event for backstop drops counted since the last poll
+    /// (at most once per [`NFT_POLL_EVERY`] unless `now`). Every apply
+    /// rewrites the table, which restarts its counters, so `enforce` reads
+    /// them just before (`now`) and starts again from zero after; a count
+    /// below the last one is a restart too.
+    fn poll_backstop(&mut self, now: bool) {
         let (Some(backstop), Some(hub)) = (&self.backstop, &self.hub) else {
             return;
         };
-        if self
-            .last_nft_poll
-            .is_some_and(|t| t.elapsed() < NFT_POLL_EVERY)
+        if !now
+            && self
+                .last_nft_poll
+                .is_some_and(|t| t.elapsed() < NFT_POLL_EVERY)
         {
             return;
         }
@@ -214,8 +220,16 @@ impl Enforcer for KernelEnforcer {
             .dataplane
             .apply(&image)
             .map_err(|e| KernelError::Apply(Box::new(e)))?;
-        if let Some(backstop) = &self.backstop {
-            backstop.apply(&plan.node).map_err(KernelError::Nft)?;
+        // The table depends on the node rules only; rewriting it also
+        // restarts its drop counters, so it is rewritten only when they
+        // change (not for every allowedHosts refresh).
+        if self.backstop.is_some() && self.nft_applied.as_ref() != Some(&plan.node) {
+            self.poll_backstop(true);
+            if let Some(backstop) = &self.backstop {
+                backstop.apply(&plan.node).map_err(KernelError::Nft)?;
+            }
+            self.nft_seen.clear();
+            self.nft_applied = Some(plan.node.clone());
         }
         let waiting: BTreeMap<ObjectId, String> = plan
             .workloads
@@ -361,7 +375,7 @@ impl Enforcer for KernelEnforcer {
     /// In audit mode, logs each would-deny verdict that the kernel counted
     /// since the last report, by workload and reason.
     fn poll(&mut self) {
-        self.poll_backstop();
+        self.poll_backstop(false);
         if !self.audit
             || self
                 .last_audit
