@@ -60,9 +60,24 @@ pub fn after_skb(ctx: &SkBuffContext, hook: Hook, outcome: &Outcome) {
 /// Reports `outcome` of `connect4`/`sendmsg4`.
 #[inline(always)]
 pub fn after_sock_addr4(ctx: &SockAddrContext, hook: Hook, outcome: &Outcome) {
-    let Some((verdict, config)) = reportable(outcome) else {
-        return;
-    };
+    if let Some((verdict, config)) = reportable(outcome) {
+        send(hook, verdict, outcome, &flow4(ctx), &config);
+    }
+}
+
+/// Reports `outcome` of `connect6`/`sendmsg6`.
+#[inline(always)]
+pub fn after_sock_addr6(ctx: &SockAddrContext, hook: Hook, outcome: &Outcome) {
+    if let Some((verdict, config)) = reportable(outcome) {
+        send(hook, verdict, outcome, &flow6(ctx), &config);
+    }
+}
+
+/// The destination an IPv4 `connect()`/`sendmsg()` names. Read it before
+/// rewriting `user_ip4`/`user_port`, so that a redirect's event holds the
+/// original destination.
+#[inline(always)]
+pub fn flow4(ctx: &SockAddrContext) -> Flow {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel's context; 4-byte loads of readable fields.
     let (ip, port, proto) = unsafe {
@@ -73,7 +88,7 @@ pub fn after_sock_addr4(ctx: &SockAddrContext, hook: Hook, outcome: &Outcome) {
         )
     };
     let proto = proto as u8;
-    let flow = Flow {
+    Flow {
         // The kernel picks the source after these hooks run (and
         // `msg_src_ip4` is readable in `sendmsg4` only): unknown here.
         src: Addr::V4([0; 4]),
@@ -81,16 +96,12 @@ pub fn after_sock_addr4(ctx: &SockAddrContext, hook: Hook, outcome: &Outcome) {
         src_port: 0,
         dst_port: port_of(proto, port),
         proto,
-    };
-    send(hook, verdict, outcome, &flow, &config);
+    }
 }
 
-/// Reports `outcome` of `connect6`/`sendmsg6`.
+/// The destination an IPv6 `connect()`/`sendmsg()` names; see [`flow4`].
 #[inline(always)]
-pub fn after_sock_addr6(ctx: &SockAddrContext, hook: Hook, outcome: &Outcome) {
-    let Some((verdict, config)) = reportable(outcome) else {
-        return;
-    };
+pub fn flow6(ctx: &SockAddrContext) -> Flow {
     let sa = ctx.sock_addr;
     // SAFETY: as above.
     let (words, port, proto) = unsafe {
@@ -116,21 +127,21 @@ pub fn after_sock_addr6(ctx: &SockAddrContext, hook: Hook, outcome: &Outcome) {
         i += 1;
     }
     let proto = proto as u8;
-    let flow = Flow {
+    Flow {
         src: Addr::V6([0; 16]),
         dst: Addr::V6(bytes),
         src_port: 0,
         dst_port: port_of(proto, port),
         proto,
-    };
-    send(hook, verdict, outcome, &flow, &config);
+    }
 }
 
+/// Reports one decision with an explicit verdict: from a redirecting
+/// `connect4/6`, `emit(hook, EventVerdict::Redirect, &outcome,
+/// &flow4(ctx))` before rewriting the address. Rate-limited like every
+/// event.
 // Not called yet: the hook for the redirecting `connect4/6` (issue 4).
 #[allow(dead_code)]
-/// Reports one decision with an explicit verdict, e.g.
-/// [`EventVerdict::Redirect`] from a redirecting `connect4/6`, with the
-/// original destination. Rate-limited like every event.
 #[inline(always)]
 pub fn emit(hook: Hook, verdict: EventVerdict, outcome: &Outcome, flow: &Flow) {
     let config = event_config();
