@@ -21,6 +21,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod decide;
+mod events;
 mod ingress;
 mod maps;
 mod packet;
@@ -44,33 +45,43 @@ use verdict::{conclude, count};
 /// the guarantee: it sees every packet, whatever syscall produced it.
 #[cgroup_skb(egress)]
 pub fn egress_skb(ctx: SkBuffContext) -> i32 {
-    conclude(Hook::Skb, skb::try_egress_skb(&ctx))
+    let outcome = skb::try_egress_skb(&ctx);
+    events::after_skb(&ctx, Hook::Skb, &outcome);
+    conclude(Hook::Skb, outcome)
 }
 
 /// Refuses `connect()` on IPv4 sockets (TCP and UDP) with EPERM, or
 /// rewrites a captured TCP connect to the Redirect's proxy.
 #[cgroup_sock_addr(connect4)]
 pub fn egress_connect4(ctx: SockAddrContext) -> i32 {
-    conclude(Hook::Connect4, sock_addr::try_sock_addr4(&ctx, true))
+    let outcome = sock_addr::try_sock_addr4(&ctx, true);
+    events::after_sock_addr4(&ctx, Hook::Connect4, &outcome);
+    conclude(Hook::Connect4, outcome)
 }
 
 /// Refuses `connect()` on IPv6 sockets, including to IPv4-mapped addresses,
 /// which never reach `connect4`.
 #[cgroup_sock_addr(connect6)]
 pub fn egress_connect6(ctx: SockAddrContext) -> i32 {
-    conclude(Hook::Connect6, sock_addr::try_sock_addr6(&ctx, true))
+    let outcome = sock_addr::try_sock_addr6(&ctx, true);
+    events::after_sock_addr6(&ctx, Hook::Connect6, &outcome);
+    conclude(Hook::Connect6, outcome)
 }
 
 /// Refuses unconnected UDP `sendto()`/`sendmsg()` on IPv4 sockets.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn egress_sendmsg4(ctx: SockAddrContext) -> i32 {
-    conclude(Hook::Sendmsg4, sock_addr::try_sock_addr4(&ctx, false))
+    let outcome = sock_addr::try_sock_addr4(&ctx, false);
+    events::after_sock_addr4(&ctx, Hook::Sendmsg4, &outcome);
+    conclude(Hook::Sendmsg4, outcome)
 }
 
 /// Refuses unconnected UDP `sendto()`/`sendmsg()` on IPv6 sockets.
 #[cgroup_sock_addr(sendmsg6)]
 pub fn egress_sendmsg6(ctx: SockAddrContext) -> i32 {
-    conclude(Hook::Sendmsg6, sock_addr::try_sock_addr6(&ctx, false))
+    let outcome = sock_addr::try_sock_addr6(&ctx, false);
+    events::after_sock_addr6(&ctx, Hook::Sendmsg6, &outcome);
+    conclude(Hook::Sendmsg6, outcome)
 }
 
 /// Marks accepted TCP sockets inbound, and unmarks them when they close.

@@ -10,11 +10,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use egress_common::{
-    capacity, CaptureInfo, Config, DnsOrig, FlowEvent, HitKey, OrigDst, PolicyAddrV4, PolicyAddrV6,
-    PolicyInfo, PortSet, SockKey, UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
+    capacity, CaptureInfo, Config, DnsOrig, EventConfig, EventStat, FlowEvent, HitKey, LimitKey,
+    OrigDst, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortSet, SockKey, UdpFlowKey, WorkloadSlot,
+    VERDICT_SLOTS,
 };
 
 const NO_PREALLOC: u32 = BPF_F_NO_PREALLOC;
@@ -114,3 +115,19 @@ pub static ORIG_DST: LruHashMap<SockKey, OrigDst> =
 /// UDP socket cookie → the DNS server its last redirected query was for.
 #[map(name = "DNS_ORIG")]
 pub static DNS_ORIG: LruHashMap<u64, DnsOrig> = LruHashMap::with_max_entries(capacity::DNS_ORIG, 0);
+
+/// Verdict events for the agent (`egress_common::Event`).
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+
+#[map(name = "EVENT_CONFIG")]
+pub static EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 0);
+
+/// Rate-limit key -> when it last emitted (ns since boot).
+#[map(name = "EVENT_LIMIT")]
+pub static EVENT_LIMIT: LruHashMap<LimitKey, u64> =
+    LruHashMap::with_max_entries(capacity::EVENT_LIMIT, 0);
+
+/// One counter per `EventStat`, per CPU.
+#[map(name = "EVENT_STATS")]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EventStat::SLOTS, 0);

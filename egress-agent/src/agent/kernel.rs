@@ -4,6 +4,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::{Arc, PoisonError, RwLock},
     time::{Duration, Instant},
 };
 
@@ -11,14 +12,16 @@ use tracing::{info, warn};
 
 use super::reload::Enforcer;
 use crate::{
-    compile::Plan,
+    compile::{NodeRules, Plan},
     dataplane::{
         self, nft::Backstop, Dataplane, DataplaneError, ImageError, MapImage, VerdictKind,
     },
+    observe::{self, KernelView},
     policy::model::ObjectId,
     resolve::ResolvedHosts,
     sys,
 };
+use egress_common::{capacity, EventConfig, EventStat};
 
 /// Why the kernel could not be programmed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,8 @@ pub enum KernelError {
     Apply(#[source] Box<DataplaneError>),
     #[error("cannot program the nftables backstop")]
     Nft(#[source] dataplane::nft::NftError),
+    #[error("cannot configure verdict events")]
+    Events(#[source] Box<DataplaneError>),
 }
 
 /// eBPF data plane + nftables backstop, applied together.
@@ -61,6 +66,16 @@ pub struct KernelEnforcer {
     /// Audit counts already reported, and when they were last read.
     audited: BTreeMap<(u64, Option<u32>, VerdictKind), u64>,
     last_audit: Option<Instant>,
+    /// Names of the image in force, shared with the event reader.
+    shared_names: Arc<RwLock<observe::Names>>,
+    events: EventConfig,
+    /// Where backstop drops are reported as events, and the counts last
+    /// reported.
+    hub: Option<observe::EventHub>,
+    nft_seen: BTreeMap<&'static str, u64>,
+    last_nft_poll: Option<Instant>,
+    /// The node rules the backstop table holds.
+    nft_applied: Option<NodeRules>,
 }
 
 /// The workloads of the image in force, by cgroup id.
@@ -68,6 +83,9 @@ pub struct KernelEnforcer {
 struct Names {
     workloads: BTreeMap<u64, ObjectId>,
 }
+
+/// How often the backstop's drop counters are read for events.
+const NFT_POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// How often audit mode reports new would-deny verdicts.
 const AUDIT_REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -81,16 +99,21 @@ impl KernelEnforcer {
         cgroup_root: Option<&Path>,
         audit: bool,
         nft: bool,
+        events: EventConfig,
     ) -> Result<Self, KernelError> {
         super::preflight::check(nft && !audit)?;
         super::preflight::ensure_bpffs(pin_dir)?;
         let lock = super::lock::PinDirLock::acquire(pin_dir)?;
         let cgroup_mount = sys::cgroup2_mount().map_err(KernelError::Cgroup2)?;
         let root = cgroup_root.map_or_else(|| cgroup_mount.clone(), Path::to_path_buf);
-        let dataplane = Dataplane::open(pin_dir, &root).map_err(|source| KernelError::Open {
-            pin_dir: pin_dir.to_owned(),
-            source: Box::new(source),
-        })?;
+        let mut dataplane =
+            Dataplane::open(pin_dir, &root).map_err(|source| KernelError::Open {
+                pin_dir: pin_dir.to_owned(),
+                source: Box::new(source),
+            })?;
+        dataplane
+            .set_event_config(events)
+            .map_err(|e| KernelError::Events(Box::new(e)))?;
         info!(pin_dir = %pin_dir.display(), cgroup_root = %root.display(), links = dataplane.links().len(), "data plane attached");
         if audit && nft {
             warn!(
@@ -108,6 +131,12 @@ impl KernelEnforcer {
             names: Names::default(),
             audited: BTreeMap::new(),
             last_audit: None,
+            shared_names: Arc::default(),
+            events,
+            hub: None,
+            nft_seen: BTreeMap::new(),
+            last_nft_poll: None,
+            nft_applied: None,
         })
     }
 
@@ -115,6 +144,69 @@ impl KernelEnforcer {
     pub fn with_dns_capture(mut self, on: bool) -> Self {
         self.capture_dns = on;
         self
+    }
+
+    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
+        &mut self.dataplane
+    }
+
+    /// The names of the image in force, kept current by every apply.
+    pub fn shared_names(&self) -> Arc<RwLock<observe::Names>> {
+        Arc::clone(&self.shared_names)
+    }
+
+    /// Reports the backstop's drops to `hub` as events from now on.
+    pub fn report_to(&mut self, hub: observe::EventHub) {
+        self.hub = Some(hub);
+    }
+
+    /// Publishes an event for backstop drops counted since the last poll
+    /// (at most once per [`NFT_POLL_EVERY`] unless `now`). Every apply
+    /// rewrites the table, which restarts its counters, so `enforce` reads
+    /// them just before (`now`) and starts again from zero after; a count
+    /// below the last one is a restart too.
+    fn poll_backstop(&mut self, now: bool) {
+        let (Some(backstop), Some(hub)) = (&self.backstop, &self.hub) else {
+            return;
+        };
+        if !now
+            && self
+                .last_nft_poll
+                .is_some_and(|t| t.elapsed() < NFT_POLL_EVERY)
+        {
+            return;
+        }
+        self.last_nft_poll = Some(Instant::now());
+        let Ok(counts) = backstop.counters() else {
+            return; // not installed yet, or nft failed: status shows it
+        };
+        for (counter, value) in counts.iter() {
+            let before = self
+                .nft_seen
+                .insert(counter.name(), value.packets)
+                .unwrap_or(0);
+            let new = if value.packets >= before {
+                value.packets - before
+            } else {
+                value.packets
+            };
+            if new > 0 {
+                hub.publish(observe::VerdictEvent {
+                    time: observe::wallclock::rfc3339(std::time::SystemTime::now()),
+                    workload: None,
+                    cgroup_id: 0,
+                    protocol: "-".into(),
+                    source: "-".into(),
+                    destination: "outside clusterCIDRs".into(),
+                    verdict: observe::Verdict::Deny,
+                    reason: "nft-backstop".into(),
+                    rule: format!("nftables backstop ({counter}: forwarded from a non-gateway workload address)"),
+                    policy: "nft-backstop".into(),
+                    hook: "nftables".into(),
+                    count: new,
+                });
+            }
+        }
     }
 
     pub fn dataplane(&self) -> &Dataplane {
@@ -144,8 +236,16 @@ impl Enforcer for KernelEnforcer {
             .dataplane
             .apply(&image)
             .map_err(|e| KernelError::Apply(Box::new(e)))?;
-        if let Some(backstop) = &self.backstop {
-            backstop.apply(&plan.node).map_err(KernelError::Nft)?;
+        // The table depends on the node rules only; rewriting it also
+        // restarts its drop counters, so it is rewritten only when they
+        // change (not for every allowedHosts refresh).
+        if self.backstop.is_some() && self.nft_applied.as_ref() != Some(&plan.node) {
+            self.poll_backstop(true);
+            if let Some(backstop) = &self.backstop {
+                backstop.apply(&plan.node).map_err(KernelError::Nft)?;
+            }
+            self.nft_seen.clear();
+            self.nft_applied = Some(plan.node.clone());
         }
         let waiting: BTreeMap<ObjectId, String> = plan
             .workloads
@@ -168,8 +268,116 @@ impl Enforcer for KernelEnforcer {
         self.names = Names {
             workloads: ids.iter().map(|(id, cg)| (*cg, id.clone())).collect(),
         };
+        *self
+            .shared_names
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = observe::Names::from_image(&image);
         info!(?stats, "data plane programmed");
         Ok(())
+    }
+
+    fn view(&self) -> KernelView {
+        let dp = &self.dataplane;
+        let programs = dp
+            .links()
+            .iter()
+            .map(|l| observe::status::ProgramStatus {
+                program: dataplane::program_name(l.hook).to_owned(),
+                link_id: l.link_id,
+                program_id: l.program_id,
+                adopted: l.adopted,
+            })
+            .collect();
+        let mut maps = Vec::new();
+        let fill = |name: &str, entries: usize, capacity: u32| observe::status::MapFill {
+            name: name.to_owned(),
+            entries: entries as u64,
+            capacity: u64::from(capacity),
+        };
+        match dp.entry_counts() {
+            Ok(c) => maps.extend([
+                fill("workloads", c.workloads, capacity::WORKLOADS),
+                fill("policies", c.policies, capacity::POLICIES),
+                fill("allow", c.allow, 2 * capacity::ALLOW),
+                fill("port_sets", c.port_sets, capacity::PORT_SETS),
+                fill("cluster", c.cluster, 2 * capacity::CLUSTER),
+                fill("gateway", c.gateway, 2 * capacity::GATEWAY),
+            ]),
+            Err(e) => warn!(error = %e, "cannot count map entries"),
+        }
+        let flows = dp.flow_entries();
+        maps.push(fill(
+            "inbound_tcp",
+            flows.inbound_tcp,
+            capacity::INBOUND_TCP,
+        ));
+        maps.push(fill(
+            "inbound_udp",
+            flows.inbound_udp,
+            capacity::INBOUND_UDP,
+        ));
+        let counters = dp
+            .counters()
+            .inspect_err(|e| warn!(error = %e, "cannot read the verdict counters"))
+            .ok();
+        if let Some(c) = &counters {
+            maps.push(fill("rule_hits", c.hits().len(), capacity::RULE_HITS));
+        }
+        let mut events = observe::status::KernelEvents {
+            sample_allow: self.events.sample_allow,
+            interval_ms: self.events.interval_ms,
+            ..Default::default()
+        };
+        match dp.event_stats() {
+            Ok(stats) => {
+                for (stat, n) in stats {
+                    match stat {
+                        EventStat::Emitted => events.emitted = n,
+                        EventStat::Suppressed => events.suppressed = n,
+                        EventStat::RingFull => events.ring_full = n,
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read the event counters"),
+        }
+        let nft = match &self.backstop {
+            None => observe::status::NftStatus {
+                installed: false,
+                table: dataplane::nft::TABLE.to_owned(),
+                ..Default::default()
+            },
+            Some(backstop) => match backstop.counters() {
+                Ok(counts) => observe::status::NftStatus {
+                    installed: true,
+                    table: dataplane::nft::TABLE.to_owned(),
+                    dropped_packets: counts
+                        .iter()
+                        .map(|(c, v)| (c.name().to_owned(), v.packets))
+                        .collect(),
+                    error: None,
+                },
+                Err(e) => observe::status::NftStatus {
+                    installed: false,
+                    table: dataplane::nft::TABLE.to_owned(),
+                    dropped_packets: vec![],
+                    error: Some(super::reload::format_chain(&e)),
+                },
+            },
+        };
+        KernelView {
+            pin_dir: dp.pin_dir().display().to_string(),
+            cgroup_root: dp.cgroup_root().display().to_string(),
+            programs,
+            maps,
+            nft,
+            events,
+            counters,
+            names: self
+                .shared_names
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
     }
 
     fn needs_reconcile(&self, plan: &Plan) -> bool {
@@ -183,6 +391,7 @@ impl Enforcer for KernelEnforcer {
     /// In audit mode, logs each would-deny verdict that the kernel counted
     /// since the last report, by workload and reason.
     fn poll(&mut self) {
+        self.poll_backstop(false);
         if !self.audit
             || self
                 .last_audit

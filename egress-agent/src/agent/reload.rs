@@ -28,6 +28,11 @@ pub trait Enforcer {
     /// Called on every tick of the event loop, for periodic work such as
     /// reporting audit findings.
     fn poll(&mut self) {}
+
+    /// What `status` and `/metrics` show of the kernel side.
+    fn view(&self) -> crate::observe::KernelView {
+        crate::observe::KernelView::default()
+    }
 }
 
 /// Owns the policy paths, the enforcer and the agent state.
@@ -72,6 +77,7 @@ impl<E: Enforcer> Reloader<E> {
     /// An invalid set is logged with every finding and changes nothing.
     pub fn reload(&mut self) -> &ReloadOutcome {
         self.state.reloads += 1;
+        let started = std::time::Instant::now();
         let outcome = match policy::load(&self.paths) {
             Err(rejected) => {
                 for d in &rejected.diagnostics {
@@ -122,6 +128,9 @@ impl<E: Enforcer> Reloader<E> {
         if !outcome.is_applied() {
             self.state.failed_reloads += 1;
         }
+        self.state.last_reload_duration = started.elapsed();
+        self.state.reload_seconds_total += self.state.last_reload_duration.as_secs_f64();
+        self.state.last_reload_at = Some(SystemTime::now());
         self.state.last_reload.insert(outcome)
     }
 

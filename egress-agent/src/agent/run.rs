@@ -5,13 +5,16 @@ use std::{path::PathBuf, time::Duration};
 use notify::{RecursiveMode, Watcher};
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::mpsc,
+    sync::{mpsc, watch},
     time::{interval, sleep, MissedTickBehavior},
 };
 use tracing::{error, info, warn};
 
 use super::reload::{format_chain, Enforcer, Reloader};
-use crate::resolve::{dns_names, HostResolver, ResolverSettings};
+use crate::{
+    observe::{metrics, EventHub, Query, Status},
+    resolve::{dns_names, HostResolver, ResolverSettings},
+};
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,14 @@ impl Default for RunOptions {
     }
 }
 
+/// The event loop's side of `status` and `/metrics`.
+pub struct Observing {
+    pub queries: mpsc::Receiver<Query>,
+    pub hub: EventHub,
+    /// Set once a generation is in force (`/readyz`).
+    pub ready: watch::Sender<bool>,
+}
+
 /// Runs until SIGTERM or SIGINT. Exiting never removes enforcement: the
 /// programs and maps stay pinned (fail closed); only `uninstall` removes
 /// them.
@@ -63,7 +74,13 @@ pub async fn run<E: Enforcer>(
     mut reloader: Reloader<E>,
     paths: &[PathBuf],
     options: RunOptions,
+    observing: Option<Observing>,
 ) -> Result<(), RunError> {
+    let (mut queries, hub, ready) = match observing {
+        Some(o) => (Some(o.queries), o.hub, Some(o.ready)),
+        None => (None, EventHub::new(0), None),
+    };
+    let mut host_refreshes: u64 = 0;
     let sig = |kind, name| {
         signal(kind).map_err(|source| RunError::Signal {
             signal: name,
@@ -107,6 +124,7 @@ pub async fn run<E: Enforcer>(
     )
     .await;
     reload(&mut reloader, &resolver);
+    mark_ready(&ready, &reloader);
     let mut tick = interval(options.reconcile_every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -114,18 +132,21 @@ pub async fn run<E: Enforcer>(
                     _ = hup.recv() => {
                         info!("SIGHUP: reloading");
                         reload(&mut reloader, &resolver);
+                        mark_ready(&ready, &reloader);
                     }
                     Some(()) = changes.recv() => {
                         sleep(options.debounce).await;
                         while changes.try_recv().is_ok() {}
                         info!("policy files changed: reloading");
                         reload(&mut reloader, &resolver);
+                        mark_ready(&ready, &reloader);
                     }
                     Ok(()) = hosts.changed() => {
                         let snapshot = hosts.borrow_and_update().clone();
         info!(hosts = %describe(&snapshot), "allowedHosts addresses changed");
-                        if let Err(e) = reloader.reenforce(Some(snapshot)) {
-                            error!(error = %format_chain(&e), "cannot apply new allowedHosts addresses; the previous ones stay in force");
+                        match reloader.reenforce(Some(snapshot)) {
+                            Ok(_) => host_refreshes += 1,
+                            Err(e) => error!(error = %format_chain(&e), "cannot apply new allowedHosts addresses; the previous ones stay in force"),
                         }
                     }
                     _ = tick.tick() => {
@@ -136,6 +157,9 @@ pub async fn run<E: Enforcer>(
                                 warn!(error = %format_chain(&e), "reconcile failed");
                             }
                         }
+                    }
+                    Some(query) = next_query(&mut queries) => {
+                        answer(query, &reloader, &hub, host_refreshes);
                     }
                     _ = term.recv() => break,
                     _ = int.recv() => break,
@@ -188,6 +212,36 @@ fn describe(hosts: &crate::resolve::ResolvedHosts) -> String {
         .map(|(name, addrs)| format!("{name}={}", addrs.len()))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The next query, or never when nobody observes.
+async fn next_query(queries: &mut Option<mpsc::Receiver<Query>>) -> Option<Query> {
+    match queries {
+        Some(q) => q.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn answer<E: Enforcer>(query: Query, reloader: &Reloader<E>, hub: &EventHub, refreshes: u64) {
+    let kernel = reloader.enforcer().view();
+    let status = Status::build(reloader.state(), &kernel, hub, refreshes);
+    // A client that went away is not an error.
+    let _ = match query {
+        Query::Status(reply) => reply.send(status).map_err(drop),
+        Query::Metrics(reply) => reply
+            .send(metrics::render(
+                &status,
+                kernel.counters.as_ref(),
+                &kernel.names,
+            ))
+            .map_err(drop),
+    };
+}
+
+fn mark_ready<E: Enforcer>(ready: &Option<watch::Sender<bool>>, reloader: &Reloader<E>) {
+    if let Some(ready) = ready {
+        ready.send_replace(reloader.state().current.is_some());
+    }
 }
 
 fn reload<E: Enforcer>(reloader: &mut Reloader<E>, resolver: &HostResolver) {

@@ -1,6 +1,9 @@
 //! What the agent has in force, and what happened at the last reload.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use serde::Serialize;
 
@@ -46,6 +49,13 @@ pub struct AgentState {
     pub reloads: u64,
     pub failed_reloads: u64,
     pub audit: bool,
+    /// When the last reload attempt ended, and how long it took.
+    #[serde(skip)]
+    pub last_reload_at: Option<SystemTime>,
+    #[serde(skip)]
+    pub last_reload_duration: Duration,
+    /// Time spent in reload attempts, in all.
+    pub reload_seconds_total: f64,
 }
 
 mod unix_seconds {

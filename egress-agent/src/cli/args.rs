@@ -30,6 +30,10 @@ pub enum Command {
     /// Run the built-in transparent proxy: a sidecar for redirected
     /// connections, or the egress gateway (routes by SNI/Host).
     Proxy(ProxyArgs),
+    /// Print the running agent's recent verdict events, or follow them.
+    Events(EventsArgs),
+    /// Show what the running agent has attached, in force, and how full.
+    Status(StatusArgs),
     /// Print shell completions.
     #[command(hide = true)]
     Completions(CompletionsArgs),
@@ -122,6 +126,46 @@ pub struct RunArgs {
     pub capture_dns: bool,
     #[arg(long, value_enum, default_value_t)]
     pub log_format: LogFormat,
+    /// Unix socket for `events` and `status` (mode 0600).
+    #[arg(long, value_name = "PATH", default_value = egress_agent::observe::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics, plus /healthz and
+    /// /readyz.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Report one allowed decision in N as an event (0: none).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub sample_allow: u32,
+    /// At most one event per workload, destination and verdict per this
+    /// many milliseconds (0: no limit).
+    #[arg(long, value_name = "MS", default_value_t = egress_common::EventConfig::DEFAULT_INTERVAL_MS)]
+    pub event_interval_ms: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Keep printing new events until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only this workload's events, as NAMESPACE/NAME.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub workload: Option<String>,
+    #[arg(long, value_enum)]
+    pub verdict: Option<egress_agent::observe::Verdict>,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
+    /// The agent's socket.
+    #[arg(long, value_name = "PATH", default_value = egress_agent::observe::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
+    /// The agent's socket.
+    #[arg(long, value_name = "PATH", default_value = egress_agent::observe::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

@@ -2,11 +2,14 @@
 
 pub mod args;
 mod check;
+mod client;
 mod completions;
+mod events;
 mod explain;
 mod plan;
 mod proxy;
 mod run;
+mod status;
 mod uninstall;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -25,6 +28,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(&args),
         Command::Uninstall(args) => uninstall::run(&args),
         Command::Proxy(args) => proxy::run(&args),
+        Command::Events(args) => events::run(&args),
+        Command::Status(args) => status::run(&args),
         Command::Completions(args) => {
             completions::run(&args);
             Ok(ExitCode::SUCCESS)

@@ -6,11 +6,13 @@ use anyhow::Context as _;
 use egress_agent::{
     agent::{
         kernel::KernelEnforcer,
-        run::{run as run_agent, RunOptions},
+        run::{run as run_agent, Observing, RunOptions},
         Reloader,
     },
+    observe::{self, EventHub},
     resolve::{ResolverSettings, Upstream},
 };
+use egress_common::EventConfig;
 
 use super::args::{LogFormat, RunArgs};
 
@@ -22,13 +24,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let enforcer = KernelEnforcer::open(
+        let mut enforcer = KernelEnforcer::open(
             &args.bpffs,
             args.cgroup_root.as_deref(),
             args.audit,
             !args.no_nft,
+            EventConfig {
+                sample_allow: args.sample_allow,
+                interval_ms: args.event_interval_ms,
+            },
         )?
         .with_dns_capture(args.capture_dns);
+        let observing = observe(args, &mut enforcer).await?;
         let reloader = Reloader::new(args.policies.clone(), enforcer, args.audit);
         let resolver = ResolverSettings {
             upstream: if args.dns_servers.is_empty() {
@@ -45,9 +52,41 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                 resolver,
                 ..RunOptions::default()
             },
+            Some(observing),
         )
         .await?;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Starts the event reader, the agent socket and the metrics server.
+async fn observe(args: &RunArgs, enforcer: &mut KernelEnforcer) -> anyhow::Result<Observing> {
+    let hub = EventHub::new(observe::RECENT_EVENTS);
+    enforcer.report_to(hub.clone());
+    match enforcer.dataplane_mut().take_event_ring() {
+        Some(ring) => {
+            tokio::spawn(observe::reader::run(
+                ring,
+                hub.clone(),
+                enforcer.shared_names(),
+            ));
+        }
+        None => tracing::warn!("the event ring is already taken; no verdict events"),
+    }
+    let (queries_tx, queries) = tokio::sync::mpsc::channel(16);
+    observe::server::start(&args.socket, hub.clone(), queries_tx.clone())?;
+    tracing::info!(socket = %args.socket.display(), "serving events and status");
+    let (ready, ready_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = args.metrics_addr {
+        let bound = observe::http::start(addr, queries_tx, ready_rx)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    }
+    Ok(Observing {
+        queries,
+        hub,
+        ready,
     })
 }
 

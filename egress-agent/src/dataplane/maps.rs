@@ -8,13 +8,14 @@ use std::{
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, PerCpuHashMap,
+        Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, PerCpuHashMap, RingBuf,
     },
     Ebpf, EbpfLoader,
 };
 use egress_common::{
-    capacity, map, CaptureInfo, Config, DnsOrig, FlowEvent, HitKey, OrigDst, PolicyAddrV4,
-    PolicyAddrV6, PolicyInfo, PortSet, SockKey, UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
+    capacity, map, CaptureInfo, Config, DnsOrig, EventConfig, EventStat, FlowEvent, HitKey,
+    LimitKey, OrigDst, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortSet, SockKey, UdpFlowKey,
+    WorkloadSlot, VERDICT_SLOTS,
 };
 
 use super::{links::OwnMaps, object, syscalls, DataplaneError};
@@ -35,7 +36,7 @@ struct Layout {
     flags: u32,
 }
 
-const LAYOUTS: [Layout; 22] = [
+const LAYOUTS: [Layout; 26] = [
     Layout {
         name: map::ACTIVE,
         kind: MapType::Array,
@@ -212,6 +213,38 @@ const LAYOUTS: [Layout; 22] = [
         max_entries: capacity::DNS_ORIG,
         flags: 0,
     },
+    Layout {
+        name: map::EVENTS,
+        kind: MapType::RingBuf,
+        key: 0,
+        value: 0,
+        max_entries: capacity::EVENTS_BYTES,
+        flags: 0,
+    },
+    Layout {
+        name: map::EVENT_CONFIG,
+        kind: MapType::Array,
+        key: 4,
+        value: size_of::<EventConfig>(),
+        max_entries: 1,
+        flags: 0,
+    },
+    Layout {
+        name: map::EVENT_LIMIT,
+        kind: MapType::LruHash,
+        key: size_of::<LimitKey>(),
+        value: size_of::<u64>(),
+        max_entries: capacity::EVENT_LIMIT,
+        flags: 0,
+    },
+    Layout {
+        name: map::EVENT_STATS,
+        kind: MapType::PerCpuArray,
+        key: 4,
+        value: size_of::<u64>(),
+        max_entries: EventStat::SLOTS,
+        flags: 0,
+    },
 ];
 
 /// Typed handles on every map.
@@ -238,6 +271,10 @@ pub(super) struct Maps {
     pub(super) redirected: HashMap<MapData, u64, OrigDst>,
     pub(super) orig_dst: HashMap<MapData, SockKey, OrigDst>,
     pub(super) dns_orig: HashMap<MapData, u64, DnsOrig>,
+    /// Taken once by the event reader ([`Maps::take_events`]).
+    pub(super) events: Option<RingBuf<MapData>>,
+    pub(super) event_config: Array<MapData, EventConfig>,
+    pub(super) event_stats: PerCpuArray<MapData, u64>,
     /// Ids of maps that tell our programs, on these maps, from others'.
     pub(super) own: OwnMaps,
 }
@@ -350,6 +387,9 @@ impl Maps {
             redirected: take(ebpf, map::REDIRECTED)?,
             orig_dst: take(ebpf, map::ORIG_DST)?,
             dns_orig: take(ebpf, map::DNS_ORIG)?,
+            events: Some(take(ebpf, map::EVENTS)?),
+            event_config: take(ebpf, map::EVENT_CONFIG)?,
+            event_stats: take(ebpf, map::EVENT_STATS)?,
             own,
         })
     }
@@ -385,6 +425,30 @@ impl Maps {
                 what: format!("slot {slot}"),
                 source,
             })
+    }
+
+    pub(super) fn set_event_config(&mut self, config: EventConfig) -> Result<(), DataplaneError> {
+        self.event_config
+            .set(0, config, 0)
+            .map_err(|source| DataplaneError::Write {
+                map: map::EVENT_CONFIG,
+                what: format!("{config:?}"),
+                source,
+            })
+    }
+
+    /// `EVENT_STATS`, summed over CPUs, by stat.
+    pub(super) fn event_stats(&self) -> Result<Vec<(EventStat, u64)>, DataplaneError> {
+        EventStat::ALL
+            .iter()
+            .map(|stat| {
+                let per_cpu = self
+                    .event_stats
+                    .get(&(*stat as u32), 0)
+                    .map_err(|source| read(map::EVENT_STATS, source))?;
+                Ok((*stat, per_cpu.iter().sum()))
+            })
+            .collect()
     }
 
     /// Every `WORKLOADS` entry.

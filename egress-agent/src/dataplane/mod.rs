@@ -204,6 +204,26 @@ impl Dataplane {
         self.maps.flow_entries()
     }
 
+    /// The verdict event ring, for the one reader that streams it; `None`
+    /// once taken.
+    pub fn take_event_ring(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.maps.events.take()
+    }
+
+    /// Sets allow sampling and the rate limit of verdict events.
+    pub fn set_event_config(
+        &mut self,
+        config: egress_common::EventConfig,
+    ) -> Result<(), DataplaneError> {
+        self.maps.set_event_config(config)
+    }
+
+    /// What happened to verdict events in the kernel (emitted, suppressed
+    /// by the rate limit, refused by a full ring), summed over CPUs.
+    pub fn event_stats(&self) -> Result<Vec<(egress_common::EventStat, u64)>, DataplaneError> {
+        self.maps.event_stats()
+    }
+
     /// The active generation slot.
     pub fn active_slot(&self) -> Result<u32, DataplaneError> {
         self.maps.active_slot()

@@ -1,0 +1,339 @@
+//! `egress-agent status`: what is attached, what is in force, and how full
+//! the maps are.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{hub::HubStats, wallclock::rfc3339, EventHub, Names};
+use crate::{
+    agent::{AgentState, ReloadOutcome},
+    compile::Egress,
+    dataplane::Counters,
+};
+
+/// What only the kernel side knows; built by the enforcer on request.
+#[derive(Clone, Debug, Default)]
+pub struct KernelView {
+    pub pin_dir: String,
+    pub cgroup_root: String,
+    pub programs: Vec<ProgramStatus>,
+    pub maps: Vec<MapFill>,
+    pub nft: NftStatus,
+    pub events: KernelEvents,
+    /// `None` when they could not be read (the error is logged).
+    pub counters: Option<Counters>,
+    pub names: Names,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgramStatus {
+    pub program: String,
+    pub link_id: u32,
+    pub program_id: u32,
+    /// Found pinned and kept (agent restart), rather than attached now.
+    pub adopted: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MapFill {
+    /// What the entries are (a map, or an IPv4 + IPv6 pair of tries).
+    pub name: String,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NftStatus {
+    pub installed: bool,
+    pub table: String,
+    /// Packets the backstop dropped since its table was last written, by
+    /// counter name.
+    pub dropped_packets: Vec<(String, u64)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The kernel's event counters and settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelEvents {
+    pub emitted: u64,
+    /// Not sent: the rate limit.
+    pub suppressed: u64,
+    /// Not sent: the ring was full.
+    pub ring_full: u64,
+    /// One allowed decision in this many is reported; 0 = none.
+    pub sample_allow: u32,
+    pub interval_ms: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    pub workload: String,
+    pub cgroup: String,
+    /// `None` while its cgroup does not exist (not enforced yet).
+    pub cgroup_id: Option<u64>,
+    /// "gateway", "proxy" or "workload".
+    pub role: String,
+    /// "unrestricted" or "isolated".
+    pub egress: String,
+    /// NetworkPolicies selecting it for Egress.
+    pub policies: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastReload {
+    /// "applied", "rejected" or "failed".
+    pub result: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// Every error, as `check` prints them (warnings are not included).
+    pub errors: Vec<String>,
+    pub at: String,
+    pub duration_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationStatus {
+    pub number: u64,
+    pub loaded_at: String,
+}
+
+/// The whole answer to `status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub audit: bool,
+    pub pin_dir: String,
+    pub cgroup_root: String,
+    pub programs: Vec<ProgramStatus>,
+    pub generation: Option<GenerationStatus>,
+    pub last_reload: Option<LastReload>,
+    pub reloads: u64,
+    pub failed_reloads: u64,
+    pub allowed_hosts_refreshes: u64,
+    pub workloads: Vec<WorkloadStatus>,
+    pub maps: Vec<MapFill>,
+    pub nft: NftStatus,
+    pub kernel_events: KernelEvents,
+    pub agent_events: HubStats,
+    /// Redirect events received, by workload.
+    pub redirect_events: Vec<(String, u64)>,
+    /// Time spent in reloads, in all.
+    pub reload_seconds_total: f64,
+}
+
+impl Status {
+    pub fn build(
+        state: &AgentState,
+        kernel: &KernelView,
+        hub: &EventHub,
+        allowed_hosts_refreshes: u64,
+    ) -> Self {
+        let ids: std::collections::BTreeMap<String, u64> = kernel
+            .names
+            .workload_ids()
+            .map(|(id, w)| (w.to_string(), id))
+            .collect();
+        let workloads = state
+            .current
+            .as_ref()
+            .map(|g| {
+                g.plan
+                    .workloads
+                    .iter()
+                    .map(|w| {
+                        let (egress, policies) = match &w.egress {
+                            Egress::Unrestricted => ("unrestricted", vec![]),
+                            Egress::Isolated { policies, .. } => (
+                                "isolated",
+                                policies.iter().map(ToString::to_string).collect(),
+                            ),
+                        };
+                        let role = if w.gateway.is_some() {
+                            "gateway"
+                        } else if !w.proxy_for.is_empty() {
+                            "proxy"
+                        } else {
+                            "workload"
+                        };
+                        WorkloadStatus {
+                            workload: w.id.to_string(),
+                            cgroup: w.cgroup.clone(),
+                            cgroup_id: ids.get(&w.id.to_string()).copied(),
+                            role: role.into(),
+                            egress: egress.into(),
+                            policies,
+                            redirect: w.capture.as_ref().map(|c| c.redirect.to_string()),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let last_reload = state.last_reload.as_ref().map(|outcome| {
+            let (result, generation, errors) = match outcome {
+                ReloadOutcome::Applied { generation } => ("applied", Some(*generation), vec![]),
+                ReloadOutcome::Rejected { diagnostics } => (
+                    "rejected",
+                    None,
+                    diagnostics
+                        .iter()
+                        .filter(|d| d.severity == crate::policy::Severity::Error)
+                        .map(ToString::to_string)
+                        .collect(),
+                ),
+                ReloadOutcome::Failed { error } => ("failed", None, vec![error.clone()]),
+            };
+            LastReload {
+                result: result.into(),
+                generation,
+                errors,
+                at: state.last_reload_at.map(rfc3339).unwrap_or_default(),
+                duration_ms: state.last_reload_duration.as_millis() as u64,
+            }
+        });
+        Self {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            audit: state.audit,
+            pin_dir: kernel.pin_dir.clone(),
+            cgroup_root: kernel.cgroup_root.clone(),
+            programs: kernel.programs.clone(),
+            generation: state.current.as_ref().map(|g| GenerationStatus {
+                number: g.number,
+                loaded_at: rfc3339(g.loaded_at),
+            }),
+            last_reload,
+            reloads: state.reloads,
+            failed_reloads: state.failed_reloads,
+            allowed_hosts_refreshes,
+            workloads,
+            maps: kernel.maps.clone(),
+            nft: kernel.nft.clone(),
+            kernel_events: kernel.events,
+            agent_events: hub.stats(),
+            redirect_events: hub.redirects(),
+            reload_seconds_total: state.reload_seconds_total,
+        }
+    }
+}
+
+/// The text form of `status`.
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "egress-agent {} (pid {}){}",
+            self.version,
+            self.pid,
+            if self.audit {
+                ", AUDIT MODE: nothing is denied"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(
+            f,
+            "pinned under {}, attached at cgroup {}",
+            self.pin_dir, self.cgroup_root
+        )?;
+        writeln!(f, "programs:")?;
+        for p in &self.programs {
+            writeln!(
+                f,
+                "  {:<20} link {:<6} prog {}{}",
+                p.program,
+                p.link_id,
+                p.program_id,
+                if p.adopted { " (adopted)" } else { "" }
+            )?;
+        }
+        match &self.generation {
+            Some(g) => writeln!(f, "policy: generation {} loaded {}", g.number, g.loaded_at)?,
+            None => writeln!(f, "policy: none in force")?,
+        }
+        if let Some(r) = &self.last_reload {
+            writeln!(
+                f,
+                "last reload: {} at {} ({} ms); {} reload(s), {} failed",
+                r.result, r.at, r.duration_ms, self.reloads, self.failed_reloads
+            )?;
+            for e in &r.errors {
+                writeln!(f, "  {e}")?;
+            }
+        }
+        writeln!(
+            f,
+            "allowedHosts refreshes: {}",
+            self.allowed_hosts_refreshes
+        )?;
+        writeln!(f, "workloads:")?;
+        for w in &self.workloads {
+            let cgroup = w.cgroup_id.map_or_else(
+                || "cgroup missing: not enforced yet".to_owned(),
+                |id| format!("cgroup id {id}"),
+            );
+            write!(
+                f,
+                "  {:<36} {:<8} {:<12} {cgroup}",
+                w.workload, w.role, w.egress
+            )?;
+            if !w.policies.is_empty() {
+                write!(f, "; policies: {}", w.policies.join(", "))?;
+            }
+            if let Some(r) = &w.redirect {
+                write!(f, "; redirect: {r}")?;
+            }
+            writeln!(f)?;
+        }
+        writeln!(f, "maps (entries / capacity):")?;
+        for m in &self.maps {
+            writeln!(f, "  {:<12} {:>8} / {}", m.name, m.entries, m.capacity)?;
+        }
+        if self.nft.installed {
+            let drops: Vec<String> = self
+                .nft
+                .dropped_packets
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect();
+            writeln!(
+                f,
+                "nftables: table inet {} installed; dropped packets: {}",
+                self.nft.table,
+                drops.join(" ")
+            )?;
+        } else {
+            writeln!(f, "nftables: not installed")?;
+        }
+        if let Some(e) = &self.nft.error {
+            writeln!(f, "  error: {e}")?;
+        }
+        let k = &self.kernel_events;
+        writeln!(
+            f,
+            "events: {} emitted, {} suppressed by the rate limit (1 per {} ms per workload+destination), {} lost to a full ring; allow sampling {}",
+            k.emitted,
+            k.suppressed,
+            k.interval_ms,
+            k.ring_full,
+            if k.sample_allow == 0 { "off".to_owned() } else { format!("1 in {}", k.sample_allow) }
+        )?;
+        write!(
+            f,
+            "agent: {} event(s) received, {} buffered of {}",
+            self.agent_events.received, self.agent_events.buffered, self.agent_events.capacity
+        )
+    }
+}

@@ -1,0 +1,282 @@
+//! Verdict events for the agent: deny, audit and redirect decisions (and
+//! allowed ones, when sampling is on) go to the `EVENTS` ring buffer.
+//!
+//! A flood must not starve the agent or the ring, so each (workload,
+//! destination, verdict) key emits at most once per `interval_ms`
+//! (`EVENT_LIMIT`, an LRU of last-emit times); what is suppressed, and what
+//! a full ring refuses, is counted in `EVENT_STATS`. Events are a view:
+//! nothing here changes a verdict, and the counters in `VERDICTS` stay the
+//! exact record.
+//!
+//! The entry points call [`after_skb`] or [`after_sock_addr4`]/`6` with the
+//! outcome before concluding; a redirecting socket hook calls
+//! [`redirected`] before it rewrites the address, so that the event holds
+//! the original destination, not the proxy.
+
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    programs::{SkBuffContext, SockAddrContext},
+};
+use egress_common::{Event, EventConfig, EventStat, EventVerdict, Hook, LimitKey, Reason};
+
+use crate::{
+    decide::{has_ports, Addr, Dst},
+    maps::{EVENTS, EVENT_CONFIG, EVENT_LIMIT, EVENT_STATS},
+    packet,
+    verdict::Outcome,
+};
+
+/// The endpoints of a connection or packet, as the event reports them.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub src: Addr,
+    pub dst: Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+}
+
+/// Reports `outcome` of `cgroup_skb/egress`, if it is reportable; the
+/// packet is parsed again only then (deny and audit are rare, sampled
+/// allows are opt-in).
+#[inline(always)]
+pub fn after_skb(ctx: &SkBuffContext, hook: Hook, outcome: &Outcome) {
+    let Some((verdict, config)) = reportable(outcome) else {
+        return;
+    };
+    if let Ok(Some(p)) = packet::parse(ctx) {
+        let flow = Flow {
+            src: p.src,
+            dst: p.dst,
+            src_port: p.src_port,
+            dst_port: p.dst_port,
+            proto: p.proto,
+        };
+        send(hook, verdict, outcome, &flow, &config);
+    }
+}
+
+/// Reports `outcome` of `connect4`/`sendmsg4`. A redirect was reported
+/// where it happened ([`redirected`]), before the address was rewritten.
+#[inline(always)]
+pub fn after_sock_addr4(ctx: &SockAddrContext, hook: Hook, outcome: &Outcome) {
+    if outcome.reason == Reason::Redirect {
+        return;
+    }
+    if let Some((verdict, config)) = reportable(outcome) {
+        send(hook, verdict, outcome, &flow4(ctx), &config);
+    }
+}
+
+/// Reports `outcome` of `connect6`/`sendmsg6`; see [`after_sock_addr4`].
+#[inline(always)]
+pub fn after_sock_addr6(ctx: &SockAddrContext, hook: Hook, outcome: &Outcome) {
+    if outcome.reason == Reason::Redirect {
+        return;
+    }
+    if let Some((verdict, config)) = reportable(outcome) {
+        send(hook, verdict, outcome, &flow6(ctx), &config);
+    }
+}
+
+/// Reports a redirect with the destination the workload named, `dst`: the
+/// socket hooks call it just before rewriting the address to the proxy.
+#[inline(always)]
+pub fn redirected(hook: Hook, outcome: &Outcome, dst: &Dst) {
+    if outcome.cgroup_id == 0 {
+        return;
+    }
+    let flow = Flow {
+        src: match dst.addr {
+            Addr::V4(_) => Addr::V4([0; 4]),
+            Addr::V6(_) => Addr::V6([0; 16]),
+        },
+        dst: dst.addr,
+        src_port: 0,
+        dst_port: dst.port,
+        proto: dst.proto,
+    };
+    send(
+        hook,
+        EventVerdict::Redirect,
+        outcome,
+        &flow,
+        &event_config(),
+    );
+}
+
+/// The destination an IPv4 `connect()`/`sendmsg()` names.
+#[inline(always)]
+pub fn flow4(ctx: &SockAddrContext) -> Flow {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel's context; 4-byte loads of readable fields.
+    let (ip, port, proto) = unsafe {
+        (
+            core::ptr::read_volatile(&(*sa).user_ip4),
+            core::ptr::read_volatile(&(*sa).user_port),
+            core::ptr::read_volatile(&(*sa).protocol),
+        )
+    };
+    let proto = proto as u8;
+    Flow {
+        // The kernel picks the source after these hooks run (and
+        // `msg_src_ip4` is readable in `sendmsg4` only): unknown here.
+        src: Addr::V4([0; 4]),
+        dst: Addr::V4(ip.to_ne_bytes()),
+        src_port: 0,
+        dst_port: port_of(proto, port),
+        proto,
+    }
+}
+
+/// The destination an IPv6 `connect()`/`sendmsg()` names; see [`flow4`].
+#[inline(always)]
+pub fn flow6(ctx: &SockAddrContext) -> Flow {
+    let sa = ctx.sock_addr;
+    // SAFETY: as above.
+    let (words, port, proto) = unsafe {
+        (
+            [
+                core::ptr::read_volatile(&(*sa).user_ip6[0]),
+                core::ptr::read_volatile(&(*sa).user_ip6[1]),
+                core::ptr::read_volatile(&(*sa).user_ip6[2]),
+                core::ptr::read_volatile(&(*sa).user_ip6[3]),
+            ],
+            core::ptr::read_volatile(&(*sa).user_port),
+            core::ptr::read_volatile(&(*sa).protocol),
+        )
+    };
+    let mut bytes = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        bytes[i * 4] = b[0];
+        bytes[i * 4 + 1] = b[1];
+        bytes[i * 4 + 2] = b[2];
+        bytes[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    let proto = proto as u8;
+    Flow {
+        src: Addr::V6([0; 16]),
+        dst: Addr::V6(bytes),
+        src_port: 0,
+        dst_port: port_of(proto, port),
+        proto,
+    }
+}
+
+/// The verdict to report for `outcome`, or `None`: unmanaged sockets are
+/// never reported, allowed decisions only one in `sample_allow`.
+#[inline(always)]
+fn reportable(outcome: &Outcome) -> Option<(EventVerdict, EventConfig)> {
+    if outcome.cgroup_id == 0 {
+        return None;
+    }
+    let config = event_config();
+    let verdict = if outcome.reason.denies() {
+        if outcome.audit_mode {
+            EventVerdict::Audit
+        } else {
+            EventVerdict::Deny
+        }
+    } else {
+        let n = config.sample_allow;
+        // SAFETY: plain helper call.
+        if n == 0 || unsafe { bpf_get_prandom_u32() } % n != 0 {
+            return None;
+        }
+        EventVerdict::Allow
+    };
+    Some((verdict, config))
+}
+
+#[inline(always)]
+fn event_config() -> EventConfig {
+    EVENT_CONFIG.get(0).copied().unwrap_or(EventConfig {
+        sample_allow: 0,
+        interval_ms: EventConfig::DEFAULT_INTERVAL_MS,
+    })
+}
+
+/// Rate-limits, then writes the event; every outcome is counted. A
+/// function of its own (a BPF-to-BPF call), so that its stack frame is not
+/// added to each of the socket hooks' own, which are near the 512-byte
+/// limit.
+#[inline(never)]
+fn send(hook: Hook, verdict: EventVerdict, outcome: &Outcome, flow: &Flow, config: &EventConfig) {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let dst = flow.dst.mapped();
+    if config.interval_ms != 0 {
+        let key = LimitKey {
+            cgroup_id: outcome.cgroup_id,
+            addr: dst,
+            port: flow.dst_port,
+            proto: flow.proto,
+            verdict: verdict as u8,
+            _pad: [0; 4],
+        };
+        let interval = u64::from(config.interval_ms) * 1_000_000;
+        match EVENT_LIMIT.get_ptr_mut(key) {
+            Some(last) => {
+                // SAFETY: a value of a successful lookup; a racing CPU can
+                // at worst let one extra event through.
+                let since = now.wrapping_sub(unsafe { *last });
+                if since < interval {
+                    stat(EventStat::Suppressed);
+                    return;
+                }
+                unsafe { *last = now };
+            }
+            None => {
+                let _ = EVENT_LIMIT.insert(key, now, u64::from(BPF_ANY));
+            }
+        }
+    }
+    // Written in place in the ring, not built on the stack first: the
+    // socket hooks are close to the 512-byte stack limit.
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        stat(EventStat::RingFull);
+        return;
+    };
+    entry.write(Event {
+        ts_ns: now,
+        cgroup_id: outcome.cgroup_id,
+        src: flow.src.mapped(),
+        dst,
+        rule: outcome.rule,
+        src_port: flow.src_port,
+        dst_port: flow.dst_port,
+        proto: flow.proto,
+        verdict: verdict as u8,
+        reason: outcome.reason as u8,
+        hook: hook as u8,
+        family: match flow.dst {
+            Addr::V4(_) => 4,
+            Addr::V6(_) => 6,
+        },
+        _pad: [0; 3],
+    });
+    entry.submit(0);
+    stat(EventStat::Emitted);
+}
+
+#[inline(always)]
+fn stat(which: EventStat) {
+    if let Some(slot) = EVENT_STATS.get_ptr_mut(which as u32) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// `user_port` holds the port in network byte order in its first two bytes.
+#[inline(always)]
+fn port_of(proto: u8, user_port: u32) -> u16 {
+    if has_ports(proto) {
+        u16::from_be(user_port as u16)
+    } else {
+        0
+    }
+}
