@@ -31,6 +31,23 @@ impl Addr {
         }
     }
 
+    /// The inverse of [`Addr::mapped`]: `::ffff:a.b.c.d` is IPv4.
+    #[inline(always)]
+    pub fn from_mapped(a: [u8; 16]) -> Self {
+        let mut i = 0;
+        while i < 10 {
+            if a[i] != 0 {
+                return Addr::V6(a);
+            }
+            i += 1;
+        }
+        if a[10] == 0xff && a[11] == 0xff {
+            Addr::V4([a[12], a[13], a[14], a[15]])
+        } else {
+            Addr::V6(a)
+        }
+    }
+
     /// Whether both are the same address (in their mapped spelling).
     /// Compared byte by byte: an array `==` may become a `bcmp` call, which
     /// has no eBPF implementation.

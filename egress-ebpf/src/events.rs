@@ -9,20 +9,20 @@
 //! exact record.
 //!
 //! The entry points call [`after_skb`] or [`after_sock_addr4`]/`6` with the
-//! outcome before concluding; a redirecting socket hook calls
-//! [`redirected`] before it rewrites the address, so that the event holds
-//! the original destination, not the proxy.
+//! outcome before concluding. A redirect is reported with the destination
+//! the workload named, not the proxy's ([`redirected`]).
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    cty::c_void,
+    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
     programs::{SkBuffContext, SockAddrContext},
 };
 use egress_common::{Event, EventConfig, EventStat, EventVerdict, Hook, LimitKey, Reason};
 
 use crate::{
-    decide::{has_ports, Addr, Dst},
-    maps::{EVENTS, EVENT_CONFIG, EVENT_LIMIT, EVENT_STATS},
+    decide::{has_ports, Addr, IPPROTO_TCP, IPPROTO_UDP},
+    maps::{DNS_ORIG, EVENTS, EVENT_CONFIG, EVENT_LIMIT, EVENT_STATS, REDIRECTED},
     packet,
     verdict::Outcome,
 };
@@ -57,45 +57,56 @@ pub fn after_skb(ctx: &SkBuffContext, hook: Hook, outcome: &Outcome) {
     }
 }
 
-/// Reports `outcome` of `connect4`/`sendmsg4`. A redirect was reported
-/// where it happened ([`redirected`]), before the address was rewritten.
+/// Reports `outcome` of `connect4`/`sendmsg4`.
 #[inline(always)]
 pub fn after_sock_addr4(ctx: &SockAddrContext, hook: Hook, outcome: &Outcome) {
     if outcome.reason == Reason::Redirect {
-        return;
-    }
-    if let Some((verdict, config)) = reportable(outcome) {
+        redirected(ctx, hook, outcome);
+    } else if let Some((verdict, config)) = reportable(outcome) {
         send(hook, verdict, outcome, &flow4(ctx), &config);
     }
 }
 
-/// Reports `outcome` of `connect6`/`sendmsg6`; see [`after_sock_addr4`].
+/// Reports `outcome` of `connect6`/`sendmsg6`.
 #[inline(always)]
 pub fn after_sock_addr6(ctx: &SockAddrContext, hook: Hook, outcome: &Outcome) {
     if outcome.reason == Reason::Redirect {
-        return;
-    }
-    if let Some((verdict, config)) = reportable(outcome) {
+        redirected(ctx, hook, outcome);
+    } else if let Some((verdict, config)) = reportable(outcome) {
         send(hook, verdict, outcome, &flow6(ctx), &config);
     }
 }
 
-/// Reports a redirect with the destination the workload named, `dst`: the
-/// socket hooks call it just before rewriting the address to the proxy.
+/// Reports a redirect with the destination the workload named. By now the
+/// address is the proxy's, so the original is read back from where the
+/// redirect filed it for `SO_ORIGINAL_DST` (TCP) or the DNS answer (UDP),
+/// by socket cookie: nothing has to stay live on the stack across the
+/// decision, which keeps the socket hooks under the 512-byte limit.
 #[inline(always)]
-pub fn redirected(hook: Hook, outcome: &Outcome, dst: &Dst) {
+fn redirected(ctx: &SockAddrContext, hook: Hook, outcome: &Outcome) {
     if outcome.cgroup_id == 0 {
         return;
     }
+    // SAFETY: the helper accepts a sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
+    // SAFETY: values of successful lookups, copied at once.
+    let (addr, port, proto) = if let Some(orig) = unsafe { REDIRECTED.get(cookie) } {
+        (orig.addr, orig.port, IPPROTO_TCP)
+    } else if let Some(dns) = unsafe { DNS_ORIG.get(cookie) } {
+        (dns.server, dns.server_port, IPPROTO_UDP)
+    } else {
+        return;
+    };
+    let dst = Addr::from_mapped(addr);
     let flow = Flow {
-        src: match dst.addr {
+        src: match dst {
             Addr::V4(_) => Addr::V4([0; 4]),
             Addr::V6(_) => Addr::V6([0; 16]),
         },
-        dst: dst.addr,
+        dst,
         src_port: 0,
-        dst_port: dst.port,
-        proto: dst.proto,
+        dst_port: port,
+        proto,
     };
     send(
         hook,
@@ -200,11 +211,8 @@ fn event_config() -> EventConfig {
     })
 }
 
-/// Rate-limits, then writes the event; every outcome is counted. A
-/// function of its own (a BPF-to-BPF call), so that its stack frame is not
-/// added to each of the socket hooks' own, which are near the 512-byte
-/// limit.
-#[inline(never)]
+/// Rate-limits, then writes the event; every outcome is counted.
+#[inline(always)]
 fn send(hook: Hook, verdict: EventVerdict, outcome: &Outcome, flow: &Flow, config: &EventConfig) {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };

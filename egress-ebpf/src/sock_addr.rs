@@ -12,11 +12,11 @@
 //! hop instead of the original destination, as `compile::decide` does.
 
 use aya_ebpf::{helpers::bpf_get_current_ancestor_cgroup_id, programs::SockAddrContext};
-use egress_common::{Hook, Reason, NO_RULE};
+use egress_common::{Reason, NO_RULE};
 
 use crate::{
     decide::{decide, has_ports, Addr, Dst, IPPROTO_TCP},
-    events, redirect, reply,
+    redirect, reply,
     verdict::Outcome,
     workload::{self, Workload},
 };
@@ -30,12 +30,7 @@ pub fn try_sock_addr4(ctx: &SockAddrContext, connect: bool) -> Outcome {
             redirect::rewrite4(ctx, a, proxy.port);
         }
     };
-    let hook = if connect {
-        Hook::Connect4
-    } else {
-        Hook::Sendmsg4
-    };
-    with_workload(ctx, hook, rewrite, || {
+    with_workload(ctx, connect, rewrite, || {
         let sa = ctx.sock_addr;
         // SAFETY: the kernel guarantees `sock_addr` points to a valid
         // context; each field is read with a 4-byte load, which the
@@ -64,12 +59,7 @@ pub fn try_sock_addr4(ctx: &SockAddrContext, connect: bool) -> Outcome {
 #[inline(always)]
 pub fn try_sock_addr6(ctx: &SockAddrContext, connect: bool) -> Outcome {
     let rewrite = |proxy: &Dst| redirect::rewrite6(ctx, proxy.addr.mapped(), proxy.port);
-    let hook = if connect {
-        Hook::Connect6
-    } else {
-        Hook::Sendmsg6
-    };
-    with_workload(ctx, hook, rewrite, || {
+    with_workload(ctx, connect, rewrite, || {
         let sa = ctx.sock_addr;
         // SAFETY: as above.
         let (words, port, proto) = unsafe {
@@ -113,7 +103,7 @@ pub fn try_sock_addr6(ctx: &SockAddrContext, connect: bool) -> Outcome {
 #[inline(always)]
 fn with_workload(
     ctx: &SockAddrContext,
-    hook: Hook,
+    connect: bool,
     rewrite: impl FnOnce(&Dst),
     dst: impl FnOnce() -> Dst,
 ) -> Outcome {
@@ -127,7 +117,6 @@ fn with_workload(
     let dst = dst();
     // A UDP `connect()` to port 53 is captured too: glibc's resolver
     // connects its socket, then reads with `recvfrom()`.
-    let connect = matches!(hook, Hook::Connect4 | Hook::Connect6);
     let proxy = if connect {
         redirect::proxy_for(policy, &dst).or_else(|| redirect::dns_proxy_for(policy, &dst))
     } else {
@@ -140,13 +129,6 @@ fn with_workload(
             // goes where the application asked.
             hop.reason
         } else {
-            let outcome = Outcome {
-                reason: Reason::Redirect,
-                rule: hop.rule,
-                cgroup_id,
-                audit_mode: found.audit,
-            };
-            events::redirected(hook, &outcome, &dst);
             rewrite(&proxy);
             if proxy.proto == IPPROTO_TCP {
                 redirect::remember(ctx, &dst);

@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use egress_agent::policy::model::ObjectId;
+use egress_common::Hook;
 use integration_tests::{
     agent::{agent_exe, Agent},
     names,
@@ -380,7 +381,7 @@ fn metrics_parse_and_count_the_traffic_sent() -> anyhow::Result<()> {
     ensure!(sample(&m, "egress_reloads_total", &[])? >= 1.0);
     ensure!(sample(&m, "egress_policy_generation", &[])? == 1.0);
     ensure!(sample(&m, "egress_map_entries", &[("map", "workloads")])? >= 5.0);
-    ensure!(sample(&m, "egress_programs_attached", &[])? == 7.0);
+    ensure!(sample(&m, "egress_programs_attached", &[])? == Hook::ALL.len() as f64);
     ensure!(
         m.samples
             .iter()
@@ -399,7 +400,7 @@ fn status_reflects_a_failed_reload() -> anyhow::Result<()> {
     let before = node.status()?;
     ensure!(before["generation"]["number"] == 1, "{before:#}");
     ensure!(before["lastReload"]["result"] == "applied");
-    ensure!(before["programs"].as_array().map(Vec::len) == Some(7));
+    ensure!(before["programs"].as_array().map(Vec::len) == Some(Hook::ALL.len()));
     ensure!(before["workloads"].as_array().map(Vec::len) == Some(5));
     ensure!(before["nft"]["installed"] == true);
     let sleep = before["workloads"]
@@ -538,6 +539,34 @@ fn events_follow_streams_new_events() -> anyhow::Result<()> {
             .as_str()
             .is_some_and(|d| d.starts_with("203.0.113.10:")),
         "{e}"
+    );
+    Ok(())
+}
+
+/// A captured connect is reported as a redirect, with the destination the
+/// workload named (the event is emitted before the address is rewritten
+/// to the proxy).
+#[test]
+fn a_redirect_is_reported_with_its_original_destination() -> anyhow::Result<()> {
+    require_root();
+    let node = Observed::seed(&["--event-interval-ms", ONE_PER_TEST])?;
+    let to = "203.0.113.10:443";
+    // No sidecar listens here: the redirected connect is refused by the
+    // proxy's address, not denied.
+    let outcome = node.connect("default/sleep", to)?;
+    ensure!(
+        outcome == Outcome::Refused,
+        "redirected to 127.0.0.1:15001: {outcome:?}"
+    );
+    let events = node.wait_event(to)?;
+    ensure!(events.len() == 1, "exactly one event: {events:#?}");
+    let e = &events[0];
+    ensure!(e["workload"] == "default/sleep", "{e}");
+    ensure!(e["verdict"] == "redirect", "{e}");
+    ensure!(e["hook"] == "egress_connect4", "{e}");
+    ensure!(
+        node.events(&["--verdict", "redirect"])?.len() == 1,
+        "the filter finds it"
     );
     Ok(())
 }
