@@ -302,6 +302,8 @@ impl Enforcer for KernelEnforcer {
                 fill("port_sets", c.port_sets, capacity::PORT_SETS),
                 fill("cluster", c.cluster, 2 * capacity::CLUSTER),
                 fill("gateway", c.gateway, 2 * capacity::GATEWAY),
+                fill("captures", c.captures, capacity::POLICIES),
+                fill("capture", c.capture, 2 * capacity::CAPTURE),
             ]),
             Err(e) => warn!(error = %e, "cannot count map entries"),
         }
@@ -316,6 +318,11 @@ impl Enforcer for KernelEnforcer {
             flows.inbound_udp,
             capacity::INBOUND_UDP,
         ));
+        maps.extend([
+            fill("redirected", flows.redirected, capacity::REDIRECTED),
+            fill("orig_dst", flows.orig_dst, capacity::ORIG_DST),
+            fill("dns_orig", flows.dns_orig, capacity::DNS_ORIG),
+        ]);
         let counters = dp
             .counters()
             .inspect_err(|e| warn!(error = %e, "cannot read the verdict counters"))
