@@ -225,3 +225,19 @@ fn port_match(set: u32, dst: &Dst) -> Option<u32> {
     }
     None
 }
+
+/// Four network-order words, as their bytes in order.
+#[inline(always)]
+pub fn words_to_bytes(words: [u32; 4]) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        bytes[i * 4] = b[0];
+        bytes[i * 4 + 1] = b[1];
+        bytes[i * 4 + 2] = b[2];
+        bytes[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    bytes
+}

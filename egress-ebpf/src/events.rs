@@ -21,9 +21,9 @@ use aya_ebpf::{
 use egress_common::{Event, EventConfig, EventStat, EventVerdict, Hook, LimitKey, Reason};
 
 use crate::{
-    decide::{has_ports, Addr, IPPROTO_TCP, IPPROTO_UDP},
+    decide::{has_ports, words_to_bytes, Addr, IPPROTO_TCP, IPPROTO_UDP},
     maps::{DNS_ORIG, EVENTS, EVENT_CONFIG, EVENT_LIMIT, EVENT_STATS, REDIRECTED},
-    packet,
+    packet, sock_addr,
     verdict::Outcome,
 };
 
@@ -117,24 +117,16 @@ fn redirected(ctx: &SockAddrContext, hook: Hook, outcome: &Outcome) {
     );
 }
 
-/// The destination an IPv4 `connect()`/`sendmsg()` names.
+/// The destination an IPv4 `connect()`/`sendmsg()` names. The kernel picks
+/// the source after these hooks run (and `msg_src_ip4` is readable in
+/// `sendmsg4` only): unknown here.
 #[inline(always)]
 pub fn flow4(ctx: &SockAddrContext) -> Flow {
-    let sa = ctx.sock_addr;
-    // SAFETY: the kernel's context; 4-byte loads of readable fields.
-    let (ip, port, proto) = unsafe {
-        (
-            core::ptr::read_volatile(&(*sa).user_ip4),
-            core::ptr::read_volatile(&(*sa).user_port),
-            core::ptr::read_volatile(&(*sa).protocol),
-        )
-    };
+    let (ip, port, proto) = sock_addr::named4(ctx);
     let proto = proto as u8;
     Flow {
-        // The kernel picks the source after these hooks run (and
-        // `msg_src_ip4` is readable in `sendmsg4` only): unknown here.
         src: Addr::V4([0; 4]),
-        dst: Addr::V4(ip.to_ne_bytes()),
+        dst: Addr::V4(ip),
         src_port: 0,
         dst_port: port_of(proto, port),
         proto,
@@ -144,34 +136,11 @@ pub fn flow4(ctx: &SockAddrContext) -> Flow {
 /// The destination an IPv6 `connect()`/`sendmsg()` names; see [`flow4`].
 #[inline(always)]
 pub fn flow6(ctx: &SockAddrContext) -> Flow {
-    let sa = ctx.sock_addr;
-    // SAFETY: as above.
-    let (words, port, proto) = unsafe {
-        (
-            [
-                core::ptr::read_volatile(&(*sa).user_ip6[0]),
-                core::ptr::read_volatile(&(*sa).user_ip6[1]),
-                core::ptr::read_volatile(&(*sa).user_ip6[2]),
-                core::ptr::read_volatile(&(*sa).user_ip6[3]),
-            ],
-            core::ptr::read_volatile(&(*sa).user_port),
-            core::ptr::read_volatile(&(*sa).protocol),
-        )
-    };
-    let mut bytes = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        let b = words[i].to_ne_bytes();
-        bytes[i * 4] = b[0];
-        bytes[i * 4 + 1] = b[1];
-        bytes[i * 4 + 2] = b[2];
-        bytes[i * 4 + 3] = b[3];
-        i += 1;
-    }
+    let (words, port, proto) = sock_addr::named6(ctx);
     let proto = proto as u8;
     Flow {
         src: Addr::V6([0; 16]),
-        dst: Addr::V6(bytes),
+        dst: Addr::V6(words_to_bytes(words)),
         src_port: 0,
         dst_port: port_of(proto, port),
         proto,

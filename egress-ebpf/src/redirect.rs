@@ -13,9 +13,8 @@ use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockAddrContext};
 use egress_common::{capture, CaptureInfo, DnsOrig, FlowEvent, OrigDst, MAX_CAPTURE_PORTS};
 
 use crate::{
-    decide::{is_loopback, key_v4, key_v6, Addr, Dst, IPPROTO_TCP, IPPROTO_UDP},
+    decide::{is_loopback, key_v4, key_v6, words_to_bytes, Addr, Dst, IPPROTO_TCP, IPPROTO_UDP},
     maps::{CAPTURES, CAPTURE_V4, CAPTURE_V6, DNS_ORIG, REDIRECTED},
-    sockopt::words_to_bytes,
     verdict::count,
 };
 

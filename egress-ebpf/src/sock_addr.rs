@@ -15,7 +15,7 @@ use aya_ebpf::{helpers::bpf_get_current_ancestor_cgroup_id, programs::SockAddrCo
 use egress_common::{Reason, NO_RULE};
 
 use crate::{
-    decide::{decide, has_ports, Addr, Dst, IPPROTO_TCP},
+    decide::{decide, has_ports, words_to_bytes, Addr, Dst, IPPROTO_TCP},
     redirect, reply,
     verdict::Outcome,
     workload::{self, Workload},
@@ -31,20 +31,8 @@ pub fn try_sock_addr4(ctx: &SockAddrContext, connect: bool) -> Outcome {
         }
     };
     with_workload(ctx, connect, rewrite, || {
-        let sa = ctx.sock_addr;
-        // SAFETY: the kernel guarantees `sock_addr` points to a valid
-        // context; each field is read with a 4-byte load, which the
-        // verifier allows for these fields.
-        let (ip, port, proto) = unsafe {
-            (
-                core::ptr::read_volatile(&(*sa).user_ip4),
-                core::ptr::read_volatile(&(*sa).user_port),
-                core::ptr::read_volatile(&(*sa).protocol),
-            )
-        };
-        // `user_ip4` holds the address in network byte order, so its
-        // in-memory bytes are the address's bytes in order.
-        dst(Addr::V4(ip.to_ne_bytes()), proto, port)
+        let (ip, port, proto) = named4(ctx);
+        dst(Addr::V4(ip), proto, port)
     })
 }
 
@@ -60,38 +48,53 @@ pub fn try_sock_addr4(ctx: &SockAddrContext, connect: bool) -> Outcome {
 pub fn try_sock_addr6(ctx: &SockAddrContext, connect: bool) -> Outcome {
     let rewrite = |proxy: &Dst| redirect::rewrite6(ctx, proxy.addr.mapped(), proxy.port);
     with_workload(ctx, connect, rewrite, || {
-        let sa = ctx.sock_addr;
-        // SAFETY: as above.
-        let (words, port, proto) = unsafe {
-            (
-                [
-                    core::ptr::read_volatile(&(*sa).user_ip6[0]),
-                    core::ptr::read_volatile(&(*sa).user_ip6[1]),
-                    core::ptr::read_volatile(&(*sa).user_ip6[2]),
-                    core::ptr::read_volatile(&(*sa).user_ip6[3]),
-                ],
-                core::ptr::read_volatile(&(*sa).user_port),
-                core::ptr::read_volatile(&(*sa).protocol),
-            )
-        };
+        let (words, port, proto) = named6(ctx);
         let addr = match ipv4_mapped(words) {
             Some(v4) => Addr::V4(v4),
-            None => {
-                let mut bytes = [0u8; 16];
-                let mut i = 0;
-                while i < 4 {
-                    let b = words[i].to_ne_bytes();
-                    bytes[i * 4] = b[0];
-                    bytes[i * 4 + 1] = b[1];
-                    bytes[i * 4 + 2] = b[2];
-                    bytes[i * 4 + 3] = b[3];
-                    i += 1;
-                }
-                Addr::V6(bytes)
-            }
+            None => Addr::V6(words_to_bytes(words)),
         };
         dst(addr, proto, port)
     })
+}
+
+/// The destination an IPv4 `connect()`/`sendmsg()` names: the address's
+/// bytes, the port word (network order in its first two bytes) and the
+/// protocol.
+#[inline(always)]
+pub fn named4(ctx: &SockAddrContext) -> ([u8; 4], u32, u32) {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel guarantees `sock_addr` points to a valid context;
+    // each field is read with a 4-byte load, which the verifier allows.
+    let (ip, port, proto) = unsafe {
+        (
+            core::ptr::read_volatile(&(*sa).user_ip4),
+            core::ptr::read_volatile(&(*sa).user_port),
+            core::ptr::read_volatile(&(*sa).protocol),
+        )
+    };
+    // `user_ip4` holds the address in network byte order, so its in-memory
+    // bytes are the address's bytes in order.
+    (ip.to_ne_bytes(), port, proto)
+}
+
+/// The destination an IPv6 `connect()`/`sendmsg()` names: the address as
+/// four network-order words, the port word and the protocol.
+#[inline(always)]
+pub fn named6(ctx: &SockAddrContext) -> ([u32; 4], u32, u32) {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `named4`.
+    unsafe {
+        (
+            [
+                core::ptr::read_volatile(&(*sa).user_ip6[0]),
+                core::ptr::read_volatile(&(*sa).user_ip6[1]),
+                core::ptr::read_volatile(&(*sa).user_ip6[2]),
+                core::ptr::read_volatile(&(*sa).user_ip6[3]),
+            ],
+            core::ptr::read_volatile(&(*sa).user_port),
+            core::ptr::read_volatile(&(*sa).protocol),
+        )
+    }
 }
 
 /// Runs the ancestor walk on the current task's cgroup, then `dst` and the

@@ -31,10 +31,10 @@ use aya_ebpf::{
 use egress_common::{inbound, FlowEvent, SockKey, UdpFlowKey};
 
 use crate::{
+    decide::words_to_bytes,
     maps::{INBOUND_TCP, ORIG_DST, REDIRECTED},
     packet::TCP_SYN,
     redirect::AF_INET,
-    sockopt::words_to_bytes,
 };
 
 /// What one callback did; `None` for callbacks that concern no entry.

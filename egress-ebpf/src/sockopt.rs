@@ -11,6 +11,7 @@ use aya_ebpf::programs::SockoptContext;
 use egress_common::{FlowEvent, SockKey};
 
 use crate::{
+    decide::words_to_bytes,
     maps::ORIG_DST,
     redirect::{AF_INET, AF_INET6},
 };
@@ -124,20 +125,4 @@ fn write<const N: usize>(start: *mut u8, end: *mut u8, out: &[u8; N]) -> Option<
         i += 1;
     }
     Some(N)
-}
-
-/// Four network-order words, as their bytes in order.
-#[inline(always)]
-pub fn words_to_bytes(words: [u32; 4]) -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        let b = words[i].to_ne_bytes();
-        bytes[i * 4] = b[0];
-        bytes[i * 4 + 1] = b[1];
-        bytes[i * 4 + 2] = b[2];
-        bytes[i * 4 + 3] = b[3];
-        i += 1;
-    }
-    bytes
 }
