@@ -8,7 +8,7 @@
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -17,25 +17,13 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 use egress_agent::policy::model::ObjectId;
 use egress_common::Hook;
-use integration_tests::{
-    agent::{agent_exe, Agent},
-    names,
-    node::SimNode,
-    require_root, Outcome, Proto,
-};
+use integration_tests::{agent::agent_exe, names, require_root, scenario::Running, Outcome, Proto};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(15);
 /// Long enough that a test never sees a second event for the same key.
 const ONE_PER_TEST: &str = "600000";
 const METRICS_PORT: u16 = 9464;
-
-fn seed() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace")
-        .join("policies")
-}
 
 fn id(s: &str) -> ObjectId {
     let (namespace, name) = s.split_once('/').expect("namespace/name");
@@ -44,34 +32,34 @@ fn id(s: &str) -> ObjectId {
 
 /// The real agent on the seed node, with its socket in a temp dir.
 struct Observed {
-    agent: Agent,
-    sim: SimNode,
+    node: Running,
     socket: PathBuf,
+}
+
+impl std::ops::Deref for Observed {
+    type Target = Running;
+
+    fn deref(&self) -> &Running {
+        &self.node
+    }
+}
+
+impl std::ops::DerefMut for Observed {
+    fn deref_mut(&mut self) -> &mut Running {
+        &mut self.node
+    }
 }
 
 impl Observed {
     fn seed(extra: &[&str]) -> anyhow::Result<Self> {
-        let sim = SimNode::new(&[seed()])?;
         let socket = std::env::temp_dir()
             .join(names::unique("egress-sock"))
             .join("agent.sock");
-        let policies = sim.policies_dir().display().to_string();
-        let root = sim.cgroup_root().display().to_string();
-        let dns = sim.dns().address.to_string();
         let sock = socket.display().to_string();
-        let mut args = vec![
-            "--policies",
-            &policies,
-            "--cgroup-root",
-            &root,
-            "--dns-server",
-            &dns,
-            "--socket",
-            &sock,
-        ];
+        let mut args = vec!["--socket", sock.as_str()];
         args.extend_from_slice(extra);
-        let agent = Agent::start(sim.node(), sim.pin_dir(), &args)?;
-        Ok(Self { agent, sim, socket })
+        let node = Running::seed(&args)?;
+        Ok(Self { node, socket })
     }
 
     fn connect(&self, who: &str, to: &str) -> anyhow::Result<Outcome> {
