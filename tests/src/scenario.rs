@@ -14,6 +14,12 @@ use egress_agent::policy::model::ObjectId;
 
 use crate::{agent::Agent, node::SimNode, Client, Listener, Proto};
 
+/// `"namespace/name"` as an [`ObjectId`]; panics on a malformed literal,
+/// which only a test writes.
+pub fn id(s: &str) -> ObjectId {
+    s.parse().expect("namespace/name")
+}
+
 /// The repository's `policies/`: the seed scenario.
 pub fn seed_policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -15,20 +15,19 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use egress_agent::policy::model::ObjectId;
 use egress_common::Hook;
-use integration_tests::{agent::agent_exe, names, require_root, scenario::Running, Outcome, Proto};
+use integration_tests::{
+    agent::agent_exe,
+    names, require_root,
+    scenario::{id, Running},
+    Outcome, Proto,
+};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(15);
 /// Long enough that a test never sees a second event for the same key.
 const ONE_PER_TEST: &str = "600000";
 const METRICS_PORT: u16 = 9464;
-
-fn id(s: &str) -> ObjectId {
-    let (namespace, name) = s.split_once('/').expect("namespace/name");
-    ObjectId::new(namespace, name)
-}
 
 /// The real agent on the seed node, with its socket in a temp dir.
 struct Observed {

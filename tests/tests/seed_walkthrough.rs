@@ -15,16 +15,11 @@ use integration_tests::{
     agent::agent_exe,
     mesh::{counter, AccessLine, Mesh},
     require_root,
-    scenario::Running,
+    scenario::{id, Running},
     Listener, Outcome, Proto,
 };
 
 const LOG_WAIT: Duration = Duration::from_secs(5);
-
-fn id(s: &str) -> ObjectId {
-    let (namespace, name) = s.split_once('/').expect("namespace/name");
-    ObjectId::new(namespace, name)
-}
 
 fn sleep() -> ObjectId {
     id("default/sleep")

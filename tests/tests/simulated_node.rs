@@ -20,7 +20,7 @@ use integration_tests::{
     bpftool::{attached_ids, map_exists, program_exists, program_map_ids},
     node::SimNode,
     require_root,
-    scenario::{seed_policies, Running},
+    scenario::{id, seed_policies, Running},
     Client, Event, Listener, Outcome, Proto,
 };
 
@@ -47,11 +47,6 @@ fn dual_stack_seed(dir: &Path) -> anyhow::Result<PathBuf> {
         fs::write(out.join(path.file_name().context("file name")?), text)?;
     }
     Ok(out)
-}
-
-fn id(s: &str) -> ObjectId {
-    let (namespace, name) = s.split_once('/').expect("namespace/name");
-    ObjectId::new(namespace, name)
 }
 
 fn test_egress() -> ObjectId {
