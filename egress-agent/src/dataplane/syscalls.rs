@@ -72,20 +72,7 @@ pub(super) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     };
     // SAFETY: `attr` is a valid, zero-padded bpf_attr for this command and
     // `path` outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &mut attr as *mut Attr,
-            size_of::<Attr>() as u32,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    unsafe { bpf_new_fd(BPF_OBJ_GET, &mut attr) }
 }
 
 /// `BPF_LINK_CREATE`: attaches `prog` to the cgroup `cgroup` with a new
@@ -113,14 +100,17 @@ pub(super) fn cgroup_link_create(
         _pad: [0; 12],
     };
     // SAFETY: `attr` is a valid, zero-padded bpf_attr for this command.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            &mut attr as *mut Attr,
-            size_of::<Attr>() as u32,
-        )
-    };
+    unsafe { bpf_new_fd(BPF_LINK_CREATE, &mut attr) }
+}
+
+/// `bpf(cmd, attr)` for a command that returns a new descriptor.
+///
+/// # Safety
+/// `attr` must be a valid, zero-padded `bpf_attr` for `cmd`, and every
+/// pointer in it must outlive the call.
+unsafe fn bpf_new_fd<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<OwnedFd> {
+    // SAFETY: the caller vouches for `attr`.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, size_of::<A>() as u32) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
