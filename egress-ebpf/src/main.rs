@@ -47,6 +47,19 @@ use verdict::{conclude, count};
 pub fn egress_skb(ctx: SkBuffContext) -> i32 {
     let outcome = skb::try_egress_skb(&ctx);
     events::after_skb(&ctx, Hook::Skb, &outcome);
+    if outcome.reason.denies() {
+        // Debug logging through aya-log: off unless the agent runs with
+        // `--ebpf-log debug` (a load-time global; nothing is formatted
+        // when off).
+        aya_log_ebpf::debug!(
+            &ctx,
+            "cgroup_skb: cgroup {} reason {} rule {} audit {}",
+            outcome.cgroup_id,
+            outcome.reason as u8,
+            outcome.rule,
+            outcome.audit_mode as u8
+        );
+    }
     conclude(Hook::Skb, outcome)
 }
 

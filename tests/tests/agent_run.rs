@@ -474,3 +474,34 @@ fn dns_is_captured_only_when_the_agent_runs_with_capture_dns() -> anyhow::Result
     }
     Ok(())
 }
+
+#[test]
+fn ebpf_log_is_off_by_default_and_forwarded_at_debug() -> anyhow::Result<()> {
+    // A raw datagram skips every socket hook: only cgroup_skb decides it,
+    // and that is where the programs log a drop.
+    let raw = |scene: &Scene| scene.client().raw_udp(server(CLOSED));
+    let mut quiet = Scene::start(&[])?;
+    assert_eq!(raw(&quiet)?, Outcome::Eperm);
+    quiet
+        .agent()
+        .wait_for_log("policy applied", Duration::from_secs(5))?;
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !quiet.agent().log().contains("cgroup_skb: cgroup"),
+        "off by default"
+    );
+    drop(quiet);
+
+    let mut scene = Scene::start(&["--ebpf-log", "debug"])?;
+    assert_eq!(raw(&scene)?, Outcome::Eperm);
+    scene
+        .agent()
+        .wait_for_log("cgroup_skb: cgroup", Duration::from_secs(5))?;
+    let log = scene.agent().log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("cgroup_skb: cgroup"))
+        .unwrap_or_default();
+    assert!(line.contains("ebpf"), "target ebpf: {line}");
+    Ok(())
+}

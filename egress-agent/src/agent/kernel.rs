@@ -14,7 +14,8 @@ use super::reload::Enforcer;
 use crate::{
     compile::{NodeRules, Plan},
     dataplane::{
-        self, nft::Backstop, Dataplane, DataplaneError, ImageError, MapImage, VerdictKind,
+        self, nft::Backstop, Dataplane, DataplaneError, EbpfLogLevel, ImageError, MapImage,
+        VerdictKind,
     },
     observe::{self, KernelView},
     policy::model::ObjectId,
@@ -100,6 +101,7 @@ impl KernelEnforcer {
         audit: bool,
         nft: bool,
         events: EventConfig,
+        ebpf_log: EbpfLogLevel,
     ) -> Result<Self, KernelError> {
         super::preflight::check(nft && !audit)?;
         super::preflight::ensure_bpffs(pin_dir)?;
@@ -107,9 +109,11 @@ impl KernelEnforcer {
         let cgroup_mount = sys::cgroup2_mount().map_err(KernelError::Cgroup2)?;
         let root = cgroup_root.map_or_else(|| cgroup_mount.clone(), Path::to_path_buf);
         let mut dataplane =
-            Dataplane::open(pin_dir, &root).map_err(|source| KernelError::Open {
-                pin_dir: pin_dir.to_owned(),
-                source: Box::new(source),
+            Dataplane::open_logging(pin_dir, &root, ebpf_log).map_err(|source| {
+                KernelError::Open {
+                    pin_dir: pin_dir.to_owned(),
+                    source: Box::new(source),
+                }
             })?;
         dataplane
             .set_event_config(events)

@@ -140,6 +140,11 @@ pub struct RunArgs {
     /// many milliseconds (0: no limit).
     #[arg(long, value_name = "MS", default_value_t = egress_common::EventConfig::DEFAULT_INTERVAL_MS)]
     pub event_interval_ms: u32,
+    /// The programs' own debug log (aya-log), forwarded to the agent's log
+    /// with target `ebpf`. Takes effect when this run loads the programs;
+    /// adopted ones keep the level they were loaded with.
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t)]
+    pub ebpf_log: egress_agent::dataplane::EbpfLogLevel,
 }
 
 #[derive(Debug, clap::Args)]

@@ -6,9 +6,11 @@ use anyhow::Context as _;
 use egress_agent::{
     agent::{
         kernel::KernelEnforcer,
+        reload::format_chain,
         run::{run as run_agent, Observing, RunOptions},
         Reloader,
     },
+    dataplane::EbpfLogLevel,
     observe::{self, EventHub},
     resolve::{ResolverSettings, Upstream},
 };
@@ -17,7 +19,9 @@ use egress_common::EventConfig;
 use super::args::{LogFormat, RunArgs};
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    init_logging(args.log_format);
+    // The programs filter by `--ebpf-log` themselves: what they send, show.
+    let ebpf = (args.ebpf_log != EbpfLogLevel::Off).then_some("ebpf=trace");
+    init_logging_with(args.log_format, ebpf);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -33,6 +37,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                 sample_allow: args.sample_allow,
                 interval_ms: args.event_interval_ms,
             },
+            args.ebpf_log,
         )?
         .with_dns_capture(args.capture_dns);
         let observing = observe(args, &mut enforcer).await?;
@@ -73,6 +78,22 @@ async fn observe(args: &RunArgs, enforcer: &mut KernelEnforcer) -> anyhow::Resul
         }
         None => tracing::warn!("the event ring is already taken; no verdict events"),
     }
+    if args.ebpf_log != EbpfLogLevel::Off {
+        match enforcer
+            .dataplane_mut()
+            .ebpf_logger(observe::ebpf_log::ToTracing)
+        {
+            Ok(logger) => {
+                tokio::spawn(async move {
+                    if let Err(e) = observe::ebpf_log::forward(logger).await {
+                        tracing::warn!(error = %e, "the programs' log stopped");
+                    }
+                });
+                tracing::info!(level = ?args.ebpf_log, "forwarding the programs' aya-log records (target ebpf)");
+            }
+            Err(e) => tracing::warn!(error = %format_chain(&e), "no eBPF log"),
+        }
+    }
     let (queries_tx, queries) = tokio::sync::mpsc::channel(16);
     observe::server::start(&args.socket, hub.clone(), queries_tx.clone())?;
     tracing::info!(socket = %args.socket.display(), "serving events and status");
@@ -92,8 +113,17 @@ async fn observe(args: &RunArgs, enforcer: &mut KernelEnforcer) -> anyhow::Resul
 
 /// Logs go to stderr, as text or one JSON object per line.
 pub(super) fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EGRESS_LOG")
+    init_logging_with(format, None);
+}
+
+/// [`init_logging`], plus a directive that `EGRESS_LOG` cannot hide, such
+/// as `ebpf=trace` when `--ebpf-log` asks for the programs' records.
+fn init_logging_with(format: LogFormat, always: Option<&str>) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("EGRESS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if let Some(directive) = always.and_then(|d| d.parse().ok()) {
+        filter = filter.add_directive(directive);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -89,6 +89,11 @@ pub enum DataplaneError {
     },
     #[error("the eBPF object has no program `{0}` (agent and eBPF built from different sources?)")]
     MissingProgram(&'static str),
+    #[error("cannot read the programs' aya-log records")]
+    EbpfLog {
+        #[source]
+        source: aya_log::Error,
+    },
     #[error("program `{program}` is not of the expected type")]
     ProgramType {
         program: &'static str,

@@ -283,7 +283,10 @@ pub(super) struct Maps {
 /// `<maps_dir>/<NAME>`: a map already pinned there is reused (after its
 /// layout is checked), any other is created and pinned. Programs are not
 /// loaded into the kernel yet.
-pub(super) fn load_object(maps_dir: &Path) -> Result<Ebpf, DataplaneError> {
+pub(super) fn load_object(
+    maps_dir: &Path,
+    log_level: EbpfLogLevel,
+) -> Result<Ebpf, DataplaneError> {
     check_pinned(maps_dir)?;
     let paths: Vec<(&'static str, PathBuf)> = map::ALL
         .iter()
@@ -293,11 +296,28 @@ pub(super) fn load_object(maps_dir: &Path) -> Result<Ebpf, DataplaneError> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
+    // aya-log's level is a load-time global that defaults to "everything";
+    // ours defaults to off.
+    let level = log_level as u8;
+    loader.override_global("AYA_LOG_LEVEL", &level, false);
     // Non-fatal by design; see `sys::raise_memlock_limit`.
     let memlock = sys::raise_memlock_limit().err();
     loader
         .load(object::bytes())
         .map_err(|source| DataplaneError::LoadObject { source, memlock })
+}
+
+/// How much the programs log through aya-log (`run --ebpf-log`); the
+/// values are aya-log's levels, `Off` below them all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum EbpfLogLevel {
+    #[default]
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
 }
 
 /// Refuses pinned maps whose layout differs from this build's.

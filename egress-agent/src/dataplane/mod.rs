@@ -86,7 +86,7 @@ pub use error::{DataplaneError, ImageError};
 pub use generation::ApplyStats;
 pub use image::{GatewayHost, ImageSize, ImageWorkload, MapImage};
 pub use links::{program_name, AttachedLink};
-pub use maps::{EntryCounts, FlowEntries};
+pub use maps::{EbpfLogLevel, EntryCounts, FlowEntries};
 pub use uninstall::UninstallReport;
 
 use cgroups::CgroupRoot;
@@ -123,6 +123,17 @@ impl Dataplane {
     /// enforcement never has a gap. Links of another agent build are
     /// replaced: the new link is attached first, the old one unpinned after.
     pub fn open(pin_dir: &Path, cgroup_root: &Path) -> Result<Self, DataplaneError> {
+        Self::open_logging(pin_dir, cgroup_root, EbpfLogLevel::Off)
+    }
+
+    /// [`Dataplane::open`], with the programs' aya-log output at
+    /// `log_level` when this call loads them (adopted programs keep the
+    /// level they were loaded with); read it with [`Dataplane::ebpf_logger`].
+    pub fn open_logging(
+        pin_dir: &Path,
+        cgroup_root: &Path,
+        log_level: EbpfLogLevel,
+    ) -> Result<Self, DataplaneError> {
         let root = CgroupRoot::inspect(cgroup_root)?;
         // Checked on the nearest existing ancestor, so that nothing is
         // created outside bpffs.
@@ -149,7 +160,7 @@ impl Dataplane {
                 source,
             })?;
         }
-        let mut ebpf = maps::load_object(&maps_dir)?;
+        let mut ebpf = maps::load_object(&maps_dir, log_level)?;
         let maps = Maps::take(&mut ebpf, &maps_dir)?;
         let (links, replaced) = links::establish(&mut ebpf, &links_dir, &root, maps.own)?;
         // The programs stay loaded through their links; this process keeps
@@ -230,6 +241,22 @@ impl Dataplane {
     }
 
     /// The programs' links, in attach order.
+    /// A reader of the programs' aya-log records, forwarding them to
+    /// `logger`: they share one log ring, found through `cgroup_skb`'s
+    /// program (loaded now or adopted).
+    pub fn ebpf_logger<T: log::Log>(
+        &self,
+        logger: T,
+    ) -> Result<aya_log::EbpfLogger<T>, DataplaneError> {
+        let skb = self
+            .links
+            .iter()
+            .find(|l| l.hook == Hook::Skb)
+            .ok_or(DataplaneError::MissingProgram(program_name(Hook::Skb)))?;
+        aya_log::EbpfLogger::init_from_id_with_logger(skb.program_id, logger)
+            .map_err(|source| DataplaneError::EbpfLog { source })
+    }
+
     pub fn links(&self) -> &[AttachedLink] {
         &self.links
     }

@@ -7,8 +7,10 @@
 //! ([`server`], protocol in [`protocol`]) serves `events` and `status`;
 //! [`http`] serves `/metrics` ([`metrics`]), `/healthz` and `/readyz`.
 //! Status and metrics are built in the agent's event loop, which owns the
-//! kernel state, from a [`Query`] sent over a channel.
+//! kernel state, from a [`Query`] sent over a channel. With `--ebpf-log`,
+//! the programs' aya-log records join the agent's log ([`ebpf_log`]).
 
+pub mod ebpf_log;
 pub mod event;
 pub mod http;
 pub mod hub;
