@@ -4,6 +4,7 @@
 
 mod demo;
 mod host;
+mod k8s;
 mod run;
 mod setup;
 mod test;
@@ -31,6 +32,12 @@ enum Task {
     /// Run the live demo: a simulated node built from policies/, the real
     /// agent, real connections (as root; removes everything it creates).
     Demo(demo::DemoArgs),
+    /// Run the agent as a DaemonSet on a real local Kubernetes 1.20 (built
+    /// offline, cached) and prove the seed scenario with real pods (as
+    /// root; removes everything it creates).
+    K8sTest(k8s::K8sTestArgs),
+    /// The same scenario on a kind cluster (needs Docker and kind).
+    KindTest(k8s::kind::KindTestArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +46,8 @@ fn main() -> ExitCode {
         Task::Setup(args) => setup::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
+        Task::K8sTest(args) => k8s::run(&args),
+        Task::KindTest(args) => k8s::kind::run(&args),
     };
     match result {
         Ok(code) => code,
