@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use super::layout::{cache_bin, CACHE_DIR, K8S_VERSION};
+use super::layout::{cache_bin, cache_dir, K8S_VERSION};
 use crate::run;
 
 /// What the test runs; `pause` is the sandbox image's binary.
@@ -68,11 +68,11 @@ pub fn ensure() -> anyhow::Result<String> {
 }
 
 fn version_dir() -> PathBuf {
-    Path::new(CACHE_DIR).join(K8S_VERSION)
+    cache_dir().join(K8S_VERSION)
 }
 
 fn build_dir() -> PathBuf {
-    Path::new(CACHE_DIR).join("build")
+    cache_dir().join("build")
 }
 
 fn all_present() -> bool {
@@ -84,7 +84,7 @@ fn all_present() -> bool {
 
 /// Downloads (once) and extracts the source package; returns the tree.
 fn unpack_source() -> anyhow::Result<PathBuf> {
-    let src = Path::new(CACHE_DIR).join("src");
+    let src = cache_dir().join("src");
     fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
     if find_dsc(&src)?.is_none() {
         run::check(

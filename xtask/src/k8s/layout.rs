@@ -11,8 +11,14 @@ use std::path::{Path, PathBuf};
 pub const K8S_VERSION: &str = "v1.20.2";
 
 /// Built binaries, keyed by version, kept between runs and outside the
-/// repository (a cold build takes minutes).
+/// repository (a cold build takes minutes); `EGRESS_K8S_CACHE` overrides it.
 pub const CACHE_DIR: &str = "/var/cache/egress-enforcer/k8s";
+
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("EGRESS_K8S_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(CACHE_DIR))
+}
 
 /// The cluster's persistent state: etcd, certificates, the kubelet's root
 /// dir, containerd's root, CNI state. Removed by the teardown.
@@ -80,10 +86,7 @@ pub fn log(name: &str) -> PathBuf {
 
 /// The cached binaries of [`K8S_VERSION`].
 pub fn cache_bin(name: &str) -> PathBuf {
-    Path::new(CACHE_DIR)
-        .join(K8S_VERSION)
-        .join("bin")
-        .join(name)
+    cache_dir().join(K8S_VERSION).join("bin").join(name)
 }
 
 pub fn kubeconfig() -> PathBuf {

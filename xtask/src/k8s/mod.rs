@@ -64,6 +64,10 @@ pub struct K8sTestArgs {
     /// Build and run the agent's release profile.
     #[arg(long)]
     release: bool,
+    /// Only install the packages and build (or find cached) the
+    /// Kubernetes binaries.
+    #[arg(long, conflicts_with_all = ["keep", "teardown"])]
+    build_only: bool,
     /// Bring up the cluster and a busybox pod only, without the agent
     /// (the unenforced baseline: the pod reaches the internet).
     #[arg(long)]
@@ -101,6 +105,9 @@ pub fn run(args: &K8sTestArgs) -> anyhow::Result<ExitCode> {
     let began = Instant::now();
     let built = step("kubernetes binaries", kube_build::ensure)?;
     times.kube_build = Some((began.elapsed(), built));
+    if args.build_only {
+        return Ok(ExitCode::SUCCESS);
+    }
     let agent = if args.no_agent {
         None
     } else {
@@ -350,8 +357,9 @@ fn start_kube_dns(cluster: &Cluster<'_>) -> anyhow::Result<()> {
 
 /// The DaemonSet from deploy/, through an overlay: the locally imported
 /// image (never pulled), this node's cgroup2 mount (a hybrid host's is
-/// /sys/fs/cgroup/unified) and the kubelet's cgroup root, and a pin dir of
-/// the test's own.
+/// /sys/fs/cgroup/unified) and the kubelet's cgroup root, and a pin dir and
+/// lock/socket dir of the test's own (agents run on this host outside the
+/// cluster too).
 fn apply_agent(kubectl: &Kubectl) -> anyhow::Result<()> {
     let (_, v2) = node::cgroup_mounts();
     let v2 = v2.context("no cgroup2 mount: the agent needs cgroup v2")?;
@@ -391,8 +399,12 @@ patches:
           - name: cgroup
             hostPath:
               path: {v2}
+          - name: run
+            hostPath:
+              path: {agent_run}
 ",
         deploy = relative_to(&overlay, &deploy).display(),
+        agent_run = layout::run("agent").display(),
         v2 = v2.display(),
     );
     fs::write(overlay.join("kustomization.yaml"), kustomization).context("writing the overlay")?;
