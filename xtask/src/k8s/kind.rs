@@ -226,6 +226,7 @@ images:
         dns_pod_ip,
         policies: &policies,
         node_uptime: &uptime,
+        kill_agent: None,
     };
     scenario::prepare(&cluster)?;
     kubectl.run(&["apply", "-k", &overlay.display().to_string()])?;

@@ -131,11 +131,27 @@ impl Kubectl {
         Ok(())
     }
 
-    /// Runs `sh -c SCRIPT` in container `container` of pod `namespace/pod`.
+    /// Runs `sh -c SCRIPT` in the first container of pod `namespace/pod`.
     pub fn exec(&self, namespace: &str, pod: &str, script: &str) -> anyhow::Result<ExecOutput> {
-        let out = self
-            .command()
-            .args(["exec", "-n", namespace, pod, "--", "sh", "-c", script])
+        self.exec_in(namespace, pod, None, script)
+    }
+
+    /// Runs `sh -c SCRIPT` in `container` (default: the first) of pod
+    /// `namespace/pod`.
+    pub fn exec_in(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+        script: &str,
+    ) -> anyhow::Result<ExecOutput> {
+        let mut cmd = self.command();
+        cmd.args(["exec", "-n", namespace, pod]);
+        if let Some(container) = container {
+            cmd.args(["-c", container]);
+        }
+        let out = cmd
+            .args(["--", "sh", "-c", script])
             .output()
             .context("running kubectl exec")?;
         Ok(ExecOutput {

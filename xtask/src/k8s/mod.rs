@@ -273,6 +273,7 @@ fn bring_up_and_test(
             dns_pod_ip: DNS_IP.to_owned(),
             policies: &policies,
             node_uptime: &uptime,
+            kill_agent: Some(&kill_agent),
         };
         scenario::prepare(&cluster)?;
         start_kube_dns(&cluster)?;
@@ -310,6 +311,37 @@ fn stripped_copy(binary: &Path) -> anyhow::Result<PathBuf> {
     )
     .with_context(|| format!("stripping {}", binary.display()))?;
     Ok(out)
+}
+
+/// SIGKILLs the agent's process: the one named egress-agent with
+/// `--kubernetes` in the node's network namespace (the pod uses the host
+/// network). Returns its pid.
+fn kill_agent() -> anyhow::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let node = fs::metadata(layout::netns_path(NODE_NETNS)).context("the node's netns")?;
+    for entry in fs::read_dir("/proc").context("reading /proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let in_node =
+            fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == node.ino());
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_agent = args.first().is_some_and(|a| a.ends_with(b"egress-agent"))
+            && args.iter().any(|a| *a == b"--kubernetes");
+        if in_node && is_agent {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+                bail!("kill -9 {pid}: {}", std::io::Error::last_os_error());
+            }
+            return Ok(pid.unsigned_abs());
+        }
+    }
+    bail!("no egress-agent process in the node's namespace")
 }
 
 /// The node's uptime, the clock the pods' logs use.

@@ -9,8 +9,11 @@
 //!    uptime clock; not one attempt may reach the internet.
 //! 4. Deleting the NetworkPolicy changes the verdict (and re-creating it
 //!    changes it back).
-//! 5. With no agent running, enforcement stays in force; the replacement
-//!    adopts the pinned links.
+//! 5. The sidecar Redirect: an app's connection goes to its istio-proxy
+//!    container, which is exempt from the redirect and still denied.
+//! 6. With no agent running, enforcement stays in force; the replacement
+//!    adopts the pinned links. Where the host is at hand, the agent is
+//!    also SIGKILLed.
 
 use std::{
     fs,
@@ -41,6 +44,9 @@ pub struct Cluster<'a> {
     /// Reads the node's clock (seconds since boot, as /proc/uptime), which
     /// the pods read too.
     pub node_uptime: &'a dyn Fn() -> anyhow::Result<f64>,
+    /// SIGKILLs the agent's process from the host and returns its pid,
+    /// where the test can see the node's processes.
+    pub kill_agent: Option<&'a dyn Fn() -> anyhow::Result<u32>>,
 }
 
 /// The measured times, for the summary.
@@ -137,12 +143,24 @@ pub fn probe(
     ip: &str,
     port: u16,
 ) -> anyhow::Result<(Outcome, String)> {
+    probe_in(kubectl, namespace, pod, None, ip, port)
+}
+
+/// As [`probe`], from `container` of the pod.
+pub fn probe_in(
+    kubectl: &Kubectl,
+    namespace: &str,
+    pod: &str,
+    container: Option<&str>,
+    ip: &str,
+    port: u16,
+) -> anyhow::Result<(Outcome, String)> {
     let script = if port == 80 {
         http_get(ip, port)
     } else {
         tcp_connect(ip, port)
     };
-    let out = kubectl.exec(namespace, pod, &script)?;
+    let out = kubectl.exec_in(namespace, pod, container, &script)?;
     let text = format!("{}{}", out.stdout, out.stderr);
     Ok((Outcome::classify(out.success, &text), first_line(&text)))
 }
@@ -386,11 +404,141 @@ pub fn run(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<Timings
         &format!("{outcome:?}"),
     );
 
+    println!("\nk8s-test: 5. the sidecar Redirect: the app's connections go to its istio-proxy");
+    sidecar(cluster, checks)?;
+
     println!(
-        "\nk8s-test: 5. with no agent running, enforcement stays; the replacement adopts the pins"
+        "\nk8s-test: 6. with no agent running, enforcement stays; the replacement adopts the pins"
     );
     agent_gap(cluster, checks, &gateway_ip, &mut timings)?;
+    if let Some(kill) = cluster.kill_agent {
+        sigkill(cluster, checks, kill)?;
+    }
     Ok(timings)
+}
+
+/// default/sleep with a sidecar container named istio-proxy that serves
+/// HTTP on 127.0.0.1:15001 (the seed Redirect's proxy address): the app's
+/// request to edition.cnn.com is answered by the sidecar, and the sidecar,
+/// exempt from the redirect, is refused the internet like any pod.
+fn sidecar(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
+    let k = cluster.kubectl;
+    let (allowed_name, allowed_ip) = cluster.allowed_host;
+    let yaml = format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: sleep
+  namespace: default
+  labels:
+    app: sleep
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: sleep
+    image: {image}
+    imagePullPolicy: {policy}
+    command: [sh, -c, 'exec sleep 3600']
+  - name: istio-proxy
+    image: {image}
+    imagePullPolicy: {policy}
+    command:
+    - sh
+    - -c
+    - mkdir -p /tmp/www && echo 'answered by the istio-proxy sidecar' > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:15001 -h /tmp/www
+",
+        image = cluster.toolbox_image,
+        policy = cluster.image_pull_policy,
+    );
+    k.apply(&yaml)?;
+    wait_ready(k, "default", "pod/sleep", Duration::from_secs(120))?;
+    let out = k.exec_in("default", "sleep", Some("sleep"), &http_get(allowed_ip, 80))?;
+    let text = format!("{}{}", out.stdout, out.stderr);
+    checks.check(
+        text.contains("answered by the istio-proxy sidecar"),
+        &format!(
+            "default/sleep → {allowed_name} {allowed_ip}:80 redirected to its sidecar on 127.0.0.1:15001"
+        ),
+        &text
+            .lines()
+            .filter(|l| l.starts_with("HTTP/") || l.contains("answered") || l.contains("nc:"))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" / "),
+    );
+    let (outcome, text) = probe_in(k, "default", "sleep", Some("istio-proxy"), allowed_ip, 80)?;
+    checks.check(
+        outcome == Outcome::Eperm,
+        &format!(
+            "default/sleep's istio-proxy → {allowed_name} not redirected, and denied (only the gateway leaves)"
+        ),
+        &text,
+    );
+    Ok(())
+}
+
+/// SIGKILLs the agent's process (no clean exit at all), probes before the
+/// kubelet has restarted it, then checks that the restarted container
+/// adopted the pins.
+fn sigkill(
+    cluster: &Cluster<'_>,
+    checks: &mut Checks,
+    kill: &dyn Fn() -> anyhow::Result<u32>,
+) -> anyhow::Result<()> {
+    let k = cluster.kubectl;
+    let (allowed_name, allowed_ip) = cluster.allowed_host;
+    let pod = agent_pod(k)?;
+    let pid = kill()?;
+    let (outcome, text) = probe(k, "test-egress", "sleep", allowed_ip, 80)?;
+    checks.check(
+        outcome == Outcome::Eperm,
+        &format!("agent SIGKILLed (pid {pid}): test-egress/sleep → {allowed_name} still denied"),
+        &text,
+    );
+    // The kubelet restarts the container in the same pod.
+    let start = Instant::now();
+    loop {
+        let restarts = k.output(&[
+            "get",
+            "pod",
+            "-n",
+            AGENT_NS,
+            &pod,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ])?;
+        if !matches!(restarts.trim(), "" | "0") {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("the kubelet did not restart the agent's container after SIGKILL");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let took = wait_agent(k, Duration::from_secs(120))?;
+    let status = k.output(&[
+        "exec",
+        "-n",
+        AGENT_NS,
+        &pod,
+        "--",
+        "egress-agent",
+        "status",
+        "-o",
+        "json",
+    ])?;
+    let adopted = status.matches("\"adopted\":true").count();
+    let fresh = status.matches("\"adopted\":false").count();
+    checks.check(
+        adopted > 0 && fresh == 0,
+        &format!(
+            "the restarted container adopted the pinned links (Ready {:.1}s after the restart was seen)",
+            took.as_secs_f32()
+        ),
+        &format!("{adopted} link(s) adopted, {fresh} attached anew"),
+    );
+    Ok(())
 }
 
 /// Polls a probe (up to 30 s) until it gives `want`; returns the last
