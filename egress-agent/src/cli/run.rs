@@ -37,6 +37,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Kubernetes settings are checked before anything is attached; the
+        // client connects only once the watchers start (after the agent
+        // has exempted its own cgroup).
+        let kube = if args.kubernetes {
+            let node = kubernetes::node_name(args.node_name.as_deref())?;
+            Some((node, kubernetes::client(args.kubeconfig.as_deref()).await?))
+        } else {
+            None
+        };
         let mut enforcer = KernelEnforcer::open(
             &args.bpffs,
             args.cgroup_root.as_deref(),
@@ -52,17 +61,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         let guards = guards(args, &mut enforcer)?;
         let observing = observe(args, &mut enforcer).await?;
         let mut reloader = Reloader::new(args.policies.clone(), enforcer, args.audit);
-        let feed = if args.kubernetes {
+        let feed = if let Some((node_name, client)) = kube {
             let settings = KubeSettings {
                 kubeconfig: args.kubeconfig.clone(),
-                node_name: kubernetes::node_name(args.node_name.as_deref())?,
+                node_name,
                 sidecar: args.sidecar_container.clone(),
                 mount: guards.mount.clone(),
                 search_base: guards.base.clone(),
                 guarded: guards.guards.pending.clone(),
                 exempt: guards.guards.exempt.clone(),
             };
-            let client = kubernetes::client(settings.kubeconfig.as_deref()).await?;
             tracing::info!(node = %settings.node_name, sidecar = %settings.sidecar, "Kubernetes mode: watching Pods on this node, Namespaces and NetworkPolicies");
             Some(kubernetes::spawn(client, settings))
         } else {
