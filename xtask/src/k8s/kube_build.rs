@@ -18,7 +18,7 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use super::layout::{cache_bin, cache_dir, K8S_VERSION};
-use crate::run;
+use crate::{host, run};
 
 /// What the test runs; `pause` is the sandbox image's binary.
 pub const SERVER_BINARIES: &[&str] = &[
@@ -27,6 +27,9 @@ pub const SERVER_BINARIES: &[&str] = &[
     "kube-controller-manager",
     "kube-scheduler",
 ];
+
+/// Disk the build needs while it runs (freed when it ends).
+const BUILD_SPACE: u64 = 4_000_000_000;
 
 const REFLECT2_FIXED: &str = "/usr/share/gocode/src/github.com/modern-go/reflect2";
 
@@ -38,6 +41,17 @@ pub fn ensure() -> anyhow::Result<String> {
         return Ok(format!("cached in {}", version_dir().display()));
     }
     let began = Instant::now();
+    fs::create_dir_all(cache_dir())
+        .with_context(|| format!("creating {}", cache_dir().display()))?;
+    // The tree, Go's build cache and _output peak at about 3 GB.
+    let free = host::free_bytes(&cache_dir()).unwrap_or(u64::MAX);
+    if free < BUILD_SPACE {
+        bail!(
+            "building Kubernetes needs about 4 GB free under {}; {} MB are",
+            cache_dir().display(),
+            free / 1_000_000
+        );
+    }
     let tree = unpack_source()?;
     fix_reflect2(&tree)?;
     build(&tree)?;
