@@ -38,8 +38,9 @@ pub const TOOLBOX: &str = "docker.io/local/toolbox:latest";
 const PASSWD: &str = "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n";
 const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
 
-/// Packs the three images and returns their tarballs.
-pub fn build_all(agent_binary: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+/// Packs the images (the agent's only if `agent_binary` is given) and
+/// returns their tarballs.
+pub fn build_all(agent_binary: Option<&Path>) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let applets = busybox_applets()?;
     let images = [
         Image {
@@ -65,20 +66,21 @@ pub fn build_all(agent_binary: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> 
             etc: &[("passwd", PASSWD), ("group", GROUP)],
             entrypoint: &["/bin/sh"],
         },
-        Image {
-            name: "egress-agent",
-            files: vec![
-                (agent_binary.to_owned(), "/usr/local/bin/egress-agent"),
-                (PathBuf::from("/usr/sbin/nft"), "/usr/sbin/nft"),
-            ],
-            links: Vec::new(),
-            dirs: &["/tmp", "/run"],
-            etc: &[("passwd", PASSWD), ("group", GROUP)],
-            entrypoint: &["/usr/local/bin/egress-agent"],
-        },
     ];
+    let agent = agent_binary.map(|binary| Image {
+        name: "egress-agent",
+        files: vec![
+            (binary.to_owned(), "/usr/local/bin/egress-agent"),
+            (PathBuf::from("/usr/sbin/nft"), "/usr/sbin/nft"),
+        ],
+        links: Vec::new(),
+        dirs: &["/tmp", "/run"],
+        etc: &[("passwd", PASSWD), ("group", GROUP)],
+        entrypoint: &["/usr/local/bin/egress-agent"],
+    });
     images
         .iter()
+        .chain(agent.as_ref())
         .map(|image| Ok((image.name.to_owned(), pack(image)?)))
         .collect()
 }

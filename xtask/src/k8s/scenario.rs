@@ -54,7 +54,6 @@ pub struct Cluster<'a> {
 pub struct Timings {
     pub first_packet_ms: Option<f64>,
     pub policy_applied_ms: Option<f64>,
-    pub container_started_ms: Option<f64>,
     pub np_delete_effect_ms: Option<f64>,
     pub np_create_effect_ms: Option<f64>,
     pub agent_gap_ms: Option<f64>,
@@ -657,7 +656,6 @@ fn first_packet(
     ]) {
         println!("k8s-test:   (container startedAt {})", started.trim());
     }
-    timings.container_started_ms = first.map(|a| (a.0 - created) * 1000.0);
     k.output(&[
         "delete",
         "pod",
