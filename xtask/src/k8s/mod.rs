@@ -285,7 +285,7 @@ fn bring_up_and_test(
                 );
                 times.scenario = Some(scenario::run(&cluster, checks)?);
                 check_metrics(checks);
-                Ok(())
+                uninstall_job(&cluster, checks)
             }
         }
     })();
@@ -481,6 +481,94 @@ fn baseline(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
             .filter(|l| l.contains("Address"))
             .collect::<Vec<_>>()
             .join("; "),
+    );
+    Ok(())
+}
+
+/// Removing enforcement on purpose, as the README says: delete the
+/// DaemonSet (enforcement stays pinned), then run deploy/cleanup's Job on
+/// the node. Afterwards nothing is pinned and test-egress reaches the
+/// internet: the denials were the agent's.
+fn uninstall_job(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
+    println!("\nk8s-test: 7. explicit removal: delete the DaemonSet, then the uninstall Job");
+    let k = cluster.kubectl;
+    let ns = "egress-enforcer";
+    k.run(&[
+        "delete",
+        "daemonset",
+        "-n",
+        ns,
+        "egress-agent",
+        "--wait=true",
+    ])?;
+    // No agent pod may be left to re-attach (an error here means none was).
+    let _ = k.output(&[
+        "wait",
+        "-n",
+        ns,
+        "--for=delete",
+        "pod",
+        "-l",
+        "app.kubernetes.io/name=egress-agent",
+        "--timeout=60s",
+    ]);
+    let (allowed_name, allowed_ip) = cluster.allowed_host;
+    let (outcome, text) = scenario::probe(k, "test-egress", "sleep", allowed_ip, 80)?;
+    checks.check(
+        outcome == scenario::Outcome::Eperm,
+        &format!("DaemonSet deleted: test-egress/sleep → {allowed_name} still denied (pinned)"),
+        &text,
+    );
+    let file = host::workspace_root().join("deploy/cleanup/uninstall-job.yaml");
+    let mut job =
+        fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    for (from, to) in [
+        ("NODE_NAME_HERE", layout::NODE_NAME.to_owned()),
+        (
+            "image: egress-agent\n",
+            "image: docker.io/local/egress-agent:latest\n".to_owned(),
+        ),
+        (
+            "imagePullPolicy: IfNotPresent",
+            "imagePullPolicy: Never".to_owned(),
+        ),
+        (
+            "--bpffs=/sys/fs/bpf/egress-enforcer",
+            format!("--bpffs={BPFFS_DIR}"),
+        ),
+    ] {
+        if !job.contains(from) {
+            bail!(
+                "{} no longer contains `{from}`: update k8s-test",
+                file.display()
+            );
+        }
+        job = job.replace(from, &to);
+    }
+    k.apply(&job)?;
+    let name = format!("job/egress-agent-uninstall-{}", layout::NODE_NAME);
+    k.output(&[
+        "wait",
+        "-n",
+        ns,
+        "--for=condition=complete",
+        &name,
+        "--timeout=120s",
+    ])?;
+    let logs = k.output(&["logs", "-n", ns, &name])?;
+    let links = fs::read_dir(Path::new(BPFFS_DIR).join("links"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    checks.check(
+        links == 0,
+        "the uninstall Job completed and no link is pinned any more",
+        &logs.lines().map(str::trim).collect::<Vec<_>>().join(" / "),
+    );
+    let (outcome, text) = scenario::probe(k, "test-egress", "sleep", allowed_ip, 80)?;
+    checks.check(
+        outcome == scenario::Outcome::Ok,
+        &format!("uninstalled: test-egress/sleep → {allowed_name} reached (the denials were the agent's)"),
+        &text,
     );
     Ok(())
 }
