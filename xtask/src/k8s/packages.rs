@@ -2,9 +2,9 @@
 
 use std::{fs, path::Path};
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 
-use crate::{host, setup};
+use crate::{run, setup};
 
 /// Building Kubernetes from Debian's source package (Go 1.19, the reflect2
 /// that works under Go ≥ 1.18, `make` and `rsync` for its build scripts,
@@ -44,6 +44,30 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 ";
 
+/// kubectl must be ≥ 1.21: `kubectl apply -k` with a directory base needs
+/// the kustomize that 1.21 embeds (Debian bookworm's kubectl is 1.20).
+/// These machines' image ships one; it is not installed here.
+fn check_kubectl() -> anyhow::Result<()> {
+    let minor = run::output("kubectl", ["version", "--client", "-o", "json"])
+        .as_deref()
+        .and_then(client_minor);
+    match minor {
+        Some(minor) if minor >= 21 => Ok(()),
+        Some(minor) => {
+            bail!("kubectl is 1.{minor}; k8s-test needs kubectl ≥ 1.21 (for `apply -k`)")
+        }
+        None => bail!("kubectl ≥ 1.21 is not on PATH (https://kubernetes.io/docs/tasks/tools/)"),
+    }
+}
+
+/// The client's minor version from `kubectl version --client -o json`
+/// (`"minor": "32+"`).
+fn client_minor(json: &str) -> Option<u32> {
+    let after = json.split("\"minor\"").nth(1)?;
+    let value = after.split('"').nth(1)?;
+    value.trim_end_matches('+').parse().ok()
+}
+
 /// Installs what is missing; a second run only checks. Returns what it did.
 pub fn ensure() -> anyhow::Result<String> {
     let mut done = Vec::new();
@@ -53,12 +77,8 @@ pub fn ensure() -> anyhow::Result<String> {
         done.push(format!("added {DEB_SRC_FILE}"));
         update = true;
     }
-    let mut wanted: Vec<&str> = PACKAGES.to_vec();
-    // kubectl ships on these machines' image; elsewhere Debian's own
-    // (1.20, the server's version) is used.
-    if !host::on_path("kubectl") {
-        wanted.push("kubernetes-client");
-    }
+    check_kubectl()?;
+    let wanted: Vec<&str> = PACKAGES.to_vec();
     let missing = setup::missing_packages(&wanted);
     if !missing.is_empty() {
         setup::apt_install(&wanted, &missing)?;
@@ -71,4 +91,17 @@ pub fn ensure() -> anyhow::Result<String> {
     } else {
         done.join("; ")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kubectls_minor_version() {
+        let json = r#"{"clientVersion": {"major": "1", "minor": "32+", "gitVersion": "v1.32.4"}}"#;
+        assert_eq!(client_minor(json), Some(32));
+        assert_eq!(client_minor(r#"{"minor": "20"}"#), Some(20));
+        assert_eq!(client_minor("garbage"), None);
+    }
 }
