@@ -27,7 +27,7 @@ use yaml_rust2::{
 use super::diagnostic::{file_name, Diagnostic, FieldPath, Location, Segment};
 
 /// One YAML file, already read.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Source {
     pub file: Arc<Path>,
     pub text: String,
