@@ -128,7 +128,8 @@ pub mod capacity {
     pub const WORKLOADS: u32 = 65_536;
     /// Policies: two per workload (one per generation), plus cluster tags.
     pub const POLICIES: u32 = 2 * WORKLOADS;
-    /// Prefixes per address family, summed over workloads and generations.
+    /// Prefixes per address family, summed over policies (workloads with
+    /// equal tables share one) and generations.
     pub const ALLOW: u32 = 1 << 21;
     /// Port sets, summed over generations.
     pub const PORT_SETS: u32 = 1 << 18;

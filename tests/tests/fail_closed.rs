@@ -114,7 +114,7 @@ fn a_dropped_data_plane_keeps_enforcing_and_the_next_one_adopts_it_without_a_gap
     let counts = s.dataplane().entry_counts().unwrap();
     assert_eq!(
         (counts.policies, counts.allow, counts.port_sets),
-        (size.workloads, size.allow, size.port_sets)
+        (size.policies, size.allow, size.port_sets)
     );
 }
 
@@ -237,7 +237,7 @@ fn an_agent_killed_in_the_middle_of_an_apply_leaves_enforcement_in_force_and_the
     let size = s.image.size();
     let counts = s.dataplane().entry_counts().unwrap();
     assert_eq!(counts.allow, size.allow, "{counts:?}");
-    assert_eq!(counts.policies, size.workloads);
+    assert_eq!(counts.policies, size.policies);
     assert_eq!(counts.port_sets, size.port_sets);
     assert_eq!(counts.workloads, size.workloads);
 }

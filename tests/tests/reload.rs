@@ -144,6 +144,6 @@ fn fifty_reloads_never_fail_an_allowed_connect_nor_let_a_denied_one_through() {
     let counts = s.dataplane().entry_counts().unwrap();
     assert_eq!(counts.allow, size.allow);
     assert_eq!(counts.port_sets, size.port_sets);
-    assert_eq!(counts.policies, size.workloads);
+    assert_eq!(counts.policies, size.policies);
     assert_eq!(counts.workloads, size.workloads);
 }

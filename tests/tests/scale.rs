@@ -1,6 +1,7 @@
 //! Scenario: a workload allowed to 100,000 CIDRs. Measures a full apply and
 //! a one-CIDR change (which, with generations, rewrites the workload's
-//! prefixes under fresh ids), and checks that both take effect.
+//! prefixes under fresh ids), and checks that both take effect. Then the
+//! same policy over many replicas, which share one copy of its tables.
 
 use std::{
     fmt::Write as _,
@@ -54,6 +55,55 @@ fn report(what: &str, stats: &ApplyStats, compiled: Duration, built: Duration) {
         "{what}: YAML→plan {compiled:?}, plan→image {built:?}; apply {:?} = write {:?} + grace {:?} + cleanup {:?} ({} prefixes written, {} entries removed)",
         stats.total, stats.write, stats.grace, stats.cleanup, stats.allow_entries, stats.removed
     );
+}
+
+/// Replicas of `prod/client` (`prod/client-1` …), selected by the same
+/// policy.
+const REPLICAS: usize = 25;
+
+fn replicas(yaml: &str) -> String {
+    let mut yaml = yaml.to_owned();
+    for n in 1..REPLICAS {
+        let _ = write!(
+            yaml,
+            "---\napiVersion: egress.enforcer.dev/v1alpha1\nkind: Workload\n\
+             metadata: {{name: client-{n}, namespace: prod, labels: {{app: client}}}}\n\
+             spec: {{cgroup: $ROOT/prod/client-{n}}}\n"
+        );
+    }
+    yaml
+}
+
+/// 25 replicas × 100k CIDRs would be 2.5M trie entries, more than
+/// `ALLOW_V4` holds (2²¹) even for one generation, if each replica had its
+/// own copy. Equal tables are one policy: written once, and every replica
+/// is enforced by it.
+#[test]
+fn replicas_under_a_100k_cidr_policy_share_one_table() {
+    let server = |port| SocketAddr::new(IpAddr::V4(TestNet::SERVER_V4), port);
+    let mut s = Enforced::new(&replicas(&before())).unwrap();
+    let allowed = Listener::start(&s.net.server, server(7090), Proto::Tcp).unwrap();
+    let _denied = Listener::start(&s.net.server, server(7091), Proto::Tcp).unwrap();
+
+    let (full, compiled, built) = image(&s, &replicas(&policy("10.200.0.2/32")));
+    let stats = s.dataplane().apply(&full).unwrap();
+    report("25 replicas × 100k CIDRs", &stats, compiled, built);
+    assert_eq!((stats.policies, stats.allow_entries), (1, CIDRS));
+    let counts = s.dataplane().entry_counts().unwrap();
+    assert_eq!(
+        (counts.workloads, counts.policies, counts.allow),
+        (REPLICAS, 1, CIDRS)
+    );
+    for workload in ["prod/client", "prod/client-1", "prod/client-24"] {
+        let client = s.client(workload);
+        assert_eq!(client.connect_tcp(server(7090)).unwrap(), Outcome::Ok);
+        assert!(allowed.next_event(Duration::from_secs(2)).is_some());
+        assert_eq!(
+            client.connect_tcp(server(7091)).unwrap(),
+            Outcome::Eperm,
+            "{workload}"
+        );
+    }
 }
 
 #[test]

@@ -45,8 +45,9 @@ use super::{
 pub struct ApplyStats {
     /// The slot that is active now.
     pub slot: u32,
-    /// Workloads (and policies) written.
-    pub workloads: usize,
+    /// Policies written: one per distinct set of tables (workloads with
+    /// equal tables share one).
+    pub policies: usize,
     /// `ALLOW_V4/V6` entries written.
     pub allow_entries: usize,
     /// `GATEWAY_V4/V6` entries written.
@@ -172,7 +173,9 @@ impl Applier<'_> {
             id
         };
         let tag = image.has_cluster().then(|| fresh_id(self.ids, &mut new));
-        // Exempt entries carry the reserved id in every generation.
+        // Exempt entries carry the reserved id in every generation; equal
+        // tables share one id (see `ImageWorkload::tables`).
+        let mut shared = HashMap::new();
         let policy_ids: Vec<u32> = image
             .workloads()
             .iter()
@@ -180,7 +183,9 @@ impl Applier<'_> {
                 if w.exempt {
                     EXEMPT_POLICY
                 } else {
-                    fresh_id(self.ids, &mut new)
+                    *shared
+                        .entry(w.tables())
+                        .or_insert_with(|| fresh_id(self.ids, &mut new))
                 }
             })
             .collect();
@@ -353,8 +358,9 @@ fn write_generation(
             stats.cluster_entries += 1;
         }
     }
+    let mut written = HashSet::new();
     for (w, &policy) in image.workloads().iter().zip(policy_ids) {
-        if w.exempt {
+        if w.exempt || !written.insert(policy) {
             continue;
         }
         let what = |net: &dyn std::fmt::Display| format!("prefix {net} of workload {}", w.id);
@@ -436,7 +442,7 @@ fn write_generation(
             )
         })?;
         keys.policies.push(policy);
-        stats.workloads += 1;
+        stats.policies += 1;
     }
     Ok(())
 }

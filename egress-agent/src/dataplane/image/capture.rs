@@ -9,7 +9,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use crate::{compile::Capture, policy::model::IpRanges};
 
 /// What the kernel holds for one captured workload.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ImageCapture {
     pub info: CaptureInfo,
     /// Prefix → `capture::INCLUDE` or `capture::EXCLUDE`.

@@ -53,6 +53,35 @@ pub struct ImageWorkload {
     pub exempt: bool,
 }
 
+impl ImageWorkload {
+    /// What the kernel holds under this workload's policy id, apart from
+    /// the id itself. Workloads with equal tables share one policy (the pods
+    /// of one Deployment are selected by the same NetworkPolicies), so a
+    /// large table is in the maps once, not once per pod; counters and
+    /// events are keyed by cgroup, so they stay per workload.
+    pub fn tables(&self) -> Tables<'_> {
+        Tables {
+            flags: self.flags,
+            allow_v4: &self.allow_v4,
+            allow_v6: &self.allow_v6,
+            gateway_v4: &self.gateway_v4,
+            gateway_v6: &self.gateway_v6,
+            capture: self.capture.as_ref(),
+        }
+    }
+}
+
+/// See [`ImageWorkload::tables`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tables<'a> {
+    flags: u32,
+    allow_v4: &'a [(Ipv4Net, u32)],
+    allow_v6: &'a [(Ipv6Net, u32)],
+    gateway_v4: &'a [(Ipv4Net, u32)],
+    gateway_v6: &'a [(Ipv6Net, u32)],
+    capture: Option<&'a ImageCapture>,
+}
+
 /// What one generation of the maps holds, before kernel ids are assigned.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapImage {
@@ -272,9 +301,17 @@ impl MapImage {
 
     /// Entries this image writes, per kind.
     pub fn size(&self) -> ImageSize {
-        let sum = |f: fn(&ImageWorkload) -> usize| self.workloads.iter().map(f).sum();
+        // Equal tables are written once (see `ImageWorkload::tables`).
+        let mut seen = std::collections::HashSet::new();
+        let policies: Vec<&ImageWorkload> = self
+            .workloads
+            .iter()
+            .filter(|w| !w.exempt && seen.insert(w.tables()))
+            .collect();
+        let sum = |f: fn(&ImageWorkload) -> usize| policies.iter().map(|w| f(w)).sum();
         ImageSize {
             workloads: self.workloads.len(),
+            policies: policies.len(),
             allow: sum(|w| w.allow_v4.len() + w.allow_v6.len()),
             gateway: sum(|w| w.gateway_v4.len() + w.gateway_v6.len()),
             cluster: if self.has_cluster {
@@ -290,8 +327,10 @@ impl MapImage {
 /// Entry counts of an image (or of one generation in the kernel).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ImageSize {
-    /// `WORKLOADS` entries, and `POLICIES` entries (one each).
+    /// `WORKLOADS` entries.
     pub workloads: usize,
+    /// `POLICIES` entries: one per distinct set of tables.
+    pub policies: usize,
     /// `ALLOW_V4` + `ALLOW_V6` entries.
     pub allow: usize,
     /// `GATEWAY_V4` + `GATEWAY_V6` entries.
