@@ -2,6 +2,7 @@
 //!
 //! `main` only parses and dispatches; each task lives in its own module.
 
+mod bench;
 mod demo;
 mod host;
 mod run;
@@ -31,6 +32,10 @@ enum Task {
     /// Run the live demo: a simulated node built from policies/, the real
     /// agent, real connections (as root; removes everything it creates).
     Demo(demo::DemoArgs),
+    /// Measure the agent against its baselines (iptables, nftables, no
+    /// filter) on a simulated node, and write docs/benchmarks.md with plots
+    /// (as root; `--quick` for a smoke run into target/bench/).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
         Task::Setup(args) => setup::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
+        Task::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(code) => code,
