@@ -65,6 +65,15 @@ pub fn draw(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An axis value without needless decimals.
+fn tick(v: f64) -> String {
+    if v.abs() >= 10.0 || v == v.round() {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
 fn top(panel: &Panel) -> f64 {
     let data = panel
         .series
@@ -104,12 +113,13 @@ fn bars(area: &Area, panel: &Panel) -> anyhow::Result<()> {
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(60)
-            .build_cartesian_2d(x_range, (low..top * 3.0).log_scale())
+            .build_cartesian_2d(x_range, (low..top * 10.0).log_scale())
             .map_err(|e| anyhow!("{e}"))?;
         chart
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(0)
+            .y_label_formatter(&|v| tick(*v))
             .y_desc(panel.y_label)
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
@@ -122,12 +132,13 @@ fn bars(area: &Area, panel: &Panel) -> anyhow::Result<()> {
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(60)
-            .build_cartesian_2d(x_range, 0.0..top * 1.15)
+            .build_cartesian_2d(x_range, 0.0..top * 1.5)
             .map_err(|e| anyhow!("{e}"))?;
         chart
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(0)
+            .y_label_formatter(&|v| tick(*v))
             .y_desc(panel.y_label)
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
@@ -258,6 +269,7 @@ fn lines(area: &Area, panel: &Panel) -> anyhow::Result<()> {
         .x_labels(groups * 2 + 1)
         .x_label_formatter(&formatter)
         .x_desc("CIDR rules in force")
+        .y_label_formatter(&|v| tick(*v))
         .y_desc(panel.y_label)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;

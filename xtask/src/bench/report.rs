@@ -173,7 +173,7 @@ fn times(r: Option<f64>) -> String {
 
 /// `10k`, `100k`, `1`.
 pub fn count(n: usize) -> String {
-    if n >= 1000 && n % 1000 == 0 {
+    if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()

@@ -45,6 +45,10 @@ struct Args {
     /// Seconds per P1 and P2 run [default: 2; quick: 0.5].
     #[arg(long)]
     seconds: Option<f64>,
+    /// P2's CIDR counts (the largest is also P3's, P4's and P5's)
+    /// [default: 0,1000,10000,100000; quick: 0,1000,10000].
+    #[arg(long, value_delimiter = ',')]
+    cidrs: Vec<usize>,
     /// Only these measures (p1 … p5) [default: all].
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -70,7 +74,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     locate_binaries()?;
     on_interrupt_stop();
-    let plan = if args.quick {
+    let mut plan = if args.quick {
         Plan {
             reps: args.reps.unwrap_or(1),
             seconds: args.seconds.unwrap_or(0.5),
@@ -85,6 +89,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
             idle_seconds: 10.0,
         }
     };
+    if !args.cidrs.is_empty() {
+        plan.cidr_counts.clone_from(&args.cidrs);
+    }
     let started = Instant::now();
     let mut samples = Samples {
         meta: Meta {
