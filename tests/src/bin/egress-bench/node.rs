@@ -232,18 +232,16 @@ impl Bench {
                 bail!("accept-close on {addr} said {line:?}");
             }
         }
+        let log_path = self.source.join("iperf3.log");
+        let iperf_log = fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
         let mut iperf = in_pod(&bare, &server, "iperf3")?;
         iperf
             .args(["--server", "--bind", &SERVER_V4.to_string()])
             .args(["--port", &IPERF_PORT.to_string()])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        self.servers.push(
-            iperf
-                .spawn()
-                .context("starting iperf3 (apt package iperf3)")?,
-        );
+            .stdout(iperf_log.try_clone()?)
+            .stderr(iperf_log);
         let iperf = iperf
             .spawn()
             .context("starting iperf3 (apt package iperf3)")?;
@@ -255,7 +253,8 @@ impl Bench {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !listening(pid, IPERF_PORT) {
             if Instant::now() > deadline {
-                bail!("iperf3 -s on {SERVER_V4}:{IPERF_PORT} is not listening");
+                let log = fs::read_to_string(&log_path).unwrap_or_default();
+                bail!("iperf3 -s on {SERVER_V4}:{IPERF_PORT} is not listening: {log}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
