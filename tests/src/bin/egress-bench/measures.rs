@@ -563,8 +563,15 @@ pub fn p4(bench: &mut Bench, plan: &Plan, out: &mut Samples) -> anyhow::Result<(
                  metadata: {{name: {name}, namespace: bench, labels: {{app: client}}}}\n\
                  spec: {{cgroup: {cgroup}}}\n"
             );
-            bench.put_policy(&format!("950-{name}.yaml"), &yaml)?;
+            let file = format!("950-{name}.yaml");
+            bench.put_policy(&file, &yaml)?;
             let reached = waiter.wait()?;
+            bench.wait_applied_after(before)?;
+            // Each run starts from the same state: the newcomer goes again
+            // (its empty cgroup stays until the node is removed; the probe
+            // ended with `wait`).
+            let before = bench.applied();
+            bench.remove_policy(&file)?;
             bench.wait_applied_after(before)?;
             out.push(sample_ms(
                 "p4",
