@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod compile;
 pub mod dataplane;
+pub mod kubernetes;
 pub mod observe;
 pub mod policy;
 pub mod proxy;

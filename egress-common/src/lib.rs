@@ -217,6 +217,16 @@ pub const EMPTY_SET: u32 = 0;
 /// [`PortEntry::rule`] / [`HitKey::rule`] when no rule is involved.
 pub const NO_RULE: u32 = u32::MAX;
 
+/// A `WorkloadSlot` policy id that means "exempt": the cgroup is treated as
+/// unmanaged ([`Reason::Unmanaged`]), and the walk stops there, so a guarded
+/// root's pending policy above it does not apply. It has no `POLICIES`
+/// entry and belongs to no generation, so the agent can write it into both
+/// slots at once, before its first apply: that is how an agent running in a
+/// pod below the guarded root (a hostNetwork DaemonSet) exempts itself
+/// before it needs the network to learn anything from the API server. The
+/// agent never hands it out as a generation's policy id.
+pub const EXEMPT_POLICY: u32 = u32::MAX;
+
 /// `CONFIG[0]`: settings that are not part of a generation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -263,6 +273,15 @@ impl PolicyInfo {
     pub const GATEWAY: u32 = 1 << 2;
     /// The gateway may only reach its allowed hosts (`GATEWAY_V4/V6`).
     pub const REGISTRY_ONLY: u32 = 1 << 3;
+    /// A guarded cgroup root's "pending" policy: it governs every cgroup
+    /// below the root that is not (yet) a known workload (the walk finds
+    /// the deepest workload first, so a known pod below it decides for
+    /// itself). It is an ordinary isolated policy whose allow entries the
+    /// agent writes (DNS to the cluster CIDRs); what it denies is reported
+    /// as [`Reason::Pending`] instead of `DefaultDeny` or
+    /// `GatewayExclusivity`, so that a denial caused by "not known yet" is
+    /// never mistaken for one decided by a NetworkPolicy.
+    pub const PENDING: u32 = 1 << 4;
 }
 
 /// Key data of the IPv4 tries: 32 bits of policy id (or cluster tag), then
@@ -465,12 +484,16 @@ pub enum Reason {
     /// Denied: the workload names a policy that has no `POLICIES` entry
     /// (fail closed; the agent's write order makes this unreachable).
     NoPolicy = 12,
+    /// Denied: the socket's cgroup is below a guarded root (the kubelet's
+    /// pods cgroup, in Kubernetes mode) and is not a known workload yet, so
+    /// the root's pending policy ([`PolicyInfo::PENDING`]) decided.
+    Pending = 13,
 }
 
 impl Reason {
     /// Slots per (hook, disposition) in `VERDICTS`.
     pub const SLOTS: u32 = 16;
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Unmanaged,
         Reason::Loopback,
         Reason::NotIsolated,
@@ -484,6 +507,7 @@ impl Reason {
         Reason::DefaultDeny,
         Reason::Malformed,
         Reason::NoPolicy,
+        Reason::Pending,
     ];
 
     /// Whether this reason denies (when not in audit mode).

@@ -104,12 +104,26 @@ impl Decision {
 }
 
 /// Decides `dst` for the workload whose active policy is `policy`.
+///
+/// A guarded root's pending policy ([`PolicyInfo::PENDING`]) is decided as
+/// any isolated policy; only the reason of a denial changes, to
+/// [`Reason::Pending`]. Done here, on the copied flags, so that no extra
+/// state lives on the socket hooks' stack.
 #[inline(always)]
 pub fn decide(policy: u32, dst: &Dst) -> Decision {
     // SAFETY: POLICIES is not preallocated; the value is copied at once.
     let Some(info) = (unsafe { POLICIES.get(policy) }).copied() else {
         return Decision::because(Reason::NoPolicy);
     };
+    let decision = decide_with(policy, info, dst);
+    if info.flags & PolicyInfo::PENDING != 0 && decision.reason.denies() {
+        return Decision::because(Reason::Pending);
+    }
+    decision
+}
+
+#[inline(always)]
+fn decide_with(policy: u32, info: PolicyInfo, dst: &Dst) -> Decision {
     if is_loopback(&dst.addr) {
         return Decision::because(Reason::Loopback);
     }

@@ -8,7 +8,7 @@
 //! some workload lives (`CONFIG.level_mask`) is, deepest first, and the first
 //! one that is a workload of the active generation decides.
 
-use egress_common::{Config, MAX_LEVEL};
+use egress_common::{Config, EXEMPT_POLICY, MAX_LEVEL};
 
 use crate::maps::{ACTIVE, CONFIG, WORKLOADS};
 
@@ -69,6 +69,14 @@ pub fn lookup<F: Fn(u32) -> u64>(ancestor: F) -> Lookup {
         };
         // 0: this cgroup is a workload in the other generation only, so it
         // is not one now; a shallower workload may still govern it.
+        // An exempt cgroup (a hostNetwork pod, the agent itself) is
+        // unmanaged, whatever an ancestor (a guarded root) would say.
+        if policy == EXEMPT_POLICY {
+            return Lookup {
+                workload: None,
+                audit,
+            };
+        }
         if policy != 0 {
             return Lookup {
                 workload: Some(Workload { cgroup_id, policy }),

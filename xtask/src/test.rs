@@ -10,6 +10,7 @@
 //! nothing is skipped silently.
 
 use std::{
+    path::Path,
     process::{Command, ExitCode},
     time::{Duration, Instant},
 };
@@ -156,6 +157,7 @@ impl Report {
 }
 
 pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
+    print_free_disk("at the start");
     let mut report = Report {
         stages: Vec::new(),
         counts: Counts::default(),
@@ -220,10 +222,21 @@ pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
 
     report.print();
     Ok(if report.any_failed() {
+        // A full disk shows up as odd failures (the linker killed by
+        // SIGBUS, "No space left" deep in a build script): name it.
+        print_free_disk("after the failure");
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Prints the space free for the build (debug test binaries need a few GiB).
+fn print_free_disk(when: &str) {
+    if let Some(bytes) = host::free_bytes(Path::new(".")) {
+        let gib = bytes as f64 / f64::from(1u32 << 30);
+        println!("xtask test: {gib:.1} GiB free for the build {when}");
+    }
 }
 
 /// What the privileged tests need besides root, each checked directly.

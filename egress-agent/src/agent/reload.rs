@@ -7,7 +7,7 @@ use tracing::{error, info, warn};
 
 use super::state::{AgentState, Generation, ReloadOutcome};
 use crate::{
-    compile::{self, Plan},
+    compile::{self, Guards, Plan},
     policy::{self, Severity},
     resolve::ResolvedHosts,
 };
@@ -35,24 +35,38 @@ pub trait Enforcer {
     }
 }
 
+/// What is added to the policy files at every reload: objects from the
+/// Kubernetes API (as YAML documents, so they go through the same
+/// validation as files) and the agent's guard entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub sources: Vec<crate::policy::Source>,
+    pub guards: Guards,
+}
+
 /// Owns the policy paths, the enforcer and the agent state.
 pub struct Reloader<E> {
     paths: Vec<PathBuf>,
+    inventory: Inventory,
     enforcer: E,
     state: AgentState,
     hosts: ResolvedHosts,
+    /// The warnings of the last valid reload, logged once.
+    warned: std::collections::HashSet<String>,
 }
 
 impl<E: Enforcer> Reloader<E> {
     pub fn new(paths: Vec<PathBuf>, enforcer: E, audit: bool) -> Self {
         Self {
             paths,
+            inventory: Inventory::default(),
             enforcer,
             state: AgentState {
                 audit,
                 ..AgentState::default()
             },
             hosts: ResolvedHosts::default(),
+            warned: std::collections::HashSet::new(),
         }
     }
 
@@ -68,6 +82,11 @@ impl<E: Enforcer> Reloader<E> {
         &mut self.enforcer
     }
 
+    /// Sets what the next reloads add to the policy files.
+    pub fn set_inventory(&mut self, inventory: Inventory) {
+        self.inventory = inventory;
+    }
+
     /// The plan in force, if any.
     pub fn plan(&self) -> Option<Arc<Plan>> {
         self.state.current.as_ref().map(|g| Arc::clone(&g.plan))
@@ -78,7 +97,7 @@ impl<E: Enforcer> Reloader<E> {
     pub fn reload(&mut self) -> &ReloadOutcome {
         self.state.reloads += 1;
         let started = std::time::Instant::now();
-        let outcome = match policy::load(&self.paths) {
+        let outcome = match policy::load_with(&self.paths, &self.inventory.sources) {
             Err(rejected) => {
                 for d in &rejected.diagnostics {
                     match d.severity {
@@ -96,10 +115,19 @@ impl<E: Enforcer> Reloader<E> {
                 }
             }
             Ok(loaded) => {
-                for d in &loaded.warnings {
-                    warn!(target: "policy", "{d}");
+                // Each warning once while it lasts: with objects from the
+                // API server, reloads are frequent, and a NetworkPolicy
+                // that selects no pod on this node is normal there.
+                let now: std::collections::HashSet<String> =
+                    loaded.warnings.iter().map(ToString::to_string).collect();
+                for d in &now {
+                    if !self.warned.contains(d) {
+                        warn!(target: "policy", "{d}");
+                    }
                 }
-                let plan = Arc::new(compile::compile(&loaded.model));
+                self.warned = now;
+                let plan =
+                    Arc::new(compile::compile(&loaded.model).guarded(&self.inventory.guards));
                 match self.enforcer.enforce(&plan, &self.hosts) {
                     Ok(()) => {
                         let number = self.state.current.as_ref().map_or(1, |g| g.number + 1);

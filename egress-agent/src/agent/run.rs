@@ -10,7 +10,7 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use super::reload::{format_chain, Enforcer, Reloader};
+use super::reload::{format_chain, Enforcer, Inventory, Reloader};
 use crate::{
     observe::{metrics, EventHub, Query, Status},
     resolve::{dns_names, HostResolver, ResolverSettings},
@@ -33,6 +33,8 @@ pub enum RunError {
     },
     #[error("cannot start the DNS resolver for allowedHosts")]
     Resolver(#[source] crate::resolve::ResolveError),
+    #[error("the Kubernetes inventory ended before its first listing")]
+    InventoryGone,
 }
 
 /// Timing knobs of the loop.
@@ -70,11 +72,19 @@ pub struct Observing {
 /// Runs until SIGTERM or SIGINT. Exiting never removes enforcement: the
 /// programs and maps stay pinned (fail closed); only `uninstall` removes
 /// them.
+///
+/// With `inventory` (Kubernetes mode), nothing is applied before the first
+/// inventory arrives: until the API server has listed every Pod,
+/// Namespace and NetworkPolicy, a plan would lack policies and open what
+/// they close. Pinned enforcement (and the pending policy) stays in force
+/// while it waits. Each new inventory is applied after `debounce`, like a
+/// file change.
 pub async fn run<E: Enforcer>(
     mut reloader: Reloader<E>,
     paths: &[PathBuf],
     options: RunOptions,
     observing: Option<Observing>,
+    mut inventory: Option<watch::Receiver<Option<Inventory>>>,
 ) -> Result<(), RunError> {
     let (mut queries, hub, ready) = match observing {
         Some(o) => (Some(o.queries), o.hub, Some(o.ready)),
@@ -112,6 +122,21 @@ pub async fn run<E: Enforcer>(
             })?;
     }
 
+    if let Some(feed) = inventory.as_mut() {
+        info!("waiting for the first complete listing from the Kubernetes API");
+        let first = tokio::select! {
+            first = feed.wait_for(Option::is_some) => first.ok().and_then(|i| i.clone()),
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        };
+        match first {
+            Some(first) => reloader.set_inventory(first),
+            // The sender is gone: the watch task ended, which it only does
+            // when it cannot start; its error was logged.
+            None => return Err(RunError::InventoryGone),
+        }
+    }
+
     let resolver = HostResolver::spawn(options.resolver.clone(), []).map_err(RunError::Resolver)?;
     let mut hosts = resolver.subscribe();
 
@@ -140,6 +165,14 @@ pub async fn run<E: Enforcer>(
                         info!("policy files changed: reloading");
                         reload(&mut reloader, &resolver);
                         mark_ready(&ready, &reloader);
+                    }
+                    Some(()) = next_inventory(&mut inventory) => {
+                        sleep(options.debounce).await;
+                        if let Some(latest) = inventory.as_mut().and_then(|f| f.borrow_and_update().clone()) {
+                            reloader.set_inventory(latest);
+                            reload(&mut reloader, &resolver);
+                            mark_ready(&ready, &reloader);
+                        }
                     }
                     Ok(()) = hosts.changed() => {
                         let snapshot = hosts.borrow_and_update().clone();
@@ -212,6 +245,22 @@ fn describe(hosts: &crate::resolve::ResolvedHosts) -> String {
         .map(|(name, addrs)| format!("{name}={}", addrs.len()))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Resolves when a new inventory is published; never without a feed (or
+/// once its sender is gone).
+async fn next_inventory(feed: &mut Option<watch::Receiver<Option<Inventory>>>) -> Option<()> {
+    match feed {
+        Some(f) => match f.changed().await {
+            Ok(()) => Some(()),
+            Err(_) => {
+                error!("the Kubernetes inventory stopped; the last one stays in force");
+                *feed = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// The next query, or never when nobody observes.

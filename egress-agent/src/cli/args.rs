@@ -145,6 +145,32 @@ pub struct RunArgs {
     /// adopted ones keep the level they were loaded with.
     #[arg(long, value_enum, value_name = "LEVEL", default_value_t)]
     pub ebpf_log: egress_agent::dataplane::EbpfLogLevel,
+    /// Kubernetes mode: Pods on this node, Namespaces and NetworkPolicies
+    /// from the API server (in-cluster configuration unless --kubeconfig),
+    /// with --policies for EgressGateways, Redirects and local Workloads.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Kubeconfig to use instead of the in-cluster configuration.
+    #[arg(long, value_name = "PATH", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (default: $NODE_NAME, from the downward API).
+    #[arg(long, value_name = "NAME", requires = "kubernetes")]
+    pub node_name: Option<String>,
+    /// The container that is a pod's proxy: exempt from its Redirect.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "istio-proxy",
+        requires = "kubernetes"
+    )]
+    pub sidecar_container: String,
+    /// A guarded cgroup root: every cgroup below it that is not a known
+    /// workload gets the pending policy (loopback and DNS to the cluster
+    /// CIDRs only). Repeatable. With --kubernetes the default is every
+    /// kubelet pods root (`kubepods`, `kubepods.slice`) found below
+    /// --cgroup-root.
+    #[arg(long = "guard-cgroup", value_name = "PATH")]
+    pub guard_cgroups: Vec<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -4,6 +4,14 @@ use std::{io::IsTerminal as _, process::ExitCode};
 
 use anyhow::Context as _;
 use egress_agent::{
+    agent::reload::Inventory,
+    compile::{guard::GUARD_NAMESPACE, Guards},
+    dataplane::cgroup_relative,
+    kubernetes::{self, KubeSettings},
+    policy::model::ObjectId,
+    sys,
+};
+use egress_agent::{
     agent::{
         kernel::KernelEnforcer,
         reload::format_chain,
@@ -15,6 +23,7 @@ use egress_agent::{
     resolve::{ResolverSettings, Upstream},
 };
 use egress_common::EventConfig;
+use std::path::PathBuf;
 
 use super::args::{LogFormat, RunArgs};
 
@@ -28,6 +37,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Kubernetes settings are checked before anything is attached; the
+        // client connects only once the watchers start (after the agent
+        // has exempted its own cgroup).
+        let kube = if args.kubernetes {
+            let node = kubernetes::node_name(args.node_name.as_deref())?;
+            Some((node, kubernetes::client(args.kubeconfig.as_deref()).await?))
+        } else {
+            None
+        };
         let mut enforcer = KernelEnforcer::open(
             &args.bpffs,
             args.cgroup_root.as_deref(),
@@ -40,8 +58,28 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             args.ebpf_log,
         )?
         .with_dns_capture(args.capture_dns);
+        let guards = guards(args, &mut enforcer)?;
         let observing = observe(args, &mut enforcer).await?;
-        let reloader = Reloader::new(args.policies.clone(), enforcer, args.audit);
+        let mut reloader = Reloader::new(args.policies.clone(), enforcer, args.audit);
+        let feed = if let Some((node_name, client)) = kube {
+            let settings = KubeSettings {
+                kubeconfig: args.kubeconfig.clone(),
+                node_name,
+                sidecar: args.sidecar_container.clone(),
+                mount: guards.mount.clone(),
+                search_base: guards.base.clone(),
+                guarded: guards.guards.pending.clone(),
+                exempt: guards.guards.exempt.clone(),
+            };
+            tracing::info!(node = %settings.node_name, sidecar = %settings.sidecar, "Kubernetes mode: watching Pods on this node, Namespaces and NetworkPolicies");
+            Some(kubernetes::spawn(client, settings))
+        } else {
+            reloader.set_inventory(Inventory {
+                sources: Vec::new(),
+                guards: guards.guards,
+            });
+            None
+        };
         let resolver = ResolverSettings {
             upstream: if args.dns_servers.is_empty() {
                 Upstream::System
@@ -58,9 +96,62 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                 ..RunOptions::default()
             },
             Some(observing),
+            feed,
         )
         .await?;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The guard entries of this run, and where pods' cgroups are searched.
+struct RunGuards {
+    mount: PathBuf,
+    /// The cgroup root, relative to the mount.
+    base: String,
+    guards: Guards,
+}
+
+/// Works out the guarded roots (`--guard-cgroup`, or in Kubernetes mode
+/// the kubelet's pods roots found below the cgroup root) and, when the
+/// agent itself runs below one (a DaemonSet pod), exempts its own cgroup
+/// at once: the pinned pending policy would otherwise keep it from the API
+/// server it needs to learn anything.
+fn guards(args: &RunArgs, enforcer: &mut KernelEnforcer) -> anyhow::Result<RunGuards> {
+    let mount = sys::cgroup2_mount().context("cannot find the cgroup2 mount")?;
+    let root = args.cgroup_root.clone().unwrap_or_else(|| mount.clone());
+    let base = cgroup_relative(&mount, &root.to_string_lossy());
+    let mut pending: Vec<String> = args
+        .guard_cgroups
+        .iter()
+        .map(|p| cgroup_relative(&mount, &p.to_string_lossy()))
+        .collect();
+    if args.kubernetes && pending.is_empty() {
+        pending = kubernetes::cgroups::scan(&mount, &base, kubernetes::cgroups::MAX_DEPTH).roots;
+        if pending.is_empty() {
+            tracing::warn!(root = %root.display(), "no kubelet pods cgroup (kubepods, kubepods.slice) below the cgroup root: new pods are enforced once known, with no pending policy before; pass --guard-cgroup");
+        }
+    }
+    for p in &pending {
+        tracing::info!(cgroup = %p, "guarded root: unknown cgroups below it get the pending policy");
+    }
+    let mut exempt = Vec::new();
+    if !pending.is_empty() {
+        let own = kubernetes::cgroups::own_cgroup().context("cannot read /proc/self/cgroup")?;
+        let below = |root: &String| own == *root || own.starts_with(&format!("{root}/"));
+        if pending.iter().any(below) {
+            let id = ObjectId::new(GUARD_NAMESPACE, "agent:self");
+            let cgroup_id = enforcer
+                .dataplane_mut()
+                .exempt_now(&id, &own)
+                .with_context(|| format!("cannot exempt the agent's own cgroup {own}"))?;
+            tracing::info!(cgroup = %own, cgroup_id, "the agent's own cgroup is below a guarded root: exempt");
+            exempt.push((id, own));
+        }
+    }
+    Ok(RunGuards {
+        mount,
+        base,
+        guards: Guards { pending, exempt },
     })
 }
 

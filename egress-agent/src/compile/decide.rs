@@ -126,6 +126,14 @@ pub struct Decision {
 pub fn decide(plan: &Plan, workload: &WorkloadPlan, dst: Destination) -> Decision {
     let dst = dst.canonical();
     let mut trace = Vec::new();
+    if workload.guard == Some(super::guard::Guard::Exempt) {
+        trace.push("exempt cgroup (unmanaged: hostNetwork pod or the agent)".to_owned());
+        return Decision {
+            verdict: Verdict::Allow,
+            reason: Reason::NotIsolated,
+            trace,
+        };
+    }
     if let Some(capture) = &workload.capture {
         let proxy = capture.proxy_for(dst.ip);
         let target = match dst.protocol {

@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod decide;
+pub mod guard;
 pub mod plan;
 pub mod prefix;
 
@@ -16,6 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 pub use decide::{decide, Decision, Destination, Reason, Verdict};
+pub use guard::{Guard, Guards};
 pub use plan::{
     Allow, Capture, ClusterScope, Egress, GatewayRole, NodeRules, Plan, RuleRef, WorkloadPlan,
 };
@@ -108,6 +110,7 @@ fn workload(model: &Model, w: &Workload) -> WorkloadPlan {
         proxy_for,
         capture,
         egress: egress(model, w),
+        guard: None,
     }
 }
 

@@ -96,6 +96,10 @@ pub struct WorkloadPlan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capture: Option<Capture>,
     pub egress: Egress,
+    /// Set for entries the agent adds itself ([`super::guard`]), not
+    /// compiled from a Workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<super::guard::Guard>,
 }
 
 /// The gateway role: may leave the cluster, perhaps only to listed hosts.

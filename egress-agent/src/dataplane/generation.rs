@@ -30,7 +30,7 @@ use std::{
 use aya::maps::{lpm_trie::Key, MapError};
 use egress_common::{
     map, Config, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortEntry, PortSet, WorkloadSlot,
-    EMPTY_SET, MAX_LEVEL, MAX_PORT_ENTRIES,
+    EMPTY_SET, EXEMPT_POLICY, MAX_LEVEL, MAX_PORT_ENTRIES,
 };
 
 use super::{
@@ -114,7 +114,7 @@ impl Allocator {
         loop {
             let id = self.next;
             self.next = self.next.wrapping_add(1);
-            if id != 0 && !taken.contains(&id) {
+            if id != 0 && id != EXEMPT_POLICY && !taken.contains(&id) {
                 return id;
             }
         }
@@ -172,10 +172,17 @@ impl Applier<'_> {
             id
         };
         let tag = image.has_cluster().then(|| fresh_id(self.ids, &mut new));
+        // Exempt entries carry the reserved id in every generation.
         let policy_ids: Vec<u32> = image
             .workloads()
             .iter()
-            .map(|_| fresh_id(self.ids, &mut new))
+            .map(|w| {
+                if w.exempt {
+                    EXEMPT_POLICY
+                } else {
+                    fresh_id(self.ids, &mut new)
+                }
+            })
             .collect();
         let mut taken_sets = taken_sets;
         let set_ids: Vec<u32> = image
@@ -347,6 +354,9 @@ fn write_generation(
         }
     }
     for (w, &policy) in image.workloads().iter().zip(policy_ids) {
+        if w.exempt {
+            continue;
+        }
         let what = |net: &dyn std::fmt::Display| format!("prefix {net} of workload {}", w.id);
         write_prefixes(
             &mut maps.allow_v4,
@@ -429,6 +439,58 @@ fn write_generation(
         stats.workloads += 1;
     }
     Ok(())
+}
+
+/// Marks `cgroup` exempt in both slots at once, outside any generation
+/// (see `egress_common::EXEMPT_POLICY`), and adds its level to
+/// `CONFIG.level_mask`. Returns the cgroup id. The next apply keeps the
+/// entry if its image has the cgroup as an exempt guard, and removes it
+/// otherwise.
+pub(super) fn exempt_now(
+    maps: &mut Maps,
+    root: &CgroupRoot,
+    id: &crate::policy::model::ObjectId,
+    cgroup: &str,
+) -> Result<u64, DataplaneError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let (relative, level) = root.place(cgroup);
+    if !root.contains(&relative) {
+        return Err(DataplaneError::OutsideRoot {
+            workload: id.clone(),
+            cgroup: cgroup.to_owned(),
+            root: root.relative.clone(),
+        });
+    }
+    if level > MAX_LEVEL {
+        return Err(DataplaneError::WorkloadTooDeep {
+            workload: id.clone(),
+            cgroup: cgroup.to_owned(),
+            level,
+        });
+    }
+    let path = root.mount.join(&relative);
+    let cgroup_id = std::fs::metadata(&path)
+        .map_err(|source| DataplaneError::Io {
+            action: "inspecting cgroup",
+            path,
+            source,
+        })?
+        .ino();
+    // The level first: a slot the programs cannot see is harmless, and
+    // once both are written the exemption is complete.
+    let config = maps.config()?;
+    maps.set_config(Config {
+        level_mask: config.level_mask | (1 << level),
+        ..config
+    })?;
+    write_workload(
+        maps,
+        cgroup_id,
+        WorkloadSlot {
+            policy: [EXEMPT_POLICY; 2],
+        },
+    )?;
+    Ok(cgroup_id)
 }
 
 fn port_set(entries: &[PortEntry]) -> PortSet {
@@ -751,9 +813,13 @@ mod tests {
         let mut ids = Allocator::default();
         assert_eq!(ids.fresh(&taken), 3);
         assert_eq!(ids.fresh(&taken), 5);
-        let mut ids = Allocator { next: u32::MAX };
-        assert_eq!(ids.fresh(&taken), u32::MAX);
-        assert_eq!(ids.fresh(&taken), 3, "wraps past 0 and the taken ids");
+        let mut ids = Allocator { next: u32::MAX - 1 };
+        assert_eq!(ids.fresh(&taken), u32::MAX - 1);
+        assert_eq!(
+            ids.fresh(&taken),
+            3,
+            "wraps past EXEMPT_POLICY, 0 and the taken ids"
+        );
     }
 
     #[test]

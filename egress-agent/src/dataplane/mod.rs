@@ -79,6 +79,8 @@ mod uninstall;
 
 use std::path::{Path, PathBuf};
 
+use crate::policy::model::ObjectId;
+
 pub use cgroups::{cgroup_ids, relative as cgroup_relative};
 pub use counters::{Counters, RuleHit, VerdictKind};
 pub use egress_common::{FlowEvent, Hook, Reason};
@@ -195,6 +197,15 @@ impl Dataplane {
             set_ids: &mut self.set_ids,
         }
         .apply(image)
+    }
+
+    /// Makes `cgroup` unmanaged right now, in the generation in force and
+    /// the next, without an apply: for an agent that runs below a guarded
+    /// root (in a pod) and must reach the API server before it can build
+    /// its first plan. Include the cgroup as an exempt guard in the plans
+    /// that follow, or the next apply removes the exemption.
+    pub fn exempt_now(&mut self, id: &ObjectId, cgroup: &str) -> Result<u64, DataplaneError> {
+        generation::exempt_now(&mut self.maps, &self.root, id, cgroup)
     }
 
     /// The verdict counters: per verdict kind, and per (cgroup, rule,

@@ -107,6 +107,9 @@ pub fn describe(reason: Reason) -> &'static str {
         Reason::DefaultDeny => "default deny",
         Reason::Malformed => "malformed packet",
         Reason::NoPolicy => "no policy (fail closed)",
+        Reason::Pending => {
+            "pending: below a guarded cgroup root and not a known workload yet (fail closed)"
+        }
         Reason::Redirect => "redirected to the proxy",
     }
 }
@@ -126,6 +129,7 @@ pub fn slug(reason: Reason) -> &'static str {
         Reason::DefaultDeny => "default-deny",
         Reason::Malformed => "malformed",
         Reason::NoPolicy => "no-policy",
+        Reason::Pending => "pending",
         Reason::Redirect => "redirect",
     }
 }

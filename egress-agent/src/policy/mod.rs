@@ -23,6 +23,13 @@ pub use validate::{load_sources, Loaded};
 
 /// Loads every `*.yaml` / `*.yml` under `paths` (files or directories).
 pub fn load(paths: &[PathBuf]) -> Result<Loaded, Rejected> {
+    load_with(paths, &[])
+}
+
+/// [`load`], plus sources that are already in memory (objects from the
+/// Kubernetes API, written as YAML documents), validated together with the
+/// files as one set: the same checks, the same model.
+pub fn load_with(paths: &[PathBuf], extra: &[Source]) -> Result<Loaded, Rejected> {
     let files = source::discover(paths).map_err(|d| Rejected {
         diagnostics: vec![*d],
     })?;
@@ -32,6 +39,8 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, Rejected> {
             diagnostics: unreadable,
         });
     }
+    let mut sources = sources;
+    sources.extend_from_slice(extra);
     if sources.is_empty() {
         let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
         return Err(Rejected {

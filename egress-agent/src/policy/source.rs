@@ -3,15 +3,20 @@
 //!
 //! serde_yaml reports a location only for the errors it raises itself. The
 //! semantic checks that run after deserialization (a bad CIDR, an `except`
-//! outside its block, an unknown field) would otherwise have no line, so each
-//! document is also walked once with yaml-rust2's event parser to build a
+//! outside its block, an unknown field) would otherwise have no line, so a
+//! document can also be walked with yaml-rust2's event parser to build a
 //! field path → line index.
+//!
+//! That index is built only when a finding needs a line: a policy with 100k
+//! `ipBlock`s has hundreds of thousands of fields, and indexing them all up
+//! front cost more than the typed parse itself (hashing and cloning every
+//! path), on every reload of a valid policy.
 
 use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, OnceLock},
 };
 
 use yaml_rust2::{
@@ -22,7 +27,7 @@ use yaml_rust2::{
 use super::diagnostic::{file_name, Diagnostic, FieldPath, Location, Segment};
 
 /// One YAML file, already read.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Source {
     pub file: Arc<Path>,
     pub text: String,
@@ -46,17 +51,27 @@ pub struct Document<'a> {
     pub text: &'a str,
     /// Lines of the file before `text` starts.
     pub line_offset: usize,
-    pub index: LineIndex,
+    /// What the first walk kept: the root's location, the header scalars.
+    pub head: Head,
+    /// Every field's location, built from `text` on first use.
+    index: OnceLock<HashMap<FieldPath, Location>>,
 }
 
 impl Document<'_> {
     /// Where `field` is in the file, or the nearest enclosing field that was
     /// found (a missing field is reported at its parent).
     pub fn locate(&self, field: &FieldPath) -> Option<Location> {
+        if field.is_root() {
+            return self.head.root.map(|loc| self.shift(loc));
+        }
+        let index = self.index.get_or_init(|| index_fields(self.text));
         let mut path = field.clone();
         loop {
-            if let Some(loc) = self.index.get(&path) {
-                return Some(self.shift(loc));
+            if let Some(loc) = index.get(&path) {
+                return Some(self.shift(*loc));
+            }
+            if path.is_root() {
+                return self.head.root.map(|loc| self.shift(loc));
             }
             path.pop()?;
         }
@@ -77,15 +92,20 @@ impl Document<'_> {
 
     /// The string value of any scalar, read before the typed parse (so an
     /// object can be named even when its schema is wrong).
+    /// Only paths up to [`HEAD_DEPTH`] keys deep are kept.
     pub fn scalar(&self, path: &FieldPath) -> Option<&str> {
-        self.index.scalars.get(path).map(String::as_str)
+        self.head.scalars.get(path).map(String::as_str)
     }
 }
 
-/// Field path → location, for one document.
+/// How deep the first walk keeps scalars: `kind`, `metadata.name`.
+const HEAD_DEPTH: usize = 2;
+
+/// What the first walk of a document keeps.
 #[derive(Debug, Default)]
-pub struct LineIndex {
-    locations: HashMap<FieldPath, Location>,
+pub struct Head {
+    /// Where the document's root node starts (relative to its text).
+    root: Option<Location>,
     /// Scalar values by path (`apiVersion`, `kind`, `metadata.name`), read
     /// before the typed parse decides which schema applies.
     scalars: HashMap<FieldPath, String>,
@@ -93,10 +113,24 @@ pub struct LineIndex {
     pub empty: bool,
 }
 
-impl LineIndex {
-    pub fn get(&self, path: &FieldPath) -> Option<Location> {
-        self.locations.get(path).copied()
+/// Every field's location in one document's `text`. The text was already
+/// parsed whole by [`documents`], so a parse error here cannot happen; if it
+/// did, the index is just partial and findings fall back to a parent.
+fn index_fields(text: &str) -> HashMap<FieldPath, Location> {
+    let mut walker = Walker::indexing();
+    let mut parser = Parser::new_from_str(text);
+    while let Ok((event, mark)) = parser.next_token() {
+        if event == Event::StreamEnd {
+            break;
+        }
+        walker.on_event(event, mark);
     }
+    walker
+        .docs
+        .into_iter()
+        .next()
+        .map(|doc| doc.locations)
+        .unwrap_or_default()
 }
 
 /// Expands directories (recursively, `*.yaml` / `*.yml`, hidden entries
@@ -198,17 +232,18 @@ pub fn documents(source: &Source) -> Result<Vec<Document<'_>>, Box<Diagnostic>> 
         let start = starts[i];
         let end = starts.get(i + 1).copied().unwrap_or(text.len());
         let line_offset = text[..start].matches('\n').count();
-        let mut index = doc.index;
-        // Locations were recorded against the whole file; store them
-        // relative to the slice so serde_yaml's and ours share one origin.
-        for loc in index.locations.values_mut() {
-            loc.line -= line_offset;
+        let mut head = doc.head;
+        // The root was located against the whole file; store it relative
+        // to the slice, the origin serde_yaml and the lazy index share.
+        if let Some(root) = &mut head.root {
+            root.line -= line_offset;
         }
         docs.push(Document {
             file: &source.file,
             text: &text[start..end],
             line_offset,
-            index,
+            head,
+            index: OnceLock::new(),
         });
     }
     Ok(docs)
@@ -228,16 +263,22 @@ fn line_start(text: &str, offset: usize) -> usize {
 }
 
 /// Tracks the path of the node being parsed from the event stream.
+///
+/// The first walk ([`Walker::default`]) keeps only each document's [`Head`];
+/// [`Walker::indexing`] also records every field's location.
 #[derive(Default)]
 struct Walker {
     docs: Vec<DocIndex>,
     stack: Vec<Frame>,
     path: FieldPath,
+    index_all: bool,
 }
 
+#[derive(Default)]
 struct DocIndex {
     start: usize,
-    index: LineIndex,
+    head: Head,
+    locations: HashMap<FieldPath, Location>,
 }
 
 enum Frame {
@@ -251,15 +292,23 @@ enum Frame {
 }
 
 impl Walker {
+    fn indexing() -> Self {
+        Self {
+            index_all: true,
+            ..Self::default()
+        }
+    }
+
     fn on_event(&mut self, event: Event, mark: Marker) {
         match event {
             Event::DocumentStart => {
                 self.docs.push(DocIndex {
                     start: mark.index(),
-                    index: LineIndex {
+                    head: Head {
                         empty: true,
-                        ..LineIndex::default()
+                        ..Head::default()
                     },
+                    ..DocIndex::default()
                 });
                 self.stack.clear();
                 self.path = FieldPath::root();
@@ -279,8 +328,9 @@ impl Walker {
                     }
                 }
                 self.begin_node(mark);
-                if let Some(doc) = self.docs.last_mut() {
-                    doc.index.scalars.insert(self.path.clone(), value);
+                let head_field = self.path.segments().len() <= HEAD_DEPTH;
+                if let Some(doc) = self.docs.last_mut().filter(|_| head_field) {
+                    doc.head.scalars.insert(self.path.clone(), value);
                 }
                 self.end_node();
             }
@@ -307,7 +357,7 @@ impl Walker {
     /// Called when a value node starts: in a sequence it gets the next index.
     fn begin_node(&mut self, mark: Marker) {
         if let Some(doc) = self.docs.last_mut() {
-            doc.index.empty = false;
+            doc.head.empty = false;
         }
         if let Some(Frame::Sequence { next }) = self.stack.last_mut() {
             let index = *next;
@@ -332,9 +382,14 @@ impl Walker {
     }
 
     fn record(&mut self, mark: Marker) {
-        if let Some(doc) = self.docs.last_mut() {
-            doc.index
-                .locations
+        let Some(doc) = self.docs.last_mut() else {
+            return;
+        };
+        if self.path.is_root() {
+            doc.head.root.get_or_insert_with(|| location(&mark));
+        }
+        if self.index_all {
+            doc.locations
                 .entry(self.path.clone())
                 .or_insert_with(|| location(&mark));
         }
@@ -395,7 +450,7 @@ spec:
     fn empty_documents_are_marked() {
         let source = Source::new("e.yaml", "---\n# nothing\n---\nkind: Namespace\n");
         let docs = documents(&source).expect("valid YAML");
-        assert!(docs.iter().any(|d| d.index.empty));
-        assert!(docs.iter().any(|d| !d.index.empty));
+        assert!(docs.iter().any(|d| d.head.empty));
+        assert!(docs.iter().any(|d| !d.head.empty));
     }
 }

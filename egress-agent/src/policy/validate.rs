@@ -58,19 +58,28 @@ pub struct Loaded {
 /// Loads and validates sources that are already in memory.
 pub fn load_sources(sources: &[Source]) -> Result<Loaded, super::Rejected> {
     let mut builder = Builder::default();
+    let mut docs = Vec::new();
     for source in sources {
         match source::documents(source) {
-            Ok(docs) => docs.iter().for_each(|doc| builder.document(doc)),
+            Ok(new) => docs.extend(new),
             Err(diag) => builder.diags.push(*diag),
         }
     }
-    builder.finish()
+    for (number, doc) in docs.iter().enumerate() {
+        builder.document(number, doc);
+    }
+    builder.finish(&docs)
 }
 
 /// Where a selector is used, so that one matching nothing can be reported
-/// once every workload is known.
+/// once every workload is known. Kept as a path, not a located diagnostic:
+/// locating builds the document's line index, which only the rare selector
+/// that matches nothing should pay for.
 struct SelectorUse {
-    at: Diagnostic,
+    /// The document's number in `load_sources`' list.
+    doc: usize,
+    object: ObjectRef,
+    field: FieldPath,
     what: &'static str,
     selector: WorkloadSelector,
 }
@@ -94,10 +103,27 @@ struct Builder {
 /// The object being validated: where findings go.
 struct Ctx<'d, 'a> {
     doc: &'d Document<'a>,
+    /// `doc`'s number in `load_sources`' list.
+    number: usize,
     object: ObjectRef,
 }
 
 impl Ctx<'_, '_> {
+    fn selector_use(
+        &self,
+        field: FieldPath,
+        what: &'static str,
+        selector: WorkloadSelector,
+    ) -> SelectorUse {
+        SelectorUse {
+            doc: self.number,
+            object: self.object.clone(),
+            field,
+            what,
+            selector,
+        }
+    }
+
     fn error(&self, field: FieldPath, message: impl Into<String>) -> Diagnostic {
         Diagnostic::error(self.doc.file, message)
             .at(self.doc.locate(&field))
@@ -121,8 +147,8 @@ impl Ctx<'_, '_> {
 }
 
 impl Builder {
-    fn document(&mut self, doc: &Document<'_>) {
-        if doc.index.empty {
+    fn document(&mut self, number: usize, doc: &Document<'_>) {
+        if doc.head.empty {
             return;
         }
         let root = FieldPath::root();
@@ -169,6 +195,7 @@ impl Builder {
         let namespaced = kind != "Namespace";
         let mut ctx = Ctx {
             doc,
+            number,
             object: ObjectRef {
                 kind: kind.to_owned(),
                 namespace: namespaced.then(|| {
@@ -453,14 +480,14 @@ impl Builder {
             }
             egress.push(EgressRule { to, ports });
         }
-        self.selector_uses.push(SelectorUse {
-            at: ctx.warning(spec_path.key("podSelector"), ""),
-            what: "podSelector selects no workload: the policy applies to nothing",
-            selector: WorkloadSelector {
+        self.selector_uses.push(ctx.selector_use(
+            spec_path.key("podSelector"),
+            "podSelector selects no workload: the policy applies to nothing",
+            WorkloadSelector {
                 namespaces: NamespaceScope::Own(id.namespace.clone()),
                 pods: pod_selector.clone(),
             },
-        });
+        ));
         if !self.keep {
             return;
         }
@@ -528,11 +555,11 @@ impl Builder {
                 let pods =
                     self.selector(ctx, peer.pod_selector.as_ref(), path.key("podSelector"))?;
                 let selector = WorkloadSelector { namespaces, pods };
-                self.selector_uses.push(SelectorUse {
-                    at: ctx.warning(path, ""),
-                    what: "peer matches no workload: this peer allows nothing yet",
-                    selector: selector.clone(),
-                });
+                self.selector_uses.push(ctx.selector_use(
+                    path,
+                    "peer matches no workload: this peer allows nothing yet",
+                    selector.clone(),
+                ));
                 Some(Peer::Workloads(selector))
             }
         }
@@ -655,11 +682,11 @@ impl Builder {
         if !self.keep {
             return;
         }
-        self.selector_uses.push(SelectorUse {
-            at: ctx.warning(spec_path.key("selector"), ""),
-            what: "selector matches no workload: no workload may reach the internet",
-            selector: selector.clone(),
-        });
+        self.selector_uses.push(ctx.selector_use(
+            spec_path.key("selector"),
+            "selector matches no workload: no workload may reach the internet",
+            selector.clone(),
+        ));
         self.locations.insert(
             ("EgressGateway", id.clone()),
             ctx.error(spec_path.key("selector"), ""),
@@ -819,17 +846,17 @@ impl Builder {
         if !self.keep {
             return;
         }
-        self.selector_uses.push(SelectorUse {
-            at: ctx.warning(spec_path.key("podSelector"), ""),
-            what: "selects no workload: nothing is redirected",
-            selector: capture.clone(),
-        });
+        self.selector_uses.push(ctx.selector_use(
+            spec_path.key("podSelector"),
+            "selects no workload: nothing is redirected",
+            capture.clone(),
+        ));
         if let Some(sel) = &proxy_selector {
-            self.selector_uses.push(SelectorUse {
-                at: ctx.warning(proxy_path.key("selector"), ""),
-                what: "proxy selector matches no workload",
-                selector: sel.clone(),
-            });
+            self.selector_uses.push(ctx.selector_use(
+                proxy_path.key("selector"),
+                "proxy selector matches no workload",
+                sel.clone(),
+            ));
         }
         self.locations.insert(
             ("Redirect", id.clone()),
@@ -1036,7 +1063,7 @@ impl Builder {
     }
 
     /// Cross-object checks, once everything is parsed.
-    fn finish(mut self) -> Result<Loaded, super::Rejected> {
+    fn finish(mut self, docs: &[Document<'_>]) -> Result<Loaded, super::Rejected> {
         // Namespaces that workloads live in but nobody declared.
         for w in &self.model.workloads {
             let name = w.id.namespace.clone();
@@ -1053,9 +1080,13 @@ impl Builder {
         self.exclusive_claims();
         for use_ in std::mem::take(&mut self.selector_uses) {
             if self.model.select(&use_.selector).next().is_none() {
-                let mut d = use_.at;
-                d.message = use_.what.to_owned();
-                self.diags.push(d);
+                let doc = &docs[use_.doc];
+                self.diags.push(
+                    Diagnostic::warning(doc.file, use_.what)
+                        .at(doc.locate(&use_.field))
+                        .on(&use_.object)
+                        .field(use_.field),
+                );
             }
         }
         let has_errors = self.diags.has_errors();

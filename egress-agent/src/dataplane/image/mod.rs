@@ -22,7 +22,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::ImageError;
 use crate::{
-    compile::{Egress, Plan, RuleRef, WorkloadPlan},
+    compile::{Egress, Guard, Plan, RuleRef, WorkloadPlan},
     policy::model::ObjectId,
 };
 pub use capture::ImageCapture;
@@ -48,6 +48,9 @@ pub struct ImageWorkload {
     pub gateway_v6: Vec<(Ipv6Net, u32)>,
     /// The workload's Redirect, when it is captured.
     pub capture: Option<ImageCapture>,
+    /// An exempt guard ([`crate::compile::Guard::Exempt`]): written as
+    /// `egress_common::EXEMPT_POLICY` in both slots, with no policy.
+    pub exempt: bool,
 }
 
 /// What one generation of the maps holds, before kernel ids are assigned.
@@ -125,7 +128,12 @@ impl MapImage {
                 gateway_v4: Vec::new(),
                 gateway_v6: Vec::new(),
                 capture: None,
+                exempt: w.guard == Some(Guard::Exempt),
             };
+            if iw.exempt {
+                image.workloads.push(iw);
+                continue;
+            }
             if let Some(c) = &w.capture {
                 let built = capture::build(c).map_err(|e| ImageError::TooManyCapturePorts {
                     workload: w.id.clone(),
@@ -302,6 +310,9 @@ fn flags(plan: &Plan, w: &WorkloadPlan) -> u32 {
     }
     if plan.cluster.is_some() {
         flags |= PolicyInfo::HAS_CLUSTER;
+    }
+    if w.guard == Some(Guard::Pending) {
+        flags |= PolicyInfo::PENDING;
     }
     if let Some(role) = &w.gateway {
         flags |= PolicyInfo::GATEWAY;
