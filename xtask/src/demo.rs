@@ -11,9 +11,8 @@
 //! comes back.
 
 use std::{
-    env,
     ffi::OsString,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, ExitCode},
     sync::atomic::{AtomicI32, Ordering},
 };
@@ -21,7 +20,7 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{
-    host::{self, BPF_LINKER_VERSION},
+    host::{self, target_dir, workspace_root, BPF_LINKER_VERSION},
     run,
 };
 
@@ -140,24 +139,6 @@ fn preconditions() -> Result<(), Vec<String>> {
     } else {
         Err(missing)
     }
-}
-
-pub(crate) fn workspace_root() -> PathBuf {
-    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
-    xtask.parent().unwrap_or(xtask).to_owned()
-}
-
-pub(crate) fn target_dir(root: &Path) -> PathBuf {
-    env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| {
-            if dir.is_relative() {
-                root.join(dir)
-            } else {
-                dir
-            }
-        })
-        .unwrap_or_else(|| root.join("target"))
 }
 
 /// The running demo's pid, for the signal handler.

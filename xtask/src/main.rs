@@ -5,6 +5,7 @@
 mod bench;
 mod demo;
 mod host;
+mod k8s;
 mod run;
 mod setup;
 mod test;
@@ -36,6 +37,12 @@ enum Task {
     /// filter) on a simulated node, and write docs/benchmarks.md with plots
     /// (as root; `--quick` for a smoke run into target/bench/).
     Bench(bench::BenchArgs),
+    /// Run the agent as a DaemonSet on a real local Kubernetes 1.20 (built
+    /// offline, cached) and prove the seed scenario with real pods (as
+    /// root; removes everything it creates).
+    K8sTest(k8s::K8sTestArgs),
+    /// The same scenario on a kind cluster (needs Docker and kind).
+    KindTest(k8s::kind::KindTestArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +52,8 @@ fn main() -> ExitCode {
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::K8sTest(args) => k8s::run(&args),
+        Task::KindTest(args) => k8s::kind::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -96,39 +96,49 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<std::process::ExitCode> {
 }
 
 fn apt_packages(act: bool) -> anyhow::Result<Outcome> {
-    let missing = missing_packages();
+    let missing = missing_packages(APT_PACKAGES);
     if missing.is_empty() {
         return Ok(Outcome::Present(APT_PACKAGES.join(" ")));
     }
     if !act {
         return Ok(Outcome::Missing(missing.join(" ")));
     }
-    let apt = |args: &[&str]| {
-        let mut cmd = Command::new("apt-get");
-        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        run::check(&mut cmd)
-    };
+    apt_install(APT_PACKAGES, &missing)?;
+    Ok(Outcome::Done(format!("installed {}", missing.join(" "))))
+}
+
+/// `apt-get update`, then installs `missing` (a subset of `wanted`) and
+/// checks that all of `wanted` is now installed.
+pub fn apt_install(wanted: &[&str], missing: &[String]) -> anyhow::Result<()> {
     apt(&["update", "-q"])?;
     let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
     install.extend(missing.iter().map(String::as_str));
     apt(&install)?;
-    let still = missing_packages();
+    let still = missing_packages(wanted);
     if !still.is_empty() {
         bail!("apt-get reported success but {still:?} are still not installed");
     }
-    Ok(Outcome::Done(format!("installed {}", missing.join(" "))))
+    Ok(())
 }
 
-fn missing_packages() -> Vec<String> {
+/// Runs `apt-get ARGS` non-interactively.
+pub fn apt(args: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = Command::new("apt-get");
+    cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    run::check(&mut cmd)
+}
+
+/// The packages of `wanted` that dpkg does not report as installed.
+pub fn missing_packages(wanted: &[&str]) -> Vec<String> {
     // dpkg-query exits non-zero when a package is unknown but still prints
     // the ones it knows, so its status is ignored.
     let output = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${db:Status-Status}\\n"])
-        .args(APT_PACKAGES)
+        .args(wanted)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    APT_PACKAGES
+    wanted
         .iter()
         .filter(|pkg| {
             !output.lines().any(|line| {

@@ -25,8 +25,7 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{
-    demo::{target_dir, workspace_root},
-    host::{self, BPF_LINKER_VERSION},
+    host::{self, target_dir, workspace_root, BPF_LINKER_VERSION},
     run,
 };
 

@@ -1,0 +1,731 @@
+//! `cargo xtask k8s-test`: the agent as a DaemonSet on a real, local,
+//! single-node Kubernetes 1.20, offline, and the seed scenario proven with
+//! real pods.
+//!
+//! 1. installs the packages it needs (idempotent);
+//! 2. builds kube-apiserver, kubelet, kube-controller-manager and
+//!    kube-scheduler from Debian's source package, once (cached under
+//!    /var/cache/egress-enforcer/k8s/<version>);
+//! 3. builds `egress-agent`, and packs the pause, toolbox and agent images
+//!    with umoci;
+//! 4. brings up, in a "node" network namespace: etcd, the control plane,
+//!    containerd (cgroupfs) and the kubelet, with a CNI bridge; and an
+//!    "internet" namespace that serves the seed's hosts;
+//! 5. applies the seed's Namespaces, kube-dns (dnsmasq in a pod), the
+//!    agent from `deploy/` (with an overlay: the local image, this node's
+//!    cgroup root and pin dir), then runs [`scenario`];
+//! 6. tears everything down, whatever happened (`--keep` leaves it up;
+//!    `--teardown` only tears down).
+
+mod control_plane;
+mod images;
+pub mod kind;
+mod kube_build;
+mod kubectl;
+mod layout;
+mod network;
+mod node;
+mod packages;
+mod pki;
+mod procs;
+mod scenario;
+mod teardown;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+use self::{
+    kubectl::Kubectl,
+    layout::{
+        BPFFS_DIR, CGROUP_ROOT, DNS_IP, INTERNET_HOSTS, INTERNET_NETNS, LOG_DIR, METRICS_PORT,
+        NODE_IP, NODE_NETNS, RUN_DIR, STATE_DIR,
+    },
+    scenario::{Checks, Cluster},
+};
+use crate::{host, run};
+
+#[derive(clap::Args)]
+pub struct K8sTestArgs {
+    /// Leave the cluster running afterwards (kubectl: `nsenter
+    /// --net=/run/netns/egk8s-node kubectl --kubeconfig
+    /// /var/lib/egress-k8s-test/admin.kubeconfig ...`); remove it later
+    /// with `--teardown`.
+    #[arg(long)]
+    keep: bool,
+    /// Only tear down what an earlier run left.
+    #[arg(long, conflicts_with = "keep")]
+    teardown: bool,
+    /// Build and run the agent's release profile.
+    #[arg(long)]
+    release: bool,
+    /// Only install the packages and build (or find cached) the
+    /// Kubernetes binaries.
+    #[arg(long, conflicts_with_all = ["keep", "teardown"])]
+    build_only: bool,
+    /// Bring up the cluster and a busybox pod only, without the agent
+    /// (the unenforced baseline: the pod reaches the internet).
+    #[arg(long)]
+    no_agent: bool,
+}
+
+/// What the run measured, for the summary.
+#[derive(Default)]
+struct Times {
+    kube_build: Option<(Duration, String)>,
+    agent_build: Option<Duration>,
+    images: Option<Duration>,
+    api_ready: Option<Duration>,
+    node_ready: Option<Duration>,
+    bring_up: Option<Duration>,
+    agent_ready: Option<Duration>,
+    scenario: Option<scenario::Timings>,
+}
+
+pub fn run(args: &K8sTestArgs) -> anyhow::Result<ExitCode> {
+    if !host::is_root() {
+        bail!(
+            "k8s-test needs root (euid {}): it creates network namespaces, cgroups, mounts \
+             and runs a kubelet",
+            host::euid()
+        );
+    }
+    if args.teardown {
+        print_teardown(teardown::run());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let started = Instant::now();
+    let mut times = Times::default();
+    step("packages", packages::ensure)?;
+    let began = Instant::now();
+    let built = step("kubernetes binaries", kube_build::ensure)?;
+    times.kube_build = Some((began.elapsed(), built));
+    if args.build_only {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let agent = if args.no_agent {
+        None
+    } else {
+        let began = Instant::now();
+        let binary = build_agent(args.release)?;
+        times.agent_build = Some(began.elapsed());
+        Some(binary)
+    };
+
+    println!("k8s-test: sweeping what an earlier run may have left");
+    print_teardown(teardown::run());
+    for dir in [STATE_DIR, RUN_DIR] {
+        fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+    }
+    if Path::new(LOG_DIR).exists() {
+        fs::remove_dir_all(LOG_DIR).with_context(|| format!("clearing {LOG_DIR}"))?;
+    }
+    fs::create_dir_all(LOG_DIR).with_context(|| format!("creating {LOG_DIR}"))?;
+    teardown::save_sysctls().context("saving the sysctls the kubelet changes")?;
+
+    let mut checks = Checks::new();
+    let mut children = Vec::new();
+    let result = bring_up_and_test(agent.as_deref(), &mut times, &mut checks, &mut children);
+    if let Err(err) = &result {
+        println!("\nk8s-test: FAILED: {err:#}");
+        println!("k8s-test: logs of every process are in {LOG_DIR}");
+    }
+    if args.keep {
+        println!(
+            "\nk8s-test: --keep: the cluster is still up. kubectl: nsenter --net=/run/netns/{NODE_NETNS} \
+             kubectl --kubeconfig {}; remove it with `cargo xtask k8s-test --teardown`",
+            layout::kubeconfig().display()
+        );
+    } else {
+        let began = Instant::now();
+        println!("\nk8s-test: teardown");
+        print_teardown(teardown::run());
+        // The teardown killed them; reap them rather than leave zombies.
+        for (_, mut child) in children {
+            let _ = child.wait();
+        }
+        println!(
+            "k8s-test: teardown took {:.1}s",
+            began.elapsed().as_secs_f32()
+        );
+    }
+    print_summary(&times, &checks, started.elapsed());
+    let failed = result.is_err() || !checks.failed().is_empty();
+    println!(
+        "k8s-test: {} passed, {} failed",
+        checks.passed(),
+        checks.failed().len() + usize::from(result.is_err())
+    );
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn step<T: std::fmt::Display>(
+    name: &str,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let began = Instant::now();
+    let what = f().with_context(|| format!("k8s-test step `{name}`"))?;
+    println!(
+        "k8s-test: {name}: {what} ({:.1}s)",
+        began.elapsed().as_secs_f32()
+    );
+    Ok(what)
+}
+
+fn build_agent(release: bool) -> anyhow::Result<PathBuf> {
+    let root = host::workspace_root();
+    let mut build = run::cargo();
+    build
+        .args(["build", "-p", "egress-agent", "--bins"])
+        .current_dir(&root);
+    if release {
+        build.arg("--release");
+    }
+    run::check(&mut build)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(host::target_dir(&root).join(profile).join("egress-agent"))
+}
+
+/// Everything between the sweep and the teardown.
+fn bring_up_and_test(
+    agent: Option<&Path>,
+    times: &mut Times,
+    checks: &mut Checks,
+    children: &mut Vec<(&'static str, Child)>,
+) -> anyhow::Result<()> {
+    let began = Instant::now();
+    let result = (|| {
+        println!("k8s-test: bringing up the node");
+        network::create()?;
+        for (addr, root) in network::web_roots()? {
+            for port in ["80", "443"] {
+                let child = procs::spawn(
+                    INTERNET_NETNS,
+                    &format!("httpd-{addr}-{port}"),
+                    Path::new("/bin/busybox"),
+                    &control_plane::strings(&[
+                        "httpd",
+                        "-f",
+                        "-v",
+                        "-p",
+                        &format!("{addr}:{port}"),
+                        "-h",
+                        &root.display().to_string(),
+                    ]),
+                )?;
+                children.push(("httpd", child));
+            }
+        }
+        let pki = pki::create()?;
+        let plane = control_plane::start(&pki)?;
+        times.api_ready = Some(plane.api_ready_after);
+        children.extend(plane.children);
+        println!(
+            "k8s-test: API server ready after {:.1}s",
+            plane.api_ready_after.as_secs_f32()
+        );
+        children.push(node::start_containerd()?);
+
+        let began_images = Instant::now();
+        let stripped = match agent {
+            Some(binary) => Some(stripped_copy(binary)?),
+            None => None,
+        };
+        for (name, tarball) in images::build_all(stripped.as_deref())? {
+            images::import(&name, &tarball)?;
+        }
+        times.images = Some(began_images.elapsed());
+
+        let kubectl = Kubectl::local();
+        let node = node::start_kubelet(&kubectl)?;
+        times.node_ready = Some(node.ready_after);
+        children.extend(node.children);
+        println!(
+            "k8s-test: node Ready after {:.1}s",
+            node.ready_after.as_secs_f32()
+        );
+        times.bring_up = Some(began.elapsed());
+        println!(
+            "k8s-test: cluster up in {:.1}s",
+            began.elapsed().as_secs_f32()
+        );
+        let policies = host::workspace_root().join("policies");
+        let uptime = || node_uptime();
+        let cluster = Cluster {
+            kubectl: &kubectl,
+            toolbox_image: images::TOOLBOX,
+            image_pull_policy: "Never",
+            allowed_host: INTERNET_HOSTS[0],
+            other_host: INTERNET_HOSTS[1],
+            dns_pod_ip: DNS_IP.to_owned(),
+            policies: &policies,
+            node_uptime: &uptime,
+            kill_agent: Some(&kill_agent),
+        };
+        scenario::prepare(&cluster)?;
+        start_kube_dns(&cluster)?;
+        match agent {
+            None => baseline(&cluster, checks),
+            Some(_) => {
+                apply_agent(&kubectl)?;
+                let ready = scenario::wait_agent(&kubectl, Duration::from_secs(180))?;
+                times.agent_ready = Some(ready);
+                println!(
+                    "k8s-test: the agent's DaemonSet pod is Ready after {:.1}s",
+                    ready.as_secs_f32()
+                );
+                times.scenario = Some(scenario::run(&cluster, checks)?);
+                check_metrics(checks);
+                uninstall_job(&cluster, checks)
+            }
+        }
+    })();
+    if result.is_err() || !checks.failed().is_empty() {
+        dump_diagnostics();
+    }
+    result
+}
+
+/// A copy of the agent without debug info (the debug build's is ~10×
+/// larger), for the image.
+fn stripped_copy(binary: &Path) -> anyhow::Result<PathBuf> {
+    let out = layout::state("egress-agent.stripped");
+    run::check(
+        Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(binary)
+            .arg(&out),
+    )
+    .with_context(|| format!("stripping {}", binary.display()))?;
+    Ok(out)
+}
+
+/// SIGKILLs the agent's process: the one named egress-agent with
+/// `--kubernetes` in the node's network namespace (the pod uses the host
+/// network). Returns its pid.
+fn kill_agent() -> anyhow::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let node = fs::metadata(layout::netns_path(NODE_NETNS)).context("the node's netns")?;
+    for entry in fs::read_dir("/proc").context("reading /proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let in_node =
+            fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == node.ino());
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_agent = args.first().is_some_and(|a| a.ends_with(b"egress-agent"))
+            && args.iter().any(|a| *a == b"--kubernetes");
+        if in_node && is_agent {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+                bail!("kill -9 {pid}: {}", std::io::Error::last_os_error());
+            }
+            return Ok(pid.unsigned_abs());
+        }
+    }
+    bail!("no egress-agent process in the node's namespace")
+}
+
+/// The node's uptime, the clock the pods' logs use.
+fn node_uptime() -> anyhow::Result<f64> {
+    let text = fs::read_to_string("/proc/uptime").context("reading /proc/uptime")?;
+    text.split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .context("parsing /proc/uptime")
+}
+
+/// kube-dns: dnsmasq in a pod in kube-system (the seed NetworkPolicy allows
+/// UDP 53 to that namespace), answering for the internet's hosts. It is the
+/// first pod with a pod network, so it gets [`DNS_IP`], the kubelet's
+/// `--cluster-dns`.
+fn start_kube_dns(cluster: &Cluster<'_>) -> anyhow::Result<()> {
+    let records: String = INTERNET_HOSTS
+        .iter()
+        .map(|(host, addr)| format!(" --host-record={host},{addr}"))
+        .collect();
+    let script = format!(
+        "exec dnsmasq --keep-in-foreground --user=root --no-resolv --no-hosts \
+         --local=/cluster.local/ --log-queries --log-facility=-{records}"
+    );
+    cluster.kubectl.apply(&scenario::pod_yaml(
+        cluster,
+        "kube-system",
+        "kube-dns",
+        &[("k8s-app", "kube-dns")],
+        &script,
+    ))?;
+    scenario::wait_ready(
+        cluster.kubectl,
+        "kube-system",
+        "pod/kube-dns",
+        Duration::from_secs(120),
+    )?;
+    let ip = scenario::pod_ip(cluster.kubectl, "kube-system", "kube-dns")?;
+    if ip != DNS_IP {
+        bail!("kube-dns got {ip}, not {DNS_IP} (the kubelet's --cluster-dns)");
+    }
+    println!("k8s-test: kube-dns (dnsmasq) Ready at {ip}");
+    Ok(())
+}
+
+/// The DaemonSet from deploy/, through an overlay: the locally imported
+/// image (never pulled), this node's cgroup2 mount (a hybrid host's is
+/// /sys/fs/cgroup/unified) and the kubelet's cgroup root, and a pin dir and
+/// lock/socket dir of the test's own (agents run on this host outside the
+/// cluster too).
+fn apply_agent(kubectl: &Kubectl) -> anyhow::Result<()> {
+    let (_, v2) = node::cgroup_mounts();
+    let v2 = v2.context("no cgroup2 mount: the agent needs cgroup v2")?;
+    let deploy = host::workspace_root().join("deploy");
+    let overlay = layout::state("overlay");
+    fs::create_dir_all(&overlay).context("creating the overlay dir")?;
+    let kustomization = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- {deploy}
+images:
+- name: egress-agent
+  newName: docker.io/local/egress-agent
+  newTag: latest
+patches:
+- patch: |-
+    apiVersion: apps/v1
+    kind: DaemonSet
+    metadata:
+      name: egress-agent
+      namespace: egress-enforcer
+    spec:
+      template:
+        spec:
+          containers:
+          - name: agent
+            imagePullPolicy: Never
+            args:
+            - run
+            - --kubernetes
+            - --policies=/etc/egress-enforcer/policies
+            - --cgroup-root=/sys/fs/cgroup/{CGROUP_ROOT}
+            - --bpffs={BPFFS_DIR}
+            - --metrics-addr=0.0.0.0:{METRICS_PORT}
+          volumes:
+          - name: cgroup
+            hostPath:
+              path: {v2}
+          - name: run
+            hostPath:
+              path: {agent_run}
+",
+        deploy = relative_to(&overlay, &deploy).display(),
+        agent_run = layout::run("agent").display(),
+        v2 = v2.display(),
+    );
+    fs::write(overlay.join("kustomization.yaml"), kustomization).context("writing the overlay")?;
+    kubectl.run(&["apply", "-k", &overlay.display().to_string()])
+}
+
+/// `target` as a path relative to `from` (kustomize refuses absolute
+/// paths to bases); both are absolute.
+pub fn relative_to(from: &Path, target: &Path) -> PathBuf {
+    let mut rel = PathBuf::new();
+    for _ in from.components().skip(1) {
+        rel.push("..");
+    }
+    rel.join(target.strip_prefix("/").unwrap_or(target))
+}
+
+/// Without the agent: a busybox pod runs, `kubectl exec` works, and it
+/// reaches the internet (nothing enforces anything yet).
+fn baseline(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
+    let k = cluster.kubectl;
+    k.apply(&scenario::pod_yaml(
+        cluster,
+        "test-egress",
+        "sleep",
+        &[("app", "sleep")],
+        "exec sleep 3600",
+    ))?;
+    let began = Instant::now();
+    scenario::wait_ready(k, "test-egress", "pod/sleep", Duration::from_secs(120))?;
+    let (host_name, host_ip) = cluster.allowed_host;
+    let (outcome, text) = scenario::probe(k, "test-egress", "sleep", host_ip, 80)?;
+    checks.check(
+        outcome == scenario::Outcome::Ok,
+        &format!(
+            "no agent: test-egress/sleep (Ready in {:.1}s) → {host_name} {host_ip}:80 reached",
+            began.elapsed().as_secs_f32()
+        ),
+        &text,
+    );
+    let out = k.exec("test-egress", "sleep", &format!("nslookup {host_name}"))?;
+    checks.check(
+        out.stdout.contains(host_ip),
+        &format!("no agent: test-egress/sleep resolves {host_name} through kube-dns"),
+        &out.stdout
+            .lines()
+            .filter(|l| l.contains("Address"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    Ok(())
+}
+
+/// Removing enforcement on purpose, as the README says: delete the
+/// DaemonSet (enforcement stays pinned), then run deploy/cleanup's Job on
+/// the node. Afterwards nothing is pinned and test-egress reaches the
+/// internet: the denials were the agent's.
+fn uninstall_job(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
+    println!("\nk8s-test: 7. explicit removal: delete the DaemonSet, then the uninstall Job");
+    let k = cluster.kubectl;
+    let ns = "egress-enforcer";
+    k.run(&[
+        "delete",
+        "daemonset",
+        "-n",
+        ns,
+        "egress-agent",
+        "--wait=true",
+    ])?;
+    // No agent pod may be left to re-attach (an error here means none was).
+    let _ = k.output(&[
+        "wait",
+        "-n",
+        ns,
+        "--for=delete",
+        "pod",
+        "-l",
+        "app.kubernetes.io/name=egress-agent",
+        "--timeout=60s",
+    ]);
+    let (allowed_name, allowed_ip) = cluster.allowed_host;
+    let (outcome, text) = scenario::probe(k, "test-egress", "sleep", allowed_ip, 80)?;
+    checks.check(
+        outcome == scenario::Outcome::Eperm,
+        &format!("DaemonSet deleted: test-egress/sleep → {allowed_name} still denied (pinned)"),
+        &text,
+    );
+    let file = host::workspace_root().join("deploy/cleanup/uninstall-job.yaml");
+    let mut job =
+        fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    for (from, to) in [
+        ("NODE_NAME_HERE", layout::NODE_NAME.to_owned()),
+        (
+            "image: egress-agent\n",
+            "image: docker.io/local/egress-agent:latest\n".to_owned(),
+        ),
+        (
+            "imagePullPolicy: IfNotPresent",
+            "imagePullPolicy: Never".to_owned(),
+        ),
+        (
+            "--bpffs=/sys/fs/bpf/egress-enforcer",
+            format!("--bpffs={BPFFS_DIR}"),
+        ),
+    ] {
+        if !job.contains(from) {
+            bail!(
+                "{} no longer contains `{from}`: update k8s-test",
+                file.display()
+            );
+        }
+        job = job.replace(from, &to);
+    }
+    k.apply(&job)?;
+    let name = format!("job/egress-agent-uninstall-{}", layout::NODE_NAME);
+    k.output(&[
+        "wait",
+        "-n",
+        ns,
+        "--for=condition=complete",
+        &name,
+        "--timeout=120s",
+    ])?;
+    let logs = k.output(&["logs", "-n", ns, &name])?;
+    let links = fs::read_dir(Path::new(BPFFS_DIR).join("links"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    checks.check(
+        links == 0,
+        "the uninstall Job completed and no link is pinned any more",
+        &logs.lines().map(str::trim).collect::<Vec<_>>().join(" / "),
+    );
+    let (outcome, text) = scenario::probe(k, "test-egress", "sleep", allowed_ip, 80)?;
+    checks.check(
+        outcome == scenario::Outcome::Ok,
+        &format!("uninstalled: test-egress/sleep → {allowed_name} reached (the denials were the agent's)"),
+        &text,
+    );
+    Ok(())
+}
+
+/// The agent's Prometheus endpoint on the node's address (hostNetwork).
+fn check_metrics(checks: &mut Checks) {
+    let out = Command::new("nsenter")
+        .arg(format!(
+            "--net={}",
+            layout::netns_path(NODE_NETNS).display()
+        ))
+        .args(["curl", "-sS", "--max-time", "5"])
+        .arg(format!("http://{NODE_IP}:{METRICS_PORT}/metrics"))
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let samples = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    checks.check(
+        samples > 0,
+        &format!("the agent serves Prometheus metrics at http://{NODE_IP}:{METRICS_PORT}/metrics"),
+        &format!("{samples} samples"),
+    );
+}
+
+/// Pods, events and the agent's log, when something failed.
+fn dump_diagnostics() {
+    let kubectl = Kubectl::local();
+    println!("\nk8s-test: diagnostics");
+    for args in [
+        &["get", "pods", "-A", "-o", "wide"][..],
+        &["get", "events", "-A", "--sort-by=.lastTimestamp"][..],
+        &[
+            "logs",
+            "-n",
+            "egress-enforcer",
+            "-l",
+            "app.kubernetes.io/name=egress-agent",
+            "--tail=60",
+        ][..],
+    ] {
+        match kubectl.output(args) {
+            Ok(out) => println!("$ kubectl {}\n{}", args.join(" "), out.trim_end()),
+            Err(err) => println!("$ kubectl {}: {err:#}", args.join(" ")),
+        }
+    }
+    for name in ["kubelet", "containerd"] {
+        println!(
+            "--- {name} log (last 15 lines) ---\n{}",
+            procs::log_tail(name, 15)
+        );
+    }
+}
+
+fn print_teardown(report: Vec<String>) {
+    if report.is_empty() {
+        println!("k8s-test:   nothing to remove");
+    }
+    for line in report {
+        println!("k8s-test:   {line}");
+    }
+}
+
+fn print_summary(times: &Times, checks: &Checks, total: Duration) {
+    let secs =
+        |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.1}s", d.as_secs_f32()));
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0} ms"));
+    println!("\nk8s-test summary:");
+    if let Some((took, what)) = &times.kube_build {
+        println!(
+            "  kubernetes binaries        {what} ({:.1}s)",
+            took.as_secs_f32()
+        );
+    }
+    println!("  agent build                {}", secs(times.agent_build));
+    println!("  images (umoci + import)    {}", secs(times.images));
+    println!("  API server ready           {}", secs(times.api_ready));
+    println!("  node Ready                 {}", secs(times.node_ready));
+    println!("  cluster bring-up (total)   {}", secs(times.bring_up));
+    println!("  agent pod Ready            {}", secs(times.agent_ready));
+    if let Some(t) = &times.scenario {
+        println!(
+            "  pod creation → first packet (denied)          {}",
+            ms(t.first_packet_ms)
+        );
+        println!(
+            "  pod creation → its policy enforced (allowed)  {}",
+            ms(t.policy_applied_ms)
+        );
+        println!(
+            "  NetworkPolicy deleted → verdict changed       {}",
+            ms(t.np_delete_effect_ms)
+        );
+        println!(
+            "  NetworkPolicy created → verdict changed       {}",
+            ms(t.np_create_effect_ms)
+        );
+        println!(
+            "  no agent, enforcement checked during          {}",
+            ms(t.agent_gap_ms)
+        );
+        println!(
+            "  replacement agent Ready                       {}",
+            ms(t.agent_replaced_ms)
+        );
+    }
+    println!("  total                      {:.1}s", total.as_secs_f32());
+    if !checks.failed().is_empty() {
+        println!("  FAILED checks:");
+        for f in checks.failed() {
+            println!("    - {f}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kustomize_bases_are_given_relative_to_the_overlay() {
+        assert_eq!(
+            relative_to(
+                Path::new("/var/lib/x/overlay"),
+                Path::new("/work/repo/deploy")
+            ),
+            PathBuf::from("../../../../work/repo/deploy")
+        );
+    }
+
+    /// deploy/policies-configmap.yaml carries policies/ files verbatim:
+    /// each file's lines, indented under its key, in order.
+    #[test]
+    fn the_deployed_configmap_matches_the_seed_policies() {
+        let root = host::workspace_root();
+        let configmap = fs::read_to_string(root.join("deploy/policies-configmap.yaml"))
+            .expect("deploy/policies-configmap.yaml");
+        for file in ["egress-gateway.yaml", "sidecar-redirect.yaml"] {
+            let policy = fs::read_to_string(root.join("policies").join(file)).expect("policy");
+            let mut block: String = policy
+                .lines()
+                .map(|l| {
+                    if l.is_empty() {
+                        "\n".to_owned()
+                    } else {
+                        format!("    {l}\n")
+                    }
+                })
+                .collect();
+            block.insert_str(0, &format!("  {file}: |\n"));
+            assert!(
+                configmap.contains(&block),
+                "deploy/policies-configmap.yaml is out of date with policies/{file}"
+            );
+        }
+    }
+}

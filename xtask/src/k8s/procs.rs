@@ -1,0 +1,83 @@
+//! Long-running processes of the local cluster, each started inside a
+//! network namespace with its output in a log file.
+//!
+//! Processes are entered into a namespace with `nsenter --net`, never with
+//! `ip netns exec`: the latter remounts /sys, which would hide the cgroup
+//! and BPF filesystems from the kubelet and containerd. nsenter execs the
+//! program, so the pid is the program's.
+
+use std::{
+    fs::{self, File},
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+use super::layout;
+
+/// Starts `program args` in netns `netns`, its stdout and stderr appended
+/// to the log `name`.
+pub fn spawn(netns: &str, name: &str, program: &Path, args: &[String]) -> anyhow::Result<Child> {
+    let log_path = layout::log(name);
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let err = log.try_clone().context("duplicating the log file")?;
+    let child = Command::new("nsenter")
+        .arg(format!("--net={}", layout::netns_path(netns).display()))
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {name} ({})", program.display()))?;
+    println!(
+        "k8s-test:   started {name} (pid {}) in {netns}; log {}",
+        child.id(),
+        log_path.display()
+    );
+    Ok(child)
+}
+
+/// Polls `ready` every 200 ms until it returns true, for at most `limit`.
+/// `child` is checked on each round, so a process that died fails at once
+/// with the tail of its log.
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut child: Option<(&str, &mut Child)>,
+    mut ready: impl FnMut() -> bool,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return Ok(start.elapsed());
+        }
+        if let Some((name, child)) = child.as_mut() {
+            if let Some(status) = child.try_wait().context("polling a child")? {
+                bail!(
+                    "{name} exited ({status}) while waiting for {what}; its log ends:\n{}",
+                    log_tail(name, 30)
+                );
+            }
+        }
+        if start.elapsed() > limit {
+            bail!("{what}: not ready after {}s", limit.as_secs());
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The last `lines` lines of the log `name`.
+pub fn log_tail(name: &str, lines: usize) -> String {
+    let text = fs::read_to_string(layout::log(name)).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
