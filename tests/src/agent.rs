@@ -72,6 +72,12 @@ impl Agent {
         Ok(())
     }
 
+    /// The agent's pid while it runs (`nsenter` execs it, so this is the
+    /// agent itself), e.g. to read its `/proc/PID/status`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Everything the agent logged so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()

@@ -14,6 +14,7 @@ pub mod bpftool;
 pub mod cgroup;
 pub mod enforcer;
 pub mod internet;
+pub mod loadgen;
 pub mod mesh;
 pub mod names;
 pub mod netns;

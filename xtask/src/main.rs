@@ -2,6 +2,7 @@
 //!
 //! `main` only parses and dispatches; each task lives in its own module.
 
+mod bench;
 mod demo;
 mod host;
 mod k8s;
@@ -32,6 +33,10 @@ enum Task {
     /// Run the live demo: a simulated node built from policies/, the real
     /// agent, real connections (as root; removes everything it creates).
     Demo(demo::DemoArgs),
+    /// Measure the agent against its baselines (iptables, nftables, no
+    /// filter) on a simulated node, and write docs/benchmarks.md with plots
+    /// (as root; `--quick` for a smoke run into target/bench/).
+    Bench(bench::BenchArgs),
     /// Run the agent as a DaemonSet on a real local Kubernetes 1.20 (built
     /// offline, cached) and prove the seed scenario with real pods (as
     /// root; removes everything it creates).
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
         Task::Setup(args) => setup::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
+        Task::Bench(args) => bench::run(&args),
         Task::K8sTest(args) => k8s::run(&args),
         Task::KindTest(args) => k8s::kind::run(&args),
     };

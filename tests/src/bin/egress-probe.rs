@@ -74,6 +74,16 @@
 //! `--cgroup` and moves into it, as a process escaping its workload's
 //! cgroup would.
 //!
+//! For the benchmarks (`egress-bench`; see `integration_tests::loadgen`):
+//!
+//! - `connect-rate ADDR --seconds T`: TCP connects one after another for T
+//!   seconds, each closed with a reset: `RATE ok=… rate=… p50_us=… p99_us=…`.
+//! - `accept-close ADDR`: accepts and closes at once (the stand-in proxy):
+//!   `LISTENING <addr>`, then nothing until killed.
+//! - `until ADDR --want ok|eperm`: connects every `--interval-ms` until the
+//!   outcome is the wanted one: `READY <first>`, then `REACHED mono_ns=…`
+//!   (`CLOCK_MONOTONIC`, comparable with the caller's clock).
+//!
 //! `<outcome>` is `ok`, `eperm`, `refused`, `timeout` or `errno=N <text>`.
 //!
 //! `ip netns exec` is not used because it remounts `/sys` in a new mount
@@ -92,6 +102,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use integration_tests::loadgen;
 
 #[derive(Parser)]
 #[command(about = "Network probe for the privileged tests")]
@@ -190,6 +201,28 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// TCP connects one after another for a while: rate and latency.
+    ConnectRate {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// Accept TCP connections and close them at once.
+    AcceptClose { addr: SocketAddr },
+    /// Connect until the outcome is the wanted one.
+    Until {
+        addr: SocketAddr,
+        #[arg(long)]
+        want: WantArg,
+        #[arg(long, default_value_t = 1)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 200)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 60_000)]
+        give_up_ms: u64,
+    },
     /// Connect (or sendto) again and again until stdin closes.
     Repeat {
         op: RepeatOp,
@@ -199,6 +232,12 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WantArg {
+    Ok,
+    Eperm,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -308,6 +347,37 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Spoof { addr, from } => report(spoof(from, addr)),
         Command::Raw { addr } => report(raw_udp(addr)),
         Command::Hold { target, timeout_ms } => hold(target, Duration::from_millis(timeout_ms)),
+        Command::ConnectRate {
+            addr,
+            seconds,
+            timeout_ms,
+        } => {
+            let seconds = Duration::try_from_secs_f64(seconds).context("--seconds")?;
+            let rate = loadgen::connect_rate(addr, seconds, Duration::from_millis(timeout_ms));
+            println!("{}", rate.line());
+            Ok(())
+        }
+        Command::AcceptClose { addr } => loadgen::accept_close(addr),
+        Command::Until {
+            addr,
+            want,
+            interval_ms,
+            timeout_ms,
+            give_up_ms,
+        } => {
+            let want = match want {
+                WantArg::Ok => loadgen::Want::Ok,
+                WantArg::Eperm => loadgen::Want::Eperm,
+            };
+            loadgen::until(
+                addr,
+                want,
+                Duration::from_millis(interval_ms),
+                Duration::from_millis(timeout_ms),
+                Duration::from_millis(give_up_ms),
+            )
+            .context("until")
+        }
         Command::Repeat {
             op,
             target,
