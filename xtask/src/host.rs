@@ -53,6 +53,35 @@ fn parse_bpf_linker_version(output: &str) -> Option<String> {
         .map(|v| v.trim_start_matches('v').to_owned())
 }
 
+/// What every task that loads the eBPF programs needs besides root: a
+/// cgroup2 mount, bpffs and the pinned bpf-linker. Adds what is missing.
+pub fn missing_kernel_prerequisites(missing: &mut Vec<String>) {
+    if mount_of("cgroup2").is_none() {
+        missing.push("no cgroup2 mount in /proc/self/mountinfo".to_owned());
+    }
+    if mount_of("bpf").is_none() {
+        missing.push("bpffs is not mounted".to_owned());
+    }
+    match bpf_linker_version() {
+        Some(v) if v == BPF_LINKER_VERSION => {}
+        Some(v) => missing.push(format!(
+            "bpf-linker is {v}, not {BPF_LINKER_VERSION} (it builds the eBPF programs)"
+        )),
+        None => missing.push("bpf-linker is not on PATH (it builds the eBPF programs)".to_owned()),
+    }
+}
+
+/// Adds each `(tool, Debian package)` that is not on `PATH`.
+pub fn missing_tools(tools: &[(&str, &str)], missing: &mut Vec<String>) {
+    for (tool, package) in tools {
+        if !on_path(tool) {
+            missing.push(format!(
+                "`{tool}` is not on PATH (Debian package {package})"
+            ));
+        }
+    }
+}
+
 /// Bytes free to an unprivileged writer on the filesystem holding `path`.
 pub fn free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt as _;

@@ -15,10 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    host::{self, BPF_LINKER_VERSION},
-    run,
-};
+use crate::{host, run};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -242,17 +239,7 @@ fn print_free_disk(when: &str) {
 /// What the privileged tests need besides root, each checked directly.
 fn preconditions() -> Result<(), Vec<String>> {
     let mut missing = Vec::new();
-    if host::mount_of("cgroup2").is_none() {
-        missing.push("no cgroup2 mount in /proc/self/mountinfo".to_owned());
-    }
-    if host::mount_of("bpf").is_none() {
-        missing.push("bpffs is not mounted".to_owned());
-    }
-    match host::bpf_linker_version() {
-        Some(v) if v == BPF_LINKER_VERSION => {}
-        Some(v) => missing.push(format!("bpf-linker is {v}, not {BPF_LINKER_VERSION}")),
-        None => missing.push("bpf-linker is not on PATH".to_owned()),
-    }
+    host::missing_kernel_prerequisites(&mut missing);
     if !host::on_path("ip") {
         missing.push("`ip` (iproute2) is not on PATH".to_owned());
     }

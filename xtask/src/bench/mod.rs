@@ -25,7 +25,7 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{
-    host::{self, target_dir, workspace_root, BPF_LINKER_VERSION},
+    host::{self, target_dir, workspace_root},
     run,
 };
 
@@ -171,26 +171,8 @@ fn preconditions() -> Result<(), Vec<String>> {
             host::euid()
         ));
     }
-    if host::mount_of("cgroup2").is_none() {
-        missing.push("no cgroup2 mount in /proc/self/mountinfo".to_owned());
-    }
-    if host::mount_of("bpf").is_none() {
-        missing.push("bpffs is not mounted".to_owned());
-    }
-    match host::bpf_linker_version() {
-        Some(v) if v == BPF_LINKER_VERSION => {}
-        Some(v) => missing.push(format!(
-            "bpf-linker is {v}, not {BPF_LINKER_VERSION} (it builds the eBPF programs)"
-        )),
-        None => missing.push("bpf-linker is not on PATH (it builds the eBPF programs)".to_owned()),
-    }
-    for (tool, package) in TOOLS {
-        if !host::on_path(tool) {
-            missing.push(format!(
-                "`{tool}` is not on PATH (Debian package {package})"
-            ));
-        }
-    }
+    host::missing_kernel_prerequisites(&mut missing);
+    host::missing_tools(TOOLS, &mut missing);
     if missing.is_empty() {
         Ok(())
     } else {
