@@ -106,21 +106,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
 
 /// Everything the demo needs, each checked directly.
 fn preconditions() -> Result<(), Vec<String>> {
-    let mut missing = Vec::new();
-    if !host::is_root() {
-        missing.push(format!(
-            "not root (euid {}): the demo creates network namespaces, cgroups, eBPF programs \
+    host::node_task_prerequisites(
+        "the demo creates network namespaces, cgroups, eBPF programs \
              and nftables tables",
-            host::euid()
-        ));
-    }
-    host::missing_kernel_prerequisites(&mut missing);
-    host::missing_tools(TOOLS, &mut missing);
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(missing)
-    }
+        TOOLS,
+    )
 }
 
 /// The running demo's pid, for the signal handler.

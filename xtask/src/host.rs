@@ -71,8 +71,25 @@ pub fn missing_kernel_prerequisites(missing: &mut Vec<String>) {
     }
 }
 
+/// What a task that runs the simulated node needs (the demo, the
+/// benchmarks): root, for `why`; the eBPF prerequisites; and `tools`,
+/// given as `(tool, Debian package)`. Every missing piece is listed.
+pub fn node_task_prerequisites(why: &str, tools: &[(&str, &str)]) -> Result<(), Vec<String>> {
+    let mut missing = Vec::new();
+    if !is_root() {
+        missing.push(format!("not root (euid {}): {why}", euid()));
+    }
+    missing_kernel_prerequisites(&mut missing);
+    missing_tools(tools, &mut missing);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing)
+    }
+}
+
 /// Adds each `(tool, Debian package)` that is not on `PATH`.
-pub fn missing_tools(tools: &[(&str, &str)], missing: &mut Vec<String>) {
+fn missing_tools(tools: &[(&str, &str)], missing: &mut Vec<String>) {
     for (tool, package) in tools {
         if !on_path(tool) {
             missing.push(format!(

@@ -163,19 +163,9 @@ fn write_report(
 
 /// Everything the benchmark needs, each checked directly.
 fn preconditions() -> Result<(), Vec<String>> {
-    let mut missing = Vec::new();
-    if !host::is_root() {
-        missing.push(format!(
-            "not root (euid {}): the benchmark creates network namespaces, cgroups, eBPF \
+    host::node_task_prerequisites(
+        "the benchmark creates network namespaces, cgroups, eBPF \
              programs, iptables and nftables rules",
-            host::euid()
-        ));
-    }
-    host::missing_kernel_prerequisites(&mut missing);
-    host::missing_tools(TOOLS, &mut missing);
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(missing)
-    }
+        TOOLS,
+    )
 }
