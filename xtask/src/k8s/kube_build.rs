@@ -20,12 +20,14 @@ use anyhow::{bail, Context as _};
 use super::layout::{cache_bin, cache_dir, K8S_VERSION};
 use crate::{host, run};
 
-/// What the test runs; `pause` is the sandbox image's binary.
+/// What the test runs; `pause` is the sandbox image's binary. kube-proxy
+/// (iptables mode) makes Service ClusterIPs work as on a real node.
 pub const SERVER_BINARIES: &[&str] = &[
     "kube-apiserver",
     "kubelet",
     "kube-controller-manager",
     "kube-scheduler",
+    "kube-proxy",
 ];
 
 /// Disk the build needs while it runs (freed when it ends).
