@@ -61,7 +61,11 @@ impl PrefixTable {
             sets: vec![Vec::new()],
         };
         let mut set_ids: HashMap<Vec<Allow>, SetId> = HashMap::from([(Vec::new(), 0)]);
-        for prefix in by_prefix.keys() {
+        // In prefix order, so that set ids, and so the whole plan, are the
+        // same for the same policy on every run (HashMap order is not).
+        let mut prefixes: Vec<IpNet> = by_prefix.keys().copied().collect();
+        prefixes.sort_unstable();
+        for prefix in &prefixes {
             let mut covering = BTreeSet::new();
             let mut holes = BTreeSet::new();
             for ancestor in ancestors(*prefix) {

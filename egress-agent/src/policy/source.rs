@@ -34,10 +34,16 @@ pub struct Source {
 }
 
 impl Source {
+    /// A leading UTF-8 byte order mark is dropped, as kubectl drops it:
+    /// yaml-rust2's scanner would otherwise refuse the stream.
     pub fn new(file: impl AsRef<Path>, text: impl Into<String>) -> Self {
+        let mut text = text.into();
+        if text.starts_with('\u{feff}') {
+            text.drain(..'\u{feff}'.len_utf8());
+        }
         Self {
             file: file_name(file.as_ref()),
-            text: text.into(),
+            text,
         }
     }
 }
@@ -222,16 +228,15 @@ pub fn documents(source: &Source) -> Result<Vec<Document<'_>>, Box<Diagnostic>> 
     }
 
     let text = &source.text;
-    let starts: Vec<usize> = walker
-        .docs
-        .iter()
-        .map(|doc| line_start(text, doc.start))
+    let starts: Vec<usize> = byte_offsets(text, walker.docs.iter().map(|doc| doc.start))
+        .into_iter()
+        .map(|offset| line_start(text, offset))
         .collect();
     let mut docs = Vec::with_capacity(walker.docs.len());
     for (i, doc) in walker.docs.into_iter().enumerate() {
         let start = starts[i];
         let end = starts.get(i + 1).copied().unwrap_or(text.len());
-        let line_offset = text[..start].matches('\n').count();
+        let line_offset = line_breaks(&text[..start]);
         let mut head = doc.head;
         // The root was located against the whole file; store it relative
         // to the slice, the origin serde_yaml and the lazy index share.
@@ -249,6 +254,11 @@ pub fn documents(source: &Source) -> Result<Vec<Document<'_>>, Box<Diagnostic>> 
     Ok(docs)
 }
 
+/// Line breaks as the YAML scanner counts them: `\r\n`, `\n` or `\r`.
+fn line_breaks(text: &str) -> usize {
+    text.matches('\n').count() + text.matches('\r').count() - text.matches("\r\n").count()
+}
+
 fn location(mark: &Marker) -> Location {
     Location {
         line: mark.line(),
@@ -256,10 +266,27 @@ fn location(mark: &Marker) -> Location {
     }
 }
 
-/// The byte offset of the start of the line containing `offset`.
+/// The byte offsets of characters `chars` (ascending) of `text`, in one
+/// pass. yaml-rust2's [`Marker::index`] counts characters, not bytes: used
+/// as a byte offset, any multi-byte character before a `---` moved the
+/// document boundary (cutting lines off the previous document, or landing
+/// inside a character).
+fn byte_offsets(text: &str, chars: impl IntoIterator<Item = usize>) -> Vec<usize> {
+    let mut indices = text.char_indices().map(|(i, _)| i).enumerate().peekable();
+    chars
+        .into_iter()
+        .map(|target| {
+            while indices.next_if(|&(n, _)| n < target).is_some() {}
+            indices.peek().map_or(text.len(), |&(_, i)| i)
+        })
+        .collect()
+}
+
+/// The byte offset of the start of the line containing `offset`, a
+/// character boundary. A lone `\r` ends a line too, as it does for the
+/// YAML scanner.
 fn line_start(text: &str, offset: usize) -> usize {
-    let offset = offset.min(text.len());
-    text[..offset].rfind('\n').map_or(0, |i| i + 1)
+    text[..offset].rfind(['\n', '\r']).map_or(0, |i| i + 1)
 }
 
 /// Tracks the path of the node being parsed from the event stream.
