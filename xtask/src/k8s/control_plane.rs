@@ -1,13 +1,14 @@
 //! etcd, kube-apiserver, kube-controller-manager and kube-scheduler, in
-//! the node's network namespace (so their loopback ports are private to
-//! it and cannot clash with anything on the host).
+//! node A's network namespace (so their loopback ports are private to it
+//! and cannot clash with anything on the host), as on a kubeadm
+//! control-plane node that also runs workloads.
 
 use std::{fs, path::Path, process::Child, process::Command, time::Duration};
 
 use anyhow::Context as _;
 
 use super::{
-    layout::{self, cache_bin, NODE_IP, NODE_NETNS, SERVICE_CIDR},
+    layout::{self, cache_bin, NODE_A, SERVICE_CIDR},
     pki::Pki,
     procs,
 };
@@ -22,7 +23,7 @@ pub fn start(pki: &Pki) -> anyhow::Result<ControlPlane> {
     let etcd_dir = layout::state("etcd");
     fs::create_dir_all(&etcd_dir).context("creating etcd's data dir")?;
     let etcd = procs::spawn(
-        NODE_NETNS,
+        NODE_A.name,
         "etcd",
         Path::new("/usr/bin/etcd"),
         &strings(&[
@@ -39,7 +40,7 @@ pub fn start(pki: &Pki) -> anyhow::Result<ControlPlane> {
     children.push(("etcd", etcd));
 
     let apiserver = procs::spawn(
-        NODE_NETNS,
+        NODE_A.name,
         "kube-apiserver",
         &cache_bin("kube-apiserver"),
         &strings(&[
@@ -47,7 +48,7 @@ pub fn start(pki: &Pki) -> anyhow::Result<ControlPlane> {
             "--bind-address=0.0.0.0",
             "--secure-port=443",
             "--insecure-port=0",
-            &format!("--advertise-address={NODE_IP}"),
+            &format!("--advertise-address={}", NODE_A.ip),
             &format!("--service-cluster-ip-range={SERVICE_CIDR}"),
             &format!("--tls-cert-file={}", pki.serving_cert.display()),
             &format!("--tls-private-key-file={}", pki.serving_key.display()),
@@ -79,7 +80,7 @@ pub fn start(pki: &Pki) -> anyhow::Result<ControlPlane> {
 
     let kubeconfig = format!("--kubeconfig={}", layout::kubeconfig().display());
     let cm = procs::spawn(
-        NODE_NETNS,
+        NODE_A.name,
         "kube-controller-manager",
         &cache_bin("kube-controller-manager"),
         &strings(&[
@@ -94,13 +95,21 @@ pub fn start(pki: &Pki) -> anyhow::Result<ControlPlane> {
             ),
             &format!("--root-ca-file={}", pki.ca_cert.display()),
             "--use-service-account-credentials=false",
+            // The nodes' pod subnets are fixed by the test (each node's
+            // CNI config) and recorded in their Node objects by it.
             "--allocate-node-cidrs=false",
+            // Every default controller, stated because Services depend on
+            // three of them: endpoint and endpointslice fill in the
+            // backends of Services with selectors (kube-dns, the gateway),
+            // endpointslicemirroring gives a selector-less Service's
+            // Endpoints their EndpointSlice (what kube-proxy 1.20 reads).
+            "--controllers=*",
             "--v=1",
         ]),
     )?;
     children.push(("kube-controller-manager", cm));
     let scheduler = procs::spawn(
-        NODE_NETNS,
+        NODE_A.name,
         "kube-scheduler",
         &cache_bin("kube-scheduler"),
         &strings(&[
@@ -125,7 +134,7 @@ fn api_ready() -> bool {
     Command::new("nsenter")
         .arg(format!(
             "--net={}",
-            layout::netns_path(NODE_NETNS).display()
+            layout::netns_path(NODE_A.name).display()
         ))
         .arg("kubectl")
         .arg(format!("--kubeconfig={}", kubeconfig.display()))

@@ -2,8 +2,9 @@
 //! from files of this machine, then imported into containerd.
 //!
 //! - `pause`: the static pause binary built with Kubernetes.
-//! - `toolbox`: busybox (static) with its applets, plus dnsmasq and the
-//!   shared libraries it links (kube-dns).
+//! - `toolbox`: busybox (static) with its applets, plus dnsmasq (kube-dns)
+//!   and curl (an in-cluster API client with its service-account token),
+//!   with the shared libraries they link.
 //! - `egress-agent`: the agent binary and `nft` (the nftables backstop
 //!   drives it), with their shared libraries: the same content as the
 //!   `Containerfile`'s image, built offline.
@@ -18,7 +19,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use super::layout::{self, cache_bin};
+use super::layout::{self, cache_bin, NodeSpec};
 use crate::run;
 
 /// An image to pack: files copied in (with the shared libraries of each
@@ -56,6 +57,7 @@ pub fn build_all(agent_binary: Option<&Path>) -> anyhow::Result<Vec<(String, Pat
             files: vec![
                 (PathBuf::from("/bin/busybox"), "/bin/busybox"),
                 (PathBuf::from("/usr/sbin/dnsmasq"), "/usr/sbin/dnsmasq"),
+                (PathBuf::from("/usr/bin/curl"), "/usr/bin/curl"),
             ],
             links: applets
                 .iter()
@@ -85,12 +87,13 @@ pub fn build_all(agent_binary: Option<&Path>) -> anyhow::Result<Vec<(String, Pat
         .collect()
 }
 
-/// `ctr images import` into the CRI's namespace, as docker.io/local/NAME.
-pub fn import(name: &str, tarball: &Path) -> anyhow::Result<()> {
+/// `ctr images import` into `node`'s containerd, in the CRI's namespace,
+/// as docker.io/local/NAME.
+pub fn import(node: &NodeSpec, name: &str, tarball: &Path) -> anyhow::Result<()> {
     run::check(
         Command::new("ctr")
             .arg("--address")
-            .arg(layout::containerd_socket())
+            .arg(layout::containerd_socket(node))
             .args(["-n", "k8s.io", "images", "import", "--base-name"])
             .arg(format!("docker.io/local/{name}"))
             .arg(tarball),

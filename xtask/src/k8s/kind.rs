@@ -227,6 +227,9 @@ images:
         policies: &policies,
         node_uptime: &uptime,
         kill_agent: None,
+        gateway_node: None,
+        app_node: None,
+        by_name: false,
     };
     scenario::prepare(&cluster)?;
     kubectl.run(&["apply", "-k", &overlay.display().to_string()])?;

@@ -1,4 +1,4 @@
-//! kubectl, pointed at one cluster: the local one (run inside the node's
+//! kubectl, pointed at one cluster: the local one (run inside node A's
 //! network namespace, where the API server listens) or a kind cluster
 //! (a kubeconfig context).
 
@@ -30,7 +30,7 @@ impl Kubectl {
     /// The local cluster of `cargo xtask k8s-test`.
     pub fn local() -> Self {
         Self {
-            netns: Some(layout::NODE_NETNS.to_owned()),
+            netns: Some(layout::NODE_A.name.to_owned()),
             kubeconfig: Some(layout::kubeconfig()),
             context: None,
         }

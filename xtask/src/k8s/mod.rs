@@ -1,23 +1,28 @@
 //! `cargo xtask k8s-test`: the agent as a DaemonSet on a real, local,
-//! single-node Kubernetes 1.20, offline, and the seed scenario proven with
-//! real pods.
+//! two-node Kubernetes 1.20 with kube-proxy, offline, and the seed
+//! scenario proven with real pods.
 //!
 //! 1. installs the packages it needs (idempotent);
-//! 2. builds kube-apiserver, kubelet, kube-controller-manager and
-//!    kube-scheduler from Debian's source package, once (cached under
-//!    /var/cache/egress-enforcer/k8s/<version>);
+//! 2. builds kube-apiserver, kubelet, kube-controller-manager,
+//!    kube-scheduler and kube-proxy from Debian's source package, once
+//!    (cached under /var/cache/egress-enforcer/k8s/<version>);
 //! 3. builds `egress-agent`, and packs the pause, toolbox and agent images
 //!    with umoci;
-//! 4. brings up, in a "node" network namespace: etcd, the control plane,
-//!    containerd (cgroupfs) and the kubelet, with a CNI bridge; and an
-//!    "internet" namespace that serves the seed's hosts;
-//! 5. applies the seed's Namespaces, kube-dns (dnsmasq in a pod), the
-//!    agent from `deploy/` (with an overlay: the local image, this node's
-//!    cgroup root and pin dir), then runs [`scenario`];
+//! 4. brings up two nodes, each a network namespace with its own pod
+//!    subnet, containerd (cgroupfs), kubelet and kube-proxy (iptables),
+//!    routed to each other over a LAN; node A also runs etcd and the
+//!    control plane. An "internet" namespace routes the LAN and serves
+//!    the seed's hosts ([`network`]);
+//! 5. applies the seed's Namespaces, kube-dns (dnsmasq in a pod behind
+//!    the kube-dns Service, [`dns`]), the agent from `deploy/` (with an
+//!    overlay: the local image, each node's cgroup root and pin dir), then
+//!    runs [`scenario`] (gateway and DNS on node A, applications on node
+//!    B) and [`two_nodes`];
 //! 6. tears everything down, whatever happened (`--keep` leaves it up;
 //!    `--teardown` only tears down).
 
 mod control_plane;
+mod dns;
 mod images;
 pub mod kind;
 mod kube_build;
@@ -30,6 +35,7 @@ mod pki;
 mod procs;
 mod scenario;
 mod teardown;
+mod two_nodes;
 
 use std::{
     fs,
@@ -43,8 +49,8 @@ use anyhow::{bail, Context as _};
 use self::{
     kubectl::Kubectl,
     layout::{
-        BPFFS_DIR, CGROUP_ROOT, DNS_IP, INTERNET_HOSTS, INTERNET_NETNS, LOG_DIR, METRICS_PORT,
-        NODE_IP, NODE_NETNS, RUN_DIR, STATE_DIR,
+        NodeSpec, BPFFS_DIR, CGROUP_ROOT, INTERNET_HOSTS, INTERNET_NETNS, LOG_DIR, METRICS_PORT,
+        NODES, NODE_A, NODE_B, RUN_DIR, STATE_DIR,
     },
     scenario::{Checks, Cluster},
 };
@@ -53,7 +59,7 @@ use crate::{host, run};
 #[derive(clap::Args)]
 pub struct K8sTestArgs {
     /// Leave the cluster running afterwards (kubectl: `nsenter
-    /// --net=/run/netns/egk8s-node kubectl --kubeconfig
+    /// --net=/run/netns/egk8s-a kubectl --kubeconfig
     /// /var/lib/egress-k8s-test/admin.kubeconfig ...`); remove it later
     /// with `--teardown`.
     #[arg(long)]
@@ -80,11 +86,17 @@ struct Times {
     kube_build: Option<(Duration, String)>,
     agent_build: Option<Duration>,
     images: Option<Duration>,
+    network: Option<Duration>,
     api_ready: Option<Duration>,
-    node_ready: Option<Duration>,
+    containerd: Option<Duration>,
+    nodes_ready: Vec<(&'static str, Duration)>,
+    kube_proxy: Option<Duration>,
     bring_up: Option<Duration>,
+    dns: Option<Duration>,
     agent_ready: Option<Duration>,
     scenario: Option<scenario::Timings>,
+    two_nodes: Option<two_nodes::Timings>,
+    run: Option<Duration>,
 }
 
 pub fn run(args: &K8sTestArgs) -> anyhow::Result<ExitCode> {
@@ -135,10 +147,12 @@ pub fn run(args: &K8sTestArgs) -> anyhow::Result<ExitCode> {
         println!("\nk8s-test: FAILED: {err:#}");
         println!("k8s-test: logs of every process are in {LOG_DIR}");
     }
+    print_where_everything_ran();
     if args.keep {
         println!(
-            "\nk8s-test: --keep: the cluster is still up. kubectl: nsenter --net=/run/netns/{NODE_NETNS} \
+            "\nk8s-test: --keep: the cluster is still up. kubectl: nsenter --net=/run/netns/{} \
              kubectl --kubeconfig {}; remove it with `cargo xtask k8s-test --teardown`",
+            NODE_A.name,
             layout::kubeconfig().display()
         );
     } else {
@@ -204,8 +218,10 @@ fn bring_up_and_test(
 ) -> anyhow::Result<()> {
     let began = Instant::now();
     let result = (|| {
-        println!("k8s-test: bringing up the node");
+        println!("k8s-test: bringing up two nodes");
+        let step_began = Instant::now();
         network::create()?;
+        times.network = Some(step_began.elapsed());
         for (addr, root) in network::web_roots()? {
             for port in ["80", "443"] {
                 let child = procs::spawn(
@@ -233,7 +249,11 @@ fn bring_up_and_test(
             "k8s-test: API server ready after {:.1}s",
             plane.api_ready_after.as_secs_f32()
         );
-        children.push(node::start_containerd()?);
+        let step_began = Instant::now();
+        for node in NODES {
+            children.push(node::start_containerd(node)?);
+        }
+        times.containerd = Some(step_began.elapsed());
 
         let began_images = Instant::now();
         let stripped = match agent {
@@ -241,17 +261,36 @@ fn bring_up_and_test(
             None => None,
         };
         for (name, tarball) in images::build_all(stripped.as_deref())? {
-            images::import(&name, &tarball)?;
+            for node in NODES {
+                images::import(node, &name, &tarball)?;
+            }
         }
         times.images = Some(began_images.elapsed());
 
         let kubectl = Kubectl::local();
-        let node = node::start_kubelet(&kubectl)?;
-        times.node_ready = Some(node.ready_after);
-        children.extend(node.children);
+        let step_began = Instant::now();
+        let mut kubelets = Vec::new();
+        for node in NODES {
+            kubelets.push((node, node::start_kubelet(node)?));
+            children.push(node::start_kube_proxy(node)?);
+        }
+        for (node, (_, kubelet)) in &mut kubelets {
+            node::wait_ready(&kubectl, node, kubelet)?;
+            let after = step_began.elapsed();
+            times.nodes_ready.push((node.name, after));
+            println!(
+                "k8s-test: node {} Ready after {:.1}s",
+                node.name,
+                after.as_secs_f32()
+            );
+            node::set_pod_cidr(&kubectl, node)?;
+        }
+        children.extend(kubelets.into_iter().map(|(_, kubelet)| kubelet));
+        let after = wait_kube_proxy()?;
+        times.kube_proxy = Some(after);
         println!(
-            "k8s-test: node Ready after {:.1}s",
-            node.ready_after.as_secs_f32()
+            "k8s-test: kube-proxy's rules for the kubernetes Service in every node after {:.1}s",
+            after.as_secs_f32()
         );
         times.bring_up = Some(began.elapsed());
         println!(
@@ -260,19 +299,32 @@ fn bring_up_and_test(
         );
         let policies = host::workspace_root().join("policies");
         let uptime = || node_uptime();
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             kubectl: &kubectl,
             toolbox_image: images::TOOLBOX,
             image_pull_policy: "Never",
             allowed_host: INTERNET_HOSTS[0],
             other_host: INTERNET_HOSTS[1],
-            dns_pod_ip: DNS_IP.to_owned(),
+            dns_pod_ip: String::new(),
             policies: &policies,
             node_uptime: &uptime,
             kill_agent: Some(&kill_agent),
+            gateway_node: Some(NODE_A.name),
+            app_node: Some(NODE_B.name),
+            by_name: true,
         };
         scenario::prepare(&cluster)?;
-        start_kube_dns(&cluster)?;
+        let (sync, dns_after) = dns::start(&cluster)?;
+        children.push(("dns-sync", sync));
+        times.dns = Some(dns_after);
+        cluster.dns_pod_ip = scenario::pod_ip(&kubectl, "kube-system", "kube-dns")?;
+        println!(
+            "k8s-test: kube-dns ({} on {}) answers through its Service from {} after {:.1}s",
+            cluster.dns_pod_ip,
+            NODE_A.name,
+            NODE_B.name,
+            dns_after.as_secs_f32()
+        );
         match agent {
             None => baseline(&cluster, checks),
             Some(_) => {
@@ -280,12 +332,18 @@ fn bring_up_and_test(
                 let ready = scenario::wait_agent(&kubectl, Duration::from_secs(180))?;
                 times.agent_ready = Some(ready);
                 println!(
-                    "k8s-test: the agent's DaemonSet pod is Ready after {:.1}s",
+                    "k8s-test: the agent's DaemonSet pods are Ready after {:.1}s",
                     ready.as_secs_f32()
                 );
-                times.scenario = Some(scenario::run(&cluster, checks)?);
-                check_metrics(checks);
-                uninstall_job(&cluster, checks)
+                let run_began = Instant::now();
+                let result = (|| {
+                    times.scenario = Some(scenario::run(&cluster, checks)?);
+                    times.two_nodes = Some(two_nodes::run(&cluster, checks)?);
+                    check_metrics(checks);
+                    uninstall_job(&cluster, checks)
+                })();
+                times.run = Some(run_began.elapsed());
+                result
             }
         }
     })();
@@ -293,6 +351,43 @@ fn bring_up_and_test(
         dump_diagnostics();
     }
     result
+}
+
+/// Waits until kube-proxy has programmed the `kubernetes` Service in
+/// every node's nat table (its first sync).
+fn wait_kube_proxy() -> anyhow::Result<Duration> {
+    procs::wait_until(
+        "kube-proxy's first sync",
+        Duration::from_secs(60),
+        None,
+        || {
+            NODES.iter().all(|node| {
+                Command::new("nsenter")
+                    .arg(format!("--net={}", layout::netns_path(node.name).display()))
+                    .args(["iptables-save", "-t", "nat"])
+                    .output()
+                    .is_ok_and(|o| {
+                        String::from_utf8_lossy(&o.stdout).contains("default/kubernetes:https")
+                    })
+            })
+        },
+    )
+}
+
+/// Where every node and pod ran, for the reader of the log; printed at
+/// the end of every run, passed or failed.
+fn print_where_everything_ran() {
+    let kubectl = Kubectl::local();
+    println!();
+    for args in [
+        &["get", "nodes", "-o", "wide"][..],
+        &["get", "pods", "-A", "-o", "wide"][..],
+    ] {
+        match kubectl.output(args) {
+            Ok(out) => println!("$ kubectl {}\n{}", args.join(" "), out.trim_end()),
+            Err(err) => println!("$ kubectl {}: {err:#}", args.join(" ")),
+        }
+    }
 }
 
 /// A copy of the agent without debug info (the debug build's is ~10×
@@ -309,12 +404,12 @@ fn stripped_copy(binary: &Path) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-/// SIGKILLs the agent's process: the one named egress-agent with
-/// `--kubernetes` in the node's network namespace (the pod uses the host
+/// SIGKILLs node B's agent process: the one named egress-agent with
+/// `--kubernetes` in that node's network namespace (the pod uses the host
 /// network). Returns its pid.
 fn kill_agent() -> anyhow::Result<u32> {
     use std::os::unix::fs::MetadataExt as _;
-    let node = fs::metadata(layout::netns_path(NODE_NETNS)).context("the node's netns")?;
+    let node = fs::metadata(layout::netns_path(NODE_B.name)).context("node B's netns")?;
     for entry in fs::read_dir("/proc").context("reading /proc")?.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -337,7 +432,7 @@ fn kill_agent() -> anyhow::Result<u32> {
             return Ok(pid.unsigned_abs());
         }
     }
-    bail!("no egress-agent process in the node's namespace")
+    bail!("no egress-agent process in {}'s namespace", NODE_B.name)
 }
 
 /// The node's uptime, the clock the pods' logs use.
@@ -349,45 +444,12 @@ fn node_uptime() -> anyhow::Result<f64> {
         .context("parsing /proc/uptime")
 }
 
-/// kube-dns: dnsmasq in a pod in kube-system (the seed NetworkPolicy allows
-/// UDP 53 to that namespace), answering for the internet's hosts. It is the
-/// first pod with a pod network, so it gets [`DNS_IP`], the kubelet's
-/// `--cluster-dns`.
-fn start_kube_dns(cluster: &Cluster<'_>) -> anyhow::Result<()> {
-    let records: String = INTERNET_HOSTS
-        .iter()
-        .map(|(host, addr)| format!(" --host-record={host},{addr}"))
-        .collect();
-    let script = format!(
-        "exec dnsmasq --keep-in-foreground --user=root --no-resolv --no-hosts \
-         --local=/cluster.local/ --log-queries --log-facility=-{records}"
-    );
-    cluster.kubectl.apply(&scenario::pod_yaml(
-        cluster,
-        "kube-system",
-        "kube-dns",
-        &[("k8s-app", "kube-dns")],
-        &script,
-    ))?;
-    scenario::wait_ready(
-        cluster.kubectl,
-        "kube-system",
-        "pod/kube-dns",
-        Duration::from_secs(120),
-    )?;
-    let ip = scenario::pod_ip(cluster.kubectl, "kube-system", "kube-dns")?;
-    if ip != DNS_IP {
-        bail!("kube-dns got {ip}, not {DNS_IP} (the kubelet's --cluster-dns)");
-    }
-    println!("k8s-test: kube-dns (dnsmasq) Ready at {ip}");
-    Ok(())
-}
-
 /// The DaemonSet from deploy/, through an overlay: the locally imported
-/// image (never pulled), this node's cgroup2 mount (a hybrid host's is
-/// /sys/fs/cgroup/unified) and the kubelet's cgroup root, and a pin dir and
-/// lock/socket dir of the test's own (agents run on this host outside the
-/// cluster too).
+/// image (never pulled), the host's cgroup2 mount (a hybrid host's is
+/// /sys/fs/cgroup/unified), and per node (both nodes share this host's
+/// cgroup and bpf filesystems and /run): its kubelet's cgroup root, a pin
+/// dir and a lock/socket dir, all named after `$(NODE_NAME)` (the
+/// downward API's spec.nodeName, expanded by the kubelet).
 fn apply_agent(kubectl: &Kubectl) -> anyhow::Result<()> {
     let (_, v2) = node::cgroup_mounts();
     let v2 = v2.context("no cgroup2 mount: the agent needs cgroup v2")?;
@@ -420,9 +482,13 @@ patches:
             - run
             - --kubernetes
             - --policies=/etc/egress-enforcer/policies
-            - --cgroup-root=/sys/fs/cgroup/{CGROUP_ROOT}
-            - --bpffs={BPFFS_DIR}
+            - --cgroup-root=/sys/fs/cgroup/{CGROUP_ROOT}/$(NODE_NAME)
+            - --bpffs={BPFFS_DIR}/$(NODE_NAME)
             - --metrics-addr=0.0.0.0:{METRICS_PORT}
+            volumeMounts:
+            - name: run
+              mountPath: /run/egress-agent
+              subPathExpr: $(NODE_NAME)
           volumes:
           - name: cgroup
             hostPath:
@@ -453,21 +519,22 @@ pub fn relative_to(from: &Path, target: &Path) -> PathBuf {
 /// reaches the internet (nothing enforces anything yet).
 fn baseline(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
     let k = cluster.kubectl;
-    k.apply(&scenario::pod_yaml(
+    k.apply(&scenario::pod_yaml_on(
         cluster,
         "test-egress",
         "sleep",
         &[("app", "sleep")],
         "exec sleep 3600",
+        cluster.app_node,
     ))?;
     let began = Instant::now();
     scenario::wait_ready(k, "test-egress", "pod/sleep", Duration::from_secs(120))?;
     let (host_name, host_ip) = cluster.allowed_host;
-    let (outcome, text) = scenario::probe(k, "test-egress", "sleep", host_ip, 80)?;
+    let (outcome, text) = scenario::fetch(k, "test-egress", "sleep", None, host_name)?;
     checks.check(
         outcome == scenario::Outcome::Ok,
         &format!(
-            "no agent: test-egress/sleep (Ready in {:.1}s) → {host_name} {host_ip}:80 reached",
+            "no agent: test-egress/sleep (Ready in {:.1}s) → http://{host_name}/ reached",
             began.elapsed().as_secs_f32()
         ),
         &text,
@@ -475,7 +542,7 @@ fn baseline(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
     let out = k.exec("test-egress", "sleep", &format!("nslookup {host_name}"))?;
     checks.check(
         out.stdout.contains(host_ip),
-        &format!("no agent: test-egress/sleep resolves {host_name} through kube-dns"),
+        &format!("no agent: test-egress/sleep resolves {host_name} through the kube-dns Service"),
         &out.stdout
             .lines()
             .filter(|l| l.contains("Address"))
@@ -487,10 +554,12 @@ fn baseline(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
 
 /// Removing enforcement on purpose, as the README says: delete the
 /// DaemonSet (enforcement stays pinned), then run deploy/cleanup's Job on
-/// the node. Afterwards nothing is pinned and test-egress reaches the
+/// each node. Afterwards nothing is pinned and test-egress reaches the
 /// internet: the denials were the agent's.
 fn uninstall_job(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
-    println!("\nk8s-test: 7. explicit removal: delete the DaemonSet, then the uninstall Job");
+    println!(
+        "\nk8s-test: 12. explicit removal: delete the DaemonSet, then the uninstall Job on each node"
+    );
     let k = cluster.kubectl;
     let ns = "egress-enforcer";
     k.run(&[
@@ -519,11 +588,27 @@ fn uninstall_job(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<(
         &format!("DaemonSet deleted: test-egress/sleep → {allowed_name} still denied (pinned)"),
         &text,
     );
+    for node in NODES {
+        uninstall_on(k, node, checks)?;
+    }
+    let (outcome, text) = scenario::probe(k, "test-egress", "sleep", allowed_ip, 80)?;
+    checks.check(
+        outcome == scenario::Outcome::Ok,
+        &format!("uninstalled: test-egress/sleep → {allowed_name} reached (the denials were the agent's)"),
+        &text,
+    );
+    two_nodes::after_uninstall(cluster, checks)
+}
+
+/// deploy/cleanup's Job on `node`, with its pin dir.
+fn uninstall_on(k: &Kubectl, node: &NodeSpec, checks: &mut Checks) -> anyhow::Result<()> {
+    let ns = "egress-enforcer";
+    let pins = Path::new(BPFFS_DIR).join(node.name);
     let file = host::workspace_root().join("deploy/cleanup/uninstall-job.yaml");
     let mut job =
         fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     for (from, to) in [
-        ("NODE_NAME_HERE", layout::NODE_NAME.to_owned()),
+        ("NODE_NAME_HERE", node.name.to_owned()),
         (
             "image: egress-agent\n",
             "image: docker.io/local/egress-agent:latest\n".to_owned(),
@@ -534,7 +619,7 @@ fn uninstall_job(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<(
         ),
         (
             "--bpffs=/sys/fs/bpf/egress-enforcer",
-            format!("--bpffs={BPFFS_DIR}"),
+            format!("--bpffs={}", pins.display()),
         ),
     ] {
         if !job.contains(from) {
@@ -546,7 +631,7 @@ fn uninstall_job(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<(
         job = job.replace(from, &to);
     }
     k.apply(&job)?;
-    let name = format!("job/egress-agent-uninstall-{}", layout::NODE_NAME);
+    let name = format!("job/egress-agent-uninstall-{}", node.name);
     k.output(&[
         "wait",
         "-n",
@@ -556,32 +641,32 @@ fn uninstall_job(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<(
         "--timeout=120s",
     ])?;
     let logs = k.output(&["logs", "-n", ns, &name])?;
-    let links = fs::read_dir(Path::new(BPFFS_DIR).join("links"))
+    let links = fs::read_dir(pins.join("links"))
         .map(|d| d.count())
         .unwrap_or(0);
     checks.check(
         links == 0,
-        "the uninstall Job completed and no link is pinned any more",
+        &format!(
+            "the uninstall Job completed on {} and no link is pinned there any more",
+            node.name
+        ),
         &logs.lines().map(str::trim).collect::<Vec<_>>().join(" / "),
-    );
-    let (outcome, text) = scenario::probe(k, "test-egress", "sleep", allowed_ip, 80)?;
-    checks.check(
-        outcome == scenario::Outcome::Ok,
-        &format!("uninstalled: test-egress/sleep → {allowed_name} reached (the denials were the agent's)"),
-        &text,
     );
     Ok(())
 }
 
-/// The agent's Prometheus endpoint on the node's address (hostNetwork).
+/// Each agent's Prometheus endpoint on its node's address (hostNetwork).
 fn check_metrics(checks: &mut Checks) {
+    for node in NODES {
+        check_metrics_on(node, checks);
+    }
+}
+
+fn check_metrics_on(node: &NodeSpec, checks: &mut Checks) {
     let out = Command::new("nsenter")
-        .arg(format!(
-            "--net={}",
-            layout::netns_path(NODE_NETNS).display()
-        ))
+        .arg(format!("--net={}", layout::netns_path(node.name).display()))
         .args(["curl", "-sS", "--max-time", "5"])
-        .arg(format!("http://{NODE_IP}:{METRICS_PORT}/metrics"))
+        .arg(format!("http://{}:{METRICS_PORT}/metrics", node.ip))
         .output();
     let text = out
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -592,7 +677,10 @@ fn check_metrics(checks: &mut Checks) {
         .count();
     checks.check(
         samples > 0,
-        &format!("the agent serves Prometheus metrics at http://{NODE_IP}:{METRICS_PORT}/metrics"),
+        &format!(
+            "the agent on {} serves Prometheus metrics at http://{}:{METRICS_PORT}/metrics",
+            node.name, node.ip
+        ),
         &format!("{samples} samples"),
     );
 }
@@ -602,7 +690,6 @@ fn dump_diagnostics() {
     let kubectl = Kubectl::local();
     println!("\nk8s-test: diagnostics");
     for args in [
-        &["get", "pods", "-A", "-o", "wide"][..],
         &["get", "events", "-A", "--sort-by=.lastTimestamp"][..],
         &[
             "logs",
@@ -618,11 +705,14 @@ fn dump_diagnostics() {
             Err(err) => println!("$ kubectl {}: {err:#}", args.join(" ")),
         }
     }
-    for name in ["kubelet", "containerd"] {
-        println!(
-            "--- {name} log (last 15 lines) ---\n{}",
-            procs::log_tail(name, 15)
-        );
+    for node in NODES {
+        for process in ["kubelet", "containerd", "kube-proxy"] {
+            let name = format!("{process}-{}", node.name);
+            println!(
+                "--- {name} log (last 15 lines) ---\n{}",
+                procs::log_tail(&name, 15)
+            );
+        }
     }
 }
 
@@ -647,11 +737,18 @@ fn print_summary(times: &Times, checks: &Checks, total: Duration) {
         );
     }
     println!("  agent build                {}", secs(times.agent_build));
-    println!("  images (umoci + import)    {}", secs(times.images));
+    println!("  namespaces, LAN, routes    {}", secs(times.network));
     println!("  API server ready           {}", secs(times.api_ready));
-    println!("  node Ready                 {}", secs(times.node_ready));
+    println!("  containerd ×2              {}", secs(times.containerd));
+    println!("  images (umoci + import ×2) {}", secs(times.images));
+    for (node, after) in &times.nodes_ready {
+        println!("  node {node} Ready          {}", secs(Some(*after)));
+    }
+    println!("  kube-proxy rules (both)    {}", secs(times.kube_proxy));
     println!("  cluster bring-up (total)   {}", secs(times.bring_up));
-    println!("  agent pod Ready            {}", secs(times.agent_ready));
+    println!("  kube-dns via its Service   {}", secs(times.dns));
+    println!("  agent pods Ready (both)    {}", secs(times.agent_ready));
+    println!("  checks (scenario → uninstall) {}", secs(times.run));
     if let Some(t) = &times.scenario {
         println!(
             "  pod creation → first packet (denied)          {}",
@@ -676,6 +773,12 @@ fn print_summary(times: &Times, checks: &Checks, total: Duration) {
         println!(
             "  replacement agent Ready                       {}",
             ms(t.agent_replaced_ms)
+        );
+    }
+    if let Some(t) = &times.two_nodes {
+        println!(
+            "  peer moved to the other node → reachable     {}",
+            ms(t.peer_move_ms)
         );
     }
     println!("  total                      {:.1}s", total.as_secs_f32());

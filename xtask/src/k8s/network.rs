@@ -1,76 +1,104 @@
-//! The node's and the internet's network namespaces.
+//! The nodes' and the internet's network namespaces.
 //!
 //! ```text
-//!  pods ──veth── cni0 10.244.0.1/24 ┐                     ┌ edition.cnn.com 203.0.113.10
-//!                lo 10.96.0.1      ├─ node ── uplink ── internet
-//!                                  ┘ 198.51.100.1  .2    └ httpbin.org     203.0.113.11
+//!  pods ─veth─ cni0 10.244.0.1/24 ┐                           ┌ edition.cnn.com 203.0.113.10
+//!                  egk8s-a  eth0 172.18.0.2 ──┐               ├ httpbin.org     203.0.113.11
+//!                                             ├─ lan0 172.18.0.1 (egk8s-internet)
+//!  pods ─veth─ cni0 10.244.1.1/24 ┐           │
+//!                  egk8s-b  eth0 172.18.0.3 ──┘
 //! ```
 //!
-//! Neither namespace has a default route, and nothing is connected to the
-//! host's own namespace: nothing here can reach the real network.
+//! The nodes share a LAN (a bridge in the internet namespace, whose
+//! address is their default route), and each routes the other's pod
+//! subnet to it directly, as a host-gw CNI (kindnet, flannel host-gw)
+//! does. The internet routes each pod subnet to its node (no SNAT), so a
+//! connection that leaves is seen with the pod's own address. Nothing is
+//! connected to the host's own namespace: nothing here can reach the real
+//! network.
 
 use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::Context as _;
 
 use super::layout::{
-    self, API_SERVICE_IP, INTERNET_HOSTS, INTERNET_NETNS, INTERNET_SUBNET, NODE_IP, NODE_NETNS,
-    UPLINK_INTERNET, UPLINK_NODE,
+    self, NodeSpec, INTERNET_HOSTS, INTERNET_NETNS, LAN_PREFIX, LAN_ROUTER, NODES,
 };
 use crate::run;
 
-/// Creates both namespaces, the node's bridge and the uplink.
+/// Creates the namespaces, the LAN, each node's bridge and the routes.
 pub fn create() -> anyhow::Result<()> {
-    for netns in [NODE_NETNS, INTERNET_NETNS] {
+    for netns in NODES.iter().map(|n| n.name).chain([INTERNET_NETNS]) {
         ip(&["netns", "add", netns])?;
-        ip(&["-n", netns, "link", "set", "lo", "up"])?;
+        in_ns(netns, &["link", "set", "lo", "up"])?;
     }
+    let internet = |args: &[&str]| in_ns(INTERNET_NETNS, args);
+    internet(&["link", "add", "lan0", "type", "bridge"])?;
+    internet(&[
+        "addr",
+        "add",
+        &format!("{LAN_ROUTER}/{LAN_PREFIX}"),
+        "dev",
+        "lan0",
+    ])?;
+    internet(&["link", "set", "lan0", "up"])?;
+    for (_, addr) in INTERNET_HOSTS {
+        internet(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
+    }
+    sysctl(INTERNET_NETNS, "net.ipv4.ip_forward=1")?;
+    for node in NODES {
+        create_node(node)?;
+        internet(&["route", "add", node.pod_subnet, "via", node.ip])?;
+    }
+    Ok(())
+}
+
+fn create_node(node: &NodeSpec) -> anyhow::Result<()> {
+    let n = |args: &[&str]| in_ns(node.name, args);
     // The bridge the CNI `bridge` plugin joins pods to. Created here, with
-    // the gateway address, so that the API server can bind to it before
-    // any pod exists.
-    let node = |args: &[&str]| {
-        let mut full = vec!["-n", NODE_NETNS];
-        full.extend_from_slice(args);
-        ip(&full)
-    };
-    node(&["link", "add", "cni0", "type", "bridge"])?;
-    node(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "cni0"])?;
-    node(&["link", "set", "cni0", "up"])?;
-    node(&["addr", "add", &format!("{API_SERVICE_IP}/32"), "dev", "lo"])?;
-    node(&[
+    // the gateway address, so that routes to it exist before any pod.
+    n(&["link", "add", "cni0", "type", "bridge"])?;
+    n(&[
+        "addr",
+        "add",
+        &format!("{}/24", node.pod_gateway),
+        "dev",
+        "cni0",
+    ])?;
+    n(&["link", "set", "cni0", "up"])?;
+    n(&[
         "link",
         "add",
-        "uplink",
+        "eth0",
         "type",
         "veth",
         "peer",
         "name",
-        "uplink",
+        node.lan_port,
         "netns",
         INTERNET_NETNS,
     ])?;
-    node(&["addr", "add", &format!("{UPLINK_NODE}/30"), "dev", "uplink"])?;
-    node(&["link", "set", "uplink", "up"])?;
-    node(&["route", "add", INTERNET_SUBNET, "via", UPLINK_INTERNET])?;
-    sysctl(NODE_NETNS, "net.ipv4.ip_forward=1")?;
-
-    let internet = |args: &[&str]| {
-        let mut full = vec!["-n", INTERNET_NETNS];
-        full.extend_from_slice(args);
-        ip(&full)
-    };
-    internet(&[
+    n(&[
         "addr",
         "add",
-        &format!("{UPLINK_INTERNET}/30"),
+        &format!("{}/{LAN_PREFIX}", node.ip),
         "dev",
-        "uplink",
+        "eth0",
     ])?;
-    internet(&["link", "set", "uplink", "up"])?;
-    for (_, addr) in INTERNET_HOSTS {
-        internet(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
+    n(&["link", "set", "eth0", "up"])?;
+    in_ns(
+        INTERNET_NETNS,
+        &["link", "set", node.lan_port, "master", "lan0", "up"],
+    )?;
+    n(&["route", "add", "default", "via", LAN_ROUTER])?;
+    for other in NODES.iter().filter(|o| o.name != node.name) {
+        n(&["route", "add", other.pod_subnet, "via", other.ip])?;
     }
-    internet(&["route", "add", "10.244.0.0/16", "via", UPLINK_NODE])?;
+    sysctl(node.name, "net.ipv4.ip_forward=1")?;
+    // kube-proxy's DNAT must see pod → ClusterIP → pod on the same
+    // bridge, and the reply's un-DNAT too: bridged frames through
+    // iptables, as br_netfilter does on every kube-proxy node. It is a
+    // per-namespace setting.
+    sysctl(node.name, "net.bridge.bridge-nf-call-iptables=1")?;
     Ok(())
 }
 
@@ -89,18 +117,32 @@ pub fn web_roots() -> anyhow::Result<Vec<(String, PathBuf)>> {
         .collect()
 }
 
-/// Deletes both namespaces (and with them every veth, route and nft table
-/// in them); absent ones are fine.
+/// The test's namespaces that exist.
+pub fn existing() -> Vec<&'static str> {
+    NODES
+        .iter()
+        .map(|n| n.name)
+        .chain([INTERNET_NETNS])
+        .filter(|n| layout::netns_path(n).exists())
+        .collect()
+}
+
+/// Deletes the namespaces (and with them every veth, route, nft table and
+/// iptables rule in them); absent ones are fine.
 pub fn delete() {
-    for netns in [NODE_NETNS, INTERNET_NETNS] {
-        if layout::netns_path(netns).exists() {
-            let _ = run::status(Command::new("ip").args(["netns", "del", netns]));
-        }
+    for netns in existing() {
+        let _ = run::status(Command::new("ip").args(["netns", "del", netns]));
     }
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     run::check(Command::new("ip").args(args))
+}
+
+fn in_ns(netns: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut full = vec!["-n", netns];
+    full.extend_from_slice(args);
+    ip(&full)
 }
 
 fn sysctl(netns: &str, setting: &str) -> anyhow::Result<()> {

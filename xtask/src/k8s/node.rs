@@ -1,4 +1,10 @@
-//! The node: containerd (cgroupfs driver), the CNI bridge, and the kubelet.
+//! A node: its containerd (cgroupfs driver), the CNI bridge config, its
+//! kubelet and its kube-proxy, all in the node's network namespace.
+//!
+//! Each node has its own containerd (own root, state and socket): the
+//! kubelet kills every pod its runtime knows that it did not create
+//! itself (`HandlePodCleanups`), so two kubelets sharing one containerd
+//! would kill each other's pods.
 
 use std::{fs, path::PathBuf, process::Child, time::Duration};
 
@@ -9,16 +15,10 @@ use super::{
     images,
     kubectl::Kubectl,
     layout::{
-        self, cache_bin, containerd_socket, CGROUP_ROOT, DNS_IP, FIRST_POD_IP, NODE_IP, NODE_NAME,
-        NODE_NETNS, POD_SUBNET,
+        self, cache_bin, containerd_socket, node_cgroup, NodeSpec, CLUSTER_CIDR, DNS_SERVICE_IP,
     },
     procs,
 };
-
-pub struct Node {
-    pub children: Vec<(&'static str, Child)>,
-    pub ready_after: Duration,
-}
 
 /// The mount points of the cgroup v1 hierarchies (`cgroup` filesystems),
 /// and of the v2 one if mounted.
@@ -42,32 +42,42 @@ pub fn cgroup_mounts() -> (Vec<PathBuf>, Option<PathBuf>) {
     (v1, v2)
 }
 
-/// Creates the kubelet's `--cgroup-root` in every hierarchy. On a hybrid
+/// Creates the kubelet's `--cgroup-root` (and its parents) in every
+/// hierarchy. On a hybrid
 /// host the kubelet (cgroupfs driver) creates its cgroups only where they
 /// are missing and expects the root itself to exist in each v1 hierarchy;
 /// a new cpuset cgroup starts with no CPUs or memory nodes, so the
 /// parent's are copied or no task could join it.
-fn create_cgroup_root() -> anyhow::Result<()> {
+fn create_cgroup_root(node: &NodeSpec) -> anyhow::Result<()> {
     let (v1, v2) = cgroup_mounts();
+    let root = node_cgroup(node);
     for hierarchy in v1.iter().chain(v2.as_ref()) {
-        let dir = hierarchy.join(CGROUP_ROOT);
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        for file in ["cpuset.cpus", "cpuset.mems"] {
-            let parent = hierarchy.join(file);
-            if parent.exists() && v2.as_ref().is_none_or(|v2| v2 != hierarchy) {
-                let value = fs::read_to_string(&parent)
-                    .with_context(|| format!("reading {}", parent.display()))?;
-                fs::write(dir.join(file), value.trim())
-                    .with_context(|| format!("writing {}", dir.join(file).display()))?;
+        let mut parent = hierarchy.clone();
+        for component in root.split('/') {
+            let dir = parent.join(component);
+            if !dir.exists() {
+                fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
             }
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                let from = parent.join(file);
+                if from.exists() && v2.as_ref().is_none_or(|v2| v2 != hierarchy) {
+                    let value = fs::read_to_string(&from)
+                        .with_context(|| format!("reading {}", from.display()))?;
+                    fs::write(dir.join(file), value.trim())
+                        .with_context(|| format!("writing {}", dir.join(file).display()))?;
+                }
+            }
+            parent = dir;
         }
     }
     Ok(())
 }
 
-fn write_containerd_config() -> anyhow::Result<PathBuf> {
-    let config = layout::state("containerd.toml");
-    let cni_conf_dir = layout::state("cni/net.d");
+fn write_containerd_config(node: &NodeSpec) -> anyhow::Result<PathBuf> {
+    let dir = layout::node_state(node, "");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let config = layout::node_state(node, "containerd.toml");
+    let cni_conf_dir = layout::node_state(node, "cni/net.d");
     // restrict_oom_score_adj: root here lacks CAP_SYS_RESOURCE, so runc
     // cannot lower a score below its own; without it runc fails with
     // "can't get final child's PID from pipe". netns_mounts_under_state_dir
@@ -98,18 +108,17 @@ state = "{state}"
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni_conf_dir}"
 "#,
-        root = layout::state("containerd").display(),
-        state = layout::run("containerd").display(),
-        socket = containerd_socket().display(),
-        opt = layout::state("containerd-opt").display(),
+        root = layout::node_state(node, "containerd").display(),
+        state = layout::node_run(node, "containerd").display(),
+        socket = containerd_socket(node).display(),
+        opt = layout::node_state(node, "containerd-opt").display(),
         cni_conf_dir = cni_conf_dir.display(),
         pause = images::PAUSE,
     );
     fs::write(&config, text).context("writing containerd's config")?;
 
     // host-local hands out addresses in order from rangeStart, from a data
-    // dir that is fresh every run: kube-dns, the first pod with a pod
-    // network, gets FIRST_POD_IP.
+    // dir that is fresh every run.
     fs::create_dir_all(&cni_conf_dir).context("creating the CNI conf dir")?;
     let conflist = format!(
         r#"{{
@@ -124,7 +133,7 @@ state = "{state}"
       "hairpinMode": true,
       "ipam": {{
         "type": "host-local",
-        "ranges": [[{{"subnet": "{POD_SUBNET}", "rangeStart": "{FIRST_POD_IP}", "gateway": "{NODE_IP}"}}]],
+        "ranges": [[{{"subnet": "{subnet}", "rangeStart": "{first}", "gateway": "{gateway}"}}]],
         "routes": [{{"dst": "0.0.0.0/0"}}],
         "dataDir": "{ipam}"
       }}
@@ -132,31 +141,35 @@ state = "{state}"
   ]
 }}
 "#,
-        ipam = layout::state("cni/ipam").display()
+        ipam = layout::node_state(node, "cni/ipam").display(),
+        subnet = node.pod_subnet,
+        first = node.first_pod_ip,
+        gateway = node.pod_gateway,
     );
     fs::write(cni_conf_dir.join("10-egk8s.conflist"), conflist)
         .context("writing the CNI config")?;
     Ok(config)
 }
 
-/// Starts containerd, returning once its socket answers.
-pub fn start_containerd() -> anyhow::Result<(&'static str, Child)> {
-    create_cgroup_root()?;
-    let config = write_containerd_config()?;
+/// Starts the node's containerd, returning once its socket answers.
+pub fn start_containerd(node: &NodeSpec) -> anyhow::Result<(&'static str, Child)> {
+    create_cgroup_root(node)?;
+    let config = write_containerd_config(node)?;
+    let log = format!("containerd-{}", node.name);
     let mut child = procs::spawn(
-        NODE_NETNS,
-        "containerd",
+        node.name,
+        &log,
         std::path::Path::new("/usr/bin/containerd"),
         &strings(&["--config", &config.display().to_string()]),
     )?;
     procs::wait_until(
         "containerd's socket",
         Duration::from_secs(30),
-        Some(("containerd", &mut child)),
+        Some((&log, &mut child)),
         || {
             std::process::Command::new("ctr")
                 .arg("--address")
-                .arg(containerd_socket())
+                .arg(containerd_socket(node))
                 .arg("version")
                 .output()
                 .is_ok_and(|o| o.status.success())
@@ -165,32 +178,37 @@ pub fn start_containerd() -> anyhow::Result<(&'static str, Child)> {
     Ok(("containerd", child))
 }
 
-/// Starts the kubelet and waits until the node is Ready.
-pub fn start_kubelet(kubectl: &Kubectl) -> anyhow::Result<Node> {
-    let resolv = layout::state("resolv.conf");
-    fs::write(&resolv, format!("nameserver {DNS_IP}\n")).context("writing resolv.conf")?;
-    let mut child = procs::spawn(
-        NODE_NETNS,
-        "kubelet",
+/// Starts the node's kubelet (not waiting for it: see [`wait_ready`]).
+pub fn start_kubelet(node: &NodeSpec) -> anyhow::Result<(&'static str, Child)> {
+    // Pods with dnsPolicy Default (and the DNS pod's upstream) get this;
+    // ClusterFirst pods get --cluster-dns, the kube-dns Service.
+    let resolv = layout::node_state(node, "resolv.conf");
+    fs::write(&resolv, format!("nameserver {DNS_SERVICE_IP}\n")).context("writing resolv.conf")?;
+    let child = procs::spawn(
+        node.name,
+        &format!("kubelet-{}", node.name),
         &cache_bin("kubelet"),
         &strings(&[
             &format!("--kubeconfig={}", layout::kubeconfig().display()),
             "--container-runtime=remote",
             &format!(
                 "--container-runtime-endpoint=unix://{}",
-                containerd_socket().display()
+                containerd_socket(node).display()
             ),
             "--runtime-request-timeout=2m",
             "--cgroup-driver=cgroupfs",
-            &format!("--cgroup-root=/{CGROUP_ROOT}"),
-            &format!("--root-dir={}", layout::state("kubelet").display()),
+            &format!("--cgroup-root=/{}", node_cgroup(node)),
+            &format!(
+                "--root-dir={}",
+                layout::node_state(node, "kubelet").display()
+            ),
             &format!(
                 "--volume-plugin-dir={}",
-                layout::state("kubelet-plugins").display()
+                layout::node_state(node, "kubelet-plugins").display()
             ),
-            &format!("--hostname-override={NODE_NAME}"),
-            &format!("--node-ip={NODE_IP}"),
-            &format!("--cluster-dns={DNS_IP}"),
+            &format!("--hostname-override={}", node.name),
+            &format!("--node-ip={}", node.ip),
+            &format!("--cluster-dns={DNS_SERVICE_IP}"),
             "--cluster-domain=cluster.local",
             &format!("--resolv-conf={}", resolv.display()),
             &format!("--pod-infra-container-image={}", images::PAUSE),
@@ -205,24 +223,72 @@ pub fn start_kubelet(kubectl: &Kubectl) -> anyhow::Result<Node> {
             "--v=1",
         ]),
     )?;
-    let ready_after = procs::wait_until(
-        "the node to be Ready",
+    Ok(("kubelet", child))
+}
+
+/// Waits until `node` is Ready; `kubelet` is checked on each round, so
+/// one that died fails at once with its log.
+pub fn wait_ready(
+    kubectl: &Kubectl,
+    node: &NodeSpec,
+    kubelet: &mut Child,
+) -> anyhow::Result<Duration> {
+    let log = format!("kubelet-{}", node.name);
+    procs::wait_until(
+        &format!("node {} to be Ready", node.name),
         Duration::from_secs(120),
-        Some(("kubelet", &mut child)),
+        Some((&log, kubelet)),
         || {
             kubectl
                 .output(&[
                     "get",
                     "node",
-                    NODE_NAME,
+                    node.name,
                     "-o",
                     r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
                 ])
                 .is_ok_and(|s| s.trim() == "True")
         },
+    )
+}
+
+/// Records the node's pod subnet in its Node object (`spec.podCIDR`, set
+/// once, as the controller-manager's IPAM would), so that the API says
+/// where each node's pods live.
+pub fn set_pod_cidr(kubectl: &Kubectl, node: &NodeSpec) -> anyhow::Result<()> {
+    let patch = format!(
+        r#"{{"spec":{{"podCIDR":"{0}","podCIDRs":["{0}"]}}}}"#,
+        node.pod_subnet
+    );
+    kubectl
+        .output(&["patch", "node", node.name, "--type=merge", "-p", &patch])
+        .map(|_| ())
+}
+
+/// Starts kube-proxy in iptables mode in the node's namespace: it
+/// programs the node's own nat table for every Service (ClusterIP,
+/// kube-dns, selector-less ones); the rules go with the namespace.
+pub fn start_kube_proxy(node: &NodeSpec) -> anyhow::Result<(&'static str, Child)> {
+    let child = procs::spawn(
+        node.name,
+        &format!("kube-proxy-{}", node.name),
+        &cache_bin("kube-proxy"),
+        &strings(&[
+            &format!("--kubeconfig={}", layout::kubeconfig().display()),
+            &format!("--hostname-override={}", node.name),
+            "--proxy-mode=iptables",
+            &format!("--cluster-cidr={CLUSTER_CIDR}"),
+            &format!("--bind-address={}", node.ip),
+            "--metrics-bind-address=127.0.0.1:10249",
+            "--healthz-bind-address=127.0.0.1:10256",
+            // 0 leaves nf_conntrack_max and the TCP timeouts alone: they
+            // are the host's (shared by every namespace), not the node's.
+            "--conntrack-max-per-core=0",
+            "--conntrack-min=0",
+            "--conntrack-tcp-timeout-established=0",
+            "--conntrack-tcp-timeout-close-wait=0",
+            "--v=1",
+        ]),
     )?;
-    Ok(Node {
-        children: vec![("kubelet", child)],
-        ready_after,
-    })
+    Ok(("kube-proxy", child))
 }

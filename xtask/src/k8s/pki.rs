@@ -10,7 +10,7 @@ use std::{fs, io::Read as _, path::PathBuf, process::Command};
 
 use anyhow::{bail, Context as _};
 
-use super::layout::{self, API_SERVICE_IP, NODE_IP};
+use super::layout::{self, API_SERVICE_IP, NODE_A};
 
 pub struct Pki {
     pub ca_cert: PathBuf,
@@ -51,8 +51,9 @@ pub fn create() -> anyhow::Result<Pki> {
         &path(&pki.ca_cert),
     ])?;
     let sans = format!(
-        "subjectAltName=IP:{NODE_IP},IP:{API_SERVICE_IP},IP:127.0.0.1,DNS:kubernetes,\
-         DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+        "subjectAltName=IP:{node_ip},IP:{API_SERVICE_IP},IP:127.0.0.1,DNS:kubernetes,\
+         DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local",
+        node_ip = NODE_A.ip
     );
     openssl(&[
         "req",
@@ -108,7 +109,7 @@ kind: Config
 clusters:
 - name: egk8s
   cluster:
-    server: https://{NODE_IP}:443
+    server: https://{node_ip}:443
     certificate-authority: {ca}
 users:
 - name: admin
@@ -121,7 +122,8 @@ contexts:
     user: admin
 current-context: egk8s
 ",
-        ca = pki.ca_cert.display()
+        ca = pki.ca_cert.display(),
+        node_ip = NODE_A.ip
     );
     fs::write(layout::kubeconfig(), kubeconfig).context("writing the kubeconfig")?;
     Ok(pki)

@@ -45,8 +45,16 @@ pub struct Cluster<'a> {
     /// the pods read too.
     pub node_uptime: &'a dyn Fn() -> anyhow::Result<f64>,
     /// SIGKILLs the agent's process from the host and returns its pid,
-    /// where the test can see the node's processes.
+    /// where the test can see the node's processes (on `app_node`).
     pub kill_agent: Option<&'a dyn Fn() -> anyhow::Result<u32>>,
+    /// Where the gateway and DNS run, and where the applications run
+    /// (a `kubernetes.io/hostname` nodeSelector); None: anywhere.
+    pub gateway_node: Option<&'a str>,
+    pub app_node: Option<&'a str>,
+    /// Probe as a user would: by external and Service names (resolved
+    /// through the pod's resolv.conf, i.e. the kube-dns Service) with
+    /// busybox wget, instead of by literal addresses.
+    pub by_name: bool,
 }
 
 /// The measured times, for the summary.
@@ -102,6 +110,8 @@ pub enum Outcome {
     Eperm,
     Refused,
     Timeout,
+    /// The name did not resolve (busybox: "bad address").
+    Unresolved,
     Other,
 }
 
@@ -113,6 +123,8 @@ impl Outcome {
             Self::Refused
         } else if text.contains("timed out") || text.contains("Terminated") {
             Self::Timeout
+        } else if text.contains("bad address") {
+            Self::Unresolved
         } else if success {
             Self::Ok
         } else {
@@ -164,6 +176,52 @@ pub fn probe_in(
     Ok((Outcome::classify(out.success, &text), first_line(&text)))
 }
 
+/// `wget http://HOST/` (busybox) from `namespace/pod`, `HOST` a name
+/// resolved by the pod's resolver: the outcome, and the status line or
+/// wget's error.
+pub fn fetch(
+    kubectl: &Kubectl,
+    namespace: &str,
+    pod: &str,
+    container: Option<&str>,
+    host: &str,
+) -> anyhow::Result<(Outcome, String)> {
+    // -S prints the status line on stderr; `timeout` bounds a connect
+    // that is never answered (a dropped SYN).
+    let script = format!("timeout 8 wget -S -q -O- http://{host}/ 2>&1");
+    let out = kubectl.exec_in(namespace, pod, container, &script)?;
+    let text = format!("{}{}", out.stdout, out.stderr);
+    let shown = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("HTTP/") || l.starts_with("wget:") || l.contains("Terminated"))
+        .collect::<Vec<_>>()
+        .join(" / ");
+    let shown = if shown.is_empty() {
+        first_line(&text)
+    } else {
+        shown
+    };
+    Ok((Outcome::classify(out.success, &text), shown))
+}
+
+/// [`fetch`] by `name` when the cluster probes by name, else [`probe`]
+/// of `ip:80`; the target as shown.
+fn fetch_or_probe(
+    cluster: &Cluster<'_>,
+    namespace: &str,
+    pod: &str,
+    (name, ip): (&str, &str),
+) -> anyhow::Result<(Outcome, String, String)> {
+    if cluster.by_name {
+        let (outcome, text) = fetch(cluster.kubectl, namespace, pod, None, name)?;
+        Ok((outcome, text, format!("http://{name}/")))
+    } else {
+        let (outcome, text) = probe(cluster.kubectl, namespace, pod, ip, 80)?;
+        Ok((outcome, text, format!("{name} {ip}:80")))
+    }
+}
+
 fn first_line(text: &str) -> String {
     let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
     if line.is_empty() {
@@ -173,13 +231,22 @@ fn first_line(text: &str) -> String {
     }
 }
 
-/// A pod of the toolbox image that runs `script`.
-pub fn pod_yaml(
+/// `spec:` lines that keep a pod on `node` (the way a user pins a pod,
+/// with the node's hostname label), or none.
+pub fn node_selector(node: Option<&str>) -> String {
+    node.map_or(String::new(), |node| {
+        format!("  nodeSelector:\n    kubernetes.io/hostname: {node}\n")
+    })
+}
+
+/// A pod of the toolbox image that runs `script`, on `node` if given.
+pub fn pod_yaml_on(
     cluster: &Cluster<'_>,
     namespace: &str,
     name: &str,
     labels: &[(&str, &str)],
     script: &str,
+    node: Option<&str>,
 ) -> String {
     let labels: String = labels
         .iter()
@@ -194,7 +261,7 @@ metadata:
   namespace: {namespace}
   labels:
 {labels}spec:
-  automountServiceAccountToken: false
+{selector}  automountServiceAccountToken: false
   terminationGracePeriodSeconds: 0
   containers:
   - name: main
@@ -208,6 +275,28 @@ metadata:
 ",
         image = cluster.toolbox_image,
         policy = cluster.image_pull_policy,
+        selector = node_selector(node),
+    )
+}
+
+/// A ClusterIP Service `name` in `namespace` on TCP `port`, selecting
+/// pods by `selector` (one `key: value`).
+pub fn service_yaml(namespace: &str, name: &str, selector: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  selector:
+    {selector}
+  ports:
+  - name: http
+    port: {port}
+    protocol: TCP
+    targetPort: {port}
+"
     )
 }
 
@@ -282,24 +371,33 @@ pub fn run(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<Timings
     let k = cluster.kubectl;
     let mut timings = Timings::default();
     let (allowed_name, allowed_ip) = cluster.allowed_host;
-    let (other_name, other_ip) = cluster.other_host;
 
     apply_network_policy(cluster)?;
     let gateway_script = "mkdir -p /tmp/www && echo istio-egressgateway > /tmp/www/index.html\n\
                           exec httpd -f -p 80 -h /tmp/www";
-    k.apply(&pod_yaml(
+    k.apply(&pod_yaml_on(
         cluster,
         "istio-system",
         "istio-egressgateway",
         &[("app", "istio-egressgateway"), ("istio", "egressgateway")],
         gateway_script,
+        cluster.gateway_node,
     ))?;
-    k.apply(&pod_yaml(
+    // The gateway's Service, as istioctl installs it: clients name the
+    // Service, never a pod.
+    k.apply(&service_yaml(
+        "istio-system",
+        "istio-egressgateway",
+        "istio: egressgateway",
+        80,
+    ))?;
+    k.apply(&pod_yaml_on(
         cluster,
         "test-egress",
         "sleep",
         &[("app", "sleep")],
         "exec sleep 3600",
+        cluster.app_node,
     ))?;
     wait_ready(
         k,
@@ -313,51 +411,72 @@ pub fn run(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<Timings
     println!(
         "\nk8s-test: 1. a pod without the gateway's role cannot reach the internet; DNS works"
     );
-    let (outcome, text) = probe(k, "test-egress", "sleep", allowed_ip, 80)?;
+    let (outcome, text, target) =
+        fetch_or_probe(cluster, "test-egress", "sleep", cluster.allowed_host)?;
     checks.check(
         outcome == Outcome::Eperm,
-        &format!("test-egress/sleep → {allowed_name} {allowed_ip}:80 denied (EPERM)"),
+        &format!("test-egress/sleep → {target} denied (EPERM)"),
         &text,
     );
-    // The server is named: on clusters with kube-proxy, resolv.conf names
-    // the kube-dns Service, and the seed NetworkPolicy allows kube-dns's
-    // pods.
-    let out = k.exec(
-        "test-egress",
-        "sleep",
-        &format!("nslookup {allowed_name} {}", cluster.dns_pod_ip),
-    )?;
+    // By name, resolv.conf names the kube-dns Service (a ClusterIP); the
+    // seed NetworkPolicy allows UDP 53 to kube-system's pods, its
+    // backends.
+    let (script, via) = if cluster.by_name {
+        (
+            format!("nslookup {allowed_name}"),
+            "the kube-dns Service (resolv.conf)".to_owned(),
+        )
+    } else {
+        (
+            format!("nslookup {allowed_name} {}", cluster.dns_pod_ip),
+            format!("kube-dns ({}:53/udp)", cluster.dns_pod_ip),
+        )
+    };
+    let out = k.exec("test-egress", "sleep", &script)?;
     let resolved = out.stdout.lines().any(|l| l.contains(allowed_ip));
     checks.check(
         resolved,
-        &format!(
-            "test-egress/sleep resolves {allowed_name} through kube-dns ({}:53/udp)",
-            cluster.dns_pod_ip
-        ),
-        &out.stdout
+        &format!("test-egress/sleep resolves {allowed_name} through {via}"),
+        &format!("{}{}", out.stdout, out.stderr)
             .lines()
-            .filter(|l| l.contains("Address"))
+            .filter(|l| l.contains("Address") || l.contains("can't") || l.contains("timed out"))
+            .map(str::trim)
             .collect::<Vec<_>>()
             .join("; "),
     );
-    let (outcome, text) = probe(k, "test-egress", "sleep", &gateway_ip, 80)?;
+    let (outcome, text, target) = fetch_or_probe(
+        cluster,
+        "test-egress",
+        "sleep",
+        ("istio-egressgateway.istio-system", &gateway_ip),
+    )?;
     checks.check(
         outcome == Outcome::Ok,
-        &format!("test-egress/sleep → istio-system/istio-egressgateway {gateway_ip}:80 allowed (NetworkPolicy egress[1])"),
+        &format!("test-egress/sleep → the gateway {target} allowed (NetworkPolicy egress[1])"),
         &text,
     );
 
     println!("\nk8s-test: 2. the egress gateway reaches its allowed host, and only that");
-    let (outcome, text) = probe(k, "istio-system", "istio-egressgateway", allowed_ip, 80)?;
+    let (outcome, text, target) = fetch_or_probe(
+        cluster,
+        "istio-system",
+        "istio-egressgateway",
+        cluster.allowed_host,
+    )?;
     checks.check(
         outcome == Outcome::Ok && text.contains("HTTP/1"),
-        &format!("istio-system/istio-egressgateway → {allowed_name} {allowed_ip}:80 allowed"),
+        &format!("istio-system/istio-egressgateway → {target} allowed"),
         &text,
     );
-    let (outcome, text) = probe(k, "istio-system", "istio-egressgateway", other_ip, 80)?;
+    let (outcome, text, target) = fetch_or_probe(
+        cluster,
+        "istio-system",
+        "istio-egressgateway",
+        cluster.other_host,
+    )?;
     checks.check(
         outcome == Outcome::Eperm,
-        &format!("istio-system/istio-egressgateway → {other_name} {other_ip}:80 denied (not in allowedHosts)"),
+        &format!("istio-system/istio-egressgateway → {target} denied (not in allowedHosts)"),
         &text,
     );
 
@@ -432,7 +551,7 @@ metadata:
   labels:
     app: sleep
 spec:
-  automountServiceAccountToken: false
+{selector}  automountServiceAccountToken: false
   terminationGracePeriodSeconds: 0
   containers:
   - name: sleep
@@ -449,10 +568,16 @@ spec:
 ",
         image = cluster.toolbox_image,
         policy = cluster.image_pull_policy,
+        selector = node_selector(cluster.app_node),
     );
     k.apply(&yaml)?;
     wait_ready(k, "default", "pod/sleep", Duration::from_secs(120))?;
-    let out = k.exec_in("default", "sleep", Some("sleep"), &http_get(allowed_ip, 80))?;
+    let script = if cluster.by_name {
+        format!("timeout 8 wget -S -O- http://{allowed_name}/ 2>&1")
+    } else {
+        http_get(allowed_ip, 80)
+    };
+    let out = k.exec_in("default", "sleep", Some("sleep"), &script)?;
     let text = format!("{}{}", out.stdout, out.stderr);
     checks.check(
         text.contains("answered by the istio-proxy sidecar"),
@@ -461,12 +586,22 @@ spec:
         ),
         &text
             .lines()
-            .filter(|l| l.starts_with("HTTP/") || l.contains("answered") || l.contains("nc:"))
+            .map(str::trim)
+            .filter(|l| {
+                l.starts_with("HTTP/")
+                    || l.contains("answered")
+                    || l.contains("nc:")
+                    || l.starts_with("wget:")
+            })
             .map(str::trim)
             .collect::<Vec<_>>()
             .join(" / "),
     );
-    let (outcome, text) = probe_in(k, "default", "sleep", Some("istio-proxy"), allowed_ip, 80)?;
+    let (outcome, text) = if cluster.by_name {
+        fetch(k, "default", "sleep", Some("istio-proxy"), allowed_name)?
+    } else {
+        probe_in(k, "default", "sleep", Some("istio-proxy"), allowed_ip, 80)?
+    };
     checks.check(
         outcome == Outcome::Eperm,
         &format!(
@@ -487,7 +622,7 @@ fn sigkill(
 ) -> anyhow::Result<()> {
     let k = cluster.kubectl;
     let (allowed_name, allowed_ip) = cluster.allowed_host;
-    let pod = agent_pod(k)?;
+    let pod = agent_pod(k, cluster.app_node)?;
     let pid = kill()?;
     let (outcome, text) = probe(k, "test-egress", "sleep", allowed_ip, 80)?;
     checks.check(
@@ -580,12 +715,13 @@ fn first_packet(
          echo done\n\
          exec sleep 3600"
     );
-    let yaml = pod_yaml(
+    let yaml = pod_yaml_on(
         cluster,
         "test-egress",
         "first-packet",
         &[("app", "first-packet")],
         &script,
+        cluster.app_node,
     );
     let created = (cluster.node_uptime)()?;
     k.apply(&yaml)?;
@@ -688,39 +824,71 @@ fn summarize(outcomes: &[&str]) -> String {
 const AGENT_NS: &str = "egress-enforcer";
 const AGENT_SELECTOR: &str = "app.kubernetes.io/name=egress-agent";
 
-pub fn agent_pod(kubectl: &Kubectl) -> anyhow::Result<String> {
-    let name = kubectl.output(&[
-        "get",
-        "pod",
-        "-n",
-        AGENT_NS,
-        "-l",
-        AGENT_SELECTOR,
-        "-o",
-        "jsonpath={.items[0].metadata.name}",
-    ])?;
-    if name.trim().is_empty() {
-        bail!("no agent pod");
+/// The agent's pod (on `node`, if given).
+pub fn agent_pod(kubectl: &Kubectl, node: Option<&str>) -> anyhow::Result<String> {
+    let pods = agent_pods(kubectl, node)?;
+    match pods.first() {
+        Some(pod) => Ok(pod.clone()),
+        None => bail!(
+            "no agent pod{}",
+            node.map_or(String::new(), |n| format!(" on {n}"))
+        ),
     }
-    Ok(name.trim().to_owned())
 }
 
-/// Waits for the agent's pod to be Ready; returns how long it took.
+/// The agent's pods (on `node`, if given).
+pub fn agent_pods(kubectl: &Kubectl, node: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let mut args = vec!["get", "pod", "-n", AGENT_NS, "-l", AGENT_SELECTOR];
+    let field = node.map(|n| format!("spec.nodeName={n}"));
+    if let Some(field) = &field {
+        args.extend(["--field-selector", field]);
+    }
+    args.extend(["-o", "jsonpath={.items[*].metadata.name}"]);
+    Ok(kubectl
+        .output(&args)?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Whether the DaemonSet has seen its latest spec and has a Ready,
+/// up-to-date pod on every node it wants one on.
+fn daemonset_ready(kubectl: &Kubectl) -> bool {
+    let status = kubectl
+        .output(&[
+            "get",
+            "daemonset",
+            "-n",
+            AGENT_NS,
+            "egress-agent",
+            "-o",
+            "jsonpath={.metadata.generation} {.status.observedGeneration} \
+             {.status.desiredNumberScheduled} {.status.numberReady} {.status.updatedNumberScheduled}",
+        ])
+        .unwrap_or_default();
+    let v: Vec<&str> = status.split_whitespace().collect();
+    matches!(v.as_slice(), [generation, observed, desired, ready, updated]
+        if generation == observed && desired != &"0" && desired == ready && desired == updated)
+}
+
+/// Waits for the agent's pods (one per node) to be Ready; returns how
+/// long it took.
 pub fn wait_agent(kubectl: &Kubectl, timeout: Duration) -> anyhow::Result<Duration> {
     let start = Instant::now();
     loop {
-        if kubectl
-            .output(&[
-                "wait",
-                "-n",
-                AGENT_NS,
-                "--for=condition=Ready",
-                "pod",
-                "-l",
-                AGENT_SELECTOR,
-                "--timeout=5s",
-            ])
-            .is_ok()
+        if daemonset_ready(kubectl)
+            && kubectl
+                .output(&[
+                    "wait",
+                    "-n",
+                    AGENT_NS,
+                    "--for=condition=Ready",
+                    "pod",
+                    "-l",
+                    AGENT_SELECTOR,
+                    "--timeout=5s",
+                ])
+                .is_ok()
         {
             return Ok(start.elapsed());
         }
@@ -751,7 +919,7 @@ fn agent_gap(
 ) -> anyhow::Result<()> {
     let k = cluster.kubectl;
     let (allowed_name, allowed_ip) = cluster.allowed_host;
-    let old = agent_pod(k)?;
+    let old = agent_pods(k, None)?;
     k.run(&[
         "patch",
         "daemonset",
@@ -763,14 +931,16 @@ fn agent_gap(
         r#"{"spec":{"template":{"spec":{"nodeSelector":{"egress-enforcer.dev/paused":"true"}}}}}"#,
     ])?;
     let gone = Instant::now();
-    k.output(&[
-        "wait",
-        "-n",
-        AGENT_NS,
-        "--for=delete",
-        &format!("pod/{old}"),
-        "--timeout=60s",
-    ])?;
+    for pod in &old {
+        k.output(&[
+            "wait",
+            "-n",
+            AGENT_NS,
+            "--for=delete",
+            &format!("pod/{pod}"),
+            "--timeout=60s",
+        ])?;
+    }
     let left = k
         .output(&[
             "get",
@@ -786,7 +956,10 @@ fn agent_gap(
         .to_owned();
     checks.check(
         left.is_empty(),
-        &format!("the agent's pod {old} terminated (SIGTERM) and none replaced it"),
+        &format!(
+            "the agent's pods {} terminated (SIGTERM) and none replaced them",
+            old.join(", ")
+        ),
         &format!(
             "gone after {:.1}s; agent pods now: [{left}]",
             gone.elapsed().as_secs_f32()
@@ -798,6 +971,8 @@ fn agent_gap(
         &format!("no agent: test-egress/sleep → {allowed_name} {allowed_ip}:80 still denied"),
         &text,
     );
+    // On two nodes the gateway is on the other node: its pod address is
+    // a peer the client's node learnt from the whole cluster.
     let (outcome, text) = probe(k, "istio-system", "istio-egressgateway", allowed_ip, 80)?;
     checks.check(
         outcome == Outcome::Ok,
@@ -823,25 +998,38 @@ fn agent_gap(
     ])?;
     let took = wait_agent(k, Duration::from_secs(120))?;
     timings.agent_replaced_ms = Some(took.as_secs_f64() * 1000.0);
-    let new = agent_pod(k)?;
-    let status = k.output(&[
-        "exec",
-        "-n",
-        AGENT_NS,
-        &new,
-        "--",
-        "egress-agent",
-        "status",
-        "-o",
-        "json",
-    ])?;
-    let adopted = status.matches("\"adopted\":true").count();
-    let fresh = status.matches("\"adopted\":false").count();
-    checks.check(
-        adopted > 0 && fresh == 0,
-        &format!("the replacement {new} adopted the pinned links (Ready {:.1}s after it was allowed to schedule)", took.as_secs_f32()),
-        &format!("{adopted} link(s) adopted, {fresh} attached anew"),
-    );
+    for new in agent_pods(k, None)? {
+        let node = k
+            .output(&[
+                "get",
+                "pod",
+                "-n",
+                AGENT_NS,
+                &new,
+                "-o",
+                "jsonpath={.spec.nodeName}",
+            ])?
+            .trim()
+            .to_owned();
+        let status = k.output(&[
+            "exec",
+            "-n",
+            AGENT_NS,
+            &new,
+            "--",
+            "egress-agent",
+            "status",
+            "-o",
+            "json",
+        ])?;
+        let adopted = status.matches("\"adopted\":true").count();
+        let fresh = status.matches("\"adopted\":false").count();
+        checks.check(
+            adopted > 0 && fresh == 0,
+            &format!("the replacement {new} on {node} adopted its node's pinned links (Ready {:.1}s after it was allowed to schedule)", took.as_secs_f32()),
+            &format!("{adopted} link(s) adopted, {fresh} attached anew"),
+        );
+    }
     let (outcome, text) = probe(k, "test-egress", "sleep", allowed_ip, 80)?;
     checks.check(
         outcome == Outcome::Eperm,

@@ -16,7 +16,7 @@ use std::{
 };
 
 use super::{
-    layout::{self, BPFFS_DIR, CGROUP_ROOT, INTERNET_NETNS, NODE_NETNS, RUN_DIR, STATE_DIR},
+    layout::{self, BPFFS_DIR, CGROUP_ROOT, INTERNET_NETNS, NODES, RUN_DIR, STATE_DIR},
     network,
     node::cgroup_mounts,
 };
@@ -57,12 +57,16 @@ fn sysctl_file() -> PathBuf {
 pub fn run() -> Vec<String> {
     let mut report = Vec::new();
     let uids = pod_uids();
-    // 1. The kubelet first, so that it restarts nothing; then every process
-    //    in the pods' cgroups; then all left in the test's namespaces
-    //    (control plane, containerd and its shims, the internet's servers).
-    let killed_kubelet = kill_in_netns(NODE_NETNS, Some("kubelet"));
+    // 1. The kubelets first, so that they restart nothing; then every
+    //    process in the pods' cgroups; then all left in the test's
+    //    namespaces (control plane, containerd and its shims, kube-proxy,
+    //    the internet's servers).
+    let killed_kubelet: usize = NODES
+        .iter()
+        .map(|n| kill_in_netns(n.name, Some("kubelet")))
+        .sum();
     let killed_pods = kill_cgroups();
-    let mut killed = kill_in_netns(NODE_NETNS, None);
+    let mut killed: usize = NODES.iter().map(|n| kill_in_netns(n.name, None)).sum();
     killed += kill_in_netns(INTERNET_NETNS, None);
     if killed_kubelet + killed_pods + killed > 0 {
         report.push(format!(
@@ -76,11 +80,9 @@ pub fn run() -> Vec<String> {
     if unmounted > 0 {
         report.push(format!("unmounted {unmounted} mount(s)"));
     }
-    // 3. The namespaces: with them go the veths, routes and nft tables.
-    let had_netns = [NODE_NETNS, INTERNET_NETNS]
-        .iter()
-        .filter(|n| layout::netns_path(n).exists())
-        .count();
+    // 3. The namespaces: with them go the veths, routes, nft tables and
+    //    kube-proxy's and the kubelets' iptables rules.
+    let had_netns = network::existing().len();
     network::delete();
     if had_netns > 0 {
         report.push(format!("deleted {had_netns} network namespace(s)"));
@@ -286,16 +288,21 @@ fn unmount_under(dirs: &[&str]) -> usize {
     count
 }
 
-/// The uids of the pods this cluster's kubelet ran (its root dir keeps a
+/// The uids of the pods this cluster's kubelets ran (each root dir keeps a
 /// directory per pod).
 fn pod_uids() -> Vec<String> {
-    fs::read_dir(layout::state("kubelet/pods"))
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect()
+    NODES
+        .iter()
+        .flat_map(|node| {
+            fs::read_dir(layout::node_state(node, "kubelet/pods"))
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// Removes /var/log/pods/<namespace>_<pod>_<uid> of the pods `uids`, and

@@ -1,0 +1,472 @@
+//! What only a cluster of several nodes with kube-proxy shows (issue 11):
+//!
+//! 1. the agent's DaemonSet runs on every node;
+//! 2. NetworkPolicy peers on the other node are allowed and denied as the
+//!    policy says;
+//! 3. a peer pod deleted and recreated on the other node is reachable
+//!    again within the issue's 2 s;
+//! 4. a pod uses the API server (the `kubernetes` Service) with its own
+//!    service-account token, allowed by a NetworkPolicy;
+//! 5. a selector-less Service whose Endpoints point at the internet does
+//!    not let a non-gateway pod out.
+//!
+//! Pods run where a user would put them: applications on node B, the
+//! peers they need on node A.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+use super::{
+    kubectl::Kubectl,
+    layout::{NODES, NODE_A, NODE_B},
+    scenario::{
+        self, fetch, pod_ip, pod_yaml_on, probe, service_yaml, wait_ready, Checks, Cluster, Outcome,
+    },
+};
+
+/// The issue's bound on a peer's move.
+const PEER_MOVE_BOUND: Duration = Duration::from_secs(2);
+
+/// What this part measured.
+#[derive(Default)]
+pub struct Timings {
+    pub peer_move_ms: Option<f64>,
+}
+
+const WEB_SCRIPT: &str = "mkdir -p /tmp/www && hostname > /tmp/www/index.html\n\
+                          exec httpd -f -p 80 -h /tmp/www";
+
+pub fn run(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<Timings> {
+    let mut timings = Timings::default();
+    println!("\nk8s-test: 7. the agent runs on every node");
+    agents_everywhere(cluster.kubectl, checks)?;
+
+    println!("\nk8s-test: 8. NetworkPolicy peers on the other node");
+    let k = cluster.kubectl;
+    k.apply(
+        "apiVersion: v1
+kind: Namespace
+metadata:
+  name: apps
+  labels:
+    kubernetes.io/metadata.name: apps
+",
+    )?;
+    k.apply(&pod_yaml_on(
+        cluster,
+        "apps",
+        "web",
+        &[("app", "web")],
+        WEB_SCRIPT,
+        Some(NODE_A.name),
+    ))?;
+    k.apply(&service_yaml("apps", "web", "app: web", 80))?;
+    k.apply(&pod_yaml_on(
+        cluster,
+        "apps",
+        "client",
+        &[("app", "client")],
+        "exec sleep 3600",
+        Some(NODE_B.name),
+    ))?;
+    k.apply(&pod_yaml_on(
+        cluster,
+        "istio-system",
+        "peer",
+        &[("app", "peer")],
+        WEB_SCRIPT,
+        Some(NODE_B.name),
+    ))?;
+    for (ns, pod) in [
+        ("apps", "web"),
+        ("apps", "client"),
+        ("istio-system", "peer"),
+    ] {
+        wait_ready(k, ns, &format!("pod/{pod}"), Duration::from_secs(120))?;
+    }
+    cross_node_peers(cluster, checks)?;
+
+    println!("\nk8s-test: 9. a peer deleted and recreated on the other node");
+    timings.peer_move_ms = peer_move(cluster, checks)?;
+
+    println!("\nk8s-test: 10. a pod uses the API server with its own token");
+    api_client(cluster, checks)?;
+
+    println!("\nk8s-test: 11. a selector-less Service pointing at the internet");
+    bypass(cluster, checks)?;
+    Ok(timings)
+}
+
+/// One Ready agent pod on each node.
+fn agents_everywhere(k: &Kubectl, checks: &mut Checks) -> anyhow::Result<()> {
+    let mut seen = Vec::new();
+    for node in NODES {
+        let pods = scenario::agent_pods(k, Some(node.name))?;
+        let ready = match pods.first() {
+            Some(pod) => {
+                k.output(&[
+                    "get",
+                    "pod",
+                    "-n",
+                    "egress-enforcer",
+                    pod,
+                    "-o",
+                    r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+                ])?
+                .trim()
+                    == "True"
+            }
+            None => false,
+        };
+        seen.push((node.name, pods, ready));
+    }
+    checks.check(
+        seen.iter()
+            .all(|(_, pods, ready)| pods.len() == 1 && *ready),
+        "the agent's DaemonSet has one Ready pod on each node",
+        &seen
+            .iter()
+            .map(|(node, pods, ready)| {
+                format!(
+                    "{node}: [{}]{}",
+                    pods.join(", "),
+                    if *ready { " Ready" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    Ok(())
+}
+
+/// test-egress/sleep (node B) against pods on node A that the seed policy
+/// allows (istio-system) and does not (apps), with a same-node peer as
+/// the control.
+fn cross_node_peers(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
+    let k = cluster.kubectl;
+    let gateway = pod_ip(k, "istio-system", "istio-egressgateway")?;
+    let peer = pod_ip(k, "istio-system", "peer")?;
+    let web = pod_ip(k, "apps", "web")?;
+    let (outcome, text) = probe(k, "test-egress", "sleep", &peer, 80)?;
+    checks.check(
+        outcome == Outcome::Ok,
+        &format!(
+            "same node: test-egress/sleep → istio-system/peer {peer}:80 ({}) allowed (egress[1])",
+            NODE_B.name
+        ),
+        &text,
+    );
+    let (outcome, text) = probe(k, "test-egress", "sleep", &gateway, 80)?;
+    checks.check(
+        outcome == Outcome::Ok,
+        &format!(
+            "cross-node: test-egress/sleep ({}) → istio-system/istio-egressgateway {gateway}:80 ({}) allowed (egress[1])",
+            NODE_B.name, NODE_A.name
+        ),
+        &text,
+    );
+    let (outcome, text) = probe(k, "test-egress", "sleep", &web, 80)?;
+    checks.check(
+        outcome == Outcome::Eperm,
+        &format!(
+            "cross-node: test-egress/sleep → apps/web {web}:80 ({}) denied (apps matches no egress rule)",
+            NODE_A.name
+        ),
+        &text,
+    );
+    // No policy selects apps/client: a Service across nodes just works.
+    let (outcome, text) = fetch(k, "apps", "client", None, "web.apps")?;
+    checks.check(
+        outcome == Outcome::Ok,
+        &format!(
+            "no NetworkPolicy: apps/client ({}) → http://web.apps/ (Service, backend on {}) allowed",
+            NODE_B.name, NODE_A.name
+        ),
+        &text,
+    );
+    Ok(())
+}
+
+/// istio-system/peer moves from node B (the client's) to node A: deleted,
+/// then created again with the same name and labels. Measured from the
+/// new pod being Ready (when its IP is known to anyone) to the first
+/// connection from test-egress/sleep that gets through.
+fn peer_move(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<Option<f64>> {
+    let k = cluster.kubectl;
+    let old = pod_ip(k, "istio-system", "peer")?;
+    k.run(&["delete", "pod", "-n", "istio-system", "peer", "--wait=true"])?;
+    k.apply(&pod_yaml_on(
+        cluster,
+        "istio-system",
+        "peer",
+        &[("app", "peer")],
+        WEB_SCRIPT,
+        Some(NODE_A.name),
+    ))?;
+    wait_ready(k, "istio-system", "pod/peer", Duration::from_secs(120))?;
+    let ready = Instant::now();
+    let new = pod_ip(k, "istio-system", "peer")?;
+    // Waits well past the bound, so that a slow success is measured and
+    // told apart from none at all.
+    let limit = Duration::from_secs(10);
+    let (outcome, text) = loop {
+        let (outcome, text) = probe(k, "test-egress", "sleep", &new, 80)?;
+        if outcome == Outcome::Ok || ready.elapsed() > limit {
+            break (outcome, text);
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let took = ready.elapsed();
+    let reached = outcome == Outcome::Ok;
+    checks.check(
+        reached && took <= PEER_MOVE_BOUND,
+        &format!(
+            "istio-system/peer moved {} {old} → {} {new}: test-egress/sleep reaches it again within {}s",
+            NODE_B.name,
+            NODE_A.name,
+            PEER_MOVE_BOUND.as_secs()
+        ),
+        &if reached {
+            format!("reached {:.0} ms after the new pod was Ready: {text}", took.as_secs_f64() * 1000.0)
+        } else {
+            format!("not reached in {}s: {outcome:?} {text}", limit.as_secs())
+        },
+    );
+    Ok(reached.then(|| took.as_secs_f64() * 1000.0))
+}
+
+/// api-client/operator (node B), with a ServiceAccount allowed to list
+/// its namespace's pods, calls the API the way client-go's in-cluster
+/// config does: KUBERNETES_SERVICE_HOST:PORT (the `kubernetes` Service's
+/// ClusterIP), its token and the cluster's CA. Its NetworkPolicy allows
+/// the API server's endpoint, as policies are written for it: they are
+/// judged after the Service's translation.
+fn api_client(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
+    let k = cluster.kubectl;
+    let endpoint = k
+        .output(&[
+            "get",
+            "endpoints",
+            "-n",
+            "default",
+            "kubernetes",
+            "-o",
+            "jsonpath={.subsets[0].addresses[0].ip} {.subsets[0].ports[0].port}",
+        ])?
+        .trim()
+        .to_owned();
+    let Some((api_ip, api_port)) = endpoint.split_once(' ') else {
+        bail!("the kubernetes Service has no endpoint: [{endpoint}]");
+    };
+    let yaml = format!(
+        "apiVersion: v1
+kind: Namespace
+metadata:
+  name: api-client
+  labels:
+    kubernetes.io/metadata.name: api-client
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: operator
+  namespace: api-client
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: pod-reader
+  namespace: api-client
+rules:
+- apiGroups: [\"\"]
+  resources: [pods]
+  verbs: [get, list]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: operator-reads-pods
+  namespace: api-client
+subjects:
+- kind: ServiceAccount
+  name: operator
+  namespace: api-client
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: pod-reader
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: allow-apiserver
+  namespace: api-client
+spec:
+  podSelector: {{}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - ipBlock:
+        cidr: {api_ip}/32
+    ports:
+    - protocol: TCP
+      port: {api_port}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: operator
+  namespace: api-client
+  labels:
+    app: operator
+spec:
+{selector}  serviceAccountName: operator
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: {policy}
+    command: [sh, -c, 'exec sleep 3600']
+",
+        selector = scenario::node_selector(Some(NODE_B.name)),
+        image = cluster.toolbox_image,
+        policy = cluster.image_pull_policy,
+    );
+    k.apply(&yaml)?;
+    wait_ready(k, "api-client", "pod/operator", Duration::from_secs(120))?;
+    let script = "sa=/var/run/secrets/kubernetes.io/serviceaccount; \
+                  curl -sS --max-time 8 --cacert $sa/ca.crt \
+                  -H \"Authorization: Bearer $(cat $sa/token)\" \
+                  https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/api-client/pods 2>&1";
+    let out = k.exec("api-client", "operator", script)?;
+    let text = format!("{}{}", out.stdout, out.stderr);
+    let listed = text.contains("\"kind\": \"PodList\"") && text.contains("\"name\": \"operator\"");
+    checks.check(
+        listed,
+        &format!(
+            "api-client/operator ({}) lists its namespace's pods through the kubernetes Service with its own token (NetworkPolicy allows {api_ip}:{api_port})",
+            NODE_B.name
+        ),
+        &if listed {
+            "PodList with itself in it".to_owned()
+        } else {
+            text.lines().take(2).collect::<Vec<_>>().join(" / ")
+        },
+    );
+    // The control: test-egress's policy does not allow the API server.
+    let (outcome, text) = probe(
+        k,
+        "test-egress",
+        "sleep",
+        super::layout::API_SERVICE_IP,
+        443,
+    )?;
+    checks.check(
+        outcome == Outcome::Eperm,
+        &format!(
+            "test-egress/sleep → the kubernetes Service {}:443 denied (its policy does not allow the API)",
+            super::layout::API_SERVICE_IP
+        ),
+        &text,
+    );
+    Ok(())
+}
+
+/// `apps/bypass`: no selector, its Endpoints (and the EndpointSlice
+/// mirrored from them) name edition.cnn.com's address. apps/client is no
+/// gateway: it must not get out through it, and the refusal should come
+/// at connect (EPERM), whatever kube-proxy's mode, not only from the
+/// iptables-mode backstop.
+fn bypass(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
+    let k = cluster.kubectl;
+    let (host, addr) = cluster.allowed_host;
+    k.apply(&format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: bypass
+  namespace: apps
+spec:
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+    targetPort: 80
+---
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: bypass
+  namespace: apps
+subsets:
+- addresses:
+  - ip: {addr}
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+"
+    ))?;
+    let slice = wait_slice(k, "apps", "bypass")?;
+    println!("k8s-test:   apps/bypass's EndpointSlice (mirrored): {slice}");
+    let (outcome, text) = fetch(k, "apps", "client", None, "bypass.apps")?;
+    checks.check(
+        outcome != Outcome::Ok && outcome != Outcome::Unresolved,
+        &format!(
+            "apps/client → http://bypass.apps/ (Endpoints: {host} {addr}:80) does not get out"
+        ),
+        &format!("{outcome:?}: {text}"),
+    );
+    checks.check(
+        outcome == Outcome::Eperm,
+        "… refused at connect (EPERM): the Service judged by its backend, not left to kube-proxy's mode",
+        &format!("{outcome:?}: {text}"),
+    );
+    Ok(())
+}
+
+/// The addresses of Service `ns/name`'s EndpointSlices, once there are
+/// some (1.20 serves discovery.k8s.io/v1beta1).
+fn wait_slice(k: &Kubectl, ns: &str, name: &str) -> anyhow::Result<String> {
+    let start = Instant::now();
+    loop {
+        let out = k
+            .output(&[
+                "get",
+                "endpointslices.v1beta1.discovery.k8s.io",
+                "-n",
+                ns,
+                "-l",
+                &format!("kubernetes.io/service-name={name}"),
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}: {.endpoints[*].addresses[*]} {end}",
+            ])
+            .context("listing EndpointSlices")?;
+        if out.contains(':') && out.split(':').nth(1).is_some_and(|a| !a.trim().is_empty()) {
+            return Ok(out.trim().to_owned());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "no EndpointSlice with addresses for {ns}/{name} after 30s: [{}]",
+                out.trim()
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// After the uninstall: the bypass Service really leads to the internet
+/// (so its denial above was enforcement, not a broken path).
+pub fn after_uninstall(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
+    let (outcome, text) = fetch(cluster.kubectl, "apps", "client", None, "bypass.apps")?;
+    checks.check(
+        outcome == Outcome::Ok,
+        "uninstalled: apps/client → http://bypass.apps/ reaches the internet (the path is real)",
+        &text,
+    );
+    Ok(())
+}
