@@ -292,6 +292,15 @@ fn bring_up_and_test(
             "k8s-test: kube-proxy's rules for the kubernetes Service in every node after {:.1}s",
             after.as_secs_f32()
         );
+        // kube-proxy and the kubelets program iptables in the nodes'
+        // namespaces only: the host's own must have none of it.
+        let host_rules = run::output("iptables-save", ["-t", "nat"]).unwrap_or_default();
+        let leaked = host_rules.lines().filter(|l| l.contains("KUBE-")).count();
+        checks.check(
+            leaked == 0,
+            "kube-proxy's and the kubelets' iptables rules stay in the nodes' namespaces",
+            &format!("{leaked} KUBE- line(s) in the host's nat table"),
+        );
         times.bring_up = Some(began.elapsed());
         println!(
             "k8s-test: cluster up in {:.1}s",

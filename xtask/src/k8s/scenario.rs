@@ -121,7 +121,11 @@ impl Outcome {
             Self::Eperm
         } else if text.contains("refused") {
             Self::Refused
-        } else if text.contains("timed out") || text.contains("Terminated") {
+        } else if text.contains("timed out")
+            || text.contains("Terminated")
+            // `timeout` killed the command (SIGTERM): nothing answered.
+            || text.contains("exit code 143")
+        {
             Self::Timeout
         } else if text.contains("bad address") {
             Self::Unresolved

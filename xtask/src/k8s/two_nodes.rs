@@ -345,6 +345,20 @@ spec:
     let out = k.exec("api-client", "operator", script)?;
     let text = format!("{}{}", out.stdout, out.stderr);
     let listed = text.contains("\"kind\": \"PodList\"") && text.contains("\"name\": \"operator\"");
+    // What the connect itself came to, to tell a refusal by the agent
+    // (EPERM) from a dropped or broken path.
+    let connect = if listed {
+        String::new()
+    } else {
+        let (outcome, text) = probe(
+            k,
+            "api-client",
+            "operator",
+            super::layout::API_SERVICE_IP,
+            443,
+        )?;
+        format!(" (a bare connect: {outcome:?}: {text})")
+    };
     checks.check(
         listed,
         &format!(
@@ -354,7 +368,10 @@ spec:
         &if listed {
             "PodList with itself in it".to_owned()
         } else {
-            text.lines().take(2).collect::<Vec<_>>().join(" / ")
+            format!(
+                "{}{connect}",
+                text.lines().take(2).collect::<Vec<_>>().join(" / ")
+            )
         },
     );
     // The control: test-egress's policy does not allow the API server.
