@@ -132,7 +132,7 @@ fn fixture() -> anyhow::Result<Fixture> {
         fs::copy(&path, dir.join(path.file_name().context("file name")?))?;
     }
     fs::write(dir.join("services.yaml"), services_yaml())?;
-    let sim = SimNode::new(&[dir.clone()])?;
+    let sim = SimNode::new(std::slice::from_ref(&dir))?;
     fs::remove_dir_all(&dir)?;
     kube_proxy(sim.node())?;
     let internet = sim.internet();
