@@ -43,6 +43,9 @@ enum Task {
     K8sTest(k8s::K8sTestArgs),
     /// The same scenario on a kind cluster (needs Docker and kind).
     KindTest(k8s::kind::KindTestArgs),
+    /// Run the upstream NetworkPolicy e2e suite (built from the same
+    /// Kubernetes source) against the local cluster with the agent.
+    NetpolE2e(k8s::NetpolE2eArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(&args),
         Task::K8sTest(args) => k8s::run(&args),
         Task::KindTest(args) => k8s::kind::run(&args),
+        Task::NetpolE2e(args) => k8s::netpol_e2e(&args),
     };
     match result {
         Ok(code) => code,
