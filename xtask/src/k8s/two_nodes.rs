@@ -236,7 +236,7 @@ fn peer_move(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<Optio
             format!("not reached in {}s: {outcome:?} {text}", limit.as_secs())
         },
     );
-    Ok(reached.then(|| took.as_secs_f64() * 1000.0))
+    Ok(reached.then_some(took.as_secs_f64() * 1000.0))
 }
 
 /// api-client/operator (node B), with a ServiceAccount allowed to list
@@ -476,13 +476,54 @@ fn wait_slice(k: &Kubectl, ns: &str, name: &str) -> anyhow::Result<String> {
     }
 }
 
-/// After the uninstall: the bypass Service really leads to the internet
-/// (so its denial above was enforcement, not a broken path).
+/// After the uninstall, nothing is enforced: the paths the checks above
+/// used must all work, so that a refusal there was the agent's and not a
+/// broken cluster (DNS through the Service, the API through the
+/// `kubernetes` Service, a peer on the other node, the bypass Service to
+/// the internet).
 pub fn after_uninstall(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
-    let (outcome, text) = fetch(cluster.kubectl, "apps", "client", None, "bypass.apps")?;
+    let k = cluster.kubectl;
+    let (host, addr) = cluster.allowed_host;
+    let out = k.exec("test-egress", "sleep", &format!("nslookup {host}"))?;
+    checks.check(
+        out.stdout.lines().any(|l| l.contains(addr)),
+        &format!("uninstalled: test-egress/sleep resolves {host} through the kube-dns Service"),
+        &format!("{}{}", out.stdout, out.stderr)
+            .lines()
+            .filter(|l| l.contains("Address") || l.contains("can't"))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    let peer = pod_ip(k, "istio-system", "peer")?;
+    let (outcome, text) = probe(k, "test-egress", "sleep", &peer, 80)?;
     checks.check(
         outcome == Outcome::Ok,
-        "uninstalled: apps/client → http://bypass.apps/ reaches the internet (the path is real)",
+        &format!(
+            "uninstalled: test-egress/sleep reaches istio-system/peer {peer} on {}",
+            NODE_A.name
+        ),
+        &text,
+    );
+    let (outcome, text) = probe(
+        k,
+        "api-client",
+        "operator",
+        super::layout::API_SERVICE_IP,
+        443,
+    )?;
+    checks.check(
+        outcome == Outcome::Ok,
+        &format!(
+            "uninstalled: api-client/operator connects to the kubernetes Service {}:443",
+            super::layout::API_SERVICE_IP
+        ),
+        &text,
+    );
+    let (outcome, text) = fetch(k, "apps", "client", None, "bypass.apps")?;
+    checks.check(
+        outcome == Outcome::Ok,
+        "uninstalled: apps/client → http://bypass.apps/ reaches the internet",
         &text,
     );
     Ok(())
