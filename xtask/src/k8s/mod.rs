@@ -602,11 +602,19 @@ fn uninstall_job(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<(
     for node in NODES {
         uninstall_on(k, node, checks)?;
     }
-    let (outcome, text) = scenario::probe(k, "test-egress", "sleep", allowed_ip, 80)?;
+    // Polled: the last Job's table removal and the probe may cross.
+    let (outcome, took) = scenario::poll_outcome(
+        k,
+        "test-egress",
+        "sleep",
+        allowed_ip,
+        80,
+        scenario::Outcome::Ok,
+    )?;
     checks.check(
         outcome == scenario::Outcome::Ok,
         &format!("uninstalled: test-egress/sleep → {allowed_name} reached (the denials were the agent's)"),
-        &text,
+        &format!("{outcome:?} after {took:.0} ms"),
     );
     two_nodes::after_uninstall(cluster, checks)
 }

@@ -681,7 +681,7 @@ fn sigkill(
 
 /// Polls a probe (up to 30 s) until it gives `want`; returns the last
 /// outcome and the milliseconds it took.
-fn poll_outcome(
+pub fn poll_outcome(
     kubectl: &Kubectl,
     namespace: &str,
     pod: &str,
