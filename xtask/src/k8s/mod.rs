@@ -761,7 +761,11 @@ fn print_summary(times: &Times, checks: &Checks, total: Duration) {
     println!("  containerd ×2              {}", secs(times.containerd));
     println!("  images (umoci + import ×2) {}", secs(times.images));
     for (node, after) in &times.nodes_ready {
-        println!("  node {node} Ready          {}", secs(Some(*after)));
+        println!(
+            "  {:<27}{}",
+            format!("node {node} Ready"),
+            secs(Some(*after))
+        );
     }
     println!("  kube-proxy rules (both)    {}", secs(times.kube_proxy));
     println!("  cluster bring-up (total)   {}", secs(times.bring_up));
