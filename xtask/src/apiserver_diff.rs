@@ -168,7 +168,10 @@ fn ensure_binaries() -> anyhow::Result<()> {
         );
     }
     println!("apiserver-diff: packages: {}", packages::ensure()?);
-    println!("apiserver-diff: kubernetes binaries: {}", kube_build::ensure()?);
+    println!(
+        "apiserver-diff: kubernetes binaries: {}",
+        kube_build::ensure()?
+    );
     Ok(())
 }
 
@@ -191,10 +194,8 @@ struct TempCluster {
 
 impl TempCluster {
     fn create(keep: bool) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
-            "egress-apiserver-diff.{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("egress-apiserver-diff.{}", std::process::id()));
         if dir.exists() {
             fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
@@ -325,14 +326,20 @@ fn kubectl_in(kubectl: &Kubectl, cache: &Path) -> std::process::Command {
 /// are listed, not counted; one that starts agreeing fails the run, so
 /// this list cannot go stale.
 const KNOWN: &[(&str, &str)] = &[
-    ("port-06.yaml", "YAML 1.1: port 80.0 is sent as the integer 80"),
+    (
+        "port-06.yaml",
+        "YAML 1.1: port 80.0 is sent as the integer 80",
+    ),
     ("port-09.yaml", "YAML 1.1: port 0120 is octal 80"),
     ("port-10.yaml", "YAML 1.1: port 1_000 is 1000"),
     ("labelvalue-yes.yaml", "YAML 1.1: `yes` is a boolean"),
 ];
 
 fn known(case: &Case) -> Option<&'static str> {
-    let slug = case.name.split_once('-').map_or(case.name.as_str(), |(_, s)| s);
+    let slug = case
+        .name
+        .split_once('-')
+        .map_or(case.name.as_str(), |(_, s)| s);
     KNOWN.iter().find(|(k, _)| *k == slug).map(|(_, why)| *why)
 }
 
@@ -399,7 +406,9 @@ fn compare(
         print_table(&schema_only);
     }
     if !known_rows.is_empty() {
-        println!("\nKnown disagreements, not fixed yet (see KNOWN in xtask/src/apiserver_diff.rs):");
+        println!(
+            "\nKnown disagreements, not fixed yet (see KNOWN in xtask/src/apiserver_diff.rs):"
+        );
         print_table(&known_rows);
     }
     if !stale.is_empty() {
@@ -517,7 +526,10 @@ fn oracle(
         })
         .collect();
     let accepted = verdicts.iter().filter(|v| v.accepted).count();
-    let dry_runs = stdout.lines().filter(|l| l.contains("(server dry run)")).count();
+    let dry_runs = stdout
+        .lines()
+        .filter(|l| l.contains("(server dry run)"))
+        .count();
     if accepted != dry_runs {
         bail!(
             "kubectl apply {validate}: {dry_runs} objects passed the dry run, but {accepted} \
@@ -544,7 +556,9 @@ fn agent_verdict(agent: &Path, file: &Path) -> anyhow::Result<Verdict> {
             String::from_utf8_lossy(&out.stderr).trim()
         )
     })?;
-    let accepted = report["valid"].as_bool().context("report without `valid`")?;
+    let accepted = report["valid"]
+        .as_bool()
+        .context("report without `valid`")?;
     if accepted != out.status.success() {
         bail!(
             "egress-agent check {}: report says valid={accepted} but exit status is {}",

@@ -296,16 +296,16 @@ impl Builder {
             self.diags.push(ctx.error(
                 FieldPath::of(&["metadata", "name"]),
                 if namespaced {
-                    format!("{name:?} is not a valid name: a lower-case DNS subdomain (alphanumerics, '-' and '.', at most 253)")
+                    format!("{name:?} is not a valid Kubernetes name: a lower-case DNS subdomain (alphanumerics, '-' and '.', at most 253)")
                 } else {
-                    format!("{name:?} is not a valid namespace name: a lower-case DNS label (alphanumerics and '-', at most 63)")
+                    format!("{name:?} is not a valid Kubernetes name for a namespace: a lower-case DNS label (alphanumerics and '-', at most 63)")
                 },
             ));
         }
         if namespaced && !is_dns_label(&namespace) {
             self.diags.push(ctx.error(
                 FieldPath::of(&["metadata", "namespace"]),
-                format!("{namespace:?} is not a valid namespace name: a lower-case DNS label (alphanumerics and '-', at most 63)"),
+                format!("{namespace:?} is not a valid Kubernetes name for a namespace: a lower-case DNS label (alphanumerics and '-', at most 63)"),
             ));
         }
         let key = (ctx.object.kind.clone(), namespace.clone(), name.clone());
@@ -578,7 +578,10 @@ impl Builder {
             Some(types) if types.len() > 2 => {
                 self.diags.push(ctx.error(
                     spec_path.key("policyTypes"),
-                    format!("may not specify more than two policyTypes ({} given)", types.len()),
+                    format!(
+                        "may not specify more than two policyTypes ({} given)",
+                        types.len()
+                    ),
                 ));
                 false
             }
@@ -1182,7 +1185,7 @@ impl Builder {
         let Some(cidr) = parse_go_cidr(raw) else {
             self.diags.push(ctx.error(
                 path,
-                format!("{raw:?} is not a valid CIDR (address/prefix-length, as Kubernetes parses it)"),
+                format!("invalid CIDR {raw:?}: Kubernetes requires address/prefix-length, without spaces or leading zeros in IPv4 octets"),
             ));
             return None;
         };
@@ -1193,10 +1196,8 @@ impl Builder {
                 (true, false) => "has a zero-padded prefix length",
                 _ => "has host bits set",
             };
-            self.diags.push(ctx.warning(
-                path,
-                format!("{raw} {why}; it is enforced as {canonical}"),
-            ));
+            self.diags
+                .push(ctx.warning(path, format!("{raw} {why}; it is enforced as {canonical}")));
         }
         Some(cidr)
     }
