@@ -204,7 +204,7 @@ fn unquoted_number_as_a_label_value() {
         &np("  - to:\n    - podSelector: {matchLabels: {tier: 1}}\n"),
         &[
             "spec.egress[0].to[0].podSelector.matchLabels.tier",
-            "a number, where Kubernetes expects a string",
+            "a number to kubectl (YAML 1.1), where Kubernetes expects a string",
         ],
     );
 }

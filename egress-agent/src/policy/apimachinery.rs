@@ -7,6 +7,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
+use yaml_rust2::{
+    parser::{Event, EventReceiver, Parser},
+    scanner::TScalarStyle,
+};
+
+use super::diagnostic::FieldPath;
 
 /// RFC 1123 label (`[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63): namespace
 /// names and `metadata.namespace`.
@@ -183,6 +189,149 @@ pub fn go_except_is_subset(cidr: &GoCidr, except: &GoCidr) -> bool {
     contained && cidr.net.prefix_len() < except.net.prefix_len()
 }
 
+/// What YAML 1.1 (kubectl's parser) makes of a plain scalar that is not a
+/// string: "a boolean" or "a number"; `None` for a string or null (a null
+/// label value is accepted as "").
+fn yaml11_type(plain: &str) -> Option<&'static str> {
+    const BOOLS: &[&str] = &[
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false",
+        "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF",
+    ];
+    if BOOLS.contains(&plain) {
+        return Some("a boolean");
+    }
+    let unsigned = plain.strip_prefix(['-', '+']).unwrap_or(plain);
+    let digits = |s: &str, ok: fn(u8) -> bool| {
+        !s.is_empty() && s.bytes().all(|b| ok(b) || b == b'_') && s.bytes().any(ok)
+    };
+    let number = digits(unsigned, |b| b.is_ascii_digit())
+        || unsigned
+            .strip_prefix("0x")
+            .is_some_and(|h| digits(h, |b| b.is_ascii_hexdigit()))
+        || unsigned
+            .strip_prefix("0b")
+            .is_some_and(|h| digits(h, |b| b == b'0' || b == b'1'))
+        || matches!(unsigned, ".inf" | ".Inf" | ".INF")
+        || matches!(plain, ".nan" | ".NaN" | ".NAN")
+        || is_yaml11_float(unsigned);
+    number.then_some("a number")
+}
+
+/// `[0-9][0-9_]*\.[0-9_]*([eE][-+][0-9]+)?` or `\.[0-9_]+...`.
+fn is_yaml11_float(s: &str) -> bool {
+    let (mantissa, exponent) = match s.find(['e', 'E']) {
+        Some(at) => (&s[..at], Some(&s[at + 1..])),
+        None => (s, None),
+    };
+    let Some((int, frac)) = mantissa.split_once('.') else {
+        return false;
+    };
+    let digits_ok = |p: &str| p.bytes().all(|b| b.is_ascii_digit() || b == b'_');
+    let exponent_ok = exponent.is_none_or(|e| {
+        e.strip_prefix(['-', '+'])
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    });
+    (int.bytes().any(|b| b.is_ascii_digit()) || frac.bytes().any(|b| b.is_ascii_digit()))
+        && digits_ok(int)
+        && digits_ok(frac)
+        && exponent_ok
+}
+
+/// Fields of a NetworkPolicy or Namespace the API server decodes as
+/// strings, holding a plain scalar kubectl would send as a number or
+/// boolean: `metadata.name`, `metadata.namespace`, and the values of
+/// `labels`, `annotations` and `matchLabels` maps. A document that does not
+/// parse yields nothing (the typed parse reports it).
+pub fn yaml11_typed_strings(text: &str) -> Vec<(FieldPath, &'static str)> {
+    /// The position in the document: one entry per open collection.
+    enum Frame {
+        Map {
+            path: FieldPath,
+            key: Option<String>,
+        },
+        Seq {
+            path: FieldPath,
+            next: usize,
+        },
+    }
+    #[derive(Default)]
+    struct Walk {
+        stack: Vec<Frame>,
+        found: Vec<(FieldPath, &'static str)>,
+    }
+    impl Walk {
+        /// The path of the value that starts now, or `None` for a key.
+        fn value_path(&mut self) -> Option<Option<FieldPath>> {
+            match self.stack.last_mut() {
+                None => Some(None),
+                Some(Frame::Map { key: None, .. }) => None,
+                Some(Frame::Map { path, key }) => {
+                    let key = key.take().unwrap_or_default();
+                    Some(Some(path.key(key)))
+                }
+                Some(Frame::Seq { path, next }) => {
+                    *next += 1;
+                    Some(Some(path.index(*next - 1)))
+                }
+            }
+        }
+    }
+    fn is_string_field(path: &FieldPath) -> bool {
+        use super::diagnostic::Segment;
+        let segments = path.segments();
+        let key = |i: usize| match segments.get(i) {
+            Some(Segment::Key(k)) => Some(k.as_str()),
+            _ => None,
+        };
+        let n = segments.len();
+        (n == 2 && key(0) == Some("metadata") && matches!(key(1), Some("name" | "namespace")))
+            || (n >= 2 && matches!(key(n - 2), Some("labels" | "annotations" | "matchLabels")))
+    }
+    impl EventReceiver for Walk {
+        fn on_event(&mut self, ev: Event) {
+            match ev {
+                Event::MappingStart(..) | Event::SequenceStart(..) => {
+                    // A collection used as a key gets a placeholder path.
+                    let path = self.value_path().flatten().unwrap_or_else(FieldPath::root);
+                    self.stack.push(if matches!(ev, Event::MappingStart(..)) {
+                        Frame::Map { path, key: None }
+                    } else {
+                        Frame::Seq { path, next: 0 }
+                    });
+                }
+                Event::MappingEnd | Event::SequenceEnd => {
+                    self.stack.pop();
+                }
+                Event::Scalar(text, style, _, tag) => match self.value_path() {
+                    None => {
+                        if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
+                            *key = Some(text);
+                        }
+                    }
+                    Some(Some(path)) => {
+                        let plain = style == TScalarStyle::Plain && tag.is_none();
+                        if plain && is_string_field(&path) {
+                            if let Some(what) = yaml11_type(&text) {
+                                self.found.push((path, what));
+                            }
+                        }
+                    }
+                    Some(None) => {}
+                },
+                Event::Alias(_) => {
+                    self.value_path();
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut walk = Walk::default();
+    if Parser::new_from_str(text).load(&mut walk, false).is_err() {
+        return Vec::new();
+    }
+    walk.found
+}
+
 #[cfg(test)]
 mod tests {
     //! Verdicts of a real kube-apiserver 1.20.2 (`cargo xtask
@@ -227,6 +376,26 @@ mod tests {
         let padded = parse_go_cidr("10.20.0.0/016").unwrap();
         assert!(padded.padded_prefix);
         assert_eq!(padded.net.to_string(), "10.20.0.0/16");
+    }
+
+    #[test]
+    fn plain_scalars_kubectl_reads_as_numbers_or_booleans() {
+        let doc = "metadata:\n  name: 123\n  labels: {a: yes, b: \"yes\", c: 1.5, d: web, e: null, f: 0x1F}\n\
+                   spec:\n  podSelector:\n    matchLabels:\n      tier: on\n  ports: [{port: 80}]\n";
+        let found: Vec<String> = yaml11_typed_strings(doc)
+            .into_iter()
+            .map(|(p, what)| format!("{p}: {what}"))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "metadata.name: a number",
+                "metadata.labels.a: a boolean",
+                "metadata.labels.c: a number",
+                "metadata.labels.f: a number",
+                "spec.podSelector.matchLabels.tier: a boolean",
+            ]
+        );
     }
 
     #[test]

@@ -347,55 +347,16 @@ impl Builder {
         self.finalizers(ctx, meta.finalizers.as_deref(), path.key("finalizers"));
     }
 
-    /// serde_yaml hands an unquoted `123` or `true` to a string field as
-    /// text, but kubectl sends it as a JSON number or boolean, which the API
-    /// server refuses for names, labels and annotations. Those fields are
-    /// checked on the untyped document.
+    /// kubectl reads YAML 1.1 and sends JSON: an unquoted `123`, `true` or
+    /// `yes` becomes a JSON number or boolean, which the API server refuses
+    /// for names, labels and annotations. serde_yaml (YAML 1.2) hands all
+    /// three to a string field as text, so those fields are checked on the
+    /// document's plain scalars.
     fn string_scalars(&mut self, ctx: &Ctx<'_, '_>) {
-        fn walk(
-            value: &serde_yaml::Value,
-            path: FieldPath,
-            strings_inside: bool,
-            out: &mut Vec<(FieldPath, &'static str)>,
-        ) {
-            use serde_yaml::Value;
-            match value {
-                Value::Mapping(map) => {
-                    for (k, v) in map {
-                        let Some(key) = k.as_str() else { continue };
-                        let child = path.key(key);
-                        let is_name = path == FieldPath::of(&["metadata"])
-                            && (key == "name" || key == "namespace");
-                        if strings_inside || is_name {
-                            match v {
-                                Value::Number(_) => out.push((child, "a number")),
-                                Value::Bool(_) => out.push((child, "a boolean")),
-                                _ => {}
-                            }
-                        } else {
-                            let maps_of_strings =
-                                matches!(key, "labels" | "annotations" | "matchLabels");
-                            walk(v, child, maps_of_strings, out);
-                        }
-                    }
-                }
-                Value::Sequence(items) if !strings_inside => {
-                    for (i, v) in items.iter().enumerate() {
-                        walk(v, path.index(i), false, out);
-                    }
-                }
-                _ => {}
-            }
-        }
-        let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(ctx.doc.text) else {
-            return;
-        };
-        let mut found = Vec::new();
-        walk(&value, FieldPath::root(), false, &mut found);
-        for (path, what) in found {
+        for (path, what) in apimachinery::yaml11_typed_strings(ctx.doc.text) {
             self.diags.push(ctx.error(
                 path,
-                format!("{what}, where Kubernetes expects a string: quote it"),
+                format!("unquoted, this is {what} to kubectl (YAML 1.1), where Kubernetes expects a string: quote it"),
             ));
         }
     }
