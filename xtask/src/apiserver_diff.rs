@@ -323,7 +323,10 @@ fn kubectl_in(kubectl: &Kubectl, cache: &Path) -> std::process::Command {
 /// YAML 1.2: `0120`, `1_000` and `80.0` are integer ports to kubectl, where
 /// the agent's serde_yaml sees strings or a float before any validation
 /// runs; accepting them means re-typing scalars before the typed parse.
-/// They are listed, not counted; one that starts agreeing fails the run,
+/// A plain `yes` is a boolean to kubectl, so the API server refuses it as a
+/// label value; the agent accepts it, because in Kubernetes mode it
+/// re-serializes API objects with serde_yaml, which writes the string
+/// "yes" unquoted. They are listed, not counted; one that starts agreeing fails the run,
 /// so this list cannot go stale.
 const KNOWN: &[(&str, &str)] = &[
     (
@@ -332,6 +335,7 @@ const KNOWN: &[(&str, &str)] = &[
     ),
     ("port-09.yaml", "YAML 1.1: port 0120 is octal 80"),
     ("port-10.yaml", "YAML 1.1: port 1_000 is 1000"),
+    ("labelvalue-yes.yaml", "YAML 1.1: `yes` is a boolean"),
 ];
 
 fn known(case: &Case) -> Option<&'static str> {

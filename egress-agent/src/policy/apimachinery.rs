@@ -237,6 +237,18 @@ fn is_yaml11_float(s: &str) -> bool {
         && exponent_ok
 }
 
+/// Whether YAML 1.2 (serde_yaml) also reads the plain scalar as a boolean
+/// or a number. Only those are refused: in Kubernetes mode the agent
+/// re-serializes API objects with serde_yaml, which quotes exactly these
+/// but writes a string like `yes` or `on` plain; refusing that would refuse
+/// objects the API server stored.
+fn yaml12_typed(plain: &str) -> bool {
+    matches!(
+        serde_yaml::from_str::<serde_yaml::Value>(plain),
+        Ok(serde_yaml::Value::Bool(_) | serde_yaml::Value::Number(_))
+    )
+}
+
 /// Fields of a NetworkPolicy or Namespace the API server decodes as
 /// strings, holding a plain scalar kubectl would send as a number or
 /// boolean: `metadata.name`, `metadata.namespace`, and the values of
@@ -310,7 +322,7 @@ pub fn yaml11_typed_strings(text: &str) -> Vec<(FieldPath, &'static str)> {
                     }
                     Some(Some(path)) => {
                         let plain = style == TScalarStyle::Plain && tag.is_none();
-                        if plain && is_string_field(&path) {
+                        if plain && is_string_field(&path) && yaml12_typed(&text) {
                             if let Some(what) = yaml11_type(&text) {
                                 self.found.push((path, what));
                             }
@@ -378,10 +390,31 @@ mod tests {
         assert_eq!(padded.net.to_string(), "10.20.0.0/16");
     }
 
+    /// What the agent writes for an API object must pass: serde_yaml
+    /// quotes strings that read as numbers or booleans, not `yes`/`on`.
+    #[test]
+    fn serde_yaml_output_is_never_flagged() {
+        let labels: std::collections::BTreeMap<&str, &str> = [
+            ("a", "yes"),
+            ("b", "on"),
+            ("c", "123"),
+            ("d", "true"),
+            ("e", "1.5"),
+            ("f", "0x1F"),
+            ("g", "1_000"),
+        ]
+        .into();
+        let doc = serde_yaml::to_string(&serde_json::json!({
+            "metadata": {"name": "123", "labels": labels}
+        }))
+        .unwrap();
+        assert_eq!(yaml11_typed_strings(&doc), [], "{doc}");
+    }
+
     #[test]
     fn plain_scalars_kubectl_reads_as_numbers_or_booleans() {
-        let doc = "metadata:\n  name: 123\n  labels: {a: yes, b: \"yes\", c: 1.5, d: web, e: null, f: 0x1F}\n\
-                   spec:\n  podSelector:\n    matchLabels:\n      tier: on\n  ports: [{port: 80}]\n";
+        let doc = "metadata:\n  name: 123\n  labels: {a: true, b: \"true\", c: 1.5, d: web, e: null, f: 0x1F}\n\
+                   spec:\n  podSelector:\n    matchLabels:\n      tier: 7\n      mode: on\n  ports: [{port: 80}]\n";
         let found: Vec<String> = yaml11_typed_strings(doc)
             .into_iter()
             .map(|(p, what)| format!("{p}: {what}"))
@@ -393,7 +426,7 @@ mod tests {
                 "metadata.labels.a: a boolean",
                 "metadata.labels.c: a number",
                 "metadata.labels.f: a number",
-                "spec.podSelector.matchLabels.tier: a boolean",
+                "spec.podSelector.matchLabels.tier: a number",
             ]
         );
     }
