@@ -23,6 +23,7 @@ pub mod kind;
 pub(crate) mod kube_build;
 pub(crate) mod kubectl;
 pub(crate) mod layout;
+mod netpol_e2e;
 mod network;
 mod node;
 pub(crate) mod packages;
@@ -40,6 +41,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
+pub use self::netpol_e2e::{run as netpol_e2e, NetpolE2eArgs};
 use self::{
     kubectl::Kubectl,
     layout::{
