@@ -87,6 +87,46 @@ pub fn build_all(agent_binary: Option<&Path>) -> anyhow::Result<Vec<(String, Pat
         .collect()
 }
 
+/// The e2e suite's probe image: `agnhost` (static, from the same
+/// Kubernetes tree) and busybox, whose `sh` and `seq` its client pods run.
+pub fn agnhost() -> anyhow::Result<PathBuf> {
+    let applets = busybox_applets()?;
+    pack(&Image {
+        name: "agnhost",
+        files: vec![
+            (cache_bin("agnhost"), "/agnhost"),
+            (PathBuf::from("/bin/busybox"), "/bin/busybox"),
+        ],
+        links: applets
+            .iter()
+            .filter(|a| a.as_str() != "busybox")
+            .map(|a| (format!("/bin/{a}"), "busybox".to_owned()))
+            .collect(),
+        dirs: &["/tmp"],
+        etc: &[("passwd", PASSWD), ("group", GROUP)],
+        entrypoint: &["/agnhost"],
+    })
+}
+
+/// [`import`], then tagged as `reference` too: the exact name a workload
+/// asks for, so that no registry is ever asked.
+pub fn import_as(
+    node: &NodeSpec,
+    name: &str,
+    tarball: &Path,
+    reference: &str,
+) -> anyhow::Result<()> {
+    import(node, name, tarball)?;
+    run::check(
+        Command::new("ctr")
+            .arg("--address")
+            .arg(layout::containerd_socket(node))
+            .args(["-n", "k8s.io", "images", "tag", "--force"])
+            .arg(format!("docker.io/local/{name}:latest"))
+            .arg(reference),
+    )
+}
+
 /// `ctr images import` into `node`'s containerd, in the CRI's namespace,
 /// as docker.io/local/NAME.
 pub fn import(node: &NodeSpec, name: &str, tarball: &Path) -> anyhow::Result<()> {

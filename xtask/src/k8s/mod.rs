@@ -102,6 +102,15 @@ struct Times {
 }
 
 pub fn run(args: &K8sTestArgs) -> anyhow::Result<ExitCode> {
+    run_with(args, None)
+}
+
+/// What runs on the cluster once the agent is Ready: the project's own
+/// scenario, or the upstream NetworkPolicy e2e suite.
+pub(crate) fn run_with(
+    args: &K8sTestArgs,
+    e2e: Option<&netpol_e2e::Suite>,
+) -> anyhow::Result<ExitCode> {
     if !host::is_root() {
         bail!(
             "k8s-test needs root (euid {}): it creates network namespaces, cgroups, mounts \
@@ -144,7 +153,13 @@ pub fn run(args: &K8sTestArgs) -> anyhow::Result<ExitCode> {
 
     let mut checks = Checks::new();
     let mut children = Vec::new();
-    let result = bring_up_and_test(agent.as_deref(), &mut times, &mut checks, &mut children);
+    let result = bring_up_and_test(
+        agent.as_deref(),
+        e2e,
+        &mut times,
+        &mut checks,
+        &mut children,
+    );
     if let Err(err) = &result {
         println!("\nk8s-test: FAILED: {err:#}");
         println!("k8s-test: logs of every process are in {LOG_DIR}");
@@ -214,6 +229,7 @@ fn build_agent(release: bool) -> anyhow::Result<PathBuf> {
 /// Everything between the sweep and the teardown.
 fn bring_up_and_test(
     agent: Option<&Path>,
+    e2e: Option<&netpol_e2e::Suite>,
     times: &mut Times,
     checks: &mut Checks,
     children: &mut Vec<(&'static str, Child)>,
@@ -265,6 +281,12 @@ fn bring_up_and_test(
         for (name, tarball) in images::build_all(stripped.as_deref())? {
             for node in NODES {
                 images::import(node, &name, &tarball)?;
+            }
+        }
+        if e2e.is_some() {
+            let tarball = images::agnhost()?;
+            for node in NODES {
+                images::import_as(node, "agnhost", &tarball, netpol_e2e::AGNHOST_IMAGE)?;
             }
         }
         times.images = Some(began_images.elapsed());
@@ -347,6 +369,11 @@ fn bring_up_and_test(
                     ready.as_secs_f32()
                 );
                 let run_began = Instant::now();
+                if let Some(suite) = e2e {
+                    let result = netpol_e2e::run_suite(suite, checks);
+                    times.run = Some(run_began.elapsed());
+                    return result;
+                }
                 let result = (|| {
                     times.scenario = Some(scenario::run(&cluster, checks)?);
                     times.two_nodes = Some(two_nodes::run(&cluster, checks)?);
