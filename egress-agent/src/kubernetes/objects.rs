@@ -1,0 +1,343 @@
+//! API objects other than Pods → the YAML documents the policy layer reads.
+//!
+//! Each object is reduced, as its watch event arrives, to the fields the
+//! policy layer uses, and written once as a document named
+//! `kubernetes/<resource>/<namespace>/<name>` in findings. Rebuilds then
+//! only clone text: at thousands of Services and slices, serializing every
+//! object on every rebuild would dominate the agent's CPU time.
+//!
+//! EndpointSlices are always written as `discovery.k8s.io/v1`, whatever the
+//! server serves ([`SliceSource`]): `v1` (1.21+), `v1beta1` (1.17–1.24, the
+//! only one on 1.20), or, where neither is served, `v1 Endpoints`, one slice
+//! per subset and address family. The policy layer then has one shape to
+//! judge.
+
+use std::{collections::BTreeMap, net::IpAddr, path::Path, sync::Arc};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{
+            EndpointAddress, Endpoints, LoadBalancerIngress, LoadBalancerStatus, Namespace, Node,
+            NodeStatus, ObjectReference, Service, ServicePort, ServiceSpec, ServiceStatus,
+        },
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{core::DynamicObject, discovery::ApiResource, Resource};
+use serde::Serialize;
+
+use crate::policy::Source;
+
+/// The label naming an EndpointSlice's Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Where EndpointSlices come from on this server, found by API discovery
+/// at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SliceSource {
+    /// `discovery.k8s.io/v1` (Kubernetes 1.21 and later).
+    V1,
+    /// `discovery.k8s.io/v1beta1` (1.20; converted to v1).
+    V1beta1,
+    /// Neither: `v1 Endpoints`, converted to slices.
+    Endpoints,
+}
+
+impl SliceSource {
+    /// The API resource to watch for a slice version (`None` for
+    /// Endpoints, which has a typed API).
+    pub fn api_resource(self) -> Option<ApiResource> {
+        let version = match self {
+            Self::V1 => "v1",
+            Self::V1beta1 => "v1beta1",
+            Self::Endpoints => return None,
+        };
+        Some(ApiResource {
+            group: "discovery.k8s.io".into(),
+            version: version.into(),
+            api_version: format!("discovery.k8s.io/{version}"),
+            kind: "EndpointSlice".into(),
+            plural: "endpointslices".into(),
+        })
+    }
+}
+
+/// `object` as a YAML document named `kubernetes/<resource>/<ns>/<name>`.
+pub fn render<K: Resource + Serialize>(resource: &str, object: &K) -> Source {
+    let meta = object.meta();
+    let name = meta.name.as_deref().unwrap_or_default();
+    let file = match &meta.namespace {
+        Some(ns) => format!("kubernetes/{resource}/{ns}/{name}"),
+        None => format!("kubernetes/{resource}/{name}"),
+    };
+    // k8s-openapi objects serialize with their apiVersion and kind; a
+    // failure (it cannot happen for these types) leaves an empty document,
+    // which the validator reports as missing `kind`.
+    let text = serde_yaml::to_string(object).unwrap_or_default();
+    Source {
+        file: Arc::from(Path::new(&file)),
+        text,
+    }
+}
+
+/// Only the name, namespace and labels of an object's metadata.
+fn meta(from: &ObjectMeta, labels: Option<BTreeMap<String, String>>) -> ObjectMeta {
+    ObjectMeta {
+        name: from.name.clone(),
+        namespace: from.namespace.clone(),
+        labels,
+        ..ObjectMeta::default()
+    }
+}
+
+/// A Namespace: name and labels (`namespaceSelector`s).
+pub fn namespace(ns: &Namespace) -> Source {
+    render(
+        "namespaces",
+        &Namespace {
+            metadata: meta(&ns.metadata, ns.metadata.labels.clone()),
+            ..Namespace::default()
+        },
+    )
+}
+
+/// A NetworkPolicy, whole but for its managedFields and status (noise,
+/// and never policy).
+pub fn network_policy(np: &NetworkPolicy) -> Source {
+    let mut np = np.clone();
+    np.metadata.managed_fields = None;
+    np.metadata.annotations = None;
+    render("networkpolicies", &np)
+}
+
+/// A Node: its name and `status.addresses` (what counts as a node IP).
+pub fn node(n: &Node) -> Source {
+    render(
+        "nodes",
+        &Node {
+            metadata: meta(&n.metadata, None),
+            status: Some(NodeStatus {
+                addresses: n.status.as_ref().and_then(|s| s.addresses.clone()),
+                ..NodeStatus::default()
+            }),
+            ..Node::default()
+        },
+    )
+}
+
+/// A Service: its addresses (cluster, external, load balancer) and ports.
+pub fn service(s: &Service) -> Source {
+    let spec = s.spec.as_ref();
+    let ports = spec.and_then(|spec| spec.ports.as_ref()).map(|ports| {
+        ports
+            .iter()
+            .map(|p| ServicePort {
+                name: p.name.clone(),
+                protocol: p.protocol.clone(),
+                port: p.port,
+                target_port: p.target_port.clone(),
+                node_port: p.node_port,
+                ..ServicePort::default()
+            })
+            .collect()
+    });
+    let ingress: Option<Vec<LoadBalancerIngress>> = s
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ingress| {
+            ingress
+                .iter()
+                .filter(|i| i.ip.is_some())
+                .map(|i| LoadBalancerIngress {
+                    ip: i.ip.clone(),
+                    ..LoadBalancerIngress::default()
+                })
+                .collect()
+        })
+        .filter(|v: &Vec<_>| !v.is_empty());
+    render(
+        "services",
+        &Service {
+            metadata: meta(&s.metadata, None),
+            spec: spec.map(|spec| ServiceSpec {
+                type_: spec.type_.clone(),
+                cluster_ip: spec.cluster_ip.clone(),
+                cluster_ips: spec.cluster_ips.clone(),
+                ports,
+                external_ips: spec.external_ips.clone(),
+                external_name: spec.external_name.clone(),
+                ..ServiceSpec::default()
+            }),
+            status: ingress.map(|ingress| ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(ingress),
+                }),
+                ..ServiceStatus::default()
+            }),
+        },
+    )
+}
+
+/// Only the kind, namespace and name of a target reference.
+fn target(r: &ObjectReference) -> ObjectReference {
+    ObjectReference {
+        kind: r.kind.clone(),
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        ..ObjectReference::default()
+    }
+}
+
+/// A `discovery.k8s.io/v1` EndpointSlice, reduced to its Service label,
+/// address type, endpoints (addresses, ready, node, target) and ports.
+pub fn endpoint_slice(s: &EndpointSlice) -> Source {
+    let labels = s
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(|svc| BTreeMap::from([(SERVICE_NAME_LABEL.to_owned(), svc.clone())]));
+    render(
+        "endpointslices",
+        &EndpointSlice {
+            metadata: meta(&s.metadata, labels),
+            address_type: s.address_type.clone(),
+            endpoints: s.endpoints.as_ref().map(|endpoints| {
+                endpoints
+                    .iter()
+                    .map(|e| Endpoint {
+                        addresses: e.addresses.clone(),
+                        conditions: e.conditions.as_ref().map(|c| EndpointConditions {
+                            ready: c.ready,
+                            ..EndpointConditions::default()
+                        }),
+                        node_name: e.node_name.clone(),
+                        target_ref: e.target_ref.as_ref().map(target),
+                        ..Endpoint::default()
+                    })
+                    .collect()
+            }),
+            ports: s.ports.as_ref().map(|ports| {
+                ports
+                    .iter()
+                    .map(|p| EndpointPort {
+                        name: p.name.clone(),
+                        protocol: p.protocol.clone(),
+                        port: p.port,
+                        ..EndpointPort::default()
+                    })
+                    .collect()
+            }),
+        },
+    )
+}
+
+/// An EndpointSlice read as a [`DynamicObject`] (`v1` or `v1beta1`) as a
+/// v1 document. v1beta1 differs from v1 only in fields the policy layer
+/// does not read (`topology`, dropped), except that on 1.20 `nodeName` is
+/// behind an alpha gate: the node then comes from the
+/// `kubernetes.io/hostname` topology key, as v1's own conversion does.
+pub fn dynamic_endpoint_slice(o: &DynamicObject) -> Result<Source, String> {
+    let mut value = serde_json::to_value(o).map_err(|e| e.to_string())?;
+    value["apiVersion"] = "discovery.k8s.io/v1".into();
+    value["kind"] = "EndpointSlice".into();
+    if let Some(endpoints) = value
+        .get_mut("endpoints")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for e in endpoints {
+            let host = e
+                .pointer("/topology/kubernetes.io~1hostname")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned);
+            if let (Some(host), None) = (host, e.get("nodeName")) {
+                e["nodeName"] = host.into();
+            }
+        }
+    }
+    let slice: EndpointSlice = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    Ok(endpoint_slice(&slice))
+}
+
+/// `v1 Endpoints` as EndpointSlice v1 documents: one per subset and
+/// address family (a slice has one port list and one address type; the
+/// API server's own mirroring splits the same way). Ready endpoints are
+/// `addresses`, not-ready ones `notReadyAddresses`. Addresses that do not
+/// parse are left out: one bad object must not make the whole set invalid.
+pub fn endpoints(e: &Endpoints) -> Vec<Source> {
+    let name = e.metadata.name.clone().unwrap_or_default();
+    let mut chunks = Vec::new();
+    for (i, subset) in e.subsets.iter().flatten().enumerate() {
+        let ports: Vec<EndpointPort> = subset
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| EndpointPort {
+                name: p.name.clone(),
+                protocol: p.protocol.clone(),
+                port: Some(p.port),
+                ..EndpointPort::default()
+            })
+            .collect();
+        for (family, v6) in [("IPv4", false), ("IPv6", true)] {
+            let ready = subset.addresses.iter().flatten().map(|a| (a, true));
+            let not_ready = subset
+                .not_ready_addresses
+                .iter()
+                .flatten()
+                .map(|a| (a, false));
+            let endpoints: Vec<Endpoint> = ready
+                .chain(not_ready)
+                .filter_map(|(a, ready)| {
+                    let ip: IpAddr = a.ip.trim().parse().ok()?;
+                    (ip.is_ipv6() == v6).then(|| endpoint_of(a, ip, ready))
+                })
+                .collect();
+            if !endpoints.is_empty() {
+                chunks.push((i, family, endpoints, ports.clone()));
+            }
+        }
+    }
+    let alone = chunks.len() == 1;
+    chunks
+        .into_iter()
+        .map(|(i, family, endpoints, ports)| {
+            let slice_name = if alone {
+                name.clone()
+            } else {
+                format!("{name}-{i}-{}", family.to_ascii_lowercase())
+            };
+            endpoint_slice(&EndpointSlice {
+                metadata: ObjectMeta {
+                    name: Some(slice_name),
+                    namespace: e.metadata.namespace.clone(),
+                    labels: Some(BTreeMap::from([(
+                        SERVICE_NAME_LABEL.to_owned(),
+                        name.clone(),
+                    )])),
+                    ..ObjectMeta::default()
+                },
+                address_type: family.into(),
+                endpoints: Some(endpoints),
+                ports: Some(ports),
+            })
+        })
+        .collect()
+}
+
+fn endpoint_of(a: &EndpointAddress, ip: IpAddr, ready: bool) -> Endpoint {
+    Endpoint {
+        addresses: vec![ip.to_canonical().to_string()],
+        conditions: Some(EndpointConditions {
+            ready: Some(ready),
+            ..EndpointConditions::default()
+        }),
+        node_name: a.node_name.clone(),
+        target_ref: a.target_ref.as_ref().map(target),
+        ..Endpoint::default()
+    }
+}
