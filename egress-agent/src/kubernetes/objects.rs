@@ -341,3 +341,256 @@ fn endpoint_of(a: &EndpointAddress, ip: IpAddr, ready: bool) -> Endpoint {
         ..Endpoint::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn yaml(source: &Source) -> serde_json::Value {
+        serde_yaml::from_str(&source.text).expect("yaml")
+    }
+
+    fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).expect("an API object")
+    }
+
+    #[test]
+    fn a_node_keeps_its_name_and_addresses_only() {
+        let n: Node = from(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "node-b", "labels": {"kubernetes.io/os": "linux"},
+                         "managedFields": [{"manager": "kubelet"}]},
+            "spec": {"podCIDR": "10.244.1.0/24"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.3"},
+                                     {"type": "Hostname", "address": "node-b"}],
+                       "capacity": {"cpu": "2"}, "images": [{"names": ["pause"]}]}
+        }));
+        let s = node(&n);
+        assert_eq!(&*s.file, Path::new("kubernetes/nodes/node-b"));
+        assert_eq!(
+            yaml(&s),
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-b"},
+                   "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.3"},
+                                            {"type": "Hostname", "address": "node-b"}]}})
+        );
+    }
+
+    #[test]
+    fn a_service_keeps_its_addresses_and_ports_only() {
+        let svc: Service = from(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u",
+                         "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                     "clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20", "fd00:96::20"],
+                     "ipFamilies": ["IPv4", "IPv6"], "sessionAffinity": "None",
+                     "externalIPs": ["192.0.2.10"],
+                     "ports": [{"name": "http", "protocol": "TCP", "port": 80,
+                                "targetPort": "http", "nodePort": 30080, "appProtocol": "http"},
+                               {"port": 53, "protocol": "UDP", "targetPort": 5353}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"},
+                                                    {"hostname": "lb.example"}]}}
+        }));
+        assert_eq!(
+            yaml(&service(&svc)),
+            json!({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": "web", "namespace": "shop"},
+                   "spec": {"type": "LoadBalancer",
+                            "clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20", "fd00:96::20"],
+                            "externalIPs": ["192.0.2.10"],
+                            "ports": [{"name": "http", "protocol": "TCP", "port": 80,
+                                       "targetPort": "http", "nodePort": 30080},
+                                      {"port": 53, "protocol": "UDP", "targetPort": 5353}]},
+                   "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}})
+        );
+        let external: Service = from(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "ext", "namespace": "shop"},
+            "spec": {"type": "ExternalName", "externalName": "db.example.com"}
+        }));
+        assert_eq!(
+            yaml(&service(&external))["spec"],
+            json!({"type": "ExternalName", "externalName": "db.example.com"})
+        );
+    }
+
+    /// One slice as discovery.k8s.io/v1 writes it, and what is kept of it.
+    fn v1_slice() -> serde_json::Value {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-abcde", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web",
+                                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "u"}]},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.244.1.10"], "conditions": {"ready": true, "serving": true},
+                 "nodeName": "node-b", "zone": "z1",
+                 "targetRef": {"kind": "Pod", "namespace": "shop", "name": "web-1", "uid": "p1",
+                               "resourceVersion": "12"}},
+                {"addresses": ["10.244.2.11"], "conditions": {"ready": false},
+                 "nodeName": "node-c"}
+            ],
+            "ports": [{"name": "http", "protocol": "TCP", "port": 8080, "appProtocol": "http"}]
+        })
+    }
+
+    fn kept_slice() -> serde_json::Value {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-abcde", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.244.1.10"], "conditions": {"ready": true},
+                 "nodeName": "node-b",
+                 "targetRef": {"kind": "Pod", "namespace": "shop", "name": "web-1"}},
+                {"addresses": ["10.244.2.11"], "conditions": {"ready": false},
+                 "nodeName": "node-c"}
+            ],
+            "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]
+        })
+    }
+
+    #[test]
+    fn a_v1_endpoint_slice_keeps_its_service_endpoints_and_ports() {
+        let s = endpoint_slice(&from(v1_slice()));
+        assert_eq!(
+            &*s.file,
+            Path::new("kubernetes/endpointslices/shop/web-abcde")
+        );
+        assert_eq!(yaml(&s), kept_slice());
+        // The same object read without a typed API, as the watch reads it.
+        let dynamic: DynamicObject = from(v1_slice());
+        assert_eq!(
+            yaml(&dynamic_endpoint_slice(&dynamic).expect("converts")),
+            kept_slice()
+        );
+    }
+
+    #[test]
+    fn a_v1beta1_endpoint_slice_becomes_the_same_v1_document() {
+        // As a 1.20 API server serves it: `topology` instead of `zone`,
+        // and `nodeName` behind an alpha gate, so absent on the first.
+        let beta: DynamicObject = from(json!({
+            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-abcde", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.244.1.10"], "conditions": {"ready": true},
+                 "topology": {"kubernetes.io/hostname": "node-b",
+                              "topology.kubernetes.io/zone": "z1"},
+                 "targetRef": {"kind": "Pod", "namespace": "shop", "name": "web-1"}},
+                {"addresses": ["10.244.2.11"], "conditions": {"ready": false},
+                 "nodeName": "node-c", "topology": {"kubernetes.io/hostname": "ignored"}}
+            ],
+            "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]
+        }));
+        assert_eq!(
+            yaml(&dynamic_endpoint_slice(&beta).expect("converts")),
+            kept_slice()
+        );
+        // A slice that does not fit the v1 shape is refused, not guessed.
+        let broken: DynamicObject = from(json!({
+            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+            "metadata": {"name": "x", "namespace": "shop"},
+            "addressType": "IPv4", "endpoints": [{"addresses": "10.0.0.1"}]
+        }));
+        assert!(dynamic_endpoint_slice(&broken).is_err());
+    }
+
+    #[test]
+    fn endpoints_become_one_slice_per_subset_and_family() {
+        let e: Endpoints = from(json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "subsets": [{
+                "addresses": [{"ip": "10.244.1.10", "nodeName": "node-b",
+                               "targetRef": {"kind": "Pod", "namespace": "shop", "name": "web-1", "uid": "p1"}}],
+                "notReadyAddresses": [{"ip": "10.244.2.11", "nodeName": "node-c"}],
+                "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]
+            }]
+        }));
+        let slices = endpoints(&e);
+        assert_eq!(slices.len(), 1);
+        let mut want = kept_slice();
+        want["metadata"]["name"] = "web".into();
+        assert_eq!(yaml(&slices[0]), want);
+
+        // Dual-stack and two port sets: four slices, none mixing families
+        // or ports; an address that does not parse is left out.
+        let e: Endpoints = from(json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": "kubernetes", "namespace": "default"},
+            "subsets": [
+                {"addresses": [{"ip": "172.18.0.2"}, {"ip": "fd00::2"}, {"ip": "bogus"}],
+                 "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]},
+                {"addresses": [{"ip": "172.18.0.3"}, {"ip": "fd00::0:3"}],
+                 "ports": [{"name": "metrics", "port": 9100, "protocol": "TCP"}]}
+            ]
+        }));
+        let slices: Vec<_> = endpoints(&e).iter().map(yaml).collect();
+        let summary: Vec<_> = slices
+            .iter()
+            .map(|s| {
+                (
+                    s["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    s["addressType"].as_str().unwrap_or_default().to_owned(),
+                    s["endpoints"][0]["addresses"][0]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    s["ports"][0]["port"].as_i64().unwrap_or_default(),
+                    s["metadata"]["labels"][SERVICE_NAME_LABEL].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "kubernetes-0-ipv4".into(),
+                    "IPv4".into(),
+                    "172.18.0.2".into(),
+                    6443,
+                    json!("kubernetes")
+                ),
+                (
+                    "kubernetes-0-ipv6".into(),
+                    "IPv6".into(),
+                    "fd00::2".into(),
+                    6443,
+                    json!("kubernetes")
+                ),
+                (
+                    "kubernetes-1-ipv4".into(),
+                    "IPv4".into(),
+                    "172.18.0.3".into(),
+                    9100,
+                    json!("kubernetes")
+                ),
+                (
+                    "kubernetes-1-ipv6".into(),
+                    "IPv6".into(),
+                    "fd00::3".into(),
+                    9100,
+                    json!("kubernetes")
+                ),
+            ]
+        );
+        assert!(slices
+            .iter()
+            .all(|s| s["endpoints"].as_array().map(Vec::len) == Some(1)));
+        // An Endpoints object without subsets (a Service without backends)
+        // is no slice: its Service has no backend either way.
+        let empty: Endpoints = from(json!({"apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": "idle", "namespace": "shop"}}));
+        assert!(endpoints(&empty).is_empty());
+    }
+}

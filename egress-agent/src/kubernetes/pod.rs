@@ -414,7 +414,7 @@ impl WorkloadDoc {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{ContainerStatus, PodIP, PodSpec, PodStatus};
+    use k8s_openapi::api::core::v1::{Container, ContainerStatus, PodIP, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
@@ -682,5 +682,138 @@ mod tests {
             PodState::Exempt { .. }
         ));
         std::fs::remove_dir_all(&m).ok();
+    }
+
+    fn yaml(source: &Source) -> serde_yaml::Value {
+        serde_yaml::from_str(&source.text).expect("yaml")
+    }
+
+    /// A pod of another node, with a named port and two addresses.
+    fn elsewhere() -> Pod {
+        let mut p = pod(&["app"]);
+        if let Some(s) = p.spec.as_mut() {
+            s.node_name = Some("node-b".into());
+            s.containers[0].ports = Some(vec![
+                k8s_openapi::api::core::v1::ContainerPort {
+                    name: Some("http".into()),
+                    container_port: 8080,
+                    ..Default::default()
+                },
+                k8s_openapi::api::core::v1::ContainerPort {
+                    container_port: 9090,
+                    ..Default::default()
+                },
+            ]);
+        }
+        p.metadata.annotations = Some(BTreeMap::from([(
+            annotations::INCLUDE_IP_RANGES.into(),
+            "10.0.0.0/8".into(),
+        )]));
+        p
+    }
+
+    #[test]
+    fn a_pod_of_another_node_is_a_peer_without_cgroup() {
+        let s = slim(&elsewhere(), NODE, "istio-proxy").expect("kept");
+        assert!(s.local.is_none(), "nothing local is kept for a peer");
+        assert_eq!(s.node_name.as_deref(), Some("node-b"));
+        assert_eq!(s.ports.len(), 1, "named ports only");
+        let mut problems = Vec::new();
+        let doc = yaml(&peer(&s, &mut problems).expect("a peer"));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(doc["apiVersion"], "egress.enforcer.dev/v1alpha1");
+        assert_eq!(doc["kind"], "Workload");
+        assert_eq!(doc["metadata"]["name"], "sleep");
+        assert_eq!(doc["metadata"]["namespace"], "default");
+        assert_eq!(doc["metadata"]["labels"]["app"], "sleep");
+        assert!(
+            doc["metadata"]["labels"].get(CONTAINER_LABEL).is_none(),
+            "reserved labels are dropped on peers too"
+        );
+        assert!(
+            doc["metadata"].get("annotations").is_none(),
+            "a peer carries no capture settings"
+        );
+        assert!(doc["spec"].get("cgroup").is_none(), "never enforced here");
+        assert_eq!(doc["spec"]["nodeName"], "node-b");
+        assert_eq!(
+            doc["spec"]["addresses"],
+            serde_yaml::to_value(["10.244.1.10", "fd00:10:244::a"]).expect("v")
+        );
+        assert_eq!(doc["spec"]["ports"][0]["name"], "http");
+        assert_eq!(doc["spec"]["ports"][0]["port"], 8080);
+        assert_eq!(doc["spec"]["ports"][0]["protocol"], "TCP");
+        // A local pod is never a peer, a peer never converts locally.
+        let m = mount("peer");
+        let index = cgroups::scan(&m, "", cgroups::MAX_DEPTH);
+        assert_eq!(
+            convert(&s, &index, &m, "istio-proxy", &mut problems),
+            PodState::Waiting("not on this node")
+        );
+        assert!(peer(&here(&pod(&["app"]), "istio-proxy"), &mut problems).is_none());
+        std::fs::remove_dir_all(&m).ok();
+    }
+
+    #[test]
+    fn peers_without_an_address_and_host_network_pods_elsewhere_are_left_out() {
+        let mut p = elsewhere();
+        if let Some(s) = p.status.as_mut() {
+            s.pod_ips = None;
+            s.pod_ip = None;
+        }
+        assert_eq!(slim(&p, NODE, "istio-proxy"), None, "no IP yet");
+        // The same pod on this node is kept: it is enforced by cgroup
+        // before it has an address.
+        if let Some(s) = p.spec.as_mut() {
+            s.node_name = Some(NODE.into());
+        }
+        assert!(slim(&p, NODE, "istio-proxy").is_some());
+        // Only a bad address: nothing a selector could match.
+        let mut p = elsewhere();
+        if let Some(s) = p.status.as_mut() {
+            s.pod_ips = Some(vec![PodIP { ip: "nope".into() }]);
+        }
+        assert_eq!(slim(&p, NODE, "istio-proxy"), None);
+        // The legacy single podIP is read when podIPs is absent.
+        let mut p = elsewhere();
+        if let Some(s) = p.status.as_mut() {
+            s.pod_ips = None;
+            s.pod_ip = Some("10.244.2.7".into());
+        }
+        let s = slim(&p, NODE, "istio-proxy").expect("kept");
+        assert_eq!(s.ips, ["10.244.2.7".parse::<IpAddr>().expect("ip")]);
+        let mut host = elsewhere();
+        if let Some(s) = host.spec.as_mut() {
+            s.host_network = Some(true);
+        }
+        assert_eq!(
+            slim(&host, NODE, "istio-proxy"),
+            None,
+            "its address is its node's"
+        );
+        let mut done = elsewhere();
+        if let Some(s) = done.status.as_mut() {
+            s.phase = Some("Failed".into());
+        }
+        assert_eq!(slim(&done, NODE, "istio-proxy"), None);
+    }
+
+    #[test]
+    fn a_local_pod_keeps_what_enforcing_it_needs() {
+        let p = with_sidecar_status(pod(&["app", "istio-proxy"]), CID);
+        let s = here(&p, "istio-proxy");
+        let local = s.local.as_deref().expect("local");
+        assert_eq!(local.uid.as_deref(), Some(UID));
+        assert_eq!(
+            local.sidecar,
+            Some(Some(format!("containerd://{CID}"))),
+            "the sidecar's container id"
+        );
+        assert_eq!(
+            here(&pod(&["app"]), "istio-proxy")
+                .local
+                .and_then(|l| l.sidecar),
+            None
+        );
     }
 }
