@@ -43,6 +43,9 @@ enum Task {
     K8sTest(k8s::K8sTestArgs),
     /// The same scenario on a kind cluster (needs Docker and kind).
     KindTest(k8s::kind::KindTestArgs),
+    /// Memory of the agent's slim Pod cache at 10k pods, against a real
+    /// kube-apiserver 1.20.2 (as root; removes everything it creates).
+    K8sPodMemory(k8s::pod_memory::PodMemoryArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(&args),
         Task::K8sTest(args) => k8s::run(&args),
         Task::KindTest(args) => k8s::kind::run(&args),
+        Task::K8sPodMemory(args) => k8s::pod_memory::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -27,6 +27,7 @@ mod network;
 mod node;
 mod packages;
 mod pki;
+pub mod pod_memory;
 mod procs;
 mod scenario;
 mod teardown;
