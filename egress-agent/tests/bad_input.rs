@@ -314,3 +314,50 @@ fn explain_cli_reports_verdict_and_rule() {
     );
     assert_eq!(v["reason"]["rule"]["index"], 0);
 }
+
+#[test]
+fn bad_service_and_endpoint_addresses_name_the_object_and_field() {
+    one_error(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: prod}\n\
+         spec:\n  clusterIP: 10.96.0.300\n  ports: [{port: 80}]\n",
+        &[
+            "policies/case.yaml:5:",
+            "Service prod/web",
+            "spec.clusterIP",
+            "invalid IP address \"10.96.0.300\"",
+        ],
+    );
+    // Both findings of one slice are reported together.
+    let errs = errors(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: web-1, namespace: prod, labels: {kubernetes.io/service-name: web}}\n\
+         addressType: IPv4\nendpoints:\n- addresses: [10.1.0.1, nope]\nports: [{port: 70000}]\n",
+    );
+    let rendered: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(errs.len(), 2, "{rendered:#?}");
+    assert!(
+        rendered
+            .iter()
+            .all(|r| r.contains("EndpointSlice prod/web-1")),
+        "{rendered:#?}"
+    );
+    assert!(
+        rendered
+            .iter()
+            .any(|r| r.contains("endpoints[0].addresses[1]")),
+        "{rendered:#?}"
+    );
+    assert!(
+        rendered.iter().any(|r| r.contains("ports[0].port")),
+        "{rendered:#?}"
+    );
+    let errs = errors(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n\
+         status: {addresses: [{type: InternalIP, address: 10.0.0.300}]}\n",
+    );
+    assert!(errs[0].to_string().contains("Node n1"), "{errs:#?}");
+    assert!(
+        errs[0].to_string().contains("status.addresses[0].address"),
+        "{errs:#?}"
+    );
+}

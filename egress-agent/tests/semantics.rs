@@ -366,3 +366,241 @@ fn seed_flows_explain_as_documented() {
     );
     assert_eq!(d.verdict, Verdict::Allow);
 }
+
+/// A Service with its EndpointSlice, as kube-proxy reads them: `ports` is
+/// `(name, protocol, service port, target port)`, `backends` the ready
+/// endpoint addresses.
+fn service(
+    ns: &str,
+    name: &str,
+    vip: &str,
+    ports: &[(&str, &str, u16, u16)],
+    backends: &[&str],
+) -> String {
+    let svc_ports: Vec<String> = ports
+        .iter()
+        .map(|(n, p, port, _)| format!("{{name: \"{n}\", protocol: {p}, port: {port}}}"))
+        .collect();
+    let slice_ports: Vec<String> = ports
+        .iter()
+        .map(|(n, p, _, target)| format!("{{name: \"{n}\", protocol: {p}, port: {target}}}"))
+        .collect();
+    let addresses: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec: {{clusterIP: \"{vip}\", ports: [{}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {name}-x1, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nendpoints: [{{addresses: [{}], conditions: {{ready: true}}}}]\nports: [{}]",
+        svc_ports.join(", "),
+        addresses.join(", "),
+        slice_ports.join(", "),
+    )
+}
+
+#[test]
+fn services_are_judged_by_their_ready_backends() {
+    let dns_policy = egress_policy(
+        "dns",
+        "  - to: [{namespaceSelector: {matchLabels: {kube-system: \"true\"}}}]\n    ports: [{protocol: UDP, port: 53}]\n",
+    );
+    let kube_dns = service(
+        "kube-system",
+        "kube-dns",
+        "10.96.0.10",
+        &[("dns", "UDP", 53, 53), ("dns-tcp", "TCP", 53, 53)],
+        &["10.0.0.10"],
+    );
+    let objects = [dns_policy.clone(), kube_dns.clone()];
+    assert_eq!(
+        verdict(&objects, "prod/client", "10.96.0.10:53/udp"),
+        "allow dns[0]"
+    );
+    assert_eq!(
+        verdict(&objects, "prod/client", "10.96.0.10:53/tcp"),
+        "deny"
+    );
+    // A port the Service does not have: nothing behind it.
+    assert_eq!(
+        verdict(&objects, "prod/client", "10.96.0.10:54/udp"),
+        "deny"
+    );
+
+    // The target port counts, not the Service port.
+    let web = service(
+        "prod",
+        "web",
+        "10.96.0.20",
+        &[("http", "TCP", 80, 8080)],
+        &["10.1.0.1"],
+    );
+    let to_8080 = egress_policy(
+        "web",
+        "  - to: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 8080}]\n",
+    );
+    let to_80 = egress_policy(
+        "web",
+        "  - to: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 80}]\n",
+    );
+    assert_eq!(
+        verdict(
+            &[web.clone(), to_8080.clone()],
+            "prod/client",
+            "10.96.0.20:80"
+        ),
+        "allow web[0]"
+    );
+    assert_eq!(
+        verdict(&[web.clone(), to_80], "prod/client", "10.96.0.20:80"),
+        "deny"
+    );
+    // A named target port resolves through the backend's own ports.
+    let named = egress_policy(
+        "web",
+        "  - to: [{podSelector: {}}]\n    ports: [{port: http}]\n",
+    );
+    assert_eq!(
+        verdict(&[web.clone(), named], "prod/client", "10.96.0.20:80"),
+        "allow web[0]"
+    );
+
+    // Mixed backends: kube-proxy may pick the denied one, so the Service
+    // port is denied whole.
+    let mixed = service(
+        "prod",
+        "mixed",
+        "10.96.0.21",
+        &[("", "TCP", 80, 8080)],
+        &["10.1.0.1", "10.1.0.2"],
+    );
+    assert_eq!(
+        verdict(&[mixed, to_8080.clone()], "prod/client", "10.96.0.21:80"),
+        "deny"
+    );
+
+    // An ipBlock around the Service range does not open a Service whose
+    // backends it does not allow.
+    let range = egress_policy("range", "  - to: [{ipBlock: {cidr: 10.96.0.0/12}}]\n");
+    let db = service(
+        "prod",
+        "db",
+        "10.96.0.22",
+        &[("", "TCP", 5432, 5432)],
+        &["10.1.0.2"],
+    );
+    assert_eq!(
+        verdict(
+            &[db.clone(), range.clone()],
+            "prod/client",
+            "10.96.0.22:5432"
+        ),
+        "deny"
+    );
+    // ... while the rest of the range keeps its rule.
+    assert_eq!(
+        verdict(&[db, range], "prod/client", "10.96.0.99:5432"),
+        "allow range[0]"
+    );
+
+    // No ready backend: denied for a policed workload.
+    let empty = service("prod", "empty", "10.96.0.23", &[("", "TCP", 80, 8080)], &[]);
+    assert_eq!(
+        verdict(
+            &[empty.clone(), to_8080.clone()],
+            "prod/client",
+            "10.96.0.23:80"
+        ),
+        "deny"
+    );
+    assert_eq!(verdict(&[empty], "dev/client", "10.96.0.23:80"), "allow");
+}
+
+#[test]
+fn a_service_leading_outside_the_cluster_is_for_gateways_only() {
+    // A selector-less Service whose endpoints are on the internet.
+    let out = service(
+        "dev",
+        "out",
+        "10.96.0.99",
+        &[("", "TCP", 80, 80)],
+        &["203.0.113.10"],
+    );
+    let gw = gateway("");
+    let objects = [out.clone(), gw.clone()];
+    assert_eq!(
+        verdict(&objects, "dev/client", "10.96.0.99:80"),
+        "deny exclusivity"
+    );
+    assert_eq!(
+        verdict(&objects, "istio-system/gw", "10.96.0.99:80"),
+        "allow"
+    );
+    // Other Service addresses stay inside the cluster.
+    assert_eq!(verdict(&objects, "dev/client", "10.96.0.98:80"), "allow");
+    assert_eq!(
+        verdict(&[out], "dev/client", "10.96.0.99:80"),
+        "allow",
+        "no gateway, no exclusivity"
+    );
+}
+
+#[test]
+fn nodes_and_the_api_server_are_inside_the_cluster() {
+    let api = service(
+        "default",
+        "kubernetes",
+        "10.96.0.1",
+        &[("https", "TCP", 443, 6443)],
+        &["192.168.50.10"],
+    );
+    let node = "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n\
+                status: {addresses: [{type: InternalIP, address: 172.18.0.2}, {type: Hostname, address: node-a}]}"
+        .to_owned();
+    let objects = [api.clone(), node.clone(), gateway("")];
+    assert_eq!(
+        verdict(&objects, "dev/client", "192.168.50.10:6443"),
+        "allow"
+    );
+    assert_eq!(verdict(&objects, "dev/client", "10.96.0.1:443"), "allow");
+    assert_eq!(verdict(&objects, "dev/client", "172.18.0.2:10250"), "allow");
+    assert_eq!(
+        verdict(&objects, "dev/client", "172.18.0.3:10250"),
+        "deny exclusivity"
+    );
+    // A policed pod reaches the API through its ClusterIP when a policy
+    // allows the API server's endpoint.
+    let to_api = egress_policy(
+        "api",
+        "  - to: [{ipBlock: {cidr: 192.168.50.10/32}}]\n    ports: [{port: 6443}]\n",
+    );
+    let objects = [api, node, gateway(""), to_api];
+    assert_eq!(
+        verdict(&objects, "prod/client", "10.96.0.1:443"),
+        "allow api[0]"
+    );
+}
+
+#[test]
+fn pods_on_other_nodes_are_peers_but_never_enforced_here() {
+    let remote = "apiVersion: egress.enforcer.dev/v1alpha1\nkind: Workload\n\
+                  metadata: {name: remote-web, namespace: prod, labels: {app: web}}\n\
+                  spec: {nodeName: node-b, addresses: [10.9.0.5], ports: [{name: http, port: 8080}]}"
+        .to_owned();
+    let policy = egress_policy(
+        "web",
+        "  - to: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: http}]\n",
+    );
+    let objects = [remote.clone(), policy];
+    assert_eq!(
+        verdict(&objects, "prod/client", "10.9.0.5:8080"),
+        "allow web[0]"
+    );
+    assert_eq!(verdict(&objects, "prod/client", "10.9.0.5:8081"), "deny");
+
+    let mut text = BASE.to_owned();
+    text.push_str("\n---\n");
+    text.push_str(&remote);
+    let loaded = policy::load_sources(&[Source::new("case.yaml", text)]).expect("valid");
+    let plan = compile::compile(&loaded.model);
+    assert!(plan.workload(&"prod/remote-web".parse().unwrap()).is_none());
+}

@@ -504,9 +504,19 @@ impl SimNode {
     /// (bind-mounted in a mount namespace of its own), so that names such
     /// as `edition.cnn.com` resolve through kube-dns.
     pub fn pod_command(&self, id: &ObjectId, program: &str) -> anyhow::Result<Command> {
-        let resolv = self.scratch.join("resolv.conf");
+        self.pod_command_resolving_with(id, program, self.dns().address.ip())
+    }
+
+    /// [`Self::pod_command`] with `nameserver` in its resolv.conf: a
+    /// kube-dns Service address, as the kubelet's `--cluster-dns` sets it.
+    pub fn pod_command_resolving_with(
+        &self,
+        id: &ObjectId,
+        program: &str,
+        dns: IpAddr,
+    ) -> anyhow::Result<Command> {
+        let resolv = self.scratch.join(format!("resolv-{dns}.conf"));
         if !resolv.exists() {
-            let dns = self.dns().address.ip();
             fs::write(
                 &resolv,
                 format!("nameserver {dns}\noptions timeout:2 attempts:2\n"),

@@ -83,9 +83,20 @@ impl Running {
     /// The addresses `getent` finds for `name` from the pod of `who`: a
     /// real lookup through the pod's resolv.conf, i.e. through kube-dns.
     pub fn lookup(&self, who: &ObjectId, name: &str) -> anyhow::Result<Vec<IpAddr>> {
+        self.lookup_through(who, name, self.sim.dns().address.ip())
+    }
+
+    /// [`Running::lookup`] through the DNS server at `dns` (a Service
+    /// address, say).
+    pub fn lookup_through(
+        &self,
+        who: &ObjectId,
+        name: &str,
+        dns: IpAddr,
+    ) -> anyhow::Result<Vec<IpAddr>> {
         let out = self
             .sim
-            .pod_command(who, "getent")?
+            .pod_command_resolving_with(who, "getent", dns)?
             .args(["ahosts", name])
             .stdin(Stdio::null())
             .output()?;

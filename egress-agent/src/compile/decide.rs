@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::{
     capture::captures,
     plan::{Egress, Plan, RuleRef, WorkloadPlan},
+    services::Frontend,
 };
 use crate::policy::{
     model::{HostName, ObjectId},
@@ -193,6 +194,13 @@ fn filter(
     if dst.ip.is_loopback() {
         return done(Verdict::Allow, Reason::Loopback, trace);
     }
+    if let Some(frontend) = plan
+        .services
+        .iter()
+        .find(|f| f.is(dst.ip, dst.protocol, dst.port))
+    {
+        trace.extend(explain_backends(plan, workload, frontend));
+    }
     if let Some(cluster) = &plan.cluster {
         if !cluster.contains(dst.ip) {
             match &workload.gateway {
@@ -255,4 +263,62 @@ fn filter(
             }
         }
     }
+}
+
+/// The rule that allows every ready backend of `frontend` for `workload`
+/// (the first backend's), or `None` when there is no ready backend or one
+/// is denied: the Service port's verdict, as the tables hold it.
+pub fn backends_allowed(
+    plan: &Plan,
+    workload: &WorkloadPlan,
+    frontend: &Frontend,
+) -> Option<RuleRef> {
+    let mut rule = None;
+    for backend in &frontend.backends {
+        let decision = filter(
+            plan,
+            workload,
+            backend_destination(frontend, *backend),
+            Vec::new(),
+        );
+        match (decision.verdict, decision.reason) {
+            (Verdict::Allow, Reason::Rule { rule: r }) => {
+                rule.get_or_insert(r);
+            }
+            _ => return None,
+        }
+    }
+    rule
+}
+
+fn backend_destination(frontend: &Frontend, backend: SocketAddr) -> Destination {
+    Destination {
+        ip: backend.ip(),
+        port: backend.port(),
+        protocol: frontend.protocol,
+    }
+}
+
+/// Trace lines naming the Service behind a destination and the verdict of
+/// each backend it was judged by.
+fn explain_backends(plan: &Plan, workload: &WorkloadPlan, frontend: &Frontend) -> Vec<String> {
+    if frontend.backends.is_empty() {
+        return vec![format!(
+            "{frontend}: no ready backend (the connection is judged as one that nothing serves)"
+        )];
+    }
+    let mut lines = vec![format!(
+        "{frontend}: judged by its {} ready backend(s), as after kube-proxy's DNAT; all must be allowed",
+        frontend.backends.len()
+    )];
+    for backend in &frontend.backends {
+        let d = filter(
+            plan,
+            workload,
+            backend_destination(frontend, *backend),
+            Vec::new(),
+        );
+        lines.push(format!("backend {backend}: {} ({})", d.verdict, d.reason));
+    }
+    lines
 }

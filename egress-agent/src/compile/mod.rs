@@ -11,8 +11,12 @@ pub mod decide;
 pub mod guard;
 pub mod plan;
 pub mod prefix;
+pub mod services;
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+};
 
 use ipnet::IpNet;
 
@@ -35,6 +39,11 @@ pub fn compile(model: &Model) -> Plan {
             .gateways
             .iter()
             .flat_map(|g| g.cluster_cidrs.iter().copied())
+            .chain(
+                services::in_cluster_addresses(model)
+                    .into_iter()
+                    .map(IpNet::from),
+            )
             .collect();
         cidrs.sort();
         cidrs.dedup();
@@ -42,7 +51,14 @@ pub fn compile(model: &Model) -> Plan {
             cidrs: IpNet::aggregate(&cidrs),
         }
     });
-    let workloads: Vec<WorkloadPlan> = model.workloads.iter().map(|w| workload(model, w)).collect();
+    // Workloads elsewhere (no cgroup) are peers only: selectors see them
+    // through the model, the data plane never does.
+    let workloads: Vec<WorkloadPlan> = model
+        .workloads
+        .iter()
+        .filter(|w| w.cgroup.is_some())
+        .map(|w| workload(model, w))
+        .collect();
     let node = NodeRules {
         cluster_cidrs: cluster
             .as_ref()
@@ -59,11 +75,97 @@ pub fn compile(model: &Model) -> Plan {
             .flat_map(|w| w.addresses.iter().copied())
             .collect(),
     };
-    Plan {
+    let plan = Plan {
         workloads,
         cluster,
         node,
+        services: services::frontends(model),
+    };
+    judge_services(plan)
+}
+
+/// Gives every isolated workload's table an entry per Service address,
+/// judged by the backends, and cuts Service addresses that lead outside
+/// out of the cluster scope (see [`services`]). The backends are judged
+/// against the plan as it was before: by pod and external addresses,
+/// which these entries do not touch.
+fn judge_services(mut plan: Plan) -> Plan {
+    if plan.services.is_empty() {
+        return plan;
     }
+    let by_address = services::by_address(&plan.services);
+    let mut tables = Vec::new();
+    for (i, w) in plan.workloads.iter().enumerate() {
+        let Egress::Isolated { table, .. } = &w.egress else {
+            continue;
+        };
+        let mut overrides = BTreeMap::new();
+        for (addr, frontends) in &by_address {
+            let allows = frontends
+                .iter()
+                .filter_map(|f| {
+                    let rule = decide::backends_allowed(&plan, w, f)?;
+                    Some(Allow {
+                        rule,
+                        protocol: Some(f.protocol),
+                        ports: PortRange::single(f.port),
+                    })
+                })
+                .collect();
+            overrides.insert(IpNet::from(*addr), allows);
+        }
+        tables.push((i, table.clone().with_overrides(overrides)));
+    }
+    for (i, new) in tables {
+        if let Egress::Isolated { table, .. } = &mut plan.workloads[i].egress {
+            *table = new;
+        }
+    }
+    if let Some(cluster) = &plan.cluster {
+        let outside: BTreeSet<IpAddr> = plan
+            .services
+            .iter()
+            .filter(|f| f.owns_address())
+            .filter(|f| f.backends.iter().any(|b| !cluster.contains(b.ip())))
+            .map(|f| f.addr)
+            .collect();
+        let cidrs = carve(&cluster.cidrs, &outside);
+        plan.cluster = Some(ClusterScope { cidrs });
+    }
+    plan
+}
+
+/// `nets` less the host routes of `holes`, as prefixes (each hole splits
+/// the prefix around it into at most one prefix per bit).
+fn carve(nets: &[IpNet], holes: &BTreeSet<IpAddr>) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = nets.to_vec();
+    for &hole in holes {
+        let host = IpNet::from(hole);
+        let mut next = Vec::with_capacity(out.len());
+        for net in out {
+            if !net.contains(&hole) {
+                next.push(net);
+                continue;
+            }
+            // Walk down from `net` to the hole, keeping the sibling half
+            // at every step.
+            let mut current = net;
+            while current.prefix_len() < host.prefix_len() {
+                let Some(mut halves) = current.subnets(current.prefix_len() + 1).ok() else {
+                    break;
+                };
+                let (Some(a), Some(b)) = (halves.next(), halves.next()) else {
+                    break;
+                };
+                let (keep, into) = if a.contains(&hole) { (b, a) } else { (a, b) };
+                next.push(keep);
+                current = into;
+            }
+        }
+        out = next;
+    }
+    out.sort();
+    out
 }
 
 fn workload(model: &Model, w: &Workload) -> WorkloadPlan {
@@ -104,7 +206,7 @@ fn workload(model: &Model, w: &Workload) -> WorkloadPlan {
     };
     WorkloadPlan {
         id: w.id.clone(),
-        cgroup: w.cgroup.clone(),
+        cgroup: w.cgroup.clone().unwrap_or_default(),
         addresses: w.addresses.clone(),
         gateway,
         proxy_for,

@@ -8,7 +8,7 @@ use std::{
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::prefix::PrefixTable;
+use super::{prefix::PrefixTable, services::Frontend};
 use crate::policy::{
     model::{AllowedHost, CaptureRules, ObjectId},
     ports::{PortRange, Protocol},
@@ -50,6 +50,10 @@ pub struct Plan {
     pub cluster: Option<ClusterScope>,
     /// The nftables backstop's inputs.
     pub node: NodeRules,
+    /// Every Service address and port with its ready backends: what the
+    /// tables' Service entries were judged from, for `explain`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Frontend>,
 }
 
 impl Plan {
@@ -69,7 +73,9 @@ impl Plan {
     }
 }
 
-/// "Inside the cluster": the union of every gateway's `clusterCIDRs`.
+/// "Inside the cluster": the union of every gateway's `clusterCIDRs`, the
+/// nodes' addresses and the API server's endpoints, less the Service
+/// addresses that lead outside (see [`super::services`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ClusterScope {
     pub cidrs: Vec<IpNet>,

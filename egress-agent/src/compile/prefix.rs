@@ -24,6 +24,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::plan::Allow;
+use crate::policy::ports::PortRange;
 
 /// One rule's contribution: allow `allow` to `cidr` minus `except`.
 #[derive(Clone, Debug)]
@@ -89,6 +90,32 @@ impl PrefixTable {
         table
     }
 
+    /// The table with `overrides` in force: each prefix's allows are
+    /// exactly the given ones, whatever the CIDRs around it say (a Service
+    /// address judged by its backends, see [`super::services`]). Port
+    /// ranges of one rule and protocol that touch are merged, so that a
+    /// Service with many ports takes few of the kernel's port entries.
+    pub fn with_overrides(mut self, overrides: BTreeMap<IpNet, Vec<Allow>>) -> Self {
+        let mut set_ids: HashMap<Vec<Allow>, SetId> = self
+            .sets
+            .iter()
+            .enumerate()
+            .map(|(i, set)| (set.clone(), SetId::try_from(i).unwrap_or(SetId::MAX)))
+            .collect();
+        for (prefix, mut allows) in overrides {
+            allows.sort();
+            allows.dedup();
+            let allows = merge_adjacent(allows);
+            let next = SetId::try_from(self.sets.len()).unwrap_or(SetId::MAX);
+            let id = *set_ids.entry(allows.clone()).or_insert_with(|| {
+                self.sets.push(allows);
+                next
+            });
+            self.entries.insert(prefix, id);
+        }
+        self
+    }
+
     /// The allows for `ip`, from its longest matching prefix; `None` when no
     /// prefix matches at all.
     pub fn lookup(&self, ip: IpAddr) -> Option<&[Allow]> {
@@ -103,6 +130,28 @@ impl PrefixTable {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// Sorted allows with touching port ranges of the same rule and protocol
+/// joined.
+fn merge_adjacent(sorted: Vec<Allow>) -> Vec<Allow> {
+    let mut out: Vec<Allow> = Vec::with_capacity(sorted.len());
+    for allow in sorted {
+        if let Some(last) = out.last_mut() {
+            let touches = last.rule == allow.rule
+                && last.protocol == allow.protocol
+                && u32::from(allow.ports.start()) <= u32::from(last.ports.end()) + 1;
+            if touches {
+                let end = last.ports.end().max(allow.ports.end());
+                if let Ok(joined) = PortRange::new(last.ports.start(), end) {
+                    last.ports = joined;
+                    continue;
+                }
+            }
+        }
+        out.push(allow);
+    }
+    out
 }
 
 /// `net` truncated to every prefix length from 0 up to its own.

@@ -513,7 +513,7 @@ mod tests {
         assert_eq!(model.workloads.len(), 1);
         let w = &model.workloads[0];
         assert_eq!(w.id, ObjectId::new("default", "sleep"));
-        assert_eq!(w.cgroup, format!("kubepods/burstable/pod{UID}"));
+        assert_eq!(w.cgroup, Some(format!("kubepods/burstable/pod{UID}")));
         assert_eq!(w.addresses.len(), 2, "both podIPs");
         assert!(
             !w.labels.contains_key(CONTAINER_LABEL),
@@ -549,7 +549,10 @@ mod tests {
         let proxy = model
             .workload(&ObjectId::new("default", "sleep.istio-proxy"))
             .expect("proxy workload");
-        assert_eq!(proxy.cgroup, format!("kubepods/burstable/pod{UID}/{CID}"));
+        assert_eq!(
+            proxy.cgroup,
+            Some(format!("kubepods/burstable/pod{UID}/{CID}"))
+        );
         assert_eq!(
             proxy.labels.get(CONTAINER_LABEL).map(String::as_str),
             Some("istio-proxy")

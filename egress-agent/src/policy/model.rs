@@ -66,6 +66,9 @@ pub struct Model {
     pub network_policies: Vec<NetworkPolicy>,
     pub gateways: Vec<EgressGateway>,
     pub redirects: Vec<Redirect>,
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    pub nodes: Vec<Node>,
 }
 
 impl Model {
@@ -106,14 +109,19 @@ pub struct Namespace {
     pub declared: bool,
 }
 
-/// A workload of the local inventory: one cgroup, its addresses and labels.
+/// A workload: its addresses and labels, and, when it runs on this node,
+/// its cgroup.
 #[derive(Clone, Debug)]
 pub struct Workload {
     pub id: ObjectId,
     pub labels: Labels,
     pub annotations: Labels,
-    /// cgroup v2 path as written: absolute, or relative to the cgroup2 mount.
-    pub cgroup: String,
+    /// cgroup v2 path as written: absolute, or relative to the cgroup2
+    /// mount. `None`: a pod elsewhere (another node), a NetworkPolicy peer
+    /// that is never enforced here.
+    pub cgroup: Option<String>,
+    /// The node it runs on, when known (informational).
+    pub node: Option<String>,
     pub addresses: Vec<IpAddr>,
     pub ports: Vec<NamedPort>,
     /// Istio's `traffic.sidecar.istio.io/*Outbound*` annotations, parsed.
@@ -331,4 +339,70 @@ impl IpRanges {
             Self::Only(nets) => nets.iter().any(|n| n.contains(&ip)),
         }
     }
+}
+
+/// `v1 Service`: the addresses that stand for it, and its ports. Which pods
+/// serve it comes from [`EndpointSlice`]s, as kube-proxy reads it.
+#[derive(Clone, Debug)]
+pub struct Service {
+    pub id: ObjectId,
+    /// `spec.clusterIPs` (or `clusterIP`); empty when headless.
+    pub cluster_ips: Vec<IpAddr>,
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub load_balancer_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    pub origin: Origin,
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// `""` when the Service has a single unnamed port; EndpointSlice
+    /// ports are matched to it by this name.
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
+}
+
+/// `discovery.k8s.io/v1 EndpointSlice`: some of a Service's backends.
+#[derive(Clone, Debug)]
+pub struct EndpointSlice {
+    pub id: ObjectId,
+    /// The owning Service's name (label `kubernetes.io/service-name`), in
+    /// the slice's namespace.
+    pub service: String,
+    pub endpoints: Vec<Endpoint>,
+    pub ports: Vec<EndpointPort>,
+    pub origin: Origin,
+}
+
+/// One endpoint of a slice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addresses: Vec<IpAddr>,
+    /// `conditions.ready`, absent = ready (as the API documents).
+    pub ready: bool,
+}
+
+/// A port of a slice: the Service port `name`'s target port, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointPort {
+    pub name: String,
+    pub protocol: Protocol,
+    /// `None`: every port (the API allows it; the Service port is used).
+    pub port: Option<u16>,
+}
+
+/// `v1 Node`: its addresses are inside the cluster, and NodePorts listen
+/// on them.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub origin: Origin,
 }

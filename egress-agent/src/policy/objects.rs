@@ -16,6 +16,9 @@ pub const EXTENSION_API_VERSION: &str = "egress.enforcer.dev/v1alpha1";
 pub const KNOWN_KINDS: &[(&str, &str)] = &[
     ("v1", "Namespace"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("v1", "Service"),
+    ("discovery.k8s.io/v1", "EndpointSlice"),
+    ("v1", "Node"),
     (EXTENSION_API_VERSION, "Workload"),
     (EXTENSION_API_VERSION, "EgressGateway"),
     (EXTENSION_API_VERSION, "Redirect"),
@@ -34,12 +37,17 @@ pub struct Object<S> {
     pub spec: S,
 }
 
-/// `Workload.spec`: one workload of the local inventory (no API server).
+/// `Workload.spec`: one workload of the inventory (no API server).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSpec {
-    /// cgroup v2 path, absolute or relative to the cgroup2 mount.
-    pub cgroup: String,
+    /// cgroup v2 path, absolute or relative to the cgroup2 mount. Absent: a
+    /// pod on another node, known only as a peer.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// The node the workload runs on (informational).
+    #[serde(default)]
+    pub node_name: Option<String>,
     #[serde(default)]
     pub addresses: Vec<String>,
     /// Named ports, for NetworkPolicy rules that name a port.

@@ -34,6 +34,8 @@ use super::{
     source::{self, Document, Source},
 };
 
+mod services;
+
 /// The label Kubernetes puts on every namespace (since 1.21).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
@@ -192,7 +194,7 @@ impl Builder {
 
         // Named from the raw document, so that schema errors found by the
         // typed parse already say which object they are about.
-        let namespaced = kind != "Namespace";
+        let namespaced = !matches!(kind, "Namespace" | "Node");
         let mut ctx = Ctx {
             doc,
             number,
@@ -241,6 +243,21 @@ impl Builder {
                     parse::typed::<Object<RedirectSpec>>(doc, &ctx.object, &mut self.diags)
                 {
                     self.redirect(&mut ctx, obj);
+                }
+            }
+            "Service" => {
+                if let Some(svc) = parse::typed(doc, &ctx.object, &mut self.diags) {
+                    self.service(&mut ctx, svc);
+                }
+            }
+            "EndpointSlice" => {
+                if let Some(slice) = parse::typed(doc, &ctx.object, &mut self.diags) {
+                    self.endpoint_slice(&mut ctx, slice);
+                }
+            }
+            "Node" => {
+                if let Some(node) = parse::typed(doc, &ctx.object, &mut self.diags) {
+                    self.node(&mut ctx, node);
                 }
             }
             _ => unreachable!("kind checked against KNOWN_KINDS"),
@@ -331,15 +348,17 @@ impl Builder {
             return;
         };
         let spec_path = FieldPath::of(&["spec"]);
-        let cgroup = obj.spec.cgroup.trim().to_owned();
-        if cgroup.is_empty() {
-            self.diags
-                .push(ctx.error(spec_path.key("cgroup"), "must not be empty"));
-        } else if cgroup.split('/').any(|c| c == "..") {
-            self.diags.push(ctx.error(
+        let cgroup = obj.spec.cgroup.as_deref().map(|c| c.trim().to_owned());
+        match cgroup.as_deref() {
+            Some("") => self.diags.push(ctx.error(
                 spec_path.key("cgroup"),
-                format!("{cgroup:?} must not contain `..`: it would escape the cgroup2 mount"),
-            ));
+                "must not be empty (leave it out for a pod on another node)",
+            )),
+            Some(c) if c.split('/').any(|c| c == "..") => self.diags.push(ctx.error(
+                spec_path.key("cgroup"),
+                format!("{c:?} must not contain `..`: it would escape the cgroup2 mount"),
+            )),
+            _ => {}
         }
         let mut addresses = Vec::new();
         for (i, addr) in obj.spec.addresses.iter().enumerate() {
@@ -379,6 +398,7 @@ impl Builder {
             labels: objects::string_map(&meta.labels),
             annotations,
             cgroup,
+            node: obj.spec.node_name.clone(),
             addresses,
             ports,
             capture_overrides,
@@ -1121,11 +1141,16 @@ impl Builder {
                     .on(&object)
                     .field(field)
             };
-            let cgroup = w.cgroup.trim_matches('/');
-            if let Some(first) = cgroups.insert(cgroup, w) {
+            // Only this node's workloads are keyed by the data plane; a
+            // peer elsewhere may briefly share an address with one that
+            // replaced it (a pod moved), which must not reject the set.
+            let Some(cgroup) = &w.cgroup else {
+                continue;
+            };
+            if let Some(first) = cgroups.insert(cgroup.trim_matches('/'), w) {
                 self.diags.push(diag(
                     FieldPath::of(&["spec", "cgroup"]),
-                    format!("cgroup {:?} is already Workload {}'s", w.cgroup, first.id),
+                    format!("cgroup {cgroup:?} is already Workload {}'s", first.id),
                 ));
             }
             for (i, addr) in w.addresses.iter().enumerate() {

@@ -23,6 +23,7 @@ pub mod kind;
 mod kube_build;
 mod kubectl;
 mod layout;
+mod netpol_e2e;
 mod network;
 mod node;
 mod packages;
@@ -41,6 +42,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
+pub use self::netpol_e2e::{run as netpol_e2e, NetpolE2eArgs};
 use self::{
     kubectl::Kubectl,
     layout::{
