@@ -529,4 +529,153 @@ mod tests {
                 || std::env::var("NODE_NAME").is_ok()
         );
     }
+
+    /// The documents of a small two-node cluster, from API objects through
+    /// the same conversions as the watch, fed to the policy layer as the
+    /// agent on `node-a` does. The client runs here; `web` runs on node-b
+    /// (`web_node`, `web_ip`) behind the Service `web` (10.96.0.20:80 →
+    /// targetPort `http`), whose endpoints come as a v1beta1 slice (1.20)
+    /// or, with `endpoints_api`, as v1 Endpoints.
+    fn two_node_cluster(web_node: &str, web_ip: &str, endpoints_api: bool) -> Vec<Source> {
+        use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+        use kube::core::DynamicObject;
+        fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+            serde_json::from_value(v).expect("an API object")
+        }
+        const UID: &str = "3f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b";
+        let mount = std::env::temp_dir().join(format!(
+            "egress-k8s-two-nodes-{}-{web_node}-{endpoints_api}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(mount.join(format!("kubepods/pod{UID}"))).expect("mkdir");
+        let index = cgroups::scan(&mount, "", cgroups::MAX_DEPTH);
+        let pod = |name: &str, uid: &str, node: &str, ip: &str, app: &str| -> Pod {
+            from(serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "prod", "uid": uid,
+                             "labels": {"app": app},
+                             "managedFields": [{"manager": "kubelet"}]},
+                "spec": {"nodeName": node, "containers": [{"name": "app", "image": "x",
+                         "ports": [{"name": "http", "containerPort": 8080}]}]},
+                "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+            }))
+        };
+        let mut problems = Vec::new();
+        let mut sources = Vec::new();
+        let client = pod::slim(
+            &pod("client", UID, "node-a", "10.244.1.9", "client"),
+            "node-a",
+            "istio-proxy",
+        )
+        .expect("kept");
+        match pod::convert(&client, &index, &mount, "istio-proxy", &mut problems) {
+            pod::PodState::Ready(docs) => sources.extend(docs),
+            other => panic!("client not ready: {other:?}"),
+        }
+        let web = pod::slim(
+            &pod("web", "u-web", web_node, web_ip, "web"),
+            "node-a",
+            "istio-proxy",
+        )
+        .expect("kept");
+        sources.extend(pod::peer(&web, &mut problems));
+        assert!(problems.is_empty(), "{problems:?}");
+        let ns: Namespace = from(serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "prod", "labels": {"env": "prod"}}}));
+        sources.push(objects::namespace(&ns));
+        let np: NetworkPolicy = from(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "to-web", "namespace": "prod"},
+            "spec": {"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+                     "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                                 "ports": [{"port": "http"}]}]}
+        }));
+        sources.push(objects::network_policy(&np));
+        for n in ["node-a", "node-b", "node-c"] {
+            let node: Node = from(serde_json::json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": n},
+                "status": {"addresses": [{"type": "InternalIP",
+                                          "address": format!("172.18.0.{}", n.len())}]}}));
+            sources.push(objects::node(&node));
+        }
+        let svc: Service = from(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "prod"},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"],
+                     "selector": {"app": "web"},
+                     "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": "http"}]}
+        }));
+        sources.push(objects::service(&svc));
+        if endpoints_api {
+            let e: Endpoints = from(serde_json::json!({
+                "apiVersion": "v1", "kind": "Endpoints",
+                "metadata": {"name": "web", "namespace": "prod"},
+                "subsets": [{"addresses": [{"ip": web_ip, "nodeName": web_node,
+                               "targetRef": {"kind": "Pod", "namespace": "prod", "name": "web"}}],
+                             "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]}]
+            }));
+            sources.extend(objects::endpoints(&e));
+        } else {
+            let slice: DynamicObject = from(serde_json::json!({
+                "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+                "metadata": {"name": "web-x1", "namespace": "prod",
+                             "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [web_ip], "conditions": {"ready": true},
+                               "topology": {"kubernetes.io/hostname": web_node},
+                               "targetRef": {"kind": "Pod", "namespace": "prod", "name": "web"}}],
+                "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]
+            }));
+            sources.push(objects::dynamic_endpoint_slice(&slice).expect("converts"));
+        }
+        std::fs::remove_dir_all(&mount).ok();
+        sources
+    }
+
+    fn verdict(sources: &[Source], to: &str) -> crate::compile::Verdict {
+        let loaded = match policy::load_sources(sources) {
+            Ok(l) => l,
+            Err(e) => panic!("documents rejected: {:#?}", e.diagnostics),
+        };
+        let plan = crate::compile::compile(&loaded.model);
+        assert!(
+            plan.workload(&ObjectId::new("prod", "web")).is_none(),
+            "a pod of another node is never enforced here"
+        );
+        let client = plan
+            .workload(&ObjectId::new("prod", "client"))
+            .expect("the local pod is enforced");
+        let to: std::net::SocketAddr = to.parse().expect("IP:PORT");
+        crate::compile::decide(
+            &plan,
+            client,
+            crate::compile::Destination {
+                ip: to.ip(),
+                port: to.port(),
+                protocol: "tcp".parse().expect("tcp"),
+            },
+        )
+        .verdict
+    }
+
+    #[test]
+    fn watched_objects_make_cross_node_peers_and_services_work_end_to_end() {
+        use crate::compile::Verdict::{Allow, Deny};
+        for endpoints_api in [false, true] {
+            let cluster = two_node_cluster("node-b", "10.244.2.5", endpoints_api);
+            // The peer on the other node, at its named port only.
+            assert_eq!(verdict(&cluster, "10.244.2.5:8080"), Allow);
+            assert_eq!(verdict(&cluster, "10.244.2.5:8081"), Deny);
+            assert_eq!(verdict(&cluster, "10.244.2.6:8080"), Deny, "not a pod");
+            // The Service, judged by its backend at the target port.
+            assert_eq!(verdict(&cluster, "10.96.0.20:80"), Allow, "{endpoints_api}");
+            assert_eq!(verdict(&cluster, "10.96.0.20:8080"), Deny);
+            // The pod recreated on node-c with a new address: the next
+            // inventory allows the new address and no longer the old one.
+            let moved = two_node_cluster("node-c", "10.244.3.7", endpoints_api);
+            assert_eq!(verdict(&moved, "10.244.3.7:8080"), Allow);
+            assert_eq!(verdict(&moved, "10.244.2.5:8080"), Deny);
+            assert_eq!(verdict(&moved, "10.96.0.20:80"), Allow);
+        }
+    }
 }
