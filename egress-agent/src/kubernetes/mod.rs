@@ -401,10 +401,16 @@ fn watch_roots(
 /// Namespaces, NetworkPolicies, Nodes, Services, slices), kept between
 /// builds and made again only when a cache changed: the once-a-second
 /// rescan then costs a walk of the cgroup tree, not a rewrite of 10k peers.
+/// A peer's document is written again only when its pod's
+/// resourceVersion changed, so one pod change among 10k costs one
+/// document, not 10k (see docs/kubernetes.md for the measure).
 #[derive(Default)]
 struct ClusterPart {
     generations: Option<[u64; 6]>,
-    sources: Vec<Source>,
+    /// By pod key: (resourceVersion, document, problems).
+    peers: std::collections::BTreeMap<String, (String, Option<Source>, Vec<Problem>)>,
+    /// The other kinds' documents.
+    others: Vec<Source>,
     problems: Vec<Problem>,
 }
 
@@ -414,19 +420,44 @@ impl ClusterPart {
         if self.generations == Some(generations) {
             return;
         }
-        let mut sources = Vec::with_capacity(self.sources.len());
-        let mut problems = Vec::new();
+        let mut old = std::mem::take(&mut self.peers);
+        let mut peers = std::collections::BTreeMap::new();
         caches.pods.read(|pods| {
-            sources.extend(pods.values().filter_map(|p| pod::peer(p, &mut problems)));
+            for (key, p) in pods.iter().filter(|(_, p)| p.local.is_none()) {
+                let entry = match (old.remove(key), &p.revision) {
+                    // Unchanged since it was written (an empty version,
+                    // never sent by a real server, is always rewritten).
+                    (Some(e), Some(rv)) if !rv.is_empty() && e.0 == *rv => e,
+                    _ => {
+                        let mut problems = Vec::new();
+                        let doc = pod::peer(p, &mut problems);
+                        (p.revision.clone().unwrap_or_default(), doc, problems)
+                    }
+                };
+                peers.insert(key.clone(), entry);
+            }
         });
+        let problems = peers
+            .values()
+            .flat_map(|(_, _, found)| found.iter().cloned())
+            .collect();
+        let mut others = Vec::with_capacity(self.others.len());
         for (_, cache) in caches.documents() {
-            cache.read(|docs| sources.extend(docs.values().flatten().cloned()));
+            cache.read(|docs| others.extend(docs.values().flatten().cloned()));
         }
         *self = Self {
             generations: Some(generations),
-            sources,
+            peers,
+            others,
             problems,
         };
+    }
+
+    fn sources(&self) -> impl Iterator<Item = &Source> {
+        self.peers
+            .values()
+            .filter_map(|(_, doc, _)| doc.as_ref())
+            .chain(&self.others)
     }
 }
 
@@ -463,7 +494,7 @@ fn build(
         }
     }
     cluster.refresh(caches);
-    sources.extend(cluster.sources.iter().cloned());
+    sources.extend(cluster.sources().cloned());
     let now: std::collections::HashSet<String> = problems
         .iter()
         .chain(&cluster.problems)
@@ -677,5 +708,56 @@ mod tests {
             assert_eq!(verdict(&moved, "10.244.2.5:8080"), Deny);
             assert_eq!(verdict(&moved, "10.96.0.20:80"), Allow);
         }
+    }
+
+    #[test]
+    fn a_peer_is_written_again_only_when_its_pod_changed() {
+        let (pods, pod_writer) = cache::cache::<SlimPod>();
+        let empty = || cache::cache::<Vec<Source>>().0;
+        let caches = Caches {
+            pods,
+            namespaces: empty(),
+            policies: empty(),
+            nodes: empty(),
+            services: empty(),
+            slices: empty(),
+        };
+        let peer = |name: &str, ip: &str, rv: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "prod", "resourceVersion": rv},
+                "spec": {"nodeName": "node-b", "containers": []},
+                "status": {"podIPs": [{"ip": ip}]}
+            }))
+            .expect("pod")
+        };
+        let map = |p: &Pod| pod::slim(p, "node-a", "istio-proxy");
+        for e in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(peer("a", "10.244.2.1", "1")),
+            watcher::Event::InitApply(peer("b", "10.244.2.2", "2")),
+            watcher::Event::InitDone,
+        ] {
+            pod_writer.apply(e, &map);
+        }
+        let mut part = ClusterPart::default();
+        let texts = |part: &ClusterPart| -> Vec<String> {
+            part.sources().map(|s| s.text.clone()).collect()
+        };
+        part.refresh(&caches);
+        assert_eq!(part.sources().count(), 2);
+        assert!(texts(&part)[0].contains("10.244.2.1"));
+        // The same resourceVersion is the same object: not written again
+        // (a server never changes an object without a new version).
+        pod_writer.apply(watcher::Event::Apply(peer("a", "10.244.2.9", "1")), &map);
+        part.refresh(&caches);
+        assert!(texts(&part)[0].contains("10.244.2.1"));
+        // A new version is written again; a deleted pod is gone.
+        pod_writer.apply(watcher::Event::Apply(peer("a", "10.244.2.9", "3")), &map);
+        pod_writer.apply(watcher::Event::Delete(peer("b", "10.244.2.2", "2")), &map);
+        part.refresh(&caches);
+        let now = texts(&part);
+        assert_eq!(now.len(), 1);
+        assert!(now[0].contains("10.244.2.9"), "{now:?}");
     }
 }

@@ -65,6 +65,9 @@ pub struct SlimPod {
     /// Only for pods on this node: what enforcing them needs. Boxed, so
     /// the far more numerous peers do not pay for it.
     pub local: Option<Box<LocalPod>>,
+    /// `metadata.resourceVersion`: a peer's document is written again only
+    /// when it changes.
+    pub revision: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +166,7 @@ pub fn slim(pod: &Pod, node_name: &str, sidecar: &str) -> Option<SlimPod> {
         bad_ips,
         ports,
         local,
+        revision: meta.resource_version.clone(),
     })
 }
 
