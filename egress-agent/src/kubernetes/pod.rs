@@ -54,8 +54,10 @@ pub struct SlimPod {
     pub id: ObjectId,
     pub node_name: Option<String>,
     pub host_network: bool,
-    /// Without the agent's reserved prefix.
-    pub labels: BTreeMap<String, String>,
+    /// Without the agent's reserved prefix, sorted by key. A boxed slice,
+    /// not a map: a B-tree node has room for 11 entries whatever the
+    /// count, which made labels half of a peer's memory.
+    pub labels: Box<[(String, String)]>,
     /// `status.podIPs` (else `status.podIP`), parsed and canonical.
     pub ips: Vec<IpAddr>,
     /// Addresses that did not parse: (field, value), reported at each build.
@@ -75,6 +77,13 @@ pub struct NamedPort {
     pub name: String,
     pub port: i32,
     pub protocol: String,
+}
+
+impl SlimPod {
+    /// The labels as the documents write them.
+    pub fn label_map(&self) -> BTreeMap<String, String> {
+        self.labels.iter().cloned().collect()
+    }
 }
 
 /// The fields of a pod on this node that enforcing it needs.
@@ -114,8 +123,14 @@ pub fn slim(pod: &Pod, node_name: &str, sidecar: &str) -> Option<SlimPod> {
         meta.namespace.clone().unwrap_or_else(|| "default".into()),
         meta.name.clone().unwrap_or_default(),
     );
-    let mut labels: BTreeMap<String, String> = meta.labels.clone().unwrap_or_default();
-    labels.retain(|k, _| !k.starts_with(RESERVED_LABEL_PREFIX));
+    // The API's labels are a BTreeMap: already sorted by key.
+    let labels = meta
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| !k.starts_with(RESERVED_LABEL_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let containers = spec.map_or(&[][..], |s| &s.containers[..]);
     let ports = containers
         .iter()
@@ -250,7 +265,7 @@ pub fn convert(
         let Some(dir) = cgroups::container_dir(mount, pod_dir, container_id) else {
             return PodState::Waiting("sidecar container cgroup not found yet");
         };
-        let mut proxy_labels = pod.labels.clone();
+        let mut proxy_labels = pod.label_map();
         proxy_labels.insert(CONTAINER_LABEL.into(), sidecar.into());
         docs.push(WorkloadDoc {
             id: ObjectId::new(id.namespace.clone(), format!("{}.{sidecar}", id.name)),
@@ -264,7 +279,7 @@ pub fn convert(
     }
     docs.push(WorkloadDoc {
         id: id.clone(),
-        labels: pod.labels.clone(),
+        labels: pod.label_map(),
         annotations: local.annotations.clone(),
         cgroup: Some(pod_dir.clone()),
         node_name: None,
@@ -289,7 +304,7 @@ pub fn peer(pod: &SlimPod, problems: &mut Vec<Problem>) -> Option<Source> {
     report_bad_ips(pod, problems);
     let doc = WorkloadDoc {
         id: pod.id.clone(),
-        labels: pod.labels.clone(),
+        labels: pod.label_map(),
         annotations: BTreeMap::new(),
         cgroup: None,
         node_name: pod.node_name.clone(),
