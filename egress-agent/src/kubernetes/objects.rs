@@ -593,4 +593,46 @@ mod tests {
             "metadata": {"name": "idle", "namespace": "shop"}}));
         assert!(endpoints(&empty).is_empty());
     }
+
+    /// Whatever an API server accepts must not make the node's set invalid
+    /// (which would freeze the policy in force): headless, ExternalName,
+    /// dual-stack and port-less Services, FQDN and empty slices.
+    #[test]
+    fn objects_an_api_server_accepts_are_valid_documents() {
+        let mut sources = vec![
+            service(&from(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "headless", "namespace": "shop"},
+                "spec": {"clusterIP": "None", "clusterIPs": ["None"], "selector": {"app": "db"},
+                         "ports": [{"port": 5432}]}}))),
+            service(&from(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "ext", "namespace": "shop"},
+                "spec": {"type": "ExternalName", "externalName": "db.example.com"}}))),
+            service(&from(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "dual", "namespace": "shop"},
+                "spec": {"type": "NodePort", "clusterIP": "10.96.0.30",
+                         "clusterIPs": ["10.96.0.30", "fd00:96::30"],
+                         "ports": [{"name": "http", "port": 80, "targetPort": 8080,
+                                    "nodePort": 30080, "protocol": "TCP"},
+                                   {"name": "q", "port": 443, "protocol": "UDP"}]}}))),
+            endpoint_slice(&from(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "ext-1", "namespace": "shop",
+                             "labels": {"kubernetes.io/service-name": "ext"}},
+                "addressType": "FQDN",
+                "endpoints": [{"addresses": ["db.example.com"]}],
+                "ports": [{"port": 5432}]}))),
+            endpoint_slice(&from(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "dual-1", "namespace": "shop",
+                             "labels": {"kubernetes.io/service-name": "dual"}},
+                "addressType": "IPv6", "endpoints": [],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}))),
+            node(&from(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n"}}))),
+        ];
+        sources.extend(endpoints(&from(json!({"apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": "dual", "namespace": "shop"},
+            "subsets": [{"addresses": [{"ip": "fd00::8"}], "ports": [{"port": 8080}]}]}))));
+        if let Err(e) = crate::policy::load_sources(&sources) {
+            let errors: Vec<_> = e.diagnostics.iter().filter(|d| d.is_error()).map(ToString::to_string).collect();
+            assert!(errors.is_empty(), "{errors:#?}");
+        }
+    }
 }
