@@ -10,6 +10,11 @@
 //!   comparison, kube-runtime's reflector of whole Pod objects, and prints
 //!   the live heap (counted by a global allocator, exact) and the RSS
 //!   (what the kernel charges, allocator slack included) before and after.
+//! - `inventory`: runs the agent's whole Kubernetes watch
+//!   ([`kubernetes::spawn`]) and checks what it publishes: peers, a Node,
+//!   a Service and its EndpointSlice in the version the server serves
+//!   (v1beta1 on 1.20, found by discovery), converted to v1; then changes
+//!   the slice and reports how long the new inventory took.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -87,6 +92,8 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         per_node: usize,
     },
+    /// Run the agent's whole watch and check the inventory it publishes.
+    Inventory,
     /// List and watch every pod, and report the memory it costs.
     Measure {
         #[arg(long, value_enum, default_value_t = Mode::Slim)]
@@ -121,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         match args.command {
             Command::Create { pods, per_node } => create(client, pods, per_node).await,
             Command::Measure { mode, node } => measure(client, mode, node).await,
+            Command::Inventory => inventory(client).await,
         }
     })
 }
@@ -315,4 +323,183 @@ fn report(what: &str, count: usize, listed: Duration, heap: isize, rss_kib: i64)
         rss_kib as f64 / 1024.0,
         per(rss_kib as isize * 1024)
     );
+}
+
+/// Creates an object given as JSON, or merges it into the existing one,
+/// with the API resource it belongs to: typed k8s-openapi has no v1beta1
+/// EndpointSlice.
+async fn apply(
+    client: &Client,
+    resource: &kube::discovery::ApiResource,
+    object: serde_json::Value,
+) -> anyhow::Result<()> {
+    let o: kube::core::DynamicObject = serde_json::from_value(object.clone()).context("object")?;
+    let name = o.metadata.name.clone().unwrap_or_default();
+    let api: Api<kube::core::DynamicObject> = match &o.metadata.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+        None => Api::all_with(client.clone(), resource),
+    };
+    match api.create(&PostParams::default(), &o).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&object))
+                .await
+                .map_err(|e| anyhow::anyhow!("updating {} {name}: {e:?}", resource.kind))?;
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("creating {} {name}: {e:?}", resource.kind)),
+    }
+}
+
+fn resource(group: &str, version: &str, kind: &str, plural: &str) -> kube::discovery::ApiResource {
+    kube::discovery::ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: if group.is_empty() {
+            version.into()
+        } else {
+            format!("{group}/{version}")
+        },
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+fn slice(address: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "namespace": "ns-0",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [address], "conditions": {"ready": true},
+                       "topology": {"kubernetes.io/hostname": "node-1"}}],
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]
+    })
+}
+
+async fn inventory(client: Client) -> anyhow::Result<()> {
+    let slices = resource(
+        "discovery.k8s.io",
+        "v1beta1",
+        "EndpointSlice",
+        "endpointslices",
+    );
+    apply(
+        &client,
+        &resource("", "v1", "Node", "nodes"),
+        serde_json::json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}),
+    )
+    .await?;
+    // A Node's addresses are status: set as a kubelet would.
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .patch_status(
+            "node-1",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.11"}]}})),
+        )
+        .await
+        .context("node status")?;
+    apply(
+        &client,
+        &resource("", "v1", "Service", "services"),
+        serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "ns-0"},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+                 "selector": {"app": "app-0"}}}),
+    )
+    .await?;
+    apply(&client, &slices, slice("10.0.0.0")).await?;
+
+    let settings = kubernetes::KubeSettings {
+        kubeconfig: None,
+        node_name: "node-0".into(),
+        sidecar: "istio-proxy".into(),
+        mount: std::env::temp_dir().join("egress-k8s-mem-no-cgroups"),
+        search_base: String::new(),
+        guarded: Vec::new(),
+        exempt: Vec::new(),
+    };
+    let started = Instant::now();
+    let mut rx = kubernetes::spawn(client.clone(), settings);
+    let first = tokio::time::timeout(Duration::from_secs(120), rx.wait_for(Option::is_some))
+        .await
+        .context("no inventory within 120 s")?
+        .context("the watch ended")?
+        .clone()
+        .context("published")?;
+    println!(
+        "first inventory after {:.1}s: {} documents",
+        started.elapsed().as_secs_f64(),
+        first.sources.len()
+    );
+    let doc = |inv: &egress_agent::inventory::Inventory, name: &str| {
+        inv.sources
+            .iter()
+            .find(|s| s.file.to_str() == Some(name))
+            .map(|s| s.text.clone())
+    };
+    let slice_doc = doc(&first, "kubernetes/endpointslices/ns-0/web-1")
+        .context("the v1beta1 slice is not in the inventory")?;
+    if !slice_doc.contains("apiVersion: discovery.k8s.io/v1\n")
+        || !slice_doc.contains("nodeName: node-1")
+    {
+        bail!("the slice was not converted to v1:\n{slice_doc}");
+    }
+    let node_doc = doc(&first, "kubernetes/nodes/node-1").context("no Node")?;
+    if !node_doc.contains("192.0.2.11") {
+        bail!("the Node has no address:\n{node_doc}");
+    }
+    doc(&first, "kubernetes/services/ns-0/web").context("no Service")?;
+    let peers = first
+        .sources
+        .iter()
+        .filter(|s| s.file.starts_with("kubernetes/pods") && !s.text.contains("cgroup:"))
+        .count();
+    println!("inventory: the v1beta1 slice as v1 (node from topology), the Node, the Service, {peers} peers");
+    // The policy layer accepts the whole set.
+    if let Err(e) = egress_agent::policy::load_sources(&first.sources) {
+        let errors: Vec<String> = e
+            .diagnostics
+            .iter()
+            .filter(|d| d.is_error())
+            .map(ToString::to_string)
+            .collect();
+        if !errors.is_empty() {
+            bail!("the policy layer rejects the inventory: {errors:#?}");
+        }
+    }
+    // An endpoint change, to the next inventory.
+    let mut times = Vec::new();
+    for (i, address) in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"]
+        .iter()
+        .enumerate()
+    {
+        let began = Instant::now();
+        apply(&client, &slices, slice(address)).await?;
+        let want = format!("- {address}\n");
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            rx.wait_for(|inv| {
+                inv.as_ref()
+                    .and_then(|inv| doc(inv, "kubernetes/endpointslices/ns-0/web-1"))
+                    .is_some_and(|t| t.contains(&want))
+            }),
+        )
+        .await
+        .with_context(|| format!("change {i} not in the inventory within 30 s"))?
+        .context("the watch ended")?;
+        times.push(began.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!(
+        "EndpointSlice change → published inventory, with {peers} peers: {} ms",
+        times
+            .iter()
+            .map(|t| format!("{t:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
 }

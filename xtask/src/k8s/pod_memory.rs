@@ -104,6 +104,7 @@ pub fn run(args: &PodMemoryArgs) -> anyhow::Result<ExitCode> {
         if args.compare {
             mem(&["measure", "--mode", "full"])?;
         }
+        mem(&["inventory"])?;
         Ok(())
     })();
     for (name, mut child) in children {
