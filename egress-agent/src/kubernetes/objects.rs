@@ -614,24 +614,37 @@ mod tests {
                          "ports": [{"name": "http", "port": 80, "targetPort": 8080,
                                     "nodePort": 30080, "protocol": "TCP"},
                                    {"name": "q", "port": 443, "protocol": "UDP"}]}}))),
-            endpoint_slice(&from(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            endpoint_slice(&from(
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                 "metadata": {"name": "ext-1", "namespace": "shop",
                              "labels": {"kubernetes.io/service-name": "ext"}},
                 "addressType": "FQDN",
                 "endpoints": [{"addresses": ["db.example.com"]}],
-                "ports": [{"port": 5432}]}))),
-            endpoint_slice(&from(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "ports": [{"port": 5432}]}),
+            )),
+            endpoint_slice(&from(
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                 "metadata": {"name": "dual-1", "namespace": "shop",
                              "labels": {"kubernetes.io/service-name": "dual"}},
                 "addressType": "IPv6", "endpoints": [],
-                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}))),
-            node(&from(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n"}}))),
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}),
+            )),
+            node(&from(
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n"}}),
+            )),
         ];
-        sources.extend(endpoints(&from(json!({"apiVersion": "v1", "kind": "Endpoints",
+        sources.extend(endpoints(&from(
+            json!({"apiVersion": "v1", "kind": "Endpoints",
             "metadata": {"name": "dual", "namespace": "shop"},
-            "subsets": [{"addresses": [{"ip": "fd00::8"}], "ports": [{"port": 8080}]}]}))));
+            "subsets": [{"addresses": [{"ip": "fd00::8"}], "ports": [{"port": 8080}]}]}),
+        )));
         if let Err(e) = crate::policy::load_sources(&sources) {
-            let errors: Vec<_> = e.diagnostics.iter().filter(|d| d.is_error()).map(ToString::to_string).collect();
+            let errors: Vec<_> = e
+                .diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .map(ToString::to_string)
+                .collect();
             assert!(errors.is_empty(), "{errors:#?}");
         }
     }
