@@ -8,6 +8,8 @@
 pub mod agent;
 pub mod compile;
 pub mod dataplane;
+pub mod errors;
+pub mod inventory;
 pub mod kubernetes;
 pub mod observe;
 pub mod policy;

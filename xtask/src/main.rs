@@ -48,6 +48,9 @@ enum Task {
     /// kube-apiserver 1.20 (`kubectl apply --dry-run=server`) and through
     /// `egress-agent check`; fail on any disagreement.
     ApiserverDiff(apiserver_diff::ApiserverDiffArgs),
+    /// Memory of the agent's slim Pod cache at 10k pods, against a real
+    /// kube-apiserver 1.20.2 (as root; removes everything it creates).
+    K8sPodMemory(k8s::pod_memory::PodMemoryArgs),
     /// Run the upstream NetworkPolicy e2e suite (built from the same
     /// Kubernetes source) against the local cluster with the agent.
     NetpolE2e(k8s::NetpolE2eArgs),
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Task::K8sTest(args) => k8s::run(&args),
         Task::KindTest(args) => k8s::kind::run(&args),
         Task::ApiserverDiff(args) => apiserver_diff::run(&args),
+        Task::K8sPodMemory(args) => k8s::pod_memory::run(&args),
         Task::NetpolE2e(args) => k8s::netpol_e2e(&args),
     };
     match result {

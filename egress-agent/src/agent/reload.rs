@@ -7,7 +7,7 @@ use tracing::{error, info, warn};
 
 use super::state::{AgentState, Generation, ReloadOutcome};
 use crate::{
-    compile::{self, Guards, Plan},
+    compile::{self, Plan},
     policy::{self, Severity},
     resolve::ResolvedHosts,
 };
@@ -35,14 +35,7 @@ pub trait Enforcer {
     }
 }
 
-/// What is added to the policy files at every reload: objects from the
-/// Kubernetes API (as YAML documents, so they go through the same
-/// validation as files) and the agent's guard entries.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Inventory {
-    pub sources: Vec<crate::policy::Source>,
-    pub guards: Guards,
-}
+pub use crate::inventory::Inventory;
 
 /// Owns the policy paths, the enforcer and the agent state.
 pub struct Reloader<E> {
@@ -181,17 +174,7 @@ impl<E: Enforcer> Reloader<E> {
     }
 }
 
-/// An error and its sources, on one line.
-pub fn format_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use crate::errors::format_chain;
 
 #[cfg(test)]
 mod tests {

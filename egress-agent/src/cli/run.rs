@@ -4,14 +4,6 @@ use std::{io::IsTerminal as _, process::ExitCode};
 
 use anyhow::Context as _;
 use egress_agent::{
-    agent::reload::Inventory,
-    compile::{guard::GUARD_NAMESPACE, Guards},
-    dataplane::cgroup_relative,
-    kubernetes::{self, KubeSettings},
-    policy::model::ObjectId,
-    sys,
-};
-use egress_agent::{
     agent::{
         kernel::KernelEnforcer,
         reload::format_chain,
@@ -21,6 +13,14 @@ use egress_agent::{
     dataplane::EbpfLogLevel,
     observe::{self, EventHub},
     resolve::{ResolverSettings, Upstream},
+};
+use egress_agent::{
+    compile::{guard::GUARD_NAMESPACE, Guards},
+    dataplane::cgroup_relative,
+    inventory::Inventory,
+    kubernetes::{self, KubeSettings},
+    policy::model::ObjectId,
+    sys,
 };
 use egress_common::EventConfig;
 use std::path::PathBuf;

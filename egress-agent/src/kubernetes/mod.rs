@@ -1,58 +1,67 @@
-//! Kubernetes mode: the local inventory and the NetworkPolicies from the
-//! API server.
+//! Kubernetes mode: the inventory and the NetworkPolicies from the API
+//! server.
 //!
 //! `egress-agent run --kubernetes` watches, with kube-runtime watchers
-//! (re-list and re-watch with exponential backoff after any error):
+//! (re-list and re-watch with exponential backoff after any error), all
+//! cluster-wide and read-only:
 //!
-//! - the Pods on this node (`spec.nodeName=<node>`), which become
-//!   Workloads ([`pod`]) once their cgroup is found ([`cgroups`]);
+//! - every Pod ([`pod`]), kept slim ([`pod::SlimPod`]): pods on this node
+//!   become enforced Workloads once their cgroup is found ([`cgroups`]);
+//!   pods on other nodes become peer Workloads without a cgroup;
 //! - every Namespace (their labels feed `namespaceSelector`s);
-//! - every NetworkPolicy.
+//! - every NetworkPolicy;
+//! - every Node (name and addresses: node IPs count as in-cluster);
+//! - every Service, and its endpoints: EndpointSlices `discovery.k8s.io/v1`
+//!   or `v1beta1`, whichever the server serves (found by API discovery at
+//!   start), else `v1 Endpoints` ([`objects`]).
 //!
-//! Each is written as a YAML document and validated and compiled with the
-//! files of `--policies` as one set ([`crate::agent::reload::Inventory`]):
-//! the same code path as files, with findings that name the object and
-//! field. EgressGateway and Redirect objects (and local Workloads) still
-//! come from `--policies`, a directory the DaemonSet mounts from a
-//! ConfigMap: no CRD has to be installed (which a 1.20 cluster would need
-//! as `apiextensions.k8s.io/v1` with a full schema), the agent's RBAC stays
-//! read-only on built-in kinds, and a ConfigMap edit reloads like a file
-//! edit.
+//! Each is kept as what the agent makes of it ([`cache`]), written as YAML
+//! documents and validated and compiled with the files of `--policies` as
+//! one set ([`crate::inventory::Inventory`]): the same code path as files,
+//! with findings that name the object and field. EgressGateway and Redirect
+//! objects still come from `--policies`, a directory the DaemonSet mounts
+//! from a ConfigMap: no CRD has to be installed (which a 1.20 cluster would
+//! need as `apiextensions.k8s.io/v1` with a full schema), the agent's RBAC
+//! stays read-only on built-in kinds, and a ConfigMap edit reloads like a
+//! file edit.
 //!
 //! The inventory is rebuilt (after [`DEBOUNCE`]) when an object changes,
 //! when a directory appears or goes under a guarded root (inotify), and
 //! every [`RESCAN_EVERY`] as a fallback; it is only published when it
-//! differs, and never before all three listings are complete.
+//! differs, and never before every listing is complete.
 
+pub mod cache;
 pub mod cgroups;
+pub mod objects;
 pub mod pod;
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
-use futures_util::StreamExt as _;
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod},
+    core::v1::{Endpoints, Namespace, Node, Pod, Service},
     networking::v1::NetworkPolicy,
 };
 use kube::{
-    runtime::{
-        reflector::{self, Store},
-        watcher, WatchStreamExt as _,
-    },
-    Api, Client, Resource, ResourceExt as _,
+    core::DynamicObject,
+    runtime::{watcher, WatchStreamExt as _},
+    Api, Client, Resource,
 };
 use notify::{RecursiveMode, Watcher as _};
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use self::{
+    cache::Cache,
+    objects::SliceSource,
+    pod::{Problem, SlimPod},
+};
 use crate::{
-    agent::reload::Inventory,
     compile::Guards,
+    errors::format_chain,
+    inventory::Inventory,
     policy::{model::ObjectId, Source},
 };
 
@@ -132,39 +141,48 @@ pub fn node_name(flag: Option<&str>) -> Result<String, KubeError> {
 pub fn spawn(client: Client, settings: KubeSettings) -> watch::Receiver<Option<Inventory>> {
     let (tx, rx) = watch::channel(None);
     let (touch_tx, touch) = mpsc::unbounded_channel::<()>();
-    let pods = start::<Pod>(
-        Api::all(client.clone()),
-        watcher::Config::default().fields(&format!("spec.nodeName={}", settings.node_name)),
-        touch_tx.clone(),
-    );
-    let namespaces = start::<Namespace>(
-        Api::all(client.clone()),
-        watcher::Config::default(),
-        touch_tx.clone(),
-    );
-    let policies = start::<NetworkPolicy>(
-        Api::all(client),
-        watcher::Config::default(),
-        touch_tx.clone(),
-    );
-    tokio::spawn(build_loop(
-        Stores {
-            pods,
-            namespaces,
-            policies,
-        },
-        settings,
-        touch,
-        touch_tx,
-        tx,
-    ));
+    let caches = Caches {
+        pods: watch_pods(
+            client.clone(),
+            settings.node_name.clone(),
+            settings.sidecar.clone(),
+            touch_tx.clone(),
+        ),
+        namespaces: start::<Namespace, _>(&client, &touch_tx, |n| Some(objects::namespace(n))),
+        policies: start::<NetworkPolicy, _>(&client, &touch_tx, |n| {
+            Some(objects::network_policy(n))
+        }),
+        nodes: start::<Node, _>(&client, &touch_tx, |n| Some(objects::node(n))),
+        services: start::<Service, _>(&client, &touch_tx, |s| Some(objects::service(s))),
+        slices: watch_slices(client, touch_tx.clone()),
+    };
+    tokio::spawn(build_loop(caches, settings, touch, touch_tx, tx));
     rx
 }
 
-/// Runs one watcher into a reflector store, signalling `touch` on every
-/// event. Errors are logged (naming the resource) and retried with the
-/// watcher's default backoff; the stream itself never ends.
-fn start<K>(api: Api<K>, config: watcher::Config, touch: mpsc::UnboundedSender<()>) -> Store<K>
+/// Watches the Pods of every node into a slim cache ([`pod::slim`]): the
+/// full fields of the pods on `node_name`, the peer fields of the others.
+pub fn watch_pods(
+    client: Client,
+    node_name: String,
+    sidecar: String,
+    touch: mpsc::UnboundedSender<()>,
+) -> Cache<SlimPod> {
+    let (cache, writer) = cache::cache();
+    let stream = watcher(Api::<Pod>::all(client), watcher::Config::default()).default_backoff();
+    tokio::spawn(cache::feed(
+        stream,
+        writer,
+        "Pod".into(),
+        move |p: &Pod| pod::slim(p, &node_name, &sidecar),
+        touch,
+    ));
+    cache
+}
+
+/// Runs one cluster-wide watcher of a typed kind into a cache of
+/// documents.
+fn start<K, F>(client: &Client, touch: &mpsc::UnboundedSender<()>, map: F) -> Cache<Vec<Source>>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -173,70 +191,164 @@ where
         + Sync
         + serde::de::DeserializeOwned
         + 'static,
+    F: Fn(&K) -> Option<Source> + Send + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let kind = K::kind(&()).into_owned();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
+    let (cache, writer) = cache::cache();
+    let stream =
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()).default_backoff();
+    tokio::spawn(cache::feed(
+        stream,
+        writer,
+        K::kind(&()).into_owned(),
+        move |o: &K| map(o).map(|s| vec![s]),
+        touch.clone(),
+    ));
+    cache
+}
+
+/// Watches EndpointSlices in the version the server serves, or Endpoints
+/// where it serves none (see [`objects`]); all become v1 slice documents.
+fn watch_slices(client: Client, touch: mpsc::UnboundedSender<()>) -> Cache<Vec<Source>> {
+    let (cache, writer) = cache::cache();
     tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        let mut failing = false;
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => {
-                    if failing {
-                        info!(kind = %kind, "watch of the Kubernetes API resumed");
-                        failing = false;
-                    }
-                    let _ = touch.send(());
-                }
-                Err(e) => {
-                    // Logged once per outage, then at debug: the backoff
-                    // retries for as long as it takes.
-                    if failing {
-                        debug!(kind = %kind, error = %crate::agent::reload::format_chain(&e), "watch still failing");
-                    } else {
-                        warn!(kind = %kind, error = %crate::agent::reload::format_chain(&e), "watch of the Kubernetes API failed; retrying with backoff (the policy in force stays)");
-                        failing = true;
-                    }
-                }
+        let source = discover_slices(&client).await;
+        info!(source = ?source, "endpoints read from {}", match source {
+            SliceSource::V1 => "discovery.k8s.io/v1 EndpointSlices",
+            SliceSource::V1beta1 => "discovery.k8s.io/v1beta1 EndpointSlices",
+            SliceSource::Endpoints => "v1 Endpoints (no EndpointSlice API served)",
+        });
+        match source.api_resource() {
+            Some(resource) => {
+                let api = Api::<DynamicObject>::all_with(client, &resource);
+                let stream = watcher(api, watcher::Config::default()).default_backoff();
+                cache::feed(
+                    stream,
+                    writer,
+                    format!("EndpointSlice ({})", resource.api_version),
+                    |o: &DynamicObject| match objects::dynamic_endpoint_slice(o) {
+                        Ok(s) => Some(vec![s]),
+                        Err(e) => {
+                            // Left out: its Service then has no ready
+                            // backend, which allows less, never more.
+                            warn!(slice = %cache::key(o), error = %e, "EndpointSlice not understood; left out");
+                            None
+                        }
+                    },
+                    touch,
+                )
+                .await;
+            }
+            None => {
+                let stream = watcher(Api::<Endpoints>::all(client), watcher::Config::default())
+                    .default_backoff();
+                cache::feed(
+                    stream,
+                    writer,
+                    "Endpoints".into(),
+                    |e: &Endpoints| Some(objects::endpoints(e)),
+                    touch,
+                )
+                .await;
             }
         }
     });
-    reader
+    cache
 }
 
-struct Stores {
-    pods: Store<Pod>,
-    namespaces: Store<Namespace>,
-    policies: Store<NetworkPolicy>,
+/// Which endpoints API the server serves, preferring `discovery.k8s.io/v1`.
+/// Retried with backoff until the server answers: the first inventory
+/// waits for it, as it waits for every listing.
+async fn discover_slices(client: &Client) -> SliceSource {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match probe_slices(client).await {
+            Ok(source) => return source,
+            Err(e) => {
+                warn!(error = %format_chain(&e), "API discovery of EndpointSlices failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn probe_slices(client: &Client) -> Result<SliceSource, kube::Error> {
+    for (group_version, source) in [
+        ("discovery.k8s.io/v1", SliceSource::V1),
+        ("discovery.k8s.io/v1beta1", SliceSource::V1beta1),
+    ] {
+        match client.list_api_group_resources(group_version).await {
+            Ok(list) if list.resources.iter().any(|r| r.name == "endpointslices") => {
+                return Ok(source)
+            }
+            Ok(_) => {}
+            // Not served at all.
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(SliceSource::Endpoints)
+}
+
+struct Caches {
+    pods: Cache<SlimPod>,
+    namespaces: Cache<Vec<Source>>,
+    policies: Cache<Vec<Source>>,
+    nodes: Cache<Vec<Source>>,
+    services: Cache<Vec<Source>>,
+    slices: Cache<Vec<Source>>,
+}
+
+impl Caches {
+    fn generations(&self) -> [u64; 6] {
+        [
+            self.pods.generation(),
+            self.namespaces.generation(),
+            self.policies.generation(),
+            self.nodes.generation(),
+            self.services.generation(),
+            self.slices.generation(),
+        ]
+    }
+
+    fn documents(&self) -> [(&'static str, &Cache<Vec<Source>>); 5] {
+        [
+            ("Namespace", &self.namespaces),
+            ("NetworkPolicy", &self.policies),
+            ("Node", &self.nodes),
+            ("Service", &self.services),
+            ("EndpointSlice", &self.slices),
+        ]
+    }
 }
 
 async fn build_loop(
-    stores: Stores,
+    mut caches: Caches,
     settings: KubeSettings,
     mut touch: mpsc::UnboundedReceiver<()>,
     touch_tx: mpsc::UnboundedSender<()>,
     tx: watch::Sender<Option<Inventory>>,
 ) {
-    for (kind, ready) in [
-        ("Pod", stores.pods.wait_until_ready().await),
-        ("Namespace", stores.namespaces.wait_until_ready().await),
-        ("NetworkPolicy", stores.policies.wait_until_ready().await),
-    ] {
-        if ready.is_err() {
+    if !caches.pods.wait_until_ready().await {
+        error!(kind = "Pod", "the watch ended before its first listing");
+        return;
+    }
+    for (kind, cache) in caches.documents() {
+        if !cache.clone().wait_until_ready().await {
             error!(kind, "the watch ended before its first listing");
             return;
         }
     }
-    info!(node = %settings.node_name, "Kubernetes listings complete");
+    info!(node = %settings.node_name, pods = caches.pods.len(), "Kubernetes listings complete");
     // inotify on the guarded roots: a new pod<uid> directory is picked up
     // at once, not at the next rescan.
     let _inotify = watch_roots(&settings, touch_tx);
     let mut reported = std::collections::HashSet::new();
+    let mut cluster = ClusterPart::default();
     let mut rescan = tokio::time::interval(RESCAN_EVERY);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let inventory = build(&stores, &settings, &mut reported);
+        let inventory = build(&caches, &settings, &mut cluster, &mut reported);
         tx.send_if_modified(|current| {
             if current.as_ref() == Some(&inventory) {
                 false
@@ -285,11 +397,76 @@ fn watch_roots(
     Some(watcher)
 }
 
-/// One inventory from the stores and a fresh walk of the cgroup tree.
+/// The documents that do not depend on this node's cgroup tree (peers,
+/// Namespaces, NetworkPolicies, Nodes, Services, slices), kept between
+/// builds and made again only when a cache changed: the once-a-second
+/// rescan then costs a walk of the cgroup tree, not a rewrite of 10k peers.
+/// A peer's document is written again only when its pod's
+/// resourceVersion changed, so one pod change among 10k costs one
+/// document, not 10k (see docs/kubernetes.md for the measure).
+#[derive(Default)]
+struct ClusterPart {
+    generations: Option<[u64; 6]>,
+    /// By pod key: (resourceVersion, document, problems).
+    peers: std::collections::BTreeMap<String, (String, Option<Source>, Vec<Problem>)>,
+    /// The other kinds' documents.
+    others: Vec<Source>,
+    problems: Vec<Problem>,
+}
+
+impl ClusterPart {
+    fn refresh(&mut self, caches: &Caches) {
+        let generations = caches.generations();
+        if self.generations == Some(generations) {
+            return;
+        }
+        let mut old = std::mem::take(&mut self.peers);
+        let mut peers = std::collections::BTreeMap::new();
+        caches.pods.read(|pods| {
+            for (key, p) in pods.iter().filter(|(_, p)| p.local.is_none()) {
+                let entry = match (old.remove(key), &p.revision) {
+                    // Unchanged since it was written (an empty version,
+                    // never sent by a real server, is always rewritten).
+                    (Some(e), Some(rv)) if !rv.is_empty() && e.0 == *rv => e,
+                    _ => {
+                        let mut problems = Vec::new();
+                        let doc = pod::peer(p, &mut problems);
+                        (p.revision.clone().unwrap_or_default(), doc, problems)
+                    }
+                };
+                peers.insert(key.clone(), entry);
+            }
+        });
+        let problems = peers
+            .values()
+            .flat_map(|(_, _, found)| found.iter().cloned())
+            .collect();
+        let mut others = Vec::with_capacity(self.others.len());
+        for (_, cache) in caches.documents() {
+            cache.read(|docs| others.extend(docs.values().flatten().cloned()));
+        }
+        *self = Self {
+            generations: Some(generations),
+            peers,
+            others,
+            problems,
+        };
+    }
+
+    fn sources(&self) -> impl Iterator<Item = &Source> {
+        self.peers
+            .values()
+            .filter_map(|(_, doc, _)| doc.as_ref())
+            .chain(&self.others)
+    }
+}
+
+/// One inventory from the caches and a fresh walk of the cgroup tree.
 /// Problems are logged once each (`reported`).
 fn build(
-    stores: &Stores,
+    caches: &Caches,
     settings: &KubeSettings,
+    cluster: &mut ClusterPart,
     reported: &mut std::collections::HashSet<String>,
 ) -> Inventory {
     let index = cgroups::scan(&settings.mount, &settings.search_base, cgroups::MAX_DEPTH);
@@ -299,29 +476,30 @@ fn build(
         exempt: settings.exempt.clone(),
     };
     let mut problems = Vec::new();
-    let mut pods = stores.pods.state();
-    pods.sort_by_key(|p| (p.namespace(), p.name_any()));
-    for p in &pods {
+    // The few pods of this node, copied out so that checking their
+    // documents does not hold the cache's lock.
+    let local: Vec<SlimPod> = caches.pods.read(|pods| {
+        pods.values()
+            .filter(|p| p.local.is_some())
+            .cloned()
+            .collect()
+    });
+    for p in &local {
         match pod::convert(p, &index, &settings.mount, &settings.sidecar, &mut problems) {
             pod::PodState::Ready(docs) => sources.extend(docs),
             pod::PodState::Exempt { id, cgroup } => guards.exempt.push((id, cgroup)),
             pod::PodState::Waiting(why) => {
-                debug!(pod = %format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()), why, "pod not enforced yet (pending)");
+                debug!(pod = %p.id, why, "pod not enforced yet (pending)");
             }
-            pod::PodState::Finished => {}
         }
     }
-    let mut namespaces = stores.namespaces.state();
-    namespaces.sort_by_key(|n| n.name_any());
-    for ns in &namespaces {
-        sources.push(object_source("namespaces", ns.as_ref()));
-    }
-    let mut policies = stores.policies.state();
-    policies.sort_by_key(|p| (p.namespace(), p.name_any()));
-    for np in &policies {
-        sources.push(object_source("networkpolicies", np.as_ref()));
-    }
-    let now: std::collections::HashSet<String> = problems.iter().map(ToString::to_string).collect();
+    cluster.refresh(caches);
+    sources.extend(cluster.sources().cloned());
+    let now: std::collections::HashSet<String> = problems
+        .iter()
+        .chain(&cluster.problems)
+        .map(ToString::to_string)
+        .collect();
     for p in &now {
         if !reported.contains(p) {
             warn!(target: "policy", "{p}");
@@ -329,35 +507,6 @@ fn build(
     }
     *reported = now;
     Inventory { sources, guards }
-}
-
-/// An API object as a YAML document named `kubernetes/<resource>/<ns>/<name>`
-/// in findings. `managedFields` are dropped: noise, and never policy.
-fn object_source<K>(resource: &str, object: &K) -> Source
-where
-    K: Resource + Serialize + Clone,
-{
-    let mut object = object.clone();
-    object.meta_mut().managed_fields = None;
-    let meta = object.meta();
-    let name = match &meta.namespace {
-        Some(ns) => format!(
-            "kubernetes/{resource}/{ns}/{}",
-            meta.name.clone().unwrap_or_default()
-        ),
-        None => format!(
-            "kubernetes/{resource}/{}",
-            meta.name.clone().unwrap_or_default()
-        ),
-    };
-    // k8s-openapi objects serialize with their apiVersion and kind; a
-    // failure (it cannot happen for these types) leaves an empty document,
-    // which the validator reports as missing `kind`.
-    let text = serde_yaml::to_string(&object).unwrap_or_default();
-    Source {
-        file: Arc::from(Path::new(&name)),
-        text,
-    }
 }
 
 #[cfg(test)]
@@ -386,10 +535,7 @@ mod tests {
             },
             ..Namespace::default()
         };
-        let sources = [
-            object_source("namespaces", &ns),
-            object_source("networkpolicies", &np),
-        ];
+        let sources = [objects::namespace(&ns), objects::network_policy(&np)];
         assert!(!sources[1].text.contains("managedFields"));
         let rejected = policy::load_sources(&sources).expect_err("except outside cidr");
         let text = rejected
@@ -413,5 +559,205 @@ mod tests {
             matches!(node_name(Some(" ")), Err(KubeError::NoNodeName))
                 || std::env::var("NODE_NAME").is_ok()
         );
+    }
+
+    /// The documents of a small two-node cluster, from API objects through
+    /// the same conversions as the watch, fed to the policy layer as the
+    /// agent on `node-a` does. The client runs here; `web` runs on node-b
+    /// (`web_node`, `web_ip`) behind the Service `web` (10.96.0.20:80 →
+    /// targetPort `http`), whose endpoints come as a v1beta1 slice (1.20)
+    /// or, with `endpoints_api`, as v1 Endpoints.
+    fn two_node_cluster(web_node: &str, web_ip: &str, endpoints_api: bool) -> Vec<Source> {
+        use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+        use kube::core::DynamicObject;
+        fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+            serde_json::from_value(v).expect("an API object")
+        }
+        const UID: &str = "3f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b";
+        let mount = std::env::temp_dir().join(format!(
+            "egress-k8s-two-nodes-{}-{web_node}-{endpoints_api}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(mount.join(format!("kubepods/pod{UID}"))).expect("mkdir");
+        let index = cgroups::scan(&mount, "", cgroups::MAX_DEPTH);
+        let pod = |name: &str, uid: &str, node: &str, ip: &str, app: &str| -> Pod {
+            from(serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "prod", "uid": uid,
+                             "labels": {"app": app},
+                             "managedFields": [{"manager": "kubelet"}]},
+                "spec": {"nodeName": node, "containers": [{"name": "app", "image": "x",
+                         "ports": [{"name": "http", "containerPort": 8080}]}]},
+                "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+            }))
+        };
+        let mut problems = Vec::new();
+        let mut sources = Vec::new();
+        let client = pod::slim(
+            &pod("client", UID, "node-a", "10.244.1.9", "client"),
+            "node-a",
+            "istio-proxy",
+        )
+        .expect("kept");
+        match pod::convert(&client, &index, &mount, "istio-proxy", &mut problems) {
+            pod::PodState::Ready(docs) => sources.extend(docs),
+            other => panic!("client not ready: {other:?}"),
+        }
+        let web = pod::slim(
+            &pod("web", "u-web", web_node, web_ip, "web"),
+            "node-a",
+            "istio-proxy",
+        )
+        .expect("kept");
+        sources.extend(pod::peer(&web, &mut problems));
+        assert!(problems.is_empty(), "{problems:?}");
+        let ns: Namespace = from(serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "prod", "labels": {"env": "prod"}}}));
+        sources.push(objects::namespace(&ns));
+        let np: NetworkPolicy = from(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "to-web", "namespace": "prod"},
+            "spec": {"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+                     "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                                 "ports": [{"port": "http"}]}]}
+        }));
+        sources.push(objects::network_policy(&np));
+        for n in ["node-a", "node-b", "node-c"] {
+            let node: Node = from(serde_json::json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": n},
+                "status": {"addresses": [{"type": "InternalIP",
+                                          "address": format!("172.18.0.{}", n.len())}]}}));
+            sources.push(objects::node(&node));
+        }
+        let svc: Service = from(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "prod"},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"],
+                     "selector": {"app": "web"},
+                     "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": "http"}]}
+        }));
+        sources.push(objects::service(&svc));
+        if endpoints_api {
+            let e: Endpoints = from(serde_json::json!({
+                "apiVersion": "v1", "kind": "Endpoints",
+                "metadata": {"name": "web", "namespace": "prod"},
+                "subsets": [{"addresses": [{"ip": web_ip, "nodeName": web_node,
+                               "targetRef": {"kind": "Pod", "namespace": "prod", "name": "web"}}],
+                             "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]}]
+            }));
+            sources.extend(objects::endpoints(&e));
+        } else {
+            let slice: DynamicObject = from(serde_json::json!({
+                "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+                "metadata": {"name": "web-x1", "namespace": "prod",
+                             "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [web_ip], "conditions": {"ready": true},
+                               "topology": {"kubernetes.io/hostname": web_node},
+                               "targetRef": {"kind": "Pod", "namespace": "prod", "name": "web"}}],
+                "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]
+            }));
+            sources.push(objects::dynamic_endpoint_slice(&slice).expect("converts"));
+        }
+        std::fs::remove_dir_all(&mount).ok();
+        sources
+    }
+
+    fn verdict(sources: &[Source], to: &str) -> crate::compile::Verdict {
+        let loaded = match policy::load_sources(sources) {
+            Ok(l) => l,
+            Err(e) => panic!("documents rejected: {:#?}", e.diagnostics),
+        };
+        let plan = crate::compile::compile(&loaded.model);
+        assert!(
+            plan.workload(&ObjectId::new("prod", "web")).is_none(),
+            "a pod of another node is never enforced here"
+        );
+        let client = plan
+            .workload(&ObjectId::new("prod", "client"))
+            .expect("the local pod is enforced");
+        let to: std::net::SocketAddr = to.parse().expect("IP:PORT");
+        crate::compile::decide(
+            &plan,
+            client,
+            crate::compile::Destination {
+                ip: to.ip(),
+                port: to.port(),
+                protocol: "tcp".parse().expect("tcp"),
+            },
+        )
+        .verdict
+    }
+
+    #[test]
+    fn watched_objects_make_cross_node_peers_and_services_work_end_to_end() {
+        use crate::compile::Verdict::{Allow, Deny};
+        for endpoints_api in [false, true] {
+            let cluster = two_node_cluster("node-b", "10.244.2.5", endpoints_api);
+            // The peer on the other node, at its named port only.
+            assert_eq!(verdict(&cluster, "10.244.2.5:8080"), Allow);
+            assert_eq!(verdict(&cluster, "10.244.2.5:8081"), Deny);
+            assert_eq!(verdict(&cluster, "10.244.2.6:8080"), Deny, "not a pod");
+            // The Service, judged by its backend at the target port.
+            assert_eq!(verdict(&cluster, "10.96.0.20:80"), Allow, "{endpoints_api}");
+            assert_eq!(verdict(&cluster, "10.96.0.20:8080"), Deny);
+            // The pod recreated on node-c with a new address: the next
+            // inventory allows the new address and no longer the old one.
+            let moved = two_node_cluster("node-c", "10.244.3.7", endpoints_api);
+            assert_eq!(verdict(&moved, "10.244.3.7:8080"), Allow);
+            assert_eq!(verdict(&moved, "10.244.2.5:8080"), Deny);
+            assert_eq!(verdict(&moved, "10.96.0.20:80"), Allow);
+        }
+    }
+
+    #[test]
+    fn a_peer_is_written_again_only_when_its_pod_changed() {
+        let (pods, pod_writer) = cache::cache::<SlimPod>();
+        let empty = || cache::cache::<Vec<Source>>().0;
+        let caches = Caches {
+            pods,
+            namespaces: empty(),
+            policies: empty(),
+            nodes: empty(),
+            services: empty(),
+            slices: empty(),
+        };
+        let peer = |name: &str, ip: &str, rv: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "prod", "resourceVersion": rv},
+                "spec": {"nodeName": "node-b", "containers": []},
+                "status": {"podIPs": [{"ip": ip}]}
+            }))
+            .expect("pod")
+        };
+        let map = |p: &Pod| pod::slim(p, "node-a", "istio-proxy");
+        for e in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(peer("a", "10.244.2.1", "1")),
+            watcher::Event::InitApply(peer("b", "10.244.2.2", "2")),
+            watcher::Event::InitDone,
+        ] {
+            pod_writer.apply(e, &map);
+        }
+        let mut part = ClusterPart::default();
+        let texts = |part: &ClusterPart| -> Vec<String> {
+            part.sources().map(|s| s.text.clone()).collect()
+        };
+        part.refresh(&caches);
+        assert_eq!(part.sources().count(), 2);
+        assert!(texts(&part)[0].contains("10.244.2.1"));
+        // The same resourceVersion is the same object: not written again
+        // (a server never changes an object without a new version).
+        pod_writer.apply(watcher::Event::Apply(peer("a", "10.244.2.9", "1")), &map);
+        part.refresh(&caches);
+        assert!(texts(&part)[0].contains("10.244.2.1"));
+        // A new version is written again; a deleted pod is gone.
+        pod_writer.apply(watcher::Event::Apply(peer("a", "10.244.2.9", "3")), &map);
+        pod_writer.apply(watcher::Event::Delete(peer("b", "10.244.2.2", "2")), &map);
+        part.refresh(&caches);
+        let now = texts(&part);
+        assert_eq!(now.len(), 1);
+        assert!(now[0].contains("10.244.2.9"), "{now:?}");
     }
 }

@@ -33,6 +33,7 @@ mod network;
 mod node;
 pub(crate) mod packages;
 pub(crate) mod pki;
+pub mod pod_memory;
 pub(crate) mod procs;
 mod scenario;
 mod teardown;
