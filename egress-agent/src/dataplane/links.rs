@@ -10,8 +10,9 @@
 //! after, so both run (and agree, reading the same maps) for a moment
 //! rather than neither.
 //!
-//! Ten programs: five decide (`cgroup_skb/egress`, `connect4/6`,
-//! `sendmsg4/6`), two record the flows whose replies they allow
+//! Eleven programs: six decide (`cgroup_skb/egress`, `connect4/6`,
+//! `sendmsg4/6`, and `lsm_cgroup/socket_create`, which refuses packet
+//! sockets), two record the flows whose replies they allow
 //! (`sockops`, `cgroup_skb/ingress`), `cgroup/getsockopt` answers
 //! `SO_ORIGINAL_DST` for redirected connections, and `recvmsg4/6` restore
 //! the source of redirected DNS replies. All are attached the same way and
@@ -33,9 +34,9 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         loaded_programs, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
-        CgroupSockopt, SockOps,
+        CgroupSockopt, LsmCgroup, SockOps,
     },
-    Ebpf,
+    Btf, Ebpf,
 };
 use egress_common::{program, Hook};
 
@@ -63,6 +64,7 @@ pub fn program_name(hook: Hook) -> &'static str {
         Hook::Connect6 => program::CONNECT6,
         Hook::Sendmsg4 => program::SENDMSG4,
         Hook::Sendmsg6 => program::SENDMSG6,
+        Hook::SockCreate => program::SOCK_CREATE,
         Hook::SockOps => program::SOCK_OPS,
         Hook::SkbIngress => program::SKB_INGRESS,
         Hook::GetSockopt => program::GETSOCKOPT,
@@ -79,8 +81,8 @@ pub fn program_name(hook: Hook) -> &'static str {
 /// so that a proxy never accepts a redirected connection it cannot ask
 /// about, and no redirected DNS reply keeps the proxy's source. Then
 /// the packet-level guarantee, so that no moment has only the
-/// connect hooks.
-const ATTACH_ORDER: [Hook; 10] = [
+/// connect hooks; packet sockets are refused from then on.
+const ATTACH_ORDER: [Hook; 11] = [
     Hook::SockOps,
     Hook::SkbIngress,
     Hook::GetSockopt,
@@ -91,6 +93,7 @@ const ATTACH_ORDER: [Hook; 10] = [
     Hook::Connect6,
     Hook::Sendmsg4,
     Hook::Sendmsg6,
+    Hook::SockCreate,
 ];
 
 /// `<program>@<fingerprint>`.
@@ -268,6 +271,19 @@ fn attach(
             load(|| prog.load(), name)?;
             let id = prog.attach(&dir, direction, mode).map_err(attach_err)?;
             FdLink::try_from(prog.take_link(id).map_err(take_err)?).map_err(fd_err)
+        }
+        Hook::SockCreate => {
+            // The LSM hook is named by its BTF id: the kernel's own BTF.
+            let btf = Btf::from_sys_fs().map_err(|source| DataplaneError::Io {
+                action: "reading kernel BTF for lsm_cgroup/socket_create from",
+                path: "/sys/kernel/btf/vmlinux".into(),
+                source: std::io::Error::other(source),
+            })?;
+            let prog: &mut LsmCgroup = program_mut(ebpf, name)?;
+            load(|| prog.load("socket_create", &btf), name)?;
+            let id = prog.attach(&dir).map_err(attach_err)?;
+            // An LSM link is an fd link already: the conversion cannot fail.
+            Ok(prog.take_link(id).map_err(take_err)?.into())
         }
         Hook::SockOps => {
             let prog: &mut SockOps = program_mut(ebpf, name)?;
