@@ -1,0 +1,243 @@
+//! Adversarial scenarios: an attacker in a managed, non-gateway workload
+//! with what container runtimes grant by default (CAP_NET_RAW included)
+//! tries to get a datagram out that the per-packet check would not judge,
+//! or judge with a forged source. The destination is one the policy
+//! ALLOWS, so the only thing that can stop each technique is the defence
+//! under test.
+//!
+//! Each technique is first shown to work from the same network namespace
+//! outside the agent's cgroup root (no program applies there), with a
+//! listener on the far side that records the source it saw; then from the
+//! workload with the data plane in force: the syscall result, the
+//! listener's silence, and the counter. Then the data plane is dropped
+//! without uninstalling (what a SIGKILLed agent leaves: pinned programs
+//! and maps) and the technique is tried again. These fixtures have no
+//! nftables at all: the kernel programs hold alone, as with `--no-nft`.
+//!
+//! No assertion depends on timing: a listener's silence is a bounded wait
+//! that a regression turns into an arrival, never the other way round.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use egress_agent::dataplane::{FlowEvent, Hook, Reason};
+use integration_tests::{Client, Enforced, Listener, Outcome, Proto, Resolved, TestNet};
+
+const ARRIVAL: Duration = Duration::from_secs(2);
+/// How long a listener must stay silent to count as "never received".
+const SILENCE: Duration = Duration::from_millis(700);
+
+/// `prod/client` has the client namespace's addresses and may reach the
+/// whole test subnet (the server included) on any port.
+const CLIENT: &str = r#"
+apiVersion: egress.enforcer.dev/v1alpha1
+kind: Workload
+metadata: {name: client, namespace: prod, labels: {app: client}$ANNOTATIONS}
+spec: {cgroup: $ROOT/prod/client, addresses: ["10.200.0.1", "fd00:200::1"]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: to-server, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.200.0.0/24}}, {ipBlock: {cidr: "fd00:200::/64"}}]
+"#;
+
+fn policy(annotations: &str) -> String {
+    CLIENT.replace("$ANNOTATIONS", annotations)
+}
+
+/// Addresses nobody has: an unused address of the client's own subnet
+/// (the issue's two-way channel), per family.
+const FORGED_V4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 99);
+const FORGED_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0x99);
+
+fn at(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+/// The source the listener saw for the next datagram, if one came.
+fn arrived(listener: &Listener, within: Duration) -> Option<IpAddr> {
+    listener.next_event(within).map(|e| e.peer().ip())
+}
+
+/// One forging technique: sends from `from` to `to` and reports the
+/// syscall's outcome.
+type Technique = fn(&Client<'_>, SocketAddr, SocketAddr) -> anyhow::Result<Outcome>;
+
+/// Runs `technique` outside the root (it works), inside (refused with
+/// `expected`, nothing arrives), and after the data plane is dropped
+/// (still refused). Returns the fixture for counter checks.
+fn attack(
+    name: &str,
+    technique: Technique,
+    server: IpAddr,
+    forged: IpAddr,
+    port: u16,
+    expected: Outcome,
+) -> Enforced {
+    let mut s = Enforced::new(&policy("")).unwrap();
+    let listener = Listener::start(&s.net.server, at(server, port), Proto::Udp).unwrap();
+    let from = at(forged, 40_000);
+
+    // Baseline: the technique gets a datagram with the forged source to
+    // the far side when no program judges it.
+    let outside = Client::outside(&s.net.client);
+    assert_eq!(
+        technique(&outside, from, listener.addr()).unwrap(),
+        Outcome::Ok,
+        "{name}: baseline send"
+    );
+    assert_eq!(
+        arrived(&listener, ARRIVAL),
+        Some(forged),
+        "{name}: without enforcement the forged datagram arrives"
+    );
+
+    // Enforced.
+    let inside = s.client("prod/client");
+    assert_eq!(
+        technique(&inside, from, listener.addr()).unwrap(),
+        expected,
+        "{name}: refused in the workload"
+    );
+    assert_eq!(listener.next_event(SILENCE), None, "{name}: nothing arrives");
+
+    // The agent is gone (pins only): still refused.
+    s.close();
+    let inside = s.client("prod/client");
+    assert_eq!(
+        technique(&inside, from, listener.addr()).unwrap(),
+        expected,
+        "{name}: refused with no agent"
+    );
+    assert_eq!(
+        listener.next_event(SILENCE),
+        None,
+        "{name}: nothing arrives with no agent"
+    );
+    s.open().unwrap();
+    s
+}
+
+fn packet(c: &Client<'_>, from: SocketAddr, to: SocketAddr) -> anyhow::Result<Outcome> {
+    c.packet_udp(from, to)
+}
+
+fn freebind(c: &Client<'_>, from: SocketAddr, to: SocketAddr) -> anyhow::Result<Outcome> {
+    c.spoof_udp(from, to)
+}
+
+fn transparent(c: &Client<'_>, from: SocketAddr, to: SocketAddr) -> anyhow::Result<Outcome> {
+    c.spoof_udp_transparent(from, to)
+}
+
+#[test]
+fn af_packet_frames_with_a_forged_source_never_leave_ipv4_and_ipv6() {
+    for (server, forged) in [
+        (IpAddr::from(TestNet::SERVER_V4), IpAddr::from(FORGED_V4)),
+        (TestNet::SERVER_V6.into(), FORGED_V6.into()),
+    ] {
+        let s = attack(
+            "AF_PACKET",
+            packet,
+            server,
+            forged,
+            7601,
+            Outcome::Eperm,
+        );
+        let counters = s.dataplane_ref().counters().unwrap();
+        // Twice: with the data plane open, and with only its pins.
+        assert_eq!(
+            counters.enforced(Hook::SockCreate, Reason::PacketSocket),
+            2,
+            "{counters:?}"
+        );
+    }
+}
+
+#[test]
+fn af_packet_is_allowed_to_a_workload_that_opts_in() {
+    let mut s = Enforced::new(&policy("")).unwrap();
+    s.apply(
+        &policy(", annotations: {egress.enforcer.dev/packet-sockets: allow}"),
+        &Resolved::new(),
+        false,
+    )
+    .unwrap();
+    let listener = Listener::start(&s.net.server, at(TestNet::SERVER_V4, 7602), Proto::Udp).unwrap();
+    let own = at(TestNet::CLIENT_V4, 40_000);
+    assert_eq!(
+        s.client("prod/client")
+            .packet_udp(own, listener.addr())
+            .unwrap(),
+        Outcome::Ok
+    );
+    assert_eq!(
+        arrived(&listener, ARRIVAL),
+        Some(TestNet::CLIENT_V4.into())
+    );
+    let counters = s.dataplane_ref().counters().unwrap();
+    assert_eq!(counters.enforced(Hook::SockCreate, Reason::PacketSocket), 0);
+    assert_eq!(counters.enforced(Hook::SockCreate, Reason::Rule), 1);
+}
+
+#[test]
+fn forged_sources_are_dropped_in_the_kernel_even_to_allowed_destinations() {
+    let cases: [(&str, Technique); 2] = [
+        ("IP_FREEBIND", freebind),
+        ("IP_TRANSPARENT", transparent),
+    ];
+    for (name, technique) in cases {
+        for (server, forged) in [
+            (IpAddr::from(TestNet::SERVER_V4), IpAddr::from(FORGED_V4)),
+            (TestNet::SERVER_V6.into(), FORGED_V6.into()),
+            // Another address that is not the workload's (the server's
+            // neighbour, as a gateway's address would be).
+            (
+                TestNet::SERVER_V4.into(),
+                TestNet::SERVER_V4_NEIGHBOUR.into(),
+            ),
+        ] {
+            // cgroup_skb drops the datagram, and UDP reports it as EPERM.
+            let s = attack(name, technique, server, forged, 7603, Outcome::Eperm);
+            let counters = s.dataplane_ref().counters().unwrap();
+            assert_eq!(
+                counters.enforced(Hook::Skb, Reason::Spoofed),
+                2,
+                "{name} from {forged}: {counters:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn own_sources_and_ping_inside_the_cluster_keep_working() {
+    let s = Enforced::new(&policy("")).unwrap();
+    let client = s.client("prod/client");
+    for (server, own) in [
+        (IpAddr::from(TestNet::SERVER_V4), IpAddr::from(TestNet::CLIENT_V4)),
+        (TestNet::SERVER_V6.into(), TestNet::CLIENT_V6.into()),
+    ] {
+        let listener = Listener::start(&s.net.server, at(server, 7604), Proto::Udp).unwrap();
+        // Bound explicitly to its own address: the same path the forged
+        // sends took, with a source that is the workload's.
+        assert_eq!(
+            client
+                .sendto_from(at(own, 40_001), listener.addr())
+                .unwrap(),
+            Outcome::Ok
+        );
+        assert_eq!(arrived(&listener, ARRIVAL), Some(own));
+        // A raw ICMP socket (what ping uses with CAP_NET_RAW): created,
+        // judged per packet, answered.
+        assert_eq!(client.ping(server).unwrap(), Outcome::Ok, "ping {server}");
+    }
+    let counters = s.dataplane_ref().counters().unwrap();
+    assert_eq!(counters.enforced(Hook::Skb, Reason::Spoofed), 0);
+    assert_eq!(counters.flow(FlowEvent::UdpReplyOutsideCluster), 0);
+}
