@@ -174,7 +174,24 @@ pub(super) fn establish(
             links.push(link);
             continue;
         }
-        let link = attach(ebpf, hook, root, links_dir)?;
+        let link = match attach(ebpf, hook, root, links_dir) {
+            Ok(link) => link,
+            // BPF LSM programs need a kernel with the bpf LSM active and
+            // BPF trampolines (tracing program types); some kernels and
+            // sandboxes have cgroup BPF without them. Every other
+            // guarantee still holds, so the agent runs without this one,
+            // and says so: packet sockets are then NOT refused
+            // (docs/security.md, "Known limits").
+            Err(err @ DataplaneError::LoadProgram { .. }) if hook == Hook::SockCreate => {
+                tracing::warn!(
+                    error = %err,
+                    "lsm_cgroup/socket_create cannot be loaded on this kernel: \
+                     AF_PACKET sockets are NOT refused"
+                );
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
         // A link pinned here that could not be adopted (attached to another
         // root, or to other maps) goes now that the new one runs.
         match fs::remove_file(&pin) {

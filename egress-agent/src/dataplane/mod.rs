@@ -272,6 +272,12 @@ impl Dataplane {
         &self.links
     }
 
+    /// Whether the program of `hook` runs. Only `Hook::SockCreate` can be
+    /// missing (a kernel without the BPF LSM); `open` fails for the rest.
+    pub fn enforces(&self, hook: Hook) -> bool {
+        self.links.iter().any(|l| l.hook == hook)
+    }
+
     /// Pins of links that `open` replaced (another build's, or attached
     /// elsewhere).
     pub fn replaced_links(&self) -> &[PathBuf] {
