@@ -369,9 +369,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             transparent,
         } => report(spoof(from, addr, transparent)),
         Command::Packet { addr, from } => report(packet_frame(from, addr)),
-        Command::Ping { addr, timeout_ms } => {
-            report(ping(addr, Duration::from_millis(timeout_ms)))
-        }
+        Command::Ping { addr, timeout_ms } => report(ping(addr, Duration::from_millis(timeout_ms))),
         Command::Raw { addr } => report(raw_udp(addr)),
         Command::Hold { target, timeout_ms } => hold(target, Duration::from_millis(timeout_ms)),
         Command::ConnectRate {
@@ -984,7 +982,10 @@ fn ping(addr: IpAddr, timeout: Duration) -> io::Result<()> {
         } else {
             &buf[..n]
         };
-        if from.ip() == addr && icmp.len() >= 8 && icmp[0] == reply && icmp[4..6] == id.to_be_bytes()
+        if from.ip() == addr
+            && icmp.len() >= 8
+            && icmp[0] == reply
+            && icmp[4..6] == id.to_be_bytes()
         {
             return Ok(());
         }
@@ -1017,7 +1018,13 @@ fn ip_udp(from: SocketAddr, to: SocketAddr) -> io::Result<Vec<u8>> {
     udp.extend_from_slice(PAYLOAD);
     match (from.ip(), to.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let pseudo = [&s.octets()[..], &d.octets()[..], &[0, 17], &udp_len.to_be_bytes()[..]].concat();
+            let pseudo = [
+                &s.octets()[..],
+                &d.octets()[..],
+                &[0, 17],
+                &udp_len.to_be_bytes()[..],
+            ]
+            .concat();
             let sum = checksum(&[&pseudo, &udp]);
             udp[6..8].copy_from_slice(&sum.to_be_bytes());
             let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
