@@ -213,6 +213,9 @@ pub mod program {
     /// whose frames no cgroup hook ever sees. `cgroup/sock_create` is not
     /// enough: the kernel runs it for `AF_INET`/`AF_INET6` sockets only.
     pub const SOCK_CREATE: &str = "egress_socket_create";
+    /// `cgroup/setsockopt`: refuses `IP_TRANSPARENT`/`IPV6_TRANSPARENT`
+    /// except for gateways and proxies.
+    pub const SETSOCKOPT: &str = "egress_setsockopt";
 }
 
 /// The deepest cgroup level the programs can look at: `level_mask` is a
@@ -304,6 +307,10 @@ impl PolicyInfo {
     /// a Workload annotated `egress.enforcer.dev/packet-sockets: "allow"`.
     /// Everyone else gets EPERM ([`Reason::PacketSocket`]).
     pub const PACKET_SOCKETS: u32 = 1 << 6;
+    /// The workload may set `IP_TRANSPARENT`/`IPV6_TRANSPARENT`: a gateway
+    /// or a Redirect's proxy (a TPROXY-mode sidecar needs it). Everyone
+    /// else gets EPERM ([`Reason::Transparent`]).
+    pub const TRANSPARENT: u32 = 1 << 7;
 }
 
 /// `SOURCES` key: a workload (its cgroup, the ancestor the walk matched)
@@ -439,24 +446,26 @@ pub enum Hook {
     Sendmsg6 = 4,
     /// `lsm_cgroup/socket_create`: packet sockets refused at creation.
     SockCreate = 5,
+    /// `cgroup/setsockopt`: `IP_TRANSPARENT` refused.
+    SetSockopt = 6,
     /// `sockops`: accepted TCP sockets (records only).
-    SockOps = 6,
+    SockOps = 7,
     /// `cgroup_skb/ingress`: UDP flows that came in (records only).
-    SkbIngress = 7,
+    SkbIngress = 8,
     /// `cgroup/getsockopt`: answers `SO_ORIGINAL_DST` (decides nothing).
-    GetSockopt = 8,
+    GetSockopt = 9,
     /// `cgroup/recvmsg4`: DNS replies from the proxy (decides nothing).
-    Recvmsg4 = 9,
+    Recvmsg4 = 10,
     /// `cgroup/recvmsg6`.
-    Recvmsg6 = 10,
+    Recvmsg6 = 11,
 }
 
 impl Hook {
     /// Hooks that decide: `Hook::ALL[..DECIDING]`. `VERDICTS` is sized for
     /// them only, so that its layout (and the maps an earlier agent
     /// pinned) did not change when the recording hooks came.
-    pub const DECIDING: u32 = 6;
-    pub const COUNT: u32 = 11;
+    pub const DECIDING: u32 = 7;
+    pub const COUNT: u32 = 12;
     pub const ALL: [Hook; Self::COUNT as usize] = [
         Hook::Skb,
         Hook::Connect4,
@@ -464,6 +473,7 @@ impl Hook {
         Hook::Sendmsg4,
         Hook::Sendmsg6,
         Hook::SockCreate,
+        Hook::SetSockopt,
         Hook::SockOps,
         Hook::SkbIngress,
         Hook::GetSockopt,
@@ -531,12 +541,16 @@ pub enum Reason {
     /// [`PolicyInfo::PACKET_SOCKETS`] (EPERM at creation): its frames
     /// would pass no cgroup hook.
     PacketSocket = 15,
+    /// Denied: setting `IP_TRANSPARENT`/`IPV6_TRANSPARENT` (EPERM) by a
+    /// workload without [`PolicyInfo::TRANSPARENT`]: it lets a socket send
+    /// from, and bind to, addresses that are not its own.
+    Transparent = 16,
 }
 
 impl Reason {
     /// Slots per (hook, disposition) in `VERDICTS`.
-    pub const SLOTS: u32 = 16;
-    pub const ALL: [Reason; 16] = [
+    pub const SLOTS: u32 = 32;
+    pub const ALL: [Reason; 17] = [
         Reason::Unmanaged,
         Reason::Loopback,
         Reason::NotIsolated,
@@ -553,6 +567,7 @@ impl Reason {
         Reason::Pending,
         Reason::Spoofed,
         Reason::PacketSocket,
+        Reason::Transparent,
     ];
 
     /// Whether this reason denies (when not in audit mode).
@@ -1004,10 +1019,11 @@ mod tests {
             }
         }
         assert!(Reason::ALL.iter().all(|r| (*r as u32) < Reason::SLOTS));
-        assert_eq!(seen.len(), 6 * 2 * Reason::ALL.len());
-        // 160 before `SockCreate` became a deciding hook: maps pinned by an
-        // older agent are refused (IncompatibleMap), never misread.
-        assert_eq!(VERDICT_SLOTS, 192);
+        assert_eq!(seen.len(), 7 * 2 * Reason::ALL.len());
+        // 160 before `SockCreate` and `SetSockopt` decided and reasons
+        // outgrew 16 slots: maps pinned by an older agent are refused
+        // (IncompatibleMap), never misread.
+        assert_eq!(VERDICT_SLOTS, 448);
         assert!(!Reason::Reply.denies());
         assert!(!Hook::SockOps.decides() && !Hook::SkbIngress.decides());
         assert!(!Hook::GetSockopt.decides());

@@ -109,6 +109,19 @@ pub fn egress_socket_create(ctx: LsmContext) -> i32 {
     conclude(Hook::SockCreate, outcome)
 }
 
+/// Refuses `IP_TRANSPARENT`/`IPV6_TRANSPARENT` with EPERM for managed
+/// workloads that are neither gateways nor proxies; every other option
+/// goes to the kernel untouched (1) and is not counted.
+#[cgroup_sockopt(setsockopt)]
+pub fn egress_setsockopt(ctx: SockoptContext) -> i32 {
+    if !sockopt::is_transparent(&ctx) {
+        return 1;
+    }
+    let outcome = sockopt::try_transparent();
+    events::after_socket(Hook::SetSockopt, &outcome);
+    conclude(Hook::SetSockopt, outcome)
+}
+
 /// Marks accepted TCP sockets inbound, and unmarks them when they close.
 /// The return value of these callbacks is ignored by the kernel.
 #[sock_ops]

@@ -338,6 +338,12 @@ impl<'a> Client<'a> {
         self.run(&["spoof", &addr, "--from", &from, "--transparent"])
     }
 
+    /// One UDP datagram from `from`, IP header written by the probe on an
+    /// `IPPROTO_RAW` socket.
+    pub fn raw_udp_from(&self, from: SocketAddr, addr: SocketAddr) -> anyhow::Result<Outcome> {
+        self.run(&["raw-from", &addr.to_string(), "--from", &from.to_string()])
+    }
+
     /// One UDP datagram from `from`, as a whole frame on an AF_PACKET
     /// socket: EPERM when the socket is refused.
     pub fn packet_udp(&self, from: SocketAddr, addr: SocketAddr) -> anyhow::Result<Outcome> {

@@ -195,10 +195,41 @@ fn af_packet_is_allowed_to_a_workload_that_opts_in() {
     }
 }
 
+fn raw(c: &Client<'_>, from: SocketAddr, to: SocketAddr) -> anyhow::Result<Outcome> {
+    c.raw_udp_from(from, to)
+}
+
+#[test]
+fn ip_transparent_is_refused_to_a_workload_that_is_no_proxy() {
+    for (server, forged) in [
+        (IpAddr::from(TestNet::SERVER_V4), IpAddr::from(FORGED_V4)),
+        (TestNet::SERVER_V6.into(), FORGED_V6.into()),
+    ] {
+        // EPERM from setsockopt itself: the socket never gets to send.
+        let s = attack(
+            "IP_TRANSPARENT",
+            transparent,
+            server,
+            forged,
+            7605,
+            Outcome::Eperm,
+        );
+        let counters = s.dataplane_ref().counters().unwrap();
+        assert_eq!(
+            counters.enforced(Hook::SetSockopt, Reason::Transparent),
+            2,
+            "{counters:?}"
+        );
+        assert_eq!(counters.enforced(Hook::Skb, Reason::Spoofed), 0);
+    }
+}
+
 #[test]
 fn forged_sources_are_dropped_in_the_kernel_even_to_allowed_destinations() {
-    let cases: [(&str, Technique); 2] =
-        [("IP_FREEBIND", freebind), ("IP_TRANSPARENT", transparent)];
+    let cases: [(&str, Technique); 2] = [
+        ("IP_FREEBIND", freebind),
+        ("IPPROTO_RAW (header included)", raw),
+    ];
     for (name, technique) in cases {
         for (server, forged) in [
             (IpAddr::from(TestNet::SERVER_V4), IpAddr::from(FORGED_V4)),

@@ -65,6 +65,7 @@ pub fn program_name(hook: Hook) -> &'static str {
         Hook::Sendmsg4 => program::SENDMSG4,
         Hook::Sendmsg6 => program::SENDMSG6,
         Hook::SockCreate => program::SOCK_CREATE,
+        Hook::SetSockopt => program::SETSOCKOPT,
         Hook::SockOps => program::SOCK_OPS,
         Hook::SkbIngress => program::SKB_INGRESS,
         Hook::GetSockopt => program::GETSOCKOPT,
@@ -82,7 +83,7 @@ pub fn program_name(hook: Hook) -> &'static str {
 /// about, and no redirected DNS reply keeps the proxy's source. Then
 /// the packet-level guarantee, so that no moment has only the
 /// connect hooks; packet sockets are refused from then on.
-const ATTACH_ORDER: [Hook; 11] = [
+const ATTACH_ORDER: [Hook; 12] = [
     Hook::SockOps,
     Hook::SkbIngress,
     Hook::GetSockopt,
@@ -94,6 +95,7 @@ const ATTACH_ORDER: [Hook; 11] = [
     Hook::Sendmsg4,
     Hook::Sendmsg6,
     Hook::SockCreate,
+    Hook::SetSockopt,
 ];
 
 /// `<program>@<fingerprint>`.
@@ -308,14 +310,14 @@ fn attach(
             let id = prog.attach(&dir, mode).map_err(attach_err)?;
             FdLink::try_from(prog.take_link(id).map_err(take_err)?).map_err(fd_err)
         }
-        Hook::GetSockopt => {
+        Hook::GetSockopt | Hook::SetSockopt => {
             let prog: &mut CgroupSockopt = program_mut(ebpf, name)?;
             load(|| prog.load(), name)?;
             let prog_fd = prog.fd().map_err(|source| DataplaneError::LoadProgram {
                 program: name,
                 source,
             })?;
-            sockopt_link(prog_fd.as_fd(), &dir, &root.path, links_dir)
+            sockopt_link(hook, prog_fd.as_fd(), &dir, &root.path, links_dir)
         }
         Hook::Connect4
         | Hook::Connect6
@@ -332,28 +334,38 @@ fn attach(
     }
 }
 
-/// A `cgroup/getsockopt` bpf_link as an `FdLink`. aya 0.14 keeps this
+/// A `cgroup/getsockopt` or `cgroup/setsockopt` bpf_link as an `FdLink`. aya 0.14 keeps this
 /// link type to itself, so it is created with `BPF_LINK_CREATE`, pinned
 /// at a temporary name in `links_dir` (bpffs refuses names with a dot;
 /// no `@`, so never taken for
 /// one of ours), and taken back with `PinnedLink::unpin`, which removes
 /// that name.
 fn sockopt_link(
+    hook: Hook,
     prog: BorrowedFd<'_>,
     cgroup: &File,
     path: &Path,
     links_dir: &Path,
 ) -> Result<FdLink, DataplaneError> {
-    let fd = syscalls::cgroup_link_create(prog, cgroup.as_fd(), syscalls::BPF_CGROUP_GETSOCKOPT)
-        .map_err(|source| io("attaching cgroup/getsockopt at", path, source))?;
-    let tmp = links_dir.join("getsockopt-link-being-pinned");
+    let (attach_type, tmp) = if hook == Hook::SetSockopt {
+        (
+            syscalls::BPF_CGROUP_SETSOCKOPT,
+            "setsockopt-link-being-pinned",
+        )
+    } else {
+        (
+            syscalls::BPF_CGROUP_GETSOCKOPT,
+            "getsockopt-link-being-pinned",
+        )
+    };
+    let fd = syscalls::cgroup_link_create(prog, cgroup.as_fd(), attach_type)
+        .map_err(|source| io("attaching cgroup/{get,set}sockopt at", path, source))?;
+    let tmp = links_dir.join(tmp);
     let _ = fs::remove_file(&tmp);
     syscalls::obj_pin(fd.as_fd(), &tmp)
         .map_err(|source| io("pinning the cgroup/getsockopt link at", &tmp, source))?;
-    let pinned = PinnedLink::from_pin(&tmp).map_err(|source| DataplaneError::NotFdLink {
-        hook: Hook::GetSockopt,
-        source,
-    });
+    let pinned =
+        PinnedLink::from_pin(&tmp).map_err(|source| DataplaneError::NotFdLink { hook, source });
     let link = pinned.and_then(|p| {
         p.unpin()
             .map_err(|source| io("unpinning the temporary link", &tmp, source))

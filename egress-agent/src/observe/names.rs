@@ -113,6 +113,7 @@ pub fn describe(reason: Reason) -> &'static str {
         Reason::Redirect => "redirected to the proxy",
         Reason::Spoofed => "source address is not the workload's own (anti-spoofing)",
         Reason::PacketSocket => "packet socket (AF_PACKET) refused at creation",
+        Reason::Transparent => "IP_TRANSPARENT refused (only gateways and proxies)",
     }
 }
 
@@ -135,6 +136,7 @@ pub fn slug(reason: Reason) -> &'static str {
         Reason::Redirect => "redirect",
         Reason::Spoofed => "spoofed-source",
         Reason::PacketSocket => "packet-socket",
+        Reason::Transparent => "transparent",
     }
 }
 

@@ -205,6 +205,13 @@ enum Command {
         #[arg(long)]
         from: SocketAddr,
     },
+    /// One UDP datagram from `from`, IP header included, on an
+    /// `IPPROTO_RAW` socket (header included: any source).
+    RawFrom {
+        addr: SocketAddr,
+        #[arg(long)]
+        from: SocketAddr,
+    },
     /// One ICMP echo request on a raw IP socket, as `ping` sends it;
     /// "ok" once the echo reply arrives (or "timeout").
     Ping {
@@ -369,6 +376,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             transparent,
         } => report(spoof(from, addr, transparent)),
         Command::Packet { addr, from } => report(packet_frame(from, addr)),
+        Command::RawFrom { addr, from } => report(raw_from(from, addr)),
         Command::Ping { addr, timeout_ms } => report(ping(addr, Duration::from_millis(timeout_ms))),
         Command::Raw { addr } => report(raw_udp(addr)),
         Command::Hold { target, timeout_ms } => hold(target, Duration::from_millis(timeout_ms)),
@@ -944,6 +952,33 @@ fn raw_udp(to: SocketAddr) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Sends the datagram of [`ip_udp`] whole on an `IPPROTO_RAW` socket,
+/// which implies `IP_HDRINCL` (`IPV6_HDRINCL`): the source is ours to pick.
+fn raw_from(from: SocketAddr, to: SocketAddr) -> io::Result<()> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let domain = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall; the descriptor is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let socket = UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    socket
+        .send_to(&ip_udp(from, to)?, SocketAddr::new(to.ip(), 0))
+        .map(drop)
 }
 
 /// An ICMP(v6) echo request on a raw socket, and its reply.

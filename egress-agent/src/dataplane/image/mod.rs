@@ -374,6 +374,9 @@ fn flags(plan: &Plan, w: &WorkloadPlan) -> u32 {
     if w.gateway.is_some() || w.packet_sockets {
         flags |= PolicyInfo::PACKET_SOCKETS;
     }
+    if w.gateway.is_some() || !w.proxy_for.is_empty() {
+        flags |= PolicyInfo::TRANSPARENT;
+    }
     flags
 }
 
