@@ -101,18 +101,110 @@ fn bad_cidr() {
 fn except_outside_cidr() {
     one_error(
         &np("  - to:\n    - ipBlock:\n        cidr: 10.0.0.0/8\n        except: [10.1.0.0/16, 192.168.0.0/16]\n"),
-        &["policies/case.yaml:22:31", "spec.egress[0].to[0].ipBlock.except[1]", "except 192.168.0.0/16 is not strictly inside cidr 10.0.0.0/8"],
+        &["policies/case.yaml:22:31", "spec.egress[0].to[0].ipBlock.except[1]", "except 192.168.0.0/16 is not a strict subset of cidr 10.0.0.0/8"],
     );
 }
 
+/// The warnings of a policy set that must be accepted.
+fn warnings(text: &str) -> Vec<Diagnostic> {
+    match policy::load_sources(&[Source::new("policies/case.yaml", text)]) {
+        Ok(loaded) => loaded.warnings,
+        Err(rejected) => panic!("expected acceptance: {:#?}", rejected.diagnostics),
+    }
+}
+
+/// Asserts one warning whose rendering contains every fragment.
+fn has_warning(text: &str, fragments: &[&str]) {
+    let rendered: Vec<String> = warnings(text).iter().map(ToString::to_string).collect();
+    assert!(
+        rendered
+            .iter()
+            .any(|w| fragments.iter().all(|f| w.contains(f))),
+        "no warning with {fragments:?} in {rendered:#?}"
+    );
+}
+
+/// kube-apiserver 1.20 has no endPort and drops it, so it accepts any
+/// value: the agent too, ignoring one it cannot honour, with a warning.
 #[test]
-fn end_port_below_port() {
-    one_error(
+fn end_port_below_port_is_ignored_with_a_warning() {
+    has_warning(
         &np("  - ports:\n    - port: 8080\n      endPort: 80\n"),
         &[
             "policies/case.yaml:21:7",
             "spec.egress[0].ports[0].endPort",
-            "endPort 80 is less than port 8080",
+            "endPort 80 is ignored",
+            "only `port` applies",
+        ],
+    );
+}
+
+/// kube-apiserver 1.20 accepts a zero-padded prefix length (Go's
+/// ParseCIDR); the agent enforces the canonical network and says so.
+#[test]
+fn zero_padded_prefix_is_accepted_with_a_warning() {
+    has_warning(
+        &np("  - to:\n    - ipBlock: {cidr: 10.20.0.0/016}\n"),
+        &[
+            "NetworkPolicy prod/np",
+            "spec.egress[0].to[0].ipBlock.cidr",
+            "zero-padded prefix length",
+            "enforced as 10.20.0.0/16",
+        ],
+    );
+}
+
+/// kube-apiserver 1.20 refuses what Go's ParseCIDR refuses: a leading
+/// zero in an IPv4 octet, a bare address, surrounding space.
+#[test]
+fn cidrs_go_refuses_are_refused() {
+    for cidr in ["010.1.2.3/8", "10.0.0.0", "' 10.0.0.0/8'"] {
+        one_error(
+            &np(&format!("  - to:\n    - ipBlock: {{cidr: {cidr}}}\n")),
+            &["spec.egress[0].to[0].ipBlock.cidr", "invalid CIDR"],
+        );
+    }
+}
+
+#[test]
+fn invalid_label_key_in_a_selector() {
+    one_error(
+        &np("  - to:\n    - podSelector: {matchLabels: {Example.com/app: web}}\n"),
+        &[
+            "NetworkPolicy prod/np",
+            "spec.egress[0].to[0].podSelector.matchLabels[\"Example.com/app\"]",
+            "not a qualified name",
+        ],
+    );
+}
+
+#[test]
+fn invalid_label_value_on_a_namespace() {
+    one_error(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod, labels: {team: -a}}\n",
+        &[
+            "Namespace prod",
+            "metadata.labels.team",
+            "not a valid label value",
+        ],
+    );
+}
+
+#[test]
+fn namespace_names_are_dns_labels() {
+    one_error(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: a.b}\n",
+        &["metadata.name", "DNS label"],
+    );
+}
+
+#[test]
+fn unquoted_number_as_a_label_value() {
+    one_error(
+        &np("  - to:\n    - podSelector: {matchLabels: {tier: 1}}\n"),
+        &[
+            "spec.egress[0].to[0].podSelector.matchLabels.tier",
+            "a number to kubectl (YAML 1.1), where Kubernetes expects a string",
         ],
     );
 }
@@ -225,7 +317,8 @@ fn all_errors_are_reported_not_only_the_first() {
     let text = np("  - to:\n    - ipBlock: {cidr: 300.0.0.0/8}\n    ports:\n    - port: 0\n    - port: 90\n      endPort: 80\n      protocol: ICMP\n");
     let errs = errors(&text);
     let messages: Vec<String> = errs.iter().map(ToString::to_string).collect();
-    assert_eq!(errs.len(), 4, "{messages:#?}");
+    // The reversed endPort is only a warning (see above).
+    assert_eq!(errs.len(), 3, "{messages:#?}");
 }
 
 fn agent() -> Command {

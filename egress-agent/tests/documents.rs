@@ -139,7 +139,8 @@ fn surroundings_of_documents_do_not_change_the_plan() {
 
 #[test]
 fn non_ascii_values_before_a_separator_leave_later_findings_on_their_lines() {
-    // A non-ASCII annotation in the first document; the invalid name after
+    // A non-ASCII annotation value in the first document (a key must be
+    // ASCII, as the API server requires); the invalid name after
     // the separator must still be reported on its own line, and the first
     // document must still be whole.
     let text = "\
@@ -147,7 +148,7 @@ apiVersion: v1
 kind: Namespace
 metadata:
   name: prod
-  annotations: {équipe: \"café ☕ — plateforme\"}
+  annotations: {note: \"équipe café ☕ — plateforme\"}
   labels: {team: platform}
 ---
 apiVersion: v1

@@ -158,6 +158,16 @@ fn cases() -> Vec<Case> {
         // --- Kubernetes NetworkPolicy: isolation ---
         case("no policy: a pod is not isolated", vec![], "prod/client", "192.0.2.1:443", "allow"),
         case("Egress policy with no rules denies all", vec![np("deny-all", "    []\n")], "prod/client", "10.1.0.1:80", "deny"),
+        // kube-apiserver 1.20 defaults an empty policyTypes like a missing
+        // one: Egress applies because there are egress rules.
+        case(
+            "policyTypes: [] with egress rules isolates egress",
+            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: empty-types, namespace: prod}\nspec:\n  podSelector: {}\n  policyTypes: []\n  egress: [{ports: [{port: 53}]}]\n".into()],
+            "prod/client", "10.1.0.1:80", "deny",
+        ),
+        // An invalid endPort is dropped as 1.20 drops it: only `port`.
+        case("a reversed endPort leaves the port alone", vec![np("rev", "  - ports: [{port: 8080, endPort: 80}]\n")], "prod/client", "10.9.9.9:8080", "allow rev[0]"),
+        case("a reversed endPort allows nothing below the port", vec![np("rev", "  - ports: [{port: 8080, endPort: 80}]\n")], "prod/client", "10.9.9.9:80", "deny"),
         case(
             "policyTypes Ingress only leaves egress open",
             vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: ing, namespace: prod}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n".into()],

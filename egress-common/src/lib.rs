@@ -811,7 +811,10 @@ impl CaptureInfo {
     pub const PROXY_V6: u32 = 1 << 1;
 }
 
-/// The original destination of a redirected connection.
+/// The original destination of a redirected connection. It lives as long
+/// as the proxy's side of the connection, not the app's: an app that
+/// connects and closes before the proxy calls `accept()` still leaves the
+/// proxy an answer, as conntrack does after an iptables REDIRECT.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct OrigDst {
@@ -823,8 +826,10 @@ pub struct OrigDst {
     pub port: u16,
     /// `AF_INET` (2) or `AF_INET6` (10): the family the app asked for.
     pub family: u16,
+    /// Set once the proxy has read it with `getsockopt(SO_ORIGINAL_DST)`.
+    pub answered: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 4],
+    pub _pad: [u8; 3],
 }
 
 /// `EVENT_CONFIG[0]`: what the programs report to the agent.
@@ -940,18 +945,62 @@ pub struct DnsOrig {
     pub _pad: [u8; 4],
 }
 
-/// `ORIG_DST` key: the app socket's local address and port once connected,
-/// which is the peer address of the proxy's accepted socket. IPv4 as
-/// `::ffff:a.b.c.d`, so that both ends spell it alike whatever their
-/// socket families.
+/// `ORIG_DST` key: the redirected connection as the proxy's accepted socket
+/// sees it, peer (the app's local address and port) and local (the proxy's
+/// listening address and port). IPv4 as `::ffff:a.b.c.d`, so that both
+/// ends spell it alike whatever their socket families.
+///
+/// The app's address and port alone are not unique: the same local port
+/// may be used at once towards other destinations (the proxy's own
+/// upstream connections from the same loopback address, say), and closing
+/// one of those must not touch this entry.
+///
+/// A loopback address means nothing outside its network namespace: every
+/// pod has its own 127.0.0.1, and two pods' apps can hold the same
+/// ephemeral port at once. So loopback keys carry the namespace's cookie
+/// (`bpf_get_netns_cookie`), which the app and its sidecar share; other
+/// keys carry 0, since a routed address is unique on the node.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SockKey {
+    pub netns: u64,
+    /// The app's local address.
     pub addr: [u8; 16],
+    /// The proxy's address, where the app's connect was sent.
+    pub proxy: [u8; 16],
     /// Host byte order.
     pub port: u16,
+    /// Host byte order.
+    pub proxy_port: u16,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 4],
+}
+
+impl SockKey {
+    /// Whether `addr` (mapped spelling) is a loopback address, whose key
+    /// needs its namespace.
+    #[inline(always)]
+    pub const fn is_loopback(addr: &[u8; 16]) -> bool {
+        let mut i = 0;
+        let mut zeros = true;
+        while i < 10 {
+            if addr[i] != 0 {
+                zeros = false;
+            }
+            i += 1;
+        }
+        if zeros && addr[10] == 0xff && addr[11] == 0xff {
+            return addr[12] == 127;
+        }
+        let mut i = 0;
+        while i < 15 {
+            if addr[i] != 0 {
+                return false;
+            }
+            i += 1;
+        }
+        addr[15] == 1
+    }
 }
 
 /// What happened to events before they reached the ring; one

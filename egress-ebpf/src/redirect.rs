@@ -3,9 +3,11 @@
 //! `compile::capture::captures`), and where they go instead.
 //!
 //! The original destination is filed by socket cookie at `connect()`
-//! (`REDIRECTED`); `sock_ops` moves it under the app's local address once
-//! the handshake completes ([`crate::sock_ops`]), where the proxy's
-//! `getsockopt(SO_ORIGINAL_DST)` finds it ([`crate::sockopt`]).
+//! (`REDIRECTED`); `sock_ops` moves it under the app's local address (and,
+//! for loopback, its network namespace) once the handshake completes
+//! ([`crate::sock_ops`]), where the proxy's `getsockopt(SO_ORIGINAL_DST)`
+//! finds it ([`crate::sockopt`]). It goes when the proxy's side of the
+//! connection closes.
 
 use core::ffi::c_void;
 
@@ -122,7 +124,8 @@ pub fn remember(ctx: &SockAddrContext, dst: &Dst) {
         addr: dst.addr.mapped(),
         port: dst.port,
         family,
-        _pad: [0; 4],
+        answered: 0,
+        _pad: [0; 3],
     };
     let _ = REDIRECTED.insert(cookie, orig, 0);
 }

@@ -15,7 +15,14 @@
 //! app socket's cookie (`REDIRECTED`, written by `connect4/6`) to its local
 //! address (`ORIG_DST`) when its handshake completes, because the proxy's
 //! accepted socket can only name its peer's address, not the peer's
-//! cookie. The entry goes when the app socket reaches `TCP_CLOSE`.
+//! cookie. The entry lives as long as the proxy's accepted socket, as a
+//! conntrack entry outlives the client's half of the connection: an app
+//! that connects and closes before the proxy's `accept()` must still leave
+//! the proxy its answer (Squid stops serving its intercept port after one
+//! `ENOENT`). It goes when that socket reaches `TCP_CLOSE` in an orderly
+//! way, or abortively once the proxy has read it; a connection reset
+//! before the proxy asked keeps it for a later `accept()`, bounded by the
+//! map's LRU eviction.
 
 use core::ffi::c_void;
 
@@ -25,7 +32,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_TCP_CLOSE, BPF_TCP_CLOSE_WAIT, BPF_TCP_ESTABLISHED, BPF_TCP_SYN_RECV,
     },
-    helpers::bpf_get_socket_cookie,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockOpsContext,
 };
 use egress_common::{inbound, FlowEvent, SockKey, UdpFlowKey};
@@ -35,6 +42,7 @@ use crate::{
     maps::{INBOUND_TCP, ORIG_DST, REDIRECTED},
     packet::TCP_SYN,
     redirect::AF_INET,
+    verdict::count,
 };
 
 /// What one callback did; `None` for callbacks that concern no entry.
@@ -51,7 +59,7 @@ pub fn on_sock_ops(ctx: &SockOpsContext) -> Option<FlowEvent> {
 
 /// A redirected connect sends its SYN: ask for state callbacks, so that a
 /// connect that fails (`SYN_SENT -> CLOSE`) removes its `REDIRECTED`
-/// entry and an established one its `ORIG_DST` entry.
+/// entry.
 #[inline(always)]
 fn redirect_connecting(ctx: &SockOpsContext) -> Option<FlowEvent> {
     // SAFETY: an LRU element; only its presence matters.
@@ -62,36 +70,75 @@ fn redirect_connecting(ctx: &SockOpsContext) -> Option<FlowEvent> {
     None
 }
 
-/// The app's local address, IPv4 as `::ffff:a.b.c.d`.
+/// One end of a connection: address (IPv4 as `::ffff:a.b.c.d`) and port.
+type End = ([u8; 16], u16);
+
+/// The socket's local and remote ends.
 #[inline(always)]
-fn local_key(ctx: &SockOpsContext) -> SockKey {
+fn ends(ctx: &SockOpsContext) -> (End, End) {
     let ops = ctx.ops;
     // SAFETY: 4-byte fields of the kernel's context. All are read, whatever
     // the family, each with its own load at a constant offset: loads in
     // two branches would be merged into one through a moved context
     // pointer, which the verifier refuses.
-    let (family, port, v4, words) = unsafe {
+    let (family, local_port, local4, remote_port, remote4) = unsafe {
         (
             core::ptr::read_volatile(&(*ops).family),
             core::ptr::read_volatile(&(*ops).local_port),
             core::ptr::read_volatile(&(*ops).local_ip4),
+            core::ptr::read_volatile(&(*ops).remote_port),
+            core::ptr::read_volatile(&(*ops).remote_ip4),
+        )
+    };
+    // SAFETY: as above.
+    let (local6, remote6) = unsafe {
+        (
             [
                 core::ptr::read_volatile(&(*ops).local_ip6[0]),
                 core::ptr::read_volatile(&(*ops).local_ip6[1]),
                 core::ptr::read_volatile(&(*ops).local_ip6[2]),
                 core::ptr::read_volatile(&(*ops).local_ip6[3]),
             ],
+            [
+                core::ptr::read_volatile(&(*ops).remote_ip6[0]),
+                core::ptr::read_volatile(&(*ops).remote_ip6[1]),
+                core::ptr::read_volatile(&(*ops).remote_ip6[2]),
+                core::ptr::read_volatile(&(*ops).remote_ip6[3]),
+            ],
         )
     };
-    let addr = if family == u32::from(AF_INET) {
-        UdpFlowKey::v4_mapped(v4.to_ne_bytes())
+    let v4 = family == u32::from(AF_INET);
+    let addr = |a4: u32, a6: [u32; 4]| {
+        if v4 {
+            UdpFlowKey::v4_mapped(a4.to_ne_bytes())
+        } else {
+            words_to_bytes(a6)
+        }
+    };
+    // `local_port` is in host byte order; `remote_port` holds the
+    // network-order port in its upper half.
+    (
+        (addr(local4, local6), local_port as u16),
+        (addr(remote4, remote6), u32::from_be(remote_port) as u16),
+    )
+}
+
+/// The entry's key for a connection from `app` to `proxy`.
+#[inline(always)]
+fn key(ctx: &SockOpsContext, app: End, proxy: End) -> SockKey {
+    let netns = if SockKey::is_loopback(&app.0) {
+        // SAFETY: the helper accepts a sock_ops context.
+        unsafe { bpf_get_netns_cookie(ctx.ops as *mut c_void) }
     } else {
-        words_to_bytes(words)
+        0
     };
     SockKey {
-        addr,
-        port: port as u16,
-        _pad: [0; 2],
+        netns,
+        addr: app.0,
+        proxy: proxy.0,
+        port: app.1,
+        proxy_port: proxy.1,
+        _pad: [0; 4],
     }
 }
 
@@ -103,29 +150,45 @@ fn redirect_established(ctx: &SockOpsContext) -> Option<FlowEvent> {
     // SAFETY: an LRU element, copied at once.
     let orig = (unsafe { REDIRECTED.get(cookie) }).copied()?;
     let _ = REDIRECTED.remove(cookie);
-    let event = match ORIG_DST.insert(local_key(ctx), orig, 0) {
+    // On the app's socket: local is the app, remote the proxy.
+    let (local, remote) = ends(ctx);
+    let event = match ORIG_DST.insert(key(ctx, local, remote), orig, 0) {
         Ok(()) => FlowEvent::RedirectEstablished,
         Err(_) => FlowEvent::RedirectRecordFailed,
     };
     Some(event)
 }
 
-/// Removes what a closing redirected socket left: its `ORIG_DST` entry
-/// (only if it is this socket's: another socket may have the address
-/// since) or its `REDIRECTED` entry if it never connected.
+/// A redirected connect that closes before its handshake completed
+/// leaves its `REDIRECTED` entry, removed here. An established one's
+/// `ORIG_DST` entry belongs to the proxy's side ([`release_original`]).
 #[inline(always)]
-fn redirect_closed(ctx: &SockOpsContext, cookie: u64) -> Option<FlowEvent> {
-    if REDIRECTED.remove(cookie).is_ok() {
-        return Some(FlowEvent::RedirectClosed);
+fn redirect_closed(cookie: u64) -> Option<FlowEvent> {
+    REDIRECTED
+        .remove(cookie)
+        .is_ok()
+        .then_some(FlowEvent::RedirectClosed)
+}
+
+/// The proxy's accepted socket of a redirected connection closes: its
+/// `ORIG_DST` entry goes, unless the connection was reset before the
+/// proxy read it (the proxy may still `accept()` it and ask; see the
+/// module doc).
+#[inline(always)]
+fn release_original(ctx: &SockOpsContext, old: u32) {
+    // On the proxy's socket: remote is the app, local the proxy.
+    let (local, remote) = ends(ctx);
+    let key = key(ctx, remote, local);
+    let Some(entry) = ORIG_DST.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: a one-byte field of a preallocated LRU element.
+    let answered = unsafe { core::ptr::read_volatile(&(*entry).answered) };
+    let abortive = old == BPF_TCP_ESTABLISHED || old == BPF_TCP_CLOSE_WAIT;
+    if answered != 0 || !abortive {
+        let _ = ORIG_DST.remove(key);
+        count(FlowEvent::RedirectClosed);
     }
-    let key = local_key(ctx);
-    // SAFETY: an LRU element, copied at once.
-    let orig = (unsafe { ORIG_DST.get(key) }).copied()?;
-    if orig.cookie != cookie {
-        return None;
-    }
-    let _ = ORIG_DST.remove(key);
-    Some(FlowEvent::RedirectClosed)
 }
 
 #[inline(always)]
@@ -172,9 +235,10 @@ fn state_changed(ctx: &SockOpsContext) -> Option<FlowEvent> {
     // A socket this program asked state callbacks for as a redirected
     // connect is never an accepted one.
     if new == BPF_TCP_CLOSE {
-        if let Some(event) = redirect_closed(ctx, cookie) {
+        if let Some(event) = redirect_closed(cookie) {
             return Some(event);
         }
+        release_original(ctx, old);
     }
     // Another program may have asked for state callbacks on sockets that
     // are not ours: only entries this program made are touched.

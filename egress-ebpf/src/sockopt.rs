@@ -3,11 +3,19 @@
 //!
 //! The kernel has already run its own `getsockopt()` (without conntrack it
 //! fails); this program then sees the call. For a connection that
-//! [`crate::sock_ops`] filed in `ORIG_DST` under the peer's address, it
+//! [`crate::sock_ops`] filed in `ORIG_DST` under the peer's address (and,
+//! for loopback, this socket's network namespace: the app's and its
+//! sidecar's), it
 //! writes a `sockaddr_in` (`SOL_IP`) or `sockaddr_in6` (`SOL_IPV6`, IPv4
 //! as `::ffff:a.b.c.d`) and clears the error.
 
-use aya_ebpf::{helpers::bpf_get_current_ancestor_cgroup_id, programs::SockoptContext};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_TCP_CLOSE,
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie},
+    programs::SockoptContext,
+};
 use egress_common::{FlowEvent, PolicyInfo, Reason, SockKey, NO_RULE};
 
 use crate::{
@@ -89,36 +97,73 @@ pub fn original_dst(ctx: &SockoptContext) -> Option<FlowEvent> {
         return Some(FlowEvent::OriginalDstUnknown);
     }
     // SAFETY: fields of `struct bpf_sock`, readable with these sizes.
-    let (family, port, v4, v6) = unsafe {
+    let (family, dst_port, dst4, src_port, src4) = unsafe {
         (
             core::ptr::read_volatile(&(*sk).family),
             core::ptr::read_volatile(&(*sk).dst_port),
             core::ptr::read_volatile(&(*sk).dst_ip4),
+            core::ptr::read_volatile(&(*sk).src_port),
+            core::ptr::read_volatile(&(*sk).src_ip4),
+        )
+    };
+    // SAFETY: as above.
+    let (dst6, src6) = unsafe {
+        (
             [
                 core::ptr::read_volatile(&(*sk).dst_ip6[0]),
                 core::ptr::read_volatile(&(*sk).dst_ip6[1]),
                 core::ptr::read_volatile(&(*sk).dst_ip6[2]),
                 core::ptr::read_volatile(&(*sk).dst_ip6[3]),
             ],
+            [
+                core::ptr::read_volatile(&(*sk).src_ip6[0]),
+                core::ptr::read_volatile(&(*sk).src_ip6[1]),
+                core::ptr::read_volatile(&(*sk).src_ip6[2]),
+                core::ptr::read_volatile(&(*sk).src_ip6[3]),
+            ],
         )
     };
-    let addr = if family == u32::from(AF_INET) {
-        let a = v4.to_ne_bytes();
-        [
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-        ]
+    let v4 = family == u32::from(AF_INET);
+    let addr = |a4: u32, a6: [u32; 4]| {
+        if v4 {
+            let a = a4.to_ne_bytes();
+            [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+            ]
+        } else {
+            words_to_bytes(a6)
+        }
+    };
+    // The peer is the app, this socket's end the proxy.
+    let app = addr(dst4, dst6);
+    let netns = if SockKey::is_loopback(&app) {
+        // SAFETY: the helper accepts a sockopt context.
+        unsafe { bpf_get_netns_cookie(so as *mut c_void) }
     } else {
-        words_to_bytes(v6)
+        0
     };
     let key = SockKey {
-        addr,
-        port: u16::from_be(port),
-        _pad: [0; 2],
+        netns,
+        addr: app,
+        proxy: addr(src4, src6),
+        // `dst_port` is in network byte order, `src_port` in host order.
+        port: u16::from_be(dst_port),
+        proxy_port: src_port as u16,
+        _pad: [0; 4],
     };
-    // SAFETY: an LRU element, copied at once.
-    let Some(orig) = (unsafe { ORIG_DST.get(key) }).copied() else {
+    let Some(entry) = ORIG_DST.get_ptr_mut(key) else {
         return Some(FlowEvent::OriginalDstUnknown);
     };
+    // SAFETY: a preallocated LRU element: copied at once, then only its
+    // one-byte `answered` flag is written.
+    let orig = unsafe { *entry };
+    unsafe { core::ptr::write_volatile(&mut (*entry).answered, 1) };
+    // A connection reset before the proxy's accept() kept its entry for
+    // this answer (see `sock_ops`); nothing will close it again.
+    // SAFETY: a 4-byte field of `struct bpf_sock`.
+    if unsafe { core::ptr::read_volatile(&(*sk).state) } == BPF_TCP_CLOSE {
+        let _ = ORIG_DST.remove(key);
+    }
     // SAFETY: the buffer pointers of the context.
     let (start, end) = unsafe {
         (

@@ -30,12 +30,41 @@ pub struct Agent {
     pin_dir: PathBuf,
     netns: String,
     args: Vec<String>,
+    pod: Option<InPod>,
+}
+
+/// The agent as a DaemonSet container runs it: in its pod's cgroup, in a
+/// private cgroup namespace (so `/proc/self/cgroup` says `0::/`), with its
+/// pod UID from the downward API.
+#[derive(Clone, Debug)]
+pub struct InPod {
+    pub cgroup: PathBuf,
+    pub pod_uid: String,
 }
 
 impl Agent {
     /// Starts the agent in `netns` with `args` after `run`, and waits until
     /// it has applied a first generation.
     pub fn start(netns: &Netns, pin_dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_placed(netns, pin_dir, args, None)
+    }
+
+    /// [`Agent::start`], run as a pod's container ([`InPod`]).
+    pub fn start_in_pod(
+        netns: &Netns,
+        pin_dir: &Path,
+        args: &[&str],
+        pod: InPod,
+    ) -> anyhow::Result<Self> {
+        Self::start_placed(netns, pin_dir, args, Some(pod))
+    }
+
+    fn start_placed(
+        netns: &Netns,
+        pin_dir: &Path,
+        args: &[&str],
+        pod: Option<InPod>,
+    ) -> anyhow::Result<Self> {
         let log = std::env::temp_dir().join(format!("{}.log", names::unique("egress-agent")));
         let mut agent = Self {
             child: None,
@@ -43,6 +72,7 @@ impl Agent {
             pin_dir: pin_dir.to_owned(),
             netns: netns.name().to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            pod,
         };
         agent.spawn()?;
         agent.wait_for_log("policy applied", Duration::from_secs(15))?;
@@ -55,7 +85,18 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
-        let child = Command::new("nsenter")
+        let mut command = match &self.pod {
+            None => Command::new("nsenter"),
+            Some(pod) => {
+                // unshare execs nsenter, which execs the agent: one pid,
+                // already in the pod's cgroup when the namespace is made.
+                let mut c = Command::new("unshare");
+                crate::node::enter_cgroup_on_spawn(&mut c, &pod.cgroup)?;
+                c.args(["--cgroup", "nsenter"]).env("POD_UID", &pod.pod_uid);
+                c
+            }
+        };
+        let child = command
             .arg(format!("--net=/run/netns/{}", self.netns))
             .arg(agent_exe())
             .arg("run")

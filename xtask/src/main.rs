@@ -2,6 +2,7 @@
 //!
 //! `main` only parses and dispatches; each task lives in its own module.
 
+mod apiserver_diff;
 mod bench;
 mod demo;
 mod host;
@@ -43,6 +44,13 @@ enum Task {
     K8sTest(k8s::K8sTestArgs),
     /// The same scenario on a kind cluster (needs Docker and kind).
     KindTest(k8s::kind::KindTestArgs),
+    /// Send every object of tests/apiserver-corpus through a real
+    /// kube-apiserver 1.20 (`kubectl apply --dry-run=server`) and through
+    /// `egress-agent check`; fail on any disagreement.
+    ApiserverDiff(apiserver_diff::ApiserverDiffArgs),
+    /// Run the upstream NetworkPolicy e2e suite (built from the same
+    /// Kubernetes source) against the local cluster with the agent.
+    NetpolE2e(k8s::NetpolE2eArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +62,8 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(&args),
         Task::K8sTest(args) => k8s::run(&args),
         Task::KindTest(args) => k8s::kind::run(&args),
+        Task::ApiserverDiff(args) => apiserver_diff::run(&args),
+        Task::NetpolE2e(args) => k8s::netpol_e2e(&args),
     };
     match result {
         Ok(code) => code,

@@ -17,7 +17,8 @@ use crate::{
 /// library sources), the LLVM that bpf-linker links against, and the tools
 /// the agent, the tests and the demo drive (`dnsmasq-base` is the
 /// simulated node's kube-dns; nginx, openssl and curl its internet's web
-/// sites and their clients).
+/// sites and their clients; Squid and redsocks the unmodified proxies the
+/// redirect is tested with, Python the upstream they reach).
 pub const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -32,6 +33,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "nginx-light",
     "openssl",
     "curl",
+    "squid",
+    "redsocks",
+    "python3",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

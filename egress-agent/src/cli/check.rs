@@ -17,8 +17,19 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     let (valid, diagnostics, summary) = match policy::load(&args.paths) {
         Ok(loaded) => {
             let m = &loaded.model;
+            // Cluster objects are named only when present, so that a
+            // file-only set reads as before.
+            let cluster: String = [
+                ("Service", m.services.len()),
+                ("EndpointSlice", m.endpoint_slices.len()),
+                ("Node", m.nodes.len()),
+            ]
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(kind, n)| format!(", {n} {kind}"))
+            .collect();
             let summary = format!(
-                "ok: {} namespace(s), {} workload(s), {} NetworkPolicy, {} EgressGateway, {} Redirect; {} warning(s)",
+                "ok: {} namespace(s), {} workload(s), {} NetworkPolicy, {} EgressGateway, {} Redirect{cluster}; {} warning(s)",
                 m.namespaces.values().filter(|n| n.declared).count(),
                 m.workloads.len(),
                 m.network_policies.len(),

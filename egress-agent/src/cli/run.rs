@@ -103,6 +103,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The agent's own pod UID, from the downward API (`metadata.uid`).
+const POD_UID_ENV: &str = "POD_UID";
+
 /// The guard entries of this run, and where pods' cgroups are searched.
 struct RunGuards {
     mount: PathBuf,
@@ -136,7 +139,19 @@ fn guards(args: &RunArgs, enforcer: &mut KernelEnforcer) -> anyhow::Result<RunGu
     }
     let mut exempt = Vec::new();
     if !pending.is_empty() {
-        let own = kubernetes::cgroups::own_cgroup().context("cannot read /proc/self/cgroup")?;
+        // In a private cgroup namespace /proc/self/cgroup says `/`; the
+        // pod UID (downward API) then finds the agent's pod like any pod.
+        let pod_uid = std::env::var(POD_UID_ENV).ok().filter(|u| !u.is_empty());
+        // The root cgroup is below no guarded root, so a real `/` needs no
+        // exemption; a namespaced `/` does, and says so here.
+        let own = kubernetes::cgroups::own_cgroup_in(&mount, &base, pod_uid.as_deref())
+            .unwrap_or_else(|| {
+                tracing::warn!(
+                    pod_uid = pod_uid.as_deref().unwrap_or("(unset)"),
+                    "cannot tell which cgroup the agent runs in (/proc/self/cgroup says `/`: the root, or a private cgroup namespace); if it runs below a guarded root, set {POD_UID_ENV} from the downward API (metadata.uid), or the pending policy will keep it from the API server"
+                );
+                String::new()
+            });
         let below = |root: &String| own == *root || own.starts_with(&format!("{root}/"));
         if pending.iter().any(below) {
             let id = ObjectId::new(GUARD_NAMESPACE, "agent:self");

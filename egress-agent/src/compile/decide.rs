@@ -318,7 +318,7 @@ fn explain_backends(plan: &Plan, workload: &WorkloadPlan, frontend: &Frontend) -
             backend_destination(frontend, *backend),
             Vec::new(),
         );
-        lines.push(format!("  backend {backend}: {} ({})", d.verdict, d.reason));
+        lines.push(format!("backend {backend}: {} ({})", d.verdict, d.reason));
     }
     lines
 }

@@ -1,19 +1,25 @@
 //! Finding pods' cgroups by searching the cgroup2 tree, never by assuming a
 //! layout.
 //!
-//! The kubelet names a pod's cgroup after its UID, in one of two layouts:
+//! The kubelet names a pod's cgroup after its UID, in one of these layouts:
 //!
 //! - cgroupfs driver: `…/kubepods/<qos>/pod<uid>/<container-id>` (the
-//!   Guaranteed class has no `<qos>` level);
+//!   Guaranteed class has no `<qos>` level; CRI-O names the container
+//!   `crio-<id>`);
 //! - systemd driver: `…/kubepods.slice/kubepods-<qos>.slice/
 //!   kubepods-<qos>-pod<uid_with_underscores>.slice/cri-containerd-<id>.scope`
-//!   (`docker-<id>.scope`, `crio-<id>.scope` with other runtimes).
+//!   (`docker-<id>.scope`, `crio-<id>.scope` with other runtimes);
+//! - kind's nodes (systemd driver, kubelet `cgroupRoot: /kubelet`):
+//!   `…/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-<qos>.slice/
+//!   kubelet-kubepods-<qos>-pod<uid_with_underscores>.slice/cri-containerd-<id>.scope`.
 //!
-//! The prefix above `kubepods` depends on the kubelet's `--cgroup-root`
+//! The prefix above the pods root depends on the kubelet's `--cgroup-root`
 //! and on where the cgroup2 hierarchy is mounted, so the tree is walked
 //! (bounded in depth, never below a pod's directory) and directories are
 //! recognised by name: a pod directory by the UID it embeds, a container
-//! directory by the container id, and the pods root by its name.
+//! directory by the container id, and the pods root by its name. systemd
+//! names a slice after its whole path (`a-b.slice` is `b` inside `a`), so a
+//! slice is recognised by its `kubepods` component, wherever it sits.
 
 use std::{
     collections::BTreeMap,
@@ -82,22 +88,30 @@ fn relative(mount: &Path, path: &Path) -> String {
         .to_owned()
 }
 
-/// `kubepods` (cgroupfs) or `kubepods.slice` (systemd).
+/// `kubepods` (cgroupfs), `kubepods.slice` (systemd) or a slice whose last
+/// component is `kubepods` (`kubelet-kubepods.slice` on kind's nodes).
 pub fn is_pods_root(name: &str) -> bool {
-    name == "kubepods" || name == "kubepods.slice"
+    if name == "kubepods" {
+        return true;
+    }
+    name.strip_suffix(".slice")
+        .is_some_and(|stem| stem.rsplit('-').next() == Some("kubepods"))
 }
 
-/// The pod UID a directory name embeds: `pod<uid>` (cgroupfs) or
-/// `kubepods[-<qos>]-pod<uid_with_underscores>.slice` (systemd).
+/// The pod UID a directory name embeds: `pod<uid>` (cgroupfs) or a slice
+/// `…kubepods[-<qos>]-pod<uid_with_underscores>.slice` (systemd, kind).
 pub fn pod_uid(name: &str) -> Option<String> {
     if let Some(uid) = name.strip_prefix("pod") {
         return is_uid(uid).then(|| uid.to_owned());
     }
     let stem = name.strip_suffix(".slice")?;
-    if !stem.starts_with("kubepods") {
+    let (parents, uid) = stem.rsplit_once("-pod")?;
+    // The pod's slice is always below a `kubepods` slice, so one of the
+    // path components before it is `kubepods` (`system-pod….slice` is not
+    // a pod).
+    if !parents.split('-').any(|c| c == "kubepods") {
         return None;
     }
-    let (_, uid) = stem.rsplit_once("-pod")?;
     let uid = uid.replace('_', "-");
     is_uid(&uid).then_some(uid)
 }
@@ -119,20 +133,27 @@ pub fn container_id(status_id: &str) -> Option<&str> {
 }
 
 /// The directory of container `id` in the pod directory `pod` (relative to
-/// `mount`): named `<id>` (cgroupfs) or `<runtime>-<id>.scope` (systemd).
+/// `mount`): named `<id>` (cgroupfs, containerd), `<runtime>-<id>`
+/// (cgroupfs, CRI-O) or `<runtime>-<id>.scope` (systemd). CRI-O's monitor
+/// (`crio-conmon-<id>.scope`) has the same id and is not the container.
 pub fn container_dir(mount: &Path, pod: &str, id: &str) -> Option<String> {
     let dir: PathBuf = mount.join(pod);
     let direct = dir.join(id);
     if direct.is_dir() {
         return Some(relative(mount, &direct));
     }
-    let suffix = format!("-{id}.scope");
+    let is_container = |name: &str| {
+        let stem = name.strip_suffix(".scope").unwrap_or(name);
+        stem.strip_suffix(id)
+            .and_then(|runtime| runtime.strip_suffix('-'))
+            .is_some_and(|runtime| !runtime.is_empty() && !runtime.contains("conmon"))
+    };
     fs::read_dir(&dir)
         .ok()?
         .flatten()
         .find(|e| {
             e.file_type().is_ok_and(|t| t.is_dir())
-                && e.file_name().to_str().is_some_and(|n| n.ends_with(&suffix))
+                && e.file_name().to_str().is_some_and(is_container)
         })
         .map(|e| relative(mount, &e.path()))
 }
@@ -150,6 +171,24 @@ pub fn own_cgroup() -> std::io::Result<String> {
                 "/proc/self/cgroup has no cgroup v2 (0::) line",
             )
         })
+}
+
+/// The agent's own cgroup (relative to the mount), where exempting it
+/// means something.
+///
+/// `/proc/self/cgroup` names it relative to the process's cgroup
+/// namespace: in a container with a private cgroup namespace (the default
+/// on cgroup v2 hosts) that is `/`, which says nothing. Then the pod UID
+/// (the downward API's `metadata.uid`, `$POD_UID` in the DaemonSet) finds
+/// the pod's directory in the host's tree, as for any pod. `None`: neither
+/// works, and the agent cannot know where it runs.
+pub fn own_cgroup_in(mount: &Path, base: &str, pod_uid: Option<&str>) -> Option<String> {
+    let own = own_cgroup().ok().filter(|own| !own.is_empty());
+    if let Some(own) = own.filter(|own| mount.join(own).is_dir()) {
+        return Some(own);
+    }
+    let uid = pod_uid?;
+    scan(mount, base, MAX_DEPTH).pods.remove(uid)
 }
 
 #[cfg(test)]
@@ -210,6 +249,56 @@ mod tests {
     }
 
     #[test]
+    fn kinds_layout_is_found_by_uid() {
+        let mount = tree("kind");
+        let under = UID.replace('-', "_");
+        let root = "kubelet.slice/kubelet-kubepods.slice";
+        let pod = format!(
+            "{root}/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{under}.slice"
+        );
+        fs::create_dir_all(mount.join(&pod).join(format!("cri-containerd-{CID}.scope")))
+            .expect("mkdir");
+        fs::create_dir_all(mount.join("system.slice/containerd.service")).expect("mkdir");
+        let index = scan(&mount, "", MAX_DEPTH);
+        assert_eq!(index.pods.get(UID), Some(&pod));
+        assert_eq!(index.roots, [root]);
+        assert_eq!(
+            container_dir(&mount, &pod, CID),
+            Some(format!("{pod}/cri-containerd-{CID}.scope"))
+        );
+        fs::remove_dir_all(&mount).ok();
+    }
+
+    #[test]
+    fn cri_o_containers_are_found_under_both_drivers_and_conmon_is_not_one() {
+        let mount = tree("crio");
+        let under = UID.replace('-', "_");
+        let systemd =
+            format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{under}.slice");
+        fs::create_dir_all(
+            mount
+                .join(&systemd)
+                .join(format!("crio-conmon-{CID}.scope")),
+        )
+        .expect("mkdir");
+        fs::create_dir_all(mount.join(&systemd).join(format!("crio-{CID}.scope"))).expect("mkdir");
+        assert_eq!(
+            container_dir(&mount, &systemd, CID),
+            Some(format!("{systemd}/crio-{CID}.scope"))
+        );
+        let cgroupfs = format!("kubepods/burstable/pod{UID}");
+        fs::create_dir_all(mount.join(&cgroupfs).join(format!("crio-conmon-{CID}")))
+            .expect("mkdir");
+        assert_eq!(container_dir(&mount, &cgroupfs, CID), None, "conmon only");
+        fs::create_dir_all(mount.join(&cgroupfs).join(format!("crio-{CID}"))).expect("mkdir");
+        assert_eq!(
+            container_dir(&mount, &cgroupfs, CID),
+            Some(format!("{cgroupfs}/crio-{CID}"))
+        );
+        fs::remove_dir_all(&mount).ok();
+    }
+
+    #[test]
     fn names_that_only_look_like_pods_are_not_pods() {
         assert_eq!(pod_uid("pod"), None);
         assert_eq!(pod_uid("podcast"), None);
@@ -221,6 +310,17 @@ mod tests {
         );
         assert_eq!(pod_uid(&format!("pod{UID}")).as_deref(), Some(UID));
         assert!(!is_pods_root("kubepods-besteffort.slice"));
+        assert!(!is_pods_root("kubelet-kubepods-burstable.slice"));
+        assert!(!is_pods_root("mykubepods.slice"));
+        assert!(is_pods_root("kubelet-kubepods.slice"));
+        assert_eq!(
+            pod_uid(&format!(
+                "kubelet-kubepods-pod{}.slice",
+                UID.replace('-', "_")
+            ))
+            .as_deref(),
+            Some(UID)
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! [`Rejected`] carrying all findings, each naming file, object, field and
 //! line.
 
+pub mod apimachinery;
 pub mod diagnostic;
 pub mod model;
 pub mod objects;

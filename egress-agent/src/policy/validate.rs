@@ -12,12 +12,22 @@ use ipnet::IpNet;
 use k8s_openapi::{
     api::{
         core::v1::Namespace as K8sNamespace,
-        networking::v1::{NetworkPolicy as K8sNetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
+        networking::v1::{
+            NetworkPolicy as K8sNetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer,
+            NetworkPolicyPort,
+        },
     },
-    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
 };
 
 use super::{
+    apimachinery::{
+        self, finalizer_error, go_except_is_subset, is_dns_label, is_dns_subdomain,
+        label_value_error, parse_go_cidr, qualified_name_error,
+    },
     diagnostic::{Diagnostic, Diagnostics, FieldPath, Location, ObjectRef},
     model::{
         AllowedHost, CaptureOverrides, CaptureRules, EgressGateway, EgressRule, HostName, IpBlock,
@@ -292,13 +302,28 @@ impl Builder {
         };
         ctx.object.name = name.clone();
         ctx.object.namespace = namespaced.then(|| namespace.clone());
-        for (field, value) in [("name", name), ("namespace", &namespace)] {
-            if !value.is_empty() && !is_dns_label(value) && !is_dns_subdomain(value) {
-                self.diags.push(ctx.error(
-                    FieldPath::of(&["metadata", field]),
-                    format!("{value:?} is not a valid Kubernetes name (lower-case alphanumerics, '-' and '.')"),
-                ));
-            }
+        // As Kubernetes: a Namespace's name and every metadata.namespace are
+        // DNS labels (no dots, at most 63); other names are DNS subdomains.
+        let name_ok = if namespaced {
+            is_dns_subdomain(name)
+        } else {
+            is_dns_label(name)
+        };
+        if !name_ok {
+            self.diags.push(ctx.error(
+                FieldPath::of(&["metadata", "name"]),
+                if namespaced {
+                    format!("{name:?} is not a valid Kubernetes name: a lower-case DNS subdomain (alphanumerics, '-' and '.', at most 253)")
+                } else {
+                    format!("{name:?} is not a valid Kubernetes name for a namespace: a lower-case DNS label (alphanumerics and '-', at most 63)")
+                },
+            ));
+        }
+        if namespaced && !is_dns_label(&namespace) {
+            self.diags.push(ctx.error(
+                FieldPath::of(&["metadata", "namespace"]),
+                format!("{namespace:?} is not a valid Kubernetes name for a namespace: a lower-case DNS label (alphanumerics and '-', at most 63)"),
+            ));
         }
         let key = (ctx.object.kind.clone(), namespace.clone(), name.clone());
         let here = (Arc::clone(ctx.doc.file), ctx.doc.locate(&FieldPath::root()));
@@ -323,10 +348,70 @@ impl Builder {
         Some(ObjectId::new(namespace, name.clone()))
     }
 
+    /// What kube-apiserver checks in every object's metadata besides its
+    /// name: label keys and values, annotation keys, finalizers.
+    fn metadata(&mut self, ctx: &Ctx<'_, '_>, meta: &ObjectMeta) {
+        self.string_scalars(ctx);
+        let path = FieldPath::of(&["metadata"]);
+        self.labels(ctx, meta.labels.as_ref(), path.key("labels"));
+        for key in meta.annotations.iter().flatten().map(|(k, _)| k) {
+            // Kubernetes checks annotation keys lower-cased.
+            if let Some(err) = qualified_name_error(&key.to_lowercase()) {
+                self.diags
+                    .push(ctx.error(path.key("annotations").key(key.clone()), err));
+            }
+        }
+        self.finalizers(ctx, meta.finalizers.as_deref(), path.key("finalizers"));
+    }
+
+    /// kubectl reads YAML 1.1 and sends JSON: an unquoted `123`, `true` or
+    /// `yes` becomes a JSON number or boolean, which the API server refuses
+    /// for names, labels and annotations. serde_yaml (YAML 1.2) hands all
+    /// three to a string field as text, so those fields are checked on the
+    /// document's plain scalars.
+    fn string_scalars(&mut self, ctx: &Ctx<'_, '_>) {
+        for (path, what) in apimachinery::yaml11_typed_strings(ctx.doc.text) {
+            self.diags.push(ctx.error(
+                path,
+                format!("unquoted, this is {what} to kubectl (YAML 1.1), where Kubernetes expects a string: quote it"),
+            ));
+        }
+    }
+
+    fn finalizers(&mut self, ctx: &Ctx<'_, '_>, names: Option<&[String]>, path: FieldPath) {
+        for (i, name) in names.into_iter().flatten().enumerate() {
+            if let Some(err) = finalizer_error(name) {
+                self.diags.push(ctx.error(path.index(i), err));
+            }
+        }
+    }
+
+    /// Label keys must be qualified names and values label values, in
+    /// metadata and in `matchLabels` alike.
+    fn labels(
+        &mut self,
+        ctx: &Ctx<'_, '_>,
+        labels: Option<&BTreeMap<String, String>>,
+        path: FieldPath,
+    ) -> bool {
+        let mut ok = true;
+        for (key, value) in labels.into_iter().flatten() {
+            let error = qualified_name_error(key).or_else(|| label_value_error(value));
+            if let Some(err) = error {
+                self.diags.push(ctx.error(path.key(key.clone()), err));
+                ok = false;
+            }
+        }
+        ok
+    }
+
     fn namespace(&mut self, ctx: &mut Ctx<'_, '_>, ns: K8sNamespace) {
         let Some(id) = self.identify(ctx, ns.metadata.name.as_ref(), None, false) else {
             return;
         };
+        self.metadata(ctx, &ns.metadata);
+        let finalizers = ns.spec.as_ref().and_then(|s| s.finalizers.as_deref());
+        self.finalizers(ctx, finalizers, FieldPath::of(&["spec", "finalizers"]));
         let mut labels = objects::string_map(&ns.metadata.labels);
         labels.insert(NAMESPACE_NAME_LABEL.to_owned(), id.name.clone());
         if !self.keep {
@@ -449,11 +534,17 @@ impl Builder {
         let Some(id) = self.identify(ctx, meta.name.as_ref(), meta.namespace.as_ref(), true) else {
             return;
         };
+        self.metadata(ctx, meta);
         let spec_path = FieldPath::of(&["spec"]);
-        let Some(spec) = np.spec else {
-            self.diags.push(ctx.error(spec_path, "required"));
-            return;
-        };
+        // The API server accepts a NetworkPolicy without spec (or with
+        // `spec: null`) as the empty spec: every pod, Ingress only.
+        let spec = np.spec.unwrap_or_else(|| {
+            self.diags.push(ctx.warning(
+                spec_path.clone(),
+                "no spec: Kubernetes reads it as an Ingress-only policy for every pod; it has no egress effect",
+            ));
+            Default::default()
+        });
         let pod_selector = self
             .selector(
                 ctx,
@@ -463,7 +554,20 @@ impl Builder {
             .unwrap_or_default();
         let has_egress_rules = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
         let affects_egress = match &spec.policy_types {
-            Some(types) => {
+            // Kubernetes 1.20 refuses more than two entries (duplicates
+            // within two are accepted).
+            Some(types) if types.len() > 2 => {
+                self.diags.push(ctx.error(
+                    spec_path.key("policyTypes"),
+                    format!(
+                        "may not specify more than two policyTypes ({} given)",
+                        types.len()
+                    ),
+                ));
+                false
+            }
+            // Kubernetes defaults an empty list exactly like a missing one.
+            Some(types) if !types.is_empty() => {
                 for (i, t) in types.iter().enumerate() {
                     if t != "Ingress" && t != "Egress" {
                         self.diags.push(ctx.error(
@@ -475,7 +579,7 @@ impl Builder {
                 types.iter().any(|t| t == "Egress")
             }
             // Kubernetes' default: Egress only when the policy has egress rules.
-            None => has_egress_rules,
+            _ => has_egress_rules,
         };
         if !affects_egress && has_egress_rules {
             self.diags.push(ctx.warning(
@@ -500,6 +604,7 @@ impl Builder {
             }
             egress.push(EgressRule { to, ports });
         }
+        self.ingress(ctx, &id, spec.ingress.as_deref(), spec_path.key("ingress"));
         self.selector_uses.push(ctx.selector_use(
             spec_path.key("podSelector"),
             "podSelector selects no workload: the policy applies to nothing",
@@ -518,6 +623,30 @@ impl Builder {
             egress,
             origin: ctx.origin(),
         });
+    }
+
+    /// Ingress rules are not enforced (the agent controls egress), but the
+    /// API server validates them as egress rules, so must the agent.
+    fn ingress(
+        &mut self,
+        ctx: &Ctx<'_, '_>,
+        policy: &ObjectId,
+        rules: Option<&[NetworkPolicyIngressRule]>,
+        path: FieldPath,
+    ) {
+        // Peers report selectors that match nothing; that is noise for
+        // rules that are never enforced, so those reports are dropped.
+        let uses = self.selector_uses.len();
+        for (i, rule) in rules.into_iter().flatten().enumerate() {
+            let rule_path = path.index(i);
+            for (j, peer) in rule.from.iter().flatten().enumerate() {
+                self.peer(ctx, policy, peer, rule_path.key("from").index(j));
+            }
+            for (j, port) in rule.ports.iter().flatten().enumerate() {
+                self.port(ctx, port, rule_path.key("ports").index(j));
+            }
+        }
+        self.selector_uses.truncate(uses);
     }
 
     fn peer(
@@ -545,20 +674,24 @@ impl Builder {
             }
             (Some(block), false) => {
                 let block_path = path.key("ipBlock");
-                let cidr = self.cidr(ctx, &block.cidr, block_path.key("cidr"))?;
+                let go_cidr = self.k8s_cidr(ctx, &block.cidr, block_path.key("cidr"))?;
+                let cidr = canonical_net(go_cidr.net.trunc());
                 let mut except = Vec::new();
                 for (k, e) in block.except.iter().flatten().enumerate() {
                     let e_path = block_path.key("except").index(k);
-                    let Some(hole) = self.cidr(ctx, e, e_path.clone()) else {
+                    let Some(go_hole) = self.k8s_cidr(ctx, e, e_path.clone()) else {
                         continue;
                     };
-                    if !cidr.contains(&hole) || hole == cidr {
+                    // Containment as Go decides it on the text's families
+                    // and prefix lengths; the hole is then enforced in its
+                    // canonical form.
+                    if go_except_is_subset(&go_cidr, &go_hole) {
+                        except.push(canonical_net(go_hole.net.trunc()));
+                    } else {
                         self.diags.push(ctx.error(
                             e_path,
-                            format!("except {hole} is not strictly inside cidr {cidr}"),
+                            format!("except {e} is not a strict subset of cidr {}", block.cidr),
                         ));
-                    } else {
-                        except.push(hole);
                     }
                 }
                 Some(Peer::IpBlock(IpBlock { cidr, except }))
@@ -592,21 +725,43 @@ impl Builder {
         path: FieldPath,
     ) -> Option<PortSpec> {
         let protocol = self.protocol(ctx, port.protocol.as_deref(), path.key("protocol"));
-        let matched = match (&port.port, port.end_port) {
-            (None, Some(_)) => {
-                self.diags
-                    .push(ctx.error(path.key("endPort"), "endPort requires port"));
+        // Kubernetes 1.20 has no endPort: its API server silently drops the
+        // field, so it accepts any value. A valid range is enforced (as
+        // Kubernetes ≥ 1.21 does); one it could not honour is ignored with
+        // a warning, leaving what the 1.20 API server stores: `port` alone.
+        let end_port = match (&port.port, port.end_port) {
+            (_, None) => None,
+            (Some(IntOrString::Int(start)), Some(end))
+                if PortRange::port(i64::from(*start))
+                    .and_then(|s| {
+                        PortRange::port(i64::from(end)).and_then(|e| PortRange::new(s, e))
+                    })
+                    .is_ok() =>
+            {
+                Some(end)
+            }
+            (start, Some(end)) => {
+                let why = match start {
+                    None => "there is no port".to_owned(),
+                    Some(IntOrString::String(name)) => format!("port {name:?} is named"),
+                    Some(IntOrString::Int(start)) => {
+                        format!("it is not a port from {start} to 65535")
+                    }
+                };
+                self.diags.push(ctx.warning(
+                    path.key("endPort"),
+                    format!(
+                        "endPort {end} is ignored ({why}); Kubernetes 1.20 has no endPort and \
+                         drops it, so only `port` applies"
+                    ),
+                ));
                 None
             }
-            (None, None) => Some(PortMatch::Range(PortRange::ALL)),
-            (Some(IntOrString::String(name)), end) => {
-                if end.is_some() {
-                    self.diags.push(ctx.error(
-                        path.key("endPort"),
-                        "endPort requires a numeric port, not a named one",
-                    ));
-                    None
-                } else if let Ok(n) = name.parse::<i64>() {
+        };
+        let matched = match (&port.port, end_port) {
+            (None, _) => Some(PortMatch::Range(PortRange::ALL)),
+            (Some(IntOrString::String(name)), _) => {
+                if let Ok(n) = name.parse::<i64>() {
                     // A quoted number: Kubernetes treats "80" as a name, which
                     // can never match; refusing it is kinder than ignoring it.
                     self.diags.push(ctx.error(
@@ -926,7 +1081,7 @@ impl Builder {
             return Some(Selector::everything());
         };
         let mut requirements = Vec::new();
-        let mut ok = true;
+        let mut ok = self.labels(ctx, sel.match_labels.as_ref(), path.key("matchLabels"));
         for (key, value) in sel.match_labels.iter().flatten() {
             requirements.push(Requirement::Equals {
                 key: key.clone(),
@@ -936,6 +1091,11 @@ impl Builder {
         for (i, expr) in sel.match_expressions.iter().flatten().enumerate() {
             let e_path = path.key("matchExpressions").index(i);
             let key = expr.key.clone();
+            // Kubernetes 1.20 checks the key, not the values.
+            if let Some(err) = qualified_name_error(&key) {
+                self.diags.push(ctx.error(e_path.key("key"), err));
+                ok = false;
+            }
             let values: BTreeSet<String> = expr.values.iter().flatten().cloned().collect();
             let needs_values = matches!(expr.operator.as_str(), "In" | "NotIn");
             if !needs_values && !matches!(expr.operator.as_str(), "Exists" | "DoesNotExist") {
@@ -991,6 +1151,36 @@ impl Builder {
                 None
             }
         }
+    }
+
+    /// An `ipBlock` CIDR, read as Kubernetes 1.20 reads it (Go's parser:
+    /// no spaces, a prefix is required). Forms it accepts but that are not
+    /// canonical (host bits, a zero-padded prefix) are accepted with a
+    /// warning saying what is enforced.
+    fn k8s_cidr(
+        &mut self,
+        ctx: &Ctx<'_, '_>,
+        raw: &str,
+        path: FieldPath,
+    ) -> Option<apimachinery::GoCidr> {
+        let Some(cidr) = parse_go_cidr(raw) else {
+            self.diags.push(ctx.error(
+                path,
+                format!("invalid CIDR {raw:?}: Kubernetes requires address/prefix-length, without spaces or leading zeros in IPv4 octets"),
+            ));
+            return None;
+        };
+        let canonical = canonical_net(cidr.net.trunc());
+        if cidr.padded_prefix || cidr.net.trunc() != cidr.net {
+            let why = match (cidr.padded_prefix, cidr.net.trunc() != cidr.net) {
+                (true, true) => "has a zero-padded prefix length and host bits set",
+                (true, false) => "has a zero-padded prefix length",
+                _ => "has host bits set",
+            };
+            self.diags
+                .push(ctx.warning(path, format!("{raw} {why}; it is enforced as {canonical}")));
+        }
+        Some(cidr)
     }
 
     fn include_ranges(
@@ -1257,19 +1447,6 @@ fn split_list(value: &StringOrList) -> Vec<String> {
             .collect(),
         StringOrList::List(list) => list.iter().map(|s| s.trim().to_owned()).collect(),
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 fn is_dns_name(s: &str) -> bool {

@@ -12,6 +12,9 @@ use super::{
     procs,
 };
 
+/// Debian's etcd-server.
+pub const ETCD: &str = "/usr/bin/etcd";
+
 pub struct ControlPlane {
     pub children: Vec<(&'static str, Child)>,
     pub api_ready_after: Duration,
@@ -24,17 +27,8 @@ pub fn start(pki: &Pki) -> anyhow::Result<ControlPlane> {
     let etcd = procs::spawn(
         NODE_NETNS,
         "etcd",
-        Path::new("/usr/bin/etcd"),
-        &strings(&[
-            "--name=egk8s",
-            &format!("--data-dir={}", etcd_dir.display()),
-            "--listen-client-urls=http://127.0.0.1:2379",
-            "--advertise-client-urls=http://127.0.0.1:2379",
-            "--listen-peer-urls=http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-            "--initial-cluster=egk8s=http://127.0.0.1:2380",
-            "--unsafe-no-fsync",
-        ]),
+        Path::new(ETCD),
+        &etcd_args(&etcd_dir, 2379, 2380),
     )?;
     children.push(("etcd", etcd));
 
@@ -42,29 +36,7 @@ pub fn start(pki: &Pki) -> anyhow::Result<ControlPlane> {
         NODE_NETNS,
         "kube-apiserver",
         &cache_bin("kube-apiserver"),
-        &strings(&[
-            "--etcd-servers=http://127.0.0.1:2379",
-            "--bind-address=0.0.0.0",
-            "--secure-port=443",
-            "--insecure-port=0",
-            &format!("--advertise-address={NODE_IP}"),
-            &format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-            &format!("--tls-cert-file={}", pki.serving_cert.display()),
-            &format!("--tls-private-key-file={}", pki.serving_key.display()),
-            &format!("--client-ca-file={}", pki.ca_cert.display()),
-            &format!("--token-auth-file={}", pki.token_file.display()),
-            "--authorization-mode=RBAC",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            &format!(
-                "--service-account-signing-key-file={}",
-                pki.sa_key.display()
-            ),
-            &format!("--service-account-key-file={}", pki.sa_pub.display()),
-            "--allow-privileged=true",
-            "--kubelet-preferred-address-types=InternalIP",
-            "--profiling=false",
-            "--v=1",
-        ]),
+        &apiserver_args(pki, "http://127.0.0.1:2379", "0.0.0.0", 443, NODE_IP),
     )?;
     children.push(("kube-apiserver", apiserver));
     let api_ready_after = {
@@ -116,6 +88,58 @@ pub fn start(pki: &Pki) -> anyhow::Result<ControlPlane> {
         children,
         api_ready_after,
     })
+}
+
+/// A single-member etcd on loopback, keeping its data in `data_dir`.
+pub fn etcd_args(data_dir: &Path, client_port: u16, peer_port: u16) -> Vec<String> {
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    strings(&[
+        "--name=egk8s",
+        &format!("--data-dir={}", data_dir.display()),
+        &format!("--listen-client-urls={client}"),
+        &format!("--advertise-client-urls={client}"),
+        &format!("--listen-peer-urls={peer}"),
+        &format!("--initial-advertise-peer-urls={peer}"),
+        &format!("--initial-cluster=egk8s={peer}"),
+        // A throwaway cluster: durability only costs time.
+        "--unsafe-no-fsync",
+    ])
+}
+
+/// kube-apiserver on `bind:port` (TLS only), storing in the etcd at
+/// `etcd_url`, authenticating with `pki`'s admin token and authorizing
+/// with RBAC.
+pub fn apiserver_args(
+    pki: &Pki,
+    etcd_url: &str,
+    bind: &str,
+    port: u16,
+    advertise: &str,
+) -> Vec<String> {
+    strings(&[
+        &format!("--etcd-servers={etcd_url}"),
+        &format!("--bind-address={bind}"),
+        &format!("--secure-port={port}"),
+        "--insecure-port=0",
+        &format!("--advertise-address={advertise}"),
+        &format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        &format!("--tls-cert-file={}", pki.serving_cert.display()),
+        &format!("--tls-private-key-file={}", pki.serving_key.display()),
+        &format!("--client-ca-file={}", pki.ca_cert.display()),
+        &format!("--token-auth-file={}", pki.token_file.display()),
+        "--authorization-mode=RBAC",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        &format!(
+            "--service-account-signing-key-file={}",
+            pki.sa_key.display()
+        ),
+        &format!("--service-account-key-file={}", pki.sa_pub.display()),
+        "--allow-privileged=true",
+        "--kubelet-preferred-address-types=InternalIP",
+        "--profiling=false",
+        "--v=1",
+    ])
 }
 
 /// Whether the API server answers `/readyz` with ok (the admin token

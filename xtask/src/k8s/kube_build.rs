@@ -35,11 +35,46 @@ const BUILD_SPACE: u64 = 4_000_000_000;
 
 const REFLECT2_FIXED: &str = "/usr/share/gocode/src/github.com/modern-go/reflect2";
 
-/// Ensures the binaries (and `pause`) are in the cache; builds them if not.
-/// Returns a description of what it found or did.
+/// The upstream NetworkPolicy e2e suite and its probe image's binary,
+/// from the same tree as the servers (`cargo xtask netpol-e2e`).
+pub const E2E_BINARIES: &[(&str, &str)] = &[
+    ("test/e2e/e2e.test", "e2e.test"),
+    ("test/images/agnhost", "agnhost"),
+];
+
+/// Ensures the server binaries (and `pause`) are in the cache; builds them
+/// if not. Returns a description of what it found or did.
 pub fn ensure() -> anyhow::Result<String> {
-    let stamp = version_dir().join("complete");
-    if stamp.exists() && all_present() {
+    let servers: Vec<(String, &str)> = SERVER_BINARIES
+        .iter()
+        .map(|b| (format!("cmd/{b}"), *b))
+        .collect();
+    ensure_set("", &servers, true)
+}
+
+/// Ensures `e2e.test` and `agnhost` are in the cache (in their own build,
+/// so that a k8s-test run elsewhere never shares a build tree with it).
+pub fn ensure_e2e() -> anyhow::Result<String> {
+    let targets: Vec<(String, &str)> = E2E_BINARIES
+        .iter()
+        .map(|(what, name)| ((*what).to_owned(), *name))
+        .collect();
+    ensure_set("e2e", &targets, false)
+}
+
+/// Builds `targets` (make target, binary name) from one unpacked tree in
+/// `build[-<set>]`, copies the binaries to the cache and stamps the set
+/// (`complete[-<set>]`; the servers' names predate the other sets).
+fn ensure_set(set: &str, targets: &[(String, &str)], pause: bool) -> anyhow::Result<String> {
+    let suffix = if set.is_empty() {
+        String::new()
+    } else {
+        format!("-{set}")
+    };
+    let stamp = version_dir().join(format!("complete{suffix}"));
+    let present = targets.iter().all(|(_, b)| cache_bin(b).is_file())
+        && (!pause || cache_bin("pause").is_file());
+    if stamp.exists() && present {
         return Ok(format!("cached in {}", version_dir().display()));
     }
     let began = Instant::now();
@@ -54,12 +89,14 @@ pub fn ensure() -> anyhow::Result<String> {
             free / 1_000_000
         );
     }
-    let tree = unpack_source()?;
+    let build_dir = cache_dir().join(format!("build{suffix}"));
+    let tree = unpack_source(&build_dir)?;
     fix_reflect2(&tree)?;
-    build(&tree)?;
+    let what: Vec<&str> = targets.iter().map(|(w, _)| w.as_str()).collect();
+    build(&tree, &build_dir, &what.join(" "))?;
     let bin = version_dir().join("bin");
     fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
-    for name in SERVER_BINARIES {
+    for (_, name) in targets {
         let built = tree.join("_output/local/go/bin").join(name);
         let built = if built.exists() {
             built
@@ -69,15 +106,18 @@ pub fn ensure() -> anyhow::Result<String> {
         fs::copy(&built, bin.join(name))
             .with_context(|| format!("copying {} into the cache", built.display()))?;
     }
-    build_pause(&tree, &bin.join("pause"))?;
+    if pause {
+        build_pause(&tree, &bin.join("pause"))?;
+    }
     fs::write(&stamp, format!("{K8S_VERSION}\n"))
         .with_context(|| format!("writing {}", stamp.display()))?;
     // The tree and its _output are ~1.5 GB; only the binaries are kept.
-    fs::remove_dir_all(build_dir())
-        .with_context(|| format!("removing {}", build_dir().display()))?;
+    fs::remove_dir_all(&build_dir).with_context(|| format!("removing {}", build_dir.display()))?;
+    let names: Vec<&str> = targets.iter().map(|(_, n)| *n).collect();
     Ok(format!(
-        "built {} and pause in {:.0}s, cached in {}",
-        SERVER_BINARIES.join(", "),
+        "built {}{} in {:.0}s, cached in {}",
+        names.join(", "),
+        if pause { " and pause" } else { "" },
         began.elapsed().as_secs_f32(),
         version_dir().display()
     ))
@@ -87,19 +127,8 @@ fn version_dir() -> PathBuf {
     cache_dir().join(K8S_VERSION)
 }
 
-fn build_dir() -> PathBuf {
-    cache_dir().join("build")
-}
-
-fn all_present() -> bool {
-    SERVER_BINARIES
-        .iter()
-        .chain(&["pause"])
-        .all(|name| cache_bin(name).is_file())
-}
-
 /// Downloads (once) and extracts the source package; returns the tree.
-fn unpack_source() -> anyhow::Result<PathBuf> {
+fn unpack_source(build: &Path) -> anyhow::Result<PathBuf> {
     let src = cache_dir().join("src");
     fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
     if find_dsc(&src)?.is_none() {
@@ -113,11 +142,10 @@ fn unpack_source() -> anyhow::Result<PathBuf> {
         )?;
     }
     let dsc = find_dsc(&src)?.context("apt-get source left no kubernetes_*.dsc")?;
-    let build = build_dir();
     if build.exists() {
-        fs::remove_dir_all(&build).with_context(|| format!("removing {}", build.display()))?;
+        fs::remove_dir_all(build).with_context(|| format!("removing {}", build.display()))?;
     }
-    fs::create_dir_all(&build).with_context(|| format!("creating {}", build.display()))?;
+    fs::create_dir_all(build).with_context(|| format!("creating {}", build.display()))?;
     let tree = build.join("gopath/src/k8s.io/kubernetes");
     fs::create_dir_all(tree.parent().context("tree has a parent")?)?;
     run::check(Command::new("dpkg-source").arg("-x").arg(&dsc).arg(&tree))?;
@@ -155,13 +183,8 @@ fn fix_reflect2(tree: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build(tree: &Path) -> anyhow::Result<()> {
-    let gopath = build_dir().join("gopath");
-    let what = SERVER_BINARIES
-        .iter()
-        .map(|b| format!("cmd/{b}"))
-        .collect::<Vec<_>>()
-        .join(" ");
+fn build(tree: &Path, build_dir: &Path, what: &str) -> anyhow::Result<()> {
+    let gopath = build_dir.join("gopath");
     run::check(
         Command::new("make")
             .arg(format!("WHAT={what}"))

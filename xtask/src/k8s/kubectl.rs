@@ -36,6 +36,15 @@ impl Kubectl {
         }
     }
 
+    /// The cluster of `kubeconfig`, reached from the caller's netns.
+    pub fn with_kubeconfig(kubeconfig: PathBuf) -> Self {
+        Self {
+            netns: None,
+            kubeconfig: Some(kubeconfig),
+            context: None,
+        }
+    }
+
     /// A kubeconfig context, e.g. `kind-egress`.
     pub fn context(context: &str) -> Self {
         Self {

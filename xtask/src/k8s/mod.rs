@@ -17,17 +17,18 @@
 //! 6. tears everything down, whatever happened (`--keep` leaves it up;
 //!    `--teardown` only tears down).
 
-mod control_plane;
+pub(crate) mod control_plane;
 mod images;
 pub mod kind;
-mod kube_build;
-mod kubectl;
-mod layout;
+pub(crate) mod kube_build;
+pub(crate) mod kubectl;
+pub(crate) mod layout;
+mod netpol_e2e;
 mod network;
 mod node;
-mod packages;
-mod pki;
-mod procs;
+pub(crate) mod packages;
+pub(crate) mod pki;
+pub(crate) mod procs;
 mod scenario;
 mod teardown;
 
@@ -40,6 +41,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
+pub use self::netpol_e2e::{run as netpol_e2e, NetpolE2eArgs};
 use self::{
     kubectl::Kubectl,
     layout::{

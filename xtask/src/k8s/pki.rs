@@ -6,7 +6,12 @@
 //! real cluster. Everything else authenticates with the admin token: this
 //! is a throwaway single-user cluster.
 
-use std::{fs, io::Read as _, path::PathBuf, process::Command};
+use std::{
+    fs,
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context as _};
 
@@ -22,9 +27,21 @@ pub struct Pki {
     pub token_file: PathBuf,
 }
 
+/// The local cluster's credentials, with a kubeconfig for its API server
+/// on the node's address.
 pub fn create() -> anyhow::Result<Pki> {
-    let dir = layout::state("pki");
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    create_in(
+        &layout::state("pki"),
+        &format!("https://{NODE_IP}:443"),
+        &layout::kubeconfig(),
+    )
+}
+
+/// Credentials in `dir`, and at `kubeconfig` an admin kubeconfig for the
+/// API server at `server` (its certificate is valid for the node's
+/// addresses and 127.0.0.1, so a loopback-only API server can use it too).
+pub fn create_in(dir: &Path, server: &str, kubeconfig: &Path) -> anyhow::Result<Pki> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let pki = Pki {
         ca_cert: dir.join("ca.crt"),
         ca_key: dir.join("ca.key"),
@@ -102,13 +119,13 @@ pub fn create() -> anyhow::Result<Pki> {
         format!("{token},admin,admin,\"system:masters\"\n"),
     )
     .context("writing the token file")?;
-    let kubeconfig = format!(
+    let config = format!(
         "apiVersion: v1
 kind: Config
 clusters:
 - name: egk8s
   cluster:
-    server: https://{NODE_IP}:443
+    server: {server}
     certificate-authority: {ca}
 users:
 - name: admin
@@ -123,11 +140,11 @@ current-context: egk8s
 ",
         ca = pki.ca_cert.display()
     );
-    fs::write(layout::kubeconfig(), kubeconfig).context("writing the kubeconfig")?;
+    fs::write(kubeconfig, config).context("writing the kubeconfig")?;
     Ok(pki)
 }
 
-fn path(p: &std::path::Path) -> String {
+fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
