@@ -23,7 +23,9 @@ use std::{
 };
 
 use egress_agent::dataplane::{FlowEvent, Hook, Reason};
-use integration_tests::{Client, Enforced, Listener, Outcome, Proto, Resolved, TestNet};
+use integration_tests::{
+    agent::Agent, Client, Enforced, Listener, Outcome, PinDir, Proto, Resolved, TestCgroup, TestNet,
+};
 
 const ARRIVAL: Duration = Duration::from_secs(2);
 /// How long a listener must stay silent to count as "never received".
@@ -281,4 +283,93 @@ fn own_sources_and_ping_inside_the_cluster_keep_working() {
     let counters = s.dataplane_ref().counters().unwrap();
     assert_eq!(counters.enforced(Hook::Skb, Reason::Spoofed), 0);
     assert_eq!(counters.flow(FlowEvent::UdpReplyOutsideCluster), 0);
+}
+
+/// The same techniques against the real agent process, run with
+/// `--no-nft` (the kernel programs alone), then after SIGKILL.
+#[test]
+fn a_real_agent_with_no_nft_and_then_sigkilled_refuses_every_technique() -> anyhow::Result<()> {
+    integration_tests::require_root();
+    let net = TestNet::new()?;
+    let root = TestCgroup::new()?;
+    let cgroup = root.child("client")?;
+    let dir = std::env::temp_dir().join(integration_tests::names::unique("egress-bypass"));
+    std::fs::create_dir_all(&dir)?;
+    let yaml = policy("").replace("$ROOT/prod/client", &format!("{}/client", root.relative()));
+    std::fs::write(dir.join("policy.yaml"), yaml)?;
+    let pins = PinDir::new()?;
+    let (policies, cgroup_root) = (
+        dir.to_string_lossy().into_owned(),
+        root.path().to_string_lossy().into_owned(),
+    );
+    let mut agent = Agent::start(
+        &net.client,
+        pins.path(),
+        &[
+            "--policies",
+            &policies,
+            "--cgroup-root",
+            &cgroup_root,
+            "--no-nft",
+        ],
+    )?;
+    agent.wait_for_count("policy applied", 1, Duration::from_secs(20))?;
+    let packet_refused = egress_agent::dataplane::supported_hooks().contains(&Hook::SockCreate);
+
+    let mut cases: Vec<(&str, Technique, IpAddr, IpAddr)> = vec![
+        ("raw v4", raw, TestNet::SERVER_V4.into(), FORGED_V4.into()),
+        ("raw v6", raw, TestNet::SERVER_V6.into(), FORGED_V6.into()),
+        (
+            "IP_TRANSPARENT v4",
+            transparent,
+            TestNet::SERVER_V4.into(),
+            FORGED_V4.into(),
+        ),
+        (
+            "IP_FREEBIND v6",
+            freebind,
+            TestNet::SERVER_V6.into(),
+            FORGED_V6.into(),
+        ),
+    ];
+    if packet_refused {
+        cases.push((
+            "AF_PACKET v4",
+            packet,
+            TestNet::SERVER_V4.into(),
+            FORGED_V4.into(),
+        ));
+    } else {
+        eprintln!("SKIPPED AF_PACKET: lsm_cgroup/socket_create is not available on this kernel");
+    }
+    let inside = Client::in_cgroup(&net.client, &cgroup);
+    let outside = Client::outside(&net.client);
+    for round in ["agent running", "agent SIGKILLed"] {
+        for (name, technique, server, forged) in &cases {
+            let listener = Listener::start(&net.server, at(*server, 7606), Proto::Udp)?;
+            let from = at(*forged, 40_000);
+            if round == "agent running" {
+                assert_eq!(technique(&outside, from, listener.addr())?, Outcome::Ok);
+                assert_eq!(
+                    arrived(&listener, ARRIVAL),
+                    Some(*forged),
+                    "{name}: baseline"
+                );
+            }
+            assert_eq!(
+                technique(&inside, from, listener.addr())?,
+                Outcome::Eperm,
+                "{name}, {round}"
+            );
+            assert_eq!(listener.next_event(SILENCE), None, "{name}, {round}");
+        }
+        if round == "agent running" {
+            agent.kill()?;
+        }
+    }
+    // Ping inside the cluster still works with only the pins.
+    assert_eq!(inside.ping(TestNet::SERVER_V4.into())?, Outcome::Ok);
+    let _ = agent.uninstall();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
