@@ -88,9 +88,12 @@ pub mod map {
     pub const EVENT_LIMIT: &str = "EVENT_LIMIT";
     /// `PerCpuArray<u64>`, indexed by [`super::EventStat`].
     pub const EVENT_STATS: &str = "EVENT_STATS";
+    /// `HashMap<SourceKey, u8>`: each address-listing workload's own
+    /// addresses, the only sources its packets may carry (anti-spoofing).
+    pub const SOURCES: &str = "SOURCES";
 
     /// Every map of the object, in the order the agent opens them.
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 27] = [
         ACTIVE,
         CONFIG,
         WORKLOADS,
@@ -117,6 +120,7 @@ pub mod map {
         EVENT_CONFIG,
         EVENT_LIMIT,
         EVENT_STATS,
+        SOURCES,
     ];
 }
 
@@ -174,6 +178,10 @@ pub mod capacity {
     /// LRU, so a scan of many destinations evicts the oldest keys rather
     /// than failing; an evicted key can emit again, bounded by the ring.
     pub const EVENT_LIMIT: u32 = 16_384;
+    /// `(workload cgroup, own address)` pairs. Not preallocated; not part
+    /// of a generation (an apply adds new pairs before its flip and removes
+    /// stale ones after it, so for a moment both are accepted).
+    pub const SOURCES: u32 = 1 << 18;
 }
 
 /// Names of the programs in the eBPF object, as `aya::Ebpf::program_mut`
@@ -201,6 +209,13 @@ pub mod program {
     pub const RECVMSG4: &str = "egress_recvmsg4";
     /// `cgroup/recvmsg6`.
     pub const RECVMSG6: &str = "egress_recvmsg6";
+    /// `lsm_cgroup/socket_create`: refuses packet sockets (`AF_PACKET`),
+    /// whose frames no cgroup hook ever sees. `cgroup/sock_create` is not
+    /// enough: the kernel runs it for `AF_INET`/`AF_INET6` sockets only.
+    pub const SOCK_CREATE: &str = "egress_socket_create";
+    /// `cgroup/setsockopt`: refuses `IP_TRANSPARENT`/`IPV6_TRANSPARENT`
+    /// except for gateways and proxies.
+    pub const SETSOCKOPT: &str = "egress_setsockopt";
 }
 
 /// The deepest cgroup level the programs can look at: `level_mask` is a
@@ -283,6 +298,28 @@ impl PolicyInfo {
     /// `GatewayExclusivity`, so that a denial caused by "not known yet" is
     /// never mistaken for one decided by a NetworkPolicy.
     pub const PENDING: u32 = 1 << 4;
+    /// The workload lists its addresses and is neither a gateway nor a
+    /// proxy: its packets must carry one of them (or a loopback or IPv6
+    /// link-local address) as their source, looked up in `SOURCES` under
+    /// the workload's cgroup ([`Reason::Spoofed`]).
+    pub const SOURCE_CHECK: u32 = 1 << 5;
+    /// The workload may create packet sockets (`AF_PACKET`): a gateway, or
+    /// a Workload annotated `egress.enforcer.dev/packet-sockets: "allow"`.
+    /// Everyone else gets EPERM ([`Reason::PacketSocket`]).
+    pub const PACKET_SOCKETS: u32 = 1 << 6;
+    /// The workload may set `IP_TRANSPARENT`/`IPV6_TRANSPARENT`: a gateway
+    /// or a Redirect's proxy (a TPROXY-mode sidecar needs it). Everyone
+    /// else gets EPERM ([`Reason::Transparent`]).
+    pub const TRANSPARENT: u32 = 1 << 7;
+}
+
+/// `SOURCES` key: a workload (its cgroup, the ancestor the walk matched)
+/// and one of its own addresses, IPv4 as `::ffff:a.b.c.d`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub cgroup_id: u64,
+    pub addr: [u8; 16],
 }
 
 /// Key data of the IPv4 tries: 32 bits of policy id (or cluster tag), then
@@ -407,30 +444,36 @@ pub enum Hook {
     Sendmsg4 = 3,
     /// `cgroup/sendmsg6`.
     Sendmsg6 = 4,
+    /// `lsm_cgroup/socket_create`: packet sockets refused at creation.
+    SockCreate = 5,
+    /// `cgroup/setsockopt`: `IP_TRANSPARENT` refused.
+    SetSockopt = 6,
     /// `sockops`: accepted TCP sockets (records only).
-    SockOps = 5,
+    SockOps = 7,
     /// `cgroup_skb/ingress`: UDP flows that came in (records only).
-    SkbIngress = 6,
+    SkbIngress = 8,
     /// `cgroup/getsockopt`: answers `SO_ORIGINAL_DST` (decides nothing).
-    GetSockopt = 7,
+    GetSockopt = 9,
     /// `cgroup/recvmsg4`: DNS replies from the proxy (decides nothing).
-    Recvmsg4 = 8,
+    Recvmsg4 = 10,
     /// `cgroup/recvmsg6`.
-    Recvmsg6 = 9,
+    Recvmsg6 = 11,
 }
 
 impl Hook {
     /// Hooks that decide: `Hook::ALL[..DECIDING]`. `VERDICTS` is sized for
     /// them only, so that its layout (and the maps an earlier agent
     /// pinned) did not change when the recording hooks came.
-    pub const DECIDING: u32 = 5;
-    pub const COUNT: u32 = 10;
+    pub const DECIDING: u32 = 7;
+    pub const COUNT: u32 = 12;
     pub const ALL: [Hook; Self::COUNT as usize] = [
         Hook::Skb,
         Hook::Connect4,
         Hook::Connect6,
         Hook::Sendmsg4,
         Hook::Sendmsg6,
+        Hook::SockCreate,
+        Hook::SetSockopt,
         Hook::SockOps,
         Hook::SkbIngress,
         Hook::GetSockopt,
@@ -489,12 +532,25 @@ pub enum Reason {
     /// pods cgroup, in Kubernetes mode) and is not a known workload yet, so
     /// the root's pending policy ([`PolicyInfo::PENDING`]) decided.
     Pending = 13,
+    /// Denied: a packet whose source is not one of the workload's own
+    /// addresses ([`PolicyInfo::SOURCE_CHECK`]): forged with a raw socket,
+    /// `IP_TRANSPARENT`/`IP_FREEBIND` or an address the pod added itself.
+    /// Checked before anything else, replies included.
+    Spoofed = 14,
+    /// Denied: `socket(AF_PACKET, ...)` by a workload without
+    /// [`PolicyInfo::PACKET_SOCKETS`] (EPERM at creation): its frames
+    /// would pass no cgroup hook.
+    PacketSocket = 15,
+    /// Denied: setting `IP_TRANSPARENT`/`IPV6_TRANSPARENT` (EPERM) by a
+    /// workload without [`PolicyInfo::TRANSPARENT`]: it lets a socket send
+    /// from, and bind to, addresses that are not its own.
+    Transparent = 16,
 }
 
 impl Reason {
     /// Slots per (hook, disposition) in `VERDICTS`.
-    pub const SLOTS: u32 = 16;
-    pub const ALL: [Reason; 14] = [
+    pub const SLOTS: u32 = 32;
+    pub const ALL: [Reason; 17] = [
         Reason::Unmanaged,
         Reason::Loopback,
         Reason::NotIsolated,
@@ -509,6 +565,9 @@ impl Reason {
         Reason::Malformed,
         Reason::NoPolicy,
         Reason::Pending,
+        Reason::Spoofed,
+        Reason::PacketSocket,
+        Reason::Transparent,
     ];
 
     /// Whether this reason denies (when not in audit mode).
@@ -666,12 +725,18 @@ pub enum FlowEvent {
     /// `recvmsg4/6`: a reply from the DNS proxy was given the source of
     /// the server the query was meant for.
     DnsReplyRestored = 19,
+    /// A UDP packet or `sendto()` of a non-gateway workload to a
+    /// destination outside the cluster matched a recorded inbound flow and
+    /// was NOT allowed as a reply: an inbound UDP datagram proves nothing
+    /// about its source (it is trivially forged), and such a workload could
+    /// never send there anyway. TCP replies (handshake completed) still are.
+    UdpReplyOutsideCluster = 20,
 }
 
 impl FlowEvent {
     /// Slots in `FLOW_EVENTS` (room to grow without a layout change).
     pub const SLOTS: u32 = 32;
-    pub const ALL: [FlowEvent; 20] = [
+    pub const ALL: [FlowEvent; 21] = [
         FlowEvent::TcpInbound,
         FlowEvent::TcpFastOpen,
         FlowEvent::TcpRecordFailed,
@@ -692,6 +757,7 @@ impl FlowEvent {
         FlowEvent::OriginalDstUnknown,
         FlowEvent::DnsRedirected,
         FlowEvent::DnsReplyRestored,
+        FlowEvent::UdpReplyOutsideCluster,
     ];
 
     pub fn from_index(index: u32) -> Option<Self> {
@@ -981,6 +1047,7 @@ mod pod {
     unsafe impl aya::Pod for super::EventConfig {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::LimitKey {}
+    unsafe impl aya::Pod for super::SourceKey {}
 }
 
 #[cfg(test)]
@@ -1001,11 +1068,11 @@ mod tests {
             }
         }
         assert!(Reason::ALL.iter().all(|r| (*r as u32) < Reason::SLOTS));
-        assert_eq!(seen.len(), 5 * 2 * Reason::ALL.len());
-        assert_eq!(
-            VERDICT_SLOTS, 160,
-            "VERDICTS keeps the layout pinned maps have"
-        );
+        assert_eq!(seen.len(), 7 * 2 * Reason::ALL.len());
+        // 160 before `SockCreate` and `SetSockopt` decided and reasons
+        // outgrew 16 slots: maps pinned by an older agent are refused
+        // (IncompatibleMap), never misread.
+        assert_eq!(VERDICT_SLOTS, 448);
         assert!(!Reason::Reply.denies());
         assert!(!Hook::SockOps.decides() && !Hook::SkbIngress.decides());
         assert!(!Hook::GetSockopt.decides());
@@ -1045,6 +1112,7 @@ mod tests {
         assert_eq!(size_of::<Event>(), 8 + 8 + 16 + 16 + 4 + 2 + 2 + 5 + 3);
         assert_eq!(size_of::<Event>(), 64);
         assert_eq!(size_of::<LimitKey>(), 8 + 16 + 2 + 1 + 1 + 4);
+        assert_eq!(size_of::<SourceKey>(), 8 + 16);
     }
 
     #[test]

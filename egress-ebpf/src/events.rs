@@ -57,6 +57,22 @@ pub fn after_skb(ctx: &SkBuffContext, hook: Hook, outcome: &Outcome) {
     }
 }
 
+/// Reports `outcome` of `lsm_cgroup/socket_create`: no addresses yet, so
+/// the event carries only the workload, hook and reason.
+#[inline(always)]
+pub fn after_socket(hook: Hook, outcome: &Outcome) {
+    if let Some((verdict, config)) = reportable(outcome) {
+        let flow = Flow {
+            src: Addr::V4([0; 4]),
+            dst: Addr::V4([0; 4]),
+            src_port: 0,
+            dst_port: 0,
+            proto: 0,
+        };
+        send(hook, verdict, outcome, &flow, &config);
+    }
+}
+
 /// Reports `outcome` of `connect4`/`sendmsg4`.
 #[inline(always)]
 pub fn after_sock_addr4(ctx: &SockAddrContext, hook: Hook, outcome: &Outcome) {

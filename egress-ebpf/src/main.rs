@@ -30,13 +30,15 @@ mod reply;
 mod skb;
 mod sock_addr;
 mod sock_ops;
+mod socket;
 mod sockopt;
+mod source;
 mod verdict;
 mod workload;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock_addr, cgroup_sockopt, sock_ops},
-    programs::{SkBuffContext, SockAddrContext, SockOpsContext, SockoptContext},
+    macros::{cgroup_skb, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, sock_ops},
+    programs::{LsmContext, SkBuffContext, SockAddrContext, SockOpsContext, SockoptContext},
 };
 use egress_common::Hook;
 use verdict::{conclude, count};
@@ -95,6 +97,29 @@ pub fn egress_sendmsg6(ctx: SockAddrContext) -> i32 {
     let outcome = sock_addr::try_sock_addr6(&ctx, false);
     events::after_sock_addr6(&ctx, Hook::Sendmsg6, &outcome);
     conclude(Hook::Sendmsg6, outcome)
+}
+
+/// Refuses packet sockets (`AF_PACKET`) with EPERM for managed workloads
+/// that may not have them; every other socket is left alone. Same return
+/// convention as the cgroup hooks: 1 allows, 0 fails the call with EPERM.
+#[lsm_cgroup(hook = "socket_create")]
+pub fn egress_socket_create(ctx: LsmContext) -> i32 {
+    let outcome = socket::try_socket_create(&ctx);
+    events::after_socket(Hook::SockCreate, &outcome);
+    conclude(Hook::SockCreate, outcome)
+}
+
+/// Refuses `IP_TRANSPARENT`/`IPV6_TRANSPARENT` with EPERM for managed
+/// workloads that are neither gateways nor proxies; every other option
+/// goes to the kernel untouched (1) and is not counted.
+#[cgroup_sockopt(setsockopt)]
+pub fn egress_setsockopt(ctx: SockoptContext) -> i32 {
+    if !sockopt::is_transparent(&ctx) {
+        return 1;
+    }
+    let outcome = sockopt::try_transparent();
+    events::after_socket(Hook::SetSockopt, &outcome);
+    conclude(Hook::SetSockopt, outcome)
 }
 
 /// Marks accepted TCP sockets inbound, and unmarks them when they close.

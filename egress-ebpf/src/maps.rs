@@ -14,8 +14,8 @@ use aya_ebpf::{
 };
 use egress_common::{
     capacity, CaptureInfo, Config, DnsOrig, EventConfig, EventStat, FlowEvent, HitKey, LimitKey,
-    OrigDst, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortSet, SockKey, UdpFlowKey, WorkloadSlot,
-    VERDICT_SLOTS,
+    OrigDst, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortSet, SockKey, SourceKey, UdpFlowKey,
+    WorkloadSlot, VERDICT_SLOTS,
 };
 
 const NO_PREALLOC: u32 = BPF_F_NO_PREALLOC;
@@ -131,3 +131,9 @@ pub static EVENT_LIMIT: LruHashMap<LimitKey, u64> =
 /// One counter per `EventStat`, per CPU.
 #[map(name = "EVENT_STATS")]
 pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EventStat::SLOTS, 0);
+
+/// (workload cgroup, own address) → 1: the sources a workload with
+/// `PolicyInfo::SOURCE_CHECK` may send from.
+#[map(name = "SOURCES")]
+pub static SOURCES: HashMap<SourceKey, u8> =
+    HashMap::with_max_entries(capacity::SOURCES, NO_PREALLOC);

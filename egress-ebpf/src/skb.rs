@@ -9,15 +9,19 @@
 //! A packet the egress policy denies may still be a reply on a flow the
 //! workload did not initiate ([`reply::skb_is_reply`]): it is then allowed
 //! as [`Reason::Reply`].
+//!
+//! Before any of that, the packet's source must be the workload's own
+//! ([`source`]): replies are no exception, so a recorded flow cannot be
+//! used to send from a forged address.
 
 use aya_ebpf::{helpers::bpf_skb_ancestor_cgroup_id, programs::SkBuffContext};
-use egress_common::{Reason, NO_RULE};
+use egress_common::{FlowEvent, Reason, NO_RULE};
 
 use crate::{
-    decide::decide,
+    decide::{decide, IPPROTO_UDP},
     packet::{self, Malformed},
-    reply,
-    verdict::Outcome,
+    reply, source,
+    verdict::{count, Outcome},
     workload::{self, Workload},
 };
 
@@ -39,7 +43,20 @@ pub fn try_egress_skb(ctx: &SkBuffContext) -> Outcome {
     };
     match packet::parse(ctx) {
         Ok(Some(packet)) => {
+            if !source::is_own(policy, cgroup_id, &packet.src) {
+                return outcome(Reason::Spoofed, NO_RULE);
+            }
             let decision = decide(policy, &packet.destination());
+            // A non-gateway never leaves the cluster, and a UDP "flow" that
+            // came in proves nothing about its remote (one forged datagram
+            // records it): it must not open the way out. Counted when such
+            // a record exists.
+            if decision.reason == Reason::GatewayExclusivity && packet.proto == IPPROTO_UDP {
+                if reply::skb_is_reply(ctx, &packet) {
+                    count(FlowEvent::UdpReplyOutsideCluster);
+                }
+                return outcome(decision.reason, decision.rule);
+            }
             // Replies are looked for only where the policy denies: an
             // allowed packet keeps its policy reason (and rule counter), and
             // allowed traffic pays no extra lookup. `NoPolicy` is a broken

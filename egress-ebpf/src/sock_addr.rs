@@ -12,12 +12,12 @@
 //! hop instead of the original destination, as `compile::decide` does.
 
 use aya_ebpf::{helpers::bpf_get_current_ancestor_cgroup_id, programs::SockAddrContext};
-use egress_common::{Reason, NO_RULE};
+use egress_common::{FlowEvent, Reason, NO_RULE};
 
 use crate::{
     decide::{decide, has_ports, words_to_bytes, Addr, Dst, IPPROTO_TCP},
     redirect, reply,
-    verdict::Outcome,
+    verdict::{count, Outcome},
     workload::{self, Workload},
 };
 
@@ -148,7 +148,13 @@ fn with_workload(
         };
     }
     let mut decision = decide(policy, &dst);
-    if decision.reason.denies()
+    // As in `cgroup_skb`: a UDP flow that came in from outside the cluster
+    // is no way out for a workload that may not leave it.
+    if decision.reason == Reason::GatewayExclusivity {
+        if reply::sock_addr_is_reply(ctx, &dst) {
+            count(FlowEvent::UdpReplyOutsideCluster);
+        }
+    } else if decision.reason.denies()
         && decision.reason != Reason::NoPolicy
         && reply::sock_addr_is_reply(ctx, &dst)
     {

@@ -11,14 +11,64 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{bindings::BPF_TCP_CLOSE, helpers::bpf_get_netns_cookie, programs::SockoptContext};
-use egress_common::{FlowEvent, SockKey};
+use aya_ebpf::{
+    bindings::BPF_TCP_CLOSE,
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie},
+    programs::SockoptContext,
+};
+use egress_common::{FlowEvent, PolicyInfo, Reason, SockKey, NO_RULE};
 
 use crate::{
     decide::words_to_bytes,
-    maps::ORIG_DST,
+    maps::{ORIG_DST, POLICIES},
     redirect::{AF_INET, AF_INET6},
+    verdict::Outcome,
+    workload,
 };
+
+const IP_TRANSPARENT: i32 = 19;
+const IPV6_TRANSPARENT: i32 = 75;
+
+/// Whether a `setsockopt()` sets `IP_TRANSPARENT` or `IPV6_TRANSPARENT`
+/// (to anything: clearing it needs no refusal, but costs nothing either).
+#[inline(always)]
+pub fn is_transparent(ctx: &SockoptContext) -> bool {
+    let so = ctx.sockopt;
+    // SAFETY: the kernel's context; 4-byte fields readable in setsockopt.
+    let (level, optname) = unsafe {
+        (
+            core::ptr::read_volatile(&(*so).level),
+            core::ptr::read_volatile(&(*so).optname),
+        )
+    };
+    (level == SOL_IP && optname == IP_TRANSPARENT)
+        || (level == SOL_IPV6 && optname == IPV6_TRANSPARENT)
+}
+
+/// Decides a `setsockopt(IP_TRANSPARENT)` of the current task: a
+/// transparent socket can bind to and send from any address, and receive
+/// TPROXY'd traffic; only gateways and proxies need that.
+#[inline(always)]
+pub fn try_transparent() -> Outcome {
+    // SAFETY: plain helper call on the current task.
+    let found =
+        workload::lookup(|level| unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) });
+    let Some(w) = found.workload else {
+        return Outcome::unmanaged(found.audit);
+    };
+    // SAFETY: POLICIES is not preallocated; the flags are copied at once.
+    let reason = match unsafe { POLICIES.get(w.policy) } {
+        None => Reason::NoPolicy,
+        Some(info) if info.flags & PolicyInfo::TRANSPARENT != 0 => Reason::Rule,
+        Some(_) => Reason::Transparent,
+    };
+    Outcome {
+        reason,
+        rule: NO_RULE,
+        cgroup_id: w.cgroup_id,
+        audit_mode: found.audit,
+    }
+}
 
 const SOL_IP: i32 = 0;
 const SOL_IPV6: i32 = 41;

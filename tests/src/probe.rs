@@ -5,7 +5,7 @@
 use std::{
     fmt,
     io::{BufRead as _, BufReader, Write as _},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{
@@ -325,6 +325,35 @@ impl<'a> Client<'a> {
     /// not have (`IP_FREEBIND`).
     pub fn spoof_udp(&self, from: SocketAddr, addr: SocketAddr) -> anyhow::Result<Outcome> {
         self.run(&["spoof", &addr.to_string(), "--from", &from.to_string()])
+    }
+
+    /// One UDP datagram from `from` on a socket bound there with
+    /// IP_TRANSPARENT / IPV6_TRANSPARENT (a TPROXY proxy's way).
+    pub fn spoof_udp_transparent(
+        &self,
+        from: SocketAddr,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Outcome> {
+        let (addr, from) = (addr.to_string(), from.to_string());
+        self.run(&["spoof", &addr, "--from", &from, "--transparent"])
+    }
+
+    /// One UDP datagram from `from`, IP header written by the probe on an
+    /// `IPPROTO_RAW` socket.
+    pub fn raw_udp_from(&self, from: SocketAddr, addr: SocketAddr) -> anyhow::Result<Outcome> {
+        self.run(&["raw-from", &addr.to_string(), "--from", &from.to_string()])
+    }
+
+    /// One UDP datagram from `from`, as a whole frame on an AF_PACKET
+    /// socket: EPERM when the socket is refused.
+    pub fn packet_udp(&self, from: SocketAddr, addr: SocketAddr) -> anyhow::Result<Outcome> {
+        self.run(&["packet", &addr.to_string(), "--from", &from.to_string()])
+    }
+
+    /// One ICMP echo on a raw socket, as `ping` sends it: `Ok` once the
+    /// reply is back.
+    pub fn ping(&self, addr: IpAddr) -> anyhow::Result<Outcome> {
+        self.run(&["ping", &addr.to_string()])
     }
 
     /// Connects and keeps the socket, to send on it later.

@@ -15,7 +15,6 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use egress_common::Hook;
 use integration_tests::{
     agent::agent_exe,
     names, require_root,
@@ -368,7 +367,10 @@ fn metrics_parse_and_count_the_traffic_sent() -> anyhow::Result<()> {
     ensure!(sample(&m, "egress_reloads_total", &[])? >= 1.0);
     ensure!(sample(&m, "egress_policy_generation", &[])? == 1.0);
     ensure!(sample(&m, "egress_map_entries", &[("map", "workloads")])? >= 5.0);
-    ensure!(sample(&m, "egress_programs_attached", &[])? == Hook::ALL.len() as f64);
+    ensure!(
+        sample(&m, "egress_programs_attached", &[])?
+            == egress_agent::dataplane::supported_hooks().len() as f64
+    );
     ensure!(
         m.samples
             .iter()
@@ -387,7 +389,10 @@ fn status_reflects_a_failed_reload() -> anyhow::Result<()> {
     let before = node.status()?;
     ensure!(before["generation"]["number"] == 1, "{before:#}");
     ensure!(before["lastReload"]["result"] == "applied");
-    ensure!(before["programs"].as_array().map(Vec::len) == Some(Hook::ALL.len()));
+    ensure!(
+        before["programs"].as_array().map(Vec::len)
+            == Some(egress_agent::dataplane::supported_hooks().len())
+    );
     ensure!(before["workloads"].as_array().map(Vec::len) == Some(5));
     ensure!(before["nft"]["installed"] == true);
     let sleep = before["workloads"]

@@ -195,6 +195,11 @@ spec:
   clusterCIDRs: [10.200.0.2/32, "fd00:200::2/128"]
 "#;
 
+/// TCP clients on the internet are answered (a completed handshake proves
+/// the client's address). A UDP datagram from outside the cluster is not
+/// answered: it proves nothing about its source (one forged datagram would
+/// otherwise open a way out to any address), and this workload may never
+/// send there (issue 12, item 4; `FlowEvent::UdpReplyOutsideCluster`).
 #[test]
 fn a_workload_that_is_not_a_gateway_answers_an_internet_client_but_cannot_reach_it() {
     let s = Enforced::new(GATEWAY).unwrap();
@@ -211,11 +216,12 @@ fn a_workload_that_is_not_a_gateway_answers_an_internet_client_but_cannot_reach_
         client.request(at(SERVER6, 7330), Proto::Tcp).unwrap(),
         Outcome::Ok
     );
-    assert_eq!(
+    assert_ne!(
         client.request(at(SERVER, 7331), Proto::Udp).unwrap(),
-        Outcome::Ok
+        Outcome::Ok,
+        "a UDP datagram from outside the cluster opens no way back"
     );
-    assert_eq!(udp.next_echo(ARRIVAL).map(|e| e.1), Some(Outcome::Ok));
+    assert_eq!(udp.next_echo(ARRIVAL).map(|e| e.1), Some(Outcome::Eperm));
 
     let listener = Listener::start(&s.net.client, at(CLIENT, 7332), Proto::Tcp).unwrap();
     let out = s.server_side_client("apps/app");
@@ -235,10 +241,11 @@ fn a_workload_that_is_not_a_gateway_answers_an_internet_client_but_cannot_reach_
     );
     assert_eq!(
         counters.enforced(Hook::Sendmsg4, Reason::GatewayExclusivity),
-        1
+        2
     );
-    assert_eq!(counters.enforced(Hook::Sendmsg4, Reason::Reply), 1);
-    assert!(counters.enforced(Hook::Skb, Reason::Reply) >= 5);
+    assert_eq!(counters.enforced(Hook::Sendmsg4, Reason::Reply), 0);
+    assert_eq!(counters.flow(FlowEvent::UdpReplyOutsideCluster), 1);
+    assert!(counters.enforced(Hook::Skb, Reason::Reply) >= 4);
     assert_eq!(counters.enforced(Hook::Skb, Reason::GatewayExclusivity), 0);
 }
 

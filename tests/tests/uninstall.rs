@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use egress_agent::dataplane::{Dataplane, Hook};
+use egress_agent::dataplane::Dataplane;
 use egress_common::map;
 use integration_tests::bpftool::{attached_ids, program_exists};
 use integration_tests::policies::isolated_client;
@@ -58,7 +58,7 @@ fn uninstall_detaches_and_unloads_the_programs_removes_the_maps_and_is_idempoten
     let report = Dataplane::uninstall(s.pin_dir()).unwrap();
     assert_eq!(
         report.links.len(),
-        Hook::ALL.len(),
+        egress_agent::dataplane::supported_hooks().len(),
         "one link per program: {report:?}"
     );
     assert_eq!(report.maps.len(), map::ALL.len(), "every map: {report:?}");
@@ -103,7 +103,10 @@ fn uninstalling_one_data_plane_leaves_another_on_the_same_cgroup_and_foreign_pin
 
     s.close();
     let report = Dataplane::uninstall(s.pin_dir()).unwrap();
-    assert_eq!(report.links.len(), Hook::ALL.len());
+    assert_eq!(
+        report.links.len(),
+        egress_agent::dataplane::supported_hooks().len()
+    );
     assert_eq!(report.kept, std::slice::from_ref(&foreign));
     assert!(
         foreign.exists(),

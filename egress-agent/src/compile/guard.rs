@@ -110,6 +110,7 @@ impl Plan {
                     policies: Vec::new(),
                     table: dns.clone(),
                 },
+                packet_sockets: false,
                 guard: Some(Guard::Pending),
             });
         }
@@ -125,6 +126,7 @@ impl Plan {
                 proxy_for: Vec::new(),
                 capture: None,
                 egress: Egress::Unrestricted,
+                packet_sockets: false,
                 guard: Some(Guard::Exempt),
             });
         }

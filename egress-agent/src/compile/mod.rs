@@ -212,6 +212,10 @@ fn workload(model: &Model, w: &Workload) -> WorkloadPlan {
         proxy_for,
         capture,
         egress: egress(model, w),
+        packet_sockets: w
+            .annotations
+            .get(plan::PACKET_SOCKETS_ANNOTATION)
+            .is_some_and(|v| v == "allow"),
         guard: None,
     }
 }

@@ -102,11 +102,24 @@ pub struct WorkloadPlan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capture: Option<Capture>,
     pub egress: Egress,
+    /// May create packet sockets (`AF_PACKET`): the Workload is annotated
+    /// [`PACKET_SOCKETS_ANNOTATION`]` = "allow"`. Gateways may anyway.
+    /// Everyone else gets EPERM from `socket(AF_PACKET, ...)`: its frames
+    /// would bypass every per-packet check.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub packet_sockets: bool,
     /// Set for entries the agent adds itself ([`super::guard`]), not
     /// compiled from a Workload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guard: Option<super::guard::Guard>,
 }
+
+/// The Workload annotation that lets it create packet sockets (value
+/// `"allow"`; any other value, or none, refuses them). An annotation rather
+/// than a field: it is a per-pod exception (a DHCP client, a packet
+/// capture sidecar), set where the pod is defined, like Istio's capture
+/// annotations.
+pub const PACKET_SOCKETS_ANNOTATION: &str = "egress.enforcer.dev/packet-sockets";
 
 /// The gateway role: may leave the cluster, perhaps only to listed hosts.
 #[derive(Clone, Debug, Serialize)]

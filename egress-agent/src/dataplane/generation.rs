@@ -29,8 +29,8 @@ use std::{
 
 use aya::maps::{lpm_trie::Key, MapError};
 use egress_common::{
-    map, Config, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortEntry, PortSet, WorkloadSlot,
-    EMPTY_SET, EXEMPT_POLICY, MAX_LEVEL, MAX_PORT_ENTRIES,
+    map, Config, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortEntry, PortSet, SourceKey, UdpFlowKey,
+    WorkloadSlot, EMPTY_SET, EXEMPT_POLICY, MAX_LEVEL, MAX_PORT_ENTRIES,
 };
 
 use super::{
@@ -207,6 +207,11 @@ impl Applier<'_> {
             }
         };
 
+        // The new workloads' own addresses, before anything can make the
+        // kernel check them; stale ones go after the grace period.
+        let sources = wanted_sources(image);
+        add_sources(maps, &sources)?;
+
         // 1. The new generation's entries; nothing live refers to them yet.
         let written = write_generation(
             maps,
@@ -281,11 +286,61 @@ impl Applier<'_> {
             Some(old) => delete_keys(maps, &old.keys),
             None => delete_foreign(maps, &new.ids, &new.sets)?,
         };
+        stats.removed += prune_sources(maps, &sources)?;
         stats.cleanup = cleanup.elapsed();
         stats.total = start.elapsed();
         *self.live = Some(new);
         Ok(stats)
     }
+}
+
+/// `SOURCES` as `image` wants it: each source-checked workload's cgroup
+/// with each of its addresses.
+fn wanted_sources(image: &MapImage) -> HashSet<SourceKey> {
+    image
+        .workloads()
+        .iter()
+        .flat_map(|w| {
+            w.sources.iter().map(|a| SourceKey {
+                cgroup_id: w.cgroup_id,
+                addr: match a.to_canonical() {
+                    std::net::IpAddr::V4(v4) => UdpFlowKey::v4_mapped(v4.octets()),
+                    std::net::IpAddr::V6(v6) => v6.octets(),
+                },
+            })
+        })
+        .collect()
+}
+
+/// Adds the pairs of `wanted` that `SOURCES` lacks. Not part of a
+/// generation: during an apply the union of old and new pairs is accepted,
+/// and each of them was the workload's own in one of the two.
+fn add_sources(maps: &mut Maps, wanted: &HashSet<SourceKey>) -> Result<(), DataplaneError> {
+    for key in wanted {
+        if maps.sources.get(key, 0).is_ok() {
+            continue;
+        }
+        maps.sources
+            .insert(key, 1, 0)
+            .map_err(|source| write_err(map::SOURCES, format!("{key:?}"), source))?;
+    }
+    Ok(())
+}
+
+/// Deletes every `SOURCES` pair that is not in `wanted` (whoever wrote
+/// it: an earlier process's pairs are found by enumerating the map).
+fn prune_sources(maps: &mut Maps, wanted: &HashSet<SourceKey>) -> Result<usize, DataplaneError> {
+    let present: Vec<SourceKey> = maps
+        .sources
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(|source| read(map::SOURCES, source))?;
+    let mut removed = 0;
+    for key in present.iter().filter(|k| !wanted.contains(k)) {
+        delete(&mut maps.sources, key, map::SOURCES, || format!("{key:?}"))?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// The `level_mask` of `image`'s workloads, checking that each is enforced

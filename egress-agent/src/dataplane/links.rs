@@ -10,8 +10,9 @@
 //! after, so both run (and agree, reading the same maps) for a moment
 //! rather than neither.
 //!
-//! Ten programs: five decide (`cgroup_skb/egress`, `connect4/6`,
-//! `sendmsg4/6`), two record the flows whose replies they allow
+//! Eleven programs: six decide (`cgroup_skb/egress`, `connect4/6`,
+//! `sendmsg4/6`, and `lsm_cgroup/socket_create`, which refuses packet
+//! sockets), two record the flows whose replies they allow
 //! (`sockops`, `cgroup_skb/ingress`), `cgroup/getsockopt` answers
 //! `SO_ORIGINAL_DST` for redirected connections, and `recvmsg4/6` restore
 //! the source of redirected DNS replies. All are attached the same way and
@@ -33,9 +34,9 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         loaded_programs, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
-        CgroupSockopt, SockOps,
+        CgroupSockopt, LsmCgroup, SockOps,
     },
-    Ebpf,
+    Btf, Ebpf,
 };
 use egress_common::{program, Hook};
 
@@ -63,6 +64,8 @@ pub fn program_name(hook: Hook) -> &'static str {
         Hook::Connect6 => program::CONNECT6,
         Hook::Sendmsg4 => program::SENDMSG4,
         Hook::Sendmsg6 => program::SENDMSG6,
+        Hook::SockCreate => program::SOCK_CREATE,
+        Hook::SetSockopt => program::SETSOCKOPT,
         Hook::SockOps => program::SOCK_OPS,
         Hook::SkbIngress => program::SKB_INGRESS,
         Hook::GetSockopt => program::GETSOCKOPT,
@@ -79,8 +82,8 @@ pub fn program_name(hook: Hook) -> &'static str {
 /// so that a proxy never accepts a redirected connection it cannot ask
 /// about, and no redirected DNS reply keeps the proxy's source. Then
 /// the packet-level guarantee, so that no moment has only the
-/// connect hooks.
-const ATTACH_ORDER: [Hook; 10] = [
+/// connect hooks; packet sockets are refused from then on.
+const ATTACH_ORDER: [Hook; 12] = [
     Hook::SockOps,
     Hook::SkbIngress,
     Hook::GetSockopt,
@@ -91,6 +94,8 @@ const ATTACH_ORDER: [Hook; 10] = [
     Hook::Connect6,
     Hook::Sendmsg4,
     Hook::Sendmsg6,
+    Hook::SockCreate,
+    Hook::SetSockopt,
 ];
 
 /// `<program>@<fingerprint>`.
@@ -171,7 +176,24 @@ pub(super) fn establish(
             links.push(link);
             continue;
         }
-        let link = attach(ebpf, hook, root, links_dir)?;
+        let link = match attach(ebpf, hook, root, links_dir) {
+            Ok(link) => link,
+            // BPF LSM programs need a kernel with the bpf LSM active and
+            // BPF trampolines (tracing program types); some kernels and
+            // sandboxes have cgroup BPF without them. Every other
+            // guarantee still holds, so the agent runs without this one,
+            // and says so: packet sockets are then NOT refused
+            // (docs/security.md, "Known limits").
+            Err(err @ DataplaneError::LoadProgram { .. }) if hook == Hook::SockCreate => {
+                tracing::warn!(
+                    error = %err,
+                    "lsm_cgroup/socket_create cannot be loaded on this kernel: \
+                     AF_PACKET sockets are NOT refused"
+                );
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
         // A link pinned here that could not be adopted (attached to another
         // root, or to other maps) goes now that the new one runs.
         match fs::remove_file(&pin) {
@@ -269,20 +291,33 @@ fn attach(
             let id = prog.attach(&dir, direction, mode).map_err(attach_err)?;
             FdLink::try_from(prog.take_link(id).map_err(take_err)?).map_err(fd_err)
         }
+        Hook::SockCreate => {
+            // The LSM hook is named by its BTF id: the kernel's own BTF.
+            let btf = Btf::from_sys_fs().map_err(|source| DataplaneError::Io {
+                action: "reading kernel BTF for lsm_cgroup/socket_create from",
+                path: "/sys/kernel/btf/vmlinux".into(),
+                source: std::io::Error::other(source),
+            })?;
+            let prog: &mut LsmCgroup = program_mut(ebpf, name)?;
+            load(|| prog.load("socket_create", &btf), name)?;
+            let id = prog.attach(&dir).map_err(attach_err)?;
+            // An LSM link is an fd link already: the conversion cannot fail.
+            Ok(prog.take_link(id).map_err(take_err)?.into())
+        }
         Hook::SockOps => {
             let prog: &mut SockOps = program_mut(ebpf, name)?;
             load(|| prog.load(), name)?;
             let id = prog.attach(&dir, mode).map_err(attach_err)?;
             FdLink::try_from(prog.take_link(id).map_err(take_err)?).map_err(fd_err)
         }
-        Hook::GetSockopt => {
+        Hook::GetSockopt | Hook::SetSockopt => {
             let prog: &mut CgroupSockopt = program_mut(ebpf, name)?;
             load(|| prog.load(), name)?;
             let prog_fd = prog.fd().map_err(|source| DataplaneError::LoadProgram {
                 program: name,
                 source,
             })?;
-            sockopt_link(prog_fd.as_fd(), &dir, &root.path, links_dir)
+            sockopt_link(hook, prog_fd.as_fd(), &dir, &root.path, links_dir)
         }
         Hook::Connect4
         | Hook::Connect6
@@ -299,28 +334,38 @@ fn attach(
     }
 }
 
-/// A `cgroup/getsockopt` bpf_link as an `FdLink`. aya 0.14 keeps this
+/// A `cgroup/getsockopt` or `cgroup/setsockopt` bpf_link as an `FdLink`. aya 0.14 keeps this
 /// link type to itself, so it is created with `BPF_LINK_CREATE`, pinned
 /// at a temporary name in `links_dir` (bpffs refuses names with a dot;
 /// no `@`, so never taken for
 /// one of ours), and taken back with `PinnedLink::unpin`, which removes
 /// that name.
 fn sockopt_link(
+    hook: Hook,
     prog: BorrowedFd<'_>,
     cgroup: &File,
     path: &Path,
     links_dir: &Path,
 ) -> Result<FdLink, DataplaneError> {
-    let fd = syscalls::cgroup_link_create(prog, cgroup.as_fd(), syscalls::BPF_CGROUP_GETSOCKOPT)
-        .map_err(|source| io("attaching cgroup/getsockopt at", path, source))?;
-    let tmp = links_dir.join("getsockopt-link-being-pinned");
+    let (attach_type, tmp) = if hook == Hook::SetSockopt {
+        (
+            syscalls::BPF_CGROUP_SETSOCKOPT,
+            "setsockopt-link-being-pinned",
+        )
+    } else {
+        (
+            syscalls::BPF_CGROUP_GETSOCKOPT,
+            "getsockopt-link-being-pinned",
+        )
+    };
+    let fd = syscalls::cgroup_link_create(prog, cgroup.as_fd(), attach_type)
+        .map_err(|source| io("attaching cgroup/{get,set}sockopt at", path, source))?;
+    let tmp = links_dir.join(tmp);
     let _ = fs::remove_file(&tmp);
     syscalls::obj_pin(fd.as_fd(), &tmp)
         .map_err(|source| io("pinning the cgroup/getsockopt link at", &tmp, source))?;
-    let pinned = PinnedLink::from_pin(&tmp).map_err(|source| DataplaneError::NotFdLink {
-        hook: Hook::GetSockopt,
-        source,
-    });
+    let pinned =
+        PinnedLink::from_pin(&tmp).map_err(|source| DataplaneError::NotFdLink { hook, source });
     let link = pinned.and_then(|p| {
         p.unpin()
             .map_err(|source| io("unpinning the temporary link", &tmp, source))

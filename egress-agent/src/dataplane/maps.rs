@@ -14,8 +14,8 @@ use aya::{
 };
 use egress_common::{
     capacity, map, CaptureInfo, Config, DnsOrig, EventConfig, EventStat, FlowEvent, HitKey,
-    LimitKey, OrigDst, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortSet, SockKey, UdpFlowKey,
-    WorkloadSlot, VERDICT_SLOTS,
+    LimitKey, OrigDst, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortSet, SockKey, SourceKey,
+    UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
 };
 
 use super::{links::OwnMaps, object, syscalls, DataplaneError};
@@ -36,7 +36,7 @@ struct Layout {
     flags: u32,
 }
 
-const LAYOUTS: [Layout; 26] = [
+const LAYOUTS: [Layout; 27] = [
     Layout {
         name: map::ACTIVE,
         kind: MapType::Array,
@@ -245,6 +245,14 @@ const LAYOUTS: [Layout; 26] = [
         max_entries: EventStat::SLOTS,
         flags: 0,
     },
+    Layout {
+        name: map::SOURCES,
+        kind: MapType::Hash,
+        key: size_of::<SourceKey>(),
+        value: 1,
+        max_entries: capacity::SOURCES,
+        flags: NO_PREALLOC,
+    },
 ];
 
 /// Typed handles on every map.
@@ -275,6 +283,7 @@ pub(super) struct Maps {
     pub(super) events: Option<RingBuf<MapData>>,
     pub(super) event_config: Array<MapData, EventConfig>,
     pub(super) event_stats: PerCpuArray<MapData, u64>,
+    pub(super) sources: HashMap<MapData, SourceKey, u8>,
     /// Ids of maps that tell our programs, on these maps, from others'.
     pub(super) own: OwnMaps,
 }
@@ -410,6 +419,7 @@ impl Maps {
             events: Some(take(ebpf, map::EVENTS)?),
             event_config: take(ebpf, map::EVENT_CONFIG)?,
             event_stats: take(ebpf, map::EVENT_STATS)?,
+            sources: take(ebpf, map::SOURCES)?,
             own,
         })
     }

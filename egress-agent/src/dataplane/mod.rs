@@ -95,6 +95,20 @@ use cgroups::CgroupRoot;
 use generation::{Allocator, Applier, Generation};
 use maps::Maps;
 
+/// The hooks whose programs this kernel can run: every hook, less
+/// `Hook::SockCreate` where BPF LSM programs cannot be loaded (see
+/// `links::establish`). What `open` attaches, and `uninstall` removes.
+pub fn supported_hooks() -> Vec<Hook> {
+    let lsm = aya::sys::is_program_supported(aya::programs::ProgramType::Lsm(
+        aya::programs::LsmAttachType::Cgroup,
+    ))
+    .unwrap_or(false);
+    Hook::ALL
+        .into_iter()
+        .filter(|h| *h != Hook::SockCreate || lsm)
+        .collect()
+}
+
 /// Where the agent pins its maps and links by default.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/egress-enforcer";
 
@@ -270,6 +284,12 @@ impl Dataplane {
 
     pub fn links(&self) -> &[AttachedLink] {
         &self.links
+    }
+
+    /// Whether the program of `hook` runs. Only `Hook::SockCreate` can be
+    /// missing (a kernel without the BPF LSM); `open` fails for the rest.
+    pub fn enforces(&self, hook: Hook) -> bool {
+        self.links.iter().any(|l| l.hook == hook)
     }
 
     /// Pins of links that `open` replaced (another build's, or attached

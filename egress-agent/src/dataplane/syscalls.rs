@@ -22,6 +22,8 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_CREATE: libc::c_long = 28;
 /// `BPF_CGROUP_GETSOCKOPT` of `enum bpf_attach_type`.
 pub(super) const BPF_CGROUP_GETSOCKOPT: u32 = 21;
+/// `BPF_CGROUP_SETSOCKOPT`.
+pub(super) const BPF_CGROUP_SETSOCKOPT: u32 = 22;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_TYPE_CGROUP: u32 = 3;
 /// `MEMBARRIER_CMD_GLOBAL` (formerly `MEMBARRIER_CMD_SHARED`).

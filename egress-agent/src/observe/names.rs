@@ -111,6 +111,9 @@ pub fn describe(reason: Reason) -> &'static str {
             "pending: below a guarded cgroup root and not a known workload yet (fail closed)"
         }
         Reason::Redirect => "redirected to the proxy",
+        Reason::Spoofed => "source address is not the workload's own (anti-spoofing)",
+        Reason::PacketSocket => "packet socket (AF_PACKET) refused at creation",
+        Reason::Transparent => "IP_TRANSPARENT refused (only gateways and proxies)",
     }
 }
 
@@ -131,6 +134,9 @@ pub fn slug(reason: Reason) -> &'static str {
         Reason::NoPolicy => "no-policy",
         Reason::Pending => "pending",
         Reason::Redirect => "redirect",
+        Reason::Spoofed => "spoofed-source",
+        Reason::PacketSocket => "packet-socket",
+        Reason::Transparent => "transparent",
     }
 }
 

@@ -47,6 +47,7 @@ mod tests {
             proxy_for: Vec::new(),
             capture: None,
             egress: Egress::Unrestricted,
+            packet_sockets: false,
             guard: None,
         }
     }

@@ -92,7 +92,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::{self, Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     path::PathBuf,
     process::ExitCode,
@@ -192,6 +192,32 @@ enum Command {
         addr: SocketAddr,
         #[arg(long)]
         from: SocketAddr,
+        /// Use IP_TRANSPARENT / IPV6_TRANSPARENT (what a TPROXY proxy
+        /// uses) instead of IP_FREEBIND to bind to the foreign address.
+        #[arg(long)]
+        transparent: bool,
+    },
+    /// One UDP datagram from `from`, written whole (IP and UDP headers) on
+    /// an AF_PACKET socket to the first non-loopback interface, with the
+    /// broadcast MAC (no ARP needed): no IP-level hook ever sees it.
+    Packet {
+        addr: SocketAddr,
+        #[arg(long)]
+        from: SocketAddr,
+    },
+    /// One UDP datagram from `from`, IP header included, on an
+    /// `IPPROTO_RAW` socket (header included: any source).
+    RawFrom {
+        addr: SocketAddr,
+        #[arg(long)]
+        from: SocketAddr,
+    },
+    /// One ICMP echo request on a raw IP socket, as `ping` sends it;
+    /// "ok" once the echo reply arrives (or "timeout").
+    Ping {
+        addr: IpAddr,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
     },
     /// One UDP datagram built by hand on a raw IP socket.
     Raw { addr: SocketAddr },
@@ -344,7 +370,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             count,
             timeout_ms,
         } => hold_many(addr, count, Duration::from_millis(timeout_ms)),
-        Command::Spoof { addr, from } => report(spoof(from, addr)),
+        Command::Spoof {
+            addr,
+            from,
+            transparent,
+        } => report(spoof(from, addr, transparent)),
+        Command::Packet { addr, from } => report(packet_frame(from, addr)),
+        Command::RawFrom { addr, from } => report(raw_from(from, addr)),
+        Command::Ping { addr, timeout_ms } => report(ping(addr, Duration::from_millis(timeout_ms))),
         Command::Raw { addr } => report(raw_udp(addr)),
         Command::Hold { target, timeout_ms } => hold(target, Duration::from_millis(timeout_ms)),
         Command::ConnectRate {
@@ -837,7 +870,7 @@ fn hold_many(addr: SocketAddr, count: u64, timeout: Duration) -> anyhow::Result<
 
 /// A UDP datagram from `from`, which this host does not own: the socket is
 /// bound there with `IP_FREEBIND`.
-fn spoof(from: SocketAddr, to: SocketAddr) -> io::Result<()> {
+fn spoof(from: SocketAddr, to: SocketAddr, transparent: bool) -> io::Result<()> {
     use std::os::fd::{FromRawFd as _, OwnedFd};
     let domain = if from.is_ipv4() {
         libc::AF_INET
@@ -851,7 +884,13 @@ fn spoof(from: SocketAddr, to: SocketAddr) -> io::Result<()> {
     }
     // SAFETY: a fresh descriptor nothing else owns.
     let socket = UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    set_int_option(&socket, libc::SOL_IP, libc::IP_FREEBIND, 1)?;
+    if !transparent {
+        set_int_option(&socket, libc::SOL_IP, libc::IP_FREEBIND, 1)?;
+    } else if from.is_ipv4() {
+        set_int_option(&socket, libc::SOL_IP, libc::IP_TRANSPARENT, 1)?;
+    } else {
+        set_int_option(&socket, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)?;
+    }
     let bind = raw_sockaddr(from);
     // SAFETY: `bind` is a sockaddr of the length given.
     if unsafe { libc::bind(socket.as_raw_fd(), bind.0.as_ptr().cast(), bind.1) } != 0 {
@@ -907,6 +946,206 @@ fn raw_udp(to: SocketAddr) -> io::Result<()> {
             0,
             addr.as_ptr().cast(),
             addr_len,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends the datagram of [`ip_udp`] whole on an `IPPROTO_RAW` socket,
+/// which implies `IP_HDRINCL` (`IPV6_HDRINCL`): the source is ours to pick.
+fn raw_from(from: SocketAddr, to: SocketAddr) -> io::Result<()> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let domain = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall; the descriptor is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let socket = UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    socket
+        .send_to(&ip_udp(from, to)?, SocketAddr::new(to.ip(), 0))
+        .map(drop)
+}
+
+/// An ICMP(v6) echo request on a raw socket, and its reply.
+fn ping(addr: IpAddr, timeout: Duration) -> io::Result<()> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let (domain, proto, request, reply) = match addr {
+        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8, 0u8),
+        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128, 129),
+    };
+    // SAFETY: plain syscall; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns; a UdpSocket is only
+    // a convenient owner with timeouts and send_to/recv_from.
+    let socket = UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let id = (std::process::id() & 0xffff) as u16;
+    let mut echo = vec![request, 0, 0, 0];
+    echo.extend_from_slice(&id.to_be_bytes());
+    echo.extend_from_slice(&1u16.to_be_bytes());
+    echo.extend_from_slice(PAYLOAD);
+    if addr.is_ipv4() {
+        // The kernel fills in ICMPv6 checksums itself, not ICMP ones.
+        let sum = checksum(&[&echo]);
+        echo[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
+    socket.send_to(&echo, SocketAddr::new(addr, 0))?;
+    socket.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 1500];
+    loop {
+        let (n, from) = socket.recv_from(&mut buf).map_err(read_timeout)?;
+        // IPv4 raw sockets receive the IP header too.
+        let icmp = if addr.is_ipv4() {
+            &buf[usize::from(buf[0] & 0x0f) * 4..n]
+        } else {
+            &buf[..n]
+        };
+        if from.ip() == addr
+            && icmp.len() >= 8
+            && icmp[0] == reply
+            && icmp[4..6] == id.to_be_bytes()
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// The Internet checksum of `parts`, concatenated.
+fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    let bytes: Vec<u8> = parts.concat();
+    for pair in bytes.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IP packet carrying one UDP datagram of [`PAYLOAD`] from `from` to
+/// `to`, checksums filled in.
+fn ip_udp(from: SocketAddr, to: SocketAddr) -> io::Result<Vec<u8>> {
+    let udp_len = (8 + PAYLOAD.len()) as u16;
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&from.port().to_be_bytes());
+    udp.extend_from_slice(&to.port().to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(PAYLOAD);
+    match (from.ip(), to.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let pseudo = [
+                &s.octets()[..],
+                &d.octets()[..],
+                &[0, 17],
+                &udp_len.to_be_bytes()[..],
+            ]
+            .concat();
+            let sum = checksum(&[&pseudo, &udp]);
+            udp[6..8].copy_from_slice(&sum.to_be_bytes());
+            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+            ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            let sum = checksum(&[&ip]);
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            ip.extend_from_slice(&udp);
+            Ok(ip)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let len32 = u32::from(udp_len).to_be_bytes();
+            let pseudo = [&s.octets()[..], &d.octets()[..], &len32[..], &[0, 0, 0, 17]].concat();
+            let sum = checksum(&[&pseudo, &udp]);
+            udp[6..8].copy_from_slice(&sum.to_be_bytes());
+            let mut ip = vec![0x60, 0, 0, 0];
+            ip.extend_from_slice(&udp_len.to_be_bytes());
+            ip.extend_from_slice(&[17, 64]);
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            ip.extend_from_slice(&udp);
+            Ok(ip)
+        }
+        _ => Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
+    }
+}
+
+/// The first interface of this network namespace that is not loopback.
+fn first_link() -> io::Result<u32> {
+    // SAFETY: the list is freed below and only read in between.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let mut i = 0;
+        let mut found = None;
+        while (*list.add(i)).if_index != 0 {
+            let entry = *list.add(i);
+            if entry.if_index != 1 {
+                found = Some(entry.if_index);
+                break;
+            }
+            i += 1;
+        }
+        libc::if_freenameindex(list);
+        found.ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
+    }
+}
+
+/// Sends the datagram of [`ip_udp`] as a frame on an AF_PACKET socket.
+/// The socket is created first: EPERM there is the refusal under test.
+fn packet_frame(from: SocketAddr, to: SocketAddr) -> io::Result<()> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let ethertype: u16 = if to.is_ipv4() { 0x0800 } else { 0x86dd };
+    // SAFETY: plain syscall; the descriptor is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            i32::from(ethertype.to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let frame = ip_udp(from, to)?;
+    // SAFETY: an all-zero sockaddr_ll is valid; fields set below.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ethertype.to_be();
+    sll.sll_ifindex = first_link()? as i32;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    // SAFETY: the buffers outlive the call; `sll` is a sockaddr_ll.
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
         )
     };
     if sent < 0 {

@@ -51,6 +51,9 @@ pub struct ImageWorkload {
     /// An exempt guard ([`crate::compile::Guard::Exempt`]): written as
     /// `egress_common::EXEMPT_POLICY` in both slots, with no policy.
     pub exempt: bool,
+    /// Its own addresses, canonical (IPv4-mapped as IPv4), when the kernel
+    /// checks its sources (`PolicyInfo::SOURCE_CHECK`); empty otherwise.
+    pub sources: Vec<IpAddr>,
 }
 
 impl ImageWorkload {
@@ -158,7 +161,13 @@ impl MapImage {
                 gateway_v6: Vec::new(),
                 capture: None,
                 exempt: w.guard == Some(Guard::Exempt),
+                sources: Vec::new(),
             };
+            if source_checked(w) {
+                iw.sources = w.addresses.iter().map(|a| a.to_canonical()).collect();
+                iw.sources.sort();
+                iw.sources.dedup();
+            }
             if iw.exempt {
                 image.workloads.push(iw);
                 continue;
@@ -359,7 +368,25 @@ fn flags(plan: &Plan, w: &WorkloadPlan) -> u32 {
             flags |= PolicyInfo::REGISTRY_ONLY;
         }
     }
+    if source_checked(w) {
+        flags |= PolicyInfo::SOURCE_CHECK;
+    }
+    if w.gateway.is_some() || w.packet_sockets {
+        flags |= PolicyInfo::PACKET_SOCKETS;
+    }
+    if w.gateway.is_some() || !w.proxy_for.is_empty() {
+        flags |= PolicyInfo::TRANSPARENT;
+    }
     flags
+}
+
+/// Whether the kernel checks the sources of `w`'s packets against its
+/// addresses. Not for workloads that list none (nothing to check against),
+/// gateways (they send from uplink addresses no Workload lists, and may
+/// leave the cluster anyway) or proxies (a transparent proxy answers from
+/// the addresses it intercepted).
+fn source_checked(w: &WorkloadPlan) -> bool {
+    !w.addresses.is_empty() && w.gateway.is_none() && w.proxy_for.is_empty()
 }
 
 /// Stores `prefix` (host bits cleared) in the list of its family. IPv6

@@ -346,9 +346,17 @@ fn workloads_carry_their_cgroup_depth_flags_and_ids() {
     let image = build(&plan, &[]);
     let client = image.workload(&ObjectId::new("prod", "client")).unwrap();
     assert_eq!(client.cgroup, "/root/prod/client/");
-    assert_eq!(client.flags, PolicyInfo::ISOLATED | PolicyInfo::HAS_CLUSTER);
+    // It lists addresses: its sources are checked against them.
+    assert_eq!(
+        client.flags,
+        PolicyInfo::ISOLATED | PolicyInfo::HAS_CLUSTER | PolicyInfo::SOURCE_CHECK
+    );
+    assert!(!client.sources.is_empty());
     let web = image.workload(&ObjectId::new("prod", "web")).unwrap();
-    assert_eq!(web.flags, PolicyInfo::HAS_CLUSTER);
+    assert_eq!(
+        web.flags & !PolicyInfo::SOURCE_CHECK,
+        PolicyInfo::HAS_CLUSTER
+    );
     assert!(web.allow_v4.is_empty());
     assert!(image.has_cluster());
     assert_eq!(image.cluster_v4(), ["10.0.0.0/8".parse().unwrap()]);
