@@ -9,6 +9,7 @@
 pub mod kernel;
 pub mod lock;
 pub mod preflight;
+pub mod quarantine;
 pub mod reload;
 pub mod run;
 pub mod state;

@@ -1,14 +1,22 @@
 //! The policy lifecycle: load → compile → enforce, never losing the policy
 //! in force.
 
-use std::{path::PathBuf, sync::Arc, time::SystemTime};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::SystemTime,
+};
 
 use tracing::{error, info, warn};
 
-use super::state::{AgentState, Generation, ReloadOutcome};
+use super::{
+    quarantine::{self, Held},
+    state::{AgentState, Generation, ReloadOutcome},
+};
 use crate::{
     compile::{self, Plan},
-    policy::{self, Severity},
+    policy::{Severity, Source},
     resolve::ResolvedHosts,
 };
 
@@ -46,6 +54,9 @@ pub struct Reloader<E> {
     hosts: ResolvedHosts,
     /// The warnings of the last valid reload, logged once.
     warned: std::collections::HashSet<String>,
+    /// The API objects of the generation in force that loaded as they
+    /// are: what a quarantined object falls back to.
+    last_good: HashMap<Arc<Path>, Source>,
 }
 
 impl<E: Enforcer> Reloader<E> {
@@ -60,6 +71,7 @@ impl<E: Enforcer> Reloader<E> {
             },
             hosts: ResolvedHosts::default(),
             warned: std::collections::HashSet::new(),
+            last_good: HashMap::new(),
         }
     }
 
@@ -90,7 +102,8 @@ impl<E: Enforcer> Reloader<E> {
     pub fn reload(&mut self) -> &ReloadOutcome {
         self.state.reloads += 1;
         let started = std::time::Instant::now();
-        let outcome = match policy::load_with(&self.paths, &self.inventory.sources) {
+        let outcome = match quarantine::load(&self.paths, &self.inventory.sources, &self.last_good)
+        {
             Err(rejected) => {
                 for d in &rejected.diagnostics {
                     match d.severity {
@@ -107,7 +120,19 @@ impl<E: Enforcer> Reloader<E> {
                     diagnostics: rejected.diagnostics,
                 }
             }
-            Ok(loaded) => {
+            Ok(quarantine::Outcome {
+                loaded,
+                quarantined,
+                good,
+            }) => {
+                for q in &quarantined {
+                    if !self.state.quarantined.contains(q) {
+                        for e in &q.errors {
+                            error!(target: "policy", "{e}");
+                        }
+                        error!(source = %q.source, held = ?q.held, "object quarantined: the rest of the policy set goes on");
+                    }
+                }
                 // Each warning once while it lasts: with objects from the
                 // API server, reloads are frequent, and a NetworkPolicy
                 // that selects no pod on this node is normal there.
@@ -135,6 +160,18 @@ impl<E: Enforcer> Reloader<E> {
                             loaded_at: SystemTime::now(),
                             warnings: loaded.warnings,
                         });
+                        // A quarantined object held at its last good
+                        // version keeps that version for next time.
+                        let mut next = good;
+                        for q in quarantined.iter().filter(|q| q.held == Held::LastGood) {
+                            if let Some((file, source)) =
+                                self.last_good.get_key_value(Path::new(&q.source))
+                            {
+                                next.insert(Arc::clone(file), source.clone());
+                            }
+                        }
+                        self.last_good = next;
+                        self.state.quarantined = quarantined;
                         ReloadOutcome::Applied { generation: number }
                     }
                     Err(e) => {

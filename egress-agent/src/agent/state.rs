@@ -56,6 +56,8 @@ pub struct AgentState {
     pub last_reload_duration: Duration,
     /// Time spent in reload attempts, in all.
     pub reload_seconds_total: f64,
+    /// API objects of the generation in force that were quarantined.
+    pub quarantined: Vec<super::quarantine::Quarantined>,
 }
 
 mod unix_seconds {

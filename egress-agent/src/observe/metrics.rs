@@ -167,6 +167,31 @@ pub fn render(status: &Status, counters: Option<&Counters>, names: &Names) -> St
         "Generation in force (0 = none)",
         generation,
     );
+    let quarantined = gauge(
+        &mut registry,
+        "quarantined_objects",
+        "API objects the agent could not use as they are (1 each), held at their last good version, replaced by a deny-all stand-in, or left out",
+    );
+    for q in &status.quarantined {
+        let (kind, namespace, name) = q.object.as_ref().map_or_else(
+            || (String::new(), String::new(), q.source.clone()),
+            |o| {
+                (
+                    o.kind.clone(),
+                    o.namespace.clone().unwrap_or_default(),
+                    o.name.clone(),
+                )
+            },
+        );
+        quarantined
+            .get_or_create(&vec![
+                ("kind", kind),
+                ("namespace", namespace),
+                ("name", name),
+                ("held", format!("{:?}", q.held).to_lowercase()),
+            ])
+            .set(1);
+    }
     let audit = Gauge::<i64>::default();
     audit.set(i64::from(status.audit));
     registry.register("audit_mode", "1 when nothing is denied (audit mode)", audit);

@@ -132,6 +132,10 @@ pub struct Status {
     pub redirect_events: Vec<(String, u64)>,
     /// Time spent in reloads, in all.
     pub reload_seconds_total: f64,
+    /// API objects quarantined in the generation in force (see
+    /// `agent::quarantine`).
+    #[serde(default)]
+    pub quarantined: Vec<crate::agent::quarantine::Quarantined>,
 }
 
 impl Status {
@@ -225,6 +229,7 @@ impl Status {
             agent_events: hub.stats(),
             redirect_events: hub.redirects(),
             reload_seconds_total: state.reload_seconds_total,
+            quarantined: state.quarantined.clone(),
         }
     }
 }

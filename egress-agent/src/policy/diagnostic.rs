@@ -105,7 +105,7 @@ impl Serialize for FieldPath {
 }
 
 /// Which object a finding is about.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 pub struct ObjectRef {
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
