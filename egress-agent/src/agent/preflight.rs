@@ -42,7 +42,7 @@ pub enum PreflightError {
         #[source]
         source: io::Error,
     },
-    #[error("--policies {}: {source}", path.display())]
+    #[error("--policies {}: cannot read it", path.display())]
     Policies {
         path: PathBuf,
         #[source]
@@ -63,7 +63,7 @@ pub enum PreflightError {
     CgroupRoot { path: PathBuf, reason: String },
     #[error("--socket {}: {reason}", path.display())]
     Socket { path: PathBuf, reason: String },
-    #[error("--metrics-addr {addr}: cannot listen: {source}")]
+    #[error("--metrics-addr {addr}: cannot listen there")]
     Metrics {
         addr: SocketAddr,
         #[source]
