@@ -59,6 +59,8 @@ pub enum PreflightError {
         rejected: Rejected,
         pin_dir: PathBuf,
     },
+    #[error(transparent)]
+    Cgroup2(crate::sys::SysError),
     #[error("--cgroup-root {}: {reason}", path.display())]
     CgroupRoot { path: PathBuf, reason: String },
     #[error("--socket {}: {reason}", path.display())]
@@ -153,8 +155,11 @@ pub fn check_inputs(inputs: &Inputs<'_>) -> Result<Checked, PreflightError> {
 /// kernel's answer for anything else (EBADF from `bpf_link_create`) names
 /// nothing.
 fn check_cgroup_root(root: Option<&Path>) -> Result<(), PreflightError> {
+    // Without a cgroup2 mount no root can do; say that, not that the
+    // given root is missing.
+    crate::sys::cgroup2_mount().map_err(PreflightError::Cgroup2)?;
     let Some(path) = root else {
-        return Ok(()); // the mount itself; its absence is reported when opening
+        return Ok(()); // the mount itself
     };
     let fail = |reason: String| PreflightError::CgroupRoot {
         path: path.to_owned(),
