@@ -301,3 +301,31 @@ proptest! {
         prop_assert_eq!(baseline, plan_of(&changed));
     }
 }
+
+/// Every input the loader fuzz target (fuzz/) crashed on: each must load
+/// to a model or to findings, and render, without a panic.
+#[test]
+fn inputs_the_fuzzer_crashed_on_are_findings_not_panics() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-crashes");
+    let mut seen = 0;
+    for entry in fs::read_dir(&dir).expect("tests/fuzz-crashes exists") {
+        let path = entry.expect("readable entry").path();
+        let bytes = fs::read(&path).expect("readable input");
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            continue;
+        };
+        match policy::load_sources(&[Source::new("fuzz.yaml", text)]) {
+            Ok(loaded) => {
+                let _ = serde_json::to_string(&compile(&loaded.model));
+            }
+            Err(rejected) => {
+                let _ = rejected.to_string();
+                for d in &rejected.diagnostics {
+                    let _ = d.to_string();
+                }
+            }
+        }
+        seen += 1;
+    }
+    assert!(seen > 0, "no crash inputs in {}", dir.display());
+}

@@ -270,8 +270,12 @@ pub fn documents(source: &Source) -> Result<Vec<Document<'_>>, Box<Diagnostic>> 
         let mut head = doc.head;
         // The root was located against the whole file; store it relative
         // to the slice, the origin serde_yaml and the lazy index share.
+        // Saturating: yaml-rust2 counts some runs of lone `\r` differently
+        // from `line_breaks` (found by fuzzing: a subtraction overflow, a
+        // panic in debug builds and a wrapped line number in release ones).
+        // A root line off by the difference beats either.
         if let Some(root) = &mut head.root {
-            root.line -= line_offset;
+            root.line = root.line.saturating_sub(line_offset).max(1);
         }
         docs.push(Document {
             file: &source.file,
