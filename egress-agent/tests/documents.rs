@@ -171,6 +171,49 @@ metadata:
     );
 }
 
+/// NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR end a line for libyaml
+/// (serde_yaml) and for kubectl's go-yaml, but not for yaml-rust2, which
+/// split the documents: a `---` after one in a comment was a separator to
+/// the typed parse only, and the file was rejected with a bogus error (or
+/// read differently by the two parsers).
+#[test]
+fn yaml_1_1_line_breaks_end_comments_and_lines_as_kubectl_reads_them() {
+    for brk in ['\u{85}', '\u{2028}', '\u{2029}'] {
+        let text = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: a}}\n# end of a{brk}---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {{name: b}}\n"
+        );
+        let loaded =
+            policy::load_sources(&[Source::new("ns.yaml", text.as_str())]).unwrap_or_else(|r| {
+                panic!(
+                    "U+{:04X}: two Namespaces, as kubectl reads it: {r}",
+                    brk as u32
+                )
+            });
+        let names: Vec<&String> = loaded.model.namespaces.keys().collect();
+        assert_eq!(names, ["a", "b"], "U+{:04X}", brk as u32);
+
+        // A finding after one is on the line kubectl would count: line 8
+        // is `metadata:` of the second document (the break made `---`
+        // line 5).
+        let bad = text.replace("name: b", "name: B_");
+        let rejected = policy::load_sources(&[Source::new("ns.yaml", bad)])
+            .expect_err("an invalid Namespace name");
+        let rendered = rejected.to_string();
+        assert!(
+            rendered.contains("ns.yaml:8:"),
+            "U+{:04X}: {rendered}",
+            brk as u32
+        );
+    }
+    // After a `\r`, the break is a line of its own (CR, then NEL: two).
+    let text = "apiVersion: v1\r\u{85}kind: Namespace\nmetadata: {name: B_}\n";
+    let rendered = policy::load_sources(&[Source::new("cr.yaml", text)])
+        .expect_err("an invalid Namespace name")
+        .to_string();
+    assert!(rendered.contains("cr.yaml:4:"), "{rendered}");
+}
+
 fn tempdir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("egress-docs-{tag}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
@@ -179,8 +222,9 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
 }
 
 /// Text a comment may hold: anything but line breaks (which would end the
-/// comment) and the characters YAML forbids in a stream (C0 and C1
-/// controls, DEL, a BOM past the start, U+FFFE/U+FFFF).
+/// comment: `\r`, `\n`, and for kubectl's YAML 1.1 also NEL, LS and PS)
+/// and the characters YAML forbids in a stream (C0 and C1 controls, DEL, a
+/// BOM past the start, U+FFFE/U+FFFF).
 fn comment_text() -> impl Strategy<Value = String> {
     proptest::collection::vec(any::<char>(), 0..24).prop_map(|chars| {
         chars
@@ -191,6 +235,7 @@ fn comment_text() -> impl Strategy<Value = String> {
                         && c != '\u{7f}'
                         && !('\u{80}'..='\u{9f}').contains(&c)
                         && c != '\u{feff}'
+                        && !matches!(c, '\u{2028}' | '\u{2029}')
                         && !matches!(c, '\u{fffe}' | '\u{ffff}'))
             })
             .collect()
@@ -256,4 +301,32 @@ proptest! {
         }
         prop_assert_eq!(baseline, plan_of(&changed));
     }
+}
+
+/// Every input the loader fuzz target (fuzz/) crashed on: each must load
+/// to a model or to findings, and render, without a panic.
+#[test]
+fn inputs_the_fuzzer_crashed_on_are_findings_not_panics() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-crashes");
+    let mut seen = 0;
+    for entry in fs::read_dir(&dir).expect("tests/fuzz-crashes exists") {
+        let path = entry.expect("readable entry").path();
+        let bytes = fs::read(&path).expect("readable input");
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            continue;
+        };
+        match policy::load_sources(&[Source::new("fuzz.yaml", text)]) {
+            Ok(loaded) => {
+                let _ = serde_json::to_string(&compile(&loaded.model));
+            }
+            Err(rejected) => {
+                let _ = rejected.to_string();
+                for d in &rejected.diagnostics {
+                    let _ = d.to_string();
+                }
+            }
+        }
+        seen += 1;
+    }
+    assert!(seen > 0, "no crash inputs in {}", dir.display());
 }

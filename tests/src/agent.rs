@@ -199,6 +199,15 @@ impl Agent {
         self.wait_for_count("policy applied", before + 1, Duration::from_secs(15))
     }
 
+    /// Starts the agent again with the same arguments (after `kill`) and
+    /// waits for `needle` in its log, for starts that apply nothing (a
+    /// rejected policy set with an earlier generation pinned).
+    pub fn restart_until(&mut self, needle: &str) -> anyhow::Result<()> {
+        let before = self.log().matches(needle).count();
+        self.spawn()?;
+        self.wait_for_count(needle, before + 1, Duration::from_secs(15))
+    }
+
     /// Runs `egress-agent uninstall` for this agent's pin dir.
     pub fn uninstall(&self) -> anyhow::Result<String> {
         let out = Command::new("nsenter")

@@ -13,6 +13,9 @@ use crate::run;
 
 /// The exact bpf-linker release the eBPF build is verified with.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The cargo-fuzz release the fuzz smoke stage runs (`cargo xtask setup`
+/// installs it).
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// The rustup toolchain name that `egress-agent/build.rs` builds eBPF with.
 pub const EBPF_TOOLCHAIN: &str = "debian-rustc-web";
 
@@ -51,6 +54,19 @@ fn parse_bpf_linker_version(output: &str) -> Option<String> {
         .split_whitespace()
         .nth(1)
         .map(|v| v.trim_start_matches('v').to_owned())
+}
+
+/// The version `cargo fuzz --version` reports (`cargo-fuzz 0.13.2`), if
+/// cargo-fuzz is installed.
+pub fn cargo_fuzz_version() -> Option<String> {
+    let out = run::cargo().args(["fuzz", "--version"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .map(str::to_owned)
 }
 
 /// What every task that loads the eBPF programs needs besides root: a

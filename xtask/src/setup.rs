@@ -9,7 +9,7 @@ use std::{fs, process::Command, time::Instant};
 use anyhow::{bail, Context as _};
 
 use crate::{
-    host::{self, BPF_LINKER_VERSION, EBPF_TOOLCHAIN},
+    host::{self, BPF_LINKER_VERSION, CARGO_FUZZ_VERSION, EBPF_TOOLCHAIN},
     run,
 };
 
@@ -18,7 +18,8 @@ use crate::{
 /// the agent, the tests and the demo drive (`dnsmasq-base` is the
 /// simulated node's kube-dns; nginx, openssl and curl its internet's web
 /// sites and their clients; Squid and redsocks the unmodified proxies the
-/// redirect is tested with, Python the upstream they reach).
+/// redirect is tested with, Python the upstream they reach; g++ builds
+/// libFuzzer for the fuzz targets).
 pub const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -36,6 +37,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "squid",
     "redsocks",
     "python3",
+    "g++",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -63,10 +65,11 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<std::process::ExitCode> {
     // Acting needs root; looking does not. Without root, fail only if
     // something actually has to change.
     let act = !args.check && host::is_root();
-    let steps: [(&str, Step); 4] = [
+    let steps: [(&str, Step); 5] = [
         ("apt packages", apt_packages),
         ("eBPF toolchain", ebpf_toolchain),
         ("bpf-linker", bpf_linker),
+        ("cargo-fuzz", cargo_fuzz),
         ("bpffs", bpffs),
     ];
     let mut missing = Vec::new();
@@ -215,6 +218,37 @@ fn bpf_linker(act: bool) -> anyhow::Result<Outcome> {
         _ => bail!(
             "bpf-linker was installed but `bpf-linker --version` does not report \
              {BPF_LINKER_VERSION}: is ~/.cargo/bin on PATH?"
+        ),
+    }
+}
+
+/// cargo-fuzz runs the fuzz targets in fuzz/ (`cargo xtask test`'s fuzz
+/// smoke stage). Pinned, so every machine fuzzes with the same driver.
+fn cargo_fuzz(act: bool) -> anyhow::Result<Outcome> {
+    let found = host::cargo_fuzz_version();
+    if found.as_deref() == Some(CARGO_FUZZ_VERSION) {
+        return Ok(Outcome::Present(format!("cargo-fuzz {CARGO_FUZZ_VERSION}")));
+    }
+    let what = match &found {
+        Some(v) => format!("cargo-fuzz {CARGO_FUZZ_VERSION} (found {v})"),
+        None => format!("cargo-fuzz {CARGO_FUZZ_VERSION}"),
+    };
+    if !act {
+        return Ok(Outcome::Missing(what));
+    }
+    run::check(run::cargo().args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+        "--force",
+    ]))?;
+    match host::cargo_fuzz_version() {
+        Some(v) if v == CARGO_FUZZ_VERSION => Ok(Outcome::Done(format!("installed {what}"))),
+        _ => bail!(
+            "cargo-fuzz was installed but `cargo fuzz --version` does not report \
+             {CARGO_FUZZ_VERSION}: is ~/.cargo/bin on PATH?"
         ),
     }
 }

@@ -40,8 +40,8 @@ pub enum RunError {
 /// Timing knobs of the loop.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Editors write files in several steps; changes closer together than
-    /// this become one reload.
+    /// Several files may be completed at once (`cp -r`, a ConfigMap
+    /// update); completions closer together than this become one reload.
     pub debounce: Duration,
     /// How often workloads whose cgroup did not exist yet are looked for.
     pub reconcile_every: Duration,
@@ -104,7 +104,7 @@ pub async fn run<E: Enforcer>(
     let (changes_tx, mut changes) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            if !event.kind.is_access() {
+            if is_complete_change(&event.kind) {
                 let _ = changes_tx.send(());
             }
         }
@@ -200,6 +200,25 @@ pub async fn run<E: Enforcer>(
     }
     info!("exiting; enforcement stays in force (pinned) until `egress-agent uninstall`");
     Ok(())
+}
+
+/// Whether a watcher event marks a policy file as complete, so that a
+/// reload sees a whole file: closed after writing (inotify's
+/// IN_CLOSE_WRITE), moved or renamed into place (IN_MOVED_TO, the atomic
+/// write of `rename(2)` and of kubelet's ConfigMap volumes), moved away or
+/// deleted. A plain modification (IN_MODIFY, IN_CREATE) is a writer still
+/// at work: a file truncated and rewritten in place in several steps would
+/// otherwise be applied at each step, empty or cut short, and either could
+/// open what the whole file closes.
+fn is_complete_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Name(mode)) => !matches!(mode, RenameMode::Other),
+        // IN_MODIFY, IN_CREATE, IN_ATTRIB, opens and reads: a write in
+        // progress, or nothing that changes content.
+        _ => false,
+    }
 }
 
 /// Resolves the policy's `allowedHosts` names before the first apply. A
@@ -299,6 +318,41 @@ fn reload<E: Enforcer>(reloader: &mut Reloader<E>, resolver: &HostResolver) {
             if let Err(e) = resolver.set_names(dns_names(&plan)) {
                 error!(error = %format_chain(&e), "cannot watch the new allowedHosts names");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, MetadataKind, ModifyKind,
+        RemoveKind, RenameMode,
+    };
+
+    use super::is_complete_change;
+
+    #[test]
+    fn only_completed_files_trigger_a_reload() {
+        let complete = [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Remove(RemoveKind::Folder),
+        ];
+        for kind in complete {
+            assert!(is_complete_change(&kind), "{kind:?}");
+        }
+        let in_progress = [
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ];
+        for kind in in_progress {
+            assert!(!is_complete_change(&kind), "{kind:?}");
         }
     }
 }

@@ -113,8 +113,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
     /// DNS server for EgressGateway allowedHosts (default:
-    /// /etc/resolv.conf). Repeatable.
-    #[arg(long = "dns-server", value_name = "IP:PORT")]
+    /// /etc/resolv.conf), as IP or IP:PORT (port 53 by default).
+    /// Repeatable.
+    #[arg(long = "dns-server", value_name = "IP[:PORT]", value_parser = parse_dns_server)]
     pub dns_servers: Vec<SocketAddr>,
     /// Do not install the nftables backstop.
     #[arg(long)]
@@ -297,10 +298,59 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_millis(ms))
 }
 
+/// `--dns-server`: an address queries can actually be sent to, checked
+/// when the arguments are parsed, before anything else happens.
+fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
+    let addr = s
+        .parse::<SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| {
+            format!("expected IP or IP:PORT (e.g. 10.96.0.10 or [fd00::a]:53), got {s:?}")
+        })?;
+    if addr.port() == 0 {
+        return Err(format!("port 0 in {s:?}: queries cannot be sent to it"));
+    }
+    let ip = addr.ip();
+    if ip.is_unspecified() || ip.is_multicast() || ip == std::net::Ipv4Addr::BROADCAST {
+        return Err(format!("{ip} is not a server's address"));
+    }
+    Ok(addr)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_dns_server, parse_duration};
     use std::time::Duration;
+
+    #[test]
+    fn dns_servers() {
+        assert_eq!(
+            parse_dns_server("10.96.0.10"),
+            Ok("10.96.0.10:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_dns_server("127.0.0.1:5353"),
+            Ok("127.0.0.1:5353".parse().unwrap())
+        );
+        assert_eq!(
+            parse_dns_server("fd00::a"),
+            Ok("[fd00::a]:53".parse().unwrap())
+        );
+        for bad in [
+            "dns.example",
+            "1.2.3.4:0",
+            "0.0.0.0:53",
+            "[::]:53",
+            "224.0.0.1",
+            "1.2.3.4:99999",
+            "",
+        ] {
+            assert!(parse_dns_server(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations() {

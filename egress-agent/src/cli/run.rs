@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use egress_agent::{
     agent::{
         kernel::KernelEnforcer,
+        preflight,
         reload::format_chain,
         run::{run as run_agent, Observing, RunOptions},
         Reloader,
@@ -37,6 +38,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Every argument and input is checked before anything touches the
+        // kernel: a refused start leaves nothing attached or pinned.
+        let checked = preflight::check_inputs(&preflight::Inputs {
+            policies: &args.policies,
+            kubernetes: args.kubernetes,
+            pin_dir: &args.bpffs,
+            cgroup_root: args.cgroup_root.as_deref(),
+            socket: &args.socket,
+            metrics_addr: args.metrics_addr,
+        })?;
         // Kubernetes settings are checked before anything is attached; the
         // client connects only once the watchers start (after the agent
         // has exempted its own cgroup).
@@ -59,7 +70,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         )?
         .with_dns_capture(args.capture_dns);
         let guards = guards(args, &mut enforcer)?;
-        let observing = observe(args, &mut enforcer).await?;
+        let observing = observe(args, checked.metrics, &mut enforcer).await?;
         let mut reloader = Reloader::new(args.policies.clone(), enforcer, args.audit);
         let feed = if let Some((node_name, client)) = kube {
             let settings = KubeSettings {
@@ -171,7 +182,11 @@ fn guards(args: &RunArgs, enforcer: &mut KernelEnforcer) -> anyhow::Result<RunGu
 }
 
 /// Starts the event reader, the agent socket and the metrics server.
-async fn observe(args: &RunArgs, enforcer: &mut KernelEnforcer) -> anyhow::Result<Observing> {
+async fn observe(
+    args: &RunArgs,
+    metrics: Option<std::net::TcpListener>,
+    enforcer: &mut KernelEnforcer,
+) -> anyhow::Result<Observing> {
     let hub = EventHub::new(observe::RECENT_EVENTS);
     enforcer.report_to(hub.clone());
     match enforcer.dataplane_mut().take_event_ring() {
@@ -204,10 +219,9 @@ async fn observe(args: &RunArgs, enforcer: &mut KernelEnforcer) -> anyhow::Resul
     observe::server::start(&args.socket, hub.clone(), queries_tx.clone())?;
     tracing::info!(socket = %args.socket.display(), "serving events and status");
     let (ready, ready_rx) = tokio::sync::watch::channel(false);
-    if let Some(addr) = args.metrics_addr {
-        let bound = observe::http::start(addr, queries_tx, ready_rx)
-            .await
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    if let Some(listener) = metrics {
+        let bound = observe::http::start(listener, queries_tx, ready_rx)
+            .with_context(|| format!("cannot serve metrics on {:?}", args.metrics_addr))?;
         tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
     }
     Ok(Observing {

@@ -315,4 +315,12 @@ impl Dataplane {
     pub fn uninstall(pin_dir: &Path) -> Result<UninstallReport, DataplaneError> {
         uninstall::uninstall(pin_dir)
     }
+
+    /// Whether an earlier agent left programs attached through links
+    /// pinned under `pin_dir`: an agent started there adopts them, and
+    /// the generation their maps hold stays in force. Only reads the
+    /// directory; an unreadable one counts as nothing pinned.
+    pub fn is_pinned(pin_dir: &Path) -> bool {
+        links::pinned(&pin_dir.join("links")).is_ok_and(|links| !links.is_empty())
+    }
 }

@@ -15,14 +15,15 @@ struct Ctx {
     ready: watch::Receiver<bool>,
 }
 
-/// Binds `addr` now (so a bad address fails the start) and serves in the
-/// background.
-pub async fn start(
-    addr: SocketAddr,
+/// Serves in the background on `listener`, bound (non-blocking) by the
+/// start's input checks, so that a bad address fails the start before
+/// anything is attached.
+pub fn start(
+    listener: std::net::TcpListener,
     queries: mpsc::Sender<Query>,
     ready: watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics))

@@ -118,6 +118,11 @@ pub struct Status {
     pub pin_dir: String,
     pub cgroup_root: String,
     pub programs: Vec<ProgramStatus>,
+    /// A generation applied by this agent is in force (as `/readyz`).
+    /// Not ready with programs adopted: the generation an earlier run
+    /// pinned is enforced, but the current policy set was not applied.
+    #[serde(default)]
+    pub ready: bool,
     pub generation: Option<GenerationStatus>,
     pub last_reload: Option<LastReload>,
     pub reloads: u64,
@@ -214,6 +219,7 @@ impl Status {
             pin_dir: kernel.pin_dir.clone(),
             cgroup_root: kernel.cgroup_root.clone(),
             programs: kernel.programs.clone(),
+            ready: state.current.is_some(),
             generation: state.current.as_ref().map(|g| GenerationStatus {
                 number: g.number,
                 loaded_at: rfc3339(g.loaded_at),
@@ -266,7 +272,12 @@ impl fmt::Display for Status {
         }
         match &self.generation {
             Some(g) => writeln!(f, "policy: generation {} loaded {}", g.number, g.loaded_at)?,
-            None => writeln!(f, "policy: none in force")?,
+            None if self.programs.iter().any(|p| p.adopted) => writeln!(
+                f,
+                "policy: NOT READY: none applied by this agent; the generation pinned by an \
+                 earlier run stays in force"
+            )?,
+            None => writeln!(f, "policy: NOT READY: none in force")?,
         }
         if let Some(r) = &self.last_reload {
             writeln!(

@@ -35,17 +35,47 @@ pub struct Source {
 
 impl Source {
     /// A leading UTF-8 byte order mark is dropped, as kubectl drops it:
-    /// yaml-rust2's scanner would otherwise refuse the stream.
+    /// yaml-rust2's scanner would otherwise refuse the stream. YAML 1.1's
+    /// extra line breaks become `\n` (see [`yaml11_breaks_to_newlines`]).
     pub fn new(file: impl AsRef<Path>, text: impl Into<String>) -> Self {
         let mut text = text.into();
         if text.starts_with('\u{feff}') {
             text.drain(..'\u{feff}'.len_utf8());
+        }
+        if text.contains(YAML11_BREAKS) {
+            text = yaml11_breaks_to_newlines(&text);
         }
         Self {
             file: file_name(file.as_ref()),
             text,
         }
     }
+}
+
+/// NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR end a line in YAML 1.1.
+const YAML11_BREAKS: [char; 3] = ['\u{85}', '\u{2028}', '\u{2029}'];
+
+/// The two parsers disagree on what ends a line: yaml-rust2 (YAML 1.2:
+/// only `\r` and `\n`), which splits documents and locates fields, and
+/// libyaml (serde_yaml, and go-yaml behind kubectl and the API server),
+/// which reads the objects and also breaks at NEL, LS and PS. A `#
+/// comment` followed by U+2028 and `---` was one document to the first and
+/// two to the second: the typed parse saw fields the split never had, and
+/// findings landed on other lines. Making these breaks plain newlines
+/// gives both parsers libyaml's (kubectl's) reading. A `\r` before one is
+/// already a break of its own, so it gets a line of its own too.
+fn yaml11_breaks_to_newlines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut after_cr = false;
+    for c in text.chars() {
+        if YAML11_BREAKS.contains(&c) {
+            out.push_str(if after_cr { "\n\n" } else { "\n" });
+        } else {
+            out.push(c);
+        }
+        after_cr = c == '\r';
+    }
+    out
 }
 
 /// One document of a multi-document file.
@@ -240,8 +270,12 @@ pub fn documents(source: &Source) -> Result<Vec<Document<'_>>, Box<Diagnostic>> 
         let mut head = doc.head;
         // The root was located against the whole file; store it relative
         // to the slice, the origin serde_yaml and the lazy index share.
+        // Saturating: yaml-rust2 counts some runs of lone `\r` differently
+        // from `line_breaks` (found by fuzzing: a subtraction overflow, a
+        // panic in debug builds and a wrapped line number in release ones).
+        // A root line off by the difference beats either.
         if let Some(root) = &mut head.root {
-            root.line -= line_offset;
+            root.line = root.line.saturating_sub(line_offset).max(1);
         }
         docs.push(Document {
             file: &source.file,
