@@ -443,6 +443,74 @@ subsets:
         "… refused at connect (EPERM): the Service judged by its backend, not left to kube-proxy's mode",
         &format!("{outcome:?}: {text}"),
     );
+    verdict_follows_endpoints(cluster, checks, addr)
+}
+
+/// The Endpoints of apps/bypass re-pointed at an in-cluster backend
+/// (apps/web), then back at the internet: the verdict for the Service
+/// follows each change. Timed from the change (`kubectl apply` returned)
+/// to the first connect with the new verdict, by a loop already polling in
+/// the pod every 50 ms, so that kubectl exec's own start is not counted.
+/// The path measured: the mirroring controller's EndpointSlice, kube-proxy's
+/// rules, the agent's watch, compile and apply.
+fn verdict_follows_endpoints(
+    cluster: &Cluster<'_>,
+    checks: &mut Checks,
+    internet: &str,
+) -> anyhow::Result<()> {
+    let k = cluster.kubectl;
+    let vip = k.output(&[
+        "get",
+        "service",
+        "bypass",
+        "-n",
+        "apps",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    let vip = vip.trim();
+    let web = pod_ip(k, "apps", "web")?;
+    let endpoints = |ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: bypass, namespace: apps}}\n\
+             subsets:\n- addresses: [{{ip: {ip}}}]\n  ports: [{{name: http, port: 80, protocol: TCP}}]\n"
+        )
+    };
+    for (to, allowed) in [(web.as_str(), true), (internet, false)] {
+        let connect = format!("timeout 2 nc -w 1 {vip} 80 -e true >/dev/null 2>&1");
+        let until = if allowed {
+            connect
+        } else {
+            format!("! {connect}")
+        };
+        // 400 polls of 50 ms: the loop gives up after about 20 s.
+        let script = format!(
+            "i=0; until {until}; do i=$((i+1)); [ $i -gt 400 ] && exit 1; sleep 0.05; done"
+        );
+        let mut poll = k
+            .command()
+            .args(["exec", "-n", "apps", "client", "--", "sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting the polling loop in apps/client")?;
+        // Let the loop see the old verdict first.
+        thread::sleep(Duration::from_millis(700));
+        let changed = Instant::now();
+        k.apply(&endpoints(to))?;
+        let status = poll.wait().context("waiting for the polling loop")?;
+        let took = changed.elapsed();
+        let verdict = if allowed { "allowed" } else { "refused again" };
+        checks.check(
+            status.success(),
+            &format!(
+                "apps/bypass re-pointed at {to}: apps/client → {vip}:80 {verdict} {} ms after the Endpoints change",
+                took.as_millis()
+            ),
+            &format!("polling loop: {status}"),
+        );
+    }
     Ok(())
 }
 
