@@ -289,6 +289,19 @@ impl fmt::Display for Status {
                 writeln!(f, "  {e}")?;
             }
         }
+        if !self.quarantined.is_empty() {
+            writeln!(
+                f,
+                "quarantined: {} object(s) from the API server (the rest is in force):",
+                self.quarantined.len()
+            )?;
+            for q in &self.quarantined {
+                writeln!(f, "  {} (held: {:?})", q.source, q.held)?;
+                for e in &q.errors {
+                    writeln!(f, "    {e}")?;
+                }
+            }
+        }
         writeln!(
             f,
             "allowedHosts refreshes: {}",
