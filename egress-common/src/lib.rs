@@ -223,8 +223,15 @@ pub mod program {
 pub const MAX_LEVEL: u32 = 31;
 
 /// Entries per port set. A bounded loop over them runs for every decision,
-/// so the bound is small; a larger set is refused by the agent.
+/// so the bound is small; a longer list continues in another set
+/// ([`PortSet::next`]).
 pub const MAX_PORT_ENTRIES: usize = 16;
+
+/// Port sets one prefix's list may span ([`PortSet::next`]): up to
+/// `MAX_PORT_ENTRIES * MAX_PORT_CHAIN` (128) entries, which ordinary
+/// policies do not reach (a NetworkPolicy with many single ports on one
+/// CIDR used to stop the whole node's policy at 17).
+pub const MAX_PORT_CHAIN: usize = 8;
 
 /// The port set id that stands for "no port allowed" (an `except` hole).
 /// It never has a `PORT_SETS` entry.
@@ -407,11 +414,12 @@ impl PortEntry {
 }
 
 /// `PORT_SETS` value: up to [`MAX_PORT_ENTRIES`] entries, the first `len`
-/// used.
+/// used; the list goes on in set `next` ([`EMPTY_SET`]: it ends here).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PortSet {
     pub len: u32,
+    pub next: u32,
     pub entries: [PortEntry; MAX_PORT_ENTRIES],
 }
 

@@ -5,8 +5,8 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use egress_common::{
-    PolicyAddrV4, PolicyAddrV6, PolicyInfo, Reason, UdpFlowKey, EMPTY_SET, MAX_PORT_ENTRIES,
-    NO_RULE, POLICY_BITS,
+    PolicyAddrV4, PolicyAddrV6, PolicyInfo, Reason, UdpFlowKey, EMPTY_SET, MAX_PORT_CHAIN,
+    MAX_PORT_ENTRIES, NO_RULE, POLICY_BITS,
 };
 
 use crate::maps::{
@@ -216,26 +216,33 @@ fn gateway_set(policy: u32, addr: &Addr) -> u32 {
     set.copied().unwrap_or(EMPTY_SET)
 }
 
-/// The rule of the first entry of port set `set` that matches `dst`.
+/// The rule of the first entry of port set `set` (and the sets it
+/// continues in) that matches `dst`.
 #[inline(always)]
 fn port_match(set: u32, dst: &Dst) -> Option<u32> {
-    if set == EMPTY_SET {
-        return None;
-    }
-    // SAFETY: PORT_SETS is not preallocated, and a set id is never
-    // rewritten while a generation that uses it is live.
-    let set = unsafe { PORT_SETS.get(set) }?;
-    let len = set.len as usize;
-    let mut i = 0;
-    while i < MAX_PORT_ENTRIES {
-        if i >= len {
-            break;
+    let mut id = set;
+    let mut hop = 0;
+    while hop < MAX_PORT_CHAIN {
+        if id == EMPTY_SET {
+            return None;
         }
-        let entry = &set.entries[i];
-        if entry.matches(dst.proto, dst.port) {
-            return Some(entry.rule);
+        // SAFETY: PORT_SETS is not preallocated, and a set id is never
+        // rewritten while a generation that uses it is live.
+        let set = unsafe { PORT_SETS.get(id) }?;
+        let len = set.len as usize;
+        let mut i = 0;
+        while i < MAX_PORT_ENTRIES {
+            if i >= len {
+                break;
+            }
+            let entry = &set.entries[i];
+            if entry.matches(dst.proto, dst.port) {
+                return Some(entry.rule);
+            }
+            i += 1;
         }
-        i += 1;
+        id = set.next;
+        hop += 1;
     }
     None
 }

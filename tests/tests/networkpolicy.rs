@@ -223,3 +223,41 @@ fn a_named_port_is_allowed_to_the_workload_that_declares_it_only() {
     assert_eq!(client.sendto(at(SERVER, 7080)).unwrap(), Outcome::Eperm);
     assert_eq!(http.next_event(SILENCE), None);
 }
+
+/// A policy with many single ports on one CIDR: 60 entries for the
+/// server's prefix, more than one kernel port set holds (16), so the list
+/// goes on in chained sets. The last allowed port, deep in the chain,
+/// connects; the ports between them are refused.
+#[test]
+fn sixty_single_ports_on_one_cidr_are_all_enforced() {
+    let ports: Vec<String> = (0..60)
+        .map(|i| format!("{{port: {}}}", 7100 + 2 * i))
+        .collect();
+    let policy = POLICY.replace(
+        "  - to: [{podSelector: {matchLabels: {app: server}}}]",
+        &format!(
+            "  - to: [{{ipBlock: {{cidr: {SERVER}/32}}}}]\n    ports: [{}]\n  - to: [{{podSelector: {{matchLabels: {{app: server}}}}}}]",
+            ports.join(", ")
+        ),
+    );
+    let s = Enforced::new(&policy).unwrap();
+    let client = s.client("prod/client");
+    for port in [7100, 7132, 7218] {
+        let listener = Listener::start(&s.net.server, at(SERVER, port), Proto::Tcp).unwrap();
+        assert_eq!(
+            client.connect_tcp(at(SERVER, port)).unwrap(),
+            Outcome::Ok,
+            "{port}"
+        );
+        assert!(listener.next_event(ARRIVAL).is_some(), "{port} arrived");
+    }
+    for port in [7101, 7217, 7220] {
+        let listener = Listener::start(&s.net.server, at(SERVER, port), Proto::Tcp).unwrap();
+        assert_eq!(
+            client.connect_tcp(at(SERVER, port)).unwrap(),
+            Outcome::Eperm,
+            "{port}"
+        );
+        assert_eq!(listener.next_event(SILENCE), None, "{port}");
+    }
+}

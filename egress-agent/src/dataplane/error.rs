@@ -17,10 +17,10 @@ use crate::{policy::model::ObjectId, sys::SysError};
 /// Why a plan cannot be turned into map contents.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    /// The programs check at most `MAX_PORT_ENTRIES` (16) entries per
-    /// prefix, after entries that can never decide are dropped and
-    /// neighbouring ranges of one rule merged.
-    #[error("workload {workload}: {table} allows {entries} (protocol, port) entries for {prefix}; at most 16 fit in one port set (merge ports into ranges, or split the rules across prefixes)")]
+    /// The programs check at most `MAX_PORT_ENTRIES * MAX_PORT_CHAIN`
+    /// (128) entries per prefix, after entries that can never decide are
+    /// dropped and neighbouring ranges of one rule merged.
+    #[error("workload {workload}: {table} allows {entries} (protocol, port) entries for {prefix}; at most 128 fit (merge ports into ranges, or split the rules across prefixes)")]
     PortSetTooLarge {
         workload: ObjectId,
         table: &'static str,

@@ -190,20 +190,29 @@ impl Applier<'_> {
             })
             .collect();
         let mut taken_sets = taken_sets;
-        let set_ids: Vec<u32> = image
+        // One kernel set per MAX_PORT_ENTRIES entries of an image set; the
+        // first is the one the tries name, the others continue it.
+        let set_ids: Vec<Vec<u32>> = image
             .port_sets()
             .iter()
-            .map(|_| {
-                let id = self.set_ids.fresh(&taken_sets);
-                taken_sets.insert(id);
-                new.sets.insert(id);
-                id
+            .map(|entries| {
+                (0..entries.len().div_ceil(MAX_PORT_ENTRIES).max(1))
+                    .map(|_| {
+                        let id = self.set_ids.fresh(&taken_sets);
+                        taken_sets.insert(id);
+                        new.sets.insert(id);
+                        id
+                    })
+                    .collect()
             })
             .collect();
         let kernel_set = |local: u32| -> u32 {
             match local {
                 EMPTY_SET => EMPTY_SET,
-                n => set_ids.get(n as usize - 1).copied().unwrap_or(EMPTY_SET),
+                n => set_ids
+                    .get(n as usize - 1)
+                    .and_then(|ids| ids.first().copied())
+                    .unwrap_or(EMPTY_SET),
             }
         };
 
@@ -378,21 +387,26 @@ fn write_generation(
     image: &MapImage,
     tag: Option<u32>,
     policy_ids: &[u32],
-    set_ids: &[u32],
+    set_ids: &[Vec<u32>],
     kernel_set: &dyn Fn(u32) -> u32,
     keys: &mut Keys,
     stats: &mut ApplyStats,
 ) -> Result<(), DataplaneError> {
-    for (entries, id) in image.port_sets().iter().zip(set_ids) {
-        let set = port_set(entries);
-        maps.port_sets
-            .insert(id, set, 0)
-            .map_err(|source| DataplaneError::Write {
-                map: map::PORT_SETS,
-                what: format!("port set {id} ({} entries)", entries.len()),
-                source,
-            })?;
-        keys.port_sets.push(*id);
+    for (entries, ids) in image.port_sets().iter().zip(set_ids) {
+        // Written last to first, so that a set is complete before any set
+        // names it.
+        for (i, chunk) in entries.chunks(MAX_PORT_ENTRIES).enumerate().rev() {
+            let id = ids[i];
+            let next = ids.get(i + 1).copied().unwrap_or(EMPTY_SET);
+            maps.port_sets
+                .insert(id, port_set(chunk, next), 0)
+                .map_err(|source| DataplaneError::Write {
+                    map: map::PORT_SETS,
+                    what: format!("port set {id} ({} entries)", chunk.len()),
+                    source,
+                })?;
+            keys.port_sets.push(id);
+        }
         stats.port_sets += 1;
     }
     if let Some(tag) = tag {
@@ -554,8 +568,11 @@ pub(super) fn exempt_now(
     Ok(cgroup_id)
 }
 
-fn port_set(entries: &[PortEntry]) -> PortSet {
-    let mut set = PortSet::default();
+fn port_set(entries: &[PortEntry], next: u32) -> PortSet {
+    let mut set = PortSet {
+        next,
+        ..PortSet::default()
+    };
     for (slot, entry) in set.entries.iter_mut().zip(entries) {
         *slot = *entry;
     }
@@ -885,8 +902,8 @@ mod tests {
 
     #[test]
     fn port_sets_are_padded_with_their_length() {
-        let set = port_set(&[PortEntry::new(1, 6, 80, 80)]);
-        assert_eq!(set.len, 1);
+        let set = port_set(&[PortEntry::new(1, 6, 80, 80)], EMPTY_SET);
+        assert_eq!((set.len, set.next), (1, EMPTY_SET));
         assert_eq!(set.entries[0], PortEntry::new(1, 6, 80, 80));
         assert_eq!(set.entries[1], PortEntry::default());
     }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use egress_common::{PortEntry, EMPTY_SET, MAX_PORT_ENTRIES};
+use egress_common::{PortEntry, EMPTY_SET, MAX_PORT_CHAIN, MAX_PORT_ENTRIES};
 
 /// Interns port sets: identical sets (after [`reduce`]) share one id.
 #[derive(Debug, Default)]
@@ -13,14 +13,14 @@ pub(super) struct PortSets {
 
 impl PortSets {
     /// The image id of `entries` (1-based; [`EMPTY_SET`] when nothing is
-    /// allowed), or `Err(len)` when more than [`MAX_PORT_ENTRIES`] remain
-    /// after reduction.
+    /// allowed), or `Err(len)` when more than [`MAX_PORT_ENTRIES`] ×
+    /// [`MAX_PORT_CHAIN`] remain after reduction.
     pub(super) fn intern(&mut self, entries: Vec<PortEntry>) -> Result<u32, usize> {
         let entries = reduce(entries);
         if entries.is_empty() {
             return Ok(EMPTY_SET);
         }
-        if entries.len() > MAX_PORT_ENTRIES {
+        if entries.len() > MAX_PORT_ENTRIES * MAX_PORT_CHAIN {
             return Err(entries.len());
         }
         let next = u32::try_from(self.sets.len() + 1).unwrap_or(u32::MAX);
@@ -122,8 +122,14 @@ mod tests {
         assert_eq!(a, Ok(1));
         assert_eq!(b, Ok(1));
         assert_eq!(sets.intern(Vec::new()), Ok(EMPTY_SET));
-        let too_many = (0..17).map(|i| PortEntry::new(i, TCP, (i * 10) as u16, (i * 10) as u16));
-        assert_eq!(sets.intern(too_many.collect()), Err(17));
-        assert_eq!(sets.into_sets().len(), 1);
+        let entries =
+            |n: u32| (0..n).map(|i| PortEntry::new(i, TCP, (i * 10) as u16, (i * 10) as u16));
+        assert_eq!(
+            sets.intern(entries(128).collect()),
+            Ok(2),
+            "a chain of 8 sets"
+        );
+        assert_eq!(sets.intern(entries(129).collect()), Err(129));
+        assert_eq!(sets.into_sets().len(), 2);
     }
 }

@@ -388,8 +388,16 @@ fn two_workloads_on_one_cgroup_id_are_refused() {
 }
 
 #[test]
-fn more_than_sixteen_port_entries_for_a_prefix_is_an_error_naming_the_workload() {
-    let ports: Vec<String> = (0..17)
+fn more_than_128_port_entries_for_a_prefix_is_an_error_naming_the_workload() {
+    // 17 to 128 entries fit: the kernel follows a set into the next.
+    let ports: Vec<String> = (0..128)
+        .map(|i| format!("{{port: {}}}", 1000 + 2 * i))
+        .collect();
+    let fits = plan(&[&policy_with_ports(&ports)]);
+    let image = MapImage::build(&fits, &ids(&fits), &BTreeMap::new(), false).expect("fits");
+    assert!(image.port_sets().iter().any(|s| s.len() == 128));
+
+    let ports: Vec<String> = (0..129)
         .map(|i| format!("{{port: {}}}", 1000 + 2 * i))
         .collect();
     let policy = format!(
@@ -402,7 +410,7 @@ fn more_than_sixteen_port_entries_for_a_prefix_is_an_error_naming_the_workload()
     let err = MapImage::build(&plan, &ids(&plan), &BTreeMap::new(), false).unwrap_err();
     let text = err.to_string();
     assert!(
-        matches!(err, ImageError::PortSetTooLarge { entries: 17, .. }),
+        matches!(err, ImageError::PortSetTooLarge { entries: 129, .. }),
         "{text}"
     );
     assert!(text.contains("prod/client"), "{text}");
