@@ -1106,15 +1106,15 @@ mod tests {
         assert_eq!(size_of::<PolicyAddrV4>(), 8);
         assert_eq!(size_of::<PolicyAddrV6>(), 20);
         assert_eq!(size_of::<PortEntry>(), 4 + 2 + 2 + 1 + 3);
-        assert_eq!(size_of::<PortSet>(), 4 + MAX_PORT_ENTRIES * 12);
+        assert_eq!(size_of::<PortSet>(), 4 + 4 + MAX_PORT_ENTRIES * 12);
         assert_eq!(size_of::<HitKey>(), 16);
         assert_eq!(size_of::<UdpFlowKey>(), 8 + 16 + 2 + 6);
         assert_eq!(
             size_of::<CaptureInfo>(),
             4 + 2 + 2 + 4 + 16 + 2 + 2 + 4 * MAX_CAPTURE_PORTS
         );
-        assert_eq!(size_of::<OrigDst>(), 8 + 16 + 2 + 2 + 4);
-        assert_eq!(size_of::<SockKey>(), 16 + 2 + 2);
+        assert_eq!(size_of::<OrigDst>(), 8 + 16 + 2 + 2 + 1 + 3);
+        assert_eq!(size_of::<SockKey>(), 8 + 16 + 16 + 2 + 2 + 4);
         assert_eq!(size_of::<DnsOrig>(), 16 + 16 + 2 + 2 + 4);
         assert_eq!(size_of::<EventConfig>(), 8);
         assert_eq!(size_of::<Event>(), 8 + 8 + 16 + 16 + 4 + 2 + 2 + 5 + 3);
