@@ -65,6 +65,36 @@ fn top_level_modules_have_no_cycles() {
     }
 }
 
+/// Inside each module, its submodules must not form a cycle either (for
+/// example `compile::plan` ⇄ `compile::prefix`, or `dataplane::nft`'s
+/// `counters` ⇄ `ruleset`): each graph of siblings is checked on its own.
+#[test]
+fn submodules_have_no_cycles() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let graphs = submodule_graphs(&src);
+    assert!(
+        graphs.contains_key("compile"),
+        "the scan found no edges inside compile: is it reading {}?",
+        src.display()
+    );
+    let mut report = String::new();
+    for (parent, graph) in &graphs {
+        for cycle in cycles(graph) {
+            report.push_str(&format!("cycle in {parent}: {}\n", cycle.join(" → ")));
+            for pair in cycle.windows(2) {
+                let files = &graph[&pair[0]][&pair[1]];
+                report.push_str(&format!(
+                    "  {} → {}: {}\n",
+                    pair[0],
+                    pair[1],
+                    files.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+    }
+    assert!(report.is_empty(), "submodules have cycles:\n{report}");
+}
+
 /// The scanner itself: a cycle it cannot see is a test that cannot fail.
 #[test]
 fn the_scanner_sees_grouped_imports_and_ignores_comments() {
@@ -116,6 +146,140 @@ fn module_graph(src: &Path) -> Graph {
         }
     }
     graph
+}
+
+/// The module path of a file: `compile/plan.rs` is `compile::plan`,
+/// `dataplane/nft/mod.rs` is `dataplane::nft`.
+fn module_path(rel: &Path) -> Vec<String> {
+    let mut path: Vec<String> = rel
+        .iter()
+        .map(|c| c.to_string_lossy().trim_end_matches(".rs").to_string())
+        .collect();
+    if path.last().is_some_and(|l| l == "mod") {
+        path.pop();
+    }
+    path
+}
+
+/// For each module with submodules, the graph of its direct submodules:
+/// an edge `a → b` when code in `a` (or below it) names something in its
+/// sibling `b` (or below it), through `crate::`, `super::` or `self::`.
+fn submodule_graphs(src: &Path) -> BTreeMap<String, Graph> {
+    let files = rust_files(src);
+    let modules: BTreeSet<Vec<String>> = files
+        .iter()
+        .map(|f| module_path(f.strip_prefix(src).unwrap()))
+        .collect();
+    let mut graphs: BTreeMap<String, Graph> = BTreeMap::new();
+    for file in &files {
+        let rel = file.strip_prefix(src).unwrap();
+        let from = module_path(rel);
+        if from.len() < 2 {
+            continue; // top level: the other test
+        }
+        let text = fs::read_to_string(file).unwrap();
+        for to in paths(&text, &from) {
+            let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+            if common == 0 || common >= from.len() || common >= to.len() {
+                continue; // another top-level module, or an ancestor
+            }
+            // Only modules count, not items: `super::Plan` is the parent.
+            if !modules.contains(&to[..=common].to_vec()) {
+                continue;
+            }
+            graphs
+                .entry(from[..common].join("::"))
+                .or_default()
+                .entry(from[common].clone())
+                .or_default()
+                .entry(to[common].clone())
+                .or_default()
+                .insert(rel.display().to_string());
+        }
+    }
+    graphs
+}
+
+/// The absolute paths a file's code names with `crate::`, `super::` and
+/// `self::` (groups expanded to their first segment), for the module at
+/// `here`.
+fn paths(text: &str, here: &[String]) -> Vec<Vec<String>> {
+    let code: String = text
+        .lines()
+        .map(strip_comment)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut out = Vec::new();
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("::") {
+        // The path's start: the identifiers and `::` just before.
+        let head = &rest[..i];
+        let start = head
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+            .map_or(0, |j| j + 1);
+        let first = &head[start..];
+        rest = &rest[i + 2..];
+        let mut base: Vec<String> = match first {
+            "crate" => vec![],
+            "self" => here.to_vec(),
+            "super" => here[..here.len().saturating_sub(1)].to_vec(),
+            _ => continue,
+        };
+        // `super::super::x`
+        let mut tail = rest;
+        while let Some(t) = tail.strip_prefix("super::") {
+            base.pop();
+            tail = t;
+        }
+        let heads = match tail.strip_prefix('{') {
+            Some(group) => group_paths(group),
+            None => vec![path_segments(tail)],
+        };
+        for h in heads {
+            let mut p = base.clone();
+            p.extend(h);
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// `a::b::C` → `[a, b, C]`.
+fn path_segments(s: &str) -> Vec<String> {
+    let end = s
+        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+        .unwrap_or(s.len());
+    s[..end]
+        .split("::")
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The paths of a `{a::b, c, d::{e, f}}` group, to the depth of its first
+/// level (enough to name the module).
+fn group_paths(group: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut depth = 0;
+    let mut at_item = true;
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => at_item = true,
+            c if at_item && depth == 0 && (c.is_alphabetic() || c == '_') => {
+                let mut p = path_segments(&group[i..]);
+                if p.first().is_some_and(|s| s == "self") {
+                    p.clear();
+                }
+                out.push(p);
+                at_item = false;
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
