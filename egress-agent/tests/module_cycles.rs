@@ -184,7 +184,7 @@ fn submodule_graphs(src: &Path) -> BTreeMap<String, Graph> {
                 continue; // another top-level module, or an ancestor
             }
             // Only modules count, not items: `super::Plan` is the parent.
-            if !modules.contains(&to[..=common].to_vec()) {
+            if !modules.contains(&to[..=common]) {
                 continue;
             }
             graphs
