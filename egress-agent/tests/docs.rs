@@ -8,7 +8,7 @@
 //!   of the two. A block that is deliberately a fragment or deliberately
 //!   invalid carries `<!-- not-a-policy -->` on the line before its fence;
 //!   only those are skipped, and the test says how many.
-//! - In every ```sh, ```console and ```text block, every
+//! - In every ```sh (or bash, shell), ```console and ```text block, every
 //!   `egress-agent SUBCOMMAND` must be a real subcommand and every
 //!   `--flag` (or `-x`) after it on that command line must be one that
 //!   `egress-agent SUBCOMMAND --help` lists: the clap definitions live in
@@ -244,10 +244,12 @@ fn every_cli_example_uses_real_subcommands_and_flags() {
     let mut helps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let (mut blocks_seen, mut commands_seen) = (0, 0);
     let mut failures = Vec::new();
-    for block in all_blocks()
-        .iter()
-        .filter(|b| matches!(b.lang.as_str(), "sh" | "console" | "text"))
-    {
+    for block in all_blocks().iter().filter(|b| {
+        matches!(
+            b.lang.as_str(),
+            "sh" | "bash" | "shell" | "console" | "text"
+        )
+    }) {
         blocks_seen += 1;
         for (sub, flags) in commands(&block.text) {
             commands_seen += 1;
