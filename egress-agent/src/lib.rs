@@ -4,6 +4,13 @@
 //! [`policy`] (YAML → validated model) → [`compile`] (model → per-workload
 //! plan) → [`dataplane`] (plan → kernel). Everything up to the dataplane is a
 //! pure function of its input, so it is unit-tested without root.
+//!
+//! Each module depends only on those below it: `sys`, `errors` and
+//! `policy` at the bottom; then `compile`, `resolve`, `proxy`; `dataplane`;
+//! `observe` (what operators see); `inventory` (what the agent enforces
+//! besides files) and `kubernetes`, which builds it; and [`agent`], the
+//! daemon, on top.
+//! `tests/module_cycles.rs` fails on a cycle, here or between submodules.
 
 pub mod agent;
 pub mod compile;

@@ -40,7 +40,7 @@ pub fn proxy_for(policy: u32, dst: &Dst) -> Option<Dst> {
         Addr::V4(_) if info.flags & CaptureInfo::PROXY_V4 != 0 => Addr::V4(info.proxy_v4),
         Addr::V6(_) if info.flags & CaptureInfo::PROXY_V6 != 0 => Addr::V6(info.proxy_v6),
         // No proxy address of that family: the connect is not captured
-        // (the README's limits).
+        // (docs/redirect.md, "Address families").
         _ => return None,
     };
     Some(Dst {

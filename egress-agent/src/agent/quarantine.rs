@@ -22,30 +22,10 @@
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
-use serde::{Deserialize, Serialize};
-
-use crate::policy::{self, diagnostic::ObjectRef, Diagnostic, Loaded, Rejected, Source};
-
-/// What stands in for a quarantined object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Held {
-    LastGood,
-    DenyAll,
-    LeftOut,
-}
-
-/// An API object that was not used as it is, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Quarantined {
-    /// `kubernetes/<resource>/<namespace>/<name>`.
-    pub source: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub object: Option<ObjectRef>,
-    pub held: Held,
-    pub errors: Vec<String>,
-}
+// `Held` and `Quarantined` are what `status` reports, so they live with the
+// status types in `observe`, which must not depend on the agent.
+pub use crate::observe::status::{Held, Quarantined};
+use crate::policy::{self, Diagnostic, Loaded, Rejected, Source};
 
 /// A successful load, with what was quarantined to get there.
 pub struct Outcome {

@@ -7,7 +7,15 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{compile::Plan, policy::Diagnostic};
+use crate::{
+    compile::{Egress, Plan},
+    observe::{
+        status::{GenerationStatus, LastReload, WorkloadStatus},
+        wallclock::rfc3339,
+        EventHub, KernelView, Status,
+    },
+    policy::Diagnostic,
+};
 
 /// One applied policy set. Generations count up from 1 for the life of the
 /// agent process.
@@ -58,6 +66,105 @@ pub struct AgentState {
     pub reload_seconds_total: f64,
     /// API objects of the generation in force that were quarantined.
     pub quarantined: Vec<super::quarantine::Quarantined>,
+}
+
+// `status` is built here rather than in `observe`, so that `observe` (the
+// report types) stays below the agent whose state it reports.
+impl Status {
+    pub fn build(
+        state: &AgentState,
+        kernel: &KernelView,
+        hub: &EventHub,
+        allowed_hosts_refreshes: u64,
+    ) -> Self {
+        let ids: std::collections::BTreeMap<String, u64> = kernel
+            .names
+            .workload_ids()
+            .map(|(id, w)| (w.to_string(), id))
+            .collect();
+        let workloads = state
+            .current
+            .as_ref()
+            .map(|g| {
+                g.plan
+                    .workloads
+                    .iter()
+                    .map(|w| {
+                        let (egress, policies) = match &w.egress {
+                            Egress::Unrestricted => ("unrestricted", vec![]),
+                            Egress::Isolated { policies, .. } => (
+                                "isolated",
+                                policies.iter().map(ToString::to_string).collect(),
+                            ),
+                        };
+                        let role = if w.gateway.is_some() {
+                            "gateway"
+                        } else if !w.proxy_for.is_empty() {
+                            "proxy"
+                        } else {
+                            "workload"
+                        };
+                        WorkloadStatus {
+                            workload: w.id.to_string(),
+                            cgroup: w.cgroup.clone(),
+                            cgroup_id: ids.get(&w.id.to_string()).copied(),
+                            role: role.into(),
+                            egress: egress.into(),
+                            policies,
+                            redirect: w.capture.as_ref().map(|c| c.redirect.to_string()),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let last_reload = state.last_reload.as_ref().map(|outcome| {
+            let (result, generation, errors) = match outcome {
+                ReloadOutcome::Applied { generation } => ("applied", Some(*generation), vec![]),
+                ReloadOutcome::Rejected { diagnostics } => (
+                    "rejected",
+                    None,
+                    diagnostics
+                        .iter()
+                        .filter(|d| d.severity == crate::policy::Severity::Error)
+                        .map(ToString::to_string)
+                        .collect(),
+                ),
+                ReloadOutcome::Failed { error } => ("failed", None, vec![error.clone()]),
+            };
+            LastReload {
+                result: result.into(),
+                generation,
+                errors,
+                at: state.last_reload_at.map(rfc3339).unwrap_or_default(),
+                duration_ms: state.last_reload_duration.as_millis() as u64,
+            }
+        });
+        Self {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            audit: state.audit,
+            pin_dir: kernel.pin_dir.clone(),
+            cgroup_root: kernel.cgroup_root.clone(),
+            programs: kernel.programs.clone(),
+            ready: state.current.is_some(),
+            generation: state.current.as_ref().map(|g| GenerationStatus {
+                number: g.number,
+                loaded_at: rfc3339(g.loaded_at),
+            }),
+            last_reload,
+            reloads: state.reloads,
+            failed_reloads: state.failed_reloads,
+            allowed_hosts_refreshes,
+            workloads,
+            maps: kernel.maps.clone(),
+            nft: kernel.nft.clone(),
+            kernel_events: kernel.events,
+            agent_events: hub.stats(),
+            redirect_events: hub.redirects(),
+            reload_seconds_total: state.reload_seconds_total,
+            quarantined: state.quarantined.clone(),
+        }
+    }
 }
 
 mod unix_seconds {

@@ -31,8 +31,10 @@
 //!   server before it can know anything.
 
 use ipnet::IpNet;
-use serde::Serialize;
 
+// `Guard` is a field of the plan, so it is defined there: the plan must
+// not depend on this module, which builds on it.
+pub use super::plan::Guard;
 use super::{
     plan::{Allow, Egress, Plan, RuleRef, WorkloadPlan},
     prefix::{Atom, PrefixTable},
@@ -41,16 +43,6 @@ use crate::policy::{
     model::ObjectId,
     ports::{PortRange, Protocol},
 };
-
-/// What a guard entry does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Guard {
-    /// Fail-closed policy for the unknown cgroups below a guarded root.
-    Pending,
-    /// Unmanaged, even below a guarded root.
-    Exempt,
-}
 
 /// The namespace under which guard entries are named (no Kubernetes
 /// namespace can be called this: it is not a DNS label... it is, but the

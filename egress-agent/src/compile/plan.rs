@@ -1,44 +1,24 @@
 //! The plan: what the kernel is programmed with, per workload.
 
-use std::{
-    fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
 use serde::Serialize;
 
+// `RuleRef` and `Allow` are what a prefix allows, so they live with the
+// prefix tables (which must not depend on the plan built from them).
+pub use super::prefix::{Allow, RuleRef};
 use super::{prefix::PrefixTable, services::Frontend};
-use crate::policy::{
-    model::{AllowedHost, CaptureRules, ObjectId},
-    ports::{PortRange, Protocol},
-};
+use crate::policy::model::{AllowedHost, CaptureRules, ObjectId};
 
-/// One egress rule of one NetworkPolicy: `policy`'s `spec.egress[index]`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct RuleRef {
-    pub policy: ObjectId,
-    pub index: usize,
-}
-
-impl fmt::Display for RuleRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NetworkPolicy {} egress[{}]", self.policy, self.index)
-    }
-}
-
-/// What a prefix allows: a rule, on a protocol (`None` = any) and ports.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct Allow {
-    pub rule: RuleRef,
-    pub protocol: Option<Protocol>,
-    pub ports: PortRange,
-}
-
-impl Allow {
-    pub fn permits(&self, protocol: Protocol, port: u16) -> bool {
-        self.protocol.is_none_or(|p| p == protocol) && self.ports.contains(port)
-    }
+/// What a guard entry does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Guard {
+    /// Fail-closed policy for the unknown cgroups below a guarded root.
+    Pending,
+    /// Unmanaged, even below a guarded root.
+    Exempt,
 }
 
 /// The compiled policy for every workload, plus the node-level rules.
@@ -111,7 +91,7 @@ pub struct WorkloadPlan {
     /// Set for entries the agent adds itself ([`super::guard`]), not
     /// compiled from a Workload.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub guard: Option<super::guard::Guard>,
+    pub guard: Option<Guard>,
 }
 
 /// The Workload annotation that lets it create packet sockets (value

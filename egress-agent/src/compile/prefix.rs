@@ -17,14 +17,44 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    fmt,
     net::IpAddr,
 };
 
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::plan::Allow;
-use crate::policy::ports::PortRange;
+use crate::policy::{
+    model::ObjectId,
+    ports::{PortRange, Protocol},
+};
+
+/// One egress rule of one NetworkPolicy: `policy`'s `spec.egress[index]`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct RuleRef {
+    pub policy: ObjectId,
+    pub index: usize,
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NetworkPolicy {} egress[{}]", self.policy, self.index)
+    }
+}
+
+/// What a prefix allows: a rule, on a protocol (`None` = any) and ports.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Allow {
+    pub rule: RuleRef,
+    pub protocol: Option<Protocol>,
+    pub ports: PortRange,
+}
+
+impl Allow {
+    pub fn permits(&self, protocol: Protocol, port: u16) -> bool {
+        self.protocol.is_none_or(|p| p == protocol) && self.ports.contains(port)
+    }
+}
 
 /// One rule's contribution: allow `allow` to `cidr` minus `except`.
 #[derive(Clone, Debug)]
@@ -163,10 +193,6 @@ fn ancestors(net: IpNet) -> impl DoubleEndedIterator<Item = IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        compile::plan::{Allow, RuleRef},
-        policy::{model::ObjectId, ports::PortRange},
-    };
 
     fn allow(policy: &str) -> Allow {
         Allow {

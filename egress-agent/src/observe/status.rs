@@ -5,12 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{hub::HubStats, wallclock::rfc3339, EventHub, Names};
-use crate::{
-    agent::{AgentState, ReloadOutcome},
-    compile::Egress,
-    dataplane::Counters,
-};
+use super::{hub::HubStats, Names};
+use crate::{dataplane::Counters, policy::diagnostic::ObjectRef};
 
 /// What only the kernel side knows; built by the enforcer on request.
 #[derive(Clone, Debug, Default)]
@@ -108,6 +104,27 @@ pub struct GenerationStatus {
     pub loaded_at: String,
 }
 
+/// What stands in for a quarantined object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Held {
+    LastGood,
+    DenyAll,
+    LeftOut,
+}
+
+/// An API object that was not used as it is, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Quarantined {
+    /// `kubernetes/<resource>/<namespace>/<name>`.
+    pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectRef>,
+    pub held: Held,
+    pub errors: Vec<String>,
+}
+
 /// The whole answer to `status`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -140,104 +157,7 @@ pub struct Status {
     /// API objects quarantined in the generation in force (see
     /// `agent::quarantine`).
     #[serde(default)]
-    pub quarantined: Vec<crate::agent::quarantine::Quarantined>,
-}
-
-impl Status {
-    pub fn build(
-        state: &AgentState,
-        kernel: &KernelView,
-        hub: &EventHub,
-        allowed_hosts_refreshes: u64,
-    ) -> Self {
-        let ids: std::collections::BTreeMap<String, u64> = kernel
-            .names
-            .workload_ids()
-            .map(|(id, w)| (w.to_string(), id))
-            .collect();
-        let workloads = state
-            .current
-            .as_ref()
-            .map(|g| {
-                g.plan
-                    .workloads
-                    .iter()
-                    .map(|w| {
-                        let (egress, policies) = match &w.egress {
-                            Egress::Unrestricted => ("unrestricted", vec![]),
-                            Egress::Isolated { policies, .. } => (
-                                "isolated",
-                                policies.iter().map(ToString::to_string).collect(),
-                            ),
-                        };
-                        let role = if w.gateway.is_some() {
-                            "gateway"
-                        } else if !w.proxy_for.is_empty() {
-                            "proxy"
-                        } else {
-                            "workload"
-                        };
-                        WorkloadStatus {
-                            workload: w.id.to_string(),
-                            cgroup: w.cgroup.clone(),
-                            cgroup_id: ids.get(&w.id.to_string()).copied(),
-                            role: role.into(),
-                            egress: egress.into(),
-                            policies,
-                            redirect: w.capture.as_ref().map(|c| c.redirect.to_string()),
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let last_reload = state.last_reload.as_ref().map(|outcome| {
-            let (result, generation, errors) = match outcome {
-                ReloadOutcome::Applied { generation } => ("applied", Some(*generation), vec![]),
-                ReloadOutcome::Rejected { diagnostics } => (
-                    "rejected",
-                    None,
-                    diagnostics
-                        .iter()
-                        .filter(|d| d.severity == crate::policy::Severity::Error)
-                        .map(ToString::to_string)
-                        .collect(),
-                ),
-                ReloadOutcome::Failed { error } => ("failed", None, vec![error.clone()]),
-            };
-            LastReload {
-                result: result.into(),
-                generation,
-                errors,
-                at: state.last_reload_at.map(rfc3339).unwrap_or_default(),
-                duration_ms: state.last_reload_duration.as_millis() as u64,
-            }
-        });
-        Self {
-            version: env!("CARGO_PKG_VERSION").into(),
-            pid: std::process::id(),
-            audit: state.audit,
-            pin_dir: kernel.pin_dir.clone(),
-            cgroup_root: kernel.cgroup_root.clone(),
-            programs: kernel.programs.clone(),
-            ready: state.current.is_some(),
-            generation: state.current.as_ref().map(|g| GenerationStatus {
-                number: g.number,
-                loaded_at: rfc3339(g.loaded_at),
-            }),
-            last_reload,
-            reloads: state.reloads,
-            failed_reloads: state.failed_reloads,
-            allowed_hosts_refreshes,
-            workloads,
-            maps: kernel.maps.clone(),
-            nft: kernel.nft.clone(),
-            kernel_events: kernel.events,
-            agent_events: hub.stats(),
-            redirect_events: hub.redirects(),
-            reload_seconds_total: state.reload_seconds_total,
-            quarantined: state.quarantined.clone(),
-        }
-    }
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// The text form of `status`.

@@ -591,7 +591,7 @@ fn baseline(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removing enforcement on purpose, as the README says: delete the
+/// Removing enforcement on purpose, as docs/kubernetes.md says: delete the
 /// DaemonSet (enforcement stays pinned), then run deploy/cleanup's Job on
 /// each node. Afterwards nothing is pinned and test-egress reaches the
 /// internet: the denials were the agent's.

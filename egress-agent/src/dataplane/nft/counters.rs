@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use super::ruleset::TABLE;
+use super::TABLE;
 
 /// A named counter in the backstop's table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

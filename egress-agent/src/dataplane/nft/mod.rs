@@ -35,7 +35,12 @@ mod ruleset;
 pub use backstop::Backstop;
 pub use counters::{BackstopCounts, CounterValue, DenyCounter};
 pub use error::{NftError, Operation};
-pub use ruleset::{ruleset, uninstall_batch, LOG_PREFIX, TABLE};
+pub use ruleset::{ruleset, uninstall_batch, LOG_PREFIX};
+
+/// The only table the agent creates, replaces and deletes. Defined here,
+/// not in `ruleset`, so that `counters` (which `ruleset` uses) need not
+/// depend on `ruleset` in turn.
+pub const TABLE: &str = "egress_enforcer";
 
 #[cfg(doc)]
 use crate::compile::NodeRules;

@@ -37,11 +37,9 @@ use nftables::{
     types::{NfChainPolicy, NfChainType, NfFamily, NfHook},
 };
 
-use super::counters::DenyCounter;
+use super::{counters::DenyCounter, TABLE};
 use crate::compile::NodeRules;
 
-/// The only table the agent creates, replaces and deletes.
-pub const TABLE: &str = "egress_enforcer";
 /// Prefix of the kernel log line written for a denied packet.
 pub const LOG_PREFIX: &str = "egress-enforcer deny: ";
 
