@@ -265,7 +265,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
                 run::cargo().args(["build", "-p", "egress-agent", "--bins"]),
             )?;
             if report.go_on() {
-                report.cargo_test(NAME, &["-p", "integration-tests"])?;
+                report.cargo_test(NAME, &["-p", "integration-tests", "--no-fail-fast"])?;
             }
         }
     }
