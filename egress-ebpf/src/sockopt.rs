@@ -16,7 +16,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie},
     programs::SockoptContext,
 };
-use egress_common::{FlowEvent, PolicyInfo, Reason, SockKey, NO_RULE};
+use egress_common::{FlowEvent, PolicyInfo, Reason, SockKey, UdpFlowKey, NO_RULE};
 
 use crate::{
     decide::words_to_bytes,
@@ -126,10 +126,7 @@ pub fn original_dst(ctx: &SockoptContext) -> Option<FlowEvent> {
     let v4 = family == u32::from(AF_INET);
     let addr = |a4: u32, a6: [u32; 4]| {
         if v4 {
-            let a = a4.to_ne_bytes();
-            [
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-            ]
+            UdpFlowKey::v4_mapped(a4.to_ne_bytes())
         } else {
             words_to_bytes(a6)
         }
