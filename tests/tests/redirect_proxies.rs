@@ -87,18 +87,23 @@ fn upstream(node: &Running) -> anyhow::Result<(Daemon, SocketAddr)> {
     ))
 }
 
-/// Squid 5 with one intercept port (what the redirect sends to) and one
-/// forward-proxy port (which Squid insists on, and redsocks uses).
-fn squid(node: &Running, dir: &Path) -> anyhow::Result<Daemon> {
+/// Squid 5 in the sidecar with a forward-proxy port (which Squid insists
+/// on, and redsocks uses) and, when `intercept`, the port the redirect
+/// sends to.
+fn squid(node: &Running, dir: &Path, intercept: bool) -> anyhow::Result<Daemon> {
     fs::create_dir_all(dir)?;
     // Squid drops root for the `proxy` user: its files must be writable.
     Command::new("chown").arg("proxy:proxy").arg(dir).status()?;
     let conf = dir.join("squid.conf");
+    let intercept_port = if intercept {
+        "http_port 127.0.0.1:15001 intercept\n"
+    } else {
+        ""
+    };
     fs::write(
         &conf,
         format!(
-            "http_port 127.0.0.1:15001 intercept\n\
-             http_port 127.0.0.1:3128\n\
+            "{intercept_port}http_port 127.0.0.1:3128\n\
              http_access allow all\n\
              cache deny all\n\
              pid_filename {dir}/squid.pid\n\
@@ -205,7 +210,7 @@ fn squid_in_intercept_mode_keeps_serving_after_10k_early_closes() -> anyhow::Res
     let node = Running::seed(&[])?;
     let (_upstream, to) = upstream(&node)?;
     let dir = node.sim.scratch_dir().join("squid");
-    let _squid = squid(&node, &dir)?;
+    let _squid = squid(&node, &dir, true)?;
     let url = format!("http://{to}/");
     let body = wait_served(&node, &url, Duration::from_secs(20))?;
     ensure!(body.contains("upstream says hello"), "{body}");
@@ -235,25 +240,7 @@ fn redsocks_keeps_serving_after_10k_early_closes() -> anyhow::Result<()> {
     // redsocks relays each intercepted connection as an HTTP CONNECT
     // through Squid's forward port (its own port 15001 is the redirect's).
     let dir = node.sim.scratch_dir().join("redsocks");
-    let squid_dir = node.sim.scratch_dir().join("squid-forward");
-    fs::create_dir_all(&squid_dir)?;
-    Command::new("chown")
-        .arg("proxy:proxy")
-        .arg(&squid_dir)
-        .status()?;
-    let squid_conf = squid_dir.join("squid.conf");
-    fs::write(
-        &squid_conf,
-        format!(
-            "http_port 127.0.0.1:3128\nhttp_access allow all\ncache deny all\n\
-             pid_filename {d}/squid.pid\naccess_log none\ncache_log {d}/cache.log\n\
-             shutdown_lifetime 0 seconds\n",
-            d = squid_dir.display()
-        ),
-    )?;
-    let mut cmd = node.sim.workload_command(&sidecar(), "squid")?;
-    cmd.arg("-N").arg("-f").arg(&squid_conf);
-    let _squid = spawn(cmd, "squid", &squid_dir.join("stderr"))?;
+    let _squid = squid(&node, &node.sim.scratch_dir().join("squid-forward"), false)?;
     fs::create_dir_all(&dir)?;
     let conf = dir.join("redsocks.conf");
     fs::write(
