@@ -4,7 +4,11 @@
 
 use std::{fs, path::PathBuf, process::Command};
 
-use egress_agent::policy::{self, Diagnostic, Severity, Source};
+use egress_agent::policy::{
+    self,
+    ports::{PortMatch, PortRange},
+    Diagnostic, Severity, Source,
+};
 
 const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n---\n";
 const WORKLOAD: &str = "apiVersion: egress.enforcer.dev/v1alpha1\nkind: Workload\n\
@@ -207,6 +211,68 @@ fn unquoted_number_as_a_label_value() {
             "a number to kubectl (YAML 1.1), where Kubernetes expects a string",
         ],
     );
+}
+
+/// kubectl reads YAML 1.1, where a plain `yes` is a boolean; the API
+/// server refuses it wherever a string goes, and so does the agent.
+#[test]
+fn unquoted_yaml11_boolean_where_a_string_goes() {
+    for (egress, field) in [
+        (
+            "  - to:\n    - podSelector: {matchLabels: {tier: yes}}\n",
+            "spec.egress[0].to[0].podSelector.matchLabels.tier",
+        ),
+        (
+            "  - ports:\n    - port: 80\n      protocol: on\n",
+            "spec.egress[0].ports[0].protocol",
+        ),
+        (
+            "  - to:\n    - podSelector:\n        matchExpressions: [{key: app, operator: In, values: [n]}]\n",
+            "spec.egress[0].to[0].podSelector.matchExpressions[0].values[0]",
+        ),
+    ] {
+        one_error(
+            &np(egress),
+            &[field, "to kubectl (YAML 1.1)", "a boolean", "quote it"],
+        );
+    }
+    // A named port is a string too: `yes` is no port name to kubectl.
+    one_error(
+        &np("  - ports:\n    - port: yes\n"),
+        &[
+            "policies/case.yaml:20:13",
+            "spec.egress[0].ports[0].port",
+            "`yes` is the boolean true to kubectl",
+        ],
+    );
+}
+
+/// `0120` is octal 80 to kubectl, `1_000` is 1000 and `80.0` is sent as
+/// 80: the API server stores those numbers, and the agent enforces them,
+/// saying how it read them.
+#[test]
+fn yaml11_numbers_are_enforced_as_kubectl_reads_them() {
+    for (written, port) in [("0120", 80), ("1_000", 1000), ("80.0", 80), ("0x50", 80)] {
+        let text = np(&format!(
+            "  - ports:\n    - port: {written}\n      protocol: TCP\n"
+        ));
+        let loaded = policy::load_sources(&[Source::new("policies/case.yaml", text)])
+            .unwrap_or_else(|r| panic!("{written}: {r:#?}"));
+        let spec = &loaded.model.network_policies[0].egress[0].ports[0];
+        let range = PortRange::new(port, port).expect("a port");
+        assert_eq!(spec.port, PortMatch::Range(range), "{written}");
+        // `0x50` means 80 in every YAML: nothing to say about it.
+        let warned = loaded.warnings.iter().any(|w| {
+            let w = w.to_string();
+            w.contains("spec.egress[0].ports[0].port") && w.contains("in YAML 1.1")
+        });
+        assert_eq!(
+            warned,
+            written != "0x50",
+            "{written}: {:#?}",
+            loaded.warnings
+        );
+    }
 }
 
 #[test]

@@ -470,6 +470,31 @@ add("realistic", "the seed's DNS-plus-HTTPS egress policy",
         podSelector={"matchLabels": {"app": "client"}})))
 
 
+# --- YAML 1.1 scalars (kubectl's reading) where YAML 1.2 reads another type -
+yaml11 = [
+    ("port-08", ports({"port": Raw("08")}), "port 08: not octal, so YAML 1.1 reads the float 8"),
+    ("port-1e2", ports({"port": Raw("1e2")}), "port 1e2: the float 100"),
+    ("port-0b", ports({"port": Raw("0b1010000")}), "port 0b1010000: binary 80"),
+    ("port-yes", ports({"port": Raw("yes")}), "port yes: a boolean, not a named port"),
+    ("port-off", ports({"port": Raw("off")}), "port off: a boolean"),
+    ("port-tilde", ports({"port": Raw("~")}), "port ~: null"),
+    ("port-80_0", ports({"port": Raw("8_0")}), "port 8_0: the integer 80"),
+    ("port-inf", ports({"port": Raw(".inf")}), "port .inf: no JSON form"),
+    ("protocol-on", ports({"protocol": Raw("on"), "port": 80}), "protocol on: a boolean"),
+    ("exprvalue-yes", expr({"key": "app", "operator": "In", "values": [Raw("yes")]}), "matchExpressions value yes: a boolean"),
+    ("exprvalue-int", expr({"key": "app", "operator": "In", "values": [Raw("1")]}), "matchExpressions value 1: a number"),
+    ("labelkey-on", pod_labels({Raw("on"): "a"}), "matchLabels key on: the key \"true\""),
+    ("labelkey-int", pod_labels({Raw("0x10"): "a"}), "matchLabels key 0x10: the key \"16\""),
+    ("labelvalue-n", pod_labels({"app": Raw("n")}), "matchLabels value n: a boolean"),
+    ("labelvalue-date", pod_labels({"app": Raw("2020-01-01")}), "matchLabels value 2020-01-01: a timestamp, sent as its text"),
+    ("labelvalue-sexagesimal", pod_labels({"app": Raw("1:20")}), "matchLabels value 1:20: not a number to yaml.v2 (but ':' is no label value)"),
+    ("cidr-yes", ipblock(Raw("yes")), "ipBlock.cidr yes: a boolean"),
+    ("policytypes-on", np(spec={"podSelector": {}, "policyTypes": [Raw("on")]}), "policyTypes [on]: a boolean"),
+]
+for slug, obj, why in yaml11:
+    add(f"yaml11-{slug}", f"YAML 1.1 scalar: {why}", obj)
+
+
 def write():
     for old in glob.glob(os.path.join(HERE, "*.yaml")):
         os.remove(old)

@@ -318,34 +318,6 @@ fn kubectl_in(kubectl: &Kubectl, cache: &Path) -> std::process::Command {
     cmd
 }
 
-/// Disagreements not fixed yet, by case (the file name without its
-/// number), with why. All come from kubectl reading YAML 1.1 and the agent
-/// YAML 1.2: `0120`, `1_000` and `80.0` are integer ports to kubectl, where
-/// the agent's serde_yaml sees strings or a float before any validation
-/// runs; accepting them means re-typing scalars before the typed parse.
-/// A plain `yes` is a boolean to kubectl, so the API server refuses it as a
-/// label value; the agent accepts it, because in Kubernetes mode it
-/// re-serializes API objects with serde_yaml, which writes the string
-/// "yes" unquoted. They are listed, not counted; one that starts agreeing fails the run,
-/// so this list cannot go stale.
-const KNOWN: &[(&str, &str)] = &[
-    (
-        "port-06.yaml",
-        "YAML 1.1: port 80.0 is sent as the integer 80",
-    ),
-    ("port-09.yaml", "YAML 1.1: port 0120 is octal 80"),
-    ("port-10.yaml", "YAML 1.1: port 1_000 is 1000"),
-    ("labelvalue-yes.yaml", "YAML 1.1: `yes` is a boolean"),
-];
-
-fn known(case: &Case) -> Option<&'static str> {
-    let slug = case
-        .name
-        .split_once('-')
-        .map_or(case.name.as_str(), |(_, s)| s);
-    KNOWN.iter().find(|(k, _)| *k == slug).map(|(_, why)| *why)
-}
-
 fn compare(
     cluster: &TempCluster,
     kubectl: &Kubectl,
@@ -374,57 +346,33 @@ fn compare(
     );
 
     let mut disagreements = Vec::new();
-    let mut known_rows = Vec::new();
-    let mut stale = Vec::new();
     let mut schema_only = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let (server, schema, agent) = (&server[i], &schema[i], &agent[i]);
-        let row = if !server.accepted && agent.accepted {
-            Some((case, server, agent))
+        if !server.accepted && agent.accepted {
+            disagreements.push((case, server, agent));
         } else if schema.accepted && !agent.accepted {
-            Some((case, schema, agent))
-        } else {
-            if server.accepted && !schema.accepted {
-                schema_only.push((case, schema, agent));
-            }
-            None
-        };
-        match (row, known(case)) {
-            (Some(row), Some(_)) => known_rows.push(row),
-            (Some(row), None) => disagreements.push(row),
-            (None, Some(_)) => stale.push(case.name.as_str()),
-            (None, None) => {}
+            disagreements.push((case, schema, agent));
+        } else if server.accepted && !schema.accepted {
+            schema_only.push((case, schema, agent));
         }
     }
-    let agreed = cases.len() - disagreements.len() - known_rows.len() - schema_only.len();
+    let agreed = cases.len() - disagreements.len() - schema_only.len();
     println!(
-        "\napiserver-diff: {agreed} agree, {} disagree, {} known (YAML 1.1), \
+        "\napiserver-diff: {agreed} agree, {} disagree, \
          {} refused only by kubectl's schema check",
         disagreements.len(),
-        known_rows.len(),
         schema_only.len()
     );
     if !schema_only.is_empty() {
         println!("\nRefused by kubectl's schema check, accepted by the server alone (either agent verdict is allowed):");
         print_table(&schema_only);
     }
-    if !known_rows.is_empty() {
-        println!(
-            "\nKnown disagreements, not fixed yet (see KNOWN in xtask/src/apiserver_diff.rs):"
-        );
-        print_table(&known_rows);
-    }
-    if !stale.is_empty() {
-        println!(
-            "\nNow agreeing, but listed as known: remove from KNOWN: {}",
-            stale.join(", ")
-        );
-    }
     if !disagreements.is_empty() {
         println!("\nDISAGREEMENTS:");
         print_table(&disagreements);
     }
-    Ok(disagreements.len() + stale.len())
+    Ok(disagreements.len())
 }
 
 fn print_table(rows: &[(&Case, &Verdict, &Verdict)]) {
@@ -508,10 +456,24 @@ fn oracle(
     let mut reasons: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     // An error names its file as `"<path>"`; kubectl may print paths as
     // given or absolute, so the file name (unique in the corpus) decides.
+    // kubectl may also join several files' errors on one line: each case
+    // keeps its part, from its name to the next file's.
     for line in stderr.lines() {
         for case in cases {
-            if line.contains(&format!("{}\"", case.name)) {
-                reasons.entry(&case.name).or_default().push(line);
+            // `"<path>"` for the server's and the schema's errors, and
+            // `<path>: ` for a file kubectl cannot even parse.
+            let quoted = format!("{}\"", case.name);
+            let parsed = format!("{}: ", case.name);
+            let found = line.find(&quoted).or_else(|| {
+                line.find(&parsed)
+                    .filter(|_| line.contains("error parsing"))
+            });
+            if let Some(at) = found {
+                let rest = &line[at..];
+                let end = rest[quoted.len()..]
+                    .find("error validating \"")
+                    .map_or(rest.len(), |e| e + quoted.len());
+                reasons.entry(&case.name).or_default().push(&rest[..end]);
             }
         }
     }

@@ -72,10 +72,12 @@ pub fn render<K: Resource + Serialize>(resource: &str, object: &K) -> Source {
         Some(ns) => format!("kubernetes/{resource}/{ns}/{name}"),
         None => format!("kubernetes/{resource}/{name}"),
     };
-    // k8s-openapi objects serialize with their apiVersion and kind; a
-    // failure (it cannot happen for these types) leaves an empty document,
-    // which the validator reports as missing `kind`.
-    let text = serde_yaml::to_string(object).unwrap_or_default();
+    // As JSON, which is YAML with every string quoted: a label value such
+    // as `yes` must stay a string for the validator, which reads plain
+    // scalars as kubectl does (YAML 1.1). k8s-openapi objects serialize
+    // with their apiVersion and kind; a failure (it cannot happen for these
+    // types) leaves an empty document, reported as missing `kind`.
+    let text = serde_json::to_string_pretty(object).unwrap_or_default();
     Source {
         file: Arc::from(Path::new(&file)),
         text,
@@ -354,6 +356,22 @@ mod tests {
 
     fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
         serde_json::from_value(v).expect("an API object")
+    }
+
+    /// The validator reads plain scalars as kubectl does (`yes` is a
+    /// boolean), so stored strings that look like YAML 1.1 booleans or
+    /// numbers must reach it quoted.
+    #[test]
+    fn stored_strings_stay_strings() {
+        let ns: Namespace = from(json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {"a": "yes", "b": "on", "c": "0120", "d": "1_000"}}
+        }));
+        let loaded = crate::policy::load_sources(&[namespace(&ns)]).expect("valid");
+        let labels = &loaded.model.namespaces["shop"].labels;
+        for (k, v) in [("a", "yes"), ("b", "on"), ("c", "0120"), ("d", "1_000")] {
+            assert_eq!(labels.get(k).map(String::as_str), Some(v), "{labels:?}");
+        }
     }
 
     #[test]

@@ -385,8 +385,9 @@ impl WorkloadDoc {
             "metadata": metadata,
             "spec": spec,
         });
-        // A `Value` of strings, numbers, maps and lists always serializes.
-        let text = serde_yaml::to_string(&doc).unwrap_or_default();
+        // As JSON (every string quoted, see `objects::render`). A `Value`
+        // of strings, numbers, maps and lists always serializes.
+        let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
         Source {
             file: Arc::from(Path::new(&format!(
                 "kubernetes/pods/{}/{}",

@@ -14,6 +14,7 @@ pub mod ports;
 pub mod selector;
 pub mod source;
 pub mod validate;
+pub mod yaml11;
 
 use std::path::PathBuf;
 

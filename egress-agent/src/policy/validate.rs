@@ -351,7 +351,6 @@ impl Builder {
     /// What kube-apiserver checks in every object's metadata besides its
     /// name: label keys and values, annotation keys, finalizers.
     fn metadata(&mut self, ctx: &Ctx<'_, '_>, meta: &ObjectMeta) {
-        self.string_scalars(ctx);
         let path = FieldPath::of(&["metadata"]);
         self.labels(ctx, meta.labels.as_ref(), path.key("labels"));
         for key in meta.annotations.iter().flatten().map(|(k, _)| k) {
@@ -362,20 +361,6 @@ impl Builder {
             }
         }
         self.finalizers(ctx, meta.finalizers.as_deref(), path.key("finalizers"));
-    }
-
-    /// kubectl reads YAML 1.1 and sends JSON: an unquoted `123`, `true` or
-    /// `yes` becomes a JSON number or boolean, which the API server refuses
-    /// for names, labels and annotations. serde_yaml (YAML 1.2) hands all
-    /// three to a string field as text, so those fields are checked on the
-    /// document's plain scalars.
-    fn string_scalars(&mut self, ctx: &Ctx<'_, '_>) {
-        for (path, what) in apimachinery::yaml11_typed_strings(ctx.doc.text) {
-            self.diags.push(ctx.error(
-                path,
-                format!("unquoted, this is {what} to kubectl (YAML 1.1), where Kubernetes expects a string: quote it"),
-            ));
-        }
     }
 
     fn finalizers(&mut self, ctx: &Ctx<'_, '_>, names: Option<&[String]>, path: FieldPath) {

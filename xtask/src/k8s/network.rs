@@ -57,6 +57,17 @@ fn create_node(node: &NodeSpec) -> anyhow::Result<()> {
     // The bridge the CNI `bridge` plugin joins pods to. Created here, with
     // the gateway address, so that routes to it exist before any pod.
     n(&["link", "add", "cni0", "type", "bridge"])?;
+    // A fixed address: a bridge with a random one takes the lowest of its
+    // ports', so a new pod's veth could change the MAC of the pods'
+    // default gateway, and every pod that had it cached would send its
+    // off-node traffic (replies included) to the old one for seconds.
+    n(&[
+        "link",
+        "set",
+        "cni0",
+        "address",
+        &gateway_mac(node.pod_gateway),
+    ])?;
     n(&[
         "addr",
         "add",
@@ -151,4 +162,15 @@ fn sysctl(netns: &str, setting: &str) -> anyhow::Result<()> {
             .arg(format!("--net={}", layout::netns_path(netns).display()))
             .args(["sysctl", "-q", "-w", setting]),
     )
+}
+
+/// A locally administered unicast MAC (`02:00:` + the four octets) for the
+/// bridge that holds `gateway`, an IPv4 address.
+fn gateway_mac(gateway: &str) -> String {
+    let octets: Vec<u8> = gateway.split('.').filter_map(|o| o.parse().ok()).collect();
+    let mut mac = String::from("02:00");
+    for octet in octets.iter().chain(std::iter::repeat(&0)).take(4) {
+        mac.push_str(&format!(":{octet:02x}"));
+    }
+    mac
 }

@@ -161,6 +161,9 @@ fn cross_node_peers(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Resul
         &text,
     );
     let (outcome, text) = probe(k, "test-egress", "sleep", &gateway, 80)?;
+    if outcome == Outcome::Timeout {
+        print_agent_events(k);
+    }
     checks.check(
         outcome == Outcome::Ok,
         &format!(
@@ -189,6 +192,33 @@ fn cross_node_peers(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Resul
         &text,
     );
     Ok(())
+}
+
+/// Each agent's latest verdict events and status, printed when a
+/// connection that the policy allows timed out: a dropped packet (rather
+/// than a refused connect) is an agent's verdict only if it says so here.
+fn print_agent_events(k: &Kubectl) {
+    for node in NODES {
+        let Ok(pods) = scenario::agent_pods(k, Some(node.name)) else {
+            continue;
+        };
+        for pod in pods {
+            for script in [
+                "egress-agent events | tail -n 25",
+                "egress-agent status | head -n 40",
+            ] {
+                let shown = match k.exec_in("egress-enforcer", &pod, None, script) {
+                    Ok(out) => format!("{}{}", out.stdout, out.stderr),
+                    Err(err) => format!("{err:#}"),
+                };
+                println!(
+                    "k8s-test: {} ({pod}) $ {script}\n{}",
+                    node.name,
+                    shown.trim_end()
+                );
+            }
+        }
+    }
 }
 
 /// istio-system/peer moves from node B (the client's) to node A: deleted,
@@ -222,6 +252,9 @@ fn peer_move(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<Optio
     };
     let took = ready.elapsed();
     let reached = outcome == Outcome::Ok;
+    if !reached || took > PEER_MOVE_BOUND {
+        print_agent_events(k);
+    }
     checks.check(
         reached && took <= PEER_MOVE_BOUND,
         &format!(
