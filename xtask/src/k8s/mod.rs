@@ -35,6 +35,7 @@ pub(crate) mod packages;
 pub(crate) mod pki;
 pub mod pod_memory;
 pub(crate) mod procs;
+mod rollout;
 mod scenario;
 mod teardown;
 mod two_nodes;
@@ -597,7 +598,7 @@ fn baseline(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
 /// internet: the denials were the agent's.
 fn uninstall_job(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
     println!(
-        "\nk8s-test: 12. explicit removal: delete the DaemonSet, then the uninstall Job on each node"
+        "\nk8s-test: 14. explicit removal: delete the DaemonSet, then the uninstall Job on each node"
     );
     let k = cluster.kubectl;
     let ns = "egress-enforcer";
@@ -830,6 +831,10 @@ fn print_summary(times: &Times, checks: &Checks, total: Duration) {
         println!(
             "  peer moved to the other node → reachable     {}",
             ms(t.peer_move_ms)
+        );
+        println!(
+            "  rollout restart of the agent (rollout status) {}",
+            ms(t.rollout_ms)
         );
     }
     println!("  total                      {:.1}s", total.as_secs_f32());

@@ -839,7 +839,7 @@ fn summarize(outcomes: &[&str]) -> String {
         .join(", ")
 }
 
-const AGENT_NS: &str = "egress-enforcer";
+pub const AGENT_NS: &str = "egress-enforcer";
 const AGENT_SELECTOR: &str = "app.kubernetes.io/name=egress-agent";
 
 /// The agent's pod (on `node`, if given).

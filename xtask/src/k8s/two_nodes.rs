@@ -23,6 +23,7 @@ use anyhow::{bail, Context as _};
 use super::{
     kubectl::Kubectl,
     layout::{NODES, NODE_A, NODE_B},
+    rollout,
     scenario::{
         self, fetch, pod_ip, pod_yaml_on, probe, service_yaml, wait_ready, Checks, Cluster, Outcome,
     },
@@ -35,6 +36,7 @@ const PEER_MOVE_BOUND: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub struct Timings {
     pub peer_move_ms: Option<f64>,
+    pub rollout_ms: Option<f64>,
 }
 
 const WEB_SCRIPT: &str = "mkdir -p /tmp/www && hostname > /tmp/www/index.html\n\
@@ -98,6 +100,12 @@ metadata:
 
     println!("\nk8s-test: 11. a selector-less Service pointing at the internet");
     bypass(cluster, checks)?;
+
+    println!("\nk8s-test: 12. a rolling update of the agent, with a pod hammering the internet");
+    timings.rollout_ms = rollout::run(cluster, checks)?;
+
+    println!("\nk8s-test: 13. what the simulated internet saw");
+    rollout::internet_saw_only_the_gateway(cluster, checks)?;
     Ok(timings)
 }
 
