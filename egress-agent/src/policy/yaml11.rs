@@ -394,15 +394,19 @@ impl Builder {
 
     /// A scalar mapping key, as sigs.k8s.io/yaml writes it into JSON:
     /// strings as they are, integers in decimal, booleans as `true` or
-    /// `false`, floats with Go's `FormatFloat(f, 'g', -1, 32)`. A null key
-    /// has no JSON form.
+    /// `false`, floats with Go's `FormatFloat(f, 'g', -1, 32)` (and the
+    /// infinities and NaN as YAML spells them). A null key has no JSON form.
     fn key(&mut self, text: String, resolved: Scalar) {
         let key = match resolved {
             Scalar::Str => Some(text.clone()),
             Scalar::Bool(b) => Some(b.to_string()),
             Scalar::Int(i) => Some(i.to_string()),
-            Scalar::Float(f) if f.is_finite() => Some(go_format_float32(f)),
-            Scalar::Float(_) | Scalar::Null => None,
+            Scalar::Float(f) if f.is_nan() => Some(".nan".to_owned()),
+            Scalar::Float(f) if f.is_infinite() => {
+                Some(if f > 0.0 { ".inf" } else { "-.inf" }.to_owned())
+            }
+            Scalar::Float(f) => Some(go_format_float32(f)),
+            Scalar::Null => None,
         };
         if key.is_none() {
             let path = self.next_path();
