@@ -38,6 +38,7 @@ pub mod cgroups;
 pub mod events;
 pub mod objects;
 pub mod pod;
+pub mod simulated;
 
 use std::{
     path::{Path, PathBuf},
