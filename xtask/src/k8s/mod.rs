@@ -831,6 +831,14 @@ fn print_summary(times: &Times, checks: &Checks, total: Duration) {
             "  peer moved to the other node → reachable     {}",
             ms(t.peer_move_ms)
         );
+        println!(
+            "  tenancy: policy change in force (bad NP elsewhere) {}",
+            ms(t.tenancy_change_ms)
+        );
+        println!(
+            "  tenancy: new pod's first attempt → policy     {}",
+            ms(t.tenancy_new_pod_ms)
+        );
     }
     println!("  total                      {:.1}s", total.as_secs_f32());
     if !checks.failed().is_empty() {
