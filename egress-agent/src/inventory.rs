@@ -4,7 +4,12 @@
 //! [`crate::kubernetes`] (which builds it), so that neither depends on the
 //! other.
 
-use crate::{compile::Guards, policy::Source};
+use std::collections::BTreeMap;
+
+use crate::{
+    compile::Guards,
+    policy::{model::ObjectId, Source},
+};
 
 /// What is added to the policy files at every reload: objects from the
 /// Kubernetes API (as YAML documents, so they go through the same
@@ -13,4 +18,16 @@ use crate::{compile::Guards, policy::Source};
 pub struct Inventory {
     pub sources: Vec<Source>,
     pub guards: Guards,
+    /// Pods of this node whose `pod<uid>` cgroup exists but that cannot be
+    /// enforced yet, by UID: what `status` says of a pending pod. Empty in
+    /// file mode.
+    pub waiting: BTreeMap<String, Waiting>,
+}
+
+/// A pod of this node that is not enforced yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    pub pod: ObjectId,
+    /// For example "sidecar container not started yet".
+    pub why: &'static str,
 }

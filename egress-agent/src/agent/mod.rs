@@ -8,6 +8,7 @@
 
 pub mod kernel;
 pub mod lock;
+pub mod pending;
 pub mod preflight;
 pub mod quarantine;
 pub mod reload;

@@ -11,11 +11,12 @@ use std::{
 use tracing::{error, info, warn};
 
 use super::{
+    pending::PendingTracker,
     quarantine::{self, Held},
     state::{AgentState, Generation, ReloadOutcome},
 };
 use crate::{
-    compile::{self, Plan},
+    compile::Plan,
     policy::{Severity, Source},
     resolve::ResolvedHosts,
 };
@@ -57,6 +58,7 @@ pub struct Reloader<E> {
     /// The API objects of the generation in force that loaded as they
     /// are: what a quarantined object falls back to.
     last_good: HashMap<Arc<Path>, Source>,
+    pending: PendingTracker,
 }
 
 impl<E: Enforcer> Reloader<E> {
@@ -72,7 +74,25 @@ impl<E: Enforcer> Reloader<E> {
             hosts: ResolvedHosts::default(),
             warned: std::collections::HashSet::new(),
             last_good: HashMap::new(),
+            pending: PendingTracker::default(),
         }
+    }
+
+    /// Looks again for pods stuck pending (see [`super::pending`]) and
+    /// keeps them in the state for `status` and `/metrics`.
+    pub fn refresh_pending(&mut self) {
+        let plan = self.state.current.as_ref().map(|g| Arc::clone(&g.plan));
+        self.state.pending_pods = self.pending.refresh(
+            &self.inventory.guards.pending,
+            plan.as_deref(),
+            &self.inventory.waiting,
+            std::time::Instant::now(),
+        );
+    }
+
+    /// The inventory the next reload adds to the policy files.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
     }
 
     pub fn state(&self) -> &AgentState {
@@ -122,6 +142,7 @@ impl<E: Enforcer> Reloader<E> {
             }
             Ok(quarantine::Outcome {
                 loaded,
+                plan,
                 quarantined,
                 good,
             }) => {
@@ -144,8 +165,7 @@ impl<E: Enforcer> Reloader<E> {
                     }
                 }
                 self.warned = now;
-                let plan =
-                    Arc::new(compile::compile(&loaded.model).guarded(&self.inventory.guards));
+                let plan = Arc::new(plan.guarded(&self.inventory.guards));
                 match self.enforcer.enforce(&plan, &self.hosts) {
                     Ok(()) => {
                         let number = self.state.current.as_ref().map_or(1, |g| g.number + 1);
@@ -189,6 +209,7 @@ impl<E: Enforcer> Reloader<E> {
         self.state.last_reload_duration = started.elapsed();
         self.state.reload_seconds_total += self.state.last_reload_duration.as_secs_f64();
         self.state.last_reload_at = Some(SystemTime::now());
+        self.refresh_pending();
         self.state.last_reload.insert(outcome)
     }
 

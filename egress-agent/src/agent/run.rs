@@ -12,7 +12,10 @@ use tracing::{error, info, warn};
 
 use super::reload::{format_chain, Enforcer, Inventory, Reloader};
 use crate::{
+    compile::{Egress, Plan},
+    kubernetes::events::{Rejection, Report},
     observe::{metrics, EventHub, Query, Status},
+    policy::model::ObjectId,
     resolve::{dns_names, HostResolver, ResolverSettings},
 };
 
@@ -48,6 +51,9 @@ pub struct RunOptions {
     pub resolver: ResolverSettings,
     /// How long the first apply waits for `allowedHosts` to resolve.
     pub initial_dns_wait: Duration,
+    /// How often the guarded roots are walked for pods stuck pending
+    /// (besides after every reload).
+    pub pending_every: Duration,
 }
 
 impl Default for RunOptions {
@@ -57,6 +63,7 @@ impl Default for RunOptions {
             reconcile_every: Duration::from_millis(100),
             resolver: ResolverSettings::default(),
             initial_dns_wait: Duration::from_secs(2),
+            pending_every: Duration::from_secs(1),
         }
     }
 }
@@ -67,6 +74,9 @@ pub struct Observing {
     pub hub: EventHub,
     /// Set once a generation is in force (`/readyz`).
     pub ready: watch::Sender<bool>,
+    /// Kubernetes mode: where quarantined objects go to be reported as
+    /// Events (see `kubernetes::events`).
+    pub rejections: Option<watch::Sender<Report>>,
 }
 
 /// Runs until SIGTERM or SIGINT. Exiting never removes enforcement: the
@@ -86,9 +96,9 @@ pub async fn run<E: Enforcer>(
     observing: Option<Observing>,
     mut inventory: Option<watch::Receiver<Option<Inventory>>>,
 ) -> Result<(), RunError> {
-    let (mut queries, hub, ready) = match observing {
-        Some(o) => (Some(o.queries), o.hub, Some(o.ready)),
-        None => (None, EventHub::new(0), None),
+    let (mut queries, hub, ready, rejections) = match observing {
+        Some(o) => (Some(o.queries), o.hub, Some(o.ready), o.rejections),
+        None => (None, EventHub::new(0), None, None),
     };
     let mut host_refreshes: u64 = 0;
     let sig = |kind, name| {
@@ -149,29 +159,31 @@ pub async fn run<E: Enforcer>(
     )
     .await;
     reload(&mut reloader, &resolver);
-    mark_ready(&ready, &reloader);
+    after_reload(&ready, &rejections, &reloader);
     let mut tick = interval(options.reconcile_every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut pending_tick = interval(options.pending_every);
+    pending_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
                     _ = hup.recv() => {
                         info!("SIGHUP: reloading");
                         reload(&mut reloader, &resolver);
-                        mark_ready(&ready, &reloader);
+                        after_reload(&ready, &rejections, &reloader);
                     }
                     Some(()) = changes.recv() => {
                         sleep(options.debounce).await;
                         while changes.try_recv().is_ok() {}
                         info!("policy files changed: reloading");
                         reload(&mut reloader, &resolver);
-                        mark_ready(&ready, &reloader);
+                        after_reload(&ready, &rejections, &reloader);
                     }
                     Some(()) = next_inventory(&mut inventory) => {
                         sleep(options.debounce).await;
                         if let Some(latest) = inventory.as_mut().and_then(|f| f.borrow_and_update().clone()) {
                             reloader.set_inventory(latest);
                             reload(&mut reloader, &resolver);
-                            mark_ready(&ready, &reloader);
+                            after_reload(&ready, &rejections, &reloader);
                         }
                     }
                     Ok(()) = hosts.changed() => {
@@ -191,6 +203,7 @@ pub async fn run<E: Enforcer>(
                             }
                         }
                     }
+                    _ = pending_tick.tick() => reloader.refresh_pending(),
                     Some(query) = next_query(&mut queries) => {
                         answer(query, &reloader, &hub, host_refreshes);
                     }
@@ -306,10 +319,73 @@ fn answer<E: Enforcer>(query: Query, reloader: &Reloader<E>, hub: &EventHub, ref
     };
 }
 
-fn mark_ready<E: Enforcer>(ready: &Option<watch::Sender<bool>>, reloader: &Reloader<E>) {
+/// Publishes what a reload changed: readiness, and the quarantined objects
+/// to report as Events.
+fn after_reload<E: Enforcer>(
+    ready: &Option<watch::Sender<bool>>,
+    rejections: &Option<watch::Sender<Report>>,
+    reloader: &Reloader<E>,
+) {
     if let Some(ready) = ready {
         ready.send_replace(reloader.state().current.is_some());
     }
+    if let Some(tx) = rejections {
+        let report = report(reloader);
+        tx.send_if_modified(|current| {
+            let changed = *current != report;
+            if changed {
+                *current = report;
+            }
+            changed
+        });
+    }
+}
+
+/// The quarantined objects of the generation in force, each with whether
+/// it holds back a workload of this node, and the cluster's Nodes.
+fn report<E: Enforcer>(reloader: &Reloader<E>) -> Report {
+    let state = reloader.state();
+    let plan = state.current.as_ref().map(|g| &g.plan);
+    let inventory = reloader.inventory();
+    let rejections = state
+        .quarantined
+        .iter()
+        .map(|q| Rejection {
+            quarantined: q.clone(),
+            here: holds_back_here(&q.source, plan.map(|p| &**p), inventory),
+        })
+        .collect();
+    let nodes = inventory
+        .sources
+        .iter()
+        .filter_map(|s| s.file.to_str()?.strip_prefix("kubernetes/nodes/"))
+        .map(str::to_owned)
+        .collect();
+    Report { rejections, nodes }
+}
+
+/// Whether the object named `source` holds back a workload of this node: a
+/// NetworkPolicy that selects one (its stand-in keeps its name), or a pod
+/// of this node (its document has a cgroup; a peer's has none).
+fn holds_back_here(source: &str, plan: Option<&Plan>, inventory: &Inventory) -> bool {
+    if let Some(rest) = source.strip_prefix("kubernetes/networkpolicies/") {
+        let (Some(plan), Ok(id)) = (plan, rest.parse::<ObjectId>()) else {
+            return false;
+        };
+        return plan.workloads.iter().any(|w| {
+            w.guard.is_none()
+                && matches!(&w.egress, Egress::Isolated { policies, .. } if policies.contains(&id))
+        });
+    }
+    if source.starts_with("kubernetes/pods/") {
+        return inventory
+            .sources
+            .iter()
+            .find(|s| s.file.to_str() == Some(source))
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s.text).ok())
+            .is_some_and(|doc| doc["spec"]["cgroup"].is_string());
+    }
+    false
 }
 
 fn reload<E: Enforcer>(reloader: &mut Reloader<E>, resolver: &HostResolver) {

@@ -66,6 +66,9 @@ pub struct AgentState {
     pub reload_seconds_total: f64,
     /// API objects of the generation in force that were quarantined.
     pub quarantined: Vec<super::quarantine::Quarantined>,
+    /// Pods below a guarded root with no policy of their own in force, as
+    /// of the last look (see `agent::pending`).
+    pub pending_pods: Vec<crate::observe::status::PendingPod>,
 }
 
 // `status` is built here rather than in `observe`, so that `observe` (the
@@ -163,6 +166,7 @@ impl Status {
             redirect_events: hub.redirects(),
             reload_seconds_total: state.reload_seconds_total,
             quarantined: state.quarantined.clone(),
+            pending_pods: state.pending_pods.clone(),
         }
     }
 }

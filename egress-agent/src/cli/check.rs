@@ -1,8 +1,8 @@
 //! `egress-agent check`: validate policy files.
 
-use std::process::ExitCode;
+use std::{collections::HashMap, process::ExitCode};
 
-use egress_agent::policy::{self, Diagnostic};
+use egress_agent::{agent::quarantine, policy::Diagnostic};
 use serde::Serialize;
 
 use super::args::{CheckArgs, Output};
@@ -14,7 +14,10 @@ struct Report<'a> {
 }
 
 pub fn run(args: &CheckArgs) -> ExitCode {
-    let (valid, diagnostics, summary) = match policy::load(&args.paths) {
+    // As `run` loads files: validated, then compiled and checked against
+    // the kernel's limits, so a policy over one fails here, not at apply.
+    let loaded = quarantine::load(&args.paths, &[], &HashMap::new()).map(|o| o.loaded);
+    let (valid, diagnostics, summary) = match loaded {
         Ok(loaded) => {
             let m = &loaded.model;
             // Cluster objects are named only when present, so that a

@@ -70,9 +70,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         )?
         .with_dns_capture(args.capture_dns);
         let guards = guards(args, &mut enforcer)?;
-        let observing = observe(args, checked.metrics, &mut enforcer).await?;
+        let mut observing = observe(args, checked.metrics, &mut enforcer).await?;
         let mut reloader = Reloader::new(args.policies.clone(), enforcer, args.audit);
         let feed = if let Some((node_name, client)) = kube {
+            // Quarantined API objects are reported on themselves, as
+            // Events; in file mode there is no API server to write to.
+            observing.rejections = Some(kubernetes::events::spawn(
+                client.clone(),
+                node_name.clone(),
+            ));
             let settings = KubeSettings {
                 kubeconfig: args.kubeconfig.clone(),
                 node_name,
@@ -86,8 +92,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             Some(kubernetes::spawn(client, settings))
         } else {
             reloader.set_inventory(Inventory {
-                sources: Vec::new(),
                 guards: guards.guards,
+                ..Inventory::default()
             });
             None
         };
@@ -228,6 +234,7 @@ async fn observe(
         queries,
         hub,
         ready,
+        rejections: None,
     })
 }
 

@@ -86,7 +86,10 @@ pub use counters::{Counters, RuleHit, VerdictKind};
 pub use egress_common::{FlowEvent, Hook, Reason};
 pub use error::{DataplaneError, ImageError};
 pub use generation::ApplyStats;
-pub use image::{GatewayHost, ImageSize, ImageWorkload, MapImage};
+pub use image::{
+    port_overflows, GatewayHost, ImageSize, ImageWorkload, MapImage, PortOverflow,
+    MAX_PORTS_PER_PREFIX,
+};
 pub use links::{program_name, AttachedLink};
 pub use maps::{EbpfLogLevel, EntryCounts, FlowEntries};
 pub use uninstall::UninstallReport;

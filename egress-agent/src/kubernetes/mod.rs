@@ -22,8 +22,11 @@
 //! objects still come from `--policies`, a directory the DaemonSet mounts
 //! from a ConfigMap: no CRD has to be installed (which a 1.20 cluster would
 //! need as `apiextensions.k8s.io/v1` with a full schema), the agent's RBAC
-//! stays read-only on built-in kinds, and a ConfigMap edit reloads like a
-//! file edit.
+//! stays read-only on the policy kinds (its one write is Events), and a
+//! ConfigMap edit reloads like a file edit.
+//!
+//! Objects the agent quarantines are reported as Kubernetes Events on the
+//! objects themselves ([`events`]).
 //!
 //! The inventory is rebuilt (after [`DEBOUNCE`]) when an object changes,
 //! when a directory appears or goes under a guarded root (inotify), and
@@ -32,8 +35,10 @@
 
 pub mod cache;
 pub mod cgroups;
+pub mod events;
 pub mod objects;
 pub mod pod;
+pub mod simulated;
 
 use std::{
     path::{Path, PathBuf},
@@ -484,12 +489,25 @@ fn build(
             .cloned()
             .collect()
     });
+    let mut waiting = std::collections::BTreeMap::new();
     for p in &local {
         match pod::convert(p, &index, &settings.mount, &settings.sidecar, &mut problems) {
             pod::PodState::Ready(docs) => sources.extend(docs),
             pod::PodState::Exempt { id, cgroup } => guards.exempt.push((id, cgroup)),
             pod::PodState::Waiting(why) => {
                 debug!(pod = %p.id, why, "pod not enforced yet (pending)");
+                // Only a pod whose cgroup exists can run anything, and so
+                // be pending in the kernel; `status` names it.
+                let uid = p.local.as_ref().and_then(|l| l.uid.as_ref());
+                if let Some(uid) = uid.filter(|u| index.pods.contains_key(*u)) {
+                    waiting.insert(
+                        uid.clone(),
+                        crate::inventory::Waiting {
+                            pod: p.id.clone(),
+                            why,
+                        },
+                    );
+                }
             }
         }
     }
@@ -506,7 +524,11 @@ fn build(
         }
     }
     *reported = now;
-    Inventory { sources, guards }
+    Inventory {
+        sources,
+        guards,
+        waiting,
+    }
 }
 
 #[cfg(test)]

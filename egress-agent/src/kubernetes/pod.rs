@@ -628,6 +628,29 @@ mod tests {
         let text = problems[0].to_string();
         assert!(text.starts_with("Pod default/sleep: "), "{text}");
         assert!(text.contains("excludeOutboundPorts"), "{text}");
+        // More ports than the kernel's capture list holds: reported and
+        // ignored like any bad annotation, never the node's whole apply.
+        let many: Vec<String> = (0..17).map(|i| (9000 + 2 * i).to_string()).collect();
+        p.metadata.annotations = Some(BTreeMap::from([(
+            annotations::INCLUDE_PORTS.into(),
+            many.join(","),
+        )]));
+        let mut problems = Vec::new();
+        let model = model_of(&convert(
+            &here(&p, "istio-proxy"),
+            &index,
+            &m,
+            "istio-proxy",
+            &mut problems,
+        ));
+        assert_eq!(model.workloads[0].capture_overrides.include_ports, None);
+        assert!(
+            problems.len() == 1
+                && problems[0]
+                    .message
+                    .contains("17 distinct ports; at most 16"),
+            "{problems:?}"
+        );
         std::fs::remove_dir_all(&m).ok();
     }
 

@@ -173,16 +173,7 @@ pub fn render(status: &Status, counters: Option<&Counters>, names: &Names) -> St
         "API objects the agent could not use as they are (1 each), held at their last good version, replaced by a deny-all stand-in, or left out",
     );
     for q in &status.quarantined {
-        let (kind, namespace, name) = q.object.as_ref().map_or_else(
-            || (String::new(), String::new(), q.source.clone()),
-            |o| {
-                (
-                    o.kind.clone(),
-                    o.namespace.clone().unwrap_or_default(),
-                    o.name.clone(),
-                )
-            },
-        );
+        let (kind, namespace, name) = object_labels(q);
         quarantined
             .get_or_create(&vec![
                 ("kind", kind),
@@ -192,6 +183,27 @@ pub fn render(status: &Status, counters: Option<&Counters>, names: &Names) -> St
             ])
             .set(1);
     }
+    let pending = Gauge::<i64>::default();
+    pending.set(status.pending_pods.len() as i64);
+    registry.register(
+        "pending_pods",
+        "Pods below a guarded root with no policy of their own in force (the pending policy: loopback and cluster DNS only)",
+        pending,
+    );
+    let oldest = Gauge::<i64>::default();
+    oldest.set(
+        status
+            .pending_pods
+            .iter()
+            .map(|p| p.seconds as i64)
+            .max()
+            .unwrap_or(0),
+    );
+    registry.register(
+        "pending_oldest_seconds",
+        "How long the longest-pending pod has been pending (0 = none)",
+        oldest,
+    );
     let audit = Gauge::<i64>::default();
     audit.set(i64::from(status.audit));
     registry.register("audit_mode", "1 when nothing is denied (audit mode)", audit);
@@ -224,4 +236,103 @@ pub fn render(status: &Status, counters: Option<&Counters>, names: &Names) -> St
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &registry);
     out
+}
+
+/// `kind`, `namespace` and `name` of a quarantined object: from its
+/// findings, else from its source name `kubernetes/<resource>/[<ns>/]<name>`
+/// (a document that does not parse names no object), so every series
+/// names its object.
+fn object_labels(q: &super::status::Quarantined) -> (String, String, String) {
+    if let Some(o) = &q.object {
+        return (
+            o.kind.clone(),
+            o.namespace.clone().unwrap_or_default(),
+            o.name.clone(),
+        );
+    }
+    let parts: Vec<&str> = q
+        .source
+        .strip_prefix("kubernetes/")
+        .map(|rest| rest.split('/').collect())
+        .unwrap_or_default();
+    let kind = |resource: &str| {
+        match resource {
+            "pods" => "Pod",
+            "networkpolicies" => "NetworkPolicy",
+            "namespaces" => "Namespace",
+            "nodes" => "Node",
+            "services" => "Service",
+            "endpointslices" => "EndpointSlice",
+            other => other,
+        }
+        .to_owned()
+    };
+    match parts.as_slice() {
+        [resource, namespace, name] => {
+            (kind(resource), (*namespace).to_owned(), (*name).to_owned())
+        }
+        [resource, name] => (kind(resource), String::new(), (*name).to_owned()),
+        _ => (String::new(), String::new(), q.source.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::status::{Held, PendingPod, Quarantined};
+
+    #[test]
+    fn each_quarantined_object_is_a_series_labelled_by_kind_namespace_and_name() {
+        let status = Status {
+            quarantined: vec![
+                Quarantined {
+                    source: "kubernetes/networkpolicies/shop/wide".into(),
+                    object: Some(crate::policy::diagnostic::ObjectRef {
+                        kind: "NetworkPolicy".into(),
+                        namespace: Some("shop".into()),
+                        name: "wide".into(),
+                    }),
+                    held: Held::LastGood,
+                    errors: vec![],
+                    findings: vec![],
+                },
+                // A document that did not parse: no object in its findings.
+                Quarantined {
+                    source: "kubernetes/pods/blog/api".into(),
+                    object: None,
+                    held: Held::LeftOut,
+                    errors: vec![],
+                    findings: vec![],
+                },
+            ],
+            pending_pods: vec![
+                PendingPod {
+                    cgroup: "kubepods/poda".into(),
+                    uid: "a".into(),
+                    pod: None,
+                    reason: "r".into(),
+                    seconds: 3,
+                },
+                PendingPod {
+                    cgroup: "kubepods/podb".into(),
+                    uid: "b".into(),
+                    pod: None,
+                    reason: "r".into(),
+                    seconds: 42,
+                },
+            ],
+            ..Status::default()
+        };
+        let text = render(&status, None, &Names::default());
+        assert!(
+            text.contains(r#"egress_quarantined_objects{kind="NetworkPolicy",namespace="shop",name="wide",held="lastgood"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"egress_quarantined_objects{kind="Pod",namespace="blog",name="api",held="leftout"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("egress_pending_pods 2"), "{text}");
+        assert!(text.contains("egress_pending_oldest_seconds 42"), "{text}");
+    }
 }

@@ -105,7 +105,7 @@ pub struct GenerationStatus {
 }
 
 /// What stands in for a quarantined object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Held {
     LastGood,
@@ -123,6 +123,46 @@ pub struct Quarantined {
     pub object: Option<ObjectRef>,
     pub held: Held,
     pub errors: Vec<String>,
+    /// The same errors as the field and the reason alone: what a
+    /// Kubernetes Event on the object says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<Finding>,
+}
+
+/// One error of a quarantined object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    /// `spec.egress[0].ports`, or none when the whole document is wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{field}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// A pod's cgroup below a guarded root with no policy of its own in force:
+/// the kernel gives it the pending policy (loopback and cluster DNS only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingPod {
+    /// Relative to the cgroup2 mount.
+    pub cgroup: String,
+    pub uid: String,
+    /// `namespace/name`, when a Pod of this node has that UID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Why it has no policy yet.
+    pub reason: String,
+    /// Since the agent first saw it pending.
+    pub seconds: u64,
 }
 
 /// The whole answer to `status`.
@@ -158,6 +198,10 @@ pub struct Status {
     /// `agent::quarantine`).
     #[serde(default)]
     pub quarantined: Vec<Quarantined>,
+    /// Pods below a guarded root still under the pending policy, oldest
+    /// first (see `agent::pending`).
+    #[serde(default)]
+    pub pending_pods: Vec<PendingPod>,
 }
 
 /// The text form of `status`.
@@ -220,6 +264,21 @@ impl fmt::Display for Status {
                 for e in &q.errors {
                     writeln!(f, "    {e}")?;
                 }
+            }
+        }
+        if !self.pending_pods.is_empty() {
+            writeln!(
+                f,
+                "pending pods: {} (below a guarded root with no policy of their own: loopback and cluster DNS only)",
+                self.pending_pods.len()
+            )?;
+            for p in &self.pending_pods {
+                let pod = p.pod.as_deref().unwrap_or("(no Pod of this node)");
+                writeln!(
+                    f,
+                    "  {pod} for {}s: {}; cgroup {}",
+                    p.seconds, p.reason, p.cgroup
+                )?;
             }
         }
         writeln!(

@@ -1254,6 +1254,22 @@ impl Builder {
                 }
             }
         }
+        // The kernel's `CaptureInfo` has room for this many distinct ports
+        // per list. Refused here rather than when the kernel is programmed:
+        // a pod's annotation over it is then reported and ignored like any
+        // bad annotation, instead of failing the whole node's apply.
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        if ok && distinct.len() > egress_common::MAX_CAPTURE_PORTS {
+            self.diags.push(ctx.error(
+                path,
+                format!(
+                    "{} distinct ports; at most {} fit (capture ranges with includeIPRanges/excludeIPRanges instead)",
+                    distinct.len(),
+                    egress_common::MAX_CAPTURE_PORTS
+                ),
+            ));
+            ok = false;
+        }
         ok.then_some(ports)
     }
 

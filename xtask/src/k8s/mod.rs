@@ -598,7 +598,7 @@ fn baseline(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
 /// internet: the denials were the agent's.
 fn uninstall_job(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
     println!(
-        "\nk8s-test: 14. explicit removal: delete the DaemonSet, then the uninstall Job on each node"
+        "\nk8s-test: 15. explicit removal: delete the DaemonSet, then the uninstall Job on each node"
     );
     let k = cluster.kubectl;
     let ns = "egress-enforcer";
@@ -835,6 +835,14 @@ fn print_summary(times: &Times, checks: &Checks, total: Duration) {
         println!(
             "  rollout restart of the agent (rollout status) {}",
             ms(t.rollout_ms)
+        );
+        println!(
+            "  tenancy: policy change in force (bad NP elsewhere) {}",
+            ms(t.tenancy_change_ms)
+        );
+        println!(
+            "  tenancy: new pod's first attempt → policy     {}",
+            ms(t.tenancy_new_pod_ms)
         );
     }
     println!("  total                      {:.1}s", total.as_secs_f32());

@@ -8,7 +8,11 @@
 //! 4. a pod uses the API server (the `kubernetes` Service) with its own
 //!    service-account token, allowed by a NetworkPolicy;
 //! 5. a selector-less Service whose Endpoints point at the internet does
-//!    not let a non-gateway pod out.
+//!    not let a non-gateway pod out;
+//! 6. one tenant's NetworkPolicy that the agent refuses (issue 13,
+//!    "Tenancy") is quarantined alone and reported as an Event on it,
+//!    while a new pod and a policy change in another namespace are in
+//!    force within 1 s.
 //!
 //! Pods run where a user would put them: applications on node B, the
 //! peers they need on node A.
@@ -32,11 +36,21 @@ use super::{
 /// The issue's bound on a peer's move.
 const PEER_MOVE_BOUND: Duration = Duration::from_secs(2);
 
+/// Issue 13's bound: another tenant's change in force, whatever one
+/// tenant's bad policy.
+const TENANCY_BOUND: Duration = Duration::from_secs(1);
+
 /// What this part measured.
 #[derive(Default)]
 pub struct Timings {
     pub peer_move_ms: Option<f64>,
     pub rollout_ms: Option<f64>,
+    /// From the NetworkPolicy change being sent to the first allowed
+    /// connection (in-pod clock), with another namespace's bad policy in
+    /// the set.
+    pub tenancy_change_ms: Option<f64>,
+    /// From a new pod's first connection attempt to its first allowed one.
+    pub tenancy_new_pod_ms: Option<f64>,
 }
 
 const WEB_SCRIPT: &str = "mkdir -p /tmp/www && hostname > /tmp/www/index.html\n\
@@ -101,10 +115,13 @@ metadata:
     println!("\nk8s-test: 11. a selector-less Service pointing at the internet");
     bypass(cluster, checks)?;
 
-    println!("\nk8s-test: 12. a rolling update of the agent, with a pod hammering the internet");
+    println!("\nk8s-test: 12. one tenant's bad NetworkPolicy does not hold back another");
+    (timings.tenancy_change_ms, timings.tenancy_new_pod_ms) = tenancy(cluster, checks)?;
+
+    println!("\nk8s-test: 13. a rolling update of the agent, with a pod hammering the internet");
     timings.rollout_ms = rollout::run(cluster, checks)?;
 
-    println!("\nk8s-test: 13. what the simulated internet saw");
+    println!("\nk8s-test: 14. what the simulated internet saw");
     rollout::internet_saw_only_the_gateway(cluster, checks)?;
     Ok(timings)
 }
@@ -583,6 +600,235 @@ fn wait_slice(k: &Kubectl, ns: &str, name: &str) -> anyhow::Result<String> {
         }
         thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A pod script that tries `ip:80` every 50 ms for 3 minutes from its
+/// first instruction, logging `<uptime> web <outcome>` whenever the
+/// outcome changes (the node's clock, which the host reads too).
+fn watch_web(ip: &str) -> String {
+    format!(
+        "try() {{ if out=$(timeout 3 nc -w 2 \"$1\" 80 -e true 2>&1); then r=ok; \
+         else case \"$out\" in *'not permitted'*) r=EPERM;; *refused*) r=refused;; *) r=fail;; esac; fi; }}\n\
+         end=$(( $(cut -d. -f1 /proc/uptime) + 180 )); last=\n\
+         while [ $(cut -d. -f1 /proc/uptime) -lt $end ]; do try {ip}; \
+         if [ \"$r\" != \"$last\" ]; then read up _ </proc/uptime; echo \"$up web $r\"; last=$r; fi; \
+         sleep 0.05; done\n\
+         echo done\n\
+         exec sleep 3600"
+    )
+}
+
+/// The `(uptime, outcome)` lines [`watch_web`] logged in `ns/pod`.
+fn web_log(k: &Kubectl, ns: &str, pod: &str) -> Vec<(f64, String)> {
+    k.output(&["logs", "-n", ns, pod])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let t = w.next()?.parse::<f64>().ok()?;
+            (w.next()? == "web").then_some(())?;
+            Some((t, w.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// Polls `ns/pod`'s [`web_log`] (up to 30 s) for the first `ok` after
+/// `since` (node uptime); returns it and the whole log.
+fn first_ok(k: &Kubectl, ns: &str, pod: &str, since: f64) -> (Option<f64>, Vec<(f64, String)>) {
+    let start = Instant::now();
+    loop {
+        let log = web_log(k, ns, pod);
+        let ok = log
+            .iter()
+            .find(|(t, r)| *t >= since && r == "ok")
+            .map(|(t, _)| *t);
+        if ok.is_some() || start.elapsed() > Duration::from_secs(30) {
+            return (ok, log);
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `policy` in `ns`: every pod of the namespace may reach `ip`/32 on
+/// `ports` (TCP).
+fn ports_policy(ns: &str, ip: &str, ports: &[u16]) -> String {
+    let ports: String = ports
+        .iter()
+        .map(|p| format!("    - protocol: TCP\n      port: {p}\n"))
+        .collect();
+    format!(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: allow
+  namespace: {ns}
+spec:
+  podSelector: {{}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - ipBlock:
+        cidr: {ip}/32
+    ports:
+{ports}"
+    )
+}
+
+/// Issue 13, "Tenancy", on the real cluster. tenant-a's admin changes its
+/// NetworkPolicy to one the API server accepts and the agent cannot
+/// enforce (130 separate ports for one CIDR: the kernel's list holds 128):
+/// it is quarantined alone (its pods keep the last good version) and a
+/// Warning Event `PolicyRejected` appears on it. Then, in tenant-b, a new
+/// pod starts and the policy changes: both must be in force within 1 s.
+/// The times are read from the pods' own logs against the node's clock
+/// (kubectl exec's own latency would be most of a second).
+fn tenancy(
+    cluster: &Cluster<'_>,
+    checks: &mut Checks,
+) -> anyhow::Result<(Option<f64>, Option<f64>)> {
+    let k = cluster.kubectl;
+    let web = pod_ip(k, "apps", "web")?;
+    for ns in ["tenant-a", "tenant-b"] {
+        k.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    kubernetes.io/metadata.name: {ns}\n"
+        ))?;
+    }
+    k.apply(&ports_policy("tenant-a", &web, &[80]))?;
+    // tenant-b may reach web on 81 only (web listens on 80): refused by
+    // the agent until the change.
+    k.apply(&ports_policy("tenant-b", &web, &[81]))?;
+    k.apply(&pod_yaml_on(
+        cluster,
+        "tenant-a",
+        "victim",
+        &[("app", "victim")],
+        "exec sleep 3600",
+        cluster.app_node,
+    ))?;
+    k.apply(&pod_yaml_on(
+        cluster,
+        "tenant-b",
+        "old",
+        &[("app", "old")],
+        &watch_web(&web),
+        cluster.app_node,
+    ))?;
+    for (ns, pod) in [("tenant-a", "victim"), ("tenant-b", "old")] {
+        wait_ready(k, ns, &format!("pod/{pod}"), Duration::from_secs(120))?;
+    }
+    let (outcome, text) = probe(k, "tenant-a", "victim", &web, 80)?;
+    checks.check(
+        outcome == Outcome::Ok,
+        &format!("tenant-a/victim → apps/web {web}:80 allowed by tenant-a/allow"),
+        &text,
+    );
+
+    // The bad policy: 128 ports more, every other one, so nothing merges.
+    let mut ports: Vec<u16> = (0..128).map(|i| 20_000 + 2 * i).collect();
+    ports.extend([80, 81]);
+    k.apply(&ports_policy("tenant-a", &web, &ports))?;
+    let selector =
+        "involvedObject.kind=NetworkPolicy,involvedObject.name=allow,reason=PolicyRejected";
+    let format = "jsonpath={range .items[*]}{.type}|{.reportingComponent}|{.reportingInstance}|{.message}{\"\\n\"}{end}";
+    let start = Instant::now();
+    let events = loop {
+        let out = k
+            .output(&[
+                "get",
+                "events",
+                "-n",
+                "tenant-a",
+                "--field-selector",
+                selector,
+                "-o",
+                format,
+            ])
+            .unwrap_or_default();
+        if !out.trim().is_empty() || start.elapsed() > Duration::from_secs(30) {
+            break out;
+        }
+        thread::sleep(Duration::from_millis(500));
+    };
+    let events: Vec<&str> = events.lines().filter(|l| !l.trim().is_empty()).collect();
+    let good = |e: &&str| {
+        let f: Vec<&str> = e.splitn(4, '|').collect();
+        f.len() == 4
+            && f[0] == "Warning"
+            && f[1] == "egress-agent"
+            && super::layout::NODES.iter().any(|n| n.name == f[2])
+            && f[3].contains("spec.egress[0].ports")
+            && f[3].contains("at most 128")
+    };
+    checks.check(
+        !events.is_empty() && events.iter().all(good),
+        "tenant-a/allow over the kernel's port limit: a Warning Event PolicyRejected on it, from egress-agent on a node, naming the field and the limit",
+        &if events.is_empty() {
+            "no Event in 30 s".to_owned()
+        } else {
+            events.join(" // ")
+        },
+    );
+    let (outcome, text) = probe(k, "tenant-a", "victim", &web, 80)?;
+    let (outcome_81, text_81) = probe(k, "tenant-a", "victim", &web, 81)?;
+    checks.check(
+        outcome == Outcome::Ok && outcome_81 == Outcome::Eperm,
+        "tenant-a/victim keeps tenant-a/allow's last good version: web:80 allowed, web:81 (only in the bad version) refused",
+        &format!("80: {text}; 81: {outcome_81:?} {text_81}"),
+    );
+
+    // tenant-b: a new pod, and a policy change (81 → 80), timed from
+    // just before each is sent.
+    k.apply(&pod_yaml_on(
+        cluster,
+        "tenant-b",
+        "new",
+        &[("app", "new")],
+        &watch_web(&web),
+        cluster.app_node,
+    ))?;
+    let t0 = (cluster.node_uptime)()?;
+    k.apply(&ports_policy("tenant-b", &web, &[80]))?;
+    let (change_ok, old_log) = first_ok(k, "tenant-b", "old", t0);
+    let change = change_ok.map(|t| Duration::from_secs_f64((t - t0).max(0.0)));
+    wait_ready(k, "tenant-b", "pod/new", Duration::from_secs(120))?;
+    let (new_ok, new_log) = first_ok(k, "tenant-b", "new", 0.0);
+    let first_attempt = new_log.first().map(|(t, _)| *t);
+    let new_pod = new_ok
+        .zip(first_attempt)
+        .map(|(ok, first)| Duration::from_secs_f64((ok - first).max(0.0)));
+    let shown = |log: &[(f64, String)]| {
+        log.iter()
+            .map(|(t, r)| format!("{:+.0} ms {r}", (t - t0) * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if change.is_none_or(|d| d > TENANCY_BOUND) || new_pod.is_none_or(|d| d > TENANCY_BOUND) {
+        print_agent_events(k);
+    }
+    checks.check(
+        change.is_some_and(|d| d <= TENANCY_BOUND),
+        "with tenant-a/allow quarantined, tenant-b/allow's change (81 → 80) is in force within 1 s: tenant-b/old reaches web:80",
+        &format!("{}; tenant-b/old's log since the change: {}", change.map_or("never".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)), shown(&old_log)),
+    );
+    checks.check(
+        new_pod.is_some_and(|d| d <= TENANCY_BOUND),
+        "with tenant-a/allow quarantined, the new pod tenant-b/new has its policy within 1 s of its first connection attempt",
+        &format!(
+            "{} from its first attempt ({} after the change was sent); its log: {}",
+            new_pod.map_or("never".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)),
+            new_ok.map_or("?".to_owned(), |t| format!("{:.0} ms", (t - t0) * 1000.0)),
+            shown(&new_log)
+        ),
+    );
+    k.run(&[
+        "delete",
+        "namespace",
+        "tenant-a",
+        "tenant-b",
+        "--wait=false",
+    ])?;
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    Ok((ms(change), ms(new_pod)))
 }
 
 /// After the uninstall, nothing is enforced: the paths the checks above

@@ -10,6 +10,7 @@
 
 mod capture;
 mod hosts;
+mod limits;
 mod ports;
 
 use std::{
@@ -27,6 +28,7 @@ use crate::{
 };
 pub use capture::ImageCapture;
 pub use hosts::GatewayHost;
+pub use limits::{port_overflows, PortOverflow, MAX_PORTS_PER_PREFIX};
 use ports::PortSets;
 
 /// One workload's share of the image.
