@@ -43,7 +43,7 @@ pub enum KernelError {
     Image(#[source] ImageError),
     /// Writing the new generation failed; it was taken back, and neither
     /// the eBPF maps in force nor the backstop changed.
-    #[error("cannot write the eBPF maps; nothing was changed")]
+    #[error("cannot write the eBPF maps; nothing in force was changed")]
     Apply(#[source] Box<DataplaneError>),
     /// The backstop's transaction failed (so its table did not change);
     /// the new eBPF generation, written but not flipped to, was taken back.
@@ -75,9 +75,10 @@ pub enum BackstopRollback {
     /// Writing the previous rules back failed too: the table holds the new
     /// node rules until the next apply rewrites it.
     Failed(String),
-    /// The previous rules were written by an earlier agent process, so this
-    /// one cannot write them back: the table holds the new node rules until
-    /// the next apply rewrites it.
+    /// This process had not written the table before (its first apply):
+    /// whatever it held, an earlier agent's rules or nothing, cannot be
+    /// written back. The table holds the new node rules until the next
+    /// apply rewrites it.
     Unknown,
 }
 
@@ -92,8 +93,8 @@ impl std::fmt::Display for BackstopRollback {
                  new node rules until the next apply"
             ),
             Self::Unknown => f.write_str(
-                "the nftables backstop holds the new node rules until the next apply (its \
-                 previous ones were written by an earlier agent process)",
+                "the nftables backstop holds the new node rules until the next apply (this \
+                 agent had not written it before, so its previous rules are unknown)",
             ),
         }
     }
