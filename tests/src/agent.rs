@@ -31,6 +31,8 @@ pub struct Agent {
     netns: String,
     args: Vec<String>,
     pod: Option<InPod>,
+    /// Set in the agent's environment, over the test's own.
+    env: Vec<(String, String)>,
 }
 
 /// The agent as a DaemonSet container runs it: in its pod's cgroup, in a
@@ -46,7 +48,19 @@ impl Agent {
     /// Starts the agent in `netns` with `args` after `run`, and waits until
     /// it has applied a first generation.
     pub fn start(netns: &Netns, pin_dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
-        Self::start_placed(netns, pin_dir, args, None)
+        Self::start_placed(netns, pin_dir, args, None, &[])
+    }
+
+    /// [`Agent::start`] with `env` in the agent's environment (a `PATH`
+    /// that puts a fault-injecting `nft` first, say), for this start and
+    /// every restart.
+    pub fn start_with_env(
+        netns: &Netns,
+        pin_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::start_placed(netns, pin_dir, args, None, env)
     }
 
     /// [`Agent::start`], run as a pod's container ([`InPod`]).
@@ -56,7 +70,7 @@ impl Agent {
         args: &[&str],
         pod: InPod,
     ) -> anyhow::Result<Self> {
-        Self::start_placed(netns, pin_dir, args, Some(pod))
+        Self::start_placed(netns, pin_dir, args, Some(pod), &[])
     }
 
     fn start_placed(
@@ -64,6 +78,7 @@ impl Agent {
         pin_dir: &Path,
         args: &[&str],
         pod: Option<InPod>,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let log = std::env::temp_dir().join(format!("{}.log", names::unique("egress-agent")));
         let mut agent = Self {
@@ -73,6 +88,10 @@ impl Agent {
             netns: netns.name().to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             pod,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         agent.spawn()?;
         agent.wait_for_log("policy applied", Duration::from_secs(15))?;
@@ -104,6 +123,7 @@ impl Agent {
             .arg(&self.pin_dir)
             .args(&self.args)
             .env("EGRESS_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

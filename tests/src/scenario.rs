@@ -36,6 +36,15 @@ pub struct Running {
 
 impl Running {
     pub fn start(sim: SimNode, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(sim, extra, &[])
+    }
+
+    /// [`Running::start`] with `env` in the agent's environment.
+    pub fn start_with_env(
+        sim: SimNode,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let policies = sim.policies_dir().display().to_string();
         let root = sim.cgroup_root().display().to_string();
         let dns = sim.dns().address.to_string();
@@ -48,7 +57,7 @@ impl Running {
             &dns,
         ];
         args.extend_from_slice(extra);
-        let agent = Agent::start(sim.node(), sim.pin_dir(), &args)?;
+        let agent = Agent::start_with_env(sim.node(), sim.pin_dir(), &args, env)?;
         Ok(Self { agent, sim })
     }
 

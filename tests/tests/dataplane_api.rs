@@ -13,7 +13,8 @@ use std::{
 use egress_agent::dataplane::{Dataplane, DataplaneError};
 use integration_tests::policies::isolated_client;
 use integration_tests::{
-    require_root, Enforced, PinDir, Proto, RepeatOp, Resolved, TestCgroup, TestNet,
+    require_root, Enforced, Listener, Outcome, PinDir, Proto, RepeatOp, Repeater, Resolved,
+    TestCgroup, TestNet,
 };
 
 fn policy() -> String {
@@ -127,4 +128,77 @@ fn a_new_agent_build_replaces_the_old_builds_links_attaching_first() {
         denied.ok, 0,
         "denied at every moment of the replacement: {denied:?}"
     );
+}
+
+/// A generation prepared beside the live one takes effect only when it is
+/// committed: while it waits, and after it is aborted or dropped, the live
+/// generation decides every connection, and nothing of the prepared one is
+/// left in the maps. This is what lets the agent put the nftables
+/// transaction between writing a generation and flipping to it.
+#[test]
+fn a_prepared_generation_takes_effect_only_when_committed() {
+    let mut s = Enforced::new(&policy()).unwrap();
+    let server = |port| SocketAddr::new(IpAddr::V4(TestNet::SERVER_V4), port);
+    let _listeners =
+        [7080, 7081].map(|port| Listener::start(&s.net.server, server(port), Proto::Tcp).unwrap());
+    let (allowed, denied) = {
+        let client = s.client("prod/client");
+        (
+            client
+                .repeat(RepeatOp::Connect, server(7080), Proto::Tcp)
+                .unwrap(),
+            client
+                .repeat(RepeatOp::Connect, server(7081), Proto::Tcp)
+                .unwrap(),
+        )
+    };
+    allowed.wait_for(5, Duration::from_secs(5));
+    denied.wait_for(5, Duration::from_secs(5));
+    let before = s.dataplane().entry_counts().unwrap();
+    let slot = s.dataplane().active_slot().unwrap();
+    // The other way round: 7081 allowed, 7080 denied.
+    let (_, swapped) = s
+        .image(
+            &isolated_client("  - ports: [{port: 7081}]\n"),
+            &Resolved::new(),
+            false,
+        )
+        .unwrap();
+
+    let settle = |allowed: &Repeater, denied: &Repeater| {
+        let (a, d) = (allowed.tally().total(), denied.tally().total());
+        allowed.wait_for(a + 10, Duration::from_secs(5));
+        denied.wait_for(d + 10, Duration::from_secs(5));
+    };
+    // Aborted.
+    let prepared = s.dataplane().prepare(&swapped).unwrap();
+    settle(&allowed, &denied);
+    let removed = prepared.abort();
+    assert!(removed > 0, "the prepared entries were deleted");
+    assert_eq!(s.dataplane().entry_counts().unwrap(), before);
+    assert_eq!(s.dataplane().active_slot().unwrap(), slot);
+    // Dropped.
+    let prepared = s.dataplane().prepare(&swapped).unwrap();
+    settle(&allowed, &denied);
+    drop(prepared);
+    assert_eq!(s.dataplane().entry_counts().unwrap(), before);
+    assert_eq!(s.dataplane().active_slot().unwrap(), slot);
+    settle(&allowed, &denied);
+    let (allowed, denied) = (allowed.stop(), denied.stop());
+    assert_eq!(
+        (allowed.eperm, allowed.other.len()),
+        (0, 0),
+        "the live generation allowed throughout: {allowed:?}"
+    );
+    assert_eq!(denied.ok, 0, "and denied throughout: {denied:?}");
+
+    // Committed: the next apply after an abort needs no reconciliation,
+    // and the new generation decides.
+    let stats = s.dataplane().prepare(&swapped).unwrap().commit().unwrap();
+    assert!(!stats.reconciled, "{stats:?}");
+    assert_eq!(stats.cleanup_error, None);
+    assert_eq!(s.dataplane().active_slot().unwrap(), 1 - slot);
+    let client = s.client("prod/client");
+    assert_eq!(client.connect_tcp(server(7081)).unwrap(), Outcome::Ok);
+    assert_eq!(client.connect_tcp(server(7080)).unwrap(), Outcome::Eperm);
 }

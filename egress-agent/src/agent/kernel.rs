@@ -41,12 +41,63 @@ pub enum KernelError {
     },
     #[error("cannot build the map image")]
     Image(#[source] ImageError),
-    #[error("cannot write the eBPF maps")]
+    /// Writing the new generation failed; it was taken back, and neither
+    /// the eBPF maps in force nor the backstop changed.
+    #[error("cannot write the eBPF maps; nothing in force was changed")]
     Apply(#[source] Box<DataplaneError>),
-    #[error("cannot program the nftables backstop")]
+    /// The backstop's transaction failed (so its table did not change);
+    /// the new eBPF generation, written but not flipped to, was taken back.
+    #[error(
+        "cannot program the nftables backstop; the new eBPF generation was discarded before it \
+         took effect"
+    )]
     Nft(#[source] dataplane::nft::NftError),
+    /// The flip to the new eBPF generation failed after the backstop took
+    /// the new rules; `backstop` says what became of them.
+    #[error("cannot switch the eBPF maps to the new generation; {backstop}")]
+    Flip {
+        #[source]
+        source: Box<DataplaneError>,
+        backstop: BackstopRollback,
+    },
     #[error("cannot configure verdict events")]
     Events(#[source] Box<DataplaneError>),
+}
+
+/// What became of the backstop's table when the eBPF flip failed after it
+/// was rewritten.
+#[derive(Debug)]
+pub enum BackstopRollback {
+    /// The node rules were unchanged: the table was not rewritten.
+    Untouched,
+    /// The previous rules were written back.
+    Restored,
+    /// Writing the previous rules back failed too: the table holds the new
+    /// node rules until the next apply rewrites it.
+    Failed(String),
+    /// This process had not written the table before (its first apply):
+    /// whatever it held, an earlier agent's rules or nothing, cannot be
+    /// written back. The table holds the new node rules until the next
+    /// apply rewrites it.
+    Unknown,
+}
+
+impl std::fmt::Display for BackstopRollback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Untouched => f.write_str("the nftables backstop was not changed"),
+            Self::Restored => f.write_str("the nftables backstop's previous rules were restored"),
+            Self::Failed(e) => write!(
+                f,
+                "restoring the nftables backstop's previous rules failed too ({e}): it holds the \
+                 new node rules until the next apply"
+            ),
+            Self::Unknown => f.write_str(
+                "the nftables backstop holds the new node rules until the next apply (this \
+                 agent had not written it before, so its previous rules are unknown)",
+            ),
+        }
+    }
 }
 
 /// eBPF data plane + nftables backstop, applied together.
@@ -216,6 +267,26 @@ impl KernelEnforcer {
     pub fn dataplane(&self) -> &Dataplane {
         &self.dataplane
     }
+
+    /// Writes the backstop's previous node rules back, after the eBPF flip
+    /// failed behind a table already rewritten. Forgets the table's
+    /// contents when that is not possible, so that the next apply rewrites
+    /// it whatever its rules.
+    fn restore_backstop(&mut self) -> BackstopRollback {
+        let (Some(backstop), Some(previous)) = (&self.backstop, &self.nft_applied) else {
+            return BackstopRollback::Unknown;
+        };
+        match backstop.apply(previous) {
+            Ok(()) => {
+                self.nft_seen.clear();
+                BackstopRollback::Restored
+            }
+            Err(e) => {
+                self.nft_applied = None;
+                BackstopRollback::Failed(super::reload::format_chain(&e))
+            }
+        }
+    }
 }
 
 impl Enforcer for KernelEnforcer {
@@ -236,20 +307,54 @@ impl Enforcer for KernelEnforcer {
         };
         let image =
             MapImage::build(plan, &ids, &resolved, self.audit).map_err(KernelError::Image)?;
-        let stats = self
-            .dataplane
-            .apply(&image)
-            .map_err(|e| KernelError::Apply(Box::new(e)))?;
         // The table depends on the node rules only; rewriting it also
         // restarts its drop counters, so it is rewritten only when they
         // change (not for every allowedHosts refresh).
-        if self.backstop.is_some() && self.nft_applied.as_ref() != Some(&plan.node) {
+        let rewrite = self.backstop.is_some() && self.nft_applied.as_ref() != Some(&plan.node);
+        if rewrite {
             self.poll_backstop(true);
-            if let Some(backstop) = &self.backstop {
-                backstop.apply(&plan.node).map_err(KernelError::Nft)?;
+        }
+        // One apply, one outcome: the new eBPF generation is written beside
+        // the live one, the backstop's transaction runs, and only then does
+        // the generation flip. A failed transaction leaves the table as it
+        // was, and the unflipped generation is taken back, so neither layer
+        // changes. The flip (one array write) is the only step after the
+        // transaction that can fail, and then the table is written back.
+        let prepared = self
+            .dataplane
+            .prepare(&image)
+            .map_err(|e| KernelError::Apply(Box::new(e)))?;
+        if let (true, Some(backstop)) = (rewrite, &self.backstop) {
+            if let Err(e) = backstop.apply(&plan.node) {
+                let removed = prepared.abort();
+                warn!(
+                    removed,
+                    "the nftables transaction failed: the new eBPF generation was taken back \
+                     before the flip"
+                );
+                return Err(KernelError::Nft(e));
             }
+        }
+        let stats = match prepared.commit() {
+            Ok(stats) => stats,
+            Err(e) => {
+                let backstop = if rewrite {
+                    self.restore_backstop()
+                } else {
+                    BackstopRollback::Untouched
+                };
+                return Err(KernelError::Flip {
+                    source: Box::new(e),
+                    backstop,
+                });
+            }
+        };
+        if rewrite {
             self.nft_seen.clear();
             self.nft_applied = Some(plan.node.clone());
+        }
+        if let Some(e) = &stats.cleanup_error {
+            warn!(error = %e, "the new generation is in force, but deleting the previous one stopped short; the next apply removes what is left");
         }
         let waiting: BTreeMap<ObjectId, String> = plan
             .workloads

@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use super::{
     pending::PendingTracker,
     quarantine::{self, Held},
-    state::{AgentState, Generation, ReloadOutcome},
+    state::{AgentState, ApplyFailure, ApplyTrigger, Generation, ReloadOutcome},
 };
 use crate::{
     compile::Plan,
@@ -22,7 +22,9 @@ use crate::{
 };
 
 /// Programs the kernel with a plan. Implementations must be atomic: on
-/// error, whatever was in force before stays in force.
+/// error, whatever was in force before stays in force, in every layer
+/// (for the kernel enforcer: the eBPF maps and the nftables backstop), so
+/// that the generation the agent reports is the one the kernel enforces.
 pub trait Enforcer {
     type Error: std::error::Error + Send + Sync + 'static;
 
@@ -195,10 +197,9 @@ impl<E: Enforcer> Reloader<E> {
                         ReloadOutcome::Applied { generation: number }
                     }
                     Err(e) => {
-                        error!(error = %format_chain(&e), "cannot program the kernel; the previous generation stays in force");
-                        ReloadOutcome::Failed {
-                            error: format_chain(&e),
-                        }
+                        let error = format_chain(&e);
+                        self.apply_failed(ApplyTrigger::Reload, &error);
+                        ReloadOutcome::Failed { error }
                     }
                 }
             }
@@ -220,15 +221,46 @@ impl<E: Enforcer> Reloader<E> {
 
     /// Re-enforces the plan in force, e.g. after DNS answers changed or a
     /// workload's cgroup appeared. Returns false when nothing is in force.
+    /// A failure is logged and counted; what was in force stays.
     pub fn reenforce(&mut self, hosts: Option<ResolvedHosts>) -> Result<bool, E::Error> {
+        let trigger = if hosts.is_some() {
+            ApplyTrigger::AllowedHosts
+        } else {
+            ApplyTrigger::Reconcile
+        };
+        // Kept even if the apply fails: they are what the next apply (a
+        // reload, a reconcile) should program, and the resolver publishes
+        // them only once.
         if let Some(hosts) = hosts {
             self.hosts = hosts;
         }
         let Some(plan) = self.plan() else {
             return Ok(false);
         };
-        self.enforcer.enforce(&plan, &self.hosts)?;
+        if let Err(e) = self.enforcer.enforce(&plan, &self.hosts) {
+            self.apply_failed(trigger, &format_chain(&e));
+            return Err(e);
+        }
         Ok(true)
+    }
+
+    /// Logs and counts an apply the kernel refused. The enforcer is
+    /// atomic, so the generation in force stays as it was.
+    fn apply_failed(&mut self, trigger: ApplyTrigger, error: &str) {
+        let generation = self.state.current.as_ref().map(|g| g.number);
+        error!(
+            %trigger,
+            error,
+            generation,
+            "cannot program the kernel; the previous generation stays in force"
+        );
+        self.state.apply_failures += 1;
+        self.state.last_apply_failure = Some(ApplyFailure {
+            trigger,
+            error: error.to_owned(),
+            at: SystemTime::now(),
+            generation,
+        });
     }
 }
 
@@ -307,6 +339,41 @@ mod tests {
         r.enforcer_mut().fail = true;
         assert!(matches!(r.reload(), ReloadOutcome::Failed { error } if error == "kernel said no"));
         assert_eq!(r.state().current.as_ref().map(|g| g.number), Some(1));
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn a_refused_apply_of_any_trigger_is_counted_with_the_generation_that_stayed() {
+        let d = dir("apply-failures");
+        fs::write(d.join("w.yaml"), WORKLOAD).expect("write");
+        let mut r = Reloader::new(vec![d.clone()], Recorder::default(), false);
+        r.reload();
+        r.enforcer_mut().fail = true;
+        assert!(r.reenforce(Some(ResolvedHosts::default())).is_err());
+        let failure = r.state().last_apply_failure.clone().expect("recorded");
+        assert_eq!(
+            (failure.trigger, failure.generation, failure.error.as_str()),
+            (ApplyTrigger::AllowedHosts, Some(1), "kernel said no")
+        );
+        assert!(r.reenforce(None).is_err());
+        assert!(!r.reload().is_applied());
+        let state = r.state();
+        assert_eq!(state.apply_failures, 3);
+        assert_eq!(
+            state.failed_reloads, 1,
+            "only the reload is a failed reload"
+        );
+        assert_eq!(
+            state.last_apply_failure.as_ref().map(|f| f.trigger),
+            Some(ApplyTrigger::Reload)
+        );
+        assert_eq!(state.current.as_ref().map(|g| g.number), Some(1));
+        r.enforcer_mut().fail = false;
+        assert!(matches!(
+            r.reload(),
+            ReloadOutcome::Applied { generation: 2 }
+        ));
+        assert_eq!(r.state().apply_failures, 3, "a success resets nothing");
         fs::remove_dir_all(&d).ok();
     }
 

@@ -8,7 +8,7 @@ use tokio::{
     sync::{mpsc, watch},
     time::{interval, sleep, MissedTickBehavior},
 };
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use super::reload::{format_chain, Enforcer, Inventory, Reloader};
 use crate::{
@@ -189,18 +189,18 @@ pub async fn run<E: Enforcer>(
                     Ok(()) = hosts.changed() => {
                         let snapshot = hosts.borrow_and_update().clone();
         info!(hosts = %describe(&snapshot), "allowedHosts addresses changed");
-                        match reloader.reenforce(Some(snapshot)) {
-                            Ok(_) => host_refreshes += 1,
-                            Err(e) => error!(error = %format_chain(&e), "cannot apply new allowedHosts addresses; the previous ones stay in force"),
+                        // A failure is logged and counted by the reloader;
+                        // the addresses in force stay.
+                        if reloader.reenforce(Some(snapshot)).is_ok() {
+                            host_refreshes += 1;
                         }
                     }
                     _ = tick.tick() => {
                         reloader.enforcer_mut().poll();
                         let due = reloader.plan().is_some_and(|plan| reloader.enforcer().needs_reconcile(&plan));
                         if due {
-                            if let Err(e) = reloader.reenforce(None) {
-                                warn!(error = %format_chain(&e), "reconcile failed");
-                            }
+                            // Logged and counted by the reloader.
+                            let _ = reloader.reenforce(None);
                         }
                     }
                     _ = pending_tick.tick() => reloader.refresh_pending(),

@@ -48,6 +48,43 @@ impl ReloadOutcome {
     }
 }
 
+/// What asked the kernel to be programmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ApplyTrigger {
+    /// A reload of the policy set (files, SIGHUP, the API server).
+    Reload,
+    /// New `allowedHosts` addresses for the plan in force.
+    AllowedHosts,
+    /// A workload's cgroup appeared.
+    Reconcile,
+}
+
+impl std::fmt::Display for ApplyTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Reload => "reload",
+            Self::AllowedHosts => "allowedHosts refresh",
+            Self::Reconcile => "reconcile",
+        })
+    }
+}
+
+/// An apply the kernel refused. The enforcer is atomic, so the generation
+/// in force before it stayed in force, in the eBPF maps and the nftables
+/// backstop alike.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyFailure {
+    pub trigger: ApplyTrigger,
+    pub error: String,
+    #[serde(with = "unix_seconds")]
+    pub at: SystemTime,
+    /// The generation that stayed in force (`None`: none applied by this
+    /// agent).
+    pub generation: Option<u64>,
+}
+
 /// The agent's state, as `status` will show it.
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -69,6 +106,10 @@ pub struct AgentState {
     /// Pods below a guarded root with no policy of their own in force, as
     /// of the last look (see `agent::pending`).
     pub pending_pods: Vec<crate::observe::status::PendingPod>,
+    /// Applies the kernel refused, whatever triggered them (a failed
+    /// reload counts here and in `failed_reloads`), and the last one.
+    pub apply_failures: u64,
+    pub last_apply_failure: Option<ApplyFailure>,
 }
 
 // `status` is built here rather than in `observe`, so that `observe` (the
@@ -167,6 +208,15 @@ impl Status {
             reload_seconds_total: state.reload_seconds_total,
             quarantined: state.quarantined.clone(),
             pending_pods: state.pending_pods.clone(),
+            apply_failures: state.apply_failures,
+            last_apply_failure: state.last_apply_failure.as_ref().map(|f| {
+                crate::observe::status::ApplyFailureStatus {
+                    trigger: f.trigger.to_string(),
+                    error: f.error.clone(),
+                    at: rfc3339(f.at),
+                    generation: f.generation,
+                }
+            }),
         }
     }
 }

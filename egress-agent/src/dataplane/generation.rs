@@ -19,6 +19,15 @@
 //! generation, so it sees one complete generation: an allowed connection
 //! never fails and a denied one never passes during a reload.
 //!
+//! Steps 1 and 2 ([`Applier::stage`]) and steps 3 to 5 ([`commit`]) can be
+//! taken apart, with something else in between: the agent programs the
+//! nftables backstop there, so that both succeed or neither takes effect.
+//! A staged generation that is not committed is taken back ([`abort`]):
+//! until the flip nothing a program reads has changed. The flip is the
+//! last step that can fail; after it the apply has happened, and a failure
+//! while deleting the old generation only leaves entries for the next
+//! apply to reconcile.
+//!
 //! `CONFIG` is not part of a generation: while both are live its level
 //! mask is the union of theirs, and audit mode is on if either wants it.
 
@@ -27,18 +36,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{lpm_trie::Key, MapError};
+use aya::maps::lpm_trie::Key;
 use egress_common::{
-    map, Config, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortEntry, PortSet, SourceKey, UdpFlowKey,
-    WorkloadSlot, EMPTY_SET, EXEMPT_POLICY, MAX_LEVEL, MAX_PORT_ENTRIES,
+    map, Config, PolicyAddrV4, PolicyAddrV6, SourceKey, WorkloadSlot, EMPTY_SET, EXEMPT_POLICY,
+    MAX_LEVEL, MAX_PORT_ENTRIES,
 };
 
-use super::{
-    cgroups::CgroupRoot,
-    keys,
-    maps::{read, Maps},
-    syscalls, DataplaneError, MapImage,
-};
+use super::{cgroups::CgroupRoot, maps::Maps, syscalls, DataplaneError, MapImage};
+
+mod sweep;
+mod write;
+
+use sweep::{delete, delete_foreign, delete_keys, prune_sources, scan_ids};
+use write::{add_sources, level_mask, wanted_sources, write_generation, write_workload};
 
 /// What an apply did, and how long each phase took.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -63,13 +73,18 @@ pub struct ApplyStats {
     /// Whether the previous state was unknown (first apply after `open`, or
     /// after a failed apply) and the maps were enumerated to find it.
     pub reconciled: bool,
-    /// Writing the new generation, up to and including the flip.
+    /// Writing the new generation, up to and including the flip (with
+    /// whatever ran between `prepare` and `commit`: the nft transaction).
     pub write: Duration,
     /// Waiting for programs that might still read the old generation.
     pub grace: Duration,
     /// Deleting the old generation.
     pub cleanup: Duration,
     pub total: Duration,
+    /// Why deleting the old generation stopped short, if it did. The new
+    /// generation is in force all the same; the stale entries are removed
+    /// by the next apply, which reconciles.
+    pub cleanup_error: Option<String>,
 }
 
 /// Keys of one generation, so that it can be deleted exactly.
@@ -86,6 +101,22 @@ struct Keys {
     captures: Vec<u32>,
     policies: Vec<u32>,
     port_sets: Vec<u32>,
+}
+
+impl Keys {
+    fn len(&self) -> usize {
+        self.allow_v4.len()
+            + self.allow_v6.len()
+            + self.gateway_v4.len()
+            + self.gateway_v6.len()
+            + self.cluster_v4.len()
+            + self.cluster_v6.len()
+            + self.capture_v4.len()
+            + self.capture_v6.len()
+            + self.captures.len()
+            + self.policies.len()
+            + self.port_sets.len()
+    }
 }
 
 /// The live generation, as this process wrote it.
@@ -132,47 +163,156 @@ pub(super) struct Applier<'a> {
 }
 
 impl Applier<'_> {
-    pub(super) fn apply(self, image: &MapImage) -> Result<ApplyStats, DataplaneError> {
+    /// Steps 1 and 2: the new generation written beside the live one, which
+    /// stays in force. On error, whatever was written is taken back.
+    pub(super) fn stage(self, image: &MapImage) -> Result<Staged, DataplaneError> {
         let start = Instant::now();
         let new_mask = level_mask(self.root, image)?;
-        // Until this apply completes, the previous generation is only known
-        // if it completes: a failure leaves a state to be reconciled.
-        let known = self.live.take();
         let maps = self.maps;
         let live_slot = maps.active_slot()?;
         let new_slot = 1 - live_slot;
         let existing = maps.workload_slots()?;
-        let mut stats = ApplyStats {
-            slot: new_slot,
-            ..ApplyStats::default()
-        };
-
-        let (old, mut taken_ids, taken_sets) = match known {
+        // Until this apply completes, the previous generation is only known
+        // if it completes (or is cleanly taken back): a failure leaves a
+        // state to be reconciled.
+        let known = self.live.take();
+        let (old, taken_ids, taken_sets, reconciled) = match known {
             Some(g) if g.slot == live_slot => {
                 let (ids, sets) = (g.ids.clone(), g.sets.clone());
-                (Some(g), ids, sets)
+                (Some(g), ids, sets, false)
             }
             _ => {
-                stats.reconciled = true;
                 let (ids, sets) = scan_ids(maps, &existing)?;
-                (None, ids, sets)
+                (None, ids, sets, true)
             }
         };
-
-        // Fresh ids for every workload, the cluster tag and every set.
-        let mut new = Generation {
-            slot: new_slot,
-            ids: HashSet::new(),
-            sets: HashSet::new(),
-            keys: Keys::default(),
+        let mut staged = Staged {
+            start,
+            live_slot,
+            new_slot,
+            old,
+            new: Generation {
+                slot: new_slot,
+                ids: HashSet::new(),
+                sets: HashSet::new(),
+                keys: Keys::default(),
+            },
+            before: existing.into_iter().collect(),
+            slots: HashMap::new(),
+            new_policy: HashMap::new(),
+            sources: wanted_sources(image),
+            added_sources: Vec::new(),
+            config_before: None,
+            new_mask,
+            audit_flag: if image.audit() { Config::AUDIT } else { 0 },
+            stats: ApplyStats {
+                slot: new_slot,
+                reconciled,
+                ..ApplyStats::default()
+            },
         };
+        let staging = Staging {
+            maps: &mut *maps,
+            ids: self.ids,
+            set_ids: self.set_ids,
+            taken_ids,
+            taken_sets,
+        };
+        match staging.write(image, &mut staged) {
+            Ok(()) => Ok(staged),
+            Err(err) => {
+                abort(maps, self.live, staged);
+                Err(err)
+            }
+        }
+    }
+}
+
+/// A generation written beside the live one and not in force yet: what
+/// [`commit`] flips to, or [`abort`] takes back.
+pub(super) struct Staged {
+    start: Instant,
+    live_slot: u32,
+    new_slot: u32,
+    /// The live generation as this process wrote it; `None`: reconcile.
+    old: Option<Generation>,
+    new: Generation,
+    /// `WORKLOADS` before staging, and as staged.
+    before: HashMap<u64, WorkloadSlot>,
+    slots: HashMap<u64, WorkloadSlot>,
+    /// Each staged workload's policy id.
+    new_policy: HashMap<u64, u32>,
+    /// `SOURCES` as the new generation wants it, and the pairs staging
+    /// added.
+    sources: HashSet<SourceKey>,
+    added_sources: Vec<SourceKey>,
+    /// `CONFIG` before staging widened it for the transition.
+    config_before: Option<Config>,
+    new_mask: u32,
+    audit_flag: u32,
+    stats: ApplyStats,
+}
+
+/// A new generation written beside the live one, not in force yet (see
+/// [`Dataplane::prepare`](super::Dataplane::prepare)). Dropping it without
+/// [`PreparedApply::commit`] takes it back, as [`PreparedApply::abort`]
+/// does.
+#[must_use = "a prepared generation takes effect only when committed"]
+pub struct PreparedApply<'a> {
+    pub(super) maps: &'a mut Maps,
+    pub(super) live: &'a mut Option<Generation>,
+    pub(super) staged: Option<Staged>,
+}
+
+impl PreparedApply<'_> {
+    /// Flips to the new generation and deletes the old one. An error means
+    /// the flip did not happen: the new generation is taken back and the
+    /// old one stays in force. See [`ApplyStats::cleanup_error`] for what
+    /// can go wrong after the flip without undoing it.
+    pub fn commit(mut self) -> Result<ApplyStats, DataplaneError> {
+        let staged = self.staged.take().expect("staged until consumed");
+        commit(self.maps, self.live, staged)
+    }
+
+    /// Takes the new generation back; the maps are as they were before
+    /// [`Dataplane::prepare`](super::Dataplane::prepare). Returns the
+    /// entries removed.
+    pub fn abort(mut self) -> usize {
+        let staged = self.staged.take().expect("staged until consumed");
+        abort(self.maps, self.live, staged)
+    }
+}
+
+impl Drop for PreparedApply<'_> {
+    fn drop(&mut self) {
+        if let Some(staged) = self.staged.take() {
+            abort(self.maps, self.live, staged);
+        }
+    }
+}
+
+/// What staging writes with, besides the maps' live state.
+struct Staging<'a> {
+    maps: &'a mut Maps,
+    ids: &'a mut Allocator,
+    set_ids: &'a mut Allocator,
+    taken_ids: HashSet<u32>,
+    taken_sets: HashSet<u32>,
+}
+
+impl Staging<'_> {
+    /// Writes the new generation, noting each write in `staged` as it
+    /// goes, so that [`abort`] can take back a partial one.
+    fn write(mut self, image: &MapImage, staged: &mut Staged) -> Result<(), DataplaneError> {
+        let new = &mut staged.new;
         let mut fresh_id = |ids: &mut Allocator, new: &mut Generation| {
-            let id = ids.fresh(&taken_ids);
-            taken_ids.insert(id);
+            let id = ids.fresh(&self.taken_ids);
+            self.taken_ids.insert(id);
             new.ids.insert(id);
             id
         };
-        let tag = image.has_cluster().then(|| fresh_id(self.ids, &mut new));
+        // Fresh ids for every workload, the cluster tag and every set.
+        let tag = image.has_cluster().then(|| fresh_id(self.ids, new));
         // Exempt entries carry the reserved id in every generation; equal
         // tables share one id (see `ImageWorkload::tables`).
         let mut shared = HashMap::new();
@@ -185,11 +325,10 @@ impl Applier<'_> {
                 } else {
                     *shared
                         .entry(w.tables())
-                        .or_insert_with(|| fresh_id(self.ids, &mut new))
+                        .or_insert_with(|| fresh_id(self.ids, new))
                 }
             })
             .collect();
-        let mut taken_sets = taken_sets;
         // One kernel set per MAX_PORT_ENTRIES entries of an image set; the
         // first is the one the tries name, the others continue it.
         let set_ids: Vec<Vec<u32>> = image
@@ -198,8 +337,8 @@ impl Applier<'_> {
             .map(|entries| {
                 (0..entries.len().div_ceil(MAX_PORT_ENTRIES).max(1))
                     .map(|_| {
-                        let id = self.set_ids.fresh(&taken_sets);
-                        taken_sets.insert(id);
+                        let id = self.set_ids.fresh(&self.taken_sets);
+                        self.taken_sets.insert(id);
                         new.sets.insert(id);
                         id
                     })
@@ -215,305 +354,161 @@ impl Applier<'_> {
                     .unwrap_or(EMPTY_SET),
             }
         };
+        let maps = &mut *self.maps;
 
         // The new workloads' own addresses, before anything can make the
         // kernel check them; stale ones go after the grace period.
-        let sources = wanted_sources(image);
-        add_sources(maps, &sources)?;
+        add_sources(maps, &staged.sources, &mut staged.added_sources)?;
 
         // 1. The new generation's entries; nothing live refers to them yet.
-        let written = write_generation(
+        write_generation(
             maps,
             image,
             tag,
             &policy_ids,
             &set_ids,
             &kernel_set,
-            &mut new.keys,
-            &mut stats,
-        );
-        if let Err(err) = written {
-            delete_keys(maps, &new.keys);
-            return Err(err);
-        }
+            &mut staged.new.keys,
+            &mut staged.stats,
+        )?;
 
         // CONFIG for the transition: both generations' levels; audit if
         // either generation is in audit mode.
         let before = maps.config()?;
-        let audit_flag = if image.audit() { Config::AUDIT } else { 0 };
+        staged.config_before = Some(before);
         maps.set_config(Config {
-            flags: (before.flags & Config::AUDIT) | audit_flag,
-            level_mask: before.level_mask | new_mask,
+            flags: (before.flags & Config::AUDIT) | staged.audit_flag,
+            level_mask: before.level_mask | staged.new_mask,
         })?;
 
         // 2. The inactive slot of every workload entry.
-        let new_policy: HashMap<u64, u32> = image
+        staged.new_policy = image
             .workloads()
             .iter()
             .zip(&policy_ids)
             .map(|(w, id)| (w.cgroup_id, *id))
             .collect();
-        let mut slots: HashMap<u64, WorkloadSlot> = existing.into_iter().collect();
-        for cgroup in new_policy.keys() {
-            slots.entry(*cgroup).or_default();
+        staged.slots = staged.before.clone();
+        for cgroup in staged.new_policy.keys() {
+            staged.slots.entry(*cgroup).or_default();
         }
-        for (cgroup, slot) in &mut slots {
-            let want = new_policy.get(cgroup).copied().unwrap_or(0);
-            if slot.policy[new_slot as usize] != want {
-                slot.policy[new_slot as usize] = want;
+        let new_slot = staged.new_slot as usize;
+        for (cgroup, slot) in &mut staged.slots {
+            let want = staged.new_policy.get(cgroup).copied().unwrap_or(0);
+            if slot.policy[new_slot] != want {
+                slot.policy[new_slot] = want;
                 write_workload(maps, *cgroup, *slot)?;
             }
         }
-
-        // 3. Flip.
-        maps.set_active(new_slot)?;
-        stats.write = start.elapsed();
-
-        // 4. Grace period.
-        stats.grace = syscalls::wait_for_running_programs();
-
-        // 5. Only the new generation remains.
-        let cleanup = Instant::now();
-        maps.set_config(Config {
-            flags: audit_flag,
-            level_mask: new_mask,
-        })?;
-        for (cgroup, mut slot) in slots {
-            if new_policy.contains_key(&cgroup) {
-                if slot.policy[live_slot as usize] != 0 {
-                    slot.policy[live_slot as usize] = 0;
-                    write_workload(maps, cgroup, slot)?;
-                }
-            } else {
-                delete(&mut maps.workloads, &cgroup, map::WORKLOADS, || {
-                    format!("cgroup {cgroup}")
-                })?;
-                stats.removed += 1;
-            }
-        }
-        stats.removed += match old {
-            Some(old) => delete_keys(maps, &old.keys),
-            None => delete_foreign(maps, &new.ids, &new.sets)?,
-        };
-        stats.removed += prune_sources(maps, &sources)?;
-        stats.cleanup = cleanup.elapsed();
-        stats.total = start.elapsed();
-        *self.live = Some(new);
-        Ok(stats)
+        Ok(())
     }
 }
 
-/// `SOURCES` as `image` wants it: each source-checked workload's cgroup
-/// with each of its addresses.
-fn wanted_sources(image: &MapImage) -> HashSet<SourceKey> {
-    image
-        .workloads()
-        .iter()
-        .flat_map(|w| {
-            w.sources.iter().map(|a| SourceKey {
-                cgroup_id: w.cgroup_id,
-                addr: match a.to_canonical() {
-                    std::net::IpAddr::V4(v4) => UdpFlowKey::v4_mapped(v4.octets()),
-                    std::net::IpAddr::V6(v6) => v6.octets(),
-                },
-            })
-        })
-        .collect()
-}
-
-/// Adds the pairs of `wanted` that `SOURCES` lacks. Not part of a
-/// generation: during an apply the union of old and new pairs is accepted,
-/// and each of them was the workload's own in one of the two.
-fn add_sources(maps: &mut Maps, wanted: &HashSet<SourceKey>) -> Result<(), DataplaneError> {
-    for key in wanted {
-        if maps.sources.get(key, 0).is_ok() {
-            continue;
-        }
-        maps.sources
-            .insert(key, 1, 0)
-            .map_err(|source| write_err(map::SOURCES, format!("{key:?}"), source))?;
-    }
-    Ok(())
-}
-
-/// Deletes every `SOURCES` pair that is not in `wanted` (whoever wrote
-/// it: an earlier process's pairs are found by enumerating the map).
-fn prune_sources(maps: &mut Maps, wanted: &HashSet<SourceKey>) -> Result<usize, DataplaneError> {
-    let present: Vec<SourceKey> = maps
-        .sources
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(|source| read(map::SOURCES, source))?;
-    let mut removed = 0;
-    for key in present.iter().filter(|k| !wanted.contains(k)) {
-        delete(&mut maps.sources, key, map::SOURCES, || format!("{key:?}"))?;
-        removed += 1;
-    }
-    Ok(removed)
-}
-
-/// The `level_mask` of `image`'s workloads, checking that each is enforced
-/// at all: below the root the programs are attached to, at a level they
-/// look at.
-fn level_mask(root: &CgroupRoot, image: &MapImage) -> Result<u32, DataplaneError> {
-    let mut mask = 0u32;
-    for w in image.workloads() {
-        let (relative, level) = root.place(&w.cgroup);
-        if !root.contains(&relative) {
-            return Err(DataplaneError::OutsideRoot {
-                workload: w.id.clone(),
-                cgroup: w.cgroup.clone(),
-                root: root.relative.clone(),
-            });
-        }
-        if level > MAX_LEVEL {
-            return Err(DataplaneError::WorkloadTooDeep {
-                workload: w.id.clone(),
-                cgroup: w.cgroup.clone(),
-                level,
-            });
-        }
-        mask |= 1 << level;
-    }
-    Ok(mask)
-}
-
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site; the pieces of one apply"
-)]
-fn write_generation(
+/// Steps 3 to 5: flips `ACTIVE` to the staged generation, waits out the
+/// programs that read the old one, and deletes it.
+///
+/// An error means the flip did not happen: the staged generation is taken
+/// back and the previous one stays in force. Once the flip is done the
+/// apply has succeeded; a failure while deleting the old generation only
+/// leaves stale entries, reported in [`ApplyStats::cleanup_error`] and
+/// removed by the next apply's reconciliation.
+pub(super) fn commit(
     maps: &mut Maps,
-    image: &MapImage,
-    tag: Option<u32>,
-    policy_ids: &[u32],
-    set_ids: &[Vec<u32>],
-    kernel_set: &dyn Fn(u32) -> u32,
-    keys: &mut Keys,
+    live: &mut Option<Generation>,
+    staged: Staged,
+) -> Result<ApplyStats, DataplaneError> {
+    // 3. Flip.
+    if let Err(err) = maps.set_active(staged.new_slot) {
+        abort(maps, live, staged);
+        return Err(err);
+    }
+    let mut stats = staged.stats.clone();
+    stats.write = staged.start.elapsed();
+
+    // 4. Grace period.
+    stats.grace = syscalls::wait_for_running_programs();
+
+    // 5. Only the new generation remains.
+    let cleanup = Instant::now();
+    match clean_up(maps, &staged, &mut stats) {
+        Ok(()) => *live = Some(staged.new),
+        Err(err) => {
+            stats.cleanup_error = Some(crate::errors::format_chain(&err));
+            *live = None;
+        }
+    }
+    stats.cleanup = cleanup.elapsed();
+    stats.total = staged.start.elapsed();
+    Ok(stats)
+}
+
+/// Step 5: deletes what only the old generation used.
+fn clean_up(
+    maps: &mut Maps,
+    staged: &Staged,
     stats: &mut ApplyStats,
 ) -> Result<(), DataplaneError> {
-    for (entries, ids) in image.port_sets().iter().zip(set_ids) {
-        // Written last to first, so that a set is complete before any set
-        // names it.
-        for (i, chunk) in entries.chunks(MAX_PORT_ENTRIES).enumerate().rev() {
-            let id = ids[i];
-            let next = ids.get(i + 1).copied().unwrap_or(EMPTY_SET);
-            maps.port_sets
-                .insert(id, port_set(chunk, next), 0)
-                .map_err(|source| DataplaneError::Write {
-                    map: map::PORT_SETS,
-                    what: format!("port set {id} ({} entries)", chunk.len()),
-                    source,
-                })?;
-            keys.port_sets.push(id);
-        }
-        stats.port_sets += 1;
-    }
-    if let Some(tag) = tag {
-        for net in image.cluster_v4() {
-            let key = keys::v4(tag, *net);
-            maps.cluster_v4.insert(&key, 1, 0).map_err(|source| {
-                write_err(map::CLUSTER_V4, format!("cluster CIDR {net}"), source)
-            })?;
-            keys.cluster_v4.push(key);
-            stats.cluster_entries += 1;
-        }
-        for net in image.cluster_v6() {
-            let key = keys::v6(tag, *net);
-            maps.cluster_v6.insert(&key, 1, 0).map_err(|source| {
-                write_err(map::CLUSTER_V6, format!("cluster CIDR {net}"), source)
-            })?;
-            keys.cluster_v6.push(key);
-            stats.cluster_entries += 1;
-        }
-    }
-    let mut written = HashSet::new();
-    for (w, &policy) in image.workloads().iter().zip(policy_ids) {
-        if w.exempt || !written.insert(policy) {
-            continue;
-        }
-        let what = |net: &dyn std::fmt::Display| format!("prefix {net} of workload {}", w.id);
-        write_prefixes(
-            &mut maps.allow_v4,
-            map::ALLOW_V4,
-            &w.allow_v4,
-            |n| keys::v4(policy, n),
-            kernel_set,
-            &what,
-            &mut keys.allow_v4,
-        )?;
-        write_prefixes(
-            &mut maps.allow_v6,
-            map::ALLOW_V6,
-            &w.allow_v6,
-            |n| keys::v6(policy, n),
-            kernel_set,
-            &what,
-            &mut keys.allow_v6,
-        )?;
-        write_prefixes(
-            &mut maps.gateway_v4,
-            map::GATEWAY_V4,
-            &w.gateway_v4,
-            |n| keys::v4(policy, n),
-            kernel_set,
-            &what,
-            &mut keys.gateway_v4,
-        )?;
-        write_prefixes(
-            &mut maps.gateway_v6,
-            map::GATEWAY_V6,
-            &w.gateway_v6,
-            |n| keys::v6(policy, n),
-            kernel_set,
-            &what,
-            &mut keys.gateway_v6,
-        )?;
-        stats.allow_entries += w.allow_v4.len() + w.allow_v6.len();
-        stats.gateway_entries += w.gateway_v4.len() + w.gateway_v6.len();
-        if let Some(capture) = &w.capture {
-            for (net, value) in &capture.v4 {
-                let key = keys::v4(policy, *net);
-                maps.capture_v4
-                    .insert(&key, value, 0)
-                    .map_err(|source| write_err(map::CAPTURE_V4, what(net), source))?;
-                keys.capture_v4.push(key);
+    maps.set_config(Config {
+        flags: staged.audit_flag,
+        level_mask: staged.new_mask,
+    })?;
+    let live_slot = staged.live_slot as usize;
+    for (&cgroup, slot) in &staged.slots {
+        if staged.new_policy.contains_key(&cgroup) {
+            if slot.policy[live_slot] != 0 {
+                let mut slot = *slot;
+                slot.policy[live_slot] = 0;
+                write_workload(maps, cgroup, slot)?;
             }
-            for (net, value) in &capture.v6 {
-                let key = keys::v6(policy, *net);
-                maps.capture_v6
-                    .insert(&key, value, 0)
-                    .map_err(|source| write_err(map::CAPTURE_V6, what(net), source))?;
-                keys.capture_v6.push(key);
-            }
-            maps.captures
-                .insert(policy, capture.info, 0)
-                .map_err(|source| {
-                    write_err(
-                        map::CAPTURES,
-                        format!("capture of workload {}", w.id),
-                        source,
-                    )
-                })?;
-            keys.captures.push(policy);
-            stats.capture_entries += 1 + capture.v4.len() + capture.v6.len();
+        } else {
+            delete(&mut maps.workloads, &cgroup, map::WORKLOADS, || {
+                format!("cgroup {cgroup}")
+            })?;
+            stats.removed += 1;
         }
-        // The policy last: a workload slot pointing at it is written after.
-        let info = PolicyInfo {
-            flags: w.flags,
-            cluster: tag.unwrap_or(0),
-        };
-        maps.policies.insert(policy, info, 0).map_err(|source| {
-            write_err(
-                map::POLICIES,
-                format!("policy {policy} of workload {}", w.id),
-                source,
-            )
-        })?;
-        keys.policies.push(policy);
-        stats.policies += 1;
     }
+    stats.removed += match &staged.old {
+        Some(old) => delete_keys(maps, &old.keys),
+        None => delete_foreign(maps, &staged.new.ids, &staged.new.sets)?,
+    };
+    stats.removed += prune_sources(maps, &staged.sources)?;
     Ok(())
+}
+
+/// Takes back a staged generation that was never flipped to (or only
+/// partly written): its entries, the inactive slots and new `WORKLOADS`
+/// entries it wrote, the `CONFIG` it widened and the `SOURCES` pairs it
+/// added. Nothing here is read by a program, since `ACTIVE` still names the
+/// live slot. Best effort: if anything cannot be taken back, the next apply
+/// reconciles by enumerating the maps. Returns the entries removed.
+pub(super) fn abort(maps: &mut Maps, live: &mut Option<Generation>, staged: Staged) -> usize {
+    let mut clean = true;
+    let mut removed = 0;
+    for (cgroup, slot) in &staged.slots {
+        let restored = match staged.before.get(cgroup) {
+            None => {
+                removed += 1;
+                delete(&mut maps.workloads, cgroup, map::WORKLOADS, String::new)
+            }
+            Some(before) if before != slot => write_workload(maps, *cgroup, *before),
+            Some(_) => Ok(()),
+        };
+        clean &= restored.is_ok();
+    }
+    let keys = staged.new.keys.len();
+    let deleted = delete_keys(maps, &staged.new.keys);
+    clean &= deleted == keys;
+    removed += deleted;
+    if let Some(config) = staged.config_before {
+        clean &= maps.set_config(config).is_ok();
+    }
+    for key in &staged.added_sources {
+        let gone = delete(&mut maps.sources, key, map::SOURCES, String::new);
+        clean &= gone.is_ok();
+        removed += usize::from(gone.is_ok());
+    }
+    *live = if clean { staged.old } else { None };
+    removed
 }
 
 /// Marks `cgroup` exempt in both slots at once, outside any generation
@@ -568,319 +563,6 @@ pub(super) fn exempt_now(
     Ok(cgroup_id)
 }
 
-fn port_set(entries: &[PortEntry], next: u32) -> PortSet {
-    let mut set = PortSet {
-        next,
-        ..PortSet::default()
-    };
-    for (slot, entry) in set.entries.iter_mut().zip(entries) {
-        *slot = *entry;
-    }
-    set.len = u32::try_from(entries.len().min(MAX_PORT_ENTRIES)).unwrap_or(0);
-    set
-}
-
-fn write_workload(maps: &mut Maps, cgroup: u64, slot: WorkloadSlot) -> Result<(), DataplaneError> {
-    maps.workloads.insert(cgroup, slot, 0).map_err(|source| {
-        write_err(
-            map::WORKLOADS,
-            format!("cgroup {cgroup} slots {:?}", slot.policy),
-            source,
-        )
-    })
-}
-
-/// Writes one workload's prefix → port-set entries into `trie`, keeping
-/// each key so that this generation can be deleted when it is replaced.
-fn write_prefixes<K: aya::Pod, N: Copy + std::fmt::Display>(
-    trie: &mut aya::maps::LpmTrie<aya::maps::MapData, K, u32>,
-    name: &'static str,
-    entries: &[(N, u32)],
-    key: impl Fn(N) -> Key<K>,
-    kernel_set: &dyn Fn(u32) -> u32,
-    what: &dyn Fn(&dyn std::fmt::Display) -> String,
-    written: &mut Vec<Key<K>>,
-) -> Result<(), DataplaneError> {
-    for (net, set) in entries {
-        let k = key(*net);
-        trie.insert(&k, kernel_set(*set), 0)
-            .map_err(|source| write_err(name, what(net), source))?;
-        written.push(k);
-    }
-    Ok(())
-}
-
-fn write_err(map: &'static str, what: String, source: MapError) -> DataplaneError {
-    DataplaneError::Write { map, what, source }
-}
-
-/// Every id and set id present anywhere in the maps, for a state this
-/// process did not write (a previous agent, or a failed apply): fresh ids
-/// must avoid them all, even those of a half-written generation.
-fn scan_ids(
-    maps: &Maps,
-    existing: &[(u64, WorkloadSlot)],
-) -> Result<(HashSet<u32>, HashSet<u32>), DataplaneError> {
-    let mut ids: HashSet<u32> = existing
-        .iter()
-        .flat_map(|(_, s)| s.policy)
-        .filter(|id| *id != 0)
-        .collect();
-    let mut sets = HashSet::new();
-    for key in maps.policies.keys() {
-        ids.insert(key.map_err(|source| read(map::POLICIES, source))?);
-    }
-    for key in maps.port_sets.keys() {
-        sets.insert(key.map_err(|source| read(map::PORT_SETS, source))?);
-    }
-    for (trie, name) in [
-        (&maps.allow_v4, map::ALLOW_V4),
-        (&maps.gateway_v4, map::GATEWAY_V4),
-    ] {
-        for entry in trie.iter() {
-            let (key, set) = entry.map_err(|source| read(name, source))?;
-            ids.insert(keys::v4_id(&key));
-            sets.insert(set);
-        }
-    }
-    for (trie, name) in [
-        (&maps.allow_v6, map::ALLOW_V6),
-        (&maps.gateway_v6, map::GATEWAY_V6),
-    ] {
-        for entry in trie.iter() {
-            let (key, set) = entry.map_err(|source| read(name, source))?;
-            ids.insert(keys::v6_id(&key));
-            sets.insert(set);
-        }
-    }
-    for key in Maps::keys_v4(&maps.cluster_v4, map::CLUSTER_V4)? {
-        ids.insert(keys::v4_id(&key));
-    }
-    for key in Maps::keys_v6(&maps.cluster_v6, map::CLUSTER_V6)? {
-        ids.insert(keys::v6_id(&key));
-    }
-    for key in Maps::keys_v4(&maps.capture_v4, map::CAPTURE_V4)? {
-        ids.insert(keys::v4_id(&key));
-    }
-    for key in Maps::keys_v6(&maps.capture_v6, map::CAPTURE_V6)? {
-        ids.insert(keys::v6_id(&key));
-    }
-    for key in maps.captures.keys() {
-        ids.insert(key.map_err(|source| read(map::CAPTURES, source))?);
-    }
-    sets.remove(&EMPTY_SET);
-    Ok((ids, sets))
-}
-
-/// Deletes a generation this process wrote. Best effort: a key that is
-/// already gone is not an error, and a failure leaves a stale entry that
-/// no live slot refers to (removed by the next reconciliation).
-fn delete_keys(maps: &mut Maps, keys: &Keys) -> usize {
-    let mut removed = 0;
-    let mut count = |r: Result<(), MapError>| {
-        if r.is_ok() {
-            removed += 1;
-        }
-    };
-    for key in &keys.policies {
-        count(maps.policies.remove(key));
-    }
-    for key in &keys.allow_v4 {
-        count(maps.allow_v4.remove(key));
-    }
-    for key in &keys.allow_v6 {
-        count(maps.allow_v6.remove(key));
-    }
-    for key in &keys.gateway_v4 {
-        count(maps.gateway_v4.remove(key));
-    }
-    for key in &keys.gateway_v6 {
-        count(maps.gateway_v6.remove(key));
-    }
-    for key in &keys.cluster_v4 {
-        count(maps.cluster_v4.remove(key));
-    }
-    for key in &keys.cluster_v6 {
-        count(maps.cluster_v6.remove(key));
-    }
-    for key in &keys.port_sets {
-        count(maps.port_sets.remove(key));
-    }
-    for key in &keys.captures {
-        count(maps.captures.remove(key));
-    }
-    for key in &keys.capture_v4 {
-        count(maps.capture_v4.remove(key));
-    }
-    for key in &keys.capture_v6 {
-        count(maps.capture_v6.remove(key));
-    }
-    removed
-}
-
-/// Deletes every entry that does not belong to the generation of `ids`
-/// and `sets`: after an adoption, whatever earlier processes left.
-fn delete_foreign(
-    maps: &mut Maps,
-    ids: &HashSet<u32>,
-    sets: &HashSet<u32>,
-) -> Result<usize, DataplaneError> {
-    let mut removed = 0;
-    let stale: Vec<u32> = maps
-        .policies
-        .keys()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| read(map::POLICIES, source))?
-        .into_iter()
-        .filter(|id| !ids.contains(id))
-        .collect();
-    for id in stale {
-        delete(&mut maps.policies, &id, map::POLICIES, || {
-            format!("policy {id}")
-        })?;
-        removed += 1;
-    }
-    let stale: Vec<u32> = maps
-        .port_sets
-        .keys()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| read(map::PORT_SETS, source))?
-        .into_iter()
-        .filter(|id| !sets.contains(id))
-        .collect();
-    for id in stale {
-        delete(&mut maps.port_sets, &id, map::PORT_SETS, || {
-            format!("port set {id}")
-        })?;
-        removed += 1;
-    }
-    let stale: Vec<u32> = maps
-        .captures
-        .keys()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| read(map::CAPTURES, source))?
-        .into_iter()
-        .filter(|id| !ids.contains(id))
-        .collect();
-    for id in stale {
-        delete(&mut maps.captures, &id, map::CAPTURES, || {
-            format!("capture of policy {id}")
-        })?;
-        removed += 1;
-    }
-    macro_rules! sweep {
-        ($trie:expr, $keys:path, $id:path, $net:path, $name:expr) => {
-            for key in $keys(&$trie, $name)? {
-                if !ids.contains(&$id(&key)) {
-                    let what = || format!("{:?} of id {}", $net(&key), $id(&key));
-                    delete_trie(&mut $trie, &key, $name, what)?;
-                    removed += 1;
-                }
-            }
-        };
-    }
-    sweep!(
-        maps.allow_v4,
-        Maps::keys_v4,
-        keys::v4_id,
-        keys::v4_net,
-        map::ALLOW_V4
-    );
-    sweep!(
-        maps.allow_v6,
-        Maps::keys_v6,
-        keys::v6_id,
-        keys::v6_net,
-        map::ALLOW_V6
-    );
-    sweep!(
-        maps.gateway_v4,
-        Maps::keys_v4,
-        keys::v4_id,
-        keys::v4_net,
-        map::GATEWAY_V4
-    );
-    sweep!(
-        maps.gateway_v6,
-        Maps::keys_v6,
-        keys::v6_id,
-        keys::v6_net,
-        map::GATEWAY_V6
-    );
-    sweep!(
-        maps.cluster_v4,
-        Maps::keys_v4,
-        keys::v4_id,
-        keys::v4_net,
-        map::CLUSTER_V4
-    );
-    sweep!(
-        maps.cluster_v6,
-        Maps::keys_v6,
-        keys::v6_id,
-        keys::v6_net,
-        map::CLUSTER_V6
-    );
-    sweep!(
-        maps.capture_v4,
-        Maps::keys_v4,
-        keys::v4_id,
-        keys::v4_net,
-        map::CAPTURE_V4
-    );
-    sweep!(
-        maps.capture_v6,
-        Maps::keys_v6,
-        keys::v6_id,
-        keys::v6_net,
-        map::CAPTURE_V6
-    );
-    Ok(removed)
-}
-
-/// Whether a delete failed only because the key was not there.
-fn absent(err: &MapError) -> bool {
-    match err {
-        MapError::KeyNotFound => true,
-        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
-        _ => false,
-    }
-}
-
-fn delete<K: aya::Pod, V: aya::Pod>(
-    hash: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
-    key: &K,
-    name: &'static str,
-    what: impl FnOnce() -> String,
-) -> Result<(), DataplaneError> {
-    match hash.remove(key) {
-        Ok(()) => Ok(()),
-        Err(err) if absent(&err) => Ok(()),
-        Err(source) => Err(DataplaneError::Delete {
-            map: name,
-            what: what(),
-            source,
-        }),
-    }
-}
-
-fn delete_trie<K: aya::Pod, V: aya::Pod>(
-    trie: &mut aya::maps::LpmTrie<aya::maps::MapData, K, V>,
-    key: &Key<K>,
-    name: &'static str,
-    what: impl FnOnce() -> String,
-) -> Result<(), DataplaneError> {
-    match trie.remove(key) {
-        Ok(()) => Ok(()),
-        Err(err) if absent(&err) => Ok(()),
-        Err(source) => Err(DataplaneError::Delete {
-            map: name,
-            what: what(),
-            source,
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -898,13 +580,5 @@ mod tests {
             3,
             "wraps past EXEMPT_POLICY, 0 and the taken ids"
         );
-    }
-
-    #[test]
-    fn port_sets_are_padded_with_their_length() {
-        let set = port_set(&[PortEntry::new(1, 6, 80, 80)], EMPTY_SET);
-        assert_eq!((set.len, set.next), (1, EMPTY_SET));
-        assert_eq!(set.entries[0], PortEntry::new(1, 6, 80, 80));
-        assert_eq!(set.entries[1], PortEntry::default());
     }
 }

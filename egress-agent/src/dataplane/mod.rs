@@ -85,7 +85,7 @@ pub use cgroups::{cgroup_ids, relative as cgroup_relative};
 pub use counters::{Counters, RuleHit, VerdictKind};
 pub use egress_common::{FlowEvent, Hook, Reason};
 pub use error::{DataplaneError, ImageError};
-pub use generation::ApplyStats;
+pub use generation::{ApplyStats, PreparedApply};
 pub use image::{
     port_overflows, GatewayHost, ImageSize, ImageWorkload, MapImage, PortOverflow,
     MAX_PORTS_PER_PREFIX,
@@ -202,18 +202,38 @@ impl Dataplane {
     /// process that the new image does not contain: the first apply after
     /// `open` reconciles by enumerating the maps.
     ///
-    /// Fails before touching the maps if a workload is not below the
-    /// cgroup root or too deep. A failure while writing leaves the live
-    /// generation in force; the next apply reconciles.
+    /// An error means the flip did not happen: the live generation stays in
+    /// force, and what was written of the new one is taken back. `Ok` means
+    /// the new generation is in force, even if deleting the old one stopped
+    /// short ([`ApplyStats::cleanup_error`]; the next apply reconciles).
     pub fn apply(&mut self, image: &MapImage) -> Result<ApplyStats, DataplaneError> {
-        Applier {
+        self.prepare(image)?.commit()
+    }
+
+    /// The first half of [`Dataplane::apply`]: writes the image as the
+    /// inactive generation, beside the live one, which stays in force.
+    /// [`PreparedApply::commit`] then flips to it, or
+    /// [`PreparedApply::abort`] (or dropping it) takes it back, leaving the
+    /// maps as they were. Whatever runs in between (the agent programs the
+    /// nftables backstop there) decides whether the new generation takes
+    /// effect at all.
+    ///
+    /// Fails, with nothing in force changed, if a workload is not below the
+    /// cgroup root or too deep, or a map cannot take the new entries.
+    pub fn prepare(&mut self, image: &MapImage) -> Result<PreparedApply<'_>, DataplaneError> {
+        let staged = Applier {
             maps: &mut self.maps,
             root: &self.root,
             live: &mut self.live,
             ids: &mut self.ids,
             set_ids: &mut self.set_ids,
         }
-        .apply(image)
+        .stage(image)?;
+        Ok(PreparedApply {
+            maps: &mut self.maps,
+            live: &mut self.live,
+            staged: Some(staged),
+        })
     }
 
     /// Makes `cgroup` unmanaged right now, in the generation in force and

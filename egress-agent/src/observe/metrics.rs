@@ -153,6 +153,12 @@ pub fn render(status: &Status, counters: Option<&Counters>, names: &Names) -> St
     );
     plain(
         &mut registry,
+        "apply_failures",
+        "Applies the kernel refused (eBPF maps or nftables backstop; the generation in force stayed, in both)",
+        status.apply_failures,
+    );
+    plain(
+        &mut registry,
         "allowed_hosts_refreshes",
         "Times new allowedHosts addresses were programmed",
         status.allowed_hosts_refreshes,

@@ -202,6 +202,27 @@ pub struct Status {
     /// first (see `agent::pending`).
     #[serde(default)]
     pub pending_pods: Vec<PendingPod>,
+    /// Applies the kernel refused (eBPF maps or nftables backstop), for a
+    /// reload, an allowedHosts refresh or a reconcile. Each left the
+    /// generation in force as it was, in both.
+    #[serde(default)]
+    pub apply_failures: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_apply_failure: Option<ApplyFailureStatus>,
+}
+
+/// The last apply the kernel refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyFailureStatus {
+    /// "reload", "allowedHosts refresh" or "reconcile".
+    pub trigger: String,
+    pub error: String,
+    pub at: String,
+    /// The generation that stayed in force; absent when this agent has
+    /// applied none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 /// The text form of `status`.
@@ -251,6 +272,25 @@ impl fmt::Display for Status {
             )?;
             for e in &r.errors {
                 writeln!(f, "  {e}")?;
+            }
+        }
+        if let Some(a) = &self.last_apply_failure {
+            let kept = a.generation.map_or_else(
+                || "no generation of this agent's".to_owned(),
+                |g| format!("generation {g}"),
+            );
+            writeln!(
+                f,
+                "kernel apply failures: {}; the last at {} ({}), {kept} stayed in force",
+                self.apply_failures, a.at, a.trigger
+            )?;
+            // A failed reload's error is listed just above.
+            let listed = self
+                .last_reload
+                .as_ref()
+                .is_some_and(|r| r.errors.contains(&a.error));
+            if !listed {
+                writeln!(f, "  {}", a.error)?;
             }
         }
         if !self.quarantined.is_empty() {

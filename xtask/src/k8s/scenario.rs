@@ -161,6 +161,20 @@ pub fn probe(
     probe_in(kubectl, namespace, pod, None, ip, port)
 }
 
+/// A bare TCP connect from `namespace/pod` to `ip:port`, whatever the
+/// port: the outcome, and the first line printed.
+pub fn probe_connect(
+    kubectl: &Kubectl,
+    namespace: &str,
+    pod: &str,
+    ip: &str,
+    port: u16,
+) -> anyhow::Result<(Outcome, String)> {
+    let out = kubectl.exec_in(namespace, pod, None, &tcp_connect(ip, port))?;
+    let text = format!("{}{}", out.stdout, out.stderr);
+    Ok((Outcome::classify(out.success, &text), first_line(&text)))
+}
+
 /// As [`probe`], from `container` of the pod.
 pub fn probe_in(
     kubectl: &Kubectl,
@@ -842,6 +856,14 @@ fn summarize(outcomes: &[&str]) -> String {
 pub const AGENT_NS: &str = "egress-enforcer";
 const AGENT_SELECTOR: &str = "app.kubernetes.io/name=egress-agent";
 
+/// How long the "no agent" checks wait once the agent's pods are gone:
+/// past every DNS TTL the agent held for allowedHosts (kube-dns answers
+/// with TTL 0, which the agent keeps for its minimum of 5 s, asking again
+/// after 3.75 s), twice over. The checks then test the pinned state alone,
+/// at the same point every run, whatever the kubelet took to stop the
+/// agent.
+const NO_AGENT_PAST_TTL: Duration = Duration::from_secs(12);
+
 /// The agent's pod (on `node`, if given).
 pub fn agent_pod(kubectl: &Kubectl, node: Option<&str>) -> anyhow::Result<String> {
     let pods = agent_pods(kubectl, node)?;
@@ -985,18 +1007,37 @@ fn agent_gap(
             gone.elapsed().as_secs_f32()
         ),
     );
+    thread::sleep(NO_AGENT_PAST_TTL);
+    let waited = NO_AGENT_PAST_TTL.as_secs();
     let (outcome, text) = probe(k, "test-egress", "sleep", allowed_ip, 80)?;
     checks.check(
         outcome == Outcome::Eperm,
-        &format!("no agent: test-egress/sleep → {allowed_name} {allowed_ip}:80 still denied"),
+        &format!(
+            "no agent ({waited}s past the pods' end): test-egress/sleep → {allowed_name} {allowed_ip}:80 still denied"
+        ),
         &text,
     );
     // On two nodes the gateway is on the other node: its pod address is
     // a peer the client's node learnt from the whole cluster.
-    let (outcome, text) = probe(k, "istio-system", "istio-egressgateway", allowed_ip, 80)?;
+    let (outcome, mut text) = probe(k, "istio-system", "istio-egressgateway", allowed_ip, 80)?;
+    if outcome != Outcome::Ok {
+        // The programs refuse at connect (EPERM) and nothing expires in
+        // the kernel while no agent runs; a timeout is a drop after the
+        // connect was allowed, or a slow exchange. Say which, for the
+        // post-mortem: a bare connect, then the same request again.
+        let (connect, connect_text) =
+            probe_connect(k, "istio-system", "istio-egressgateway", allowed_ip, 80)?;
+        let (again, again_text) = probe(k, "istio-system", "istio-egressgateway", allowed_ip, 80)?;
+        text = format!(
+            "{outcome:?}: {text}; then a bare connect: {connect:?} {connect_text}; \
+             the request again: {again:?} {again_text}"
+        );
+    }
     checks.check(
         outcome == Outcome::Ok,
-        &format!("no agent: istio-system/istio-egressgateway → {allowed_name} still allowed"),
+        &format!(
+            "no agent ({waited}s past the pods' end): istio-system/istio-egressgateway → {allowed_name} still allowed"
+        ),
         &text,
     );
     let (outcome, text) = probe(k, "test-egress", "sleep", gateway_ip, 80)?;

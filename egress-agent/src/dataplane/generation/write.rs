@@ -1,0 +1,281 @@
+//! Writing a generation's entries, and what it needs: the cgroup levels
+//! it lives at and its workloads' own addresses.
+
+use std::collections::HashSet;
+
+use aya::maps::{lpm_trie::Key, MapError};
+use egress_common::{
+    map, PolicyInfo, PortEntry, PortSet, SourceKey, UdpFlowKey, WorkloadSlot, EMPTY_SET, MAX_LEVEL,
+    MAX_PORT_ENTRIES,
+};
+
+use super::{
+    super::{cgroups::CgroupRoot, keys, maps::Maps, DataplaneError, MapImage},
+    ApplyStats, Keys,
+};
+
+/// `SOURCES` as `image` wants it: each source-checked workload's cgroup
+/// with each of its addresses.
+pub(super) fn wanted_sources(image: &MapImage) -> HashSet<SourceKey> {
+    image
+        .workloads()
+        .iter()
+        .flat_map(|w| {
+            w.sources.iter().map(|a| SourceKey {
+                cgroup_id: w.cgroup_id,
+                addr: match a.to_canonical() {
+                    std::net::IpAddr::V4(v4) => UdpFlowKey::v4_mapped(v4.octets()),
+                    std::net::IpAddr::V6(v6) => v6.octets(),
+                },
+            })
+        })
+        .collect()
+}
+
+/// Adds the pairs of `wanted` that `SOURCES` lacks, noting each in
+/// `added`. Not part of a generation: during an apply the union of old and
+/// new pairs is accepted, and each of them was the workload's own in one of
+/// the two.
+pub(super) fn add_sources(
+    maps: &mut Maps,
+    wanted: &HashSet<SourceKey>,
+    added: &mut Vec<SourceKey>,
+) -> Result<(), DataplaneError> {
+    for key in wanted {
+        if maps.sources.get(key, 0).is_ok() {
+            continue;
+        }
+        maps.sources
+            .insert(key, 1, 0)
+            .map_err(|source| write_err(map::SOURCES, format!("{key:?}"), source))?;
+        added.push(*key);
+    }
+    Ok(())
+}
+
+/// The `level_mask` of `image`'s workloads, checking that each is enforced
+/// at all: below the root the programs are attached to, at a level they
+/// look at.
+pub(super) fn level_mask(root: &CgroupRoot, image: &MapImage) -> Result<u32, DataplaneError> {
+    let mut mask = 0u32;
+    for w in image.workloads() {
+        let (relative, level) = root.place(&w.cgroup);
+        if !root.contains(&relative) {
+            return Err(DataplaneError::OutsideRoot {
+                workload: w.id.clone(),
+                cgroup: w.cgroup.clone(),
+                root: root.relative.clone(),
+            });
+        }
+        if level > MAX_LEVEL {
+            return Err(DataplaneError::WorkloadTooDeep {
+                workload: w.id.clone(),
+                cgroup: w.cgroup.clone(),
+                level,
+            });
+        }
+        mask |= 1 << level;
+    }
+    Ok(mask)
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces of one apply"
+)]
+pub(super) fn write_generation(
+    maps: &mut Maps,
+    image: &MapImage,
+    tag: Option<u32>,
+    policy_ids: &[u32],
+    set_ids: &[Vec<u32>],
+    kernel_set: &dyn Fn(u32) -> u32,
+    keys: &mut Keys,
+    stats: &mut ApplyStats,
+) -> Result<(), DataplaneError> {
+    for (entries, ids) in image.port_sets().iter().zip(set_ids) {
+        // Written last to first, so that a set is complete before any set
+        // names it.
+        for (i, chunk) in entries.chunks(MAX_PORT_ENTRIES).enumerate().rev() {
+            let id = ids[i];
+            let next = ids.get(i + 1).copied().unwrap_or(EMPTY_SET);
+            maps.port_sets
+                .insert(id, port_set(chunk, next), 0)
+                .map_err(|source| DataplaneError::Write {
+                    map: map::PORT_SETS,
+                    what: format!("port set {id} ({} entries)", chunk.len()),
+                    source,
+                })?;
+            keys.port_sets.push(id);
+        }
+        stats.port_sets += 1;
+    }
+    if let Some(tag) = tag {
+        for net in image.cluster_v4() {
+            let key = keys::v4(tag, *net);
+            maps.cluster_v4.insert(&key, 1, 0).map_err(|source| {
+                write_err(map::CLUSTER_V4, format!("cluster CIDR {net}"), source)
+            })?;
+            keys.cluster_v4.push(key);
+            stats.cluster_entries += 1;
+        }
+        for net in image.cluster_v6() {
+            let key = keys::v6(tag, *net);
+            maps.cluster_v6.insert(&key, 1, 0).map_err(|source| {
+                write_err(map::CLUSTER_V6, format!("cluster CIDR {net}"), source)
+            })?;
+            keys.cluster_v6.push(key);
+            stats.cluster_entries += 1;
+        }
+    }
+    let mut written = HashSet::new();
+    for (w, &policy) in image.workloads().iter().zip(policy_ids) {
+        if w.exempt || !written.insert(policy) {
+            continue;
+        }
+        let what = |net: &dyn std::fmt::Display| format!("prefix {net} of workload {}", w.id);
+        write_prefixes(
+            &mut maps.allow_v4,
+            map::ALLOW_V4,
+            &w.allow_v4,
+            |n| keys::v4(policy, n),
+            kernel_set,
+            &what,
+            &mut keys.allow_v4,
+        )?;
+        write_prefixes(
+            &mut maps.allow_v6,
+            map::ALLOW_V6,
+            &w.allow_v6,
+            |n| keys::v6(policy, n),
+            kernel_set,
+            &what,
+            &mut keys.allow_v6,
+        )?;
+        write_prefixes(
+            &mut maps.gateway_v4,
+            map::GATEWAY_V4,
+            &w.gateway_v4,
+            |n| keys::v4(policy, n),
+            kernel_set,
+            &what,
+            &mut keys.gateway_v4,
+        )?;
+        write_prefixes(
+            &mut maps.gateway_v6,
+            map::GATEWAY_V6,
+            &w.gateway_v6,
+            |n| keys::v6(policy, n),
+            kernel_set,
+            &what,
+            &mut keys.gateway_v6,
+        )?;
+        stats.allow_entries += w.allow_v4.len() + w.allow_v6.len();
+        stats.gateway_entries += w.gateway_v4.len() + w.gateway_v6.len();
+        if let Some(capture) = &w.capture {
+            for (net, value) in &capture.v4 {
+                let key = keys::v4(policy, *net);
+                maps.capture_v4
+                    .insert(&key, value, 0)
+                    .map_err(|source| write_err(map::CAPTURE_V4, what(net), source))?;
+                keys.capture_v4.push(key);
+            }
+            for (net, value) in &capture.v6 {
+                let key = keys::v6(policy, *net);
+                maps.capture_v6
+                    .insert(&key, value, 0)
+                    .map_err(|source| write_err(map::CAPTURE_V6, what(net), source))?;
+                keys.capture_v6.push(key);
+            }
+            maps.captures
+                .insert(policy, capture.info, 0)
+                .map_err(|source| {
+                    write_err(
+                        map::CAPTURES,
+                        format!("capture of workload {}", w.id),
+                        source,
+                    )
+                })?;
+            keys.captures.push(policy);
+            stats.capture_entries += 1 + capture.v4.len() + capture.v6.len();
+        }
+        // The policy last: a workload slot pointing at it is written after.
+        let info = PolicyInfo {
+            flags: w.flags,
+            cluster: tag.unwrap_or(0),
+        };
+        maps.policies.insert(policy, info, 0).map_err(|source| {
+            write_err(
+                map::POLICIES,
+                format!("policy {policy} of workload {}", w.id),
+                source,
+            )
+        })?;
+        keys.policies.push(policy);
+        stats.policies += 1;
+    }
+    Ok(())
+}
+
+fn port_set(entries: &[PortEntry], next: u32) -> PortSet {
+    let mut set = PortSet {
+        next,
+        ..PortSet::default()
+    };
+    for (slot, entry) in set.entries.iter_mut().zip(entries) {
+        *slot = *entry;
+    }
+    set.len = u32::try_from(entries.len().min(MAX_PORT_ENTRIES)).unwrap_or(0);
+    set
+}
+
+pub(super) fn write_workload(
+    maps: &mut Maps,
+    cgroup: u64,
+    slot: WorkloadSlot,
+) -> Result<(), DataplaneError> {
+    maps.workloads.insert(cgroup, slot, 0).map_err(|source| {
+        write_err(
+            map::WORKLOADS,
+            format!("cgroup {cgroup} slots {:?}", slot.policy),
+            source,
+        )
+    })
+}
+
+/// Writes one workload's prefix → port-set entries into `trie`, keeping
+/// each key so that this generation can be deleted when it is replaced.
+fn write_prefixes<K: aya::Pod, N: Copy + std::fmt::Display>(
+    trie: &mut aya::maps::LpmTrie<aya::maps::MapData, K, u32>,
+    name: &'static str,
+    entries: &[(N, u32)],
+    key: impl Fn(N) -> Key<K>,
+    kernel_set: &dyn Fn(u32) -> u32,
+    what: &dyn Fn(&dyn std::fmt::Display) -> String,
+    written: &mut Vec<Key<K>>,
+) -> Result<(), DataplaneError> {
+    for (net, set) in entries {
+        let k = key(*net);
+        trie.insert(&k, kernel_set(*set), 0)
+            .map_err(|source| write_err(name, what(net), source))?;
+        written.push(k);
+    }
+    Ok(())
+}
+
+fn write_err(map: &'static str, what: String, source: MapError) -> DataplaneError {
+    DataplaneError::Write { map, what, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_sets_are_padded_with_their_length() {
+        let set = port_set(&[PortEntry::new(1, 6, 80, 80)], EMPTY_SET);
+        assert_eq!((set.len, set.next), (1, EMPTY_SET));
+        assert_eq!(set.entries[0], PortEntry::new(1, 6, 80, 80));
+        assert_eq!(set.entries[1], PortEntry::default());
+    }
+}

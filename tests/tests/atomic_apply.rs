@@ -1,0 +1,373 @@
+//! Scenario: one apply, one outcome. The nftables backstop's transaction
+//! fails in the middle of a reload, after the new eBPF generation has been
+//! written (an `nft` on the agent's `PATH` fails it on demand). The
+//! previous generation must stay in force in the eBPF maps *and* the
+//! backstop, connections must keep their previous verdicts, and the log,
+//! `status` and `/metrics` must say that generation, and why the reload
+//! failed. Once nft works again, the same policy applies.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{bail, ensure, Context as _};
+use integration_tests::{
+    agent::agent_exe,
+    names,
+    nftns::nft,
+    node::SimNode,
+    require_root,
+    scenario::{id, seed_policies, Running},
+    Listener, Outcome, Proto,
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(15);
+const ARRIVAL: Duration = Duration::from_millis(500);
+const METRICS_PORT: u16 = 9464;
+
+/// The seed NetworkPolicy's file.
+const SEED_NETWORK_POLICY: &str = "allow-egress-to-istio-system-and-kube-dns";
+
+/// The address generation 2 adds to the node rules (so the backstop's
+/// table must be rewritten), of a pod not on this node yet.
+const NEW_POD_ADDRESS: &str = "10.244.2.99";
+
+/// An `nft` that fails the backstop's transactions (`nft -j -f -`) while
+/// its fault file exists, and is the real nft otherwise. Each transaction
+/// it fails is noted in `failed`.
+struct NftShim {
+    dir: PathBuf,
+    fault: PathBuf,
+    failed: PathBuf,
+}
+
+impl NftShim {
+    fn new() -> anyhow::Result<Self> {
+        let real = Command::new("sh").args(["-c", "command -v nft"]).output()?;
+        let real = String::from_utf8(real.stdout)?.trim().to_owned();
+        ensure!(!real.is_empty(), "nft is not installed");
+        let dir = std::env::temp_dir().join(names::unique("egress-nft-shim"));
+        fs::create_dir_all(&dir)?;
+        let shim = Self {
+            fault: dir.join("fault"),
+            failed: dir.join("failed"),
+            dir,
+        };
+        let script = format!(
+            "#!/bin/sh\n\
+             # Fault injection: the backstop's transaction fails while the fault file exists.\n\
+             if [ -e '{fault}' ] && [ \"$*\" = '-j -f -' ]; then\n\
+             \x20   cat > /dev/null\n\
+             \x20   echo x >> '{failed}'\n\
+             \x20   echo 'Error: injected fault: the transaction was refused' >&2\n\
+             \x20   exit 1\n\
+             fi\n\
+             exec '{real}' \"$@\"\n",
+            fault = shim.fault.display(),
+            failed = shim.failed.display(),
+        );
+        let path = shim.dir.join("nft");
+        fs::write(&path, script)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+        Ok(shim)
+    }
+
+    /// `PATH` with the shim first.
+    fn path(&self) -> String {
+        let rest = std::env::var("PATH").unwrap_or_default();
+        format!("{}:{rest}", self.dir.display())
+    }
+
+    fn fail(&self, on: bool) -> anyhow::Result<()> {
+        if on {
+            fs::write(&self.fault, "")?;
+        } else if self.fault.exists() {
+            fs::remove_file(&self.fault)?;
+        }
+        Ok(())
+    }
+
+    /// Transactions failed so far.
+    fn failures(&self) -> usize {
+        fs::read_to_string(&self.failed).map_or(0, |s| s.lines().count())
+    }
+}
+
+impl Drop for NftShim {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The agent on the seed node, observed through its CLI and `/metrics`.
+struct Node {
+    running: Running,
+    socket: PathBuf,
+}
+
+impl Node {
+    fn start(shim: &NftShim) -> anyhow::Result<Self> {
+        let socket = std::env::temp_dir()
+            .join(names::unique("egress-sock"))
+            .join("agent.sock");
+        let sock = socket.display().to_string();
+        let metrics = format!("127.0.0.1:{METRICS_PORT}");
+        let path = shim.path();
+        let running = Running::start_with_env(
+            SimNode::new(&[seed_policies()])?,
+            &["--socket", &sock, "--metrics-addr", &metrics],
+            &[("PATH", &path)],
+        )?;
+        Ok(Self { running, socket })
+    }
+
+    fn status(&self) -> anyhow::Result<Value> {
+        let out = Command::new(agent_exe())
+            .args(["status", "-o", "json", "--socket"])
+            .arg(&self.socket)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    fn status_text(&self) -> anyhow::Result<String> {
+        let out = Command::new(agent_exe())
+            .args(["status", "--socket"])
+            .arg(&self.socket)
+            .output()?;
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// `name value` of a metric sample, from `/metrics` in the node.
+    fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let out = Command::new("nsenter")
+            .arg(format!(
+                "--net=/run/netns/{}",
+                self.running.sim.node().name()
+            ))
+            .args(["curl", "-sS"])
+            .arg(format!("http://127.0.0.1:{METRICS_PORT}/metrics"))
+            .output()?;
+        let text = String::from_utf8(out.stdout)?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .with_context(|| format!("no {name} in /metrics:\n{text}"))
+    }
+
+    /// The addresses in the backstop's `workloads_v4` set, as the kernel
+    /// has them.
+    fn backstop_workloads(&self) -> anyhow::Result<String> {
+        nft(
+            self.running.sim.node(),
+            &["list", "set", "inet", "egress_enforcer", "workloads_v4"],
+        )
+    }
+
+    /// Entries of each generation map, from `status`.
+    fn generation_maps(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        let status = self.status()?;
+        let maps = status["maps"].as_array().context("maps")?;
+        Ok(maps
+            .iter()
+            .filter(|m| {
+                [
+                    "workloads",
+                    "policies",
+                    "allow",
+                    "port_sets",
+                    "cluster",
+                    "gateway",
+                ]
+                .contains(&m["name"].as_str().unwrap_or_default())
+            })
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap_or_default().to_owned(),
+                    m["entries"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+}
+
+/// The seed NetworkPolicy narrowed to DNS (test-egress loses istio-system),
+/// and a new pod's Workload, whose address changes the backstop's rules:
+/// generation 2 changes both layers.
+fn generation_2(cgroup_root: &Path) -> String {
+    format!(
+        "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {SEED_NETWORK_POLICY}
+  namespace: test-egress
+spec:
+  podSelector: {{}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - namespaceSelector:
+        matchLabels:
+          kube-system: \"true\"
+    ports:
+    - protocol: UDP
+      port: 53
+---
+apiVersion: egress.enforcer.dev/v1alpha1
+kind: Workload
+metadata:
+  name: extra
+  namespace: test-egress
+  labels: {{app: extra}}
+spec:
+  cgroup: {}
+  addresses: [\"{NEW_POD_ADDRESS}\"]
+",
+        cgroup_root
+            .join("pods/egress-demo/test-egress/extra")
+            .display()
+    )
+}
+
+/// What test-egress/sleep gets: to the gateway pod (generation 1 allows
+/// it, generation 2 does not) and to the internet (neither allows it).
+fn verdicts(
+    node: &Node,
+    gateway: &Listener,
+    site: SocketAddr,
+) -> anyhow::Result<(Outcome, Outcome)> {
+    let sleep = node.running.client(&id("test-egress/sleep"))?;
+    let to_gateway = sleep.connect_tcp(gateway.addr())?;
+    if to_gateway == Outcome::Ok {
+        ensure!(
+            gateway.next_event(ARRIVAL).is_some(),
+            "the gateway pod saw the connection"
+        );
+    }
+    Ok((to_gateway, sleep.connect_tcp(site)?))
+}
+
+#[test]
+fn a_failed_nftables_transaction_leaves_the_previous_generation_in_force_everywhere(
+) -> anyhow::Result<()> {
+    require_root();
+    let shim = NftShim::new()?;
+    let mut node = Node::start(&shim)?;
+    let gateway =
+        node.running
+            .listen_in(&id("istio-system/istio-egressgateway"), 443, Proto::Tcp)?;
+    let site = node.running.site("edition.cnn.com", false, 443)?;
+
+    // Generation 1: the seed.
+    let v = verdicts(&node, &gateway, site)?;
+    ensure!(
+        v == (Outcome::Ok, Outcome::Eperm),
+        "generation 1's verdicts: {v:?}"
+    );
+    let before = node.status()?;
+    ensure!(before["generation"]["number"] == 1, "{before:#}");
+    ensure!(before["nft"]["installed"] == true);
+    let maps_before = node.generation_maps()?;
+    ensure!(!node.backstop_workloads()?.contains(NEW_POD_ADDRESS));
+
+    // Generation 2, while nft refuses every transaction.
+    shim.fail(true)?;
+    let yaml = generation_2(node.running.sim.cgroup_root());
+    node.running
+        .replace_policy_file(SEED_NETWORK_POLICY, &yaml)?;
+    node.running
+        .agent
+        .wait_for_log("cannot program the kernel", WAIT)?;
+    ensure!(shim.failures() == 1, "the agent ran the transaction once");
+
+    // The kernel: generation 1 in both layers.
+    let v = verdicts(&node, &gateway, site)?;
+    ensure!(
+        v == (Outcome::Ok, Outcome::Eperm),
+        "generation 1's verdicts after the failed apply: {v:?}"
+    );
+    ensure!(
+        !node.backstop_workloads()?.contains(NEW_POD_ADDRESS),
+        "the backstop keeps generation 1's rules"
+    );
+    ensure!(
+        node.generation_maps()? == maps_before,
+        "no entry of the discarded generation is left: {:?} before, {:?} now",
+        maps_before,
+        node.generation_maps()?
+    );
+
+    // The log.
+    let log = node.running.agent.log();
+    let failed = log
+        .lines()
+        .find(|l| l.contains("cannot program the kernel"))
+        .context("the error line")?;
+    for needle in [
+        "the previous generation stays in force",
+        "generation=1",
+        "trigger=reload",
+        "injected fault",
+        "discarded before it took effect",
+    ] {
+        ensure!(failed.contains(needle), "{needle:?} in {failed}");
+    }
+    ensure!(
+        log.matches("policy applied").count() == 1,
+        "nothing else was applied:\n{log}"
+    );
+
+    // status and /metrics.
+    let after = node.status()?;
+    ensure!(after["generation"]["number"] == 1, "{after:#}");
+    ensure!(after["ready"] == true);
+    ensure!(after["lastReload"]["result"] == "failed", "{after:#}");
+    let errors = after["lastReload"]["errors"].to_string();
+    ensure!(errors.contains("injected fault"), "{errors}");
+    ensure!(after["failedReloads"] == 1);
+    ensure!(after["applyFailures"] == 1);
+    ensure!(after["lastApplyFailure"]["generation"] == 1, "{after:#}");
+    ensure!(after["lastApplyFailure"]["trigger"] == "reload");
+    ensure!(after["nft"]["installed"] == true);
+    println!(
+        "$ egress-agent status   # after the failed apply\n{}",
+        node.status_text()?
+    );
+    ensure!(node.metric("egress_policy_generation")? == 1.0);
+    ensure!(node.metric("egress_apply_failures_total")? == 1.0);
+    ensure!(node.metric("egress_reload_failures_total")? == 1.0);
+
+    // nft works again: the same policy applies, in both layers.
+    shim.fail(false)?;
+    node.running.agent.sighup()?;
+    node.running.wait_applied(2)?;
+    let v = verdicts(&node, &gateway, site)?;
+    ensure!(
+        v == (Outcome::Eperm, Outcome::Eperm),
+        "generation 2's verdicts: {v:?}"
+    );
+    ensure!(
+        node.backstop_workloads()?.contains(NEW_POD_ADDRESS),
+        "the backstop has generation 2's rules"
+    );
+    let applied = node.status()?;
+    ensure!(applied["generation"]["number"] == 2, "{applied:#}");
+    ensure!(applied["lastReload"]["result"] == "applied");
+    ensure!(applied["applyFailures"] == 1);
+    ensure!(node.metric("egress_policy_generation")? == 2.0);
+    ensure!(shim.failures() == 1);
+    if gateway.next_event(Duration::ZERO).is_some() {
+        bail!("a refused connection reached the gateway pod");
+    }
+    Ok(())
+}
