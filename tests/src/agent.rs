@@ -12,6 +12,12 @@ use anyhow::{bail, Context as _};
 
 use crate::{names, netns::Netns};
 
+/// How long an agent may take to load, attach and apply. A condition wait,
+/// not a timing check: it ends as soon as the agent says so, and only bounds
+/// a hang. 15 s was too short for a start on a 2-core machine with two
+/// builds and a fuzzer running beside the tests.
+pub const APPLY_WAIT: Duration = Duration::from_secs(60);
+
 /// Where cargo put `egress-agent` (`EGRESS_AGENT` overrides it).
 pub fn agent_exe() -> PathBuf {
     crate::target_bin(
@@ -94,7 +100,7 @@ impl Agent {
                 .collect(),
         };
         agent.spawn()?;
-        agent.wait_for_log("policy applied", Duration::from_secs(15))?;
+        agent.wait_for_log("policy applied", APPLY_WAIT)?;
         Ok(agent)
     }
 
@@ -216,7 +222,7 @@ impl Agent {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         let before = self.log().matches("policy applied").count();
         self.spawn()?;
-        self.wait_for_count("policy applied", before + 1, Duration::from_secs(15))
+        self.wait_for_count("policy applied", before + 1, APPLY_WAIT)
     }
 
     /// Starts the agent again with the same arguments (after `kill`) and
@@ -225,7 +231,7 @@ impl Agent {
     pub fn restart_until(&mut self, needle: &str) -> anyhow::Result<()> {
         let before = self.log().matches(needle).count();
         self.spawn()?;
-        self.wait_for_count(needle, before + 1, Duration::from_secs(15))
+        self.wait_for_count(needle, before + 1, APPLY_WAIT)
     }
 
     /// Runs `egress-agent uninstall` for this agent's pin dir.

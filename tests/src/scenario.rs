@@ -6,7 +6,6 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::Stdio,
-    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -118,7 +117,7 @@ impl Running {
     /// Waits until the agent has applied `n` generations in all.
     pub fn wait_applied(&mut self, n: usize) -> anyhow::Result<()> {
         self.agent
-            .wait_for_count("policy applied", n, Duration::from_secs(15))
+            .wait_for_count("policy applied", n, crate::agent::APPLY_WAIT)
     }
 }
 
