@@ -27,10 +27,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ipnet::IpNet;
+
 use aya::maps::{lpm_trie::Key, MapError};
 use egress_common::{
-    map, Config, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortEntry, PortSet, SourceKey, UdpFlowKey,
-    WorkloadSlot, EMPTY_SET, EXEMPT_POLICY, MAX_LEVEL, MAX_PORT_ENTRIES,
+    host_ports, map, Config, PolicyAddrV4, PolicyAddrV6, PolicyInfo, PortEntry, PortSet, SourceKey,
+    UdpFlowKey, WorkloadSlot, EMPTY_SET, EXEMPT_POLICY, MAX_LEVEL, MAX_PORT_ENTRIES,
 };
 
 use super::{
@@ -54,6 +56,8 @@ pub struct ApplyStats {
     pub gateway_entries: usize,
     /// `CLUSTER_V4/V6` entries written.
     pub cluster_entries: usize,
+    /// `HOST_PORTS` entries written.
+    pub host_port_entries: usize,
     /// `PORT_SETS` entries written.
     pub port_sets: usize,
     /// `CAPTURES` and `CAPTURE_V4/V6` entries written.
@@ -81,6 +85,7 @@ struct Keys {
     gateway_v6: Vec<Key<PolicyAddrV6>>,
     cluster_v4: Vec<Key<PolicyAddrV4>>,
     cluster_v6: Vec<Key<PolicyAddrV6>>,
+    host_ports: Vec<u64>,
     capture_v4: Vec<Key<PolicyAddrV4>>,
     capture_v6: Vec<Key<PolicyAddrV6>>,
     captures: Vec<u32>,
@@ -102,20 +107,37 @@ pub(super) struct Generation {
 #[derive(Debug)]
 pub(super) struct Allocator {
     next: u32,
+    /// Ids stay below this.
+    end: u32,
 }
 
 impl Default for Allocator {
     fn default() -> Self {
-        Self { next: 1 }
+        Self {
+            next: 1,
+            end: u32::MAX,
+        }
     }
 }
 
 impl Allocator {
+    /// For port set and host table ids, which share the `ALLOW_*` value
+    /// with `host_ports::ALLOW_FLAG` and so stay below it.
+    pub(super) fn port_sets() -> Self {
+        Self {
+            next: 1,
+            end: host_ports::ALLOW_FLAG,
+        }
+    }
+
     pub(super) fn fresh(&mut self, taken: &HashSet<u32>) -> u32 {
         loop {
             let id = self.next;
-            self.next = self.next.wrapping_add(1);
-            if id != 0 && id != EXEMPT_POLICY && !taken.contains(&id) {
+            self.next = match id.checked_add(1) {
+                Some(n) if n < self.end => n,
+                _ => 0,
+            };
+            if id != 0 && id < self.end && id != EXEMPT_POLICY && !taken.contains(&id) {
                 return id;
             }
         }
@@ -206,7 +228,26 @@ impl Applier<'_> {
                     .collect()
             })
             .collect();
+        // Host tables take ids from the same space (an `ALLOW_*` value is
+        // either), so one scan and one sweep cover both.
+        let host_ids: Vec<u32> = image
+            .host_tables()
+            .iter()
+            .map(|_| {
+                let id = self.set_ids.fresh(&taken_sets);
+                taken_sets.insert(id);
+                new.sets.insert(id);
+                id
+            })
+            .collect();
         let kernel_set = |local: u32| -> u32 {
+            if local & host_ports::ALLOW_FLAG != 0 {
+                let host = (local & !host_ports::ALLOW_FLAG) as usize;
+                return host
+                    .checked_sub(1)
+                    .and_then(|i| host_ids.get(i))
+                    .map_or(EMPTY_SET, |id| id | host_ports::ALLOW_FLAG);
+            }
             match local {
                 EMPTY_SET => EMPTY_SET,
                 n => set_ids
@@ -228,6 +269,7 @@ impl Applier<'_> {
             tag,
             &policy_ids,
             &set_ids,
+            &host_ids,
             &kernel_set,
             &mut new.keys,
             &mut stats,
@@ -312,10 +354,7 @@ fn wanted_sources(image: &MapImage) -> HashSet<SourceKey> {
         .flat_map(|w| {
             w.sources.iter().map(|a| SourceKey {
                 cgroup_id: w.cgroup_id,
-                addr: match a.to_canonical() {
-                    std::net::IpAddr::V4(v4) => UdpFlowKey::v4_mapped(v4.octets()),
-                    std::net::IpAddr::V6(v6) => v6.octets(),
-                },
+                addr: mapped(*a),
             })
         })
         .collect()
@@ -388,6 +427,7 @@ fn write_generation(
     tag: Option<u32>,
     policy_ids: &[u32],
     set_ids: &[Vec<u32>],
+    host_ids: &[u32],
     kernel_set: &dyn Fn(u32) -> u32,
     keys: &mut Keys,
     stats: &mut ApplyStats,
@@ -409,21 +449,52 @@ fn write_generation(
         }
         stats.port_sets += 1;
     }
-    if let Some(tag) = tag {
-        for net in image.cluster_v4() {
-            let key = keys::v4(tag, *net);
-            maps.cluster_v4.insert(&key, 1, 0).map_err(|source| {
-                write_err(map::CLUSTER_V4, format!("cluster CIDR {net}"), source)
+    // Before the flagged entries that name them.
+    for (table, &host) in image.host_tables().iter().zip(host_ids) {
+        let base = (host_ports::BASE, 0, 0, kernel_set(table.base));
+        for &(kind, proto, port, value) in table.entries.iter().chain([&base]) {
+            let key = host_ports::key(host, kind, proto, port);
+            maps.host_ports.insert(key, value, 0).map_err(|source| {
+                let what = format!("host table {host}: kind {kind} proto {proto} port {port}");
+                write_err(map::HOST_PORTS, what, source)
             })?;
-            keys.cluster_v4.push(key);
-            stats.cluster_entries += 1;
+            keys.host_ports.push(key);
+            stats.host_port_entries += 1;
         }
-        for net in image.cluster_v6() {
-            let key = keys::v6(tag, *net);
-            maps.cluster_v6.insert(&key, 1, 0).map_err(|source| {
-                write_err(map::CLUSTER_V6, format!("cluster CIDR {net}"), source)
-            })?;
-            keys.cluster_v6.push(key);
+    }
+    if let Some(tag) = tag {
+        let inside = image
+            .cluster_v4()
+            .iter()
+            .map(|n| (IpNet::V4(*n), host_ports::CLUSTER_INSIDE));
+        let inside = inside.chain(
+            image
+                .cluster_v6()
+                .iter()
+                .map(|n| (IpNet::V6(*n), host_ports::CLUSTER_INSIDE)),
+        );
+        let flagged = image
+            .cluster_port_hosts()
+            .iter()
+            .map(|(a, value)| (IpNet::from(*a), *value));
+        for (net, value) in inside.chain(flagged) {
+            let what = || format!("cluster CIDR {net}");
+            match net.trunc() {
+                IpNet::V4(n) => {
+                    let key = keys::v4(tag, n);
+                    maps.cluster_v4
+                        .insert(&key, value, 0)
+                        .map_err(|source| write_err(map::CLUSTER_V4, what(), source))?;
+                    keys.cluster_v4.push(key);
+                }
+                IpNet::V6(n) => {
+                    let key = keys::v6(tag, n);
+                    maps.cluster_v6
+                        .insert(&key, value, 0)
+                        .map_err(|source| write_err(map::CLUSTER_V6, what(), source))?;
+                    keys.cluster_v6.push(key);
+                }
+            }
             stats.cluster_entries += 1;
         }
     }
@@ -610,6 +681,15 @@ fn write_prefixes<K: aya::Pod, N: Copy + std::fmt::Display>(
     Ok(())
 }
 
+/// The address as 16 bytes, IPv4 as `::ffff:a.b.c.d` (the programs'
+/// spelling).
+fn mapped(addr: std::net::IpAddr) -> [u8; 16] {
+    match addr.to_canonical() {
+        std::net::IpAddr::V4(v4) => UdpFlowKey::v4_mapped(v4.octets()),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
 fn write_err(map: &'static str, what: String, source: MapError) -> DataplaneError {
     DataplaneError::Write { map, what, source }
 }
@@ -640,7 +720,7 @@ fn scan_ids(
         for entry in trie.iter() {
             let (key, set) = entry.map_err(|source| read(name, source))?;
             ids.insert(keys::v4_id(&key));
-            sets.insert(set);
+            sets.insert(set & !host_ports::ALLOW_FLAG);
         }
     }
     for (trie, name) in [
@@ -650,7 +730,7 @@ fn scan_ids(
         for entry in trie.iter() {
             let (key, set) = entry.map_err(|source| read(name, source))?;
             ids.insert(keys::v6_id(&key));
-            sets.insert(set);
+            sets.insert(set & !host_ports::ALLOW_FLAG);
         }
     }
     for key in Maps::keys_v4(&maps.cluster_v4, map::CLUSTER_V4)? {
@@ -667,6 +747,11 @@ fn scan_ids(
     }
     for key in maps.captures.keys() {
         ids.insert(key.map_err(|source| read(map::CAPTURES, source))?);
+    }
+    for key in maps.host_ports.keys() {
+        sets.insert(host_table_of(
+            key.map_err(|source| read(map::HOST_PORTS, source))?,
+        ));
     }
     sets.remove(&EMPTY_SET);
     Ok((ids, sets))
@@ -705,6 +790,9 @@ fn delete_keys(maps: &mut Maps, keys: &Keys) -> usize {
     }
     for key in &keys.port_sets {
         count(maps.port_sets.remove(key));
+    }
+    for key in &keys.host_ports {
+        count(maps.host_ports.remove(key));
     }
     for key in &keys.captures {
         count(maps.captures.remove(key));
@@ -765,6 +853,20 @@ fn delete_foreign(
     for id in stale {
         delete(&mut maps.captures, &id, map::CAPTURES, || {
             format!("capture of policy {id}")
+        })?;
+        removed += 1;
+    }
+    let stale: Vec<u64> = maps
+        .host_ports
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| read(map::HOST_PORTS, source))?
+        .into_iter()
+        .filter(|key| !sets.contains(&host_table_of(*key)))
+        .collect();
+    for key in stale {
+        delete(&mut maps.host_ports, &key, map::HOST_PORTS, || {
+            format!("host table entry {key:#x}")
         })?;
         removed += 1;
     }
@@ -838,6 +940,11 @@ fn delete_foreign(
     Ok(removed)
 }
 
+/// The host table of a `HOST_PORTS` key (see `host_ports::key`).
+fn host_table_of(key: u64) -> u32 {
+    (key >> 32) as u32
+}
+
 /// Whether a delete failed only because the key was not there.
 fn absent(err: &MapError) -> bool {
     match err {
@@ -891,13 +998,26 @@ mod tests {
         let mut ids = Allocator::default();
         assert_eq!(ids.fresh(&taken), 3);
         assert_eq!(ids.fresh(&taken), 5);
-        let mut ids = Allocator { next: u32::MAX - 1 };
+        let mut ids = Allocator {
+            next: u32::MAX - 1,
+            ..Allocator::default()
+        };
         assert_eq!(ids.fresh(&taken), u32::MAX - 1);
         assert_eq!(
             ids.fresh(&taken),
             3,
             "wraps past EXEMPT_POLICY, 0 and the taken ids"
         );
+    }
+
+    #[test]
+    fn port_set_ids_stay_below_the_host_ports_flag() {
+        let mut sets = Allocator {
+            next: host_ports::ALLOW_FLAG - 1,
+            ..Allocator::port_sets()
+        };
+        assert_eq!(sets.fresh(&HashSet::new()), host_ports::ALLOW_FLAG - 1);
+        assert_eq!(sets.fresh(&HashSet::new()), 1, "wraps before the flag");
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub use counters::{Counters, RuleHit, VerdictKind};
 pub use egress_common::{FlowEvent, Hook, Reason};
 pub use error::{DataplaneError, ImageError};
 pub use generation::ApplyStats;
-pub use image::{GatewayHost, ImageSize, ImageWorkload, MapImage};
+pub use image::{GatewayHost, HostTable, ImageSize, ImageWorkload, MapImage};
 pub use links::{program_name, AttachedLink};
 pub use maps::{EbpfLogLevel, EntryCounts, FlowEntries};
 pub use uninstall::UninstallReport;
@@ -190,7 +190,7 @@ impl Dataplane {
             replaced,
             live: None,
             ids: Allocator::default(),
-            set_ids: Allocator::default(),
+            set_ids: Allocator::port_sets(),
         })
     }
 
