@@ -239,7 +239,7 @@ fn allowed(policy: u32, dst: &Dst) -> Option<u32> {
         }
         let base = host_ports::key(host, host_ports::BASE, 0, 0);
         // SAFETY: HOST_PORTS is not preallocated; the value is copied.
-        unsafe { HOST_PORTS.get(&base) }
+        unsafe { HOST_PORTS.get(base) }
             .copied()
             .unwrap_or(EMPTY_SET)
     };
@@ -272,7 +272,7 @@ fn host_table(value: u32) -> u32 {
 fn host_port(host: u32, kind: u8, dst: &Dst) -> Option<u32> {
     let key = host_ports::key(host, kind, dst.proto, dst.port);
     // SAFETY: HOST_PORTS is not preallocated; the value is copied at once.
-    unsafe { HOST_PORTS.get(&key) }.copied()
+    unsafe { HOST_PORTS.get(key) }.copied()
 }
 
 #[inline(always)]
