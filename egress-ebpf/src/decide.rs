@@ -110,11 +110,6 @@ impl Decision {
 /// any isolated policy; only the reason of a denial changes, to
 /// [`Reason::Pending`]. Done here, on the copied flags, so that no extra
 /// state lives on the socket hooks' stack.
-///
-/// Not inlined: a BPF-to-BPF call gives the lookups' keys a frame of their
-/// own, once, instead of a copy in every caller's frame (`connect6` decides
-/// twice, the hop to a proxy and the destination, and sits close to the
-/// 512-byte stack limit).
 #[inline(always)]
 pub fn decide(policy: u32, dst: &Dst) -> Decision {
     // SAFETY: POLICIES is not preallocated; the value is copied at once.

@@ -9,6 +9,7 @@
 //! [`MapImage::rules`].
 
 mod capture;
+mod host_tables;
 mod hosts;
 mod ports;
 
@@ -26,6 +27,8 @@ use crate::{
     policy::model::ObjectId,
 };
 pub use capture::ImageCapture;
+pub use host_tables::HostTable;
+use host_tables::HostTables;
 pub use hosts::GatewayHost;
 use ports::PortSets;
 
@@ -88,17 +91,6 @@ pub struct Tables<'a> {
     capture: Option<&'a ImageCapture>,
 }
 
-/// One address's ports as one policy sees them (`egress_common::
-/// host_ports`): entries `(kind, protocol, port, value)`, a rule id or
-/// `host_ports::DENY` for `VERDICT`, anything for `OUTSIDE`; and the image
-/// port set of every other port. Image host table `n` is
-/// `host_tables()[n - 1]`; equal tables are shared.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct HostTable {
-    pub base: u32,
-    pub entries: Vec<(u8, u8, u16, u32)>,
-}
-
 /// What one generation of the maps holds, before kernel ids are assigned.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapImage {
@@ -142,35 +134,11 @@ impl MapImage {
             has_cluster: plan.cluster.is_some(),
             ..Self::default()
         };
-        // Ports on the other side of the cluster's edge from their address,
-        // which every policy's host tables list (gateway exclusivity
-        // applies to every workload).
-        let mut edge: BTreeMap<IpAddr, Vec<(u8, u8, u16, u32)>> = BTreeMap::new();
+        let edge = host_tables::Edge::of(plan);
         if let Some(cluster) = &plan.cluster {
-            let sides = [
-                (
-                    &cluster.outside_ports,
-                    host_ports::OUTSIDE,
-                    host_ports::CLUSTER_PORTS,
-                ),
-                (
-                    &cluster.inside_ports,
-                    host_ports::INSIDE,
-                    host_ports::CLUSTER_ONLY_PORTS,
-                ),
-            ];
-            for (ports, kind, value) in sides {
-                for p in ports {
-                    let addr = p.addr.to_canonical();
-                    let entry = (kind, p.protocol.number(), p.port, 1);
-                    edge.entry(addr).or_default().push(entry);
-                    image.cluster_port_hosts.insert(addr, value);
-                }
-            }
             for net in &cluster.cidrs {
                 // A flagged host's own entry is written with its flag.
-                if net.prefix_len() == net.max_prefix_len()
-                    && image.cluster_port_hosts.contains_key(&net.addr())
+                if net.prefix_len() == net.max_prefix_len() && edge.hosts.contains_key(&net.addr())
                 {
                     continue;
                 }
@@ -183,7 +151,8 @@ impl MapImage {
         let mut rule_ids: HashMap<RuleRef, u32> = HashMap::new();
         let mut sets = PortSets::default();
         let mut by_cgroup: HashMap<u64, ObjectId> = HashMap::new();
-        let mut host_ids: HashMap<HostTable, u32> = HashMap::new();
+        image.cluster_port_hosts = edge.hosts.clone();
+        let mut host_tables = HostTables::default();
         let mut unresolved = BTreeSet::new();
         for w in &plan.workloads {
             let Some(&cgroup_id) = cgroup_ids.get(&w.id) else {
@@ -266,7 +235,7 @@ impl MapImage {
             let hosts: BTreeSet<IpAddr> = table
                 .host_ports
                 .keys()
-                .chain(edge.keys())
+                .chain(edge.ports.keys())
                 .copied()
                 .collect();
             for (prefix, set) in &table.entries {
@@ -290,7 +259,7 @@ impl MapImage {
                 })
                 .collect::<Result<Vec<_>, ImageError>>()?;
             for (addr, base) in bases {
-                let mut entries = edge.get(&addr).cloned().unwrap_or_default();
+                let mut entries = edge.ports.get(&addr).cloned().unwrap_or_default();
                 for p in table.host_ports.get(&addr).into_iter().flatten() {
                     let value = match &p.rule {
                         Some(r) => rule_id(&mut image.rules, &mut rule_ids, r),
@@ -298,11 +267,7 @@ impl MapImage {
                     };
                     entries.push((host_ports::VERDICT, p.protocol.number(), p.port, value));
                 }
-                let id = intern_host_table(
-                    &mut image.host_tables,
-                    &mut host_ids,
-                    HostTable { base, entries },
-                );
+                let id = host_tables.intern(HostTable { base, entries });
                 push(
                     &mut iw.allow_v4,
                     &mut iw.allow_v6,
@@ -334,6 +299,7 @@ impl MapImage {
             image.workloads.push(iw);
         }
         image.port_sets = sets.into_sets();
+        image.host_tables = host_tables.into_tables();
         image.unresolved = unresolved.into_iter().collect();
         Ok(image)
     }
@@ -453,21 +419,6 @@ pub struct ImageSize {
     pub port_sets: usize,
     /// `HOST_PORTS` entries.
     pub host_ports: usize,
-}
-
-/// The image id of `table` (1-based), shared with an equal one.
-fn intern_host_table(
-    tables: &mut Vec<HostTable>,
-    ids: &mut HashMap<HostTable, u32>,
-    mut table: HostTable,
-) -> u32 {
-    table.entries.sort_unstable();
-    table.entries.dedup();
-    let next = u32::try_from(tables.len() + 1).unwrap_or(u32::MAX);
-    *ids.entry(table).or_insert_with_key(|table| {
-        tables.push(table.clone());
-        next
-    })
 }
 
 /// The image id of `rule`, numbered in order of first use.
