@@ -233,8 +233,12 @@ fn filter(
                     }
                 },
             }
-        } else {
+        } else if cluster.contains(dst.ip) {
             trace.push("inside clusterCIDRs".to_owned());
+        } else {
+            trace.push(
+                "inside the cluster: a Service port whose backends are all inside".to_owned(),
+            );
         }
     }
     match &workload.egress {
