@@ -614,3 +614,195 @@ fn pods_on_other_nodes_are_peers_but_never_enforced_here() {
     let plan = compile::compile(&loaded.model);
     assert!(plan.workload(&"prod/remote-web".parse().unwrap()).is_none());
 }
+
+/// Two nodes, as `kubectl get nodes -o yaml` gives them: a NodePort is
+/// open on every node's addresses.
+fn nodes() -> String {
+    "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n\
+     status: {addresses: [{type: InternalIP, address: 172.18.0.2}, {type: InternalIP, address: \"fd00:18::2\"}]}\n---\n\
+     apiVersion: v1\nkind: Node\nmetadata: {name: node-b}\n\
+     status: {addresses: [{type: InternalIP, address: 172.18.0.3}, {type: ExternalIP, address: 198.51.100.3}]}"
+        .to_owned()
+}
+
+/// A Service of `type` with one TCP port and its `nodePort`, `spec` fields
+/// and a `status` besides, and a slice of ready `backends` at `target`.
+fn typed_service(
+    name: &str,
+    ty: &str,
+    (port, target, node_port): (u16, u16, u16),
+    (spec, status): (&str, &str),
+    backends: &[&str],
+) -> String {
+    let addresses: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: prod}}\n\
+         spec: {{type: {ty}, clusterIP: 10.96.1.{node_low}, ports: [{{protocol: TCP, port: {port}, nodePort: {node_port}}}]{spec}}}\n\
+         {status}---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {name}-x1, namespace: prod, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nendpoints: [{{addresses: [{}], conditions: {{ready: true}}}}]\nports: [{{protocol: TCP, port: {target}}}]",
+        addresses.join(", "),
+        node_low = node_port % 250,
+    )
+}
+
+#[test]
+fn a_node_port_is_judged_by_its_backends_and_the_node_keeps_its_other_ports() {
+    let web = typed_service(
+        "web",
+        "NodePort",
+        (80, 8080, 30080),
+        ("", ""),
+        &["10.1.0.1"],
+    );
+    let to_web = egress_policy(
+        "web",
+        "  - to: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 8080}]\n",
+    );
+    let objects = [nodes(), web.clone(), to_web];
+    // The node address is denied, but its NodePort leads to an allowed
+    // backend: on every node, in both families.
+    for node in ["172.18.0.2", "172.18.0.3", "198.51.100.3", "[fd00:18::2]"] {
+        assert_eq!(
+            verdict(&objects, "prod/client", &format!("{node}:30080")),
+            "allow web[0]",
+            "{node}"
+        );
+        assert_eq!(
+            verdict(&objects, "prod/client", &format!("{node}:10250")),
+            "deny",
+            "{node}: the node's own port"
+        );
+    }
+    assert_eq!(
+        verdict(&objects, "prod/client", "[::ffff:172.18.0.2]:30080"),
+        "allow web[0]",
+        "IPv4-mapped is IPv4"
+    );
+    assert_eq!(
+        verdict(&objects, "prod/client", "172.18.0.2:30080/udp"),
+        "deny",
+        "the NodePort is TCP"
+    );
+
+    // The node address is allowed, and a NodePort whose backend is not
+    // is denied on its own.
+    let nodes_allowed = egress_policy("nodes", "  - to: [{ipBlock: {cidr: 172.18.0.0/16}}]\n");
+    let db = typed_service(
+        "db",
+        "NodePort",
+        (5432, 5432, 30432),
+        ("", ""),
+        &["10.1.0.2"],
+    );
+    let objects = [nodes(), db, web, nodes_allowed];
+    assert_eq!(verdict(&objects, "prod/client", "172.18.0.2:30432"), "deny");
+    assert_eq!(
+        verdict(&objects, "prod/client", "172.18.0.2:10250"),
+        "allow nodes[0]"
+    );
+    assert_eq!(verdict(&objects, "prod/client", "172.18.0.3:30080"), "deny");
+    // A node the Service's nodes do not list keeps its CIDR's answer.
+    assert_eq!(
+        verdict(&objects, "prod/client", "172.18.0.9:30432"),
+        "allow nodes[0]"
+    );
+}
+
+#[test]
+fn a_node_port_leading_outside_is_for_gateways_only_though_the_node_is_inside() {
+    let out = typed_service(
+        "out",
+        "NodePort",
+        (80, 80, 30099),
+        ("", ""),
+        &["203.0.113.10"],
+    );
+    let objects = [nodes(), out, gateway("")];
+    assert_eq!(
+        verdict(&objects, "dev/client", "172.18.0.2:30099"),
+        "deny exclusivity"
+    );
+    assert_eq!(
+        verdict(&objects, "dev/client", "[fd00:18::2]:30099"),
+        "deny exclusivity"
+    );
+    assert_eq!(
+        verdict(&objects, "dev/client", "172.18.0.2:10250"),
+        "allow",
+        "the node's other ports stay inside"
+    );
+    assert_eq!(
+        verdict(&objects, "istio-system/gw", "172.18.0.2:30099"),
+        "allow"
+    );
+}
+
+#[test]
+fn external_and_load_balancer_ips_are_judged_by_their_backends() {
+    let web = typed_service(
+        "web",
+        "LoadBalancer",
+        (80, 8080, 30080),
+        (
+            ", externalIPs: [192.0.2.50]",
+            "status: {loadBalancer: {ingress: [{ip: 192.0.2.60}]}}\n",
+        ),
+        &["10.1.0.1"],
+    );
+    let to_web = egress_policy(
+        "web",
+        "  - to: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 8080}]\n",
+    );
+    let everywhere = egress_policy(
+        "all",
+        "  - to: [{ipBlock: {cidr: 0.0.0.0/0}}]\n    ports: [{port: 9999}]\n",
+    );
+    for ip in ["192.0.2.50", "192.0.2.60", "10.96.1.80"] {
+        let objects = [web.clone(), to_web.clone()];
+        assert_eq!(
+            verdict(&objects, "prod/client", &format!("{ip}:80")),
+            "allow web[0]",
+            "{ip}"
+        );
+        assert_eq!(
+            verdict(&objects, "prod/client", &format!("{ip}:8080")),
+            "deny",
+            "{ip}: not a port of the Service"
+        );
+        // An ipBlock around the address does not open the Service port.
+        let objects = [web.clone(), everywhere.clone()];
+        assert_eq!(
+            verdict(&objects, "prod/client", &format!("{ip}:80")),
+            "deny"
+        );
+    }
+    // With gateway exclusivity: the Service ports of an external or load
+    // balancer IP whose backends are inside stay inside, and nothing else
+    // of that address does.
+    let objects = [web, gateway("")];
+    for ip in ["192.0.2.50", "192.0.2.60"] {
+        assert_eq!(
+            verdict(&objects, "dev/client", &format!("{ip}:80")),
+            "allow"
+        );
+        assert_eq!(
+            verdict(&objects, "dev/client", &format!("{ip}:443")),
+            "deny exclusivity",
+            "{ip}: whoever owns the address answers other ports"
+        );
+    }
+    let out = typed_service(
+        "out",
+        "ClusterIP",
+        (80, 80, 30099),
+        (", externalIPs: [192.0.2.70]", ""),
+        &["203.0.113.10"],
+    );
+    assert_eq!(
+        verdict(&[out, gateway("")], "dev/client", "192.0.2.70:80"),
+        "deny exclusivity",
+        "an external IP leading outside stays outside"
+    );
+}

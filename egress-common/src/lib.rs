@@ -35,16 +35,23 @@ pub mod map {
     pub const WORKLOADS: &str = "WORKLOADS";
     /// `HashMap<u32 policy id, PolicyInfo>`.
     pub const POLICIES: &str = "POLICIES";
-    /// `LpmTrie<PolicyAddrV4, u32 port set id>`.
+    /// `LpmTrie<PolicyAddrV4, u32 port set id>`, or a host table id with
+    /// [`super::host_ports::ALLOW_FLAG`].
     pub const ALLOW_V4: &str = "ALLOW_V4";
-    /// `LpmTrie<PolicyAddrV6, u32 port set id>`.
+    /// `LpmTrie<PolicyAddrV6, u32 port set id>`, as `ALLOW_V4`.
     pub const ALLOW_V6: &str = "ALLOW_V6";
     /// `HashMap<u32 port set id, PortSet>`.
     pub const PORT_SETS: &str = "PORT_SETS";
-    /// `LpmTrie<PolicyAddrV4, u8>` keyed by cluster tag: the cluster CIDRs.
+    /// `LpmTrie<PolicyAddrV4, u8>` keyed by cluster tag: the cluster CIDRs
+    /// ([`super::host_ports::CLUSTER_INSIDE`]), and hosts with ports on the
+    /// other side ([`super::host_ports::CLUSTER_PORTS`],
+    /// [`super::host_ports::CLUSTER_ONLY_PORTS`]).
     pub const CLUSTER_V4: &str = "CLUSTER_V4";
     /// `LpmTrie<PolicyAddrV6, u8>` keyed by cluster tag.
     pub const CLUSTER_V6: &str = "CLUSTER_V6";
+    /// `HashMap<u64, u32>`: host tables, the ports of single addresses
+    /// that a flagged `ALLOW_*` entry defers to, see [`super::host_ports`].
+    pub const HOST_PORTS: &str = "HOST_PORTS";
     /// `LpmTrie<PolicyAddrV4, u32 port set id>`: REGISTRY_ONLY hosts.
     pub const GATEWAY_V4: &str = "GATEWAY_V4";
     /// `LpmTrie<PolicyAddrV6, u32 port set id>`.
@@ -93,7 +100,7 @@ pub mod map {
     pub const SOURCES: &str = "SOURCES";
 
     /// Every map of the object, in the order the agent opens them.
-    pub const ALL: [&str; 27] = [
+    pub const ALL: [&str; 28] = [
         ACTIVE,
         CONFIG,
         WORKLOADS,
@@ -103,6 +110,7 @@ pub mod map {
         PORT_SETS,
         CLUSTER_V4,
         CLUSTER_V6,
+        HOST_PORTS,
         GATEWAY_V4,
         GATEWAY_V6,
         VERDICTS,
@@ -139,6 +147,10 @@ pub mod capacity {
     pub const PORT_SETS: u32 = 1 << 18;
     /// Cluster CIDRs per family, summed over generations.
     pub const CLUSTER: u32 = 8_192;
+    /// Host table entries (`HOST_PORTS`): a NodePort on a node address,
+    /// per distinct host table (equal ones are shared), summed over
+    /// generations.
+    pub const HOST_PORTS: u32 = 1 << 19;
     /// Gateway host prefixes per family, summed over gateways and generations.
     pub const GATEWAY: u32 = 65_536;
     /// `(cgroup, rule, verdict)` hit counters; least recently used ones are
@@ -376,6 +388,60 @@ impl PolicyAddrV6 {
 
 /// Bits of a trie key taken by the policy id.
 pub const POLICY_BITS: u32 = 32;
+
+/// Per-port exceptions to a policy's answer for one address.
+///
+/// A trie entry answers for every port of its prefix, but a node address
+/// serves NodePorts, each of which kube-proxy sends to a Service's
+/// backends, beside its own ports. So a policy's `ALLOW_*` host entry for
+/// such an address carries [`ALLOW_FLAG`] and, instead of a port set, the
+/// id of a *host table* in `HOST_PORTS`, a hash map keyed by [`key`]:
+///
+/// - `(host, VERDICT, protocol, port)`: the rule that allows that port,
+///   or [`DENY`] (a NodePort judged by its Service's backends);
+/// - `(host, OUTSIDE, protocol, port)`: the port leads outside the
+///   cluster (a NodePort whose backends are outside), read only when the
+///   address's `CLUSTER_*` entry is [`CLUSTER_PORTS`];
+/// - `(host, INSIDE, protocol, port)`: the port stays inside (a Service
+///   port of an external or load balancer IP whose backends are all
+///   inside), read only when the address's `CLUSTER_*` entry is
+///   [`CLUSTER_ONLY_PORTS`];
+/// - `(host, BASE, 0, 0)`: the port set for every other port.
+///
+/// The programs look there only for flagged entries, so the cost per
+/// packet stays flat: a trie lookup, plus two hash lookups for node
+/// addresses alone, however many NodePorts there are. The key is a `u64`
+/// because the socket hooks sit close to the 512-byte stack limit. Host
+/// table ids come from the port set ids' space, below [`ALLOW_FLAG`].
+pub mod host_ports {
+    /// `ALLOW_V4/V6` value bit: the rest of the value is a host table id,
+    /// not a port set id.
+    pub const ALLOW_FLAG: u32 = 1 << 31;
+    /// `CLUSTER_V4/V6` value: inside the cluster.
+    pub const CLUSTER_INSIDE: u8 = 1;
+    /// `CLUSTER_V4/V6` value: inside the cluster, but for the ports that
+    /// the policy's host table lists as [`OUTSIDE`].
+    pub const CLUSTER_PORTS: u8 = 2;
+    /// `CLUSTER_V4/V6` value: outside the cluster, but for the ports that
+    /// the policy's host table lists as [`INSIDE`].
+    pub const CLUSTER_ONLY_PORTS: u8 = 3;
+    /// Key kind: the verdict of one port.
+    pub const VERDICT: u8 = 0;
+    /// Key kind: one port that leads outside the cluster.
+    pub const OUTSIDE: u8 = 1;
+    /// Key kind: the port set of the other ports (protocol and port 0).
+    pub const BASE: u8 = 2;
+    /// Key kind: one port that stays inside the cluster.
+    pub const INSIDE: u8 = 3;
+    /// `VERDICT` value: denied, whatever the address's port set says.
+    pub const DENY: u32 = u32::MAX - 1;
+
+    /// The `HOST_PORTS` key.
+    #[inline(always)]
+    pub const fn key(host: u32, kind: u8, proto: u8, port: u16) -> u64 {
+        ((host as u64) << 32) | ((kind as u64) << 24) | ((proto as u64) << 16) | port as u64
+    }
+}
 
 /// One allowed (protocol, port range) and the rule that allows it.
 #[repr(C)]
@@ -1130,6 +1196,18 @@ mod tests {
         let bytes: [u8; 8] = unsafe { core::mem::transmute(key) };
         assert_eq!(bytes, [1, 2, 3, 4, 10, 0, 0, 1]);
         assert_eq!(key.id(), 0x0102_0304);
+    }
+
+    #[test]
+    fn host_port_keys_keep_their_fields_apart() {
+        use host_ports::{key, BASE, OUTSIDE, VERDICT};
+        assert_eq!(key(1, VERDICT, 6, 30080), 0x0000_0001_0006_7580);
+        assert_ne!(key(1, OUTSIDE, 6, 30080), key(1, VERDICT, 6, 30080));
+        assert_ne!(key(1, BASE, 0, 0), key(1, VERDICT, 0, 0));
+        assert_eq!(
+            key(u32::MAX >> 1, BASE, 255, u16::MAX) >> 32,
+            u64::from(u32::MAX >> 1)
+        );
     }
 
     #[test]

@@ -5,12 +5,13 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use egress_common::{
-    PolicyAddrV4, PolicyAddrV6, PolicyInfo, Reason, UdpFlowKey, EMPTY_SET, MAX_PORT_CHAIN,
-    MAX_PORT_ENTRIES, NO_RULE, POLICY_BITS,
+    host_ports, PolicyAddrV4, PolicyAddrV6, PolicyInfo, Reason, UdpFlowKey, EMPTY_SET,
+    MAX_PORT_CHAIN, MAX_PORT_ENTRIES, NO_RULE, POLICY_BITS,
 };
 
 use crate::maps::{
-    ALLOW_V4, ALLOW_V6, CLUSTER_V4, CLUSTER_V6, GATEWAY_V4, GATEWAY_V6, POLICIES, PORT_SETS,
+    ALLOW_V4, ALLOW_V6, CLUSTER_V4, CLUSTER_V6, GATEWAY_V4, GATEWAY_V6, HOST_PORTS, POLICIES,
+    PORT_SETS,
 };
 
 /// A destination address; IPv4-mapped IPv6 addresses are already IPv4.
@@ -128,7 +129,7 @@ fn decide_with(policy: u32, info: PolicyInfo, dst: &Dst) -> Decision {
         return Decision::because(Reason::Loopback);
     }
     let mut host = NO_RULE;
-    if info.flags & PolicyInfo::HAS_CLUSTER != 0 && !in_cluster(info.cluster, &dst.addr) {
+    if info.flags & PolicyInfo::HAS_CLUSTER != 0 && !in_cluster(policy, info.cluster, dst) {
         if info.flags & PolicyInfo::GATEWAY == 0 {
             return Decision::because(Reason::GatewayExclusivity);
         }
@@ -140,7 +141,7 @@ fn decide_with(policy: u32, info: PolicyInfo, dst: &Dst) -> Decision {
         }
     }
     if info.flags & PolicyInfo::ISOLATED != 0 {
-        return match port_match(allow_set(policy, &dst.addr), dst) {
+        return match allowed(policy, dst) {
             Some(rule) => Decision {
                 reason: Reason::Rule,
                 rule,
@@ -189,22 +190,84 @@ pub fn key_v6(id: u32, addr: [u8; 16]) -> Key<PolicyAddrV6> {
     Key::new(POLICY_BITS + 128, PolicyAddrV6::new(id, addr))
 }
 
+/// Whether `dst` is inside the cluster: its address's longest cluster
+/// prefix says so, but for a host whose ports are on both sides, the
+/// policy's host table decides this port (a NodePort with backends
+/// outside; an external IP's Service port with backends inside).
 #[inline(always)]
-fn in_cluster(tag: u32, addr: &Addr) -> bool {
-    match *addr {
-        Addr::V4(a) => CLUSTER_V4.get(key_v4(tag, a)).is_some(),
-        Addr::V6(a) => CLUSTER_V6.get(key_v6(tag, a)).is_some(),
+fn in_cluster(policy: u32, tag: u32, dst: &Dst) -> bool {
+    let value = match dst.addr {
+        Addr::V4(a) => CLUSTER_V4.get(key_v4(tag, a)),
+        Addr::V6(a) => CLUSTER_V6.get(key_v6(tag, a)),
+    };
+    match value.copied() {
+        None => false,
+        Some(host_ports::CLUSTER_PORTS) => {
+            let host = host_table(allow_value(policy, &dst.addr));
+            host == 0 || host_port(host, host_ports::OUTSIDE, dst).is_none()
+        }
+        Some(host_ports::CLUSTER_ONLY_PORTS) => {
+            let host = host_table(allow_value(policy, &dst.addr));
+            host != 0 && host_port(host, host_ports::INSIDE, dst).is_some()
+        }
+        Some(_) => true,
     }
 }
 
-/// The port set of the longest allowed prefix, [`EMPTY_SET`] if none.
+/// The rule that allows `dst` for `policy`. A flagged entry's host table
+/// decides a port it lists (a NodePort, judged by the Service's
+/// backends) and gives the port set for the others; any other entry is
+/// the port set of the longest allowed prefix.
 #[inline(always)]
-fn allow_set(policy: u32, addr: &Addr) -> u32 {
-    let set = match *addr {
+fn allowed(policy: u32, dst: &Dst) -> Option<u32> {
+    let value = allow_value(policy, &dst.addr);
+    let host = host_table(value);
+    let set = if host == 0 {
+        value
+    } else {
+        if let Some(rule) = host_port(host, host_ports::VERDICT, dst) {
+            return if rule == host_ports::DENY {
+                None
+            } else {
+                Some(rule)
+            };
+        }
+        let base = host_ports::key(host, host_ports::BASE, 0, 0);
+        // SAFETY: HOST_PORTS is not preallocated; the value is copied.
+        unsafe { HOST_PORTS.get(base) }
+            .copied()
+            .unwrap_or(EMPTY_SET)
+    };
+    port_match(set, dst)
+}
+
+/// The `ALLOW_*` value of the longest allowed prefix, [`EMPTY_SET`] if
+/// none.
+#[inline(always)]
+fn allow_value(policy: u32, addr: &Addr) -> u32 {
+    let value = match *addr {
         Addr::V4(a) => ALLOW_V4.get(key_v4(policy, a)),
         Addr::V6(a) => ALLOW_V6.get(key_v6(policy, a)),
     };
-    set.copied().unwrap_or(EMPTY_SET)
+    value.copied().unwrap_or(EMPTY_SET)
+}
+
+/// The host table an `ALLOW_*` value names, 0 if it is a port set.
+#[inline(always)]
+fn host_table(value: u32) -> u32 {
+    if value & host_ports::ALLOW_FLAG != 0 {
+        value & !host_ports::ALLOW_FLAG
+    } else {
+        0
+    }
+}
+
+/// `HOST_PORTS` of `host` for `dst`'s protocol and port.
+#[inline(always)]
+fn host_port(host: u32, kind: u8, dst: &Dst) -> Option<u32> {
+    let key = host_ports::key(host, kind, dst.proto, dst.port);
+    // SAFETY: HOST_PORTS is not preallocated; the value is copied at once.
+    unsafe { HOST_PORTS.get(key) }.copied()
 }
 
 #[inline(always)]

@@ -47,12 +47,21 @@ pub static ALLOW_V6: LpmTrie<PolicyAddrV6, u32> = LpmTrie::with_max_entries(capa
 pub static PORT_SETS: HashMap<u32, PortSet> =
     HashMap::with_max_entries(capacity::PORT_SETS, NO_PREALLOC);
 
-/// (cluster tag, prefix) → 1: the cluster CIDRs of a generation.
+/// (cluster tag, prefix) → `host_ports::CLUSTER_INSIDE`, or
+/// `CLUSTER_PORTS` on a node address with NodePorts that lead outside: the
+/// cluster CIDRs of a generation.
 #[map(name = "CLUSTER_V4")]
 pub static CLUSTER_V4: LpmTrie<PolicyAddrV4, u8> = LpmTrie::with_max_entries(capacity::CLUSTER, 0);
 
 #[map(name = "CLUSTER_V6")]
 pub static CLUSTER_V6: LpmTrie<PolicyAddrV6, u8> = LpmTrie::with_max_entries(capacity::CLUSTER, 0);
+
+/// `host_ports::key(host table, kind, protocol, port)` → rule id,
+/// `host_ports::DENY` or a port set id: the ports a flagged `ALLOW_*`
+/// entry defers to (`egress_common::host_ports`).
+#[map(name = "HOST_PORTS")]
+pub static HOST_PORTS: HashMap<u64, u32> =
+    HashMap::with_max_entries(capacity::HOST_PORTS, NO_PREALLOC);
 
 /// (gateway policy, allowed host prefix) → port set id.
 #[map(name = "GATEWAY_V4")]

@@ -202,3 +202,66 @@ fn a_prepared_generation_takes_effect_only_when_committed() {
     assert_eq!(client.connect_tcp(server(7081)).unwrap(), Outcome::Ok);
     assert_eq!(client.connect_tcp(server(7080)).unwrap(), Outcome::Eperm);
 }
+
+/// A node address with a NodePort, for the host table tests.
+const NODE_PORT_OBJECTS: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status:
+  addresses:
+  - {type: InternalIP, address: 172.18.0.2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.31
+  ports:
+  - {name: http, protocol: TCP, port: 80, nodePort: 30080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.0.20]
+ports: [{name: http, protocol: TCP, port: 8080}]
+"#;
+
+#[test]
+fn node_port_host_tables_are_staged_like_every_other_entry() {
+    require_root();
+    let mut s = Enforced::new(&policy()).unwrap();
+    let before = s.dataplane().entry_counts().unwrap();
+    assert_eq!(before.host_ports, 0);
+    let slot = s.dataplane().active_slot().unwrap();
+    let yaml = format!("{}\n---\n{NODE_PORT_OBJECTS}", policy());
+    let (_, image) = s.image(&yaml, &Resolved::new(), false).unwrap();
+    let host_ports = image.size().host_ports;
+    assert!(host_ports > 0, "the NodePort has a host table");
+
+    // Prepared, then aborted or dropped: the host tables go with the rest.
+    let prepared = s.dataplane().prepare(&image).unwrap();
+    assert!(prepared.abort() > 0, "the prepared entries were deleted");
+    assert_eq!(s.dataplane().entry_counts().unwrap(), before);
+    drop(s.dataplane().prepare(&image).unwrap());
+    assert_eq!(s.dataplane().entry_counts().unwrap(), before);
+    assert_eq!(s.dataplane().active_slot().unwrap(), slot);
+
+    // Committed: in force, and exactly this generation's.
+    let stats = s.dataplane().prepare(&image).unwrap().commit().unwrap();
+    assert!(!stats.reconciled, "{stats:?}");
+    assert_eq!(stats.cleanup_error, None);
+    assert_eq!(stats.host_port_entries, host_ports);
+    assert_eq!(s.dataplane().entry_counts().unwrap().host_ports, host_ports);
+    assert_eq!(s.dataplane().active_slot().unwrap(), 1 - slot);
+
+    // The next generation without the NodePort deletes them.
+    s.apply(&policy(), &Resolved::new(), false).unwrap();
+    assert_eq!(s.dataplane().entry_counts().unwrap().host_ports, 0);
+}

@@ -4,7 +4,9 @@
 //! kube-proxy's iptables rules. The cgroup hooks see the Service address
 //! (the DNAT happens later, on the node), so these prove that a Service is
 //! judged by its backends, with real connections, real DNS answers and a
-//! listener on the far side.
+//! listener on the far side: through ClusterIPs, NodePorts on the node's
+//! own address (beside a port the node itself serves), external IPs and
+//! load balancer IPs.
 
 use std::{
     fs,
@@ -35,6 +37,22 @@ const NEWS_BACKEND_PORT: u16 = 8081;
 /// istio-system (the seed policy allows it), one in default (it does not).
 const REMOTE_ALLOWED: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 10);
 const REMOTE_DENIED: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 11);
+/// This node's address, as its Node object lists it (on the node's `lo`);
+/// the IPv6 one is listed but not configured (refusals only).
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
+const NODE_IP6: &str = "fd00:18::2";
+/// A port the node serves itself (a kubelet's).
+const KUBELET: u16 = 10250;
+/// NodePorts: to istiod (the seed policy allows istio-system), to
+/// default/web (it does not), to the news site (outside the cluster).
+const ISTIOD_NODE_PORT: u16 = 30443;
+const WEB_NODE_PORT: u16 = 30080;
+const NEWS_NODE_PORT: u16 = 30099;
+/// istiod's Service's external IP and load balancer IP; the news
+/// Service's external IP.
+const ISTIOD_EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
+const ISTIOD_LB_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 60);
+const NEWS_EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 70);
 
 fn services_yaml() -> String {
     let site = SimNode::INTERNET_V4;
@@ -62,8 +80,12 @@ apiVersion: v1
 kind: Service
 metadata: {{name: news, namespace: default}}
 spec:
+  type: NodePort
   clusterIP: {NEWS_VIP}
-  ports: [{{port: 80}}]
+  externalIPs: [{NEWS_EXTERNAL_IP}]
+  ports:
+  - {{name: http, protocol: TCP, port: 80, nodePort: {NEWS_NODE_PORT}}}
+  - {{name: udp, protocol: UDP, port: 80, nodePort: {NEWS_NODE_PORT}}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -74,7 +96,81 @@ metadata:
 addressType: IPv4
 endpoints:
 - addresses: [{site}]
-ports: [{{port: {NEWS_BACKEND_PORT}}}]
+ports:
+- {{name: http, protocol: TCP, port: {NEWS_BACKEND_PORT}}}
+- {{name: udp, protocol: UDP, port: {NEWS_BACKEND_PORT}}}
+---
+apiVersion: v1
+kind: Node
+metadata: {{name: node-a}}
+status:
+  addresses:
+  - {{type: InternalIP, address: {NODE_IP}}}
+  - {{type: InternalIP, address: "{NODE_IP6}"}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: istiod, namespace: istio-system}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.30
+  externalIPs: [{ISTIOD_EXTERNAL_IP}]
+  ports: [{{protocol: TCP, port: 443, nodePort: {ISTIOD_NODE_PORT}}}]
+status:
+  loadBalancer: {{ingress: [{{ip: {ISTIOD_LB_IP}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: istiod-1
+  namespace: istio-system
+  labels: {{kubernetes.io/service-name: istiod}}
+addressType: IPv4
+endpoints:
+- addresses: [{REMOTE_ALLOWED}]
+ports: [{{protocol: TCP, port: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.31
+  ports:
+  - {{name: http, protocol: TCP, port: 80, nodePort: {WEB_NODE_PORT}}}
+  - {{name: udp, protocol: UDP, port: 80, nodePort: {WEB_NODE_PORT}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints:
+- addresses: [{REMOTE_DENIED}]
+ports:
+- {{name: http, protocol: TCP, port: 8080}}
+- {{name: udp, protocol: UDP, port: 8080}}
+---
+# A pod whose policy allows the node's address, and nothing else.
+apiVersion: v1
+kind: Namespace
+metadata: {{name: apps}}
+---
+apiVersion: egress.enforcer.dev/v1alpha1
+kind: Workload
+metadata: {{name: client, namespace: apps, labels: {{app: client}}}}
+spec: {{cgroup: egress-demo/apps/client, addresses: [10.244.2.30]}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: node-only, namespace: apps}}
+spec:
+  podSelector: {{}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{{ipBlock: {{cidr: {NODE_IP}/32}}}}]
 ---
 apiVersion: egress.enforcer.dev/v1alpha1
 kind: Workload
@@ -90,7 +186,8 @@ spec: {{nodeName: node-b, addresses: [{REMOTE_DENIED}]}}
 }
 
 /// kube-proxy's iptables mode, reduced to its effect: DNAT of each
-/// Service address and port to the (single) backend, in the node.
+/// Service address and port, and of each NodePort on the node's address,
+/// to the (single) backend, in the node.
 fn kube_proxy(node: &Netns) -> anyhow::Result<()> {
     let site = SimNode::INTERNET_V4;
     nft_script(
@@ -101,7 +198,13 @@ fn kube_proxy(node: &Netns) -> anyhow::Result<()> {
                  type nat hook prerouting priority dstnat; policy accept;
                  ip daddr {KUBE_DNS_VIP} udp dport 53 dnat to 10.244.0.10:53
                  ip daddr {KUBE_DNS_VIP} tcp dport 53 dnat to 10.244.0.10:53
-                 ip daddr {NEWS_VIP} tcp dport 80 dnat to {site}:{NEWS_BACKEND_PORT}
+                 ip daddr {{ {NEWS_VIP}, {NEWS_EXTERNAL_IP} }} tcp dport 80 dnat to {site}:{NEWS_BACKEND_PORT}
+                 ip daddr {{ {ISTIOD_EXTERNAL_IP}, {ISTIOD_LB_IP} }} tcp dport 443 dnat to {REMOTE_ALLOWED}:8080
+                 ip daddr {NODE_IP} tcp dport {NEWS_NODE_PORT} dnat to {site}:{NEWS_BACKEND_PORT}
+                 ip daddr {NODE_IP} udp dport {NEWS_NODE_PORT} dnat to {site}:{NEWS_BACKEND_PORT}
+                 ip daddr {NODE_IP} tcp dport {ISTIOD_NODE_PORT} dnat to {REMOTE_ALLOWED}:8080
+                 ip daddr {NODE_IP} tcp dport {WEB_NODE_PORT} dnat to {REMOTE_DENIED}:8080
+                 ip daddr {NODE_IP} udp dport {WEB_NODE_PORT} dnat to {REMOTE_DENIED}:8080
                }}
              }}"
         ),
@@ -116,12 +219,20 @@ fn kube_dns() -> ObjectId {
     id("kube-system/kube-dns")
 }
 
+fn apps_client() -> ObjectId {
+    id("apps/client")
+}
+
 struct Fixture {
     sim: SimNode,
     /// The news Service's backend, on the internet.
     news: Listener,
     remote_allowed: Listener,
     remote_denied: Listener,
+    /// The node's own port, on its own address.
+    kubelet: Listener,
+    /// UDP on the node's address, at a port that is no NodePort.
+    node_udp: Listener,
 }
 
 fn fixture() -> anyhow::Result<Fixture> {
@@ -135,6 +246,8 @@ fn fixture() -> anyhow::Result<Fixture> {
     let sim = SimNode::new(std::slice::from_ref(&dir))?;
     fs::remove_dir_all(&dir)?;
     kube_proxy(sim.node())?;
+    sim.node()
+        .ip(&["addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"])?;
     let internet = sim.internet();
     for remote in [REMOTE_ALLOWED, REMOTE_DENIED] {
         internet.ip(&["addr", "add", &format!("{remote}/32"), "dev", "lo"])?;
@@ -146,6 +259,8 @@ fn fixture() -> anyhow::Result<Fixture> {
         news: listen(SimNode::INTERNET_V4, NEWS_BACKEND_PORT)?,
         remote_allowed: listen(REMOTE_ALLOWED, 8080)?,
         remote_denied: listen(REMOTE_DENIED, 8080)?,
+        kubelet: Listener::start(sim.node(), vip(NODE_IP, KUBELET), Proto::Tcp)?,
+        node_udp: Listener::start(sim.node(), vip(NODE_IP, WEB_NODE_PORT + 1), Proto::Udp)?,
         sim,
     })
 }
@@ -171,19 +286,30 @@ fn baseline(f: &Fixture) -> anyhow::Result<()> {
         "baseline: news arrived"
     );
     let sleep = client(&f.sim, &test_egress())?;
-    for (listener, ip) in [
-        (&f.remote_allowed, REMOTE_ALLOWED),
-        (&f.remote_denied, REMOTE_DENIED),
+    for (listener, to) in [
+        (&f.remote_allowed, vip(REMOTE_ALLOWED, 8080)),
+        (&f.remote_denied, vip(REMOTE_DENIED, 8080)),
+        (&f.remote_allowed, vip(NODE_IP, ISTIOD_NODE_PORT)),
+        (&f.remote_denied, vip(NODE_IP, WEB_NODE_PORT)),
+        (&f.remote_allowed, vip(ISTIOD_EXTERNAL_IP, 443)),
+        (&f.remote_allowed, vip(ISTIOD_LB_IP, 443)),
+        (&f.news, vip(NODE_IP, NEWS_NODE_PORT)),
+        (&f.kubelet, vip(NODE_IP, KUBELET)),
     ] {
-        ensure!(
-            sleep.connect_tcp(vip(ip, 8080))? == Outcome::Ok,
-            "baseline: {ip}"
-        );
+        ensure!(sleep.connect_tcp(to)? == Outcome::Ok, "baseline: {to}");
         ensure!(
             listener.next_event(Duration::from_secs(3)).is_some(),
-            "baseline: {ip} arrived"
+            "baseline: {to} arrived"
         );
     }
+    ensure!(
+        sleep.raw_udp(vip(NODE_IP, WEB_NODE_PORT + 1))? == Outcome::Ok,
+        "baseline: UDP to the node"
+    );
+    ensure!(
+        f.node_udp.next_event(Duration::from_secs(3)).is_some(),
+        "baseline: UDP to the node arrived"
+    );
     Ok(())
 }
 
@@ -197,6 +323,7 @@ fn services_are_judged_by_their_backends_behind_a_kube_proxy() -> anyhow::Result
         news,
         remote_allowed,
         remote_denied,
+        ..
     } = f;
     let node = Running::start(sim, &[])?;
 
@@ -258,6 +385,124 @@ fn services_are_judged_by_their_backends_behind_a_kube_proxy() -> anyhow::Result
     Ok(())
 }
 
+/// A NodePort is the Service's port on the node's address: judged by its
+/// backends, while the node's own ports keep the node's verdict; external
+/// and load balancer IPs are judged by their backends too.
+#[test]
+fn node_ports_external_and_load_balancer_ips_are_judged_by_their_backends() -> anyhow::Result<()> {
+    require_root();
+    let f = fixture()?;
+    baseline(&f)?;
+    let Fixture {
+        sim,
+        news,
+        remote_allowed,
+        remote_denied,
+        kubelet,
+        node_udp,
+    } = f;
+    let node = Running::start(sim, &[])?;
+
+    // test-egress/sleep: its policy allows istio-system, not the node. The
+    // NodePort to istiod is allowed (an allow inside a denied address),
+    // the node's own port is not, nor the NodePort to default/web.
+    let sleep = node.client(&test_egress())?;
+    ensure!(sleep.connect_tcp(vip(NODE_IP, ISTIOD_NODE_PORT))? == Outcome::Ok);
+    ensure!(
+        remote_allowed.next_event(ARRIVAL).is_some(),
+        "istiod saw the NodePort connection"
+    );
+    ensure!(sleep.connect_tcp(vip(NODE_IP, KUBELET))? == Outcome::Eperm);
+    ensure!(sleep.connect_tcp(vip(NODE_IP, WEB_NODE_PORT))? == Outcome::Eperm);
+    let node6 = |port| SocketAddr::new(NODE_IP6.parse().expect("IPv6"), port);
+    ensure!(sleep.connect_tcp(node6(KUBELET))? == Outcome::Eperm, "IPv6");
+    ensure!(
+        sleep.connect_tcp(node6(WEB_NODE_PORT))? == Outcome::Eperm,
+        "IPv6"
+    );
+    // External and load balancer IPs lead to istiod too.
+    for ip in [ISTIOD_EXTERNAL_IP, ISTIOD_LB_IP] {
+        ensure!(sleep.connect_tcp(vip(ip, 443))? == Outcome::Ok, "{ip}");
+        ensure!(remote_allowed.next_event(ARRIVAL).is_some(), "{ip} arrived");
+        ensure!(sleep.connect_tcp(vip(ip, 80))? == Outcome::Eperm, "{ip}:80");
+    }
+
+    // apps/client: its policy allows the node's address and nothing else.
+    // The node's ports are open to it, the NodePort to a backend it may
+    // not reach is not (a deny inside an allowed address), on connect and
+    // per packet.
+    let apps = node.client(&apps_client())?;
+    ensure!(apps.connect_tcp(vip(NODE_IP, KUBELET))? == Outcome::Ok);
+    ensure!(kubelet.next_event(ARRIVAL).is_some(), "the kubelet saw it");
+    ensure!(apps.connect_tcp(vip(NODE_IP, WEB_NODE_PORT))? == Outcome::Eperm);
+    ensure!(apps.sendto(vip(NODE_IP, WEB_NODE_PORT))? == Outcome::Eperm);
+    ensure!(apps.raw_udp(vip(NODE_IP, WEB_NODE_PORT))? == Outcome::Eperm);
+    ensure!(
+        remote_denied.next_event(ARRIVAL).is_none(),
+        "default/web saw nothing"
+    );
+    ensure!(apps.raw_udp(vip(NODE_IP, WEB_NODE_PORT + 1))? == Outcome::Ok);
+    ensure!(
+        node_udp.next_event(ARRIVAL).is_some(),
+        "the node's own UDP port got the datagram"
+    );
+
+    // kube-dns (no policy selects it): a NodePort that leads to the
+    // internet is the gateway's alone, though the node's address is
+    // inside the cluster and its other ports stay open.
+    let dns = node.client(&kube_dns())?;
+    ensure!(dns.connect_tcp(vip(NODE_IP, NEWS_NODE_PORT))? == Outcome::Eperm);
+    ensure!(dns.raw_udp(vip(NODE_IP, NEWS_NODE_PORT))? == Outcome::Eperm);
+    ensure!(
+        dns.connect_tcp(node6(NEWS_NODE_PORT))? == Outcome::Eperm,
+        "IPv6"
+    );
+    ensure!(dns.connect_tcp(vip(NEWS_EXTERNAL_IP, 80))? == Outcome::Eperm);
+    ensure!(
+        news.next_event(ARRIVAL).is_none(),
+        "nothing reached the news site"
+    );
+    ensure!(dns.connect_tcp(vip(NODE_IP, KUBELET))? == Outcome::Ok);
+    ensure!(kubelet.next_event(ARRIVAL).is_some(), "the kubelet saw it");
+    // An external IP's Service port whose backends are inside is inside;
+    // the address's other ports are whoever owns it on the internet.
+    ensure!(dns.connect_tcp(vip(ISTIOD_EXTERNAL_IP, 443))? == Outcome::Ok);
+    ensure!(
+        remote_allowed.next_event(ARRIVAL).is_some(),
+        "istiod saw it"
+    );
+    ensure!(dns.connect_tcp(vip(ISTIOD_EXTERNAL_IP, 80))? == Outcome::Eperm);
+
+    // explain names the Service behind the NodePort and the backend.
+    let explain = Command::new(target_bin(
+        "egress-agent",
+        "CARGO_BIN_EXE_egress-agent",
+        "cargo build -p egress-agent",
+    ))
+    .arg("explain")
+    .arg(node.sim.policies_dir())
+    .args([
+        "--from",
+        "apps/client",
+        "--to",
+        &format!("{NODE_IP}:{WEB_NODE_PORT}/tcp"),
+    ])
+    .output()?;
+    let text = String::from_utf8_lossy(&explain.stdout);
+    ensure!(text.contains(": deny"), "{text}");
+    ensure!(
+        text.contains(&format!(
+            "Service default/web port \"http\" (NodePort {NODE_IP}:{WEB_NODE_PORT}/tcp)"
+        )),
+        "{text}"
+    );
+    ensure!(
+        text.contains(&format!("backend {REMOTE_DENIED}:8080: deny")),
+        "{text}"
+    );
+    Ok(())
+}
+
 /// Without the nftables backstop, the kernel programs alone keep a
 /// Service that leads outside closed (as under IPVS or an eBPF
 /// kube-proxy, which a FORWARD backstop would not see).
@@ -271,9 +516,15 @@ fn a_service_to_the_internet_stays_closed_without_the_backstop() -> anyhow::Resu
     ensure!(!node.sim.has_backstop_table(), "the backstop is off");
     for who in [kube_dns(), test_egress()] {
         let c = node.client(&who)?;
-        ensure!(c.connect_tcp(vip(NEWS_VIP, 80))? == Outcome::Eperm, "{who}");
-        ensure!(c.sendto(vip(NEWS_VIP, 80))? == Outcome::Eperm, "{who} UDP");
-        ensure!(c.raw_udp(vip(NEWS_VIP, 80))? == Outcome::Eperm, "{who} raw");
+        for to in [
+            vip(NEWS_VIP, 80),
+            vip(NEWS_EXTERNAL_IP, 80),
+            vip(NODE_IP, NEWS_NODE_PORT),
+        ] {
+            ensure!(c.connect_tcp(to)? == Outcome::Eperm, "{who} → {to}");
+            ensure!(c.sendto(to)? == Outcome::Eperm, "{who} → {to} UDP");
+            ensure!(c.raw_udp(to)? == Outcome::Eperm, "{who} → {to} raw");
+        }
     }
     ensure!(
         news.next_event(ARRIVAL).is_none(),

@@ -411,6 +411,7 @@ impl Enforcer for KernelEnforcer {
                 fill("port_sets", c.port_sets, capacity::PORT_SETS),
                 fill("cluster", c.cluster, 2 * capacity::CLUSTER),
                 fill("gateway", c.gateway, 2 * capacity::GATEWAY),
+                fill("host_ports", c.host_ports, capacity::HOST_PORTS),
                 fill("captures", c.captures, capacity::POLICIES),
                 fill("capture", c.capture, 2 * capacity::CAPTURE),
             ]),

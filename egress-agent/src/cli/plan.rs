@@ -32,6 +32,20 @@ fn render(plan: &Plan) -> String {
                 "cluster: {} (everything else is the internet; only gateways reach it)",
                 cidrs.join(", ")
             );
+            let at = |p: &compile::ScopePort| {
+                let proto = p.protocol.to_string().to_ascii_lowercase();
+                format!("{}/{proto}", std::net::SocketAddr::new(p.addr, p.port))
+            };
+            for p in &c.outside_ports {
+                let _ = writeln!(out, "  except {}: a NodePort that leads outside", at(p));
+            }
+            for p in &c.inside_ports {
+                let _ = writeln!(
+                    out,
+                    "  and {}: a Service port whose backends are all inside",
+                    at(p)
+                );
+            }
         }
         None => {
             let _ = writeln!(out, "cluster: no EgressGateway, so no gateway exclusivity");
@@ -129,6 +143,27 @@ fn workload(out: &mut String, w: &WorkloadPlan) {
                     })
                     .collect();
                 let _ = writeln!(out, "    {prefix:<22} allow {}", parts.join("; "));
+            }
+            for (addr, ports) in &table.host_ports {
+                for p in ports {
+                    let at = format!(
+                        "{}/{}",
+                        std::net::SocketAddr::new(*addr, p.port),
+                        p.protocol.to_string().to_ascii_lowercase()
+                    );
+                    match &p.rule {
+                        Some(r) => {
+                            let _ = writeln!(
+                                out,
+                                "    {at:<22} allow by {}[{}] (NodePort)",
+                                r.policy, r.index
+                            );
+                        }
+                        None => {
+                            let _ = writeln!(out, "    {at:<22} deny (NodePort)");
+                        }
+                    }
+                }
             }
         }
     }

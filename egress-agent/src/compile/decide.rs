@@ -202,7 +202,7 @@ fn filter(
         trace.extend(explain_backends(plan, workload, frontend));
     }
     if let Some(cluster) = &plan.cluster {
-        if !cluster.contains(dst.ip) {
+        if !cluster.contains_port(dst.ip, dst.protocol, dst.port) {
             match &workload.gateway {
                 None => return done(Verdict::Deny, Reason::GatewayExclusivity, trace),
                 Some(role) => match &role.allowed_hosts {
@@ -233,26 +233,19 @@ fn filter(
                     }
                 },
             }
-        } else {
+        } else if cluster.contains(dst.ip) {
             trace.push("inside clusterCIDRs".to_owned());
+        } else {
+            trace.push(
+                "inside the cluster: a Service port whose backends are all inside".to_owned(),
+            );
         }
     }
     match &workload.egress {
         Egress::Unrestricted => done(Verdict::Allow, Reason::NotIsolated, trace),
         Egress::Isolated { policies, table } => {
-            let allowed = table
-                .lookup(dst.ip)
-                .unwrap_or_default()
-                .iter()
-                .find(|a| a.permits(dst.protocol, dst.port));
-            match allowed {
-                Some(a) => done(
-                    Verdict::Allow,
-                    Reason::Rule {
-                        rule: a.rule.clone(),
-                    },
-                    trace,
-                ),
+            match table.allowing(dst.ip, dst.protocol, dst.port) {
+                Some(rule) => done(Verdict::Allow, Reason::Rule { rule: rule.clone() }, trace),
                 None => done(
                     Verdict::Deny,
                     Reason::DefaultDeny {

@@ -23,9 +23,10 @@ use ipnet::IpNet;
 pub use decide::{decide, Decision, Destination, Reason, Verdict};
 pub use guard::{Guard, Guards};
 pub use plan::{
-    Allow, Capture, ClusterScope, Egress, GatewayRole, NodeRules, Plan, RuleRef, WorkloadPlan,
+    Allow, Capture, ClusterScope, Egress, GatewayRole, NodeRules, Plan, RuleRef, ScopePort,
+    WorkloadPlan,
 };
-use prefix::{Atom, PrefixTable};
+use prefix::{Atom, HostPort, PrefixTable};
 
 use crate::policy::{
     model::{EgressRule, Model, Peer, Workload},
@@ -49,6 +50,8 @@ pub fn compile(model: &Model) -> Plan {
         cidrs.dedup();
         ClusterScope {
             cidrs: IpNet::aggregate(&cidrs),
+            outside_ports: Vec::new(),
+            inside_ports: Vec::new(),
         }
     });
     // Workloads elsewhere (no cgroup) are peers only: selectors see them
@@ -84,16 +87,18 @@ pub fn compile(model: &Model) -> Plan {
     judge_services(plan)
 }
 
-/// Gives every isolated workload's table an entry per Service address,
-/// judged by the backends, and cuts Service addresses that lead outside
-/// out of the cluster scope (see [`services`]). The backends are judged
-/// against the plan as it was before: by pod and external addresses,
-/// which these entries do not touch.
+/// Gives every isolated workload's table an entry per Service address and
+/// a host port per NodePort, judged by the backends, and cuts Service
+/// addresses and NodePorts that lead outside out of the cluster scope (see
+/// [`services`]). The backends are judged against the plan as it was
+/// before: by pod and external addresses, which these entries do not
+/// touch.
 fn judge_services(mut plan: Plan) -> Plan {
     if plan.services.is_empty() {
         return plan;
     }
     let by_address = services::by_address(&plan.services);
+    let node_ports = services::node_ports(&plan.services);
     let mut tables = Vec::new();
     for (i, w) in plan.workloads.iter().enumerate() {
         let Egress::Isolated { table, .. } = &w.egress else {
@@ -114,7 +119,25 @@ fn judge_services(mut plan: Plan) -> Plan {
                 .collect();
             overrides.insert(IpNet::from(*addr), allows);
         }
-        tables.push((i, table.clone().with_overrides(overrides)));
+        let host_ports = node_ports
+            .iter()
+            .map(|(addr, frontends)| {
+                let ports = frontends
+                    .iter()
+                    .map(|f| HostPort {
+                        protocol: f.protocol,
+                        port: f.port,
+                        rule: decide::backends_allowed(&plan, w, f),
+                    })
+                    .collect();
+                (*addr, ports)
+            })
+            .collect();
+        let table = table
+            .clone()
+            .with_overrides(overrides)
+            .with_host_ports(host_ports);
+        tables.push((i, table));
     }
     for (i, new) in tables {
         if let Egress::Isolated { table, .. } = &mut plan.workloads[i].egress {
@@ -122,15 +145,56 @@ fn judge_services(mut plan: Plan) -> Plan {
         }
     }
     if let Some(cluster) = &plan.cluster {
+        let leads_outside =
+            |f: &&services::Frontend| f.backends.iter().any(|b| !cluster.contains(b.ip()));
         let outside: BTreeSet<IpAddr> = plan
             .services
             .iter()
             .filter(|f| f.owns_address())
-            .filter(|f| f.backends.iter().any(|b| !cluster.contains(b.ip())))
+            .filter(leads_outside)
             .map(|f| f.addr)
             .collect();
         let cidrs = carve(&cluster.cidrs, &outside);
-        plan.cluster = Some(ClusterScope { cidrs });
+        let carved = ClusterScope {
+            cidrs,
+            ..ClusterScope::default()
+        };
+        let port = |f: &services::Frontend| ScopePort {
+            addr: f.addr.to_canonical(),
+            protocol: f.protocol,
+            port: f.port,
+        };
+        // Only where the node address is still inside: an address that is
+        // outside as a whole needs no port of it cut out.
+        let mut outside_ports: Vec<ScopePort> = plan
+            .services
+            .iter()
+            .filter(|f| !f.owns_address())
+            .filter(leads_outside)
+            .filter(|f| carved.contains(f.addr))
+            .map(port)
+            .collect();
+        // An external or load balancer IP is outside the CIDRs, but
+        // kube-proxy sends its Service ports to the backends: inside when
+        // they all are. Its other ports are not the Service's (whoever
+        // owns that address on the internet answers them), so they stay
+        // outside.
+        let mut inside_ports: Vec<ScopePort> = plan
+            .services
+            .iter()
+            .filter(|f| f.owns_address() && !carved.contains(f.addr))
+            .filter(|f| !f.backends.is_empty() && !leads_outside(f))
+            .map(port)
+            .collect();
+        for ports in [&mut outside_ports, &mut inside_ports] {
+            ports.sort();
+            ports.dedup();
+        }
+        plan.cluster = Some(ClusterScope {
+            outside_ports,
+            inside_ports,
+            ..carved
+        });
     }
     plan
 }

@@ -9,7 +9,10 @@ use serde::Serialize;
 // prefix tables (which must not depend on the plan built from them).
 pub use super::prefix::{Allow, RuleRef};
 use super::{prefix::PrefixTable, services::Frontend};
-use crate::policy::model::{AllowedHost, CaptureRules, ObjectId};
+use crate::policy::{
+    model::{AllowedHost, CaptureRules, ObjectId},
+    ports::Protocol,
+};
 
 /// What a guard entry does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -55,15 +58,52 @@ impl Plan {
 
 /// "Inside the cluster": the union of every gateway's `clusterCIDRs`, the
 /// nodes' addresses and the API server's endpoints, less the Service
-/// addresses that lead outside (see [`super::services`]).
+/// addresses that lead outside; and port by port, less the NodePorts that
+/// lead outside, plus the Service ports of addresses outside the CIDRs
+/// (external and load balancer IPs) whose backends are all inside (see
+/// [`super::services`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ClusterScope {
     pub cidrs: Vec<IpNet>,
+    /// Ports of addresses inside `cidrs` that lead outside: a node
+    /// address's NodePort whose backends are outside the cluster. Sorted,
+    /// canonical addresses.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outside_ports: Vec<ScopePort>,
+    /// Ports of addresses outside `cidrs` that stay inside: an external or
+    /// load balancer IP's Service port, which kube-proxy sends to backends
+    /// that are all inside. Sorted, canonical addresses.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inside_ports: Vec<ScopePort>,
+}
+
+/// One port of one address, on the other side of the cluster's edge from
+/// its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ScopePort {
+    pub addr: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
 }
 
 impl ClusterScope {
+    /// Whether the address is inside, whatever the port.
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.cidrs.iter().any(|c| c.contains(&ip))
+    }
+
+    /// Whether a connection to `ip:port` over `protocol` stays inside.
+    pub fn contains_port(&self, ip: IpAddr, protocol: Protocol, port: u16) -> bool {
+        let at = ScopePort {
+            addr: ip.to_canonical(),
+            protocol,
+            port,
+        };
+        if self.contains(ip) {
+            self.outside_ports.binary_search(&at).is_err()
+        } else {
+            self.inside_ports.binary_search(&at).is_ok()
+        }
     }
 }
 

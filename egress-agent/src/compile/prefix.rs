@@ -14,6 +14,12 @@
 //! Building costs O(prefixes × address bits) hash lookups, not O(prefixes²),
 //! so 100k CIDRs compile in well under a second. Identical allow sets are
 //! stored once; the kernel maps prefix → set id.
+//!
+//! A prefix answers for every port, but one port of one address may need
+//! an answer of its own: a NodePort on a node address is the Service's,
+//! while the node's other ports stay the node's. Those are
+//! [`PrefixTable::host_ports`], read before the prefixes (the kernel's
+//! `HOST_PORTS`, see `egress_common::host_ports`).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -67,6 +73,15 @@ pub struct Atom {
 /// A set of allows shared by many prefixes.
 pub type SetId = u32;
 
+/// The verdict for one protocol and port of one address, whatever the
+/// prefixes say: allowed by `rule`, or denied when it is `None`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct HostPort {
+    pub protocol: Protocol,
+    pub port: u16,
+    pub rule: Option<RuleRef>,
+}
+
 /// Prefix → allow set, flattened for longest-prefix lookups.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PrefixTable {
@@ -74,6 +89,11 @@ pub struct PrefixTable {
     pub entries: BTreeMap<IpNet, SetId>,
     /// Sorted, deduplicated allows; set 0 is always the empty set (a hole).
     pub sets: Vec<Vec<Allow>>,
+    /// Ports of single addresses decided apart from the prefixes (see the
+    /// module doc); canonical addresses, at most one entry per protocol and
+    /// port.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_ports: BTreeMap<IpAddr, Vec<HostPort>>,
 }
 
 impl PrefixTable {
@@ -90,6 +110,7 @@ impl PrefixTable {
         let mut table = Self {
             entries: BTreeMap::new(),
             sets: vec![Vec::new()],
+            host_ports: BTreeMap::new(),
         };
         let mut set_ids: HashMap<Vec<Allow>, SetId> = HashMap::from([(Vec::new(), 0)]);
         // In prefix order, so that set ids, and so the whole plan, are the
@@ -146,19 +167,66 @@ impl PrefixTable {
         self
     }
 
+    /// The table with `ports` decided per address, protocol and port
+    /// before any prefix (a NodePort judged by its Service's backends).
+    /// The first entry for a protocol and port counts, as the first
+    /// Service for it does in `explain`.
+    pub fn with_host_ports(mut self, ports: BTreeMap<IpAddr, Vec<HostPort>>) -> Self {
+        for (addr, list) in ports {
+            let mut kept: Vec<HostPort> = Vec::with_capacity(list.len());
+            for p in list {
+                if !kept
+                    .iter()
+                    .any(|k| k.protocol == p.protocol && k.port == p.port)
+                {
+                    kept.push(p);
+                }
+            }
+            if !kept.is_empty() {
+                self.host_ports.insert(addr.to_canonical(), kept);
+            }
+        }
+        self
+    }
+
     /// The allows for `ip`, from its longest matching prefix; `None` when no
     /// prefix matches at all.
     pub fn lookup(&self, ip: IpAddr) -> Option<&[Allow]> {
-        let host = IpNet::from(ip);
-        ancestors(host)
-            .rev()
-            .find_map(|net| self.entries.get(&net))
-            .and_then(|&id| self.sets.get(id as usize))
+        self.lookup_set(ip)
+            .and_then(|id| self.sets.get(id as usize))
             .map(Vec::as_slice)
     }
 
+    /// The set of `ip`'s longest matching prefix.
+    pub fn lookup_set(&self, ip: IpAddr) -> Option<SetId> {
+        ancestors(IpNet::from(ip))
+            .rev()
+            .find_map(|net| self.entries.get(&net))
+            .copied()
+    }
+
+    /// The rule that allows `protocol`/`port` to `ip`, `None` when it is
+    /// denied: the address's own entry for that port if it has one, else
+    /// the first allow of its longest prefix that permits it (the kernel's
+    /// order).
+    pub fn allowing(&self, ip: IpAddr, protocol: Protocol, port: u16) -> Option<&RuleRef> {
+        let own = self.host_ports.get(&ip).and_then(|ports| {
+            ports
+                .iter()
+                .find(|p| p.protocol == protocol && p.port == port)
+        });
+        if let Some(own) = own {
+            return own.rule.as_ref();
+        }
+        self.lookup(ip)
+            .unwrap_or_default()
+            .iter()
+            .find(|a| a.permits(protocol, port))
+            .map(|a| &a.rule)
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.host_ports.is_empty()
     }
 }
 

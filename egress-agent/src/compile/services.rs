@@ -14,22 +14,26 @@
 //!   would let the connection reach a denied one; a mixed Service is denied
 //!   whole (and `explain` names the backend that decided). No ready
 //!   backend: denied (nothing would answer).
+//! - **NodePorts.** A node address serves its own ports too, so a NodePort
+//!   (`node address:nodePort`, on every node's addresses) cannot replace
+//!   the address's entry: it is a *host port* of the table
+//!   ([`super::prefix::HostPort`]), judged by the same rule, and read
+//!   before the prefixes. The node address's other ports keep whatever the
+//!   CIDRs around it say.
 //! - **Gateway exclusivity.** A Service address with any backend outside
 //!   the cluster (a selector-less Service whose EndpointSlice points at the
 //!   internet) is cut out of "inside the cluster", so only gateways may
 //!   use it: the kernel then holds the line whatever kube-proxy's mode
 //!   (iptables, IPVS, or an eBPF replacement that the backstop never
-//!   sees).
+//!   sees). Such a Service's NodePorts are cut out port by port
+//!   ([`super::plan::ClusterScope::outside_ports`]): the node address
+//!   stays inside.
 //!
 //! The judgement is made at compile time from the EndpointSlices, so it
 //! follows them with the agent's reload latency; a backend added between
 //! kube-proxy's update and the agent's is judged by the previous set. The
 //! node backstop, which sees the DNAT's result, covers that window for
 //! gateway exclusivity.
-//!
-//! NodePorts (`node IP:nodePort`) are listed for `explain` but not given
-//! entries of their own: a node address also serves other ports, and the
-//! tables cannot yet override one port of an address.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -211,4 +215,155 @@ pub fn by_address(frontends: &[Frontend]) -> BTreeMap<IpAddr, Vec<&Frontend>> {
         out.entry(f.addr).or_default().push(f);
     }
     out
+}
+
+/// NodePorts grouped by node address, for the tables' host ports. A
+/// node address that is also a Service's own address (an external IP
+/// set to a node's) keeps its NodePorts: kube-proxy matches them first.
+pub fn node_ports(frontends: &[Frontend]) -> BTreeMap<IpAddr, Vec<&Frontend>> {
+    let mut out: BTreeMap<IpAddr, Vec<&Frontend>> = BTreeMap::new();
+    for f in frontends.iter().filter(|f| !f.owns_address()) {
+        out.entry(f.addr.to_canonical()).or_default().push(f);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        compile::{self, decide, Destination, Plan, Verdict},
+        policy::{self, ports::Protocol, Source},
+    };
+
+    /// A node, a NodePort Service to a backend on another node, a policed
+    /// client that may reach that backend, and an EgressGateway.
+    const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}, {type: InternalIP, address: "fd00:18::2"}]}
+---
+apiVersion: egress.enforcer.dev/v1alpha1
+kind: Workload
+metadata: {name: client, namespace: prod, labels: {app: client}}
+spec: {cgroup: t/client, addresses: [10.244.1.9]}
+---
+apiVersion: egress.enforcer.dev/v1alpha1
+kind: Workload
+metadata: {name: web, namespace: prod, labels: {app: web}}
+spec: {nodeName: node-b, addresses: [10.244.2.10]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: prod}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.20
+  ports: [{name: http, protocol: TCP, port: 80, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: prod, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.2.10]}]
+ports: [{name: http, protocol: TCP, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: news, namespace: prod}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.99
+  ports: [{protocol: TCP, port: 80, nodePort: 30099}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: news-1, namespace: prod, labels: {kubernetes.io/service-name: news}}
+addressType: IPv4
+endpoints: [{addresses: [203.0.113.10]}]
+ports: [{protocol: TCP, port: 8081}]
+---
+apiVersion: egress.enforcer.dev/v1alpha1
+kind: EgressGateway
+metadata: {name: gw, namespace: prod}
+spec:
+  selector: {podSelector: {matchLabels: {app: gw}}}
+  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]
+"#;
+
+    fn plan() -> Plan {
+        let loaded = policy::load_sources(&[Source::new("svc.yaml", OBJECTS)]).expect("valid");
+        compile::compile(&loaded.model)
+    }
+
+    fn tcp(to: &str) -> Destination {
+        let addr: std::net::SocketAddr = to.parse().expect("IP:PORT");
+        Destination {
+            ip: addr.ip(),
+            port: addr.port(),
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    #[test]
+    fn node_ports_are_host_ports_of_every_node_address_and_outside_ones_are_cut() {
+        let plan = plan();
+        let client = plan.workload(&"prod/client".parse().unwrap()).unwrap();
+        let compile::Egress::Isolated { table, .. } = &client.egress else {
+            panic!("client is isolated");
+        };
+        for node in ["172.18.0.2", "fd00:18::2"] {
+            let ports = &table.host_ports[&node.parse().unwrap()];
+            let by_port: Vec<(u16, bool)> =
+                ports.iter().map(|p| (p.port, p.rule.is_some())).collect();
+            assert_eq!(by_port, [(30080, true), (30099, false)], "{node}");
+        }
+        let cluster = plan.cluster.as_ref().expect("a gateway exists");
+        let outside: Vec<String> = cluster
+            .outside_ports
+            .iter()
+            .map(|p| format!("{} {}", p.addr, p.port))
+            .collect();
+        assert_eq!(outside, ["172.18.0.2 30099", "fd00:18::2 30099"]);
+        assert!(cluster.contains_port("172.18.0.2".parse().unwrap(), Protocol::Tcp, 10250));
+    }
+
+    #[test]
+    fn explain_names_the_node_port_its_service_and_the_backend_it_judged() {
+        let plan = plan();
+        let client = plan.workload(&"prod/client".parse().unwrap()).unwrap();
+        let d = decide(&plan, client, tcp("172.18.0.2:30080"));
+        assert_eq!(d.verdict, Verdict::Allow);
+        let trace = d.trace.join("\n");
+        assert!(
+            trace.contains("Service prod/web port \"http\" (NodePort 172.18.0.2:30080/tcp)"),
+            "{trace}"
+        );
+        assert!(trace.contains("backend 10.244.2.10:8080: allow"), "{trace}");
+
+        let d = decide(&plan, client, tcp("[fd00:18::2]:30099"));
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert_eq!(d.reason, compile::Reason::GatewayExclusivity);
+        let trace = d.trace.join("\n");
+        assert!(
+            trace.contains("Service prod/news (NodePort [fd00:18::2]:30099/tcp)"),
+            "{trace}"
+        );
+        assert!(trace.contains("backend 203.0.113.10:8081: deny"), "{trace}");
+
+        // The node's own port: no Service behind it, the node's verdict.
+        let d = decide(&plan, client, tcp("172.18.0.2:10250"));
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert!(!d.trace.join("\n").contains("Service"), "{:?}", d.trace);
+    }
 }

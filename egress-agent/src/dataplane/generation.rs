@@ -38,8 +38,8 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use egress_common::{
-    map, Config, PolicyAddrV4, PolicyAddrV6, SourceKey, WorkloadSlot, EMPTY_SET, EXEMPT_POLICY,
-    MAX_LEVEL, MAX_PORT_ENTRIES,
+    host_ports, map, Config, PolicyAddrV4, PolicyAddrV6, SourceKey, WorkloadSlot, EMPTY_SET,
+    EXEMPT_POLICY, MAX_LEVEL, MAX_PORT_ENTRIES,
 };
 
 use super::{cgroups::CgroupRoot, maps::Maps, syscalls, DataplaneError, MapImage};
@@ -64,6 +64,8 @@ pub struct ApplyStats {
     pub gateway_entries: usize,
     /// `CLUSTER_V4/V6` entries written.
     pub cluster_entries: usize,
+    /// `HOST_PORTS` entries written.
+    pub host_port_entries: usize,
     /// `PORT_SETS` entries written.
     pub port_sets: usize,
     /// `CAPTURES` and `CAPTURE_V4/V6` entries written.
@@ -96,6 +98,7 @@ struct Keys {
     gateway_v6: Vec<Key<PolicyAddrV6>>,
     cluster_v4: Vec<Key<PolicyAddrV4>>,
     cluster_v6: Vec<Key<PolicyAddrV6>>,
+    host_ports: Vec<u64>,
     capture_v4: Vec<Key<PolicyAddrV4>>,
     capture_v6: Vec<Key<PolicyAddrV6>>,
     captures: Vec<u32>,
@@ -111,6 +114,7 @@ impl Keys {
             + self.gateway_v6.len()
             + self.cluster_v4.len()
             + self.cluster_v6.len()
+            + self.host_ports.len()
             + self.capture_v4.len()
             + self.capture_v6.len()
             + self.captures.len()
@@ -133,20 +137,37 @@ pub(super) struct Generation {
 #[derive(Debug)]
 pub(super) struct Allocator {
     next: u32,
+    /// Ids stay below this.
+    end: u32,
 }
 
 impl Default for Allocator {
     fn default() -> Self {
-        Self { next: 1 }
+        Self {
+            next: 1,
+            end: u32::MAX,
+        }
     }
 }
 
 impl Allocator {
+    /// For port set and host table ids, which share the `ALLOW_*` value
+    /// with `host_ports::ALLOW_FLAG` and so stay below it.
+    pub(super) fn port_sets() -> Self {
+        Self {
+            next: 1,
+            end: host_ports::ALLOW_FLAG,
+        }
+    }
+
     pub(super) fn fresh(&mut self, taken: &HashSet<u32>) -> u32 {
         loop {
             let id = self.next;
-            self.next = self.next.wrapping_add(1);
-            if id != 0 && id != EXEMPT_POLICY && !taken.contains(&id) {
+            self.next = match id.checked_add(1) {
+                Some(n) if n < self.end => n,
+                _ => 0,
+            };
+            if id != 0 && id < self.end && id != EXEMPT_POLICY && !taken.contains(&id) {
                 return id;
             }
         }
@@ -345,7 +366,26 @@ impl Staging<'_> {
                     .collect()
             })
             .collect();
+        // Host tables take ids from the same space (an `ALLOW_*` value is
+        // either), so one scan and one sweep cover both.
+        let host_ids: Vec<u32> = image
+            .host_tables()
+            .iter()
+            .map(|_| {
+                let id = self.set_ids.fresh(&self.taken_sets);
+                self.taken_sets.insert(id);
+                new.sets.insert(id);
+                id
+            })
+            .collect();
         let kernel_set = |local: u32| -> u32 {
+            if local & host_ports::ALLOW_FLAG != 0 {
+                let host = (local & !host_ports::ALLOW_FLAG) as usize;
+                return host
+                    .checked_sub(1)
+                    .and_then(|i| host_ids.get(i))
+                    .map_or(EMPTY_SET, |id| id | host_ports::ALLOW_FLAG);
+            }
             match local {
                 EMPTY_SET => EMPTY_SET,
                 n => set_ids
@@ -367,6 +407,7 @@ impl Staging<'_> {
             tag,
             &policy_ids,
             &set_ids,
+            &host_ids,
             &kernel_set,
             &mut staged.new.keys,
             &mut staged.stats,
@@ -573,12 +614,25 @@ mod tests {
         let mut ids = Allocator::default();
         assert_eq!(ids.fresh(&taken), 3);
         assert_eq!(ids.fresh(&taken), 5);
-        let mut ids = Allocator { next: u32::MAX - 1 };
+        let mut ids = Allocator {
+            next: u32::MAX - 1,
+            ..Allocator::default()
+        };
         assert_eq!(ids.fresh(&taken), u32::MAX - 1);
         assert_eq!(
             ids.fresh(&taken),
             3,
             "wraps past EXEMPT_POLICY, 0 and the taken ids"
         );
+    }
+
+    #[test]
+    fn port_set_ids_stay_below_the_host_ports_flag() {
+        let mut sets = Allocator {
+            next: host_ports::ALLOW_FLAG - 1,
+            ..Allocator::port_sets()
+        };
+        assert_eq!(sets.fresh(&HashSet::new()), host_ports::ALLOW_FLAG - 1);
+        assert_eq!(sets.fresh(&HashSet::new()), 1, "wraps before the flag");
     }
 }

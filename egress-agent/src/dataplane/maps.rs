@@ -36,7 +36,7 @@ struct Layout {
     flags: u32,
 }
 
-const LAYOUTS: [Layout; 27] = [
+const LAYOUTS: [Layout; 28] = [
     Layout {
         name: map::ACTIVE,
         kind: MapType::Array,
@@ -107,6 +107,14 @@ const LAYOUTS: [Layout; 27] = [
         key: 4 + size_of::<PolicyAddrV6>(),
         value: 1,
         max_entries: capacity::CLUSTER,
+        flags: NO_PREALLOC,
+    },
+    Layout {
+        name: map::HOST_PORTS,
+        kind: MapType::Hash,
+        key: size_of::<u64>(),
+        value: size_of::<u32>(),
+        max_entries: capacity::HOST_PORTS,
         flags: NO_PREALLOC,
     },
     Layout {
@@ -266,6 +274,7 @@ pub(super) struct Maps {
     pub(super) port_sets: HashMap<MapData, u32, PortSet>,
     pub(super) cluster_v4: LpmTrie<MapData, PolicyAddrV4, u8>,
     pub(super) cluster_v6: LpmTrie<MapData, PolicyAddrV6, u8>,
+    pub(super) host_ports: HashMap<MapData, u64, u32>,
     pub(super) gateway_v4: LpmTrie<MapData, PolicyAddrV4, u32>,
     pub(super) gateway_v6: LpmTrie<MapData, PolicyAddrV6, u32>,
     pub(super) verdicts: PerCpuArray<MapData, u64>,
@@ -403,6 +412,7 @@ impl Maps {
             port_sets: take(ebpf, map::PORT_SETS)?,
             cluster_v4: take(ebpf, map::CLUSTER_V4)?,
             cluster_v6: take(ebpf, map::CLUSTER_V6)?,
+            host_ports: take(ebpf, map::HOST_PORTS)?,
             gateway_v4: take(ebpf, map::GATEWAY_V4)?,
             gateway_v6: take(ebpf, map::GATEWAY_V6)?,
             verdicts: take(ebpf, map::VERDICTS)?,
@@ -513,6 +523,7 @@ impl Maps {
                 + count(self.cluster_v6.keys(), map::CLUSTER_V6)?,
             gateway: count(self.gateway_v4.keys(), map::GATEWAY_V4)?
                 + count(self.gateway_v6.keys(), map::GATEWAY_V6)?,
+            host_ports: count(self.host_ports.keys(), map::HOST_PORTS)?,
             captures: count(self.captures.keys(), map::CAPTURES)?,
             capture: count(self.capture_v4.keys(), map::CAPTURE_V4)?
                 + count(self.capture_v6.keys(), map::CAPTURE_V6)?,
@@ -574,6 +585,8 @@ pub struct EntryCounts {
     pub port_sets: usize,
     pub cluster: usize,
     pub gateway: usize,
+    /// `HOST_PORTS` entries.
+    pub host_ports: usize,
     /// `CAPTURES` entries: one per captured workload and generation.
     pub captures: usize,
     /// `CAPTURE_V4` + `CAPTURE_V6` entries.

@@ -87,7 +87,7 @@ pub use egress_common::{FlowEvent, Hook, Reason};
 pub use error::{DataplaneError, ImageError};
 pub use generation::{ApplyStats, PreparedApply};
 pub use image::{
-    port_overflows, GatewayHost, ImageSize, ImageWorkload, MapImage, PortOverflow,
+    port_overflows, GatewayHost, HostTable, ImageSize, ImageWorkload, MapImage, PortOverflow,
     MAX_PORTS_PER_PREFIX,
 };
 pub use links::{program_name, AttachedLink};
@@ -193,7 +193,7 @@ impl Dataplane {
             replaced,
             live: None,
             ids: Allocator::default(),
-            set_ids: Allocator::default(),
+            set_ids: Allocator::port_sets(),
         })
     }
 

@@ -441,10 +441,14 @@ async fn inventory(client: Client) -> anyhow::Result<()> {
             .find(|s| s.file.to_str() == Some(name))
             .map(|s| s.text.clone())
     };
+    // Documents are JSON (API objects) or YAML (the agent's Workloads);
+    // YAML reads both.
+    let parse = |text: &str| serde_yaml::from_str::<serde_yaml::Value>(text).ok();
     let slice_doc = doc(&first, "kubernetes/endpointslices/ns-0/web-1")
         .context("the v1beta1 slice is not in the inventory")?;
-    if !slice_doc.contains("apiVersion: discovery.k8s.io/v1\n")
-        || !slice_doc.contains("nodeName: node-1")
+    let converted = parse(&slice_doc).unwrap_or_default();
+    if converted["apiVersion"].as_str() != Some("discovery.k8s.io/v1")
+        || converted["endpoints"][0]["nodeName"].as_str() != Some("node-1")
     {
         bail!("the slice was not converted to v1:\n{slice_doc}");
     }
@@ -456,7 +460,8 @@ async fn inventory(client: Client) -> anyhow::Result<()> {
     let peers = first
         .sources
         .iter()
-        .filter(|s| s.file.starts_with("kubernetes/pods") && !s.text.contains("cgroup:"))
+        .filter(|s| s.file.starts_with("kubernetes/pods"))
+        .filter(|s| parse(&s.text).is_some_and(|d| d["spec"]["cgroup"].is_null()))
         .count();
     println!("inventory: the v1beta1 slice as v1 (node from topology), the Node, the Service, {peers} peers");
     // The policy layer accepts the whole set; how long validating and
@@ -491,13 +496,19 @@ async fn inventory(client: Client) -> anyhow::Result<()> {
     {
         let began = Instant::now();
         apply(&client, &slices, slice(address)).await?;
-        let want = format!("- {address}\n");
+        let has_address = |text: &str| {
+            parse(text).is_some_and(|d| {
+                d["endpoints"][0]["addresses"]
+                    .as_sequence()
+                    .is_some_and(|a| a.iter().any(|a| a.as_str() == Some(address)))
+            })
+        };
         tokio::time::timeout(
             Duration::from_secs(30),
             rx.wait_for(|inv| {
                 inv.as_ref()
                     .and_then(|inv| doc(inv, "kubernetes/endpointslices/ns-0/web-1"))
-                    .is_some_and(|t| t.contains(&want))
+                    .is_some_and(|t| has_address(&t))
             }),
         )
         .await

@@ -5,7 +5,10 @@
 //! 2. builds `egress-agent`, `egress-probe` and `egress-bench` in release
 //!    mode;
 //! 3. runs `egress-bench`, which measures and writes the raw samples;
-//! 4. writes the report (`benchmarks.md`) and one SVG plot per measure.
+//! 4. measures the slim Pod cache (P6, `cargo xtask k8s-pod-memory`'s
+//!    code: 10k pods, 500 with `--quick`) where the API server binary is
+//!    cached, and adds it to the samples;
+//! 5. writes the report (`benchmarks.md`) and one SVG plot per measure.
 //!
 //! A full run writes `docs/benchmarks.md`, `docs/bench/*.svg` and
 //! `docs/bench/samples.json`. `--quick` is a smoke run (under three
@@ -14,6 +17,7 @@
 //! saved samples.
 
 mod plot;
+mod pod_cache;
 mod report;
 mod samples;
 
@@ -106,20 +110,40 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         // leave half a result in docs/.
         (root.join("docs"), quick_dest.join("full-samples.json"))
     };
-    let bench = target_dir(&root).join("release").join("egress-bench");
-    let mut cmd = Command::new(&bench);
-    cmd.arg("--out").arg(&raw);
-    if args.quick {
-        cmd.arg("--quick");
+    // P6 is measured here, not by egress-bench.
+    let wants = |m: &str| args.only.is_empty() || args.only.iter().any(|o| o == m);
+    let others: Vec<&String> = args.only.iter().filter(|o| *o != "p6").collect();
+    let mut samples = if args.only.is_empty() || !others.is_empty() {
+        let bench = target_dir(&root).join("release").join("egress-bench");
+        let mut cmd = Command::new(&bench);
+        cmd.arg("--out").arg(&raw);
+        if args.quick {
+            cmd.arg("--quick");
+        }
+        if let Some(reps) = args.reps {
+            cmd.arg("--reps").arg(reps.to_string());
+        }
+        if !others.is_empty() {
+            let names: Vec<&str> = others.iter().map(|s| s.as_str()).collect();
+            cmd.arg("--only").arg(names.join(","));
+        }
+        run::check(&mut cmd)?;
+        samples::Samples::read(&raw)?
+    } else {
+        samples::Samples::default()
+    };
+    if wants("p6") {
+        let pods = if args.quick {
+            pod_cache::QUICK_PODS
+        } else {
+            pod_cache::FULL_PODS
+        };
+        if let Some(p6) = pod_cache::measure(pods)? {
+            samples.samples.extend(p6);
+        }
+        samples.meta.quick = args.quick;
+        samples.write(&raw)?;
     }
-    if let Some(reps) = args.reps {
-        cmd.arg("--reps").arg(reps.to_string());
-    }
-    if !args.only.is_empty() {
-        cmd.arg("--only").arg(args.only.join(","));
-    }
-    run::check(&mut cmd)?;
-    let samples = samples::Samples::read(&raw)?;
     if !args.quick {
         let keep = root.join("docs").join("bench").join("samples.json");
         if let Some(dir) = keep.parent() {

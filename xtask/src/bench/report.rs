@@ -56,6 +56,11 @@ pub fn write(samples: &Samples, dest: &Dest) -> anyhow::Result<()> {
         p5_plot(&p5, &dest.plots.join("p5.svg"))?;
     }
 
+    let p6 = samples.stats("p6");
+    if !p6.0.is_empty() {
+        p6_section(&mut body, &p6);
+    }
+
     md.push_str("## Against the targets\n\n| measure | target | result | |\n|---|---|---|---|\n");
     for row in &summary {
         let _ = writeln!(
@@ -572,6 +577,35 @@ fn p5_plot(t: &Table, path: &Path) -> anyhow::Result<()> {
     )
 }
 
+fn p6_section(md: &mut String, t: &Table) {
+    let _ = writeln!(
+        md,
+        "## P6: the slim Pod cache\n\n\
+         The agent's own Pod watch (`kubernetes::watch_pods`, release build) lists and keeps \
+         N pods from a real kube-apiserver 1.20.2 (`cargo xtask k8s-pod-memory`'s setup: \
+         etcd and the API server alone, in a network namespace of their own, pods bound to \
+         100-pod fake nodes with their `status.podIP` set): the live heap it adds (a counting \
+         allocator: exact), per pod, and the RSS it adds (allocator slack included). No \
+         target: issue 11 asks for the figure. See [kubernetes](kubernetes.md#memory-at-10k-pods) \
+         for the comparison with a reflector of whole Pods.\n\n\
+         | pods | listed in (s) | live heap (MiB) | per pod (B) | RSS (MiB) |\n\
+         |---|---|---|---|---|"
+    );
+    for n in t.cidrs("heap") {
+        let g = |m: &str| t.get(m, "ours", n);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            count(n),
+            cell(g("listed")),
+            cell(g("heap")),
+            cell(g("heap_per_pod")),
+            cell(g("rss"))
+        );
+    }
+    md.push('\n');
+}
+
 fn method(md: &mut String) {
     md.push_str(
         "## How it is measured\n\n\
@@ -645,6 +679,10 @@ mod tests {
         samples.push(sample("p5", "rss_peak", "ours", 1000, 30.0));
         samples.push(sample("p5", "rss_steady", "ours", 1000, 20.0));
         samples.push(sample("p5", "idle_cpu", "ours", 1000, 0.1));
+        samples.push(sample("p6", "listed", "ours", 10_000, 3.4));
+        samples.push(sample("p6", "heap", "ours", 10_000, 10.1));
+        samples.push(sample("p6", "heap_per_pod", "ours", 10_000, 1061.0));
+        samples.push(sample("p6", "rss", "ours", 10_000, 43.5));
         let samples = Samples {
             meta: Meta {
                 cores: 2,
@@ -676,6 +714,8 @@ mod tests {
         assert!(text.contains("| 1k | 20.0 | 19.5 | 5.00 | 18.0 | 0.97× | 3.90× | 1.08× |"));
         assert!(text.contains("![P2](bench/p2.svg)"));
         assert!(text.contains("was not idle"));
+        assert!(text.contains("## P6: the slim Pod cache"), "{text}");
+        assert!(text.contains("| 10k | 3.40 |"), "{text}");
         for p in ["p1", "p2", "p3", "p4", "p5"] {
             let svg = fs::read_to_string(plots.join(format!("{p}.svg"))).unwrap();
             assert!(svg.starts_with("<svg"), "{p}");

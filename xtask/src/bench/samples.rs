@@ -42,6 +42,15 @@ pub struct Samples {
 }
 
 impl Samples {
+    /// Writes the samples where [`Samples::read`] reads them.
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let text = serde_json::to_string_pretty(self).context("encoding the samples")?;
+        fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
     pub fn read(path: &Path) -> anyhow::Result<Self> {
         let text =
             fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -48,19 +48,55 @@ pub struct PodMemoryArgs {
 }
 
 pub fn run(args: &PodMemoryArgs) -> anyhow::Result<ExitCode> {
+    if let Some(why) = missing() {
+        bail!("k8s-pod-memory cannot run: {why}");
+    }
+    measure(&Session {
+        pods: args.pods,
+        release: args.release,
+        compare: args.compare,
+        inventory: true,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What one measurement does.
+pub struct Session {
+    /// How many pods to create.
+    pub pods: usize,
+    /// Build the measure with the release profile.
+    pub release: bool,
+    /// Also measure kube-runtime's reflector of whole Pods.
+    pub compare: bool,
+    /// Then run the agent's whole watch and time an EndpointSlice change.
+    pub inventory: bool,
+}
+
+/// Why this machine cannot measure, if it cannot: it needs root (for the
+/// network namespace) and the API server and etcd that `cargo xtask
+/// k8s-test --build-only` provides.
+pub fn missing() -> Option<String> {
     if !host::is_root() {
-        bail!(
-            "k8s-pod-memory needs root (euid {}): it creates a network namespace",
+        return Some(format!(
+            "it needs root (euid {}): it creates a network namespace",
             host::euid()
-        );
+        ));
     }
     let apiserver = layout::cache_bin("kube-apiserver");
     if !apiserver.exists() || !Path::new("/usr/bin/etcd").exists() {
-        bail!(
+        return Some(format!(
             "{} or /usr/bin/etcd is missing: run `cargo xtask k8s-test --build-only` first",
             apiserver.display()
-        );
+        ));
     }
+    None
+}
+
+/// Builds the measure, starts etcd and the API server in their namespace,
+/// creates the pods and measures; everything is removed after, whatever
+/// happened. Returns the measure's output lines (also printed).
+pub fn measure(session: &Session) -> anyhow::Result<Vec<String>> {
+    let apiserver = layout::cache_bin("kube-apiserver");
     let root = host::workspace_root();
     let mut build = run::cargo();
     build
@@ -72,20 +108,21 @@ pub fn run(args: &PodMemoryArgs) -> anyhow::Result<ExitCode> {
             "egress-k8s-mem",
         ])
         .current_dir(&root);
-    if args.release {
+    if session.release {
         build.arg("--release");
     }
     run::check(&mut build)?;
-    let profile = if args.release { "release" } else { "debug" };
+    let profile = if session.release { "release" } else { "debug" };
     let measure = host::target_dir(&root).join(profile).join("egress-k8s-mem");
 
     teardown();
     let mut children = Vec::new();
+    let mut lines = Vec::new();
     let result = (|| {
         setup_netns()?;
         start(&apiserver, &mut children)?;
-        let mem = |sub: &[&str]| -> anyhow::Result<()> {
-            let ok = run::status(
+        let mut mem = |sub: &[&str]| -> anyhow::Result<()> {
+            let ok = run::tee(
                 Command::new("nsenter")
                     .arg(format!("--net={}", layout::netns_path(NETNS).display()))
                     .arg("--")
@@ -93,18 +130,21 @@ pub fn run(args: &PodMemoryArgs) -> anyhow::Result<ExitCode> {
                     .arg(SERVER_FLAG)
                     .arg(format!("--token={TOKEN}"))
                     .args(sub),
+                |line| lines.push(line.to_owned()),
             )?;
             if !ok {
                 bail!("egress-k8s-mem {} failed", sub.join(" "));
             }
             Ok(())
         };
-        mem(&["create", "--pods", &args.pods.to_string()])?;
+        mem(&["create", "--pods", &session.pods.to_string()])?;
         mem(&["measure", "--mode", "slim"])?;
-        if args.compare {
+        if session.compare {
             mem(&["measure", "--mode", "full"])?;
         }
-        mem(&["inventory"])?;
+        if session.inventory {
+            mem(&["inventory"])?;
+        }
         Ok(())
     })();
     for (name, mut child) in children {
@@ -113,7 +153,7 @@ pub fn run(args: &PodMemoryArgs) -> anyhow::Result<ExitCode> {
         println!("k8s-pod-memory: stopped {name}");
     }
     teardown();
-    result.map(|()| ExitCode::SUCCESS)
+    result.map(|()| lines)
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {

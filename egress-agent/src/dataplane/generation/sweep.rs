@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use aya::maps::{lpm_trie::Key, MapError};
-use egress_common::{map, SourceKey, WorkloadSlot, EMPTY_SET};
+use egress_common::{host_ports, map, SourceKey, WorkloadSlot, EMPTY_SET};
 
 use super::{
     super::{
@@ -60,7 +60,7 @@ pub(super) fn scan_ids(
         for entry in trie.iter() {
             let (key, set) = entry.map_err(|source| read(name, source))?;
             ids.insert(keys::v4_id(&key));
-            sets.insert(set);
+            sets.insert(set & !host_ports::ALLOW_FLAG);
         }
     }
     for (trie, name) in [
@@ -70,7 +70,7 @@ pub(super) fn scan_ids(
         for entry in trie.iter() {
             let (key, set) = entry.map_err(|source| read(name, source))?;
             ids.insert(keys::v6_id(&key));
-            sets.insert(set);
+            sets.insert(set & !host_ports::ALLOW_FLAG);
         }
     }
     for key in Maps::keys_v4(&maps.cluster_v4, map::CLUSTER_V4)? {
@@ -87,6 +87,11 @@ pub(super) fn scan_ids(
     }
     for key in maps.captures.keys() {
         ids.insert(key.map_err(|source| read(map::CAPTURES, source))?);
+    }
+    for key in maps.host_ports.keys() {
+        sets.insert(host_table_of(
+            key.map_err(|source| read(map::HOST_PORTS, source))?,
+        ));
     }
     sets.remove(&EMPTY_SET);
     Ok((ids, sets))
@@ -125,6 +130,9 @@ pub(super) fn delete_keys(maps: &mut Maps, keys: &Keys) -> usize {
     }
     for key in &keys.port_sets {
         count(maps.port_sets.remove(key));
+    }
+    for key in &keys.host_ports {
+        count(maps.host_ports.remove(key));
     }
     for key in &keys.captures {
         count(maps.captures.remove(key));
@@ -185,6 +193,20 @@ pub(super) fn delete_foreign(
     for id in stale {
         delete(&mut maps.captures, &id, map::CAPTURES, || {
             format!("capture of policy {id}")
+        })?;
+        removed += 1;
+    }
+    let stale: Vec<u64> = maps
+        .host_ports
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| read(map::HOST_PORTS, source))?
+        .into_iter()
+        .filter(|key| !sets.contains(&host_table_of(*key)))
+        .collect();
+    for key in stale {
+        delete(&mut maps.host_ports, &key, map::HOST_PORTS, || {
+            format!("host table entry {key:#x}")
         })?;
         removed += 1;
     }
@@ -256,6 +278,11 @@ pub(super) fn delete_foreign(
         map::CAPTURE_V6
     );
     Ok(removed)
+}
+
+/// The host table of a `HOST_PORTS` key (see `host_ports::key`).
+fn host_table_of(key: u64) -> u32 {
+    (key >> 32) as u32
 }
 
 /// Whether a delete failed only because the key was not there.

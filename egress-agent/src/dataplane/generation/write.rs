@@ -3,10 +3,12 @@
 
 use std::collections::HashSet;
 
+use ipnet::IpNet;
+
 use aya::maps::{lpm_trie::Key, MapError};
 use egress_common::{
-    map, PolicyInfo, PortEntry, PortSet, SourceKey, UdpFlowKey, WorkloadSlot, EMPTY_SET, MAX_LEVEL,
-    MAX_PORT_ENTRIES,
+    host_ports, map, PolicyInfo, PortEntry, PortSet, SourceKey, UdpFlowKey, WorkloadSlot,
+    EMPTY_SET, MAX_LEVEL, MAX_PORT_ENTRIES,
 };
 
 use super::{
@@ -23,10 +25,7 @@ pub(super) fn wanted_sources(image: &MapImage) -> HashSet<SourceKey> {
         .flat_map(|w| {
             w.sources.iter().map(|a| SourceKey {
                 cgroup_id: w.cgroup_id,
-                addr: match a.to_canonical() {
-                    std::net::IpAddr::V4(v4) => UdpFlowKey::v4_mapped(v4.octets()),
-                    std::net::IpAddr::V6(v6) => v6.octets(),
-                },
+                addr: mapped(*a),
             })
         })
         .collect()
@@ -89,6 +88,7 @@ pub(super) fn write_generation(
     tag: Option<u32>,
     policy_ids: &[u32],
     set_ids: &[Vec<u32>],
+    host_ids: &[u32],
     kernel_set: &dyn Fn(u32) -> u32,
     keys: &mut Keys,
     stats: &mut ApplyStats,
@@ -110,21 +110,52 @@ pub(super) fn write_generation(
         }
         stats.port_sets += 1;
     }
-    if let Some(tag) = tag {
-        for net in image.cluster_v4() {
-            let key = keys::v4(tag, *net);
-            maps.cluster_v4.insert(&key, 1, 0).map_err(|source| {
-                write_err(map::CLUSTER_V4, format!("cluster CIDR {net}"), source)
+    // Before the flagged entries that name them.
+    for (table, &host) in image.host_tables().iter().zip(host_ids) {
+        let base = (host_ports::BASE, 0, 0, kernel_set(table.base));
+        for &(kind, proto, port, value) in table.entries.iter().chain([&base]) {
+            let key = host_ports::key(host, kind, proto, port);
+            maps.host_ports.insert(key, value, 0).map_err(|source| {
+                let what = format!("host table {host}: kind {kind} proto {proto} port {port}");
+                write_err(map::HOST_PORTS, what, source)
             })?;
-            keys.cluster_v4.push(key);
-            stats.cluster_entries += 1;
+            keys.host_ports.push(key);
+            stats.host_port_entries += 1;
         }
-        for net in image.cluster_v6() {
-            let key = keys::v6(tag, *net);
-            maps.cluster_v6.insert(&key, 1, 0).map_err(|source| {
-                write_err(map::CLUSTER_V6, format!("cluster CIDR {net}"), source)
-            })?;
-            keys.cluster_v6.push(key);
+    }
+    if let Some(tag) = tag {
+        let inside = image
+            .cluster_v4()
+            .iter()
+            .map(|n| (IpNet::V4(*n), host_ports::CLUSTER_INSIDE));
+        let inside = inside.chain(
+            image
+                .cluster_v6()
+                .iter()
+                .map(|n| (IpNet::V6(*n), host_ports::CLUSTER_INSIDE)),
+        );
+        let flagged = image
+            .cluster_port_hosts()
+            .iter()
+            .map(|(a, value)| (IpNet::from(*a), *value));
+        for (net, value) in inside.chain(flagged) {
+            let what = || format!("cluster CIDR {net}");
+            match net.trunc() {
+                IpNet::V4(n) => {
+                    let key = keys::v4(tag, n);
+                    maps.cluster_v4
+                        .insert(&key, value, 0)
+                        .map_err(|source| write_err(map::CLUSTER_V4, what(), source))?;
+                    keys.cluster_v4.push(key);
+                }
+                IpNet::V6(n) => {
+                    let key = keys::v6(tag, n);
+                    maps.cluster_v6
+                        .insert(&key, value, 0)
+                        .map_err(|source| write_err(map::CLUSTER_V6, what(), source))?;
+                    keys.cluster_v6.push(key);
+                }
+            }
             stats.cluster_entries += 1;
         }
     }
@@ -261,6 +292,15 @@ fn write_prefixes<K: aya::Pod, N: Copy + std::fmt::Display>(
         written.push(k);
     }
     Ok(())
+}
+
+/// The address as 16 bytes, IPv4 as `::ffff:a.b.c.d` (the programs'
+/// spelling).
+fn mapped(addr: std::net::IpAddr) -> [u8; 16] {
+    match addr.to_canonical() {
+        std::net::IpAddr::V4(v4) => UdpFlowKey::v4_mapped(v4.octets()),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    }
 }
 
 fn write_err(map: &'static str, what: String, source: MapError) -> DataplaneError {

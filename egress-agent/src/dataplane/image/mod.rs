@@ -9,6 +9,7 @@
 //! [`MapImage::rules`].
 
 mod capture;
+mod host_tables;
 mod hosts;
 mod limits;
 mod ports;
@@ -18,15 +19,17 @@ use std::{
     net::IpAddr,
 };
 
-use egress_common::{PolicyInfo, PortEntry};
+use egress_common::{host_ports, PolicyInfo, PortEntry};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::ImageError;
 use crate::{
-    compile::{Egress, Guard, Plan, RuleRef, WorkloadPlan},
+    compile::{prefix::PrefixTable, Egress, Guard, Plan, RuleRef, WorkloadPlan},
     policy::model::ObjectId,
 };
 pub use capture::ImageCapture;
+pub use host_tables::HostTable;
+use host_tables::HostTables;
 pub use hosts::GatewayHost;
 pub use limits::{port_overflows, PortOverflow, MAX_PORTS_PER_PREFIX};
 use ports::PortSets;
@@ -42,7 +45,10 @@ pub struct ImageWorkload {
     pub cgroup_id: u64,
     /// `PolicyInfo` flags.
     pub flags: u32,
-    /// Flattened NetworkPolicy prefix table: prefix → image port set.
+    /// Flattened NetworkPolicy prefix table: prefix → image port set; or,
+    /// with `host_ports::ALLOW_FLAG`, host → image host table (a node
+    /// address with NodePorts, see [`HostTable`]). A workload that is not
+    /// isolated has host entries only, read for gateway exclusivity alone.
     pub allow_v4: Vec<(Ipv4Net, u32)>,
     pub allow_v6: Vec<(Ipv6Net, u32)>,
     /// REGISTRY_ONLY gateways: allowed host prefix → image port set.
@@ -96,6 +102,8 @@ pub struct MapImage {
     workloads: Vec<ImageWorkload>,
     cluster_v4: Vec<Ipv4Net>,
     cluster_v6: Vec<Ipv6Net>,
+    host_tables: Vec<HostTable>,
+    cluster_port_hosts: BTreeMap<IpAddr, u8>,
     has_cluster: bool,
     audit: bool,
     unplaced: Vec<ObjectId>,
@@ -128,8 +136,14 @@ impl MapImage {
             has_cluster: plan.cluster.is_some(),
             ..Self::default()
         };
+        let edge = host_tables::Edge::of(plan);
         if let Some(cluster) = &plan.cluster {
             for net in &cluster.cidrs {
+                // A flagged host's own entry is written with its flag.
+                if net.prefix_len() == net.max_prefix_len() && edge.hosts.contains_key(&net.addr())
+                {
+                    continue;
+                }
                 match net.trunc() {
                     IpNet::V4(n) => image.cluster_v4.push(n),
                     IpNet::V6(n) => image.cluster_v6.push(n),
@@ -139,6 +153,8 @@ impl MapImage {
         let mut rule_ids: HashMap<RuleRef, u32> = HashMap::new();
         let mut sets = PortSets::default();
         let mut by_cgroup: HashMap<u64, ObjectId> = HashMap::new();
+        image.cluster_port_hosts = edge.hosts.clone();
+        let mut host_tables = HostTables::default();
         let mut unresolved = BTreeSet::new();
         for w in &plan.workloads {
             let Some(&cgroup_id) = cgroup_ids.get(&w.id) else {
@@ -182,47 +198,84 @@ impl MapImage {
                 })?;
                 iw.capture = Some(built);
             }
-            if let Egress::Isolated { table, .. } = &w.egress {
-                // Each of the table's sets, once, as an image port set.
-                let mut local: HashMap<u32, u32> = HashMap::new();
-                for (prefix, set) in &table.entries {
-                    let id = match local.get(set) {
-                        Some(id) => *id,
-                        None => {
-                            let allows =
-                                table.sets.get(*set as usize).map_or(&[][..], Vec::as_slice);
-                            let entries = allows
-                                .iter()
-                                .map(|a| {
-                                    let next = u32::try_from(image.rules.len()).unwrap_or(u32::MAX);
-                                    let rule =
-                                        *rule_ids.entry(a.rule.clone()).or_insert_with(|| {
-                                            image.rules.push(a.rule.clone());
-                                            next
-                                        });
-                                    let (start, end) = (a.ports.start(), a.ports.end());
-                                    PortEntry::new(
-                                        rule,
-                                        a.protocol.map_or(0, |p| p.number()),
-                                        start,
-                                        end,
-                                    )
-                                })
-                                .collect();
-                            let id = sets.intern(entries).map_err(|entries| {
-                                ImageError::PortSetTooLarge {
-                                    workload: w.id.clone(),
-                                    table: "NetworkPolicy egress",
-                                    prefix: *prefix,
-                                    entries,
-                                }
-                            })?;
-                            local.insert(*set, id);
-                            id
-                        }
-                    };
+            let empty = PrefixTable::default();
+            let (isolated, table) = match &w.egress {
+                Egress::Isolated { table, .. } => (true, table),
+                Egress::Unrestricted => (false, &empty),
+            };
+            // Each of the table's sets, once, as an image port set.
+            let mut local: HashMap<u32, u32> = HashMap::new();
+            let mut image_set = |set: u32, prefix: IpNet| -> Result<u32, ImageError> {
+                if let Some(id) = local.get(&set) {
+                    return Ok(*id);
+                }
+                let allows = table.sets.get(set as usize).map_or(&[][..], Vec::as_slice);
+                let entries = allows
+                    .iter()
+                    .map(|a| {
+                        PortEntry::new(
+                            rule_id(&mut image.rules, &mut rule_ids, &a.rule),
+                            a.protocol.map_or(0, |p| p.number()),
+                            a.ports.start(),
+                            a.ports.end(),
+                        )
+                    })
+                    .collect();
+                let id = sets
+                    .intern(entries)
+                    .map_err(|entries| ImageError::PortSetTooLarge {
+                        workload: w.id.clone(),
+                        table: "NetworkPolicy egress",
+                        prefix,
+                        entries,
+                    })?;
+                local.insert(set, id);
+                Ok(id)
+            };
+            // Addresses with ports of their own: NodePorts judged for this
+            // workload, and ports on the other side of the cluster's edge.
+            let hosts: BTreeSet<IpAddr> = table
+                .host_ports
+                .keys()
+                .chain(edge.ports.keys())
+                .copied()
+                .collect();
+            for (prefix, set) in &table.entries {
+                let host = prefix.prefix_len() == prefix.max_prefix_len()
+                    && hosts.contains(&prefix.addr());
+                if !host {
+                    let id = image_set(*set, *prefix)?;
                     push(&mut iw.allow_v4, &mut iw.allow_v6, *prefix, id);
                 }
+            }
+            // A host gets an entry of its own, naming its host table: its
+            // longest prefix's set (so every other port keeps that answer)
+            // and its ports.
+            let bases = hosts
+                .iter()
+                .map(|addr| {
+                    let host = IpNet::from(*addr);
+                    let set = table.lookup_set(*addr).unwrap_or(0);
+                    let base = if isolated { image_set(set, host)? } else { 0 };
+                    Ok((*addr, base))
+                })
+                .collect::<Result<Vec<_>, ImageError>>()?;
+            for (addr, base) in bases {
+                let mut entries = edge.ports.get(&addr).cloned().unwrap_or_default();
+                for p in table.host_ports.get(&addr).into_iter().flatten() {
+                    let value = match &p.rule {
+                        Some(r) => rule_id(&mut image.rules, &mut rule_ids, r),
+                        None => host_ports::DENY,
+                    };
+                    entries.push((host_ports::VERDICT, p.protocol.number(), p.port, value));
+                }
+                let id = host_tables.intern(HostTable { base, entries });
+                push(
+                    &mut iw.allow_v4,
+                    &mut iw.allow_v6,
+                    IpNet::from(addr),
+                    id | host_ports::ALLOW_FLAG,
+                );
             }
             if let Some(hosts) = w
                 .gateway
@@ -248,6 +301,7 @@ impl MapImage {
             image.workloads.push(iw);
         }
         image.port_sets = sets.into_sets();
+        image.host_tables = host_tables.into_tables();
         image.unresolved = unresolved.into_iter().collect();
         Ok(image)
     }
@@ -296,6 +350,20 @@ impl MapImage {
         &self.cluster_v6
     }
 
+    /// Addresses with ports on the other side of the cluster's edge, with
+    /// their `CLUSTER_V4/V6` host entry: `host_ports::CLUSTER_PORTS` (a
+    /// node address with NodePorts that lead outside) or
+    /// `host_ports::CLUSTER_ONLY_PORTS` (an external IP whose Service ports
+    /// stay inside).
+    pub fn cluster_port_hosts(&self) -> &BTreeMap<IpAddr, u8> {
+        &self.cluster_port_hosts
+    }
+
+    /// Image host table `n` is `host_tables()[n - 1]`.
+    pub fn host_tables(&self) -> &[HostTable] {
+        &self.host_tables
+    }
+
     pub fn audit(&self) -> bool {
         self.audit
     }
@@ -326,10 +394,11 @@ impl MapImage {
             allow: sum(|w| w.allow_v4.len() + w.allow_v6.len()),
             gateway: sum(|w| w.gateway_v4.len() + w.gateway_v6.len()),
             cluster: if self.has_cluster {
-                self.cluster_v4.len() + self.cluster_v6.len()
+                self.cluster_v4.len() + self.cluster_v6.len() + self.cluster_port_hosts().len()
             } else {
                 0
             },
+            host_ports: self.host_tables.iter().map(|t| t.entries.len() + 1).sum(),
             port_sets: self.port_sets.len(),
         }
     }
@@ -350,6 +419,17 @@ pub struct ImageSize {
     pub cluster: usize,
     /// `PORT_SETS` entries.
     pub port_sets: usize,
+    /// `HOST_PORTS` entries.
+    pub host_ports: usize,
+}
+
+/// The image id of `rule`, numbered in order of first use.
+fn rule_id(rules: &mut Vec<RuleRef>, ids: &mut HashMap<RuleRef, u32>, rule: &RuleRef) -> u32 {
+    let next = u32::try_from(rules.len()).unwrap_or(u32::MAX);
+    *ids.entry(rule.clone()).or_insert_with(|| {
+        rules.push(rule.clone());
+        next
+    })
 }
 
 /// `PolicyInfo` flags for `w`, as `compile::decide::filter` reads the plan.

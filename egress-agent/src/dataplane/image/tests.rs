@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use egress_common::{PolicyInfo, PortEntry, Reason, EMPTY_SET, NO_RULE};
+use egress_common::{host_ports, PolicyInfo, PortEntry, Reason, EMPTY_SET, NO_RULE};
 use ipnet::IpNet;
 
 use super::*;
@@ -106,22 +106,23 @@ spec:
 "#;
 
 /// The programs' lookups, over the image: a longest-prefix match in a list
-/// of (prefix, set), then the first matching port entry.
+/// of (prefix, value), then the first matching port entry of the value's
+/// set; or, for a flagged value, its host table first (as `decide.rs`).
 fn simulate(image: &MapImage, workload: &ImageWorkload, dst: Destination) -> (bool, Reason, u32) {
-    fn lpm(entries: &[(IpNet, u32)], ip: IpAddr) -> Option<u32> {
+    fn lpm<T: Copy>(entries: &[(IpNet, T)], ip: IpAddr) -> Option<T> {
         entries
             .iter()
             .filter(|(net, _)| net.contains(&ip))
             .max_by_key(|(net, _)| net.prefix_len())
             .map(|(_, set)| *set)
     }
+    let proto = dst.protocol.number();
     let first_match = |set: Option<u32>| -> Option<u32> {
         let set = set.filter(|s| *s != EMPTY_SET)?;
         let entries = &image.port_sets()[set as usize - 1];
-        let port = dst.port;
         entries
             .iter()
-            .find(|e| e.matches(dst.protocol.number(), port))
+            .find(|e| e.matches(proto, dst.port))
             .map(|e| e.rule)
     };
     let all = |v4: &[(ipnet::Ipv4Net, u32)], v6: &[(ipnet::Ipv6Net, u32)]| -> Vec<(IpNet, u32)> {
@@ -132,38 +133,72 @@ fn simulate(image: &MapImage, workload: &ImageWorkload, dst: Destination) -> (bo
     };
     let ip = dst.ip.to_canonical();
     let flags = workload.flags;
+    let allow = all(&workload.allow_v4, &workload.allow_v6);
+    // The host table of the longest allowed prefix, if it names one.
+    let host = lpm(&allow, ip)
+        .filter(|v| v & host_ports::ALLOW_FLAG != 0)
+        .map(|v| &image.host_tables()[(v & !host_ports::ALLOW_FLAG) as usize - 1]);
+    let listed = |kind: u8| -> Option<u32> {
+        host?
+            .entries
+            .iter()
+            .find(|(k, p, port, _)| *k == kind && *p == proto && *port == dst.port)
+            .map(|e| e.3)
+    };
     if ip.is_loopback() {
         return (true, Reason::Loopback, NO_RULE);
     }
-    let mut host = None;
+    let mut gateway_host = None;
     if flags & PolicyInfo::HAS_CLUSTER != 0 {
-        let cluster: Vec<IpNet> = image
+        let cluster: Vec<(IpNet, u8)> = image
             .cluster_v4()
             .iter()
-            .map(|n| IpNet::V4(*n))
-            .chain(image.cluster_v6().iter().map(|n| IpNet::V6(*n)))
+            .map(|n| (IpNet::V4(*n), host_ports::CLUSTER_INSIDE))
+            .chain(
+                image
+                    .cluster_v6()
+                    .iter()
+                    .map(|n| (IpNet::V6(*n), host_ports::CLUSTER_INSIDE)),
+            )
+            .chain(
+                image
+                    .cluster_port_hosts()
+                    .iter()
+                    .map(|(a, v)| (IpNet::from(*a), *v)),
+            )
             .collect();
-        if !cluster.iter().any(|n| n.contains(&ip)) {
+        let inside = match lpm(&cluster, ip) {
+            None => false,
+            Some(host_ports::CLUSTER_PORTS) => listed(host_ports::OUTSIDE).is_none(),
+            Some(host_ports::CLUSTER_ONLY_PORTS) => listed(host_ports::INSIDE).is_some(),
+            Some(_) => true,
+        };
+        if !inside {
             if flags & PolicyInfo::GATEWAY == 0 {
                 return (false, Reason::GatewayExclusivity, NO_RULE);
             }
             if flags & PolicyInfo::REGISTRY_ONLY != 0 {
                 let gw = all(&workload.gateway_v4, &workload.gateway_v6);
                 match first_match(lpm(&gw, ip)) {
-                    Some(h) => host = Some(h),
+                    Some(h) => gateway_host = Some(h),
                     None => return (false, Reason::GatewayAllowList, NO_RULE),
                 }
             }
         }
     }
     if flags & PolicyInfo::ISOLATED != 0 {
-        let allow = all(&workload.allow_v4, &workload.allow_v6);
-        return match first_match(lpm(&allow, ip)) {
+        let rule = match (host, listed(host_ports::VERDICT)) {
+            (Some(_), Some(host_ports::DENY)) => None,
+            (Some(_), Some(rule)) => Some(rule),
+            (Some(table), None) => first_match(Some(table.base)),
+            (None, _) => first_match(lpm(&allow, ip)),
+        };
+        return match rule {
             Some(rule) => (true, Reason::Rule, rule),
             None => (false, Reason::DefaultDeny, NO_RULE),
         };
     }
-    match host {
+    match gateway_host {
         Some(h) => (true, Reason::GatewayHost, h),
         None => (true, Reason::NotIsolated, NO_RULE),
     }
@@ -195,8 +230,16 @@ fn destinations() -> Vec<Destination> {
         "::ffff:198.51.100.7",
         "::ffff:10.1.0.1",
         "::ffff:127.0.0.1",
+        "172.18.0.2",
+        "fd00:18::2",
+        "::ffff:172.18.0.2",
+        "192.0.2.50",
+        "192.0.2.70",
+        "10.96.0.20",
     ];
-    let ports = [0u16, 53, 80, 443, 444, 8000, 8050, 8100, 8101, 8080, 9090];
+    let ports = [
+        0u16, 53, 80, 443, 444, 8000, 8050, 8100, 8101, 8080, 9090, 30080, 30099, 30443,
+    ];
     let mut out = Vec::new();
     for a in addrs {
         for port in ports {
@@ -244,6 +287,125 @@ fn networkpolicy_images_decide_like_compile_decide() {
     let plan = plan(&[CLIENT_POLICY]);
     let image = build(&plan, &[]);
     assert_matches_decide(&plan, &image);
+}
+
+/// Two nodes and Services: a NodePort to an allowed backend, one to a
+/// backend that policy denies, one that leads outside; an external IP
+/// whose backends are inside, one that leads outside.
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}, {type: InternalIP, address: "fd00:18::2"}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: nodes, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 172.18.0.0/16}}]
+    ports: [{port: 30443}, {port: 10250}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: prod}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.20
+  externalIPs: [192.0.2.50]
+  ports: [{name: http, protocol: TCP, port: 80, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: prod, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints: [{addresses: [10.1.0.1]}]
+ports: [{name: http, protocol: TCP, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: secure, namespace: prod}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.21
+  ports: [{protocol: TCP, port: 443, nodePort: 30443}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: secure-1, namespace: prod, labels: {kubernetes.io/service-name: secure}}
+addressType: IPv4
+endpoints: [{addresses: [10.3.0.1]}]
+ports: [{protocol: TCP, port: 443}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: out, namespace: prod}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.22
+  externalIPs: [192.0.2.70]
+  ports: [{protocol: TCP, port: 80, nodePort: 30099}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: out-1, namespace: prod, labels: {kubernetes.io/service-name: out}}
+addressType: IPv4
+endpoints: [{addresses: [203.0.113.9]}]
+ports: [{protocol: TCP, port: 80}]
+"#;
+
+#[test]
+fn service_images_decide_like_compile_decide() {
+    let gateway = GATEWAY.replace("10.0.0.0/8", "10.0.0.0/8, 172.18.0.0/16");
+    for extra in [
+        vec![CLIENT_POLICY, SERVICES],
+        vec![CLIENT_POLICY, SERVICES, &gateway],
+    ] {
+        let plan = plan(&extra);
+        let image = build(&plan, &[]);
+        assert_matches_decide(&plan, &image);
+    }
+}
+
+#[test]
+fn a_node_address_gets_one_host_entry_naming_its_ports() {
+    let plan = plan(&[CLIENT_POLICY, SERVICES, GATEWAY]);
+    let image = build(&plan, &[]);
+    let client = image
+        .workload(&"prod/client".parse().unwrap())
+        .expect("client");
+    let node: ipnet::Ipv4Net = "172.18.0.2/32".parse().unwrap();
+    let flagged: Vec<u32> = client
+        .allow_v4
+        .iter()
+        .filter(|(n, _)| *n == node)
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(flagged.len(), 1, "{:?}", client.allow_v4);
+    assert_ne!(flagged[0] & host_ports::ALLOW_FLAG, 0);
+    let table = &image.host_tables()[(flagged[0] & !host_ports::ALLOW_FLAG) as usize - 1];
+    let kinds: Vec<(u8, u16)> = table.entries.iter().map(|e| (e.0, e.2)).collect();
+    assert!(kinds.contains(&(host_ports::VERDICT, 30080)), "{kinds:?}");
+    assert!(kinds.contains(&(host_ports::VERDICT, 30443)), "{kinds:?}");
+    assert!(kinds.contains(&(host_ports::OUTSIDE, 30099)), "{kinds:?}");
+    // The workload that no policy isolates gets host entries too: gateway
+    // exclusivity reads them.
+    let web = image.workload(&"prod/web".parse().unwrap()).expect("web");
+    assert!(web.allow_v4.iter().any(|(n, _)| *n == node));
+    assert_eq!(
+        image
+            .cluster_port_hosts()
+            .get(&"172.18.0.2".parse().unwrap()),
+        Some(&host_ports::CLUSTER_PORTS)
+    );
+    assert_eq!(
+        image
+            .cluster_port_hosts()
+            .get(&"192.0.2.50".parse().unwrap()),
+        Some(&host_ports::CLUSTER_ONLY_PORTS)
+    );
 }
 
 #[test]
