@@ -21,17 +21,12 @@ pub(super) fn prune_sources(
     maps: &mut Maps,
     wanted: &HashSet<SourceKey>,
 ) -> Result<usize, DataplaneError> {
-    let present: Vec<SourceKey> = maps
-        .sources
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(|source| read(map::SOURCES, source))?;
-    let mut removed = 0;
-    for key in present.iter().filter(|k| !wanted.contains(k)) {
-        delete(&mut maps.sources, key, map::SOURCES, || format!("{key:?}"))?;
-        removed += 1;
-    }
-    Ok(removed)
+    delete_where(
+        &mut maps.sources,
+        map::SOURCES,
+        |key| !wanted.contains(key),
+        |key| format!("{key:?}"),
+    )
 }
 
 /// Every id and set id present anywhere in the maps, for a state this
@@ -153,63 +148,30 @@ pub(super) fn delete_foreign(
     ids: &HashSet<u32>,
     sets: &HashSet<u32>,
 ) -> Result<usize, DataplaneError> {
-    let mut removed = 0;
-    let stale: Vec<u32> = maps
-        .policies
-        .keys()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| read(map::POLICIES, source))?
-        .into_iter()
-        .filter(|id| !ids.contains(id))
-        .collect();
-    for id in stale {
-        delete(&mut maps.policies, &id, map::POLICIES, || {
-            format!("policy {id}")
-        })?;
-        removed += 1;
-    }
-    let stale: Vec<u32> = maps
-        .port_sets
-        .keys()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| read(map::PORT_SETS, source))?
-        .into_iter()
-        .filter(|id| !sets.contains(id))
-        .collect();
-    for id in stale {
-        delete(&mut maps.port_sets, &id, map::PORT_SETS, || {
-            format!("port set {id}")
-        })?;
-        removed += 1;
-    }
-    let stale: Vec<u32> = maps
-        .captures
-        .keys()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| read(map::CAPTURES, source))?
-        .into_iter()
-        .filter(|id| !ids.contains(id))
-        .collect();
-    for id in stale {
-        delete(&mut maps.captures, &id, map::CAPTURES, || {
-            format!("capture of policy {id}")
-        })?;
-        removed += 1;
-    }
-    let stale: Vec<u64> = maps
-        .host_ports
-        .keys()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| read(map::HOST_PORTS, source))?
-        .into_iter()
-        .filter(|key| !sets.contains(&host_table_of(*key)))
-        .collect();
-    for key in stale {
-        delete(&mut maps.host_ports, &key, map::HOST_PORTS, || {
-            format!("host table entry {key:#x}")
-        })?;
-        removed += 1;
-    }
+    let mut removed = delete_where(
+        &mut maps.policies,
+        map::POLICIES,
+        |id| !ids.contains(id),
+        |id| format!("policy {id}"),
+    )?;
+    removed += delete_where(
+        &mut maps.port_sets,
+        map::PORT_SETS,
+        |id| !sets.contains(id),
+        |id| format!("port set {id}"),
+    )?;
+    removed += delete_where(
+        &mut maps.captures,
+        map::CAPTURES,
+        |id| !ids.contains(id),
+        |id| format!("capture of policy {id}"),
+    )?;
+    removed += delete_where(
+        &mut maps.host_ports,
+        map::HOST_PORTS,
+        |key| !sets.contains(&host_table_of(*key)),
+        |key| format!("host table entry {key:#x}"),
+    )?;
     macro_rules! sweep {
         ($trie:expr, $keys:path, $id:path, $net:path, $name:expr) => {
             for key in $keys(&$trie, $name)? {
@@ -292,6 +254,26 @@ fn absent(err: &MapError) -> bool {
         MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
         _ => false,
     }
+}
+
+/// Deletes every entry of `hash` whose key `stale` picks (the keys are
+/// read first: deleting while iterating would skip some); how many.
+fn delete_where<K: aya::Pod, V: aya::Pod>(
+    hash: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
+    name: &'static str,
+    stale: impl Fn(&K) -> bool,
+    what: impl Fn(&K) -> String,
+) -> Result<usize, DataplaneError> {
+    let keys: Vec<K> = hash
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(|source| read(name, source))?;
+    let mut removed = 0;
+    for key in keys.iter().filter(|k| stale(k)) {
+        delete(hash, key, name, || what(key))?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 pub(super) fn delete<K: aya::Pod, V: aya::Pod>(
