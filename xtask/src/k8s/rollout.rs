@@ -124,16 +124,7 @@ pub fn run(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<Option<
     );
 
     k.exec_in("test-egress", "hammer", None, "touch /tmp/stop")?;
-    let stopped = Instant::now();
-    let logs = loop {
-        let logs = k
-            .output(&["logs", "-n", "test-egress", "hammer"])
-            .unwrap_or_default();
-        if logs.lines().any(|l| l.trim() == "done") || stopped.elapsed() > Duration::from_secs(30) {
-            break logs;
-        }
-        thread::sleep(Duration::from_millis(500));
-    };
+    let logs = scenario::logs_until_done(k, "test-egress", "hammer", Duration::from_secs(30));
     let attempts: Vec<&str> = logs
         .lines()
         .map(str::trim)

@@ -758,16 +758,7 @@ fn first_packet(
     let created = (cluster.node_uptime)()?;
     k.apply(&yaml)?;
     // The loop runs 15 s from the container's start.
-    let start = Instant::now();
-    let logs = loop {
-        let logs = k
-            .output(&["logs", "-n", "test-egress", "first-packet"])
-            .unwrap_or_default();
-        if logs.lines().any(|l| l.trim() == "done") || start.elapsed() > Duration::from_secs(90) {
-            break logs;
-        }
-        thread::sleep(Duration::from_secs(1));
-    };
+    let logs = logs_until_done(k, "test-egress", "first-packet", Duration::from_secs(90));
     let attempts: Vec<(f64, &str, &str)> = logs
         .lines()
         .filter_map(|l| {
@@ -833,6 +824,21 @@ fn first_packet(
         "--wait=false",
     ])?;
     Ok(())
+}
+
+/// The log of `namespace/pod`, once it has printed a line `done` (or
+/// after `limit`, as far as it got).
+pub fn logs_until_done(k: &Kubectl, namespace: &str, pod: &str, limit: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let logs = k
+            .output(&["logs", "-n", namespace, pod])
+            .unwrap_or_default();
+        if logs.lines().any(|l| l.trim() == "done") || start.elapsed() > limit {
+            return logs;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
 }
 
 fn summarize(outcomes: &[&str]) -> String {
