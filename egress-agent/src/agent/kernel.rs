@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::reload::Enforcer;
 use crate::{
-    compile::{NodeRules, Plan},
+    compile::{guard::BootState, NodeRules, Plan},
     dataplane::{
         self, nft::Backstop, Dataplane, DataplaneError, EbpfLogLevel, ImageError, MapImage,
         VerdictKind,
@@ -128,6 +128,9 @@ pub struct KernelEnforcer {
     last_nft_poll: Option<Instant>,
     /// The node rules the backstop table holds.
     nft_applied: Option<NodeRules>,
+    /// `run --boot-state`: where the guards are saved for the next boot,
+    /// and what was saved last.
+    boot_state: Option<(PathBuf, Option<BootState>)>,
 }
 
 /// The workloads of the image in force, by cgroup id.
@@ -192,7 +195,35 @@ impl KernelEnforcer {
             nft_seen: BTreeMap::new(),
             last_nft_poll: None,
             nft_applied: None,
+            boot_state: None,
         })
+    }
+
+    /// Saves the guards of every generation put in force to `path`, for
+    /// `egress-agent boot-guard` (`run --boot-state`).
+    pub fn with_boot_state(mut self, path: Option<PathBuf>) -> Self {
+        self.boot_state = path.map(|p| (p, None));
+        self
+    }
+
+    /// Saves what the next boot needs, when it changed. A failure is
+    /// logged, not returned: the generation is in force either way, and
+    /// the next apply tries again.
+    fn save_boot_state(&mut self, plan: &Plan) {
+        let Some((path, saved)) = &mut self.boot_state else {
+            return;
+        };
+        let state = BootState::of(plan);
+        if saved.as_ref() == Some(&state) {
+            return;
+        }
+        match state.write(path) {
+            Ok(()) => {
+                info!(path = %path.display(), guarded = ?state.pending, "boot state saved");
+                *saved = Some(state);
+            }
+            Err(e) => warn!(path = %path.display(), error = %e, "cannot save the boot state: a reboot now starts pods unguarded until the agent is ready"),
+        }
     }
 
     /// Carries out the Redirects' `captureDNS` (`run --capture-dns`).
@@ -382,6 +413,7 @@ impl Enforcer for KernelEnforcer {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = observe::Names::from_image(&image);
         info!(?stats, "data plane programmed");
+        self.save_boot_state(plan);
         Ok(())
     }
 

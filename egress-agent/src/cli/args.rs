@@ -27,6 +27,9 @@ pub enum Command {
     /// Remove every program, link, pinned map and nft table the agent
     /// created, and nothing else.
     Uninstall(UninstallArgs),
+    /// At boot, before the kubelet: put the pending policy in force from
+    /// the state the last agent saved (`run --boot-state`), then exit.
+    BootGuard(BootGuardArgs),
     /// Run the built-in transparent proxy: a sidecar for redirected
     /// connections, or the egress gateway (routes by SNI/Host).
     Proxy(ProxyArgs),
@@ -166,12 +169,38 @@ pub struct RunArgs {
     )]
     pub sidecar_container: String,
     /// A guarded cgroup root: every cgroup below it that is not a known
-    /// workload gets the pending policy (loopback and DNS to the cluster
-    /// CIDRs only). Repeatable. With --kubernetes the default is every
-    /// kubelet pods root (`kubepods`, `kubepods.slice`) found below
-    /// --cgroup-root.
+    /// workload gets the pending policy (loopback, DNS to the cluster
+    /// CIDRs and the Kubernetes API server only). Repeatable. With
+    /// --kubernetes the default is every kubelet pods root (`kubepods`,
+    /// `kubepods.slice`) found below --cgroup-root.
     #[arg(long = "guard-cgroup", value_name = "PATH")]
     pub guard_cgroups: Vec<PathBuf>,
+    /// Save what the next boot needs (the guarded roots, the cluster CIDRs
+    /// and the API server's addresses) to this file after every apply,
+    /// for `egress-agent boot-guard`. Keep it on storage that survives a
+    /// reboot.
+    #[arg(long, value_name = "FILE")]
+    pub boot_state: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BootGuardArgs {
+    /// The state saved by `run --boot-state`.
+    #[arg(long, value_name = "FILE")]
+    pub boot_state: PathBuf,
+    /// Where programs, links and maps are pinned (the agent's --bpffs).
+    #[arg(long, value_name = "PATH", default_value = egress_agent::dataplane::DEFAULT_PIN_DIR)]
+    pub bpffs: PathBuf,
+    /// cgroup v2 directory to attach the programs at (the agent's
+    /// --cgroup-root; default: the cgroup2 mount's root).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+    /// A root to guard besides the saved ones (created if missing); with
+    /// no saved state, the only ones. Repeatable.
+    #[arg(long = "guard-cgroup", value_name = "PATH")]
+    pub guard_cgroups: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, clap::Args)]

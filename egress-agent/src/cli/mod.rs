@@ -1,6 +1,7 @@
 //! The `egress-agent` command line: one module per verb.
 
 pub mod args;
+mod boot_guard;
 mod check;
 mod client;
 mod completions;
@@ -27,6 +28,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explain(args) => explain::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Uninstall(args) => uninstall::run(&args),
+        Command::BootGuard(args) => boot_guard::run(&args),
         Command::Proxy(args) => proxy::run(&args),
         Command::Events(args) => events::run(&args),
         Command::Status(args) => status::run(&args),

@@ -57,6 +57,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             None
         };
+        if let Some(state) = &args.boot_state {
+            let dir = state.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                anyhow::bail!(
+                    "--boot-state {}: its directory does not exist",
+                    state.display()
+                );
+            }
+        }
         let mut enforcer = KernelEnforcer::open(
             &args.bpffs,
             args.cgroup_root.as_deref(),
@@ -68,7 +77,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             },
             args.ebpf_log,
         )?
-        .with_dns_capture(args.capture_dns);
+        .with_dns_capture(args.capture_dns)
+        .with_boot_state(args.boot_state.clone());
         let guards = guards(args, &mut enforcer)?;
         let mut observing = observe(args, checked.metrics, &mut enforcer).await?;
         let mut reloader = Reloader::new(args.policies.clone(), enforcer, args.audit);
