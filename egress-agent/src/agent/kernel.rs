@@ -222,7 +222,9 @@ impl KernelEnforcer {
                 info!(path = %path.display(), guarded = ?state.pending, "boot state saved");
                 *saved = Some(state);
             }
-            Err(e) => warn!(path = %path.display(), error = %e, "cannot save the boot state: a reboot now starts pods unguarded until the agent is ready"),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot save the boot state: a reboot now starts pods unguarded until the agent is ready")
+            }
         }
     }
 

@@ -45,10 +45,17 @@ pub fn run(args: &BootGuardArgs) -> anyhow::Result<ExitCode> {
             );
             BootState::default()
         }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            println!(
+                "boot-guard: no boot state at {} (no agent has run on this node): nothing to guard; pods are enforced once the agent is ready",
+                args.boot_state.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         Err(e) if args.guard_cgroups.is_empty() => {
             return Err(e).with_context(|| {
                 format!(
-                    "cannot read the boot state {} and no --guard-cgroup is given: nothing to guard",
+                    "cannot read the boot state {} and no --guard-cgroup is given (remove the file to boot unguarded until the agent is ready)",
                     args.boot_state.display()
                 )
             });

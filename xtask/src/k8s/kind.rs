@@ -227,6 +227,7 @@ images:
         policies: &policies,
         node_uptime: &uptime,
         kill_agent: None,
+        reboot: None,
         gateway_node: None,
         app_node: None,
         by_name: false,

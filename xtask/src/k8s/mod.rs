@@ -35,6 +35,7 @@ pub(crate) mod packages;
 pub(crate) mod pki;
 pub mod pod_memory;
 pub(crate) mod procs;
+mod reboot;
 mod rollout;
 mod scenario;
 mod teardown;
@@ -334,6 +335,14 @@ fn bring_up_and_test(
         );
         let policies = host::workspace_root().join("policies");
         let uptime = || node_uptime();
+        // A rebooted node's new processes, handed to the teardown after.
+        let reborn = std::cell::RefCell::new(Vec::new());
+        let reboot_node = |node: &NodeSpec| -> anyhow::Result<()> {
+            let binary = agent.context("no agent binary to run the boot guard with")?;
+            let children = reboot::reboot(&kubectl, node, binary)?;
+            reborn.borrow_mut().extend(children);
+            Ok(())
+        };
         let mut cluster = Cluster {
             kubectl: &kubectl,
             toolbox_image: images::TOOLBOX,
@@ -344,6 +353,7 @@ fn bring_up_and_test(
             policies: &policies,
             node_uptime: &uptime,
             kill_agent: Some(&kill_agent),
+            reboot: Some(&reboot_node),
             gateway_node: Some(NODE_A.name),
             app_node: Some(NODE_B.name),
             by_name: true,
@@ -360,7 +370,7 @@ fn bring_up_and_test(
             NODE_B.name,
             dns_after.as_secs_f32()
         );
-        match agent {
+        let outcome = match agent {
             None => baseline(&cluster, checks),
             Some(_) => {
                 apply_agent(&kubectl)?;
@@ -385,7 +395,9 @@ fn bring_up_and_test(
                 times.run = Some(run_began.elapsed());
                 result
             }
-        }
+        };
+        children.extend(std::mem::take(&mut *reborn.borrow_mut()));
+        outcome
     })();
     if result.is_err() || !checks.failed().is_empty() {
         dump_diagnostics();
@@ -496,6 +508,10 @@ fn apply_agent(kubectl: &Kubectl) -> anyhow::Result<()> {
     let deploy = host::workspace_root().join("deploy");
     let overlay = layout::state("overlay");
     fs::create_dir_all(&overlay).context("creating the overlay dir")?;
+    for node in NODES {
+        let dir = reboot::boot_state_dir(node);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let kustomization = format!(
         "apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -525,9 +541,13 @@ patches:
             - --cgroup-root=/sys/fs/cgroup/{CGROUP_ROOT}/$(NODE_NAME)
             - --bpffs={BPFFS_DIR}/$(NODE_NAME)
             - --metrics-addr=0.0.0.0:{METRICS_PORT}
+            - --boot-state=/var/lib/egress-agent/boot.json
             volumeMounts:
             - name: run
               mountPath: /run/egress-agent
+              subPathExpr: $(NODE_NAME)
+            - name: state
+              mountPath: /var/lib/egress-agent
               subPathExpr: $(NODE_NAME)
           volumes:
           - name: cgroup
@@ -536,9 +556,13 @@ patches:
           - name: run
             hostPath:
               path: {agent_run}
+          - name: state
+            hostPath:
+              path: {agent_state}
 ",
         deploy = relative_to(&overlay, &deploy).display(),
         agent_run = layout::run("agent").display(),
+        agent_state = layout::state("agent-state").display(),
         v2 = v2.display(),
     );
     fs::write(overlay.join("kustomization.yaml"), kustomization).context("writing the overlay")?;
@@ -835,6 +859,10 @@ fn print_summary(times: &Times, checks: &Checks, total: Duration) {
         println!(
             "  rollout restart of the agent (rollout status) {}",
             ms(t.rollout_ms)
+        );
+        println!(
+            "  reboot: node Ready → its agent Ready          {}",
+            ms(t.reboot_agent_ms)
         );
         println!(
             "  tenancy: policy change in force (bad NP elsewhere) {}",

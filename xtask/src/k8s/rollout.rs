@@ -14,19 +14,21 @@ use std::{
 };
 
 use super::{
+    kubectl::Kubectl,
     layout::{self, INTERNET_HOSTS},
     scenario::{self, pod_ip, pod_yaml_on, probe, wait_ready, Checks, Cluster, Outcome, AGENT_NS},
 };
 
 /// Tries the internet (an HTTP request, so that a success is logged at the
-/// far side) every 50 ms until `/tmp/stop` exists, logging each outcome.
-fn hammer_script(internet_ip: &str) -> String {
+/// far side) every 50 ms until `/tmp/stop` exists, logging each outcome
+/// and when (the node's uptime, the clock [`Cluster::node_uptime`] reads).
+pub fn hammer_script(internet_ip: &str) -> String {
     format!(
         "while [ ! -e /tmp/stop ]; do \
          if out=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 3 nc -w 2 {internet_ip} 80 2>&1); then \
          case \"$out\" in *HTTP/*) r=ok;; *) r=empty;; esac; \
          else case \"$out\" in *'not permitted'*) r=EPERM;; *) r=fail;; esac; fi; \
-         echo \"$r\"; sleep 0.05; done\n\
+         echo \"$r $(cut -d' ' -f1 /proc/uptime)\"; sleep 0.05; done\n\
          echo done\n\
          exec sleep 3600"
     )
@@ -123,15 +125,9 @@ pub fn run(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<Option<
         &text,
     );
 
-    k.exec_in("test-egress", "hammer", None, "touch /tmp/stop")?;
-    let logs = scenario::logs_until_done(k, "test-egress", "hammer", Duration::from_secs(30));
-    let attempts: Vec<&str> = logs
-        .lines()
-        .map(str::trim)
-        .filter(|l| *l != "done")
-        .collect();
-    let reached = attempts.iter().filter(|a| **a == "ok").count();
-    let refused = attempts.iter().filter(|a| **a == "EPERM").count();
+    let attempts = stop_hammer(k, "hammer")?;
+    let reached = attempts.iter().filter(|a| a.0 == "ok").count();
+    let refused = attempts.iter().filter(|a| a.0 == "EPERM").count();
     checks.check(
         !attempts.is_empty() && reached == 0,
         "test-egress/hammer tried the internet throughout the rollout: never got out",
@@ -145,6 +141,20 @@ pub fn run(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<Option<
         k.output(&["delete", "pod", "-n", "test-egress", pod, "--wait=false"])?;
     }
     Ok(status.is_ok().then_some(took))
+}
+
+/// Stops test-egress/`pod`'s [`hammer_script`] and returns its attempts:
+/// each outcome with the node uptime it was logged at.
+pub fn stop_hammer(k: &Kubectl, pod: &str) -> anyhow::Result<Vec<(String, f64)>> {
+    k.exec_in("test-egress", pod, None, "touch /tmp/stop")?;
+    let logs = scenario::logs_until_done(k, "test-egress", pod, Duration::from_secs(30));
+    Ok(logs
+        .lines()
+        .filter_map(|l| {
+            let (outcome, at) = l.trim().split_once(' ')?;
+            Some((outcome.to_owned(), at.parse().ok()?))
+        })
+        .collect())
 }
 
 /// Every source address the simulated internet's web servers logged a

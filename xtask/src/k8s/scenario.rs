@@ -47,6 +47,9 @@ pub struct Cluster<'a> {
     /// SIGKILLs the agent's process from the host and returns its pid,
     /// where the test can see the node's processes (on `app_node`).
     pub kill_agent: Option<&'a dyn Fn() -> anyhow::Result<u32>>,
+    /// Reboots a node as far as the enforcer can tell (see
+    /// [`super::reboot`]), where the test runs the nodes itself.
+    pub reboot: Option<&'a RebootNode<'a>>,
     /// Where the gateway and DNS run, and where the applications run
     /// (a `kubernetes.io/hostname` nodeSelector); None: anywhere.
     pub gateway_node: Option<&'a str>,
@@ -56,6 +59,9 @@ pub struct Cluster<'a> {
     /// busybox wget, instead of by literal addresses.
     pub by_name: bool,
 }
+
+/// Reboots one node (see [`Cluster::reboot`]).
+pub type RebootNode<'a> = dyn Fn(&super::layout::NodeSpec) -> anyhow::Result<()> + 'a;
 
 /// The measured times, for the summary.
 #[derive(Default)]

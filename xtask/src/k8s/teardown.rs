@@ -155,7 +155,7 @@ fn comm(pid: i32) -> String {
 
 /// SIGKILLs the processes in netns `name` (only those called `only`, if
 /// given) and waits for them to go. Returns how many there were.
-fn kill_in_netns(name: &str, only: Option<&str>) -> usize {
+pub(super) fn kill_in_netns(name: &str, only: Option<&str>) -> usize {
     let Some(inode) = netns_inode(name) else {
         return 0;
     };
@@ -194,10 +194,15 @@ fn is_zombie(pid: i32) -> bool {
 /// Kills every process in the cgroup root's subtree (the pods'
 /// containers). Returns how many there were.
 fn kill_cgroups() -> usize {
+    kill_cgroups_under(CGROUP_ROOT)
+}
+
+/// Kills every process in `rel`'s subtree, in every hierarchy.
+pub(super) fn kill_cgroups_under(rel: &str) -> usize {
     let (v1, v2) = cgroup_mounts();
     let mut victims = Vec::new();
     for hierarchy in v2.iter().chain(v1.iter()) {
-        for dir in subtree(&hierarchy.join(CGROUP_ROOT)) {
+        for dir in subtree(&hierarchy.join(rel)) {
             if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
                 victims.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
             }
@@ -226,10 +231,15 @@ fn subtree(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn remove_cgroups() -> usize {
+    remove_cgroups_under(CGROUP_ROOT)
+}
+
+/// Removes `rel` and every cgroup below it, in every hierarchy.
+pub(super) fn remove_cgroups_under(rel: &str) -> usize {
     let (v1, v2) = cgroup_mounts();
     let mut removed = 0;
     for hierarchy in v2.iter().chain(v1.iter()) {
-        for dir in subtree(&hierarchy.join(CGROUP_ROOT)) {
+        for dir in subtree(&hierarchy.join(rel)) {
             // A cgroup is removed with rmdir, never recursively: its files
             // are not real files. Retry briefly: a killed task can linger.
             let start = Instant::now();
@@ -257,7 +267,7 @@ fn remove_cgroups() -> usize {
 }
 
 /// Lazily unmounts every mount point under `dirs`, innermost first.
-fn unmount_under(dirs: &[&str]) -> usize {
+pub(super) fn unmount_under(dirs: &[&str]) -> usize {
     let mut count = 0;
     // A mount may be stacked; go round until nothing is left (bounded).
     for _ in 0..5 {

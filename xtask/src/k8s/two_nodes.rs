@@ -27,7 +27,7 @@ use anyhow::{bail, Context as _};
 use super::{
     kubectl::Kubectl,
     layout::{NODES, NODE_A, NODE_B},
-    rollout,
+    reboot, rollout,
     scenario::{
         self, fetch, pod_ip, pod_yaml_on, probe, service_yaml, wait_ready, Checks, Cluster, Outcome,
     },
@@ -45,6 +45,8 @@ const TENANCY_BOUND: Duration = Duration::from_secs(1);
 pub struct Timings {
     pub peer_move_ms: Option<f64>,
     pub rollout_ms: Option<f64>,
+    /// From the rebooted node being Ready to its agent being Ready.
+    pub reboot_agent_ms: Option<f64>,
     /// From the NetworkPolicy change being sent to the first allowed
     /// connection (in-pod clock), with another namespace's bad policy in
     /// the set.
@@ -121,7 +123,15 @@ metadata:
     println!("\nk8s-test: 13. a rolling update of the agent, with a pod hammering the internet");
     timings.rollout_ms = rollout::run(cluster, checks)?;
 
-    println!("\nk8s-test: 14. what the simulated internet saw");
+    if let Some(reboot) = cluster.reboot {
+        println!(
+            "\nk8s-test: 14. {} reboots, with a pod on it hammering the internet",
+            NODE_B.name
+        );
+        timings.reboot_agent_ms = reboot::run(cluster, checks, reboot, &NODE_B)?;
+    }
+
+    println!("\nk8s-test: 15. what the simulated internet saw");
     rollout::internet_saw_only_the_gateway(cluster, checks)?;
     Ok(timings)
 }
