@@ -192,3 +192,161 @@ fn an_unknown_cgroup_below_a_guarded_root_is_pending_from_its_first_connect() ->
     assert!(!log.contains("ERROR"), "{log}");
     Ok(())
 }
+
+/// The `default/kubernetes` Service, its endpoint at the cluster address.
+fn api_server() -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: Service
+metadata: {{name: kubernetes, namespace: default}}
+spec: {{clusterIP: "fd00:96::1", ipFamilies: [IPv6], ports: [{{name: https, protocol: TCP, port: 443, targetPort: 6443}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: kubernetes, namespace: default, labels: {{kubernetes.io/service-name: kubernetes}}}}
+addressType: IPv6
+endpoints: [{{addresses: ["{api}"]}}]
+ports: [{{name: https, protocol: TCP, port: 6443}}]
+"#,
+        api = TestNet::SERVER_V6
+    )
+}
+
+/// A reboot, as the enforcer sees one: the agent dies, bpffs is emptied
+/// (every program detached) and the pods' cgroups go. Then, before any
+/// pod starts, `egress-agent boot-guard` restores the pending policy from
+/// the state the agent saved, and a pod that starts before the agent is
+/// pending from its first connect; the agent then adopts the pins.
+#[test]
+fn after_a_reboot_the_boot_guard_holds_until_the_agent_is_back() -> anyhow::Result<()> {
+    let net = TestNet::new()?;
+    let root = TestCgroup::new()?;
+    root.child("kubepods/pod-known")?;
+    let dir = PolicyDir(std::env::temp_dir().join(names::unique("egress-policies")));
+    fs::create_dir_all(&dir.0)?;
+    let state_dir = PolicyDir(std::env::temp_dir().join(names::unique("egress-boot-state")));
+    fs::create_dir_all(&state_dir.0)?;
+    let state = state_dir.0.join("boot.json");
+    let rel = root.relative();
+    write(
+        &dir.0,
+        "policy.yaml",
+        &format!("{}{}", policy(&rel), api_server()),
+    )?;
+    let internet_side = Listener::start(&net.server, internet(), Proto::Tcp)?;
+    let _v6 = Listener::start(&net.server, cluster(PORT), Proto::Tcp)?;
+    let _api = Listener::start(&net.server, cluster(6443), Proto::Tcp)?;
+    let pins = PinDir::new()?;
+    let (policies, cgroup_root, state_arg) = (
+        dir.0.to_string_lossy().into_owned(),
+        root.path().to_string_lossy().into_owned(),
+        state.to_string_lossy().into_owned(),
+    );
+    let guard = format!("{rel}/kubepods");
+    let mut agent = Agent::start(
+        &net.client,
+        pins.path(),
+        &[
+            "--policies",
+            &policies,
+            "--cgroup-root",
+            &cgroup_root,
+            "--guard-cgroup",
+            &guard,
+            "--boot-state",
+            &state_arg,
+            "--no-nft",
+        ],
+    )?;
+    agent.wait_for_log("boot state saved", Duration::from_secs(10))?;
+    let saved = fs::read_to_string(&state)?;
+    assert!(saved.contains(&guard), "{saved}");
+    assert!(saved.contains("6443"), "the API server's endpoint: {saved}");
+
+    // The reboot.
+    agent.kill()?;
+    agent.uninstall()?;
+    for dir in ["kubepods/pod-known", "kubepods"] {
+        fs::remove_dir(root.path().join(dir))?;
+    }
+    let after_reboot = Client::in_cgroup(&net.client, root.path()).escaping_into("kubepods/pod-x");
+    assert_eq!(
+        after_reboot.connect_tcp(internet())?,
+        Outcome::Ok,
+        "with nothing pinned, nothing is enforced: the control"
+    );
+    internet_side.drain();
+    for dir in ["kubepods/pod-x", "kubepods"] {
+        fs::remove_dir(root.path().join(dir))?;
+    }
+
+    // The boot: the guard, then pods, then the agent.
+    let boot = boot_guard(&net, &state_arg, pins.path(), &cgroup_root)?;
+    assert!(boot.contains("pending policy in force"), "{boot}");
+    assert!(
+        root.path().join("kubepods").is_dir(),
+        "the guarded root is created for the kubelet"
+    );
+    let pod = root.child("kubepods/pod-known")?;
+    let early = Client::in_cgroup(&net.client, &pod);
+    assert_eq!(early.connect_tcp(internet())?, Outcome::Eperm);
+    assert_eq!(
+        early.connect_tcp(cluster(PORT))?,
+        Outcome::Eperm,
+        "its NetworkPolicies are not known yet"
+    );
+    assert_eq!(early.sendto(cluster(53))?, Outcome::Ok, "cluster DNS");
+    assert_eq!(
+        early.connect_tcp(cluster(6443))?,
+        Outcome::Ok,
+        "the API server, which a hostNetwork kube-proxy needs before the agent"
+    );
+    assert!(
+        internet_side.events(SILENCE).is_empty(),
+        "the internet side received something from a guarded pod"
+    );
+    // Run again (a second start of the unit): the pins are left alone.
+    let again = boot_guard(&net, &state_arg, pins.path(), &cgroup_root)?;
+    assert!(again.contains("left in force"), "{again}");
+
+    agent.restart()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while early.connect_tcp(cluster(PORT))? != Outcome::Ok {
+        assert!(Instant::now() < deadline, "never got its own policy");
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(early.connect_tcp(internet())?, Outcome::Eperm);
+    agent.uninstall()?;
+    Ok(())
+}
+
+/// How long the far side must stay silent to count as "received nothing".
+const SILENCE: Duration = Duration::from_millis(700);
+
+fn boot_guard(
+    net: &TestNet,
+    state: &str,
+    pins: &Path,
+    cgroup_root: &str,
+) -> anyhow::Result<String> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", net.client.name()))
+        .arg(integration_tests::agent::agent_exe())
+        .args([
+            "boot-guard",
+            "--boot-state",
+            state,
+            "--cgroup-root",
+            cgroup_root,
+        ])
+        .arg("--bpffs")
+        .arg(pins)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "boot-guard failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
