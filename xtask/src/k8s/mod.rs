@@ -622,7 +622,7 @@ fn baseline(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
 /// internet: the denials were the agent's.
 fn uninstall_job(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
     println!(
-        "\nk8s-test: 15. explicit removal: delete the DaemonSet, then the uninstall Job on each node"
+        "\nk8s-test: 16. explicit removal: delete the DaemonSet, then the uninstall Job on each node"
     );
     let k = cluster.kubectl;
     let ns = "egress-enforcer";
