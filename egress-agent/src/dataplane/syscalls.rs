@@ -9,7 +9,7 @@ use std::{
     io,
     mem::size_of,
     os::{
-        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
     path::Path,
@@ -54,24 +54,8 @@ struct RawLinkInfo {
 
 /// Opens the object pinned at `path`.
 pub(super) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    let path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // `union bpf_attr` for BPF_OBJ_GET: pathname, bpf_fd, file_flags.
-    #[repr(C)]
-    struct Attr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        _pad: [u32; 11],
-    }
-    let mut attr = Attr {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-        _pad: [0; 11],
-    };
+    let path = c_path(path)?;
+    let mut attr = ObjAttr::new(&path, 0);
     // SAFETY: `attr` is a valid, zero-padded bpf_attr for this command and
     // `path` outlives the call.
     unsafe { bpf_new_fd(BPF_OBJ_GET, &mut attr) }
@@ -92,8 +76,6 @@ pub(super) fn cgroup_link_create(
         flags: u32,
         _pad: [u32; 12],
     }
-    let fd_u32 =
-        |fd: BorrowedFd<'_>| u32::try_from(fd.as_raw_fd()).map_err(|_| io::ErrorKind::InvalidInput);
     let mut attr = Attr {
         prog_fd: fd_u32(prog)?,
         target_fd: fd_u32(cgroup)?,
@@ -105,54 +87,12 @@ pub(super) fn cgroup_link_create(
     unsafe { bpf_new_fd(BPF_LINK_CREATE, &mut attr) }
 }
 
-/// `bpf(cmd, attr)` for a command that returns a new descriptor.
-///
-/// # Safety
-/// `attr` must be a valid, zero-padded `bpf_attr` for `cmd`, and every
-/// pointer in it must outlive the call.
-unsafe fn bpf_new_fd<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<OwnedFd> {
-    // SAFETY: the caller vouches for `attr`.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, size_of::<A>() as u32) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// `BPF_OBJ_PIN`: pins the object `fd` at `path` (on bpffs).
 pub(super) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
-    let path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    #[repr(C)]
-    struct Attr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        _pad: [u32; 11],
-    }
-    let mut attr = Attr {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: u32::try_from(fd.as_raw_fd())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
-        file_flags: 0,
-        path_fd: 0,
-        _pad: [0; 11],
-    };
+    let path = c_path(path)?;
+    let mut attr = ObjAttr::new(&path, fd_u32(fd)?);
     // SAFETY: as for BPF_OBJ_GET; `path` outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            &mut attr as *mut Attr,
-            size_of::<Attr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { bpf(BPF_OBJ_PIN, &mut attr) }?;
     Ok(())
 }
 
@@ -167,31 +107,81 @@ pub(super) fn link_info(fd: &OwnedFd) -> io::Result<LinkInfo> {
         _pad: [u32; 12],
     }
     let mut attr = Attr {
-        bpf_fd: u32::try_from(fd.as_raw_fd())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        bpf_fd: fd_u32(fd.as_fd())?,
         info_len: size_of::<RawLinkInfo>() as u32,
         info: &mut info as *mut RawLinkInfo as u64,
         _pad: [0; 12],
     };
     // SAFETY: `attr` points at `info`, which is as large as `info_len` says
     // and lives across the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &mut attr as *mut Attr,
-            size_of::<Attr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     Ok(LinkInfo {
         id: info.id,
         prog_id: info.prog_id,
         cgroup_id: (info.type_ == BPF_LINK_TYPE_CGROUP).then_some(info.cgroup_id),
         attach_type: info.attach_type,
     })
+}
+
+/// `union bpf_attr` for BPF_OBJ_PIN and BPF_OBJ_GET: pathname, bpf_fd,
+/// file_flags.
+#[repr(C)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: [u32; 11],
+}
+
+impl ObjAttr {
+    /// The pointer into `path` is only valid while `path` lives.
+    fn new(path: &CString, bpf_fd: u32) -> Self {
+        Self {
+            pathname: path.as_ptr() as u64,
+            bpf_fd,
+            file_flags: 0,
+            path_fd: 0,
+            _pad: [0; 11],
+        }
+    }
+}
+
+/// `bpf(cmd, attr)`: the syscall's non-negative return value, or errno.
+///
+/// # Safety
+/// `attr` must be a valid, zero-padded `bpf_attr` for `cmd`, and every
+/// pointer in it must outlive the call.
+unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<libc::c_long> {
+    // SAFETY: the caller vouches for `attr`.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, size_of::<A>() as u32) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+/// `bpf(cmd, attr)` for a command that returns a new descriptor.
+///
+/// # Safety
+/// As for [`bpf`].
+unsafe fn bpf_new_fd<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<OwnedFd> {
+    // SAFETY: the caller vouches for `attr`.
+    let fd = unsafe { bpf(cmd, attr) }?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A descriptor as the `u32` that `bpf_attr` holds.
+fn fd_u32(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// `path` NUL-terminated, for the kernel.
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 /// Waits until every eBPF program that was running when it was called has
@@ -217,8 +207,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Whether `path` is on a bpf filesystem, where objects can be pinned.
 pub(super) fn is_bpffs(path: &Path) -> io::Result<bool> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c_path = c_path(path)?;
     let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: `c_path` is NUL-terminated and `buf` is large enough; the
     // kernel fills it when the call succeeds.
