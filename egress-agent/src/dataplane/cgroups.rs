@@ -69,12 +69,7 @@ impl CgroupRoot {
                 path: path.to_owned(),
             });
         }
-        let mounts = sys::mountinfo::read_self().map_err(inspect)?;
-        let mount = sys::mountinfo::find(&mounts, "cgroup2").ok_or_else(|| {
-            inspect(sys::SysError::NoCgroup2Mount {
-                mountinfo: PathBuf::from(sys::mountinfo::SELF_MOUNTINFO),
-            })
-        })?;
+        let mount = sys::cgroup2_mount_entry().map_err(inspect)?;
         let io = |source| DataplaneError::Io {
             action: "inspecting cgroup",
             path: path.to_owned(),

@@ -79,7 +79,7 @@ mod uninstall;
 
 use std::path::{Path, PathBuf};
 
-use crate::policy::model::ObjectId;
+use crate::{policy::model::ObjectId, sys};
 
 pub use cgroups::{cgroup_ids, relative as cgroup_relative};
 pub use counters::{Counters, RuleHit, VerdictKind};
@@ -160,7 +160,7 @@ impl Dataplane {
             .ancestors()
             .find(|p| p.exists())
             .unwrap_or(Path::new("/"));
-        let on_bpffs = syscalls::is_bpffs(existing).map_err(|source| DataplaneError::Io {
+        let on_bpffs = sys::is_bpffs(existing).map_err(|source| DataplaneError::Io {
             action: "inspecting",
             path: existing.to_owned(),
             source,

@@ -202,25 +202,6 @@ pub(super) fn wait_for_running_programs() -> Duration {
     start.elapsed()
 }
 
-/// `BPF_FS_MAGIC` from `linux/magic.h`.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// Whether `path` is on a bpf filesystem, where objects can be pinned.
-pub(super) fn is_bpffs(path: &Path) -> io::Result<bool> {
-    let c_path = c_path(path)?;
-    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: `c_path` is NUL-terminated and `buf` is large enough; the
-    // kernel fills it when the call succeeds.
-    if unsafe { libc::statfs(c_path.as_ptr(), buf.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statfs returned 0, so `buf` is initialised.
-    let stat = unsafe { buf.assume_init() };
-    #[allow(clippy::unnecessary_cast, reason = "f_type's type differs by arch")]
-    let f_type = stat.f_type as i64;
-    Ok(f_type == BPF_FS_MAGIC)
-}
-
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`, which
 /// stamps `INBOUND_UDP` values. `None` if it cannot be read.
 pub(super) fn monotonic_ns() -> Option<u64> {

@@ -1,8 +1,11 @@
 //! The BPF filesystem, where maps and links are pinned to outlive the agent.
 
-use std::path::PathBuf;
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 
-use super::{mountinfo, SysError};
+use super::{mountinfo, statfs, SysError};
 
 /// Where bpffs is conventionally mounted; `cargo xtask setup` mounts it
 /// there when it is missing.
@@ -16,4 +19,12 @@ pub fn bpffs_mount() -> Result<PathBuf, SysError> {
         .ok_or_else(|| SysError::NoBpffsMount {
             mountinfo: PathBuf::from(mountinfo::SELF_MOUNTINFO),
         })
+}
+
+/// `BPF_FS_MAGIC` from `linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Whether `path` is on a bpf filesystem, where objects can be pinned.
+pub fn is_bpffs(path: &Path) -> io::Result<bool> {
+    Ok(statfs::fs_type(path)? == BPF_FS_MAGIC)
 }

@@ -10,8 +10,9 @@ mod cgroup;
 mod error;
 mod memlock;
 pub mod mountinfo;
+mod statfs;
 
-pub use bpffs::{bpffs_mount, BPFFS_DEFAULT_PATH};
-pub use cgroup::{cgroup2_mount, is_cgroup2_dir};
+pub use bpffs::{bpffs_mount, is_bpffs, BPFFS_DEFAULT_PATH};
+pub use cgroup::{cgroup2_mount, cgroup2_mount_entry, is_cgroup2_dir};
 pub use error::SysError;
 pub use memlock::raise_memlock_limit;
