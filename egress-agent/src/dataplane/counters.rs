@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use egress_common::{map, verdict_from_index, FlowEvent, Hook, Reason, NO_RULE, VERDICT_SLOTS};
 
-use super::{maps::read, maps::Maps, DataplaneError};
+use super::{
+    maps::{per_cpu_total, read, Maps},
+    DataplaneError,
+};
 
 /// A kind of verdict: where, why, and whether audit mode let a would-deny
 /// through.
@@ -33,6 +36,17 @@ impl VerdictKind {
             reason,
             audit: true,
         }
+    }
+
+    /// The kind that `VERDICTS` counts at `index` (and a `RULE_HITS` key
+    /// names), if any.
+    fn from_index(index: u32) -> Option<Self> {
+        let (hook, reason, audit) = verdict_from_index(index)?;
+        Some(Self {
+            hook,
+            reason,
+            audit,
+        })
     }
 
     /// Whether the connection or packet was let through.
@@ -70,39 +84,24 @@ impl Counters {
     pub(super) fn read(maps: &Maps) -> Result<Self, DataplaneError> {
         let mut verdicts = BTreeMap::new();
         for index in 0..VERDICT_SLOTS {
-            let Some((hook, reason, audit)) = verdict_from_index(index) else {
+            let Some(kind) = VerdictKind::from_index(index) else {
                 continue;
             };
-            let per_cpu = maps
-                .verdicts
-                .get(&index, 0)
-                .map_err(|source| read(map::VERDICTS, source))?;
-            let total: u64 = per_cpu.iter().sum();
+            let total = per_cpu_total(&maps.verdicts, map::VERDICTS, index)?;
             if total != 0 {
-                verdicts.insert(
-                    VerdictKind {
-                        hook,
-                        reason,
-                        audit,
-                    },
-                    total,
-                );
+                verdicts.insert(kind, total);
             }
         }
         let mut hits = Vec::new();
         for entry in maps.rule_hits.iter() {
             let (key, per_cpu) = entry.map_err(|source| read(map::RULE_HITS, source))?;
-            let Some((hook, reason, audit)) = verdict_from_index(key.verdict) else {
+            let Some(verdict) = VerdictKind::from_index(key.verdict) else {
                 continue;
             };
             hits.push(RuleHit {
                 cgroup_id: key.cgroup_id,
                 rule: (key.rule != NO_RULE).then_some(key.rule),
-                verdict: VerdictKind {
-                    hook,
-                    reason,
-                    audit,
-                },
+                verdict,
                 count: per_cpu.iter().sum(),
             });
         }
@@ -112,11 +111,7 @@ impl Counters {
             let Some(event) = FlowEvent::from_index(index) else {
                 continue;
             };
-            let per_cpu = maps
-                .flow_events
-                .get(&index, 0)
-                .map_err(|source| read(map::FLOW_EVENTS, source))?;
-            let total: u64 = per_cpu.iter().sum();
+            let total = per_cpu_total(&maps.flow_events, map::FLOW_EVENTS, index)?;
             if total != 0 {
                 flows.insert(event, total);
             }

@@ -482,11 +482,8 @@ impl Maps {
         EventStat::ALL
             .iter()
             .map(|stat| {
-                let per_cpu = self
-                    .event_stats
-                    .get(&(*stat as u32), 0)
-                    .map_err(|source| read(map::EVENT_STATS, source))?;
-                Ok((*stat, per_cpu.iter().sum()))
+                let total = per_cpu_total(&self.event_stats, map::EVENT_STATS, *stat as u32)?;
+                Ok((*stat, total))
             })
             .collect()
     }
@@ -615,6 +612,16 @@ pub struct FlowEntries {
 
 pub(super) fn read(map: &'static str, source: aya::maps::MapError) -> DataplaneError {
     DataplaneError::Read { map, source }
+}
+
+/// Slot `index` of the per-CPU counter array `map`, summed over CPUs.
+pub(super) fn per_cpu_total(
+    array: &PerCpuArray<MapData, u64>,
+    map: &'static str,
+    index: u32,
+) -> Result<u64, DataplaneError> {
+    let per_cpu = array.get(&index, 0).map_err(|source| read(map, source))?;
+    Ok(per_cpu.iter().sum())
 }
 
 #[cfg(test)]
