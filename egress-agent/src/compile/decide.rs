@@ -268,12 +268,7 @@ pub fn backends_allowed(
 ) -> Option<RuleRef> {
     let mut rule = None;
     for backend in &frontend.backends {
-        let decision = filter(
-            plan,
-            workload,
-            backend_destination(frontend, *backend),
-            Vec::new(),
-        );
+        let decision = decide_backend(plan, workload, frontend, *backend);
         match (decision.verdict, decision.reason) {
             (Verdict::Allow, Reason::Rule { rule: r }) => {
                 rule.get_or_insert(r);
@@ -284,12 +279,20 @@ pub fn backends_allowed(
     rule
 }
 
-fn backend_destination(frontend: &Frontend, backend: SocketAddr) -> Destination {
-    Destination {
+/// The enforcement layers' decision for one backend of `frontend`, at its
+/// target port, as after kube-proxy's DNAT.
+fn decide_backend(
+    plan: &Plan,
+    workload: &WorkloadPlan,
+    frontend: &Frontend,
+    backend: SocketAddr,
+) -> Decision {
+    let dst = Destination {
         ip: backend.ip(),
         port: backend.port(),
         protocol: frontend.protocol,
-    }
+    };
+    filter(plan, workload, dst, Vec::new())
 }
 
 /// Trace lines naming the Service behind a destination and the verdict of
@@ -305,12 +308,7 @@ fn explain_backends(plan: &Plan, workload: &WorkloadPlan, frontend: &Frontend) -
         frontend.backends.len()
     )];
     for backend in &frontend.backends {
-        let d = filter(
-            plan,
-            workload,
-            backend_destination(frontend, *backend),
-            Vec::new(),
-        );
+        let d = decide_backend(plan, workload, frontend, *backend);
         lines.push(format!("backend {backend}: {} ({})", d.verdict, d.reason));
     }
     lines
