@@ -1,5 +1,5 @@
-//! Host facts the agent depends on: cgroup2 and bpffs mounts, and the
-//! memlock limit.
+//! Host facts the agent depends on: cgroup2 and bpffs mounts, the memlock
+//! limit, and the workloads' ports on the node ([`ports`]).
 //!
 //! Nothing here hard-codes a path: distributions and container runtimes
 //! mount cgroup2 at `/sys/fs/cgroup` (unified), `/sys/fs/cgroup/unified`
@@ -10,6 +10,8 @@ mod cgroup;
 mod error;
 mod memlock;
 pub mod mountinfo;
+mod netlink;
+pub mod ports;
 mod statfs;
 
 pub use bpffs::{bpffs_mount, is_bpffs, BPFFS_DEFAULT_PATH};
