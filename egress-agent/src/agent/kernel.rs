@@ -1,7 +1,7 @@
 //! The real [`Enforcer`]: the eBPF data plane plus the nftables backstop.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::{Path, PathBuf},
     sync::{Arc, PoisonError, RwLock},
@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::reload::Enforcer;
 use crate::{
-    compile::{guard::BootState, NodeRules, Plan},
+    compile::{guard::BootState, NodeRules, Plan, WorkloadPort},
     dataplane::{
         self, nft::Backstop, Dataplane, DataplaneError, EbpfLogLevel, ImageError, MapImage,
         VerdictKind,
@@ -131,6 +131,22 @@ pub struct KernelEnforcer {
     /// `run --boot-state`: where the guards are saved for the next boot,
     /// and what was saved last.
     boot_state: Option<(PathBuf, Option<BootState>)>,
+    /// The cgroup directory and addresses of each workload of the plan in
+    /// force, to look for their ports again between applies.
+    port_owners: Vec<PortOwner>,
+    /// Set when a look found other ports than the table holds.
+    ports_moved: bool,
+    last_port_look: Option<Instant>,
+    /// Workloads whose ports could not be looked for, already warned of.
+    ports_unseen: BTreeSet<ObjectId>,
+}
+
+/// A workload as the port finder needs it.
+#[derive(Clone, Debug)]
+struct PortOwner {
+    id: ObjectId,
+    cgroup: PathBuf,
+    addresses: Vec<IpAddr>,
 }
 
 /// The workloads of the image in force, by cgroup id.
@@ -141,6 +157,13 @@ struct Names {
 
 /// How often the backstop's drop counters are read for events.
 const NFT_POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the workloads' ports are looked for between applies. A pod's
+/// port exists before the apply its address triggers, so this only
+/// catches ports that change while the plan does not (a recreated pod
+/// sandbox, a file-mode Workload started after the apply); meanwhile the
+/// address check of the backstop and the cgroup programs still hold.
+const PORT_LOOK_EVERY: Duration = Duration::from_secs(5);
 
 /// How often audit mode reports new would-deny verdicts.
 const AUDIT_REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -196,6 +219,10 @@ impl KernelEnforcer {
             last_nft_poll: None,
             nft_applied: None,
             boot_state: None,
+            port_owners: Vec::new(),
+            ports_moved: false,
+            last_port_look: None,
+            ports_unseen: BTreeSet::new(),
         })
     }
 
@@ -288,7 +315,7 @@ impl KernelEnforcer {
                     destination: "outside clusterCIDRs".into(),
                     verdict: observe::Verdict::Deny,
                     reason: "nft-backstop".into(),
-                    rule: format!("nftables backstop ({counter}: forwarded from a non-gateway workload address)"),
+                    rule: format!("nftables backstop ({counter}: {})", counter.describe()),
                     policy: "nft-backstop".into(),
                     hook: "nftables".into(),
                     count: new,
@@ -299,6 +326,61 @@ impl KernelEnforcer {
 
     pub fn dataplane(&self) -> &Dataplane {
         &self.dataplane
+    }
+
+    /// The plan's node rules with the workloads' ports on this node, which
+    /// only the host can tell (`sys::ports`). Without a backstop nothing
+    /// is looked for.
+    fn node_rules(&mut self, plan: &Plan) -> NodeRules {
+        let mut node = plan.node.clone();
+        if self.backstop.is_none() {
+            return node;
+        }
+        self.port_owners = plan
+            .workloads
+            .iter()
+            .map(|w| PortOwner {
+                id: w.id.clone(),
+                cgroup: self
+                    .cgroup_mount
+                    .join(dataplane::cgroup_relative(&self.cgroup_mount, &w.cgroup)),
+                addresses: w.addresses.clone(),
+            })
+            .collect();
+        node.ports = self.look_for_ports();
+        self.ports_moved = false;
+        self.last_port_look = Some(Instant::now());
+        node
+    }
+
+    /// The ports of [`Self::port_owners`], sorted. A failure to read the
+    /// node's links leaves them all unknown: the backstop then keys on
+    /// addresses alone, as it would for a pod it has no port for.
+    fn look_for_ports(&mut self) -> Vec<WorkloadPort> {
+        let mut finder = match sys::ports::PortFinder::new() {
+            Ok(finder) => finder,
+            Err(e) => {
+                warn!(error = %e, "cannot read the node's interfaces: the nftables backstop keys on addresses alone until the next apply");
+                return Vec::new();
+            }
+        };
+        let mut ports = Vec::new();
+        for owner in &self.port_owners {
+            let found = finder.ports_of(&owner.cgroup);
+            if found.names.is_empty() && found.unseen > 0 && !owner.addresses.is_empty() {
+                if self.ports_unseen.insert(owner.id.clone()) {
+                    warn!(workload = %owner.id, processes = found.unseen, "cannot see the workload's processes (another PID namespace, or no CAP_SYS_PTRACE): its port on the node is unknown, and the nftables backstop judges it by address alone");
+                }
+            } else {
+                self.ports_unseen.remove(&owner.id);
+            }
+            ports.extend(found.names.into_iter().map(|interface| WorkloadPort {
+                interface,
+                addresses: owner.addresses.clone(),
+            }));
+        }
+        ports.sort();
+        ports
     }
 
     /// Writes the backstop's previous node rules back, after the eBPF flip
@@ -322,6 +404,29 @@ impl KernelEnforcer {
     }
 }
 
+impl KernelEnforcer {
+    /// Looks for the workloads' ports again (at most once per
+    /// [`PORT_LOOK_EVERY`]), and marks a reconcile due when the table
+    /// holds others.
+    fn poll_ports(&mut self) {
+        let Some(applied) = &self.nft_applied else {
+            return;
+        };
+        if self
+            .last_port_look
+            .is_some_and(|t| t.elapsed() < PORT_LOOK_EVERY)
+        {
+            return;
+        }
+        let applied = applied.ports.clone();
+        self.last_port_look = Some(Instant::now());
+        if self.look_for_ports() != applied {
+            info!("workload ports on the node changed: re-applying the nftables backstop");
+            self.ports_moved = true;
+        }
+    }
+}
+
 impl Enforcer for KernelEnforcer {
     type Error = KernelError;
 
@@ -340,10 +445,11 @@ impl Enforcer for KernelEnforcer {
         };
         let image =
             MapImage::build(plan, &ids, &resolved, self.audit).map_err(KernelError::Image)?;
-        // The table depends on the node rules only; rewriting it also
-        // restarts its drop counters, so it is rewritten only when they
-        // change (not for every allowedHosts refresh).
-        let rewrite = self.backstop.is_some() && self.nft_applied.as_ref() != Some(&plan.node);
+        // The tables depend on the node rules only; rewriting them also
+        // restarts their drop counters, so they are rewritten only when
+        // those change (not for every allowedHosts refresh).
+        let node = self.node_rules(plan);
+        let rewrite = self.backstop.is_some() && self.nft_applied.as_ref() != Some(&node);
         if rewrite {
             self.poll_backstop(true);
         }
@@ -358,7 +464,7 @@ impl Enforcer for KernelEnforcer {
             .prepare(&image)
             .map_err(|e| KernelError::Apply(Box::new(e)))?;
         if let (true, Some(backstop)) = (rewrite, &self.backstop) {
-            if let Err(e) = backstop.apply(&plan.node) {
+            if let Err(e) = backstop.apply(&node) {
                 let removed = prepared.abort();
                 warn!(
                     removed,
@@ -384,7 +490,7 @@ impl Enforcer for KernelEnforcer {
         };
         if rewrite {
             self.nft_seen.clear();
-            self.nft_applied = Some(plan.node.clone());
+            self.nft_applied = Some(node);
         }
         if let Some(e) = &stats.cleanup_error {
             warn!(error = %e, "the new generation is in force, but deleting the previous one stopped short; the next apply removes what is left");
@@ -532,6 +638,9 @@ impl Enforcer for KernelEnforcer {
     }
 
     fn needs_reconcile(&self, plan: &Plan) -> bool {
+        if self.ports_moved {
+            return true;
+        }
         // One stat per workload, and only while some still wait.
         !self.waiting.is_empty()
             && dataplane::cgroup_ids(plan, &self.cgroup_mount)
@@ -543,6 +652,7 @@ impl Enforcer for KernelEnforcer {
     /// since the last report, by workload and reason.
     fn poll(&mut self) {
         self.poll_backstop(false);
+        self.poll_ports();
         if !self.audit
             || self
                 .last_audit

@@ -7,7 +7,7 @@ use egress_agent::dataplane::{nft::Backstop, Dataplane};
 use super::args::UninstallArgs;
 
 /// Removes the pinned programs, links and maps under `--bpffs`, and the
-/// agent's nftables table, and nothing else. Safe to run twice.
+/// agent's nftables tables, and nothing else. Safe to run twice.
 pub fn run(args: &UninstallArgs) -> anyhow::Result<ExitCode> {
     let report = Dataplane::uninstall(&args.bpffs)?;
     if report.is_empty() {
@@ -30,7 +30,7 @@ pub fn run(args: &UninstallArgs) -> anyhow::Result<ExitCode> {
     if !args.no_nft {
         Backstop::new().uninstall()?;
         println!(
-            "nftables: table inet {} removed (if present)",
+            "nftables: tables inet and bridge {} removed (if present)",
             egress_agent::dataplane::nft::TABLE
         );
     }

@@ -24,7 +24,7 @@ pub use decide::{decide, Decision, Destination, Reason, Verdict};
 pub use guard::{Guard, Guards};
 pub use plan::{
     Allow, Capture, ClusterScope, Egress, GatewayRole, NodeRules, Plan, RuleRef, ScopePort,
-    WorkloadPlan,
+    WorkloadPlan, WorkloadPort,
 };
 use prefix::{Atom, HostPort, PrefixTable};
 
@@ -77,6 +77,7 @@ pub fn compile(model: &Model) -> Plan {
             .filter(|w| w.gateway.is_none())
             .flat_map(|w| w.addresses.iter().copied())
             .collect(),
+        ports: Vec::new(),
     };
     let plan = Plan {
         workloads,

@@ -198,12 +198,28 @@ pub enum Egress {
 
 /// Inputs of the node-level nftables backstop: forwarded traffic from
 /// workload addresses that are not a gateway's, to destinations outside the
-/// cluster, is dropped.
+/// cluster, is dropped, and so is traffic from a workload's port with a
+/// source that is not one of that workload's addresses.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NodeRules {
     pub cluster_cidrs: Vec<IpNet>,
     pub gateway_addresses: Vec<IpAddr>,
     pub workload_addresses: Vec<IpAddr>,
+    /// The workloads' ports on the node. Not compiled (the compiler sees
+    /// policy, not the host): the agent learns them at each apply
+    /// (`sys::ports`), so the plan that `plan` and `explain` print has
+    /// none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<WorkloadPort>,
+}
+
+/// A workload's interface on the node (the node's end of its pod's veth)
+/// and the addresses the workload owns, the only sources it may send from
+/// through it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct WorkloadPort {
+    pub interface: String,
+    pub addresses: Vec<IpAddr>,
 }
 
 #[cfg(test)]

@@ -358,7 +358,7 @@ impl fmt::Display for Status {
                 .collect();
             writeln!(
                 f,
-                "nftables: table inet {} installed; dropped packets: {}",
+                "nftables: tables inet and bridge {} installed; dropped packets: {}",
                 self.nft.table,
                 drops.join(" ")
             )?;

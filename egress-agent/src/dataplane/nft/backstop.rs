@@ -42,13 +42,14 @@ impl Backstop {
         &self.program
     }
 
-    /// Makes the table exactly what `rules` describe, in one transaction
+    /// Makes the tables exactly what `rules` describe, in one transaction
     /// (see [`ruleset()`](fn@super::ruleset)). Idempotent; restarts the counters.
     pub fn apply(&self, rules: &NodeRules) -> Result<(), NftError> {
         exec::apply(&self.program, &ruleset::ruleset(rules), Operation::Apply)
     }
 
-    /// Deletes the table and nothing else. Succeeds when it is already gone.
+    /// Deletes the tables and nothing else. Succeeds when they are already
+    /// gone.
     pub fn uninstall(&self) -> Result<(), NftError> {
         exec::apply(
             &self.program,
@@ -57,16 +58,27 @@ impl Backstop {
         )
     }
 
-    /// The named counters' current values. Fails when the table is not
+    /// The named counters' current values. Fails when a table is not
     /// installed.
     pub fn counters(&self) -> Result<BackstopCounts, NftError> {
         let operation = Operation::ReadCounters;
-        let json = exec::list(
-            &self.program,
-            &["list", "counters", "table", "inet", TABLE],
-            operation,
-        )?;
-        counters::parse(&json).map_err(|source| NftError::Output {
+        let listings = ruleset::FAMILIES
+            .into_iter()
+            .map(|family| {
+                exec::list(
+                    &self.program,
+                    &[
+                        "list",
+                        "counters",
+                        "table",
+                        counters::family_name(family),
+                        TABLE,
+                    ],
+                    operation,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        counters::parse(&listings).map_err(|source| NftError::Output {
             operation,
             program: self.program.clone(),
             source,

@@ -2,27 +2,76 @@
 
 use std::fmt;
 
+use nftables::types::NfFamily;
 use serde::Deserialize;
 
 use super::TABLE;
 
-/// A named counter in the backstop's table.
+/// A named counter in the backstop's tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DenyCounter {
-    /// IPv4 packets dropped on the forward hook.
+    /// IPv4 packets dropped on the forward hook: from a non-gateway
+    /// workload's address.
     ForwardV4,
-    /// IPv6 packets dropped on the forward hook.
+    /// IPv6 packets dropped on the forward hook: from a non-gateway
+    /// workload's address.
     ForwardV6,
+    /// IPv4 packets dropped on the forward hook: from a routed workload
+    /// port, with a source that is not its workload's.
+    RoutedForgedV4,
+    /// The same for IPv6.
+    RoutedForgedV6,
+    /// IPv4 frames dropped as they entered a bridge port: from a workload's
+    /// port with a source not its own, or a workload's address from
+    /// another port.
+    BridgedForgedV4,
+    /// The same for IPv6.
+    BridgedForgedV6,
 }
 
 impl DenyCounter {
-    pub const ALL: [DenyCounter; 2] = [DenyCounter::ForwardV4, DenyCounter::ForwardV6];
+    pub const ALL: [DenyCounter; 6] = [
+        DenyCounter::ForwardV4,
+        DenyCounter::ForwardV6,
+        DenyCounter::RoutedForgedV4,
+        DenyCounter::RoutedForgedV6,
+        DenyCounter::BridgedForgedV4,
+        DenyCounter::BridgedForgedV6,
+    ];
 
-    /// The counter's name in the table, as `nft list counters` shows it.
+    /// The counter's name in its table, as `nft list counters` shows it;
+    /// unique across both tables.
     pub const fn name(self) -> &'static str {
         match self {
             DenyCounter::ForwardV4 => "forward_denied_v4",
             DenyCounter::ForwardV6 => "forward_denied_v6",
+            DenyCounter::RoutedForgedV4 => "routed_forged_v4",
+            DenyCounter::RoutedForgedV6 => "routed_forged_v6",
+            DenyCounter::BridgedForgedV4 => "bridged_forged_v4",
+            DenyCounter::BridgedForgedV6 => "bridged_forged_v6",
+        }
+    }
+
+    /// The family of the table that holds it.
+    pub const fn table_family(self) -> NfFamily {
+        match self {
+            DenyCounter::BridgedForgedV4 | DenyCounter::BridgedForgedV6 => NfFamily::Bridge,
+            _ => NfFamily::INet,
+        }
+    }
+
+    /// What the packets it counts were, for an event's rule.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            DenyCounter::ForwardV4 | DenyCounter::ForwardV6 => {
+                "forwarded from a non-gateway workload address"
+            }
+            DenyCounter::RoutedForgedV4 | DenyCounter::RoutedForgedV6 => {
+                "forwarded from a workload's interface with a source that is not its own"
+            }
+            DenyCounter::BridgedForgedV4 | DenyCounter::BridgedForgedV6 => {
+                "sent into the bridge from a workload's port with a source that is not its own"
+            }
         }
     }
 
@@ -62,7 +111,7 @@ impl BackstopCounts {
     }
 }
 
-/// What went wrong reading `nft -j list counters table inet <TABLE>`.
+/// What went wrong reading `nft -j list counters table <family> <TABLE>`.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
     #[error("invalid JSON")]
@@ -93,19 +142,26 @@ struct CounterEntry {
     bytes: u64,
 }
 
-pub(super) fn parse(json: &str) -> Result<BackstopCounts, ParseError> {
-    let listing: Listing = serde_json::from_str(json)?;
-    let ours: Vec<CounterEntry> = listing
-        .nftables
-        .into_iter()
-        .filter_map(|e| e.counter)
-        .filter(|c| c.family == "inet" && c.table == TABLE)
-        .collect();
+/// Reads every [`DenyCounter`] from the listings of the agent's tables
+/// (one `nft -j list counters table …` output per table).
+pub(super) fn parse(listings: &[String]) -> Result<BackstopCounts, ParseError> {
+    let mut ours = Vec::new();
+    for json in listings {
+        let listing: Listing = serde_json::from_str(json)?;
+        ours.extend(
+            listing
+                .nftables
+                .into_iter()
+                .filter_map(|e| e.counter)
+                .filter(|c| c.table == TABLE),
+        );
+    }
     let mut counts = BackstopCounts::default();
     for counter in DenyCounter::ALL {
+        let family = family_name(counter.table_family());
         let entry = ours
             .iter()
-            .find(|c| c.name == counter.name())
+            .find(|c| c.name == counter.name() && c.family == family)
             .ok_or(ParseError::Missing(counter))?;
         counts.values[counter.index()] = CounterValue {
             packets: entry.packets,
@@ -115,18 +171,37 @@ pub(super) fn parse(json: &str) -> Result<BackstopCounts, ParseError> {
     Ok(counts)
 }
 
+/// The family as nft spells it in commands and JSON.
+pub(super) const fn family_name(family: NfFamily) -> &'static str {
+    match family {
+        NfFamily::IP => "ip",
+        NfFamily::IP6 => "ip6",
+        NfFamily::INet => "inet",
+        NfFamily::ARP => "arp",
+        NfFamily::Bridge => "bridge",
+        NfFamily::NetDev => "netdev",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const BRIDGE: &str = r#"{"nftables": [
+        {"counter": {"family": "bridge", "name": "bridged_forged_v4", "table": "egress_enforcer", "packets": 4, "bytes": 400}},
+        {"counter": {"family": "bridge", "name": "bridged_forged_v6", "table": "egress_enforcer", "packets": 0, "bytes": 0}}
+    ]}"#;
+
     #[test]
-    fn counters_are_read_by_name_with_values_past_u32() {
-        let json = r#"{"nftables": [
+    fn counters_are_read_by_name_and_table_with_values_past_u32() {
+        let inet = r#"{"nftables": [
             {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
             {"counter": {"family": "inet", "name": "forward_denied_v6", "table": "egress_enforcer", "handle": 4, "packets": 3, "bytes": 180}},
-            {"counter": {"family": "inet", "name": "forward_denied_v4", "table": "egress_enforcer", "handle": 2, "packets": 7, "bytes": 5000000000}}
+            {"counter": {"family": "inet", "name": "forward_denied_v4", "table": "egress_enforcer", "handle": 2, "packets": 7, "bytes": 5000000000}},
+            {"counter": {"family": "inet", "name": "routed_forged_v4", "table": "egress_enforcer", "packets": 1, "bytes": 60}},
+            {"counter": {"family": "inet", "name": "routed_forged_v6", "table": "egress_enforcer", "packets": 2, "bytes": 80}}
         ]}"#;
-        let counts = parse(json).unwrap();
+        let counts = parse(&[inet.into(), BRIDGE.into()]).unwrap();
         assert_eq!(
             counts.get(DenyCounter::ForwardV4),
             CounterValue {
@@ -135,18 +210,26 @@ mod tests {
             }
         );
         assert_eq!(counts.get(DenyCounter::ForwardV6).packets, 3);
-        assert_eq!(counts.iter().count(), 2);
+        assert_eq!(counts.get(DenyCounter::RoutedForgedV6).packets, 2);
+        assert_eq!(counts.get(DenyCounter::BridgedForgedV4).packets, 4);
+        assert_eq!(counts.iter().count(), 6);
     }
 
     #[test]
     fn a_missing_counter_is_an_error_not_a_zero() {
-        let json = r#"{"nftables": [
+        let inet = r#"{"nftables": [
             {"counter": {"family": "inet", "name": "forward_denied_v4", "table": "egress_enforcer", "packets": 0, "bytes": 0}},
             {"counter": {"family": "ip", "name": "forward_denied_v6", "table": "egress_enforcer", "packets": 0, "bytes": 0}}
         ]}"#;
         assert!(matches!(
-            parse(json),
+            parse(&[inet.into(), BRIDGE.into()]),
             Err(ParseError::Missing(DenyCounter::ForwardV6))
+        ));
+        // A bridge counter in the inet table is not the bridge's.
+        let misplaced = BRIDGE.replace("bridge", "inet");
+        assert!(matches!(
+            parse(&[misplaced]),
+            Err(ParseError::Missing(DenyCounter::ForwardV4))
         ));
     }
 }

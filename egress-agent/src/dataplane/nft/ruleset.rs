@@ -1,24 +1,73 @@
-//! The desired table as one nft transaction, a pure function of [`NodeRules`].
+//! The desired tables as one nft transaction, a pure function of
+//! [`NodeRules`].
 //!
 //! ```text
-//! table inet egress_enforcer {
+//! table inet egress_enforcer {            # what the node forwards
 //!     set cluster_v4 { type ipv4_addr; flags interval; elements = { 10.244.0.0/16 } }
 //!     set gateways_v4 { type ipv4_addr; elements = { 10.244.1.2 } }
 //!     set workloads_v4 { type ipv4_addr; elements = { 10.244.2.2 } }
-//!     (the same three sets for IPv6)
-//!     counter forward_denied_v4 { }
-//!     counter forward_denied_v6 { }
+//!     set ports { type ifname; elements = { "veth1", "veth2" } }
+//!     set sources_v4 { type ifname . ipv4_addr;
+//!                      elements = { "veth1" . 10.244.1.2, "veth2" . 10.244.2.2 } }
+//!     (the same address sets for IPv6)
+//!     counter forward_denied_v4 { }  counter routed_forged_v4 { }  (and _v6)
 //!     chain deny {
 //!         limit rate 10/second burst 20 packets log prefix "egress-enforcer deny: "
 //!         drop
 //!     }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
+//!         iifname @ports ip daddr != @cluster_v4 iifname . ip saddr != @sources_v4 counter name "routed_forged_v4" jump deny
 //!         ip saddr @workloads_v4 ip saddr != @gateways_v4 ip daddr != @cluster_v4 counter name "forward_denied_v4" jump deny
-//!         ip6 saddr @workloads_v6 ip6 saddr != @gateways_v6 ip6 daddr != @cluster_v6 counter name "forward_denied_v6" jump deny
+//!         (the same two for IPv6)
+//!     }
+//! }
+//! table bridge egress_enforcer {          # what pods put on a bridge
+//!     set cluster_v4, ports, sources_v4 (as above), and
+//!     set bound_v4 { type ipv4_addr; elements = { 10.244.1.2, 10.244.2.2 } }
+//!     (and IPv6)
+//!     counter bridged_forged_v4 { }  (and _v6)
+//!     chain deny { (as above) }
+//!     chain prerouting {
+//!         type filter hook prerouting priority -200; policy accept;
+//!         iifname @ports ether type ip meta pkttype != broadcast meta pkttype != multicast
+//!             ip daddr != @cluster_v4 iifname . ip saddr != @sources_v4 counter name "bridged_forged_v4" jump deny
+//!         ether type ip meta pkttype != broadcast meta pkttype != multicast
+//!             ip saddr @bound_v4 ip daddr != @cluster_v4 iifname . ip saddr != @sources_v4 counter name "bridged_forged_v4" jump deny
+//!         (the same two for IPv6, also skipping link-local sources)
 //!     }
 //! }
 //! ```
+//!
+//! Two checks, which together drop everything that leaves the cluster
+//! from a workload's port unless it is a gateway's address from that
+//! gateway's port:
+//!
+//! 1. **The port vouches for the source.** A frame from a workload's port
+//!    (the node's end of its veth) whose source is not one of that
+//!    workload's addresses is forged, whatever socket made it (one the
+//!    cgroup programs never saw, `AF_PACKET`, the outer packet of a tunnel
+//!    device in the pod). A known address sent from another port is
+//!    forged too. Keyed on `interface . address` pairs, so the gateway's
+//!    address from a non-gateway pod's port is as forged as any other.
+//! 2. **Only gateways' addresses leave.** With sources vouched for, the
+//!    address check of the forward chain is a check of who sent it.
+//!
+//! Where the port is seen decides where check 1 runs. On a bridge (`cni0`
+//! of the bridge plugin, flannel, kubenet) the IP layer sees the bridge as
+//! the input interface, never the port, so check 1 runs in the `bridge`
+//! family's prerouting, where `iifname` is the port. Prerouting runs
+//! before the node knows whether a packet is for itself or to be
+//! forwarded, which is why check 1 drops forged sources only (a pod's own
+//! address may talk to the node) and check 2 stays in the forward hook.
+//! Frames to a broadcast or multicast MAC address are not judged: the
+//! node never forwards them (`ip_forward`/`ip6_forward` drop anything not
+//! addressed to it), and DHCP, ARP's IPv6 counterpart and IGMP need them.
+//! IPv6 link-local sources are not judged either: a router never forwards
+//! them, and neighbour discovery uses them. With routed ports (a veth per
+//! pod without a bridge: Calico, Cilium's veth mode) the IP layer sees the
+//! port itself, so check 1 runs in the forward chain, on forwarded packets
+//! only.
 
 use std::{
     borrow::Cow,
@@ -29,7 +78,7 @@ use std::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nftables::{
     batch::Batch,
-    expr::{Expression, NamedExpression, Payload, PayloadField, Prefix},
+    expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix},
     schema::{
         Chain, Counter, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
     },
@@ -38,19 +87,27 @@ use nftables::{
 };
 
 use super::{counters::DenyCounter, TABLE};
-use crate::compile::NodeRules;
+use crate::compile::{NodeRules, WorkloadPort};
 
 /// Prefix of the kernel log line written for a denied packet.
 pub const LOG_PREFIX: &str = "egress-enforcer deny: ";
 
-/// `inet`, so that one table and one base chain see both IP families.
-const FAMILY: NfFamily = NfFamily::INet;
+/// The families of the agent's tables, in the order they are written.
+/// `inet`, so that one table and one base chain see both IP families at
+/// the IP layer; `bridge`, for frames as they enter a bridge port.
+pub const FAMILIES: [NfFamily; 2] = [NfFamily::INet, NfFamily::Bridge];
+
 const FORWARD_CHAIN: &str = "forward";
+const PREROUTING_CHAIN: &str = "prerouting";
 const DENY_CHAIN: &str = "deny";
+const PORTS: &str = "ports";
 /// `filter`. The order relative to other tables' forward chains does not
 /// matter for correctness: a drop in any base chain is final, while an
 /// accept only ends that one chain.
 const FORWARD_PRIORITY: i32 = 0;
+/// The bridge family's `filter` (`NF_BR_PRI_FILTER_BRIDGED`); any would
+/// do, for the same reason.
+const BRIDGE_PRIORITY: i32 = -200;
 /// Log lines per second, so that a pod hammering a denied destination
 /// cannot flood the kernel log. Counters still count every packet.
 const LOG_RATE_PER_SECOND: u32 = 10;
@@ -58,13 +115,22 @@ const LOG_BURST_PACKETS: u32 = 20;
 
 /// The names and header fields of one IP family.
 struct Family {
-    /// Payload protocol: `ip` or `ip6`.
+    /// Payload protocol, and the `ether type` of its frames: `ip` or `ip6`.
     protocol: &'static str,
     set_type: SetType,
     cluster: &'static str,
     gateways: &'static str,
     workloads: &'static str,
+    /// `interface . address` of every known port and its workload's
+    /// addresses.
+    sources: &'static str,
+    /// The addresses of `sources`.
+    bound: &'static str,
     counter: DenyCounter,
+    routed_forged: DenyCounter,
+    bridged_forged: DenyCounter,
+    /// Sources never forwarded, so never judged on a bridge port.
+    unrouted_sources: Option<(IpAddr, u8)>,
 }
 
 const V4: Family = Family {
@@ -73,7 +139,12 @@ const V4: Family = Family {
     cluster: "cluster_v4",
     gateways: "gateways_v4",
     workloads: "workloads_v4",
+    sources: "sources_v4",
+    bound: "bound_v4",
     counter: DenyCounter::ForwardV4,
+    routed_forged: DenyCounter::RoutedForgedV4,
+    bridged_forged: DenyCounter::BridgedForgedV4,
+    unrouted_sources: None,
 };
 
 const V6: Family = Family {
@@ -82,16 +153,26 @@ const V6: Family = Family {
     cluster: "cluster_v6",
     gateways: "gateways_v6",
     workloads: "workloads_v6",
+    sources: "sources_v6",
+    bound: "bound_v6",
     counter: DenyCounter::ForwardV6,
+    routed_forged: DenyCounter::RoutedForgedV6,
+    bridged_forged: DenyCounter::BridgedForgedV6,
+    // fe80::/10
+    unrouted_sources: Some((
+        IpAddr::V6(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)),
+        10,
+    )),
 };
 
-/// The whole transaction that makes the kernel's [`TABLE`] exactly the one
-/// `rules` describe.
+/// The whole transaction that makes the kernel's two [`TABLE`]s (one per
+/// family of [`FAMILIES`]) exactly the ones `rules` describe.
 ///
 /// It is the `add table; delete table; add table; …` idiom, in one batch
 /// that nft sends as one netlink transaction, which the kernel commits
-/// atomically: packets see either the old table or the complete new one,
-/// never a missing or half-filled one. The leading `add table` makes the
+/// atomically: packets see either the old tables or the complete new ones,
+/// never a missing or half-filled one, and never the new `inet` table
+/// beside the old `bridge` one. The leading `add table` makes the
 /// `delete` valid when the table does not exist yet, so the same batch
 /// installs and replaces. It is preferred over `flush table` + re-add
 /// because a flush only removes rules: sets, chains and counters of an
@@ -104,54 +185,141 @@ const V6: Family = Family {
 /// intervals in one set are otherwise rejected.
 ///
 /// With no cluster CIDRs at all there is no cluster scope (no egress
-/// gateway exists, see `compile::ClusterScope`), so the forward chain gets
+/// gateway exists, see `compile::ClusterScope`), so the base chains get
 /// no rules: "outside the cluster" would otherwise mean everywhere. The
-/// sets, counters and chains are still created, so the table's shape does
+/// sets, counters and chains are still created, so the tables' shape does
 /// not depend on the input.
 pub fn ruleset(rules: &NodeRules) -> Nftables<'static> {
     let mut batch = Batch::new();
-    batch.add(table());
-    batch.delete(table());
-    batch.add(table());
+    for family in FAMILIES {
+        batch.add(table(family));
+        batch.delete(table(family));
+        batch.add(table(family));
+    }
 
     let (cluster_v4, cluster_v6) = split_prefixes(&rules.cluster_cidrs);
     let (gateways_v4, gateways_v6) = split_addresses(&rules.gateway_addresses);
     let (workloads_v4, workloads_v6) = split_addresses(&rules.workload_addresses);
-    for (family, cluster, gateways, workloads) in [
-        (&V4, cluster_v4, gateways_v4, workloads_v4),
-        (&V6, cluster_v6, gateways_v6, workloads_v6),
+    let ports = port_names(&rules.ports);
+    let (sources_v4, sources_v6) = split_sources(&rules.ports);
+    let bound: Vec<IpAddr> = rules
+        .ports
+        .iter()
+        .flat_map(|p| p.addresses.iter().copied())
+        .collect();
+    let (bound_v4, bound_v6) = split_addresses(&bound);
+    for table in FAMILIES {
+        batch.add(set(
+            table,
+            PORTS,
+            SetTypeValue::Single(SetType::Ifname),
+            false,
+            ports.clone(),
+        ));
+    }
+    for (family, cluster, gateways, workloads, sources, bound) in [
+        (
+            &V4,
+            cluster_v4,
+            gateways_v4,
+            workloads_v4,
+            sources_v4,
+            bound_v4,
+        ),
+        (
+            &V6,
+            cluster_v6,
+            gateways_v6,
+            workloads_v6,
+            sources_v6,
+            bound_v6,
+        ),
     ] {
-        batch.add(set(family, family.cluster, true, cluster));
-        batch.add(set(family, family.gateways, false, gateways));
-        batch.add(set(family, family.workloads, false, workloads));
-        batch.add(counter(family.counter));
+        let single = SetTypeValue::Single(family.set_type);
+        let pair = SetTypeValue::Concatenated(Cow::Owned(vec![SetType::Ifname, family.set_type]));
+        for table in FAMILIES {
+            batch.add(set(
+                table,
+                family.cluster,
+                single.clone(),
+                true,
+                cluster.clone(),
+            ));
+            batch.add(set(
+                table,
+                family.sources,
+                pair.clone(),
+                false,
+                sources.clone(),
+            ));
+        }
+        batch.add(set(
+            NfFamily::INet,
+            family.gateways,
+            single.clone(),
+            false,
+            gateways,
+        ));
+        batch.add(set(
+            NfFamily::INet,
+            family.workloads,
+            single.clone(),
+            false,
+            workloads,
+        ));
+        batch.add(set(NfFamily::Bridge, family.bound, single, false, bound));
+        for counter in [family.counter, family.routed_forged, family.bridged_forged] {
+            batch.add(named_counter(counter));
+        }
     }
 
-    batch.add(chain(DENY_CHAIN, None));
-    batch.add(rule(DENY_CHAIN, vec![log_limit(), log()]));
-    batch.add(rule(DENY_CHAIN, vec![Statement::Drop(None)]));
+    for table in FAMILIES {
+        batch.add(chain(table, DENY_CHAIN, None));
+        batch.add(rule(table, DENY_CHAIN, vec![log_limit(), log()]));
+        batch.add(rule(table, DENY_CHAIN, vec![Statement::Drop(None)]));
+    }
 
-    batch.add(chain(FORWARD_CHAIN, Some(NfHook::Forward)));
+    batch.add(chain(NfFamily::INet, FORWARD_CHAIN, Some(NfHook::Forward)));
+    batch.add(chain(
+        NfFamily::Bridge,
+        PREROUTING_CHAIN,
+        Some(NfHook::Prerouting),
+    ));
     if !rules.cluster_cidrs.is_empty() {
         for family in [&V4, &V6] {
-            batch.add(rule(FORWARD_CHAIN, deny_statements(family)));
+            batch.add(rule(NfFamily::INet, FORWARD_CHAIN, routed_forged(family)));
+        }
+        for family in [&V4, &V6] {
+            batch.add(rule(NfFamily::INet, FORWARD_CHAIN, deny_statements(family)));
+        }
+        for family in [&V4, &V6] {
+            for from_port in [true, false] {
+                batch.add(rule(
+                    NfFamily::Bridge,
+                    PREROUTING_CHAIN,
+                    bridged_forged(family, from_port),
+                ));
+            }
         }
     }
     batch.to_nftables()
 }
 
-/// Deletes [`TABLE`], and succeeds when it does not exist (the leading
-/// `add` makes the `delete` valid either way). Nothing else is touched.
+/// Deletes both [`TABLE`]s, and succeeds when they do not exist (the
+/// leading `add` makes the `delete` valid either way). Nothing else is
+/// touched.
 pub fn uninstall_batch() -> Nftables<'static> {
     let mut batch = Batch::new();
-    batch.add(table());
-    batch.delete(table());
+    for family in FAMILIES {
+        batch.add(table(family));
+        batch.delete(table(family));
+    }
     batch.to_nftables()
 }
 
-fn table() -> NfListObject<'static> {
+fn table(family: NfFamily) -> NfListObject<'static> {
     NfListObject::Table(Table {
-        family: FAMILY,
+        family,
         name: TABLE.into(),
         handle: None,
     })
@@ -159,34 +327,39 @@ fn table() -> NfListObject<'static> {
 
 /// A base chain when `hook` is set (policy accept: we only ever drop), a
 /// regular chain otherwise.
-fn chain(name: &'static str, hook: Option<NfHook>) -> NfListObject<'static> {
+fn chain(family: NfFamily, name: &'static str, hook: Option<NfHook>) -> NfListObject<'static> {
     let base = hook.is_some();
+    let priority = match family {
+        NfFamily::Bridge => BRIDGE_PRIORITY,
+        _ => FORWARD_PRIORITY,
+    };
     NfListObject::Chain(Chain {
-        family: FAMILY,
+        family,
         table: TABLE.into(),
         name: name.into(),
         newname: None,
         handle: None,
         _type: base.then_some(NfChainType::Filter),
         hook,
-        prio: base.then_some(FORWARD_PRIORITY),
+        prio: base.then_some(priority),
         dev: None,
         policy: base.then_some(NfChainPolicy::Accept),
     })
 }
 
 fn set(
-    family: &Family,
+    family: NfFamily,
     name: &'static str,
+    set_type: SetTypeValue<'static>,
     interval: bool,
     elements: Vec<Expression<'static>>,
 ) -> NfListObject<'static> {
     NfListObject::Set(Box::new(Set {
-        family: FAMILY,
+        family,
         table: TABLE.into(),
         name: name.into(),
         handle: None,
-        set_type: SetTypeValue::Single(family.set_type),
+        set_type,
         policy: None,
         flags: interval.then(|| HashSet::from([SetFlag::Interval])),
         // nft rejects an empty `elem` array; an absent one is an empty set.
@@ -198,9 +371,9 @@ fn set(
     }))
 }
 
-fn counter(counter: DenyCounter) -> NfListObject<'static> {
+fn named_counter(counter: DenyCounter) -> NfListObject<'static> {
     NfListObject::Counter(Counter {
-        family: FAMILY,
+        family: counter.table_family(),
         table: TABLE.into(),
         name: counter.name().into(),
         handle: None,
@@ -209,9 +382,13 @@ fn counter(counter: DenyCounter) -> NfListObject<'static> {
     })
 }
 
-fn rule(chain: &'static str, statements: Vec<Statement<'static>>) -> NfListObject<'static> {
+fn rule(
+    family: NfFamily,
+    chain: &'static str,
+    statements: Vec<Statement<'static>>,
+) -> NfListObject<'static> {
     NfListObject::Rule(Rule {
-        family: FAMILY,
+        family,
         table: TABLE.into(),
         chain: chain.into(),
         expr: Cow::Owned(statements),
@@ -228,30 +405,138 @@ fn rule(chain: &'static str, statements: Vec<Statement<'static>>) -> NfListObjec
 /// address even when another table masquerades it later; and after
 /// prerouting, so a Service address is already DNATed to its backend.
 fn deny_statements(family: &Family) -> Vec<Statement<'static>> {
+    let mut statements = vec![
+        lookup(
+            payload(family.protocol, "saddr"),
+            Operator::EQ,
+            family.workloads,
+        ),
+        lookup(
+            payload(family.protocol, "saddr"),
+            Operator::NEQ,
+            family.gateways,
+        ),
+        lookup(
+            payload(family.protocol, "daddr"),
+            Operator::NEQ,
+            family.cluster,
+        ),
+    ];
+    statements.extend(count_and_deny(family.counter));
+    statements
+}
+
+/// `iifname @ports <ip> daddr != @cluster iifname . <ip> saddr != @sources
+/// counter name <counter> jump deny`: a forwarded packet from a routed
+/// workload port with a source that is not its workload's. A bridged port
+/// is never the input interface here (the bridge is), so this only ever
+/// matches routed ports.
+fn routed_forged(family: &Family) -> Vec<Statement<'static>> {
     vec![
-        lookup(family, "saddr", Operator::EQ, family.workloads),
-        lookup(family, "saddr", Operator::NEQ, family.gateways),
-        lookup(family, "daddr", Operator::NEQ, family.cluster),
-        Statement::Counter(stmt::Counter::Named(family.counter.name().into())),
-        // A separate chain, because a `limit` that is over its rate ends
-        // the rule it is in: the drop must not depend on it.
+        lookup(meta(MetaKey::Iifname), Operator::EQ, PORTS),
+        lookup(
+            payload(family.protocol, "daddr"),
+            Operator::NEQ,
+            family.cluster,
+        ),
+        lookup(port_and_source(family), Operator::NEQ, family.sources),
+    ]
+    .into_iter()
+    .chain(count_and_deny(family.routed_forged))
+    .collect()
+}
+
+/// A frame entering a bridge port with a forged source, to a destination
+/// outside the cluster: from a workload's port (`from_port`) with a source
+/// that is not that workload's, or from any port with a workload's
+/// address that is not its own port.
+fn bridged_forged(family: &Family, from_port: bool) -> Vec<Statement<'static>> {
+    let mut statements = Vec::new();
+    if from_port {
+        statements.push(lookup(meta(MetaKey::Iifname), Operator::EQ, PORTS));
+    }
+    statements.push(compare(
+        payload("ether", "type"),
+        Operator::EQ,
+        Expression::String(family.protocol.into()),
+    ));
+    for kind in ["broadcast", "multicast"] {
+        statements.push(compare(
+            meta(MetaKey::Pkttype),
+            Operator::NEQ,
+            Expression::String(kind.into()),
+        ));
+    }
+    if let Some((net, len)) = family.unrouted_sources {
+        statements.push(compare(
+            payload(family.protocol, "saddr"),
+            Operator::NEQ,
+            prefix(net, len),
+        ));
+    }
+    if !from_port {
+        statements.push(lookup(
+            payload(family.protocol, "saddr"),
+            Operator::EQ,
+            family.bound,
+        ));
+    }
+    statements.push(lookup(
+        payload(family.protocol, "daddr"),
+        Operator::NEQ,
+        family.cluster,
+    ));
+    statements.push(lookup(
+        port_and_source(family),
+        Operator::NEQ,
+        family.sources,
+    ));
+    statements.extend(count_and_deny(family.bridged_forged));
+    statements
+}
+
+/// `counter name <counter> jump deny`: a separate chain, because a
+/// `limit` that is over its rate ends the rule it is in, and the drop
+/// must not depend on it.
+fn count_and_deny(counter: DenyCounter) -> [Statement<'static>; 2] {
+    [
+        Statement::Counter(stmt::Counter::Named(counter.name().into())),
         Statement::Jump(JumpTarget {
             target: DENY_CHAIN.into(),
         }),
     ]
 }
 
-fn lookup(family: &Family, field: &'static str, op: Operator, set: &str) -> Statement<'static> {
-    Statement::Match(Match {
-        left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-            PayloadField {
-                protocol: family.protocol.into(),
-                field: field.into(),
-            },
-        ))),
-        right: Expression::String(format!("@{set}").into()),
-        op,
-    })
+fn port_and_source(family: &Family) -> Expression<'static> {
+    Expression::Named(NamedExpression::Concat(vec![
+        meta(MetaKey::Iifname),
+        payload(family.protocol, "saddr"),
+    ]))
+}
+
+fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: field.into(),
+        },
+    )))
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn lookup(left: Expression<'static>, op: Operator, set: &str) -> Statement<'static> {
+    compare(left, op, Expression::String(format!("@{set}").into()))
+}
+
+fn compare(
+    left: Expression<'static>,
+    op: Operator,
+    right: Expression<'static>,
+) -> Statement<'static> {
+    Statement::Match(Match { left, right, op })
 }
 
 fn log_limit() -> Statement<'static> {
@@ -313,6 +598,35 @@ fn split_addresses(addrs: &[IpAddr]) -> (Vec<Expression<'static>>, Vec<Expressio
     )
 }
 
+/// Sorted, deduplicated interface names: a pod's sidecar Workload shares
+/// its port.
+fn port_names(ports: &[WorkloadPort]) -> Vec<Expression<'static>> {
+    let unique: BTreeSet<&str> = ports.iter().map(|p| p.interface.as_str()).collect();
+    unique
+        .into_iter()
+        .map(|name| Expression::String(name.to_owned().into()))
+        .collect()
+}
+
+/// Sorted, deduplicated `interface . address` pairs per family.
+fn split_sources(ports: &[WorkloadPort]) -> (Vec<Expression<'static>>, Vec<Expression<'static>>) {
+    let unique: BTreeSet<(IpAddr, &str)> = ports
+        .iter()
+        .flat_map(|p| p.addresses.iter().map(|a| (*a, p.interface.as_str())))
+        .collect();
+    let (v4, v6): (Vec<_>, Vec<_>) = unique.into_iter().partition(|(a, _)| a.is_ipv4());
+    let pair = |(addr, name): (IpAddr, &str)| {
+        Expression::Named(NamedExpression::Concat(vec![
+            Expression::String(name.to_owned().into()),
+            address(addr),
+        ]))
+    };
+    (
+        v4.into_iter().map(pair).collect(),
+        v6.into_iter().map(pair).collect(),
+    )
+}
+
 fn address(addr: IpAddr) -> Expression<'static> {
     Expression::String(addr.to_string().into())
 }
@@ -328,6 +642,14 @@ mod tests {
             cluster_cidrs: cluster.iter().map(|c| c.parse().unwrap()).collect(),
             gateway_addresses: gateways.iter().map(|a| a.parse().unwrap()).collect(),
             workload_addresses: workloads.iter().map(|a| a.parse().unwrap()).collect(),
+            ports: Vec::new(),
+        }
+    }
+
+    fn port(interface: &str, addresses: &[&str]) -> WorkloadPort {
+        WorkloadPort {
+            interface: interface.into(),
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
         }
     }
 
@@ -341,36 +663,51 @@ mod tests {
         commands.iter().filter_map(|c| c["add"].get(kind)).collect()
     }
 
+    /// The inet table's set `name`.
     fn set_named<'a>(commands: &'a [Value], name: &str) -> &'a Value {
+        set_in(commands, "inet", name)
+    }
+
+    fn set_in<'a>(commands: &'a [Value], family: &str, name: &str) -> &'a Value {
         added(commands, "set")
             .into_iter()
-            .find(|s| s["name"] == name)
-            .unwrap_or_else(|| panic!("no set {name}"))
+            .find(|s| s["name"] == name && s["family"] == family)
+            .unwrap_or_else(|| panic!("no set {family} {name}"))
+    }
+
+    fn rules_of<'a>(commands: &'a [Value], family: &str, chain: &str) -> Vec<&'a Value> {
+        added(commands, "rule")
+            .into_iter()
+            .filter(|r| r["family"] == family && r["chain"] == chain)
+            .collect()
     }
 
     #[test]
-    fn the_batch_replaces_the_table_atomically_and_works_when_it_is_missing() {
+    fn the_batch_replaces_both_tables_atomically_and_works_when_they_are_missing() {
         let commands = commands(&rules(&["10.244.0.0/16"], &[], &[]));
-        let table = json!({"table": {"family": "inet", "name": TABLE}});
-        assert_eq!(commands[0], json!({ "add": table }));
-        assert_eq!(commands[1], json!({ "delete": table }));
-        assert_eq!(commands[2], json!({ "add": table }));
-        // Everything else only adds, and only to our table.
-        for command in &commands[3..] {
+        for (i, family) in ["inet", "bridge"].into_iter().enumerate() {
+            let table = json!({"table": {"family": family, "name": TABLE}});
+            assert_eq!(commands[3 * i], json!({ "add": table }));
+            assert_eq!(commands[3 * i + 1], json!({ "delete": table }));
+            assert_eq!(commands[3 * i + 2], json!({ "add": table }));
+        }
+        // Everything else only adds, and only to our tables.
+        for command in &commands[6..] {
             let object = command["add"].as_object().expect("an add command");
             let (_, object) = object.iter().next().unwrap();
             assert_eq!(object["table"], TABLE);
-            assert_eq!(object["family"], "inet");
+            assert!(["inet", "bridge"].contains(&object["family"].as_str().unwrap()));
         }
     }
 
     #[test]
-    fn uninstall_deletes_only_our_table_and_is_valid_when_it_is_gone() {
+    fn uninstall_deletes_only_our_tables_and_is_valid_when_they_are_gone() {
         let json = serde_json::to_value(uninstall_batch()).unwrap();
-        let table = json!({"table": {"family": "inet", "name": TABLE}});
+        let inet = json!({"table": {"family": "inet", "name": TABLE}});
+        let bridge = json!({"table": {"family": "bridge", "name": TABLE}});
         assert_eq!(
             json,
-            json!({"nftables": [{ "add": table }, { "delete": table }]})
+            json!({"nftables": [{ "add": inet }, { "delete": inet }, { "add": bridge }, { "delete": bridge }]})
         );
     }
 
@@ -444,9 +781,10 @@ mod tests {
             json!({"family": "inet", "table": TABLE, "name": "forward", "type": "filter",
                    "hook": "forward", "prio": 0, "policy": "accept"})
         );
-        let rules = added(&commands, "rule");
-        let forward_rules: Vec<_> = rules.iter().filter(|r| r["chain"] == "forward").collect();
-        assert_eq!(forward_rules.len(), 2);
+        let rules = rules_of(&commands, "inet", "deny");
+        let forward_rules = rules_of(&commands, "inet", "forward");
+        assert_eq!(forward_rules.len(), 4);
+        let forward_rules = &forward_rules[2..];
         assert_eq!(
             forward_rules[0]["expr"],
             json!([
@@ -469,7 +807,7 @@ mod tests {
             json!({"counter": "forward_denied_v6"})
         );
 
-        let deny_rules: Vec<_> = rules.iter().filter(|r| r["chain"] == "deny").collect();
+        let deny_rules = rules;
         assert_eq!(
             deny_rules[0]["expr"],
             json!([
@@ -483,17 +821,142 @@ mod tests {
 
     #[test]
     fn without_cluster_cidrs_there_is_no_scope_and_nothing_is_dropped() {
-        let commands = commands(&rules(&[], &[], &["10.244.2.2"]));
+        let mut node = rules(&[], &[], &["10.244.2.2"]);
+        node.ports = vec![port("veth1", &["10.244.2.2"])];
+        let commands = commands(&node);
         let rules = added(&commands, "rule");
-        assert!(rules.iter().all(|r| r["chain"] != "forward"));
-        // The table keeps its shape: the counters can still be read.
-        let counters: Vec<_> = added(&commands, "counter")
+        assert!(rules
+            .iter()
+            .all(|r| r["chain"] != "forward" && r["chain"] != "prerouting"));
+        // The tables keep their shape: the counters can still be read.
+        let mut counters: Vec<_> = added(&commands, "counter")
             .into_iter()
-            .map(|c| c["name"].clone())
+            .map(|c| (c["family"].as_str().unwrap(), c["name"].as_str().unwrap()))
             .collect();
+        counters.sort();
+        let mut expected: Vec<_> = DenyCounter::ALL
+            .iter()
+            .map(|c| {
+                (
+                    super::super::counters::family_name(c.table_family()),
+                    c.name(),
+                )
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(counters, expected);
+    }
+
+    #[test]
+    fn ports_become_interface_and_address_pairs_per_family_in_both_tables() {
+        let mut node = rules(&["10.244.0.0/16"], &["10.244.1.2"], &["10.244.2.2"]);
+        node.ports = vec![
+            port("veth2", &["10.244.2.2", "fd00:244:2::2"]),
+            port("veth1", &["10.244.1.2"]),
+            // A sidecar Workload in the same pod: the same port, no addresses.
+            port("veth2", &[]),
+        ];
+        let commands = commands(&node);
+        for family in ["inet", "bridge"] {
+            let ports = set_in(&commands, family, "ports");
+            assert_eq!(ports["type"], "ifname");
+            assert_eq!(ports["elem"], json!(["veth1", "veth2"]));
+            let v4 = set_in(&commands, family, "sources_v4");
+            assert_eq!(v4["type"], json!(["ifname", "ipv4_addr"]));
+            assert_eq!(
+                v4["elem"],
+                json!([{"concat": ["veth1", "10.244.1.2"]}, {"concat": ["veth2", "10.244.2.2"]}])
+            );
+            let v6 = set_in(&commands, family, "sources_v6");
+            assert_eq!(v6["type"], json!(["ifname", "ipv6_addr"]));
+            assert_eq!(v6["elem"], json!([{"concat": ["veth2", "fd00:244:2::2"]}]));
+        }
         assert_eq!(
-            counters,
-            [json!("forward_denied_v4"), json!("forward_denied_v6")]
+            set_in(&commands, "bridge", "bound_v4")["elem"],
+            json!(["10.244.1.2", "10.244.2.2"])
+        );
+    }
+
+    #[test]
+    fn a_routed_port_with_a_source_not_its_own_is_dropped_before_the_address_check() {
+        let commands = commands(&rules(&["10.244.0.0/16"], &[], &[]));
+        let forward = rules_of(&commands, "inet", "forward");
+        assert_eq!(
+            forward[0]["expr"],
+            json!([
+                {"match": {"left": {"meta": {"key": "iifname"}}, "right": "@ports", "op": "=="}},
+                {"match": {"left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                           "right": "@cluster_v4", "op": "!="}},
+                {"match": {"left": {"concat": [{"meta": {"key": "iifname"}},
+                                               {"payload": {"protocol": "ip", "field": "saddr"}}]},
+                           "right": "@sources_v4", "op": "!="}},
+                {"counter": "routed_forged_v4"},
+                {"jump": {"target": "deny"}},
+            ])
+        );
+        assert_eq!(
+            forward[1]["expr"][3],
+            json!({"counter": "routed_forged_v6"})
+        );
+    }
+
+    #[test]
+    fn a_bridge_port_vouches_for_its_sources_and_a_known_address_for_its_port() {
+        let commands = commands(&rules(&["10.244.0.0/16"], &[], &[]));
+        let chain = added(&commands, "chain")
+            .into_iter()
+            .find(|c| c["family"] == "bridge" && c["name"] == "prerouting")
+            .unwrap();
+        assert_eq!(
+            *chain,
+            json!({"family": "bridge", "table": TABLE, "name": "prerouting", "type": "filter",
+                   "hook": "prerouting", "prio": -200, "policy": "accept"})
+        );
+        let prerouting = rules_of(&commands, "bridge", "prerouting");
+        assert_eq!(prerouting.len(), 4);
+        let not_to_everyone = [
+            json!({"match": {"left": {"meta": {"key": "pkttype"}}, "right": "broadcast", "op": "!="}}),
+            json!({"match": {"left": {"meta": {"key": "pkttype"}}, "right": "multicast", "op": "!="}}),
+        ];
+        let forged_v4 = json!({"match": {"left": {"concat": [{"meta": {"key": "iifname"}},
+                                         {"payload": {"protocol": "ip", "field": "saddr"}}]},
+                               "right": "@sources_v4", "op": "!="}});
+        let leaving_v4 = json!({"match": {"left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                                "right": "@cluster_v4", "op": "!="}});
+        let ether_ip = json!({"match": {"left": {"payload": {"protocol": "ether", "field": "type"}},
+                              "right": "ip", "op": "=="}});
+        let deny = [
+            json!({"counter": "bridged_forged_v4"}),
+            json!({"jump": {"target": "deny"}}),
+        ];
+        // From a workload's port, a source not its own.
+        let mut expected = vec![
+            json!({"match": {"left": {"meta": {"key": "iifname"}}, "right": "@ports", "op": "=="}}),
+            ether_ip.clone(),
+        ];
+        expected.extend(not_to_everyone.clone());
+        expected.extend([leaving_v4.clone(), forged_v4.clone()]);
+        expected.extend(deny.clone());
+        assert_eq!(prerouting[0]["expr"], Value::Array(expected));
+        // From any port, a workload's address not from its own port.
+        let mut expected = vec![ether_ip];
+        expected.extend(not_to_everyone);
+        expected.push(
+            json!({"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                                       "right": "@bound_v4", "op": "=="}}),
+        );
+        expected.extend([leaving_v4, forged_v4]);
+        expected.extend(deny);
+        assert_eq!(prerouting[1]["expr"], Value::Array(expected));
+        // IPv6 also leaves link-local sources alone (never forwarded).
+        assert_eq!(
+            prerouting[2]["expr"][4],
+            json!({"match": {"left": {"payload": {"protocol": "ip6", "field": "saddr"}},
+                             "right": {"prefix": {"addr": "fe80::", "len": 10}}, "op": "!="}})
+        );
+        assert_eq!(
+            prerouting[3]["expr"][7],
+            json!({"counter": "bridged_forged_v6"})
         );
     }
 
@@ -504,8 +967,14 @@ mod tests {
             &["10.244.1.2"],
             &["10.244.2.2"],
         );
+        let mut a = a;
+        a.ports = vec![
+            port("veth1", &["10.244.1.2"]),
+            port("veth2", &["10.244.2.2"]),
+        ];
         let mut b = a.clone();
         b.cluster_cidrs.reverse();
+        b.ports.reverse();
         assert_eq!(
             serde_json::to_string(&ruleset(&a)).unwrap(),
             serde_json::to_string(&ruleset(&b)).unwrap()
