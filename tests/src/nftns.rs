@@ -123,6 +123,9 @@ impl ForwardingNet {
     pub const NODE_INTERNET_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x113, 0, 0, 0, 0, 1);
     /// The node's interface towards the internet.
     pub const NODE_INTERNET_IF: &str = "inet0";
+    /// The node's ends of the pods' veths (their ports; routed, no bridge).
+    pub const GATEWAY_IF: &str = "gw0";
+    pub const WORKLOAD_IF: &str = "wl0";
 
     pub fn new() -> anyhow::Result<Self> {
         let base = names::unique(names::NETNS_PREFIX);
@@ -163,7 +166,7 @@ impl ForwardingNet {
         for (peer, node_if, node_v4, node_v6, peer_v4, peer_v6) in [
             (
                 &self.gateway,
-                "gw0",
+                Self::GATEWAY_IF,
                 node_gw_v4,
                 node_gw_v6,
                 Self::GATEWAY_V4,
@@ -171,7 +174,7 @@ impl ForwardingNet {
             ),
             (
                 &self.workload,
-                "wl0",
+                Self::WORKLOAD_IF,
                 node_wl_v4,
                 node_wl_v6,
                 Self::WORKLOAD_V4,

@@ -33,7 +33,10 @@
 //!
 //! Rules the fixture applies to the policy's Workloads:
 //! - A Workload with `addresses` is a pod: it gets a network namespace of
-//!   its own, with those addresses.
+//!   its own, with those addresses, and a process that holds it in the
+//!   Workload's cgroup for the node's life (`sleep infinity`, as the
+//!   kubelet's pause container does), by which the agent finds the pod's
+//!   port on the bridge.
 //! - A Workload without addresses (a sidecar such as
 //!   `default/sleep-istio-proxy`) joins the pod of the Workload in the same
 //!   namespace that has addresses and the same `app` label (the first one,
@@ -128,6 +131,8 @@ pub struct SimNode {
     workloads: Vec<SimWorkload>,
     dns: Option<DnsServer>,
     dnsmasq: Option<Child>,
+    /// One per pod with addresses: its "pause" process.
+    pauses: Vec<Child>,
     web: Option<WebServer>,
     torn_down: bool,
 }
@@ -263,6 +268,8 @@ impl SimNode {
     pub const GATEWAY_UPLINK_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x10);
     /// The bridge's name in the node namespace.
     pub const BRIDGE: &str = "cni0";
+    /// The bridge's MAC address: where pods send what the node routes.
+    pub const BRIDGE_MAC: &str = "02:00:a9:fe:01:01";
     /// The pods' next hop: the bridge's addresses, owned by the node.
     pub const POD_GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
     pub const POD_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
@@ -295,6 +302,7 @@ impl SimNode {
             workloads: Vec::new(),
             dns: None,
             dnsmasq: None,
+            pauses: Vec::new(),
             web: None,
             torn_down: false,
         };
@@ -745,7 +753,7 @@ impl SimNode {
             "add",
             Self::BRIDGE,
             "address",
-            "02:00:a9:fe:01:01",
+            Self::BRIDGE_MAC,
             "type",
             "bridge",
             "stp_state",
@@ -850,6 +858,21 @@ impl SimNode {
                 cgroup,
                 pod,
             });
+        }
+        for owner in self
+            .pods
+            .iter()
+            .filter(|p| !p.addresses.is_empty())
+            .map(|p| p.workloads[0].clone())
+            .collect::<Vec<_>>()
+        {
+            let pause = self
+                .workload_command(&owner, "sleep")?
+                .arg("infinity")
+                .stdin(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting the pause process of {owner}"))?;
+            self.pauses.push(pause);
         }
         Ok(())
     }
@@ -1085,7 +1108,7 @@ impl SimNode {
         // 1. Processes: dnsmasq, then everything else in the node's
         //    cgroups (the agent, probes), at once.
         self.web.take();
-        if let Some(mut child) = self.dnsmasq.take() {
+        for mut child in self.dnsmasq.take().into_iter().chain(self.pauses.drain(..)) {
             let _ = child.kill();
             let _ = child.wait();
         }

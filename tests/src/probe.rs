@@ -350,6 +350,18 @@ impl<'a> Client<'a> {
         self.run(&["packet", &addr.to_string(), "--from", &from.to_string()])
     }
 
+    /// [`Self::packet_udp`] in a frame to the MAC address `mac` (a router's,
+    /// `aa:bb:…`) rather than to broadcast.
+    pub fn packet_udp_to_mac(
+        &self,
+        from: SocketAddr,
+        addr: SocketAddr,
+        mac: &str,
+    ) -> anyhow::Result<Outcome> {
+        let (addr, from) = (addr.to_string(), from.to_string());
+        self.run(&["packet", &addr, "--from", &from, "--to-mac", mac])
+    }
+
     /// One ICMP echo on a raw socket, as `ping` sends it: `Ok` once the
     /// reply is back.
     pub fn ping(&self, addr: IpAddr) -> anyhow::Result<Outcome> {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use egress_agent::{
-    compile::NodeRules,
+    compile::{NodeRules, WorkloadPort},
     dataplane::nft::{Backstop, BackstopCounts, CounterValue, DenyCounter, NftError, TABLE},
 };
 use integration_tests::{
@@ -29,7 +29,8 @@ const SILENCE: Duration = Duration::from_millis(700);
 const PROBE_PAYLOAD: u64 = b"egress-probe".len() as u64;
 
 /// The backstop's inputs for the fixture: the gateway pod may leave, the
-/// workload pod may not.
+/// workload pod may not. Both pods' ports are routed (no bridge), with
+/// their addresses.
 fn node_rules() -> NodeRules {
     NodeRules {
         cluster_cidrs: vec![
@@ -38,6 +39,16 @@ fn node_rules() -> NodeRules {
         ],
         gateway_addresses: vec![Net::GATEWAY_V4.into(), Net::GATEWAY_V6.into()],
         workload_addresses: vec![Net::WORKLOAD_V4.into(), Net::WORKLOAD_V6.into()],
+        ports: vec![
+            WorkloadPort {
+                interface: Net::GATEWAY_IF.into(),
+                addresses: vec![Net::GATEWAY_V4.into(), Net::GATEWAY_V6.into()],
+            },
+            WorkloadPort {
+                interface: Net::WORKLOAD_IF.into(),
+                addresses: vec![Net::WORKLOAD_V4.into(), Net::WORKLOAD_V6.into()],
+            },
+        ],
     }
 }
 
@@ -338,9 +349,13 @@ fn uninstall_removes_only_our_table_and_a_second_uninstall_succeeds() {
     // Uninstalling what was never installed is fine too.
     uninstall(&net).expect("uninstall with no table");
     apply(&net, &node_rules());
-    assert!(nft(&net.node, &["list", "tables"])
-        .unwrap()
-        .contains(&format!("table inet {TABLE}")));
+    let tables = nft(&net.node, &["list", "tables"]).unwrap();
+    for family in ["inet", "bridge"] {
+        assert!(
+            tables.contains(&format!("table {family} {TABLE}")),
+            "{tables}"
+        );
+    }
 
     uninstall(&net).expect("uninstall");
     assert_eq!(
@@ -400,6 +415,7 @@ fn ten_thousand_prefixes_and_addresses_apply_in_one_transaction() {
         cluster_cidrs,
         gateway_addresses: addresses(0x6440_0000), // 100.64.0.0
         workload_addresses: addresses(0x6460_0000), // 100.96.0.0
+        ports: Vec::new(),
     };
 
     let timed = |what: &str, f: &dyn Fn()| {
@@ -418,4 +434,85 @@ fn ten_thousand_prefixes_and_addresses_apply_in_one_transaction() {
     assert_eq!(set("cluster_v4").matches("\"prefix\"").count(), N as usize);
     assert_eq!(set("gateways_v4").matches("\"100.64.").count(), N as usize);
     assert_eq!(set("workloads_v4").matches("\"100.96.").count(), N as usize);
+}
+
+/// Sources a pod might forge, per family: the gateway's address, an
+/// unused address of the pod's own subnet, an address outside the cluster.
+fn forged_sources() -> [(IpAddr, IpAddr); 3] {
+    [
+        (Net::GATEWAY_V4.into(), Net::GATEWAY_V6.into()),
+        (
+            Ipv4Addr::new(10, 244, 2, 99).into(),
+            "fd00:244:2::99".parse().unwrap(),
+        ),
+        (
+            Ipv4Addr::new(198, 18, 0, 7).into(),
+            "2001:db8:ff::7".parse().unwrap(),
+        ),
+    ]
+}
+
+#[test]
+fn a_routed_pod_port_vouches_for_its_sources_and_forged_ones_never_leave() {
+    require_root();
+    let net = Net::new().expect("forwarding topology");
+    // The pod's sockets are outside any cgroup program: only the node
+    // stands in the way.
+    let workload = Client::outside(&net.workload);
+    let listeners: Vec<Listener> = [IpAddr::from(Net::INTERNET_V4), Net::INTERNET_V6.into()]
+        .into_iter()
+        .map(|ip| Listener::start(&net.internet, internet(ip), Proto::Udp).unwrap())
+        .collect();
+    let send_all = || {
+        for (v4, v6) in forged_sources() {
+            for (forged, listener) in [(v4, &listeners[0]), (v6, &listeners[1])] {
+                let from = SocketAddr::new(forged, 40_000);
+                assert_eq!(
+                    workload.raw_udp_from(from, listener.addr()).unwrap(),
+                    Outcome::Ok
+                );
+            }
+        }
+    };
+
+    // Without the backstop every forged datagram arrives, as sent.
+    send_all();
+    for (v4, v6) in forged_sources() {
+        assert_eq!(next_peer(&listeners[0]), Some(v4));
+        assert_eq!(next_peer(&listeners[1]), Some(v6));
+    }
+
+    apply(&net, &node_rules());
+    send_all();
+    for listener in &listeners {
+        assert_eq!(listener.next_event(SILENCE), None, "a forged source left");
+    }
+    let counts = counters(&net);
+    assert_eq!(counts.get(DenyCounter::RoutedForgedV4).packets, 3);
+    assert_eq!(counts.get(DenyCounter::RoutedForgedV6).packets, 3);
+    assert_eq!(counts.get(DenyCounter::ForwardV4).packets, 0);
+
+    // The gateway, from its own port with its own address, still leaves;
+    // the same address from the workload's port did not, above.
+    let gateway = Client::outside(&net.gateway);
+    for (own, listener) in [
+        (IpAddr::from(Net::GATEWAY_V4), &listeners[0]),
+        (Net::GATEWAY_V6.into(), &listeners[1]),
+    ] {
+        let from = SocketAddr::new(own, 40_001);
+        assert_eq!(
+            gateway.raw_udp_from(from, listener.addr()).unwrap(),
+            Outcome::Ok
+        );
+        assert_eq!(next_peer(listener), Some(own));
+    }
+    // And a forged source from the gateway's port is dropped too: the
+    // port vouches for its own workload's addresses only.
+    let from = SocketAddr::new(Net::WORKLOAD_V4.into(), 40_002);
+    assert_eq!(
+        gateway.raw_udp_from(from, listeners[0].addr()).unwrap(),
+        Outcome::Ok
+    );
+    assert_eq!(listeners[0].next_event(SILENCE), None);
+    assert_eq!(counters(&net).get(DenyCounter::RoutedForgedV4).packets, 4);
 }

@@ -20,7 +20,7 @@ use integration_tests::{
     bpftool::{attached_ids, map_exists, program_exists, program_map_ids},
     node::SimNode,
     require_root,
-    scenario::{id, seed_policies, Running},
+    scenario::{dual_stack_seed, id, seed_policies, Running},
     Client, Event, Listener, Outcome, Proto,
 };
 
@@ -29,25 +29,6 @@ const RELOAD: Duration = Duration::from_secs(15);
 
 /// The seed NetworkPolicy's file.
 const SEED_NETWORK_POLICY: &str = "allow-egress-to-istio-system-and-kube-dns";
-
-/// A copy of the seed under `dir` in which test-egress/sleep is dual-stack
-/// (an IPv6 address inside an IPv6 pod CIDR), so that its IPv6 traffic
-/// has somewhere to come from.
-fn dual_stack_seed(dir: &Path) -> anyhow::Result<PathBuf> {
-    let out = dir.join("policies");
-    fs::create_dir_all(&out)?;
-    for entry in fs::read_dir(seed_policies())? {
-        let path = entry?.path();
-        let text = fs::read_to_string(&path)?
-            .replace(
-                r#"addresses: ["10.244.2.10"]"#,
-                r#"addresses: ["10.244.2.10", "fd00:10:244:2::10"]"#,
-            )
-            .replace("  - 10.96.0.0/12", "  - fd00:10:244::/48\n  - 10.96.0.0/12");
-        fs::write(out.join(path.file_name().context("file name")?), text)?;
-    }
-    Ok(out)
-}
 
 fn test_egress() -> ObjectId {
     id("test-egress/sleep")

@@ -204,6 +204,11 @@ enum Command {
         addr: SocketAddr,
         #[arg(long)]
         from: SocketAddr,
+        /// The frame's destination MAC instead of broadcast (`aa:bb:…`):
+        /// a router's, so that it forwards the frame (routers forward
+        /// frames addressed to them only).
+        #[arg(long, value_parser = parse_mac)]
+        to_mac: Option<[u8; 6]>,
     },
     /// One UDP datagram from `from`, IP header included, on an
     /// `IPPROTO_RAW` socket (header included: any source).
@@ -375,7 +380,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             from,
             transparent,
         } => report(spoof(from, addr, transparent)),
-        Command::Packet { addr, from } => report(packet_frame(from, addr)),
+        Command::Packet { addr, from, to_mac } => {
+            report(packet_frame(from, addr, to_mac.unwrap_or([0xff; 6])))
+        }
         Command::RawFrom { addr, from } => report(raw_from(from, addr)),
         Command::Ping { addr, timeout_ms } => report(ping(addr, Duration::from_millis(timeout_ms))),
         Command::Raw { addr } => report(raw_udp(addr)),
@@ -1111,9 +1118,19 @@ fn first_link() -> io::Result<u32> {
     }
 }
 
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{s}: {e}"))?;
+    bytes.try_into().map_err(|_| format!("{s}: not six bytes"))
+}
+
 /// Sends the datagram of [`ip_udp`] as a frame on an AF_PACKET socket.
 /// The socket is created first: EPERM there is the refusal under test.
-fn packet_frame(from: SocketAddr, to: SocketAddr) -> io::Result<()> {
+fn packet_frame(from: SocketAddr, to: SocketAddr, mac: [u8; 6]) -> io::Result<()> {
     use std::os::fd::{FromRawFd as _, OwnedFd};
     let ethertype: u16 = if to.is_ipv4() { 0x0800 } else { 0x86dd };
     // SAFETY: plain syscall; the descriptor is owned at once.
@@ -1136,7 +1153,7 @@ fn packet_frame(from: SocketAddr, to: SocketAddr) -> io::Result<()> {
     sll.sll_protocol = ethertype.to_be();
     sll.sll_ifindex = first_link()? as i32;
     sll.sll_halen = 6;
-    sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    sll.sll_addr[..6].copy_from_slice(&mac);
     // SAFETY: the buffers outlive the call; `sll` is a sockaddr_ll.
     let sent = unsafe {
         libc::sendto(

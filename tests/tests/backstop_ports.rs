@@ -1,0 +1,326 @@
+//! Adversarial scenarios: the node backstop does not trust source
+//! addresses. A non-gateway pod on the simulated node's bridge sends to
+//! the internet with a forged source from sockets that no cgroup program
+//! ever sees (the pod's network namespace, outside the agent's cgroup
+//! root): raw IP with the header included, a whole frame on an AF_PACKET
+//! socket, and the outer packet of a VXLAN device it made. Only a gateway's
+//! address, from that gateway's own port, may leave.
+//!
+//! Each technique is first shown to work with no agent on the node, with a
+//! listener on the far side that records the source it saw; then with the
+//! real agent running (nothing arrives, the bridge table counts it), then
+//! with the agent SIGKILLed (the tables stay, nothing arrives).
+//!
+//! No assertion depends on timing: a listener's silence is a bounded wait
+//! that a regression turns into an arrival, never the other way round.
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context as _};
+use egress_agent::dataplane::nft::{BackstopCounts, DenyCounter, TABLE};
+use integration_tests::{
+    agent::APPLY_WAIT,
+    nftns::nft,
+    node::SimNode,
+    require_root,
+    scenario::{dual_stack_seed, id, Running},
+    Client, Listener, Netns, Outcome, Proto,
+};
+
+const ARRIVAL: Duration = Duration::from_secs(2);
+/// How long a listener must stay silent to count as "never received".
+const SILENCE: Duration = Duration::from_millis(700);
+const PORT: u16 = 7801;
+const VXLAN_PORT: u16 = 4789;
+
+const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 20);
+const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 0x20);
+
+/// The forged sources, per family: the gateway's address, an unused
+/// address of the pod's own subnet, an address outside the cluster.
+const FORGED: [(&str, IpAddr, IpAddr); 3] = [
+    (
+        "the gateway's address",
+        IpAddr::V4(GATEWAY_V4),
+        IpAddr::V6(GATEWAY_V6),
+    ),
+    (
+        "an unused pod-subnet address",
+        IpAddr::V4(Ipv4Addr::new(10, 244, 2, 99)),
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 0x99)),
+    ),
+    (
+        "an address outside the cluster",
+        IpAddr::V4(Ipv4Addr::new(198, 18, 0, 7)),
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 7)),
+    ),
+];
+
+/// Addresses the attacker adds to its own eth0 (CAP_NET_ADMIN) to be the
+/// outer source of its VXLAN device.
+const ADDED_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 98);
+const ADDED_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 0x98);
+
+/// The internet addresses the gateway reaches through its pod port (its
+/// default route is its own uplink), one per family.
+const VIA_PORT_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 60);
+const VIA_PORT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x113, 0, 0, 0, 0, 0x60);
+
+/// The seed, dual-stack, with the gateway dual-stack too (so that its IPv6
+/// address can be forged).
+fn node() -> anyhow::Result<SimNode> {
+    let dir = std::env::temp_dir().join(integration_tests::names::unique("egress-ports"));
+    fs::create_dir_all(&dir)?;
+    let seed = dual_stack_seed(&dir)?;
+    let workloads = seed.join("workloads.yaml");
+    let text = fs::read_to_string(&workloads)?.replace(
+        &format!(r#"addresses: ["{GATEWAY_V4}"]"#),
+        &format!(r#"addresses: ["{GATEWAY_V4}", "{GATEWAY_V6}"]"#),
+    );
+    fs::write(&workloads, text)?;
+    let sim = SimNode::new(&[seed]);
+    fs::remove_dir_all(&dir)?;
+    sim
+}
+
+struct Far {
+    v4: Listener,
+    v6: Listener,
+    vxlan_v4: Listener,
+    vxlan_v6: Listener,
+}
+
+impl Far {
+    fn start(internet: &Netns) -> anyhow::Result<Self> {
+        let at =
+            |ip: IpAddr, port| Listener::start(internet, SocketAddr::new(ip, port), Proto::Udp);
+        Ok(Self {
+            v4: at(SimNode::INTERNET_V4.into(), PORT)?,
+            v6: at(SimNode::INTERNET_V6.into(), PORT)?,
+            vxlan_v4: at(Ipv4Addr::new(203, 0, 113, 20).into(), VXLAN_PORT)?,
+            vxlan_v6: at(
+                Ipv6Addr::new(0x2001, 0xdb8, 0x113, 0, 0, 0, 0, 0x20).into(),
+                VXLAN_PORT,
+            )?,
+        })
+    }
+
+    fn for_family(&self, v6: bool) -> &Listener {
+        if v6 {
+            &self.v6
+        } else {
+            &self.v4
+        }
+    }
+}
+
+/// The source of the next datagram, if one comes within `within`.
+fn arrived(listener: &Listener, within: Duration) -> Option<IpAddr> {
+    listener.next_event(within).map(|e| e.peer().ip())
+}
+
+/// Sends with every forged source, per family, by raw IP and (IPv4) by
+/// AF_PACKET to the bridge's MAC, and returns how many datagrams were sent
+/// per family. `expect` is whether they arrive.
+fn forge(pod: &Client<'_>, far: &Far, expect: bool, round: &str) -> anyhow::Result<[u64; 2]> {
+    let mut sent = [0u64; 2];
+    for (what, v4, v6) in FORGED {
+        for forged in [v4, v6] {
+            let listener = far.for_family(forged.is_ipv6());
+            let from = SocketAddr::new(forged, 40_000);
+            let mut techniques = vec![("raw IP", pod.raw_udp_from(from, listener.addr())?)];
+            if forged.is_ipv4() {
+                let frame = pod.packet_udp_to_mac(from, listener.addr(), SimNode::BRIDGE_MAC)?;
+                techniques.push(("AF_PACKET", frame));
+            }
+            for (technique, outcome) in techniques {
+                ensure!(
+                    outcome == Outcome::Ok,
+                    "{technique} from {what}: {outcome:?}"
+                );
+                sent[usize::from(forged.is_ipv6())] += 1;
+                let got = arrived(listener, if expect { ARRIVAL } else { SILENCE });
+                let wanted = expect.then_some(forged);
+                ensure!(
+                    got == wanted,
+                    "{round}: {technique} from {what} ({forged}): arrived {got:?}, expected {wanted:?}"
+                );
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// Gives the pod a VXLAN device per family whose outer source is an
+/// address it added to its eth0, sends into it (the neighbour lookup alone
+/// makes an outer packet), and checks what the far side got; then removes
+/// the devices, so that no retry outlives the check.
+fn vxlan(pod: &Netns, far: &Far, expect: bool, round: &str) -> anyhow::Result<()> {
+    let client = Client::outside(pod);
+    for (v6, added, remote, inner) in [
+        (
+            false,
+            IpAddr::V4(ADDED_V4),
+            far.vxlan_v4.addr().ip(),
+            "192.168.77.1/24",
+        ),
+        (
+            true,
+            ADDED_V6.into(),
+            far.vxlan_v6.addr().ip(),
+            "192.168.78.1/24",
+        ),
+    ] {
+        let dev = if v6 { "vx6" } else { "vx4" };
+        let (family, len) = if v6 { ("-6", 128) } else { ("-4", 32) };
+        let added_net = format!("{added}/{len}");
+        let mut add_addr = vec![family, "addr", "add", &added_net, "dev", "eth0"];
+        if v6 {
+            add_addr.push("nodad");
+        }
+        pod.ip(&add_addr)?;
+        let (local, remote) = (added.to_string(), remote.to_string());
+        pod.ip(&[
+            "link", "add", dev, "type", "vxlan", "id", "42", "local", &local, "remote", &remote,
+            "dstport", "4789", "dev", "eth0",
+        ])?;
+        pod.ip(&["addr", "add", inner, "dev", dev])?;
+        pod.ip(&["link", "set", dev, "up"])?;
+        let peer: IpAddr = inner
+            .split('/')
+            .next()
+            .context("inner")?
+            .parse::<Ipv4Addr>()
+            .map(|a| Ipv4Addr::from(u32::from(a) + 1))?
+            .into();
+        ensure!(client.sendto(SocketAddr::new(peer, 9))? == Outcome::Ok);
+        let listener = if v6 { &far.vxlan_v6 } else { &far.vxlan_v4 };
+        let got = arrived(listener, if expect { ARRIVAL } else { SILENCE });
+        pod.ip(&["link", "del", dev])?;
+        pod.ip(&[family, "addr", "del", &added_net, "dev", "eth0"])?;
+        listener.drain();
+        let wanted = expect.then_some(added);
+        ensure!(
+            got == wanted,
+            "{round}: VXLAN with outer source {added}: arrived {got:?}, expected {wanted:?}"
+        );
+    }
+    Ok(())
+}
+
+/// The gateway, from its own port with its own addresses, reaches the
+/// internet (through the node, by routes to two internet addresses over
+/// its pod interface).
+fn gateway_leaves(sim: &SimNode, round: &str) -> anyhow::Result<()> {
+    let pod = sim
+        .pod_of(&id("istio-system/istio-egressgateway"))
+        .context("gateway pod")?;
+    let client = Client::outside(&pod.netns);
+    for (own, target) in [
+        (IpAddr::V4(GATEWAY_V4), IpAddr::V4(VIA_PORT_V4)),
+        (GATEWAY_V6.into(), VIA_PORT_V6.into()),
+    ] {
+        let listener = Listener::start(sim.internet(), SocketAddr::new(target, PORT), Proto::Udp)?;
+        ensure!(client.sendto(listener.addr())? == Outcome::Ok);
+        let got = arrived(&listener, ARRIVAL);
+        ensure!(
+            got == Some(own),
+            "{round}: the gateway from its port: {got:?}"
+        );
+    }
+    Ok(())
+}
+
+fn route_gateway_through_its_port(sim: &SimNode) -> anyhow::Result<()> {
+    let pod = sim
+        .pod_of(&id("istio-system/istio-egressgateway"))
+        .context("gateway pod")?;
+    let (v4, v6) = (format!("{VIA_PORT_V4}/32"), format!("{VIA_PORT_V6}/128"));
+    let (gw4, gw6) = (
+        SimNode::POD_GATEWAY_V4.to_string(),
+        SimNode::POD_GATEWAY_V6.to_string(),
+    );
+    pod.netns
+        .ip(&["route", "add", &v4, "via", &gw4, "dev", "eth0"])?;
+    pod.netns
+        .ip(&["-6", "route", "add", &v6, "via", &gw6, "dev", "eth0"])
+}
+
+/// Waits until the agent's bridge table knows `ports` (a condition wait,
+/// bounded by [`APPLY_WAIT`]).
+fn wait_for_ports(sim: &SimNode, ports: &[&str]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + APPLY_WAIT;
+    loop {
+        let listed =
+            nft(sim.node(), &["list", "set", "bridge", TABLE, "ports"]).unwrap_or_default();
+        if ports.iter().all(|p| listed.contains(&format!("\"{p}\""))) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "ports {ports:?} not in: {listed}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn forged_drops(counts: &BackstopCounts) -> [u64; 2] {
+    [
+        counts.get(DenyCounter::BridgedForgedV4).packets,
+        counts.get(DenyCounter::BridgedForgedV6).packets,
+    ]
+}
+
+#[test]
+fn forged_sources_from_a_pod_port_never_leave_the_node_with_the_agent_up_or_killed(
+) -> anyhow::Result<()> {
+    require_root();
+    let sim = node()?;
+    route_gateway_through_its_port(&sim)?;
+    let sleep = id("test-egress/sleep");
+    let pod = sim.pod_of(&sleep).context("sleep pod")?;
+    let far = Far::start(sim.internet())?;
+
+    // No agent: every technique gets its forged source out, and the
+    // gateway leaves through its port.
+    let outside = Client::outside(&pod.netns);
+    forge(&outside, &far, true, "no agent")?;
+    vxlan(&pod.netns, &far, true, "no agent")?;
+    gateway_leaves(&sim, "no agent")?;
+
+    let mut node = Running::start(sim, &[])?;
+    let sim = &node.sim;
+    let gateway_port = sim
+        .pod_of(&id("istio-system/istio-egressgateway"))
+        .and_then(|p| p.node_if.clone())
+        .context("gateway port")?;
+    let pod = sim.pod_of(&sleep).context("sleep pod")?;
+    let sleep_port = pod.node_if.clone().context("sleep port")?;
+    wait_for_ports(sim, &[&gateway_port, &sleep_port])?;
+    let outside = Client::outside(&pod.netns);
+
+    for round in ["agent running", "agent SIGKILLed"] {
+        let before = forged_drops(&node.sim.backstop_counters()?);
+        let sent = forge(&outside, &far, false, round)?;
+        let after = forged_drops(&node.sim.backstop_counters()?);
+        ensure!(
+            [after[0] - before[0], after[1] - before[1]] == sent,
+            "{round}: every forged datagram counted once: {before:?} → {after:?}, sent {sent:?}"
+        );
+        vxlan(&pod.netns, &far, false, round)?;
+        let vxlan_drops = forged_drops(&node.sim.backstop_counters()?);
+        ensure!(
+            vxlan_drops[0] > after[0] && vxlan_drops[1] > after[1],
+            "{round}: the VXLAN outer packets are counted: {after:?} → {vxlan_drops:?}"
+        );
+        gateway_leaves(&node.sim, round)?;
+        if round == "agent running" {
+            node.agent.kill()?;
+        }
+    }
+    Ok(())
+}
