@@ -403,6 +403,11 @@ fn uninstall_leaves_no_program_map_pin_or_table() -> anyhow::Result<()> {
     ensure!(left.is_empty(), "maps still there: {left:?}");
     ensure!(!node.sim.pin_dir().exists(), "pin dir removed");
     ensure!(!node.sim.has_backstop_table(), "nft table removed");
+    let tables = integration_tests::nftns::nft(node.sim.node(), &["list", "tables"])?;
+    ensure!(
+        !tables.contains(egress_agent::dataplane::nft::TABLE),
+        "neither the inet nor the bridge table is left: {tables}"
+    );
     ensure!(node
         .sim
         .curl(&test_egress(), "https://edition.cnn.com/")?

@@ -21,10 +21,15 @@
 //!     cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
 //!     gateway_addresses: vec!["10.244.1.2".parse().unwrap()],
 //!     workload_addresses: vec!["10.244.2.2".parse().unwrap()],
+//!     // The gateway's port: the node's end of its pod's veth.
+//!     ports: vec![WorkloadPort {
+//!         interface: "veth1".into(),
+//!         addresses: vec!["10.244.1.2".parse().unwrap()],
+//!     }],
 //! };
 //! let backstop = Backstop::new();
 //! backstop.apply(&rules)?;
-//! let dropped = backstop.counters()?.get(DenyCounter::ForwardV4).packets;
+//! let forged = backstop.counters()?.get(DenyCounter::BridgedForgedV4).packets;
 //! backstop.uninstall()?;
 //! # Ok::<(), egress_agent::dataplane::nft::NftError>(())
 //! ```
