@@ -118,6 +118,7 @@ metadata:
     ] {
         wait_ready(k, ns, &format!("pod/{pod}"), Duration::from_secs(120))?;
     }
+    ports_learned(k, checks)?;
     cross_node_peers(cluster, checks)?;
 
     println!("\nk8s-test: 9. a peer deleted and recreated on the other node");
@@ -146,6 +147,53 @@ metadata:
     println!("\nk8s-test: 15. what the simulated internet saw");
     rollout::internet_saw_only_the_gateway(cluster, checks)?;
     Ok(timings)
+}
+
+/// The backstop keys on interface and address together: each node's
+/// agent has paired a pod's address with its host-side port (learned from
+/// the pod's network namespace, which needs the DaemonSet's hostPID). The
+/// agent re-learns ports every 5 s, so this waits up to 15 s.
+fn ports_learned(k: &Kubectl, checks: &mut Checks) -> anyhow::Result<()> {
+    for (node, ns, pod) in [(&NODE_A, "apps", "web"), (&NODE_B, "apps", "client")] {
+        let ip = pod_ip(k, ns, pod)?;
+        let since = Instant::now();
+        let (found, set) = loop {
+            let set = crate::run::output(
+                "nsenter",
+                [
+                    format!("--net={}", super::layout::netns_path(node.name).display()),
+                    "--".to_owned(),
+                    "nft".to_owned(),
+                    "list".to_owned(),
+                    "set".to_owned(),
+                    "bridge".to_owned(),
+                    "egress_enforcer".to_owned(),
+                    "sources_v4".to_owned(),
+                ],
+            )
+            .unwrap_or_default();
+            let found = set.contains(&format!("\" . {ip}"));
+            if found || since.elapsed() > Duration::from_secs(15) {
+                break (found, set);
+            }
+            thread::sleep(Duration::from_millis(500));
+        };
+        let pair = set
+            .split(['{', '}', ','])
+            .map(str::trim)
+            .find(|e| e.ends_with(&format!(" . {ip}")))
+            .unwrap_or("none")
+            .to_owned();
+        checks.check(
+            found,
+            &format!(
+                "the backstop on {} pairs {ns}/{pod} ({ip}) with its port (bridge table, sources_v4)",
+                node.name
+            ),
+            &format!("{pair} after {:.1}s", since.elapsed().as_secs_f32()),
+        );
+    }
+    Ok(())
 }
 
 /// One Ready agent pod on each node.
