@@ -80,7 +80,10 @@ pub struct Frontend {
     pub addr: IpAddr,
     pub protocol: Protocol,
     pub port: u16,
-    /// Ready backends at their target ports, sorted.
+    /// Ready backends of the address's family at their target ports,
+    /// sorted: kube-proxy programs each family on its own (iptables and
+    /// ip6tables), so an IPv6 ClusterIP or node address never leads to
+    /// an IPv4 endpoint, nor the reverse.
     pub backends: Vec<SocketAddr>,
 }
 
@@ -132,7 +135,7 @@ pub fn frontends(model: &Model) -> Vec<Frontend> {
                     addr,
                     protocol: sp.protocol,
                     port,
-                    backends: backends.clone(),
+                    backends: backends_of_family(&backends, addr),
                 });
             };
             for &ip in &svc.cluster_ips {
@@ -145,7 +148,7 @@ pub fn frontends(model: &Model) -> Vec<Frontend> {
                 push(FrontendKind::LoadBalancer, ip, sp.port);
             }
             if let Some(node_port) = sp.node_port {
-                for &ip in &node_addresses {
+                for &ip in node_addresses.iter().filter(|&&ip| has_family(svc, ip)) {
                     push(FrontendKind::NodePort, ip, node_port);
                 }
             }
@@ -185,6 +188,29 @@ fn backends(model: &Model, svc: &Service, sp: &ServicePort) -> Vec<SocketAddr> {
         }
     }
     out.into_iter().collect()
+}
+
+/// Whether kube-proxy serves `svc`'s NodePorts on a node address like
+/// `ip`: only in the families of its ClusterIPs (`spec.ipFamilies`), so a
+/// single-stack IPv4 Service has no NodePort on a node's IPv6 address
+/// (that port is the node's own). Without ClusterIPs, every family.
+fn has_family(svc: &Service, ip: IpAddr) -> bool {
+    svc.cluster_ips.is_empty() || svc.cluster_ips.iter().any(|&c| same_family(c, ip))
+}
+
+/// Both IPv4 (IPv4-mapped IPv6 counts as IPv4) or both IPv6.
+fn same_family(a: IpAddr, b: IpAddr) -> bool {
+    a.to_canonical().is_ipv4() == b.to_canonical().is_ipv4()
+}
+
+/// The backends that kube-proxy would DNAT `frontend` to: those of its
+/// family (a dual-stack Service has an EndpointSlice per family).
+fn backends_of_family(backends: &[SocketAddr], frontend: IpAddr) -> Vec<SocketAddr> {
+    backends
+        .iter()
+        .copied()
+        .filter(|b| same_family(b.ip(), frontend))
+        .collect()
 }
 
 /// Addresses inside the cluster beyond `clusterCIDRs`: the nodes' (where
@@ -235,8 +261,10 @@ mod tests {
         policy::{self, ports::Protocol, Source},
     };
 
-    /// A node, a NodePort Service to a backend on another node, a policed
-    /// client that may reach that backend, and an EgressGateway.
+    /// A dual-stack node, a dual-stack NodePort Service to a backend on
+    /// another node, a policed client that may reach that backend, a
+    /// second one whose policy names only its IPv4 address, and an
+    /// EgressGateway.
     const OBJECTS: &str = r#"
 apiVersion: v1
 kind: Node
@@ -246,12 +274,17 @@ status: {addresses: [{type: InternalIP, address: 172.18.0.2}, {type: InternalIP,
 apiVersion: egress.enforcer.dev/v1alpha1
 kind: Workload
 metadata: {name: client, namespace: prod, labels: {app: client}}
-spec: {cgroup: t/client, addresses: [10.244.1.9]}
+spec: {cgroup: t/client, addresses: [10.244.1.9, "fd00:10:244:1::9"]}
+---
+apiVersion: egress.enforcer.dev/v1alpha1
+kind: Workload
+metadata: {name: legacy, namespace: prod, labels: {app: legacy}}
+spec: {cgroup: t/legacy, addresses: [10.244.1.10, "fd00:10:244:1::10"]}
 ---
 apiVersion: egress.enforcer.dev/v1alpha1
 kind: Workload
 metadata: {name: web, namespace: prod, labels: {app: web}}
-spec: {nodeName: node-b, addresses: [10.244.2.10]}
+spec: {nodeName: node-b, addresses: [10.244.2.10, "fd00:10:244:2::10"]}
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -263,12 +296,24 @@ spec:
   - to: [{podSelector: {matchLabels: {app: web}}}]
     ports: [{port: 8080}]
 ---
+# A policy written for IPv4 alone, in a dual-stack cluster.
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: legacy, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: legacy}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.244.2.0/24}}]
+    ports: [{port: 8080}]
+---
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: prod}
 spec:
   type: NodePort
-  clusterIP: 10.96.0.20
+  ipFamilyPolicy: RequireDualStack
+  clusterIPs: [10.96.0.20, "fd00:10:96::20"]
   ports: [{name: http, protocol: TCP, port: 80, nodePort: 30080}]
 ---
 apiVersion: discovery.k8s.io/v1
@@ -278,12 +323,20 @@ addressType: IPv4
 endpoints: [{addresses: [10.244.2.10]}]
 ports: [{name: http, protocol: TCP, port: 8080}]
 ---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-2, namespace: prod, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+endpoints: [{addresses: ["fd00:10:244:2::10"]}]
+ports: [{name: http, protocol: TCP, port: 8080}]
+---
 apiVersion: v1
 kind: Service
 metadata: {name: news, namespace: prod}
 spec:
   type: NodePort
-  clusterIP: 10.96.0.99
+  ipFamilyPolicy: RequireDualStack
+  clusterIPs: [10.96.0.99, "fd00:10:96::99"]
   ports: [{protocol: TCP, port: 80, nodePort: 30099}]
 ---
 apiVersion: discovery.k8s.io/v1
@@ -293,12 +346,58 @@ addressType: IPv4
 endpoints: [{addresses: [203.0.113.10]}]
 ports: [{protocol: TCP, port: 8081}]
 ---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: news-2, namespace: prod, labels: {kubernetes.io/service-name: news}}
+addressType: IPv6
+endpoints: [{addresses: ["2001:db8:113::10"]}]
+ports: [{protocol: TCP, port: 8081}]
+---
+# IPv4 alone: no NodePort on the node's IPv6 address.
+apiVersion: v1
+kind: Service
+metadata: {name: metrics, namespace: prod}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.40
+  ports: [{protocol: TCP, port: 80, nodePort: 30090}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: metrics-1, namespace: prod, labels: {kubernetes.io/service-name: metrics}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.2.10]}]
+ports: [{protocol: TCP, port: 8080}]
+---
+# Inside by IPv4, on the internet by IPv6.
+apiVersion: v1
+kind: Service
+metadata: {name: mirror, namespace: prod}
+spec:
+  ipFamilyPolicy: RequireDualStack
+  clusterIPs: [10.96.0.21, "fd00:10:96::21"]
+  ports: [{protocol: TCP, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: mirror-1, namespace: prod, labels: {kubernetes.io/service-name: mirror}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.2.10]}]
+ports: [{protocol: TCP, port: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: mirror-2, namespace: prod, labels: {kubernetes.io/service-name: mirror}}
+addressType: IPv6
+endpoints: [{addresses: ["2001:db8:113::10"]}]
+ports: [{protocol: TCP, port: 8080}]
+---
 apiVersion: egress.enforcer.dev/v1alpha1
 kind: EgressGateway
 metadata: {name: gw, namespace: prod}
 spec:
   selector: {podSelector: {matchLabels: {app: gw}}}
-  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]
+  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12, "fd00:10:244::/56", "fd00:10:96::/112"]
 "#;
 
     fn plan() -> Plan {
@@ -322,11 +421,17 @@ spec:
         let compile::Egress::Isolated { table, .. } = &client.egress else {
             panic!("client is isolated");
         };
-        for node in ["172.18.0.2", "fd00:18::2"] {
+        for (node, expected) in [
+            (
+                "172.18.0.2",
+                &[(30080, true), (30090, true), (30099, false)][..],
+            ),
+            ("fd00:18::2", &[(30080, true), (30099, false)][..]),
+        ] {
             let ports = &table.host_ports[&node.parse().unwrap()];
             let by_port: Vec<(u16, bool)> =
                 ports.iter().map(|p| (p.port, p.rule.is_some())).collect();
-            assert_eq!(by_port, [(30080, true), (30099, false)], "{node}");
+            assert_eq!(by_port, expected, "{node}");
         }
         let cluster = plan.cluster.as_ref().expect("a gateway exists");
         let outside: Vec<String> = cluster
@@ -359,11 +464,55 @@ spec:
             trace.contains("Service prod/news (NodePort [fd00:18::2]:30099/tcp)"),
             "{trace}"
         );
-        assert!(trace.contains("backend 203.0.113.10:8081: deny"), "{trace}");
+        assert!(
+            trace.contains("backend [2001:db8:113::10]:8081: deny"),
+            "{trace}"
+        );
 
         // The node's own port: no Service behind it, the node's verdict.
         let d = decide(&plan, client, tcp("172.18.0.2:10250"));
         assert_eq!(d.verdict, Verdict::Deny);
+        assert!(!d.trace.join("\n").contains("Service"), "{:?}", d.trace);
+    }
+
+    /// kube-proxy programs each family apart: a ClusterIP or node address
+    /// leads only to the endpoints of its own family. A policy that names
+    /// only the IPv4 pods opens the IPv4 side of a dual-stack Service and
+    /// not the IPv6 one; an IPv6 endpoint on the internet cuts out the
+    /// IPv6 ClusterIP alone.
+    #[test]
+    fn each_family_of_a_dual_stack_service_is_judged_by_its_own_backends() {
+        let plan = plan();
+        let legacy = plan.workload(&"prod/legacy".parse().unwrap()).unwrap();
+        for to in ["10.96.0.20:80", "172.18.0.2:30080", "10.96.0.21:80"] {
+            let d = decide(&plan, legacy, tcp(to));
+            assert_eq!(d.verdict, Verdict::Allow, "{to}: {:?}", d.trace);
+            let trace = d.trace.join("\n");
+            assert!(
+                trace.contains("judged by its 1 ready backend(s)"),
+                "{trace}"
+            );
+            assert!(!trace.contains("fd00:10:244"), "{trace}");
+        }
+        for to in ["[fd00:10:96::20]:80", "[fd00:18::2]:30080"] {
+            let d = decide(&plan, legacy, tcp(to));
+            assert_eq!(d.verdict, Verdict::Deny, "{to}");
+            let trace = d.trace.join("\n");
+            assert!(
+                trace.contains("backend [fd00:10:244:2::10]:8080: deny"),
+                "{trace}"
+            );
+            assert!(!trace.contains("10.244.2.10"), "{trace}");
+        }
+
+        let cluster = plan.cluster.as_ref().expect("a gateway exists");
+        assert!(cluster.contains("10.96.0.21".parse().unwrap()));
+        assert!(!cluster.contains("fd00:10:96::21".parse().unwrap()));
+        assert!(cluster.contains("fd00:10:96::20".parse().unwrap()));
+        // A single-stack IPv4 Service's port on the node's IPv6 address is
+        // the node's own, inside the cluster like the rest of the node.
+        assert!(cluster.contains_port("fd00:18::2".parse().unwrap(), Protocol::Tcp, 30090));
+        let d = decide(&plan, legacy, tcp("[fd00:18::2]:30090"));
         assert!(!d.trace.join("\n").contains("Service"), "{:?}", d.trace);
     }
 }
