@@ -27,22 +27,33 @@ pub fn seed_policies() -> PathBuf {
         .join("policies")
 }
 
+/// Writes the seed's files into `dir`, each passed through `edit` (which
+/// returns the text unchanged to copy it as it is).
+pub fn copy_seed(dir: &Path, edit: impl Fn(&str) -> String) -> anyhow::Result<()> {
+    fs::create_dir_all(dir)?;
+    for entry in fs::read_dir(seed_policies())? {
+        let path = entry?.path();
+        let text = fs::read_to_string(&path)?;
+        fs::write(
+            dir.join(path.file_name().context("file name")?),
+            edit(&text),
+        )?;
+    }
+    Ok(())
+}
+
 /// A copy of the seed under `dir` in which test-egress/sleep is dual-stack
 /// (an IPv6 address inside an IPv6 pod CIDR), so that its IPv6 traffic
 /// has somewhere to come from.
 pub fn dual_stack_seed(dir: &Path) -> anyhow::Result<PathBuf> {
     let out = dir.join("policies");
-    fs::create_dir_all(&out)?;
-    for entry in fs::read_dir(seed_policies())? {
-        let path = entry?.path();
-        let text = fs::read_to_string(&path)?
-            .replace(
-                r#"addresses: ["10.244.2.10"]"#,
-                r#"addresses: ["10.244.2.10", "fd00:10:244:2::10"]"#,
-            )
-            .replace("  - 10.96.0.0/12", "  - fd00:10:244::/48\n  - 10.96.0.0/12");
-        fs::write(out.join(path.file_name().context("file name")?), text)?;
-    }
+    copy_seed(&out, |text| {
+        text.replace(
+            r#"addresses: ["10.244.2.10"]"#,
+            r#"addresses: ["10.244.2.10", "fd00:10:244:2::10"]"#,
+        )
+        .replace("  - 10.96.0.0/12", "  - fd00:10:244::/48\n  - 10.96.0.0/12")
+    })?;
     Ok(out)
 }
 
