@@ -1,0 +1,120 @@
+//! Services on a node with a kube-proxy: the seed cluster with Services,
+//! Node objects and pods on another node, and an nft DNAT in the node
+//! namespace standing in for kube-proxy's iptables and ip6tables rules.
+//! The cgroup hooks see the Service address (the DNAT happens later, on
+//! the node), so these prove that a Service is judged by its backends,
+//! with real connections and a listener on the far side: through
+//! ClusterIPs, NodePorts on the node's own addresses (beside a port the
+//! node itself serves), external IPs and load balancer IPs.
+
+mod ipv4;
+
+use std::{
+    fs,
+    net::{IpAddr, SocketAddr},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use egress_agent::policy::model::ObjectId;
+use integration_tests::{
+    netns::Netns,
+    nftns::nft_script,
+    node::SimNode,
+    scenario::{copy_seed, id, Running},
+    target_bin, Client, Proto,
+};
+
+const ARRIVAL: Duration = Duration::from_millis(700);
+
+fn test_egress() -> ObjectId {
+    id("test-egress/sleep")
+}
+
+fn kube_dns() -> ObjectId {
+    id("kube-system/kube-dns")
+}
+
+fn apps_client() -> ObjectId {
+    id("apps/client")
+}
+
+fn client<'a>(sim: &'a SimNode, who: &ObjectId) -> anyhow::Result<Client<'a>> {
+    sim.client(who).with_context(|| format!("{who} is placed"))
+}
+
+fn at(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+/// A node built from the seed, each file passed through `edit`, and
+/// `services` (the Services, slices, Nodes and extra workloads).
+fn sim_node(edit: impl Fn(&str) -> String, services: &str) -> anyhow::Result<SimNode> {
+    let dir = std::env::temp_dir().join(integration_tests::names::unique("egress-svc"));
+    copy_seed(&dir, edit)?;
+    fs::write(dir.join("services.yaml"), services)?;
+    let sim = SimNode::new(std::slice::from_ref(&dir))?;
+    fs::remove_dir_all(&dir)?;
+    Ok(sim)
+}
+
+/// One of kube-proxy's DNAT rules: `frontend` over `proto` to `backend`.
+struct Dnat {
+    frontend: SocketAddr,
+    proto: Proto,
+    backend: SocketAddr,
+}
+
+impl Dnat {
+    fn new(frontend: SocketAddr, proto: Proto, backend: SocketAddr) -> Self {
+        Self {
+            frontend,
+            proto,
+            backend,
+        }
+    }
+}
+
+/// kube-proxy's iptables mode, reduced to its effect: DNAT of each
+/// Service address and port, and of each NodePort on a node address, to
+/// its (single) backend, in the node; one table per family, as kube-proxy
+/// programs iptables and ip6tables apart.
+fn kube_proxy(node: &Netns, rules: &[Dnat]) -> anyhow::Result<()> {
+    let mut script = String::new();
+    for (family, match_, v6) in [("ip", "ip", false), ("ip6", "ip6", true)] {
+        script.push_str(&format!(
+            "table {family} sim-kube-proxy {{\n  chain prerouting {{\n    \
+             type nat hook prerouting priority dstnat; policy accept;\n"
+        ));
+        for r in rules.iter().filter(|r| r.frontend.is_ipv6() == v6) {
+            let proto = match r.proto {
+                Proto::Tcp => "tcp",
+                Proto::Udp => "udp",
+            };
+            script.push_str(&format!(
+                "    {match_} daddr {} {proto} dport {} dnat to {}\n",
+                r.frontend.ip(),
+                r.frontend.port(),
+                r.backend
+            ));
+        }
+        script.push_str("  }\n}\n");
+    }
+    nft_script(node, &script)
+}
+
+/// What `egress-agent explain` says of `from` → `to` (`IP:PORT/proto`,
+/// IPv6 as `[ADDR]:PORT/proto`) on the running node's policies.
+fn explain(node: &Running, from: &str, to: &str) -> anyhow::Result<String> {
+    let out = Command::new(target_bin(
+        "egress-agent",
+        "CARGO_BIN_EXE_egress-agent",
+        "cargo build -p egress-agent",
+    ))
+    .arg("explain")
+    .arg(node.sim.policies_dir())
+    .args(["--from", from, "--to", to])
+    .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
