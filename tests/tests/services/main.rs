@@ -6,7 +6,14 @@
 //! with real connections and a listener on the far side: through
 //! ClusterIPs, NodePorts on the node's own addresses (beside a port the
 //! node itself serves), external IPs and load balancer IPs.
+//!
+//! - [`ipv4`]: the seed cluster as it is, with kube-dns behind its
+//!   ClusterIP (real DNS answers) and every kind of Service address.
+//! - [`dual_stack`]: the seed made dual-stack, with IPv6 and dual-stack
+//!   Services (`clusterIPs: [v4, v6]`, an EndpointSlice per family) and
+//!   NodePorts on the node's IPv6 address.
 
+mod dual_stack;
 mod ipv4;
 
 use std::{
