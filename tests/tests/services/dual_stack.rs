@@ -5,13 +5,17 @@
 //! endpoints, the IPv4 one by its IPv4 endpoints, as kube-proxy sends
 //! them; NodePorts are judged on the node's IPv6 address too.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
-use anyhow::ensure;
-use integration_tests::{node::SimNode, require_root, scenario::Running, Listener, Outcome, Proto};
+use anyhow::{ensure, Context as _};
+use integration_tests::{node::SimNode, Listener, Outcome, Proto};
 
 use super::{
-    apps_client, at, client, explain, kube_dns, kube_proxy, sim_node, test_egress, Dnat, ARRIVAL,
+    apps_client, at, client, connects, explain, kube_dns, kube_proxy, nothing_reached,
+    refused_every_way, says, sim_node, started, test_egress, Dnat, ARRIVAL,
 };
 
 /// Pods on another node, reached through the node's uplink: istiod (the
@@ -280,8 +284,7 @@ struct Pair {
     v6: Listener,
 }
 
-struct Fixture {
-    sim: SimNode,
+struct Listeners {
     istiod: Pair,
     /// istiod's metrics port (15014 → 9090).
     istiod_metrics: Pair,
@@ -296,12 +299,13 @@ struct Fixture {
     node_udp6: Listener,
 }
 
-fn fixture() -> anyhow::Result<Fixture> {
+fn fixture() -> anyhow::Result<(SimNode, Listeners)> {
     let sim = sim_node(dual_stack, &services_yaml())?;
     kube_proxy(sim.node(), &dnat())?;
     let node = sim.node();
     node.ip(&["addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"])?;
-    node.ip(&["-6", "addr", "add", &format!("{NODE_IP6}/128"), "dev", "lo"])?;
+    let node6 = format!("{NODE_IP6}/128");
+    node.ip(&["-6", "addr", "add", &node6, "dev", "lo"])?;
     let internet = sim.internet();
     for (v4, v6) in [ISTIOD_POD, WEB_POD] {
         internet.ip(&["addr", "add", &format!("{v4}/32"), "dev", "lo"])?;
@@ -314,7 +318,7 @@ fn fixture() -> anyhow::Result<Fixture> {
         })
     };
     let news = at(SimNode::INTERNET_V6, NEWS_BACKEND_PORT);
-    Ok(Fixture {
+    let listeners = Listeners {
         istiod: pair(ISTIOD_POD, 8080)?,
         istiod_metrics: pair(ISTIOD_POD, 9090)?,
         web: pair(WEB_POD, 8080)?,
@@ -323,97 +327,75 @@ fn fixture() -> anyhow::Result<Fixture> {
         news_udp: Listener::start(internet, news, Proto::Udp)?,
         kubelet6: Listener::start(node, at(NODE_IP6, KUBELET), Proto::Tcp)?,
         node_udp6: Listener::start(node, at(NODE_IP6, WEB_NODE_PORT + 1), Proto::Udp)?,
-        sim,
-    })
+    };
+    Ok((sim, listeners))
 }
 
 /// Without the agent, every path below works, in both families: the
 /// tests cannot pass because the simulated kube-proxy (or the node's
 /// IPv6) is broken. The first packets also resolve neighbours on the way,
 /// hence the longer wait here.
-fn baseline(f: &Fixture) -> anyhow::Result<()> {
-    let first = std::time::Duration::from_secs(3);
-    let sleep = client(&f.sim, &test_egress())?;
-    let tcp: [(&Listener, SocketAddr); 12] = [
-        (&f.istiod.v4, at(ISTIOD_VIPS.0, 443)),
-        (&f.istiod.v6, at(ISTIOD_VIPS.1, 443)),
-        (&f.istiod_metrics.v4, at(ISTIOD_VIPS.0, 15014)),
-        (&f.istiod_metrics.v6, at(ISTIOD_VIPS.1, 15014)),
-        (&f.istiod.v6, at(ISTIOD_V6_ONLY, 443)),
-        (&f.web.v4, at(WEB_VIPS.0, 80)),
-        (&f.web.v6, at(WEB_VIPS.1, 80)),
-        (&f.news, at(NEWS_VIP, 80)),
-        (&f.istiod.v6, at(NODE_IP6, ISTIOD_NODE_PORT)),
-        (&f.web.v6, at(NODE_IP6, WEB_NODE_PORT)),
-        (&f.news, at(NODE_IP6, NEWS_NODE_PORT)),
-        (&f.kubelet6, at(NODE_IP6, KUBELET)),
-    ];
-    for (listener, to) in tcp {
-        ensure!(sleep.connect_tcp(to)? == Outcome::Ok, "baseline: {to}");
-        let seen = listener.next_event(first);
-        ensure!(seen.is_some(), "baseline: {to} arrived");
+fn baseline(sim: &SimNode, l: &Listeners) -> anyhow::Result<()> {
+    let first = Duration::from_secs(3);
+    let sleep = client(sim, &test_egress())?;
+    for (to, backend) in [
+        (at(ISTIOD_VIPS.0, 443), &l.istiod.v4),
+        (at(ISTIOD_VIPS.1, 443), &l.istiod.v6),
+        (at(ISTIOD_VIPS.0, 15014), &l.istiod_metrics.v4),
+        (at(ISTIOD_VIPS.1, 15014), &l.istiod_metrics.v6),
+        (at(ISTIOD_V6_ONLY, 443), &l.istiod.v6),
+        (at(WEB_VIPS.0, 80), &l.web.v4),
+        (at(WEB_VIPS.1, 80), &l.web.v6),
+        (at(NEWS_VIP, 80), &l.news),
+        (at(NODE_IP6, ISTIOD_NODE_PORT), &l.istiod.v6),
+        (at(NODE_IP6, WEB_NODE_PORT), &l.web.v6),
+        (at(NODE_IP6, NEWS_NODE_PORT), &l.news),
+        (at(NODE_IP6, KUBELET), &l.kubelet6),
+    ] {
+        connects(&sleep, to, backend, first).context("baseline")?;
     }
-    for (listener, to) in [
-        (&f.web_udp6, at(NODE_IP6, WEB_NODE_PORT)),
-        (&f.news_udp, at(NEWS_VIP, 80)),
-        (&f.node_udp6, at(NODE_IP6, WEB_NODE_PORT + 1)),
+    for (to, backend) in [
+        (at(NODE_IP6, WEB_NODE_PORT), &l.web_udp6),
+        (at(NEWS_VIP, 80), &l.news_udp),
+        (at(NODE_IP6, WEB_NODE_PORT + 1), &l.node_udp6),
     ] {
         ensure!(sleep.raw_udp(to)? == Outcome::Ok, "baseline: UDP {to}");
-        let seen = listener.next_event(first);
+        let seen = backend.next_event(first);
         ensure!(seen.is_some(), "baseline: UDP {to} arrived");
     }
     // The other two pods have IPv6 too.
     for who in [kube_dns(), apps_client()] {
-        let c = client(&f.sim, &who)?;
-        ensure!(
-            c.connect_tcp(at(NODE_IP6, KUBELET))? == Outcome::Ok,
-            "baseline: {who}"
-        );
-        ensure!(f.kubelet6.next_event(first).is_some(), "baseline: {who}");
+        let c = client(sim, &who)?;
+        connects(&c, at(NODE_IP6, KUBELET), &l.kubelet6, first)
+            .with_context(|| format!("baseline: {who}"))?;
     }
     Ok(())
 }
 
-/// Both ClusterIPs of a dual-stack Service, and a single-stack IPv6 one:
-/// each is judged by the endpoints of its own family at their target
-/// ports, and a Service whose IPv6 endpoint is on the internet is the
-/// gateway's alone.
 #[test]
 fn ipv6_and_dual_stack_cluster_ips_are_judged_by_their_own_familys_backends() -> anyhow::Result<()>
 {
-    require_root();
-    let f = fixture()?;
-    baseline(&f)?;
-    let node = Running::start(f.sim, &[])?;
+    let (node, l) = started(fixture, baseline, &[])?;
 
     // test-egress/sleep: its policy allows istio-system, not default.
     let sleep = node.client(&test_egress())?;
-    for (to, listener) in [
-        (at(ISTIOD_VIPS.0, 443), &f.istiod.v4),
-        (at(ISTIOD_VIPS.1, 443), &f.istiod.v6),
-        (at(ISTIOD_V6_ONLY, 443), &f.istiod.v6),
+    for (to, backend) in [
+        (at(ISTIOD_VIPS.0, 443), &l.istiod.v4),
+        (at(ISTIOD_VIPS.1, 443), &l.istiod.v6),
+        (at(ISTIOD_V6_ONLY, 443), &l.istiod.v6),
     ] {
-        ensure!(sleep.connect_tcp(to)? == Outcome::Ok, "{to}");
-        ensure!(listener.next_event(ARRIVAL).is_some(), "istiod saw {to}");
+        connects(&sleep, to, backend, ARRIVAL)?;
     }
-    for to in [at(WEB_VIPS.0, 80), at(WEB_VIPS.1, 80)] {
-        ensure!(sleep.connect_tcp(to)? == Outcome::Eperm, "{to}");
-    }
-    ensure!(sleep.sendto(at(WEB_VIPS.1, 80))? == Outcome::Eperm);
-    for web in [&f.web.v4, &f.web.v6] {
-        ensure!(web.next_event(ARRIVAL).is_none(), "default/web saw nothing");
-    }
+    ensure!(sleep.connect_tcp(at(WEB_VIPS.0, 80))? == Outcome::Eperm);
+    refused_every_way(&sleep, at(WEB_VIPS.1, 80))?;
+    nothing_reached(&[&l.web.v4, &l.web.v6])?;
 
     // apps/client: its policy names istiod's IPv4 address at 8080 only.
     // The IPv4 ClusterIP leads there (IPv4 goes to IPv4 endpoints alone);
     // the IPv6 one leads to an address the policy does not name, and the
     // metrics port to a target port it does not allow.
     let apps = node.client(&apps_client())?;
-    ensure!(apps.connect_tcp(at(ISTIOD_VIPS.0, 443))? == Outcome::Ok);
-    ensure!(
-        f.istiod.v4.next_event(ARRIVAL).is_some(),
-        "istiod saw the IPv4 ClusterIP connection"
-    );
+    connects(&apps, at(ISTIOD_VIPS.0, 443), &l.istiod.v4, ARRIVAL)?;
     for to in [
         at(ISTIOD_VIPS.1, 443),
         at(ISTIOD_V6_ONLY, 443),
@@ -422,69 +404,43 @@ fn ipv6_and_dual_stack_cluster_ips_are_judged_by_their_own_familys_backends() ->
     ] {
         ensure!(apps.connect_tcp(to)? == Outcome::Eperm, "{to}");
     }
-    ensure!(
-        f.istiod.v6.next_event(ARRIVAL).is_none(),
-        "istiod v6: nothing"
-    );
-    for metrics in [&f.istiod_metrics.v4, &f.istiod_metrics.v6] {
-        ensure!(metrics.next_event(ARRIVAL).is_none(), "metrics: nothing");
-    }
+    let metrics = &l.istiod_metrics;
+    nothing_reached(&[&l.istiod.v6, &metrics.v4, &metrics.v6])?;
 
     // kube-dns (no policy selects it) reaches the Services inside, in
     // either family, but not the one whose IPv6 endpoint is outside; nor
     // does test-egress/sleep.
     let dns = node.client(&kube_dns())?;
-    ensure!(dns.connect_tcp(at(WEB_VIPS.1, 80))? == Outcome::Ok);
-    ensure!(f.web.v6.next_event(ARRIVAL).is_some(), "web saw kube-dns");
+    connects(&dns, at(WEB_VIPS.1, 80), &l.web.v6, ARRIVAL)?;
     for c in [&dns, &sleep] {
-        ensure!(c.connect_tcp(at(NEWS_VIP, 80))? == Outcome::Eperm);
-        ensure!(c.sendto(at(NEWS_VIP, 80))? == Outcome::Eperm);
-        ensure!(c.raw_udp(at(NEWS_VIP, 80))? == Outcome::Eperm);
+        refused_every_way(c, at(NEWS_VIP, 80))?;
     }
-    ensure!(
-        f.news.next_event(ARRIVAL).is_none(),
-        "the news site: nothing"
-    );
-    ensure!(
-        f.news_udp.next_event(ARRIVAL).is_none(),
-        "news UDP: nothing"
-    );
+    nothing_reached(&[&l.news, &l.news_udp])?;
 
     // explain names the Service and the backend of the flow's family.
     let (istiod4, istiod6) = ISTIOD_POD;
-    let text = explain(
-        &node,
-        "apps/client",
-        &format!("[{}]:443/tcp", ISTIOD_VIPS.1),
+    let vip6 = ISTIOD_VIPS.1;
+    let text = explain(&node, "apps/client", &format!("[{vip6}]:443/tcp"))?;
+    says(
+        &text,
+        &[
+            ": deny",
+            &format!("Service istio-system/istiod port \"https\" (ClusterIP [{vip6}]:443/tcp)"),
+            &format!("backend [{istiod6}]:8080: deny"),
+        ],
     )?;
-    ensure!(text.contains(": deny"), "{text}");
-    ensure!(
-        text.contains(&format!(
-            "Service istio-system/istiod port \"https\" (ClusterIP [{}]:443/tcp)",
-            ISTIOD_VIPS.1
-        )),
-        "{text}"
-    );
-    ensure!(
-        text.contains(&format!("backend [{istiod6}]:8080: deny")),
-        "{text}"
-    );
     ensure!(!text.contains(&istiod4.to_string()), "{text}");
-    let text = explain(
-        &node,
-        "kube-system/kube-dns",
-        &format!("[{NEWS_VIP}]:80/tcp"),
-    )?;
-    ensure!(text.contains("gateway exclusivity"), "{text}");
-    ensure!(text.contains("Service default/news"), "{text}");
-    ensure!(
-        text.contains(&format!(
-            "backend [{}]:{NEWS_BACKEND_PORT}",
-            SimNode::INTERNET_V6
-        )),
-        "{text}"
-    );
-    Ok(())
+    let to = format!("[{NEWS_VIP}]:80/tcp");
+    let text = explain(&node, "kube-system/kube-dns", &to)?;
+    let site = SimNode::INTERNET_V6;
+    says(
+        &text,
+        &[
+            "gateway exclusivity",
+            "Service default/news",
+            &format!("backend [{site}]:{NEWS_BACKEND_PORT}"),
+        ],
+    )
 }
 
 /// NodePorts on the node's IPv6 address: judged by the Service's IPv6
@@ -492,81 +448,50 @@ fn ipv6_and_dual_stack_cluster_ips_are_judged_by_their_own_familys_backends() ->
 /// the node's verdict.
 #[test]
 fn node_ports_on_the_nodes_ipv6_address_are_judged_by_their_backends() -> anyhow::Result<()> {
-    require_root();
-    let f = fixture()?;
-    baseline(&f)?;
-    let node = Running::start(f.sim, &[])?;
+    let (node, l) = started(fixture, baseline, &[])?;
 
     // test-egress/sleep: istio-system is allowed, the node is not.
     let sleep = node.client(&test_egress())?;
-    ensure!(sleep.connect_tcp(at(NODE_IP6, ISTIOD_NODE_PORT))? == Outcome::Ok);
-    ensure!(
-        f.istiod.v6.next_event(ARRIVAL).is_some(),
-        "istiod saw the NodePort connection"
-    );
+    connects(
+        &sleep,
+        at(NODE_IP6, ISTIOD_NODE_PORT),
+        &l.istiod.v6,
+        ARRIVAL,
+    )?;
     ensure!(sleep.connect_tcp(at(NODE_IP6, KUBELET))? == Outcome::Eperm);
     ensure!(sleep.connect_tcp(at(NODE_IP6, WEB_NODE_PORT))? == Outcome::Eperm);
 
     // apps/client: the node's IPv6 address is allowed; the NodePorts to
     // backends whose IPv6 address the policy does not name are not.
     let apps = node.client(&apps_client())?;
-    ensure!(apps.connect_tcp(at(NODE_IP6, KUBELET))? == Outcome::Ok);
-    ensure!(
-        f.kubelet6.next_event(ARRIVAL).is_some(),
-        "the kubelet saw it"
-    );
-    let web_port = at(NODE_IP6, WEB_NODE_PORT);
-    ensure!(apps.connect_tcp(web_port)? == Outcome::Eperm);
-    ensure!(apps.sendto(web_port)? == Outcome::Eperm);
-    ensure!(apps.raw_udp(web_port)? == Outcome::Eperm);
+    connects(&apps, at(NODE_IP6, KUBELET), &l.kubelet6, ARRIVAL)?;
+    refused_every_way(&apps, at(NODE_IP6, WEB_NODE_PORT))?;
     ensure!(apps.connect_tcp(at(NODE_IP6, ISTIOD_NODE_PORT))? == Outcome::Eperm);
-    ensure!(f.web.v6.next_event(ARRIVAL).is_none(), "web saw nothing");
-    ensure!(f.web_udp6.next_event(ARRIVAL).is_none(), "web UDP: nothing");
-    ensure!(f.istiod.v6.next_event(ARRIVAL).is_none(), "istiod: nothing");
+    nothing_reached(&[&l.web.v6, &l.web_udp6, &l.istiod.v6])?;
     ensure!(apps.raw_udp(at(NODE_IP6, WEB_NODE_PORT + 1))? == Outcome::Ok);
     ensure!(
-        f.node_udp6.next_event(ARRIVAL).is_some(),
+        l.node_udp6.next_event(ARRIVAL).is_some(),
         "the node's own UDP port got the datagram"
     );
 
     // kube-dns: the NodePort that leads to the internet is the gateway's
     // alone, though the node's address is inside and its other ports open.
     let dns = node.client(&kube_dns())?;
-    let news_port = at(NODE_IP6, NEWS_NODE_PORT);
-    ensure!(dns.connect_tcp(news_port)? == Outcome::Eperm);
-    ensure!(dns.raw_udp(news_port)? == Outcome::Eperm);
-    ensure!(
-        f.news.next_event(ARRIVAL).is_none(),
-        "the news site: nothing"
-    );
-    ensure!(
-        f.news_udp.next_event(ARRIVAL).is_none(),
-        "news UDP: nothing"
-    );
-    ensure!(dns.connect_tcp(at(NODE_IP6, KUBELET))? == Outcome::Ok);
-    ensure!(
-        f.kubelet6.next_event(ARRIVAL).is_some(),
-        "the kubelet saw it"
-    );
+    refused_every_way(&dns, at(NODE_IP6, NEWS_NODE_PORT))?;
+    nothing_reached(&[&l.news, &l.news_udp])?;
+    connects(&dns, at(NODE_IP6, KUBELET), &l.kubelet6, ARRIVAL)?;
 
     // explain names the Service behind the IPv6 NodePort and its backend.
-    let text = explain(
-        &node,
-        "apps/client",
-        &format!("[{NODE_IP6}]:{WEB_NODE_PORT}/tcp"),
-    )?;
-    ensure!(text.contains(": deny"), "{text}");
-    ensure!(
-        text.contains(&format!(
-            "Service default/web port \"http\" (NodePort [{NODE_IP6}]:{WEB_NODE_PORT}/tcp)"
-        )),
-        "{text}"
-    );
-    ensure!(
-        text.contains(&format!("backend [{}]:8080: deny", WEB_POD.1)),
-        "{text}"
-    );
-    Ok(())
+    let to = format!("[{NODE_IP6}]:{WEB_NODE_PORT}/tcp");
+    let text = explain(&node, "apps/client", &to)?;
+    says(
+        &text,
+        &[
+            ": deny",
+            &format!("Service default/web port \"http\" (NodePort {})", &to),
+            &format!("backend [{}]:8080: deny", WEB_POD.1),
+        ],
+    )
 }
 
 /// Without the nftables backstop, the kernel programs alone keep the IPv6
@@ -574,26 +499,14 @@ fn node_ports_on_the_nodes_ipv6_address_are_judged_by_their_backends() -> anyhow
 /// NodePort.
 #[test]
 fn an_ipv6_service_to_the_internet_stays_closed_without_the_backstop() -> anyhow::Result<()> {
-    require_root();
-    let f = fixture()?;
-    baseline(&f)?;
-    let node = Running::start(f.sim, &["--no-nft"])?;
+    let (node, l) = started(fixture, baseline, &["--no-nft"])?;
     ensure!(!node.sim.has_backstop_table(), "the backstop is off");
     for who in [kube_dns(), test_egress()] {
         let c = node.client(&who)?;
         for to in [at(NEWS_VIP, 80), at(NODE_IP6, NEWS_NODE_PORT)] {
-            ensure!(c.connect_tcp(to)? == Outcome::Eperm, "{who} → {to}");
-            ensure!(c.sendto(to)? == Outcome::Eperm, "{who} → {to} UDP");
-            ensure!(c.raw_udp(to)? == Outcome::Eperm, "{who} → {to} raw");
+            refused_every_way(&c, to).with_context(|| format!("{who}"))?;
         }
     }
-    ensure!(
-        f.news.next_event(ARRIVAL).is_none(),
-        "the news site: nothing"
-    );
-    ensure!(
-        f.news_udp.next_event(ARRIVAL).is_none(),
-        "news UDP: nothing"
-    );
+    nothing_reached(&[&l.news, &l.news_udp])?;
     Ok(())
 }

@@ -5,11 +5,12 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use anyhow::ensure;
-use integration_tests::{node::SimNode, require_root, scenario::Running, Listener, Outcome, Proto};
+use anyhow::{ensure, Context as _};
+use integration_tests::{node::SimNode, Listener, Outcome, Proto};
 
 use super::{
-    apps_client, at, client, explain, kube_dns, kube_proxy, sim_node, test_egress, Dnat, ARRIVAL,
+    apps_client, at, client, connects, explain, kube_dns, kube_proxy, nothing_reached,
+    refused_every_way, says, sim_node, started, test_egress, Dnat, ARRIVAL,
 };
 
 /// kube-dns's ClusterIP, as kubeadm and kind give it.
@@ -187,8 +188,7 @@ fn dnat() -> Vec<Dnat> {
     ]
 }
 
-struct Fixture {
-    sim: SimNode,
+struct Listeners {
     /// The news Service's backend, on the internet.
     news: Listener,
     remote_allowed: Listener,
@@ -199,7 +199,7 @@ struct Fixture {
     node_udp: Listener,
 }
 
-fn fixture() -> anyhow::Result<Fixture> {
+fn fixture() -> anyhow::Result<(SimNode, Listeners)> {
     let sim = sim_node(str::to_owned, &services_yaml())?;
     kube_proxy(sim.node(), &dnat())?;
     sim.node()
@@ -209,51 +209,41 @@ fn fixture() -> anyhow::Result<Fixture> {
         internet.ip(&["addr", "add", &format!("{remote}/32"), "dev", "lo"])?;
     }
     let listen = |ip: Ipv4Addr, port| Listener::start(internet, at(ip, port), Proto::Tcp);
-    Ok(Fixture {
+    let listeners = Listeners {
         news: listen(SimNode::INTERNET_V4, NEWS_BACKEND_PORT)?,
         remote_allowed: listen(REMOTE_ALLOWED, 8080)?,
         remote_denied: listen(REMOTE_DENIED, 8080)?,
         kubelet: Listener::start(sim.node(), at(NODE_IP, KUBELET), Proto::Tcp)?,
         node_udp: Listener::start(sim.node(), at(NODE_IP, WEB_NODE_PORT + 1), Proto::Udp)?,
-        sim,
-    })
+    };
+    Ok((sim, listeners))
 }
 
 /// Without the agent, every path below works: the tests cannot pass
 /// because the simulated kube-proxy is broken.
-fn baseline(f: &Fixture) -> anyhow::Result<()> {
-    let dns = client(&f.sim, &kube_dns())?;
-    ensure!(
-        dns.connect_tcp(at(NEWS_VIP, 80))? == Outcome::Ok,
-        "baseline: news"
-    );
-    ensure!(
-        f.news.next_event(Duration::from_secs(3)).is_some(),
-        "baseline: news arrived"
-    );
-    let sleep = client(&f.sim, &test_egress())?;
-    for (listener, to) in [
-        (&f.remote_allowed, at(REMOTE_ALLOWED, 8080)),
-        (&f.remote_denied, at(REMOTE_DENIED, 8080)),
-        (&f.remote_allowed, at(NODE_IP, ISTIOD_NODE_PORT)),
-        (&f.remote_denied, at(NODE_IP, WEB_NODE_PORT)),
-        (&f.remote_allowed, at(ISTIOD_EXTERNAL_IP, 443)),
-        (&f.remote_allowed, at(ISTIOD_LB_IP, 443)),
-        (&f.news, at(NODE_IP, NEWS_NODE_PORT)),
-        (&f.kubelet, at(NODE_IP, KUBELET)),
+fn baseline(sim: &SimNode, l: &Listeners) -> anyhow::Result<()> {
+    let first = Duration::from_secs(3);
+    let dns = client(sim, &kube_dns())?;
+    connects(&dns, at(NEWS_VIP, 80), &l.news, first).context("baseline")?;
+    let sleep = client(sim, &test_egress())?;
+    for (backend, to) in [
+        (&l.remote_allowed, at(REMOTE_ALLOWED, 8080)),
+        (&l.remote_denied, at(REMOTE_DENIED, 8080)),
+        (&l.remote_allowed, at(NODE_IP, ISTIOD_NODE_PORT)),
+        (&l.remote_denied, at(NODE_IP, WEB_NODE_PORT)),
+        (&l.remote_allowed, at(ISTIOD_EXTERNAL_IP, 443)),
+        (&l.remote_allowed, at(ISTIOD_LB_IP, 443)),
+        (&l.news, at(NODE_IP, NEWS_NODE_PORT)),
+        (&l.kubelet, at(NODE_IP, KUBELET)),
     ] {
-        ensure!(sleep.connect_tcp(to)? == Outcome::Ok, "baseline: {to}");
-        ensure!(
-            listener.next_event(Duration::from_secs(3)).is_some(),
-            "baseline: {to} arrived"
-        );
+        connects(&sleep, to, backend, first).context("baseline")?;
     }
     ensure!(
         sleep.raw_udp(at(NODE_IP, WEB_NODE_PORT + 1))? == Outcome::Ok,
         "baseline: UDP to the node"
     );
     ensure!(
-        f.node_udp.next_event(Duration::from_secs(3)).is_some(),
+        l.node_udp.next_event(first).is_some(),
         "baseline: UDP to the node arrived"
     );
     Ok(())
@@ -261,17 +251,15 @@ fn baseline(f: &Fixture) -> anyhow::Result<()> {
 
 #[test]
 fn services_are_judged_by_their_backends_behind_a_kube_proxy() -> anyhow::Result<()> {
-    require_root();
-    let f = fixture()?;
-    baseline(&f)?;
-    let Fixture {
-        sim,
-        news,
-        remote_allowed,
-        remote_denied,
-        ..
-    } = f;
-    let node = Running::start(sim, &[])?;
+    let (
+        node,
+        Listeners {
+            news,
+            remote_allowed,
+            remote_denied,
+            ..
+        },
+    ) = started(fixture, baseline, &[])?;
 
     // DNS through the kube-dns ClusterIP: the seed policy allows UDP/53 to
     // the kube-dns pods, and that is where the Service leads.
@@ -286,35 +274,27 @@ fn services_are_judged_by_their_backends_behind_a_kube_proxy() -> anyhow::Result
     ensure!(sleep.connect_tcp(at(KUBE_DNS_VIP, 53))? == Outcome::Eperm);
 
     // Pods on another node are peers: istio-system is allowed, default not.
-    ensure!(sleep.connect_tcp(at(REMOTE_ALLOWED, 8080))? == Outcome::Ok);
-    ensure!(
-        remote_allowed.next_event(ARRIVAL).is_some(),
-        "istiod saw it"
-    );
+    connects(&sleep, at(REMOTE_ALLOWED, 8080), &remote_allowed, ARRIVAL)?;
     ensure!(sleep.connect_tcp(at(REMOTE_DENIED, 8080))? == Outcome::Eperm);
-    ensure!(
-        remote_denied.next_event(ARRIVAL).is_none(),
-        "default/web saw nothing"
-    );
+    nothing_reached(&[&remote_denied])?;
 
     // A Service that leads to the internet is the gateway's alone, even
     // for a workload no NetworkPolicy selects.
     let dns = node.client(&kube_dns())?;
     ensure!(dns.connect_tcp(at(NEWS_VIP, 80))? == Outcome::Eperm);
-    ensure!(
-        news.next_event(ARRIVAL).is_none(),
-        "nothing reached the news site"
-    );
+    nothing_reached(&[&news])?;
 
     // explain names the Service and the backend it judged.
     let text = explain(&node, "kube-system/kube-dns", &format!("{NEWS_VIP}:80/tcp"))?;
-    ensure!(text.contains("deny"), "{text}");
-    ensure!(text.contains("Service default/news"), "{text}");
-    ensure!(
-        text.contains(&format!("{}:{NEWS_BACKEND_PORT}", SimNode::INTERNET_V4)),
-        "{text}"
-    );
-    Ok(())
+    let site = SimNode::INTERNET_V4;
+    says(
+        &text,
+        &[
+            "deny",
+            "Service default/news",
+            &format!("{site}:{NEWS_BACKEND_PORT}"),
+        ],
+    )
 }
 
 /// A NodePort is the Service's port on the node's address: judged by its
@@ -322,34 +302,32 @@ fn services_are_judged_by_their_backends_behind_a_kube_proxy() -> anyhow::Result
 /// and load balancer IPs are judged by their backends too.
 #[test]
 fn node_ports_external_and_load_balancer_ips_are_judged_by_their_backends() -> anyhow::Result<()> {
-    require_root();
-    let f = fixture()?;
-    baseline(&f)?;
-    let Fixture {
-        sim,
-        news,
-        remote_allowed,
-        remote_denied,
-        kubelet,
-        node_udp,
-    } = f;
-    let node = Running::start(sim, &[])?;
+    let (
+        node,
+        Listeners {
+            news,
+            remote_allowed,
+            remote_denied,
+            kubelet,
+            node_udp,
+        },
+    ) = started(fixture, baseline, &[])?;
 
     // test-egress/sleep: its policy allows istio-system, not the node. The
     // NodePort to istiod is allowed (an allow inside a denied address),
     // the node's own port is not, nor the NodePort to default/web.
     let sleep = node.client(&test_egress())?;
-    ensure!(sleep.connect_tcp(at(NODE_IP, ISTIOD_NODE_PORT))? == Outcome::Ok);
-    ensure!(
-        remote_allowed.next_event(ARRIVAL).is_some(),
-        "istiod saw the NodePort connection"
-    );
+    connects(
+        &sleep,
+        at(NODE_IP, ISTIOD_NODE_PORT),
+        &remote_allowed,
+        ARRIVAL,
+    )?;
     ensure!(sleep.connect_tcp(at(NODE_IP, KUBELET))? == Outcome::Eperm);
     ensure!(sleep.connect_tcp(at(NODE_IP, WEB_NODE_PORT))? == Outcome::Eperm);
     // External and load balancer IPs lead to istiod too.
     for ip in [ISTIOD_EXTERNAL_IP, ISTIOD_LB_IP] {
-        ensure!(sleep.connect_tcp(at(ip, 443))? == Outcome::Ok, "{ip}");
-        ensure!(remote_allowed.next_event(ARRIVAL).is_some(), "{ip} arrived");
+        connects(&sleep, at(ip, 443), &remote_allowed, ARRIVAL)?;
         ensure!(sleep.connect_tcp(at(ip, 80))? == Outcome::Eperm, "{ip}:80");
     }
 
@@ -358,15 +336,9 @@ fn node_ports_external_and_load_balancer_ips_are_judged_by_their_backends() -> a
     // not reach is not (a deny inside an allowed address), on connect and
     // per packet.
     let apps = node.client(&apps_client())?;
-    ensure!(apps.connect_tcp(at(NODE_IP, KUBELET))? == Outcome::Ok);
-    ensure!(kubelet.next_event(ARRIVAL).is_some(), "the kubelet saw it");
-    ensure!(apps.connect_tcp(at(NODE_IP, WEB_NODE_PORT))? == Outcome::Eperm);
-    ensure!(apps.sendto(at(NODE_IP, WEB_NODE_PORT))? == Outcome::Eperm);
-    ensure!(apps.raw_udp(at(NODE_IP, WEB_NODE_PORT))? == Outcome::Eperm);
-    ensure!(
-        remote_denied.next_event(ARRIVAL).is_none(),
-        "default/web saw nothing"
-    );
+    connects(&apps, at(NODE_IP, KUBELET), &kubelet, ARRIVAL)?;
+    refused_every_way(&apps, at(NODE_IP, WEB_NODE_PORT))?;
+    nothing_reached(&[&remote_denied])?;
     ensure!(apps.raw_udp(at(NODE_IP, WEB_NODE_PORT + 1))? == Outcome::Ok);
     ensure!(
         node_udp.next_event(ARRIVAL).is_some(),
@@ -380,39 +352,24 @@ fn node_ports_external_and_load_balancer_ips_are_judged_by_their_backends() -> a
     ensure!(dns.connect_tcp(at(NODE_IP, NEWS_NODE_PORT))? == Outcome::Eperm);
     ensure!(dns.raw_udp(at(NODE_IP, NEWS_NODE_PORT))? == Outcome::Eperm);
     ensure!(dns.connect_tcp(at(NEWS_EXTERNAL_IP, 80))? == Outcome::Eperm);
-    ensure!(
-        news.next_event(ARRIVAL).is_none(),
-        "nothing reached the news site"
-    );
-    ensure!(dns.connect_tcp(at(NODE_IP, KUBELET))? == Outcome::Ok);
-    ensure!(kubelet.next_event(ARRIVAL).is_some(), "the kubelet saw it");
+    nothing_reached(&[&news])?;
+    connects(&dns, at(NODE_IP, KUBELET), &kubelet, ARRIVAL)?;
     // An external IP's Service port whose backends are inside is inside;
     // the address's other ports are whoever owns it on the internet.
-    ensure!(dns.connect_tcp(at(ISTIOD_EXTERNAL_IP, 443))? == Outcome::Ok);
-    ensure!(
-        remote_allowed.next_event(ARRIVAL).is_some(),
-        "istiod saw it"
-    );
+    connects(&dns, at(ISTIOD_EXTERNAL_IP, 443), &remote_allowed, ARRIVAL)?;
     ensure!(dns.connect_tcp(at(ISTIOD_EXTERNAL_IP, 80))? == Outcome::Eperm);
 
     // explain names the Service behind the NodePort and the backend.
-    let text = explain(
-        &node,
-        "apps/client",
-        &format!("{NODE_IP}:{WEB_NODE_PORT}/tcp"),
-    )?;
-    ensure!(text.contains(": deny"), "{text}");
-    ensure!(
-        text.contains(&format!(
-            "Service default/web port \"http\" (NodePort {NODE_IP}:{WEB_NODE_PORT}/tcp)"
-        )),
-        "{text}"
-    );
-    ensure!(
-        text.contains(&format!("backend {REMOTE_DENIED}:8080: deny")),
-        "{text}"
-    );
-    Ok(())
+    let to = format!("{NODE_IP}:{WEB_NODE_PORT}/tcp");
+    let text = explain(&node, "apps/client", &to)?;
+    says(
+        &text,
+        &[
+            ": deny",
+            &format!("Service default/web port \"http\" (NodePort {to})"),
+            &format!("backend {REMOTE_DENIED}:8080: deny"),
+        ],
+    )
 }
 
 /// Without the nftables backstop, the kernel programs alone keep a
@@ -420,11 +377,7 @@ fn node_ports_external_and_load_balancer_ips_are_judged_by_their_backends() -> a
 /// kube-proxy, which a FORWARD backstop would not see).
 #[test]
 fn a_service_to_the_internet_stays_closed_without_the_backstop() -> anyhow::Result<()> {
-    require_root();
-    let f = fixture()?;
-    baseline(&f)?;
-    let news = f.news;
-    let node = Running::start(f.sim, &["--no-nft"])?;
+    let (node, Listeners { news, .. }) = started(fixture, baseline, &["--no-nft"])?;
     ensure!(!node.sim.has_backstop_table(), "the backstop is off");
     for who in [kube_dns(), test_egress()] {
         let c = node.client(&who)?;
@@ -433,14 +386,9 @@ fn a_service_to_the_internet_stays_closed_without_the_backstop() -> anyhow::Resu
             at(NEWS_EXTERNAL_IP, 80),
             at(NODE_IP, NEWS_NODE_PORT),
         ] {
-            ensure!(c.connect_tcp(to)? == Outcome::Eperm, "{who} → {to}");
-            ensure!(c.sendto(to)? == Outcome::Eperm, "{who} → {to} UDP");
-            ensure!(c.raw_udp(to)? == Outcome::Eperm, "{who} → {to} raw");
+            refused_every_way(&c, to).with_context(|| format!("{who}"))?;
         }
     }
-    ensure!(
-        news.next_event(ARRIVAL).is_none(),
-        "nothing reached the news site"
-    );
+    nothing_reached(&[&news])?;
     Ok(())
 }

@@ -23,14 +23,15 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
+use anyhow::{ensure, Context as _};
 use egress_agent::policy::model::ObjectId;
 use integration_tests::{
     netns::Netns,
     nftns::nft_script,
     node::SimNode,
+    require_root,
     scenario::{copy_seed, id, Running},
-    target_bin, Client, Proto,
+    target_bin, Client, Listener, Outcome, Proto,
 };
 
 const ARRIVAL: Duration = Duration::from_millis(700);
@@ -124,4 +125,55 @@ fn explain(node: &Running, from: &str, to: &str) -> anyhow::Result<String> {
     .args(["--from", from, "--to", to])
     .output()?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `c` connects to `to` over TCP, and `backend` sees the connection.
+fn connects(
+    c: &Client,
+    to: SocketAddr,
+    backend: &Listener,
+    within: Duration,
+) -> anyhow::Result<()> {
+    ensure!(c.connect_tcp(to)? == Outcome::Ok, "{to}: connect");
+    let seen = backend.next_event(within);
+    ensure!(seen.is_some(), "{to}: nothing reached {}", backend.addr());
+    Ok(())
+}
+
+/// `c` is refused `to` (EPERM) by `connect` over TCP, by an unconnected
+/// UDP `sendto` and by a raw socket's datagram.
+fn refused_every_way(c: &Client, to: SocketAddr) -> anyhow::Result<()> {
+    ensure!(c.connect_tcp(to)? == Outcome::Eperm, "{to}: connect");
+    ensure!(c.sendto(to)? == Outcome::Eperm, "{to}: sendto");
+    ensure!(c.raw_udp(to)? == Outcome::Eperm, "{to}: raw");
+    Ok(())
+}
+
+/// Fails unless `text` (explain's) says each of `lines`.
+fn says(text: &str, lines: &[&str]) -> anyhow::Result<()> {
+    for line in lines {
+        ensure!(text.contains(line), "{line:?} is not in:\n{text}");
+    }
+    Ok(())
+}
+
+/// None of `backends` sees anything (within [`ARRIVAL`]).
+fn nothing_reached(backends: &[&Listener]) -> anyhow::Result<()> {
+    for b in backends {
+        ensure!(b.next_event(ARRIVAL).is_none(), "{} saw it", b.addr());
+    }
+    Ok(())
+}
+
+/// The agent running on a node that `fixture` builds (`extra`: its
+/// flags), once `baseline` has shown every path open without it.
+fn started<L>(
+    fixture: impl FnOnce() -> anyhow::Result<(SimNode, L)>,
+    baseline: impl FnOnce(&SimNode, &L) -> anyhow::Result<()>,
+    extra: &[&str],
+) -> anyhow::Result<(Running, L)> {
+    require_root();
+    let (sim, listeners) = fixture()?;
+    baseline(&sim, &listeners)?;
+    Ok((Running::start(sim, extra)?, listeners))
 }
