@@ -141,7 +141,7 @@ pub fn run(
         "test-egress",
         "boot-hammer",
         &[("app", "boot-hammer")],
-        &rollout::hammer_script(internet_ip),
+        &scenario::recorded(&rollout::hammer_script(internet_ip)),
         Some(node.name),
     ))?;
     wait_ready(

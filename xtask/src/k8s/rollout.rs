@@ -43,7 +43,7 @@ pub fn run(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<Option<
         "test-egress",
         "hammer",
         &[("app", "hammer")],
-        &hammer_script(internet_ip),
+        &scenario::recorded(&hammer_script(internet_ip)),
         cluster.app_node,
     ))?;
     wait_ready(k, "test-egress", "pod/hammer", Duration::from_secs(120))?;
@@ -147,7 +147,7 @@ pub fn run(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<Option<
 /// each outcome with the node uptime it was logged at.
 pub fn stop_hammer(k: &Kubectl, pod: &str) -> anyhow::Result<Vec<(String, f64)>> {
     k.exec_in("test-egress", pod, None, "touch /tmp/stop")?;
-    let logs = scenario::logs_until_done(k, "test-egress", pod, Duration::from_secs(30));
+    let logs = scenario::output_until_done(k, "test-egress", pod, Duration::from_secs(30));
     Ok(logs
         .lines()
         .filter_map(|l| {

@@ -758,13 +758,13 @@ fn first_packet(
         "test-egress",
         "first-packet",
         &[("app", "first-packet")],
-        &script,
+        &recorded(&script),
         cluster.app_node,
     );
     let created = (cluster.node_uptime)()?;
     k.apply(&yaml)?;
     // The loop runs 15 s from the container's start.
-    let logs = logs_until_done(k, "test-egress", "first-packet", Duration::from_secs(90));
+    let logs = output_until_done(k, "test-egress", "first-packet", Duration::from_secs(90));
     let attempts: Vec<(f64, &str, &str)> = logs
         .lines()
         .filter_map(|l| {
@@ -832,16 +832,34 @@ fn first_packet(
     Ok(())
 }
 
-/// The log of `namespace/pod`, once it has printed a line `done` (or
-/// after `limit`, as far as it got).
-pub fn logs_until_done(k: &Kubectl, namespace: &str, pod: &str, limit: Duration) -> String {
+/// `script`, with everything it prints also kept in the container, in
+/// `/tmp/out`, for [`output_until_done`] and [`output_of`].
+///
+/// Why not `kubectl logs`: both kubelets of the local cluster write pod
+/// logs to the one /var/log/pods (a path the kubelet does not let us
+/// move), and each kubelet's garbage collection removes the log
+/// directories of pods it does not run, the other node's pods included.
+/// A pod's log can then vanish mid-check, while the file in the container
+/// cannot.
+pub fn recorded(script: &str) -> String {
+    format!("{{\n{script}\n}} 2>&1 | tee /tmp/out")
+}
+
+/// What a [`recorded`] script in `namespace/pod` has printed so far.
+pub fn output_of(k: &Kubectl, namespace: &str, pod: &str) -> String {
+    k.exec_in(namespace, pod, None, "cat /tmp/out 2>/dev/null")
+        .map(|out| out.stdout)
+        .unwrap_or_default()
+}
+
+/// What a [`recorded`] script in `namespace/pod` printed, once it has
+/// printed a line `done` (or after `limit`, as far as it got).
+pub fn output_until_done(k: &Kubectl, namespace: &str, pod: &str, limit: Duration) -> String {
     let start = Instant::now();
     loop {
-        let logs = k
-            .output(&["logs", "-n", namespace, pod])
-            .unwrap_or_default();
-        if logs.lines().any(|l| l.trim() == "done") || start.elapsed() > limit {
-            return logs;
+        let out = output_of(k, namespace, pod);
+        if out.lines().any(|l| l.trim() == "done") || start.elapsed() > limit {
+            return out;
         }
         thread::sleep(Duration::from_millis(500));
     }

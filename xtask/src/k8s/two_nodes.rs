@@ -709,7 +709,7 @@ fn wait_slice(k: &Kubectl, ns: &str, name: &str) -> anyhow::Result<String> {
 /// first instruction, logging `<uptime> web <outcome>` whenever the
 /// outcome changes (the node's clock, which the host reads too).
 fn watch_web(ip: &str) -> String {
-    format!(
+    scenario::recorded(&format!(
         "try() {{ if out=$(timeout 3 nc -w 2 \"$1\" 80 -e true 2>&1); then r=ok; \
          else case \"$out\" in *'not permitted'*) r=EPERM;; *refused*) r=refused;; *) r=fail;; esac; fi; }}\n\
          end=$(( $(cut -d. -f1 /proc/uptime) + 180 )); last=\n\
@@ -718,13 +718,12 @@ fn watch_web(ip: &str) -> String {
          sleep 0.05; done\n\
          echo done\n\
          exec sleep 3600"
-    )
+    ))
 }
 
 /// The `(uptime, outcome)` lines [`watch_web`] logged in `ns/pod`.
 fn web_log(k: &Kubectl, ns: &str, pod: &str) -> Vec<(f64, String)> {
-    k.output(&["logs", "-n", ns, pod])
-        .unwrap_or_default()
+    scenario::output_of(k, ns, pod)
         .lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
@@ -898,7 +897,7 @@ fn tenancy(
     if new_log.is_empty() {
         // Nothing to time from: say why (kubectl's error, the pod's state).
         for args in [
-            &["logs", "-n", "tenant-b", "new"][..],
+            &["exec", "-n", "tenant-b", "new", "--", "cat", "/tmp/out"][..],
             &["get", "pod", "-n", "tenant-b", "new", "-o", "wide"][..],
         ] {
             let shown = k.output(args).unwrap_or_else(|e| format!("{e:#}"));
