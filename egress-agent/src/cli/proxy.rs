@@ -4,16 +4,14 @@
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context as _};
-use egress_agent::{
-    policy::model::ObjectId,
-    proxy::{
-        access_log::{self, AccessLog},
-        allow::{AllowList, SharedAllowList},
-        gateway::Gateway,
-        sidecar::Sidecar,
-        Config, Limits, Mode, Proxy,
-    },
+use egress_agent::proxy::{
+    access_log::{self, AccessLog},
+    allow::{AllowList, SharedAllowList},
+    gateway::Gateway,
+    sidecar::Sidecar,
+    Config, Limits, Mode, Proxy,
 };
+use egress_policy::model::ObjectId;
 
 use super::args::{Output, ProxyArgs, ProxyMode};
 
