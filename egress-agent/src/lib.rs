@@ -7,7 +7,7 @@
 //! without root.
 //!
 //! Each module depends only on those below it: `sys` and `errors` at the
-//! bottom; then `compile`, `resolve`, `proxy`; `dataplane`; `observe`
+//! bottom; then `compile`, `resolve`; `dataplane`; `observe`
 //! (what operators see); `inventory` (what the agent enforces besides
 //! files) and `kubernetes`, which builds it; and [`agent`], the daemon, on
 //! top.
@@ -20,6 +20,5 @@ pub mod errors;
 pub mod inventory;
 pub mod kubernetes;
 pub mod observe;
-pub mod proxy;
 pub mod resolve;
 pub mod sys;

@@ -22,6 +22,7 @@ use std::{
 const CRATES: &[(&str, &str)] = &[
     ("egress-agent", "egress_agent"),
     ("egress-policy", "egress_policy"),
+    ("egress-proxy", "egress_proxy"),
 ];
 
 /// Edges allowed even though they close a cycle. Empty: every entry here
