@@ -49,18 +49,7 @@ fn top_level_modules_have_no_cycles() {
             "the scan found almost no edges; is it reading {}?",
             src.display()
         );
-        for cycle in &cycles(&graph) {
-            report.push_str(&format!("cycle in {dir}: {}\n", cycle.join(" → ")));
-            for pair in cycle.windows(2) {
-                let files = &graph[&pair[0]][&pair[1]];
-                report.push_str(&format!(
-                    "  {} → {}: {}\n",
-                    pair[0],
-                    pair[1],
-                    files.iter().cloned().collect::<Vec<_>>().join(", ")
-                ));
-            }
-        }
+        report_cycles(&mut report, dir, &graph);
     }
     assert!(
         report.is_empty(),
@@ -85,21 +74,27 @@ fn submodules_have_no_cycles() {
             );
         }
         for (parent, graph) in &graphs {
-            for cycle in cycles(graph) {
-                report.push_str(&format!("cycle in {dir} {parent}: {}\n", cycle.join(" → ")));
-                for pair in cycle.windows(2) {
-                    let files = &graph[&pair[0]][&pair[1]];
-                    report.push_str(&format!(
-                        "  {} → {}: {}\n",
-                        pair[0],
-                        pair[1],
-                        files.iter().cloned().collect::<Vec<_>>().join(", ")
-                    ));
-                }
-            }
+            report_cycles(&mut report, &format!("{dir} {parent}"), graph);
         }
     }
     assert!(report.is_empty(), "submodules have cycles:\n{report}");
+}
+
+/// Appends each cycle of `graph` to `report`, with the files that make
+/// each of its edges.
+fn report_cycles(report: &mut String, place: &str, graph: &Graph) {
+    for cycle in cycles(graph) {
+        report.push_str(&format!("cycle in {place}: {}\n", cycle.join(" → ")));
+        for pair in cycle.windows(2) {
+            let files = &graph[&pair[0]][&pair[1]];
+            report.push_str(&format!(
+                "  {} → {}: {}\n",
+                pair[0],
+                pair[1],
+                files.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
 }
 
 /// The scanner itself: a cycle it cannot see is a test that cannot fail.
