@@ -6,10 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::{
-    compile::Guards,
-    policy::{model::ObjectId, Source},
-};
+use crate::compile::Guards;
+use egress_policy::{model::ObjectId, Source};
 
 /// What is added to the policy files at every reload: objects from the
 /// Kubernetes API (as YAML documents, so they go through the same

@@ -1,15 +1,16 @@
 //! The egress enforcer agent, as a library.
 //!
 //! Data flows through the modules in the order the folder tree shows:
-//! [`policy`] (YAML → validated model) → [`compile`] (model → per-workload
-//! plan) → [`dataplane`] (plan → kernel). Everything up to the dataplane is a
-//! pure function of its input, so it is unit-tested without root.
+//! the `egress_policy` crate (YAML → validated model) → [`compile`] (model
+//! → per-workload plan) → [`dataplane`] (plan → kernel). Everything up to
+//! the dataplane is a pure function of its input, so it is unit-tested
+//! without root.
 //!
-//! Each module depends only on those below it: `sys`, `errors` and
-//! `policy` at the bottom; then `compile`, `resolve`, `proxy`; `dataplane`;
-//! `observe` (what operators see); `inventory` (what the agent enforces
-//! besides files) and `kubernetes`, which builds it; and [`agent`], the
-//! daemon, on top.
+//! Each module depends only on those below it: `sys` and `errors` at the
+//! bottom; then `compile`, `resolve`; `dataplane`; `observe`
+//! (what operators see); `inventory` (what the agent enforces besides
+//! files) and `kubernetes`, which builds it; and [`agent`], the daemon, on
+//! top.
 //! `tests/module_cycles.rs` fails on a cycle, here or between submodules.
 
 pub mod agent;
@@ -19,7 +20,5 @@ pub mod errors;
 pub mod inventory;
 pub mod kubernetes;
 pub mod observe;
-pub mod policy;
-pub mod proxy;
 pub mod resolve;
 pub mod sys;

@@ -4,8 +4,7 @@
 
 use std::{fs, path::PathBuf, process::Command};
 
-use egress_agent::policy::{
-    self,
+use egress_policy::{
     ports::{PortMatch, PortRange},
     Diagnostic, Severity, Source,
 };
@@ -22,7 +21,7 @@ fn np(egress: &str) -> String {
 }
 
 fn errors(text: &str) -> Vec<Diagnostic> {
-    match policy::load_sources(&[Source::new("policies/case.yaml", text)]) {
+    match egress_policy::load_sources(&[Source::new("policies/case.yaml", text)]) {
         Ok(loaded) => panic!("expected rejection; warnings: {:#?}", loaded.warnings),
         Err(rejected) => rejected
             .diagnostics
@@ -111,7 +110,7 @@ fn except_outside_cidr() {
 
 /// The warnings of a policy set that must be accepted.
 fn warnings(text: &str) -> Vec<Diagnostic> {
-    match policy::load_sources(&[Source::new("policies/case.yaml", text)]) {
+    match egress_policy::load_sources(&[Source::new("policies/case.yaml", text)]) {
         Ok(loaded) => loaded.warnings,
         Err(rejected) => panic!("expected acceptance: {:#?}", rejected.diagnostics),
     }
@@ -256,7 +255,7 @@ fn yaml11_numbers_are_enforced_as_kubectl_reads_them() {
         let text = np(&format!(
             "  - ports:\n    - port: {written}\n      protocol: TCP\n"
         ));
-        let loaded = policy::load_sources(&[Source::new("policies/case.yaml", text)])
+        let loaded = egress_policy::load_sources(&[Source::new("policies/case.yaml", text)])
             .unwrap_or_else(|r| panic!("{written}: {r:#?}"));
         let spec = &loaded.model.network_policies[0].egress[0].ports[0];
         let range = PortRange::new(port, port).expect("a port");
@@ -302,8 +301,8 @@ fn wrong_type_has_path_and_line() {
 #[test]
 fn selector_matching_nothing_is_a_warning() {
     let text = np("  - to:\n    - podSelector: {matchLabels: {app: ghost}}\n");
-    let loaded =
-        policy::load_sources(&[Source::new("policies/case.yaml", text)]).expect("only a warning");
+    let loaded = egress_policy::load_sources(&[Source::new("policies/case.yaml", text)])
+        .expect("only a warning");
     assert_eq!(loaded.warnings.len(), 1, "{:#?}", loaded.warnings);
     let w = loaded.warnings[0].to_string();
     for f in [
@@ -355,7 +354,7 @@ fn duplicate_object_names() {
 fn duplicates_across_files_name_both_files() {
     let a = Source::new("a.yaml", NS);
     let b = Source::new("b.yaml", NS.trim_end_matches("---\n"));
-    let err = policy::load_sources(&[a, b]).expect_err("duplicate namespace");
+    let err = egress_policy::load_sources(&[a, b]).expect_err("duplicate namespace");
     let rendered = err.diagnostics[0].to_string();
     assert!(
         rendered.starts_with("b.yaml:") && rendered.contains("already defined at a.yaml:1"),

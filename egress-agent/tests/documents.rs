@@ -10,10 +10,8 @@
 
 use std::{fs, path::Path, process::Command};
 
-use egress_agent::{
-    compile::compile,
-    policy::{self, Source},
-};
+use egress_agent::compile::compile;
+use egress_policy::Source;
 use proptest::prelude::*;
 
 /// The shipped policy set, as `(file name, text)`.
@@ -41,7 +39,7 @@ fn plan_of(files: &[(String, String)]) -> serde_json::Value {
         .iter()
         .map(|(name, text)| Source::new(name, text.as_str()))
         .collect();
-    let loaded = policy::load_sources(&sources).unwrap_or_else(|r| panic!("rejected: {r}"));
+    let loaded = egress_policy::load_sources(&sources).unwrap_or_else(|r| panic!("rejected: {r}"));
     serde_json::to_value(compile(&loaded.model)).expect("plans serialize")
 }
 
@@ -85,7 +83,7 @@ fn a_non_ascii_comment_before_a_trailing_separator_changes_nothing() {
 fn the_twelve_byte_reproducer_is_a_finding_or_nothing_not_a_panic() {
     let text = String::from_utf8(b"\xe0\xb7\x9c\xe0\xba\x80\xde\x95\n---".to_vec()).unwrap();
     // Loading must return (accepted or rejected), not unwind.
-    let _ = policy::load_sources(&[Source::new("d/x.yaml", text.clone())]);
+    let _ = egress_policy::load_sources(&[Source::new("d/x.yaml", text.clone())]);
 
     let dir = tempdir("twelve");
     fs::write(dir.join("x.yaml"), &text).unwrap();
@@ -156,14 +154,14 @@ kind: Namespace
 metadata:
   name: ☕
 ";
-    let rejected = policy::load_sources(&[Source::new("p/ns.yaml", text)])
+    let rejected = egress_policy::load_sources(&[Source::new("p/ns.yaml", text)])
         .expect_err("a Namespace name must be a DNS label");
     assert_eq!(rejected.diagnostics.len(), 1, "{rejected}");
     let rendered = rejected.to_string();
     assert!(rendered.contains("p/ns.yaml:11:"), "{rendered}");
 
     let valid = text.replace("name: ☕", "name: ok");
-    let loaded = policy::load_sources(&[Source::new("p/ns.yaml", valid)]).expect("valid");
+    let loaded = egress_policy::load_sources(&[Source::new("p/ns.yaml", valid)]).expect("valid");
     let prod = &loaded.model.namespaces["prod"];
     assert_eq!(
         prod.labels.get("team").map(String::as_str),
@@ -183,8 +181,8 @@ fn yaml_1_1_line_breaks_end_comments_and_lines_as_kubectl_reads_them() {
             "apiVersion: v1\nkind: Namespace\nmetadata: {{name: a}}\n# end of a{brk}---\n\
              apiVersion: v1\nkind: Namespace\nmetadata: {{name: b}}\n"
         );
-        let loaded =
-            policy::load_sources(&[Source::new("ns.yaml", text.as_str())]).unwrap_or_else(|r| {
+        let loaded = egress_policy::load_sources(&[Source::new("ns.yaml", text.as_str())])
+            .unwrap_or_else(|r| {
                 panic!(
                     "U+{:04X}: two Namespaces, as kubectl reads it: {r}",
                     brk as u32
@@ -197,7 +195,7 @@ fn yaml_1_1_line_breaks_end_comments_and_lines_as_kubectl_reads_them() {
         // is `metadata:` of the second document (the break made `---`
         // line 5).
         let bad = text.replace("name: b", "name: B_");
-        let rejected = policy::load_sources(&[Source::new("ns.yaml", bad)])
+        let rejected = egress_policy::load_sources(&[Source::new("ns.yaml", bad)])
             .expect_err("an invalid Namespace name");
         let rendered = rejected.to_string();
         assert!(
@@ -208,7 +206,7 @@ fn yaml_1_1_line_breaks_end_comments_and_lines_as_kubectl_reads_them() {
     }
     // After a `\r`, the break is a line of its own (CR, then NEL: two).
     let text = "apiVersion: v1\r\u{85}kind: Namespace\nmetadata: {name: B_}\n";
-    let rendered = policy::load_sources(&[Source::new("cr.yaml", text)])
+    let rendered = egress_policy::load_sources(&[Source::new("cr.yaml", text)])
         .expect_err("an invalid Namespace name")
         .to_string();
     assert!(rendered.contains("cr.yaml:4:"), "{rendered}");
@@ -315,7 +313,7 @@ fn inputs_the_fuzzer_crashed_on_are_findings_not_panics() {
         let Ok(text) = std::str::from_utf8(&bytes) else {
             continue;
         };
-        match policy::load_sources(&[Source::new("fuzz.yaml", text)]) {
+        match egress_policy::load_sources(&[Source::new("fuzz.yaml", text)]) {
             Ok(loaded) => {
                 let _ = serde_json::to_string(&compile(&loaded.model));
             }

@@ -1,13 +1,15 @@
-//! The crate's top-level modules must form a layered graph: each module may
-//! use only those below it, so that a newcomer can read the tree in the
+//! Each crate's top-level modules must form a layered graph: each module
+//! may use only those below it, so that a newcomer can read the tree in the
 //! order data flows (policy → compile → dataplane → agent → cli) and a
 //! change to a low module cannot be entangled with its consumers.
 //!
-//! This scans `src/` for `crate::<module>` paths (and, in the binary's
-//! `cli`, `egress_agent::<module>` paths), builds the graph of top-level
-//! modules and fails on any cycle, printing it with the files that make
-//! each edge. Comments are ignored: a doc link to a higher module is not a
-//! dependency.
+//! This scans a crate's `src/` for `crate::`, `super::` and `self::` paths
+//! (and, in the agent's binary, `egress_agent::` paths), builds the graph
+//! of top-level modules and fails on any cycle, printing it with the files
+//! that make each edge. Comments are ignored: a doc link to a higher module
+//! is not a dependency. The libraries split out of the agent
+//! (`egress-policy`, `egress-proxy`) are scanned too: their modules were
+//! the agent's `policy` and `proxy` submodules, held to the same rule.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,20 +17,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// Top-level modules of the crate (the library's and the binary's `cli`).
-const MODULES: &[&str] = &[
-    "agent",
-    "cli",
-    "compile",
-    "dataplane",
-    "errors",
-    "inventory",
-    "kubernetes",
-    "observe",
-    "policy",
-    "proxy",
-    "resolve",
-    "sys",
+/// The crates scanned, by directory, each with the name its binary (if it
+/// has one) uses for its library.
+const CRATES: &[(&str, &str)] = &[
+    ("egress-agent", "egress_agent"),
+    ("egress-policy", "egress_policy"),
+    ("egress-proxy", "egress_proxy"),
 ];
 
 /// Edges allowed even though they close a cycle. Empty: every entry here
@@ -37,32 +31,30 @@ const ALLOWED: &[(&str, &str)] = &[];
 
 type Graph = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
 
+fn src_of(dir: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(dir)
+        .join("src")
+}
+
 #[test]
 fn top_level_modules_have_no_cycles() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let graph = module_graph(&src);
-    assert!(
-        graph.values().map(|to| to.len()).sum::<usize>() > 5,
-        "the scan found almost no edges; is it reading {}?",
-        src.display()
-    );
-    let cycles = cycles(&graph);
-    if !cycles.is_empty() {
-        let mut report = String::new();
-        for cycle in &cycles {
-            report.push_str(&format!("cycle: {}\n", cycle.join(" → ")));
-            for pair in cycle.windows(2) {
-                let files = &graph[&pair[0]][&pair[1]];
-                report.push_str(&format!(
-                    "  {} → {}: {}\n",
-                    pair[0],
-                    pair[1],
-                    files.iter().cloned().collect::<Vec<_>>().join(", ")
-                ));
-            }
-        }
-        panic!("the top-level module graph has cycles:\n{report}");
+    let mut report = String::new();
+    for (dir, lib) in CRATES {
+        let src = src_of(dir);
+        let graph = module_graph(&src, lib);
+        assert!(
+            graph.values().map(|to| to.len()).sum::<usize>() > 2,
+            "the scan found almost no edges; is it reading {}?",
+            src.display()
+        );
+        report_cycles(&mut report, dir, &graph);
     }
+    assert!(
+        report.is_empty(),
+        "the top-level module graph has cycles:\n{report}"
+    );
 }
 
 /// Inside each module, its submodules must not form a cycle either (for
@@ -70,29 +62,39 @@ fn top_level_modules_have_no_cycles() {
 /// `counters` ⇄ `ruleset`): each graph of siblings is checked on its own.
 #[test]
 fn submodules_have_no_cycles() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let graphs = submodule_graphs(&src);
-    assert!(
-        graphs.contains_key("compile"),
-        "the scan found no edges inside compile: is it reading {}?",
-        src.display()
-    );
     let mut report = String::new();
-    for (parent, graph) in &graphs {
-        for cycle in cycles(graph) {
-            report.push_str(&format!("cycle in {parent}: {}\n", cycle.join(" → ")));
-            for pair in cycle.windows(2) {
-                let files = &graph[&pair[0]][&pair[1]];
-                report.push_str(&format!(
-                    "  {} → {}: {}\n",
-                    pair[0],
-                    pair[1],
-                    files.iter().cloned().collect::<Vec<_>>().join(", ")
-                ));
-            }
+    for (dir, lib) in CRATES {
+        let src = src_of(dir);
+        let graphs = submodule_graphs(&src, lib);
+        if *dir == "egress-agent" {
+            assert!(
+                graphs.contains_key("compile"),
+                "the scan found no edges inside compile: is it reading {}?",
+                src.display()
+            );
+        }
+        for (parent, graph) in &graphs {
+            report_cycles(&mut report, &format!("{dir} {parent}"), graph);
         }
     }
     assert!(report.is_empty(), "submodules have cycles:\n{report}");
+}
+
+/// Appends each cycle of `graph` to `report`, with the files that make
+/// each of its edges.
+fn report_cycles(report: &mut String, place: &str, graph: &Graph) {
+    for cycle in cycles(graph) {
+        report.push_str(&format!("cycle in {place}: {}\n", cycle.join(" → ")));
+        for pair in cycle.windows(2) {
+            let files = &graph[&pair[0]][&pair[1]];
+            report.push_str(&format!(
+                "  {} → {}: {}\n",
+                pair[0],
+                pair[1],
+                files.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
 }
 
 /// The scanner itself: a cycle it cannot see is a test that cannot fail.
@@ -100,10 +102,15 @@ fn submodules_have_no_cycles() {
 fn the_scanner_sees_grouped_imports_and_ignores_comments() {
     let text = "//! See [`crate::agent`].\n\
                 use crate::{compile::Plan, observe::{self, Status}};\n\
+                use super::dataplane::Dataplane;\n\
+                use egress_agent::resolve;\n\
                 /// Not a use: crate::kubernetes\n\
                 fn f() { crate::sys::now(); } // crate::proxy\n";
-    let found: BTreeSet<String> = references(text).into_iter().collect();
-    let expected: BTreeSet<String> = ["compile", "observe", "sys"]
+    let found: BTreeSet<String> = paths(text, &["cli".to_string()], "egress_agent")
+        .into_iter()
+        .filter_map(|p| p.first().cloned())
+        .collect();
+    let expected: BTreeSet<String> = ["compile", "dataplane", "observe", "resolve", "sys"]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -121,21 +128,32 @@ fn the_scanner_sees_grouped_imports_and_ignores_comments() {
     assert_eq!(cycles(&graph), vec![vec!["a", "b", "c", "a"]]);
 }
 
-fn module_graph(src: &Path) -> Graph {
+/// The graph of a crate's top-level modules: `src/x.rs` and `src/x/` are
+/// module `x`; the binary's root (`main.rs`) declares `mod cli` and is
+/// part of it, and names the library as `lib`.
+fn module_graph(src: &Path, lib: &str) -> Graph {
+    let files = rust_files(src);
+    let modules: BTreeSet<String> = files
+        .iter()
+        .map(|f| top_level(&module_path(f.strip_prefix(src).unwrap())))
+        .collect();
     let mut graph = Graph::new();
-    for file in rust_files(src) {
+    for file in &files {
         let rel = file.strip_prefix(src).unwrap();
-        let first = rel.components().next().unwrap().as_os_str();
-        let first = first.to_string_lossy();
-        let from = match first.trim_end_matches(".rs") {
-            // The binary's root declares `mod cli` and is part of it.
-            "main" => "cli".to_string(),
-            m if MODULES.contains(&m) => m.to_string(),
-            _ => continue,
-        };
-        let text = fs::read_to_string(&file).unwrap();
-        for to in references(&text) {
-            if to != from && !ALLOWED.contains(&(from.as_str(), to.as_str())) {
+        let here = module_path(rel);
+        let from = top_level(&here);
+        if from == "lib" {
+            continue; // the crate root declares every module
+        }
+        let text = fs::read_to_string(file).unwrap();
+        for to in paths(&text, &here, lib) {
+            let Some(to) = to.into_iter().next() else {
+                continue;
+            };
+            if to != from
+                && modules.contains(&to)
+                && !ALLOWED.contains(&(from.as_str(), to.as_str()))
+            {
                 graph
                     .entry(from.clone())
                     .or_default()
@@ -146,6 +164,14 @@ fn module_graph(src: &Path) -> Graph {
         }
     }
     graph
+}
+
+/// The top-level module a file's module path belongs to.
+fn top_level(path: &[String]) -> String {
+    match path[0].as_str() {
+        "main" => "cli".to_string(),
+        m => m.to_string(),
+    }
 }
 
 /// The module path of a file: `compile/plan.rs` is `compile::plan`,
@@ -164,7 +190,7 @@ fn module_path(rel: &Path) -> Vec<String> {
 /// For each module with submodules, the graph of its direct submodules:
 /// an edge `a → b` when code in `a` (or below it) names something in its
 /// sibling `b` (or below it), through `crate::`, `super::` or `self::`.
-fn submodule_graphs(src: &Path) -> BTreeMap<String, Graph> {
+fn submodule_graphs(src: &Path, lib: &str) -> BTreeMap<String, Graph> {
     let files = rust_files(src);
     let modules: BTreeSet<Vec<String>> = files
         .iter()
@@ -178,7 +204,7 @@ fn submodule_graphs(src: &Path) -> BTreeMap<String, Graph> {
             continue; // top level: the other test
         }
         let text = fs::read_to_string(file).unwrap();
-        for to in paths(&text, &from) {
+        for to in paths(&text, &from, lib) {
             let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
             if common == 0 || common >= from.len() || common >= to.len() {
                 continue; // another top-level module, or an ancestor
@@ -200,10 +226,10 @@ fn submodule_graphs(src: &Path) -> BTreeMap<String, Graph> {
     graphs
 }
 
-/// The absolute paths a file's code names with `crate::`, `super::` and
-/// `self::` (groups expanded to their first segment), for the module at
-/// `here`.
-fn paths(text: &str, here: &[String]) -> Vec<Vec<String>> {
+/// The absolute paths a file's code names with `crate::`, `super::`,
+/// `self::` and `LIB::` (the binary naming its library; groups expanded to
+/// their first segment), for the module at `here`.
+fn paths(text: &str, here: &[String], lib: &str) -> Vec<Vec<String>> {
     let code: String = text
         .lines()
         .map(strip_comment)
@@ -221,6 +247,7 @@ fn paths(text: &str, here: &[String]) -> Vec<Vec<String>> {
         rest = &rest[i + 2..];
         let mut base: Vec<String> = match first {
             "crate" => vec![],
+            l if l == lib => vec![],
             "self" => here.to_vec(),
             "super" => here[..here.len().saturating_sub(1)].to_vec(),
             _ => continue,
@@ -294,62 +321,6 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
-}
-
-/// The top-level modules a file's code (not its comments) refers to.
-fn references(text: &str) -> Vec<String> {
-    let code: String = text
-        .lines()
-        .map(strip_comment)
-        .collect::<Vec<_>>()
-        .join("\n");
-    let mut out = Vec::new();
-    for prefix in ["crate::", "egress_agent::"] {
-        let mut rest = code.as_str();
-        while let Some(i) = rest.find(prefix) {
-            let before = rest[..i].chars().next_back();
-            rest = &rest[i + prefix.len()..];
-            // `my_crate::x` is not `crate::x`.
-            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-                continue;
-            }
-            if let Some(group) = rest.strip_prefix('{') {
-                out.extend(group_heads(group));
-            } else {
-                out.push(ident(rest));
-            }
-        }
-    }
-    out.retain(|m| MODULES.contains(&m.as_str()));
-    out
-}
-
-/// The first path segment of every item in `a, b::c, d::{e, f}}`, up to
-/// the brace that closes the group.
-fn group_heads(group: &str) -> Vec<String> {
-    let mut heads = Vec::new();
-    let mut depth = 0;
-    let mut at_item = true;
-    for (i, c) in group.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' if depth == 0 => break,
-            '}' => depth -= 1,
-            ',' if depth == 0 => at_item = true,
-            c if at_item && (c.is_alphabetic() || c == '_') => {
-                heads.push(ident(&group[i..]));
-                at_item = false;
-            }
-            _ => {}
-        }
-    }
-    heads
-}
-
-fn ident(s: &str) -> String {
-    s.chars()
-        .take_while(|c| c.is_alphanumeric() || *c == '_')
-        .collect()
 }
 
 /// A line without its `//` comment. A `//` inside a string literal (a URL)

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use egress_agent::proxy::proxy_protocol;
+use egress_proxy::proxy_protocol;
 
 const PATIENCE: Duration = Duration::from_secs(10);
 

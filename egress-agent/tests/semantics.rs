@@ -4,10 +4,8 @@
 //! documentation; the verdict is read from the compiled plan, the same data
 //! the kernel is programmed with.
 
-use egress_agent::{
-    compile::{self, Destination, Reason, Verdict},
-    policy::{self, ports::Protocol, Source},
-};
+use egress_agent::compile::{self, Destination, Reason, Verdict};
+use egress_policy::{ports::Protocol, Source};
 
 /// The cluster every case starts from.
 const BASE: &str = r#"
@@ -95,7 +93,7 @@ fn verdict(objects: &[String], from: &str, to: &str) -> String {
         text.push_str("\n---\n");
         text.push_str(o);
     }
-    let loaded = match policy::load_sources(&[Source::new("case.yaml", text)]) {
+    let loaded = match egress_policy::load_sources(&[Source::new("case.yaml", text)]) {
         Ok(l) => l,
         Err(e) => panic!("case policy invalid: {:#?}", e.diagnostics),
     };
@@ -330,7 +328,7 @@ fn semantics_table() {
 #[test]
 fn seed_flows_explain_as_documented() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    let loaded = policy::load(&[dir]).expect("policies/ is valid");
+    let loaded = egress_policy::load(&[dir]).expect("policies/ is valid");
     assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
     let plan = compile::compile(&loaded.model);
     let ask = |from: &str, ip: &str, port, protocol| {
@@ -610,7 +608,7 @@ fn pods_on_other_nodes_are_peers_but_never_enforced_here() {
     let mut text = BASE.to_owned();
     text.push_str("\n---\n");
     text.push_str(&remote);
-    let loaded = policy::load_sources(&[Source::new("case.yaml", text)]).expect("valid");
+    let loaded = egress_policy::load_sources(&[Source::new("case.yaml", text)]).expect("valid");
     let plan = compile::compile(&loaded.model);
     assert!(plan.workload(&"prod/remote-web".parse().unwrap()).is_none());
 }

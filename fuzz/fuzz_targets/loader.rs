@@ -1,6 +1,6 @@
 //! The whole policy loader, from a file's bytes to the compiled plan: the
 //! path every policy file takes in `egress-agent check` and in the running
-//! agent (`policy::load` → `compile::compile`). Any panic is a bug: a bad
+//! agent (`egress_policy::load` → `compile::compile`). Any panic is a bug: a bad
 //! file must become diagnostics, never a crash of the agent.
 //!
 //! The input is one file. Cross-object checks (selectors, workloads,
@@ -11,10 +11,8 @@
 
 #![no_main]
 
-use egress_agent::{
-    compile::compile,
-    policy::{self, Source},
-};
+use egress_agent::compile::compile;
+use egress_policy::{self, Source};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -23,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match policy::load_sources(&[Source::new("fuzz.yaml", text)]) {
+    match egress_policy::load_sources(&[Source::new("fuzz.yaml", text)]) {
         Ok(loaded) => {
             // Rendering a warning walks to its location.
             for warning in &loaded.warnings {

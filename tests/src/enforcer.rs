@@ -16,8 +16,8 @@ use anyhow::{anyhow, Context as _};
 use egress_agent::{
     compile::{self, Plan},
     dataplane::{cgroup_ids, ApplyStats, Dataplane, MapImage},
-    policy::{self, model::ObjectId, Source},
 };
+use egress_policy::{model::ObjectId, Source};
 
 use crate::{
     pins::PinDir,
@@ -97,7 +97,7 @@ impl Enforced {
 
     /// Compiles `yaml` and creates its workloads' cgroups.
     pub fn plan(&self, yaml: &str) -> anyhow::Result<Plan> {
-        let loaded = policy::load_sources(&[Source::new("scenario.yaml", self.yaml(yaml))])
+        let loaded = egress_policy::load_sources(&[Source::new("scenario.yaml", self.yaml(yaml))])
             .map_err(|e| anyhow!("scenario policy invalid: {:#?}", e.diagnostics))?;
         let plan = compile::compile(&loaded.model);
         for w in &plan.workloads {

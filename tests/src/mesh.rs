@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _};
-use egress_agent::policy::model::ObjectId;
+use egress_policy::model::ObjectId;
 use serde::Deserialize;
 
 use crate::{nftns::in_netns, node::SimNode};

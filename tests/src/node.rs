@@ -84,12 +84,11 @@ use egress_agent::dataplane::cgroup_relative;
 use egress_agent::{
     compile::{self, Plan, WorkloadPlan},
     dataplane::{nft::Backstop, nft::BackstopCounts, Dataplane},
-    policy::{
-        self,
-        model::{Model, ObjectId},
-        ports::Protocol,
-    },
     resolve::dns_names,
+};
+use egress_policy::{
+    model::{Model, ObjectId},
+    ports::Protocol,
 };
 use ipnet::IpNet;
 
@@ -1179,7 +1178,7 @@ impl Drop for SimNode {
 /// Loads policies, turning a rejection into one error listing every
 /// finding.
 fn load(paths: &[PathBuf]) -> anyhow::Result<Model> {
-    match policy::load(paths) {
+    match egress_policy::load(paths) {
         Ok(loaded) => Ok(loaded.model),
         Err(rejected) => {
             let mut text = String::new();
@@ -1238,7 +1237,7 @@ fn rebase_policies(
 ) -> anyhow::Result<()> {
     use serde::Deserialize as _;
 
-    let files = policy::source::discover(sources).map_err(|d| anyhow!("{d}"))?;
+    let files = egress_policy::source::discover(sources).map_err(|d| anyhow!("{d}"))?;
     for (i, file) in files.iter().enumerate() {
         let text =
             fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use egress_agent::policy::model::ObjectId;
+use egress_policy::model::ObjectId;
 
 use crate::{agent::Agent, node::SimNode, Client, Listener, Proto};
 

@@ -10,8 +10,8 @@ use std::{
 use egress_agent::{
     compile::RuleRef,
     dataplane::{Hook, Reason, VerdictKind},
-    policy::model::ObjectId,
 };
+use egress_policy::model::ObjectId;
 use integration_tests::policies::isolated_client;
 use integration_tests::{Enforced, Listener, Outcome, Proto, Resolved, TestNet};
 

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use egress_agent::policy::model::ObjectId;
+use egress_policy::model::ObjectId;
 use integration_tests::{
     agent::agent_exe,
     names,

@@ -14,7 +14,7 @@
 use std::{thread, time::Duration};
 
 use anyhow::{ensure, Context as _};
-use egress_agent::policy::model::ObjectId;
+use egress_policy::model::ObjectId;
 use integration_tests::{
     node::SimNode,
     require_root,

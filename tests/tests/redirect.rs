@@ -17,8 +17,8 @@ use std::{
 use egress_agent::{
     compile::{self, Destination, Verdict},
     dataplane::{FlowEvent, Hook, Reason},
-    policy::ports::Protocol,
 };
+use egress_policy::ports::Protocol;
 use integration_tests::{probe::EchoServer, Enforced, Listener, Outcome, Proto, TestNet};
 
 const ARRIVAL: Duration = Duration::from_secs(2);

@@ -20,10 +20,8 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use egress_agent::{
-    dataplane::{Dataplane, FlowEvent},
-    policy::model::ObjectId,
-};
+use egress_agent::dataplane::{Dataplane, FlowEvent};
+use egress_policy::model::ObjectId;
 use integration_tests::{
     require_root,
     scenario::{id, Running},

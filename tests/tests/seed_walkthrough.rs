@@ -10,7 +10,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{ensure, Context as _};
-use egress_agent::policy::model::ObjectId;
+use egress_policy::model::ObjectId;
 use integration_tests::{
     agent::agent_exe,
     mesh::{counter, AccessLine, Mesh},

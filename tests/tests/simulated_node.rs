@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _};
-use egress_agent::policy::model::ObjectId;
+use egress_policy::model::ObjectId;
 use integration_tests::{
     bpftool::{attached_ids, map_exists, program_exists, program_map_ids},
     node::SimNode,

@@ -18,11 +18,11 @@ use crate::{
         VerdictKind,
     },
     observe::{self, KernelView},
-    policy::model::ObjectId,
     resolve::ResolvedHosts,
     sys,
 };
 use egress_common::{capacity, EventConfig, EventStat};
+use egress_policy::model::ObjectId;
 
 /// Why the kernel could not be programmed.
 #[derive(Debug, thiserror::Error)]

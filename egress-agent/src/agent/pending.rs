@@ -130,10 +130,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{
-        compile::{self, Guards},
-        policy::{self, model::ObjectId, Source},
-    };
+    use crate::compile::{self, Guards};
+    use egress_policy::{model::ObjectId, Source};
 
     const KNOWN: &str = "0b6a3c1e-8a52-4f1e-9c1a-2f4d5e6a7b8c";
     const NEW: &str = "5d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a";
@@ -153,7 +151,7 @@ mod tests {
                 )
             })
             .collect();
-        let loaded = policy::load_sources(&docs).expect("valid");
+        let loaded = egress_policy::load_sources(&docs).expect("valid");
         compile::compile(&loaded.model).guarded(&Guards {
             pending: vec!["kubepods".into()],
             exempt: Vec::new(),

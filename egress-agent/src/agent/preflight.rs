@@ -16,7 +16,7 @@ use std::{
 
 use tracing::{error, warn};
 
-use crate::policy::{Rejected, Severity};
+use egress_policy::{Rejected, Severity};
 
 /// Capabilities `run` needs, as bit numbers of `CapEff`.
 const CAP_NET_ADMIN: u32 = 12;
@@ -122,7 +122,7 @@ pub fn check_inputs(inputs: &Inputs<'_>) -> Result<Checked, PreflightError> {
         .transpose()?;
     let mut start_not_ready = false;
     if !inputs.kubernetes {
-        if let Err(rejected) = crate::policy::load(inputs.policies) {
+        if let Err(rejected) = egress_policy::load(inputs.policies) {
             for d in &rejected.diagnostics {
                 match d.severity {
                     Severity::Error => error!(target: "policy", "{d}"),

@@ -34,12 +34,11 @@ pub use crate::observe::status::{Finding, Held, Quarantined};
 use crate::{
     compile::{self, Plan},
     dataplane::{port_overflows, PortOverflow, MAX_PORTS_PER_PREFIX},
-    policy::{
-        self,
-        diagnostic::{FieldPath, Location, ObjectRef},
-        model::Model,
-        Diagnostic, Loaded, Rejected, Source,
-    },
+};
+use egress_policy::{
+    diagnostic::{FieldPath, Location, ObjectRef},
+    model::Model,
+    Diagnostic, Loaded, Rejected, Source,
 };
 
 /// A successful load, with what was quarantined to get there.
@@ -75,7 +74,7 @@ pub fn load(
     let mut quarantined: Vec<Quarantined> = Vec::new();
     let (mut invalid_rounds, mut limit_rounds) = (0, 0);
     loop {
-        let errors: Vec<Diagnostic> = match policy::load_with(paths, &current) {
+        let errors: Vec<Diagnostic> = match egress_policy::load_with(paths, &current) {
             Ok(loaded) => {
                 let plan = compile::compile(&loaded.model);
                 let overflows = port_overflows(&plan);
@@ -232,7 +231,7 @@ fn blame(
     for o in overflows {
         // The policies with entries in the list, most entries first, each
         // with its largest rule (the field the finding names).
-        let mut policies: Vec<(&policy::model::NetworkPolicy, usize, usize)> = Vec::new();
+        let mut policies: Vec<(&egress_policy::model::NetworkPolicy, usize, usize)> = Vec::new();
         for (rule, n) in &o.rules {
             let Some(np) = model.network_policies.iter().find(|p| p.id == rule.policy) else {
                 continue;
@@ -247,7 +246,7 @@ fn blame(
             "{} (protocol, port) entries for {}; the kernel checks at most {MAX_PORTS_PER_PREFIX} per prefix (merge ports into ranges, or split the rules across CIDRs)",
             o.entries, o.prefix
         );
-        let on_policy = |(np, n, index): &(&policy::model::NetworkPolicy, usize, usize)| {
+        let on_policy = |(np, n, index): &(&egress_policy::model::NetworkPolicy, usize, usize)| {
             let others: Vec<String> = policies
                 .iter()
                 .filter(|(p, _, _)| p.id != np.id)
@@ -387,7 +386,7 @@ mod tests {
             crate::compile::Destination {
                 ip: ip.parse().unwrap(),
                 port: 80,
-                protocol: policy::ports::Protocol::Tcp,
+                protocol: egress_policy::ports::Protocol::Tcp,
             },
         )
         .verdict
@@ -463,7 +462,7 @@ mod tests {
             crate::compile::Destination {
                 ip: "10.0.0.1".parse().unwrap(),
                 port,
-                protocol: policy::ports::Protocol::Tcp,
+                protocol: egress_policy::ports::Protocol::Tcp,
             },
         )
         .verdict

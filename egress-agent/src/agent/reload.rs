@@ -15,11 +15,8 @@ use super::{
     quarantine::{self, Held},
     state::{AgentState, ApplyFailure, ApplyTrigger, Generation, ReloadOutcome},
 };
-use crate::{
-    compile::Plan,
-    policy::{Severity, Source},
-    resolve::ResolvedHosts,
-};
+use crate::{compile::Plan, resolve::ResolvedHosts};
+use egress_policy::{Severity, Source};
 
 /// Programs the kernel with a plan. Implementations must be atomic: on
 /// error, whatever was in force before stays in force, in every layer

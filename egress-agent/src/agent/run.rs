@@ -15,9 +15,9 @@ use crate::{
     compile::{Egress, Plan},
     kubernetes::events::{Rejection, Report},
     observe::{metrics, EventHub, Query, Status},
-    policy::model::ObjectId,
     resolve::{dns_names, HostResolver, ResolverSettings},
 };
+use egress_policy::model::ObjectId;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -247,7 +247,7 @@ async fn resolve_first<E: Enforcer>(
     hosts: &mut tokio::sync::watch::Receiver<crate::resolve::ResolvedHosts>,
     wait: Duration,
 ) {
-    let Ok(loaded) = crate::policy::load(paths) else {
+    let Ok(loaded) = egress_policy::load(paths) else {
         return; // the first reload reports the errors
     };
     let names = dns_names(&crate::compile::compile(&loaded.model));

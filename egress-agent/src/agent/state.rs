@@ -14,8 +14,8 @@ use crate::{
         wallclock::rfc3339,
         EventHub, KernelView, Status,
     },
-    policy::Diagnostic,
 };
+use egress_policy::Diagnostic;
 
 /// One applied policy set. Generations count up from 1 for the life of the
 /// agent process.
@@ -169,7 +169,7 @@ impl Status {
                     None,
                     diagnostics
                         .iter()
-                        .filter(|d| d.severity == crate::policy::Severity::Error)
+                        .filter(|d| d.severity == egress_policy::Severity::Error)
                         .map(ToString::to_string)
                         .collect(),
                 ),

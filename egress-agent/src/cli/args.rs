@@ -260,7 +260,7 @@ pub struct ProxyArgs {
     /// Sidecar: send every connection to this egress gateway, with a PROXY
     /// v2 header carrying the original destination.
     #[arg(long, value_name = "HOST:PORT")]
-    pub via_gateway: Option<egress_agent::proxy::sidecar::GatewayAddr>,
+    pub via_gateway: Option<egress_proxy::sidecar::GatewayAddr>,
     /// Gateway: policy files or directories holding the EgressGateway
     /// (re-read on SIGHUP).
     #[arg(long, value_name = "DIR", requires = "gateway")]
@@ -272,7 +272,7 @@ pub struct ProxyArgs {
     /// Gateway: also allow HOST[:PORT] (`*.example.com`, an IP or a CIDR);
     /// repeatable.
     #[arg(long = "allow", value_name = "HOST[:PORT]")]
-    pub allow: Vec<egress_agent::proxy::allow::Rule>,
+    pub allow: Vec<egress_proxy::allow::Rule>,
     /// Gateway: forward to any host (ALLOW_ANY) when no EgressGateway is
     /// given.
     #[arg(long, conflicts_with_all = ["allow", "gateway"])]
@@ -280,7 +280,7 @@ pub struct ProxyArgs {
     /// Answer HOST with these addresses instead of DNS (static setups and
     /// tests, like curl --resolve); repeatable.
     #[arg(long = "resolve", value_name = "HOST=IP[,IP...]")]
-    pub resolve: Vec<egress_agent::proxy::upstream::StaticEntry>,
+    pub resolve: Vec<egress_proxy::upstream::StaticEntry>,
     /// Serve Envoy-style /stats and Prometheus /metrics here.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,

@@ -2,7 +2,8 @@
 
 use std::{collections::HashMap, process::ExitCode};
 
-use egress_agent::{agent::quarantine, policy::Diagnostic};
+use egress_agent::agent::quarantine;
+use egress_policy::Diagnostic;
 use serde::Serialize;
 
 use super::args::{CheckArgs, Output};

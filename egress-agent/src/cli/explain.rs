@@ -3,10 +3,8 @@
 use std::{net::SocketAddr, process::ExitCode};
 
 use anyhow::{anyhow, Context as _};
-use egress_agent::{
-    compile::{self, Destination},
-    policy::{model::ObjectId, ports::Protocol},
-};
+use egress_agent::compile::{self, Destination};
+use egress_policy::{model::ObjectId, ports::Protocol};
 use serde::Serialize;
 
 use super::args::{ExplainArgs, Output};

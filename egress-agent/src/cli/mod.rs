@@ -15,7 +15,7 @@ mod uninstall;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use egress_agent::policy::{self, Diagnostic, Loaded};
+use egress_policy::{Diagnostic, Loaded};
 
 pub use args::Cli;
 use args::Command;
@@ -42,7 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Loads a policy set for the verbs that need a valid one: warnings go to
 /// stderr, and a rejected set prints every error and exits 1.
 fn load_or_report(paths: &[PathBuf]) -> Result<Loaded, ExitCode> {
-    match policy::load(paths) {
+    match egress_policy::load(paths) {
         Ok(loaded) => {
             print_diagnostics(&loaded.warnings);
             Ok(loaded)

@@ -2,10 +2,8 @@
 
 use std::{fmt::Write as _, process::ExitCode};
 
-use egress_agent::{
-    compile::{self, Egress, Plan, WorkloadPlan},
-    policy::model::IpRanges,
-};
+use egress_agent::compile::{self, Egress, Plan, WorkloadPlan};
+use egress_policy::model::IpRanges;
 
 use super::args::{Output, PlanArgs};
 

@@ -1,18 +1,16 @@
 //! `egress-agent proxy`: the built-in transparent proxy, sidecar or
-//! gateway; see `egress_agent::proxy`.
+//! gateway; see `egress_proxy`.
 
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context as _};
-use egress_agent::{
-    policy::model::ObjectId,
-    proxy::{
-        access_log::{self, AccessLog},
-        allow::{AllowList, SharedAllowList},
-        gateway::Gateway,
-        sidecar::Sidecar,
-        Config, Limits, Mode, Proxy,
-    },
+use egress_policy::model::ObjectId;
+use egress_proxy::{
+    access_log::{self, AccessLog},
+    allow::{AllowList, SharedAllowList},
+    gateway::Gateway,
+    sidecar::Sidecar,
+    Config, Limits, Mode, Proxy,
 };
 
 use super::args::{Output, ProxyArgs, ProxyMode};

@@ -20,10 +20,10 @@ use egress_agent::{
     dataplane::cgroup_relative,
     inventory::Inventory,
     kubernetes::{self, KubeSettings},
-    policy::model::ObjectId,
     sys,
 };
 use egress_common::EventConfig;
+use egress_policy::model::ObjectId;
 use std::path::PathBuf;
 
 use super::args::{LogFormat, RunArgs};

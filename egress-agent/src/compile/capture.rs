@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use crate::policy::model::CaptureRules;
+use egress_policy::model::CaptureRules;
 
 /// Whether a TCP connect to `ip:port` is sent to the proxy.
 ///

@@ -16,7 +16,7 @@ use super::{
     plan::{Egress, Plan, RuleRef, WorkloadPlan},
     services::Frontend,
 };
-use crate::policy::{
+use egress_policy::{
     model::{HostName, ObjectId},
     ports::Protocol,
 };

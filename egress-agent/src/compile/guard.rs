@@ -52,7 +52,7 @@ use super::{
     prefix::{Atom, PrefixTable},
     services::{Frontend, FrontendKind},
 };
-use crate::policy::{
+use egress_policy::{
     model::ObjectId,
     ports::{PortRange, Protocol},
 };
@@ -289,7 +289,7 @@ impl BootState {
 mod tests {
     use super::*;
     use crate::compile::{self, decide, Destination, Verdict};
-    use crate::policy::{self, Source};
+    use egress_policy::Source;
 
     const GATEWAY: &str = "apiVersion: egress.enforcer.dev/v1alpha1\nkind: EgressGateway\n\
         metadata: {name: gw, namespace: gw}\nspec:\n  selector: {podSelector: {matchLabels: {app: gw}}}\n\
@@ -298,7 +298,7 @@ mod tests {
         metadata: {name: gw, namespace: gw, labels: {app: gw}}\nspec: {cgroup: k/gw}\n";
 
     fn plan() -> Plan {
-        let loaded = policy::load_sources(&[Source::new("g.yaml", GATEWAY)]).expect("valid");
+        let loaded = egress_policy::load_sources(&[Source::new("g.yaml", GATEWAY)]).expect("valid");
         compile::compile(&loaded.model).guarded(&Guards {
             pending: vec!["k/kubepods".into(), "k/gw".into()],
             exempt: vec![(ObjectId::new("kube-system", "proxy"), "k/kubepods/x".into())],
@@ -341,9 +341,11 @@ mod tests {
             metadata: {name: kubernetes, namespace: default, labels: {kubernetes.io/service-name: kubernetes}}\n\
             addressType: IPv4\nendpoints: [{addresses: [192.0.2.10]}]\n\
             ports: [{name: https, protocol: TCP, port: 6443}]\n";
-        let loaded =
-            policy::load_sources(&[Source::new("g.yaml", GATEWAY), Source::new("api.yaml", API)])
-                .expect("valid");
+        let loaded = egress_policy::load_sources(&[
+            Source::new("g.yaml", GATEWAY),
+            Source::new("api.yaml", API),
+        ])
+        .expect("valid");
         let plan = compile::compile(&loaded.model);
         let plan = plan.guarded(&Guards {
             pending: vec!["k/kubepods".into()],

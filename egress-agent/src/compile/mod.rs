@@ -28,7 +28,7 @@ pub use plan::{
 };
 use prefix::{Atom, HostPort, PrefixTable};
 
-use crate::policy::{
+use egress_policy::{
     model::{EgressRule, Model, Peer, Workload},
     ports::{PortMatch, PortRange, PortSpec},
 };
@@ -319,17 +319,17 @@ fn egress(model: &Model, w: &Workload) -> Egress {
 /// atoms for each workload that declares the name.
 fn rule_atoms(model: &Model, rule: &EgressRule, rule_ref: &RuleRef, atoms: &mut Vec<Atom>) {
     let all_ports = [PortSpec {
-        protocol: crate::policy::ports::Protocol::Tcp,
+        protocol: egress_policy::ports::Protocol::Tcp,
         port: PortMatch::Range(PortRange::ALL),
     }];
     let any_port = rule.ports.is_empty();
     let ports: &[PortSpec] = if any_port { &all_ports } else { &rule.ports };
     let everywhere = [
-        Peer::IpBlock(crate::policy::model::IpBlock {
+        Peer::IpBlock(egress_policy::model::IpBlock {
             cidr: IpNet::V4(ipnet::Ipv4Net::default()),
             except: Vec::new(),
         }),
-        Peer::IpBlock(crate::policy::model::IpBlock {
+        Peer::IpBlock(egress_policy::model::IpBlock {
             cidr: IpNet::V6(ipnet::Ipv6Net::default()),
             except: Vec::new(),
         }),

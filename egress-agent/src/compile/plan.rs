@@ -9,7 +9,7 @@ use serde::Serialize;
 // prefix tables (which must not depend on the plan built from them).
 pub use super::prefix::{Allow, RuleRef};
 use super::{prefix::PrefixTable, services::Frontend};
-use crate::policy::{
+use egress_policy::{
     model::{AllowedHost, CaptureRules, ObjectId},
     ports::Protocol,
 };
@@ -225,7 +225,7 @@ pub struct WorkloadPort {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::model::CaptureRules;
+    use egress_policy::model::CaptureRules;
 
     fn capture(proxy: &str) -> Capture {
         Capture {

@@ -30,7 +30,7 @@ use std::{
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::policy::{
+use egress_policy::{
     model::ObjectId,
     ports::{PortRange, Protocol},
 };

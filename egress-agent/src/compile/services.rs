@@ -43,7 +43,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::policy::{
+use egress_policy::{
     model::{Model, ObjectId, Service, ServicePort},
     ports::Protocol,
 };
@@ -256,10 +256,8 @@ pub fn node_ports(frontends: &[Frontend]) -> BTreeMap<IpAddr, Vec<&Frontend>> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{
-        compile::{self, decide, Destination, Plan, Verdict},
-        policy::{self, ports::Protocol, Source},
-    };
+    use crate::compile::{self, decide, Destination, Plan, Verdict};
+    use egress_policy::{ports::Protocol, Source};
 
     /// A dual-stack node, a dual-stack NodePort Service to a backend on
     /// another node, a policed client that may reach that backend, a
@@ -401,7 +399,8 @@ spec:
 "#;
 
     fn plan() -> Plan {
-        let loaded = policy::load_sources(&[Source::new("svc.yaml", OBJECTS)]).expect("valid");
+        let loaded =
+            egress_policy::load_sources(&[Source::new("svc.yaml", OBJECTS)]).expect("valid");
         compile::compile(&loaded.model)
     }
 

@@ -7,7 +7,8 @@ use std::{
 };
 
 use super::DataplaneError;
-use crate::{compile::Plan, policy::model::ObjectId, sys};
+use crate::{compile::Plan, sys};
+use egress_policy::model::ObjectId;
 
 /// The cgroup id of every workload of `plan` whose cgroup exists under
 /// `cgroup2_mount`. On cgroup v2 a cgroup's id is the inode number of its

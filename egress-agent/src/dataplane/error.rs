@@ -12,7 +12,8 @@ use aya::{
 use egress_common::Hook;
 use ipnet::IpNet;
 
-use crate::{policy::model::ObjectId, sys::SysError};
+use crate::sys::SysError;
+use egress_policy::model::ObjectId;
 
 /// Why a plan cannot be turned into map contents.
 #[derive(Debug, thiserror::Error)]

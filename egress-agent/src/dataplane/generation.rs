@@ -560,7 +560,7 @@ pub(super) fn abort(maps: &mut Maps, live: &mut Option<Generation>, staged: Stag
 pub(super) fn exempt_now(
     maps: &mut Maps,
     root: &CgroupRoot,
-    id: &crate::policy::model::ObjectId,
+    id: &egress_policy::model::ObjectId,
     cgroup: &str,
 ) -> Result<u64, DataplaneError> {
     use std::os::unix::fs::MetadataExt as _;

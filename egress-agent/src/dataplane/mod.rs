@@ -47,9 +47,9 @@
 //!
 //! ```no_run
 //! use std::{collections::BTreeMap, path::Path};
-//! use egress_agent::{compile, dataplane::{self, Dataplane, MapImage}, policy, sys};
+//! use egress_agent::{compile, dataplane::{self, Dataplane, MapImage}, sys};
 //!
-//! let plan = compile::compile(&policy::load(&["policies".into()]).unwrap().model);
+//! let plan = compile::compile(&egress_policy::load(&["policies".into()]).unwrap().model);
 //! let mount = sys::cgroup2_mount()?;
 //! let ids = dataplane::cgroup_ids(&plan, &mount);
 //! let image = MapImage::build(&plan, &ids, &BTreeMap::new(), false)?;
@@ -79,7 +79,8 @@ mod uninstall;
 
 use std::path::{Path, PathBuf};
 
-use crate::{policy::model::ObjectId, sys};
+use crate::sys;
+use egress_policy::model::ObjectId;
 
 pub use cgroups::{cgroup_ids, relative as cgroup_relative};
 pub use counters::{Counters, RuleHit, VerdictKind};

@@ -347,7 +347,7 @@ mod tests {
     use kube::core::ObjectMeta;
 
     use super::*;
-    use crate::policy::diagnostic::ObjectRef;
+    use egress_policy::diagnostic::ObjectRef;
 
     fn rejection(source: &str, message: &str, here: bool) -> Rejection {
         Rejection {

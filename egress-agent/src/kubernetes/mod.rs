@@ -63,12 +63,8 @@ use self::{
     objects::SliceSource,
     pod::{Problem, SlimPod},
 };
-use crate::{
-    compile::Guards,
-    errors::format_chain,
-    inventory::Inventory,
-    policy::{model::ObjectId, Source},
-};
+use crate::{compile::Guards, errors::format_chain, inventory::Inventory};
+use egress_policy::{model::ObjectId, Source};
 
 /// Changes closer together than this become one rebuild.
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -536,7 +532,6 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
-    use crate::policy;
 
     #[test]
     fn api_objects_are_validated_as_files_are_and_findings_name_them() {
@@ -559,7 +554,7 @@ mod tests {
         };
         let sources = [objects::namespace(&ns), objects::network_policy(&np)];
         assert!(!sources[1].text.contains("managedFields"));
-        let rejected = policy::load_sources(&sources).expect_err("except outside cidr");
+        let rejected = egress_policy::load_sources(&sources).expect_err("except outside cidr");
         let text = rejected
             .diagnostics
             .iter()
@@ -686,7 +681,7 @@ mod tests {
     }
 
     fn verdict(sources: &[Source], to: &str) -> crate::compile::Verdict {
-        let loaded = match policy::load_sources(sources) {
+        let loaded = match egress_policy::load_sources(sources) {
             Ok(l) => l,
             Err(e) => panic!("documents rejected: {:#?}", e.diagnostics),
         };

@@ -28,7 +28,7 @@ use k8s_openapi::{
 use kube::{core::DynamicObject, discovery::ApiResource, Resource};
 use serde::Serialize;
 
-use crate::policy::Source;
+use egress_policy::Source;
 
 /// The label naming an EndpointSlice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -367,7 +367,7 @@ mod tests {
             "apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": "shop", "labels": {"a": "yes", "b": "on", "c": "0120", "d": "1_000"}}
         }));
-        let loaded = crate::policy::load_sources(&[namespace(&ns)]).expect("valid");
+        let loaded = egress_policy::load_sources(&[namespace(&ns)]).expect("valid");
         let labels = &loaded.model.namespaces["shop"].labels;
         for (k, v) in [("a", "yes"), ("b", "on"), ("c", "0120"), ("d", "1_000")] {
             assert_eq!(labels.get(k).map(String::as_str), Some(v), "{labels:?}");
@@ -656,7 +656,7 @@ mod tests {
             "metadata": {"name": "dual", "namespace": "shop"},
             "subsets": [{"addresses": [{"ip": "fd00::8"}], "ports": [{"port": 8080}]}]}),
         )));
-        if let Err(e) = crate::policy::load_sources(&sources) {
+        if let Err(e) = egress_policy::load_sources(&sources) {
             let errors: Vec<_> = e
                 .diagnostics
                 .iter()

@@ -39,7 +39,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 use super::cgroups::{self, CgroupIndex};
-use crate::policy::{self, model::ObjectId, validate::annotations, Source};
+use egress_policy::{model::ObjectId, validate::annotations, Source};
 
 /// The label that marks a sidecar container's workload.
 pub const CONTAINER_LABEL: &str = "egress.enforcer.dev/container";
@@ -380,7 +380,7 @@ impl WorkloadDoc {
             spec["nodeName"] = json!(node);
         }
         let doc = json!({
-            "apiVersion": policy::objects::EXTENSION_API_VERSION,
+            "apiVersion": egress_policy::objects::EXTENSION_API_VERSION,
             "kind": "Workload",
             "metadata": metadata,
             "spec": spec,
@@ -404,7 +404,7 @@ impl WorkloadDoc {
     /// from the pod; the Redirect's own capture rules then apply.
     fn into_checked_source(self, pod: &ObjectId, problems: &mut Vec<Problem>) -> Source {
         let source = self.source(&self.annotations);
-        let Err(rejected) = policy::load_sources(std::slice::from_ref(&source)) else {
+        let Err(rejected) = egress_policy::load_sources(std::slice::from_ref(&source)) else {
             return source;
         };
         for d in rejected.diagnostics.into_iter().filter(|d| d.is_error()) {
@@ -438,7 +438,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
-    use crate::policy::model::IpRanges;
+    use egress_policy::model::IpRanges;
 
     const UID: &str = "0b6a3c1e-8a52-4f1e-9c1a-2f4d5e6a7b8c";
     const CID: &str = "aaaabbbbccccdddd";
@@ -496,11 +496,11 @@ mod tests {
         }
     }
 
-    fn model_of(state: &PodState) -> crate::policy::Model {
+    fn model_of(state: &PodState) -> egress_policy::Model {
         let PodState::Ready(sources) = state else {
             panic!("not ready: {state:?}");
         };
-        policy::load_sources(sources)
+        egress_policy::load_sources(sources)
             .expect("valid workloads")
             .model
     }

@@ -23,7 +23,8 @@ use super::{
     cache::{self, Writer},
     objects, pod, Caches, KubeSettings,
 };
-use crate::{inventory::Inventory, policy::Source};
+use crate::inventory::Inventory;
+use egress_policy::Source;
 
 /// The writing side of every watched kind.
 pub struct Simulated {

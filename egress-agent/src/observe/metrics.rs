@@ -293,7 +293,7 @@ mod tests {
             quarantined: vec![
                 Quarantined {
                     source: "kubernetes/networkpolicies/shop/wide".into(),
-                    object: Some(crate::policy::diagnostic::ObjectRef {
+                    object: Some(egress_policy::diagnostic::ObjectRef {
                         kind: "NetworkPolicy".into(),
                         namespace: Some("shop".into()),
                         name: "wide".into(),

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use egress_common::{Reason, NO_RULE};
 
-use crate::{dataplane::MapImage, policy::model::ObjectId};
+use crate::dataplane::MapImage;
+use egress_policy::model::ObjectId;
 
 /// The names of one applied image. Rule ids are image indexes, so an event
 /// decided by the previous generation just before a reload may be named

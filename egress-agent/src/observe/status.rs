@@ -6,7 +6,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::{hub::HubStats, Names};
-use crate::{dataplane::Counters, policy::diagnostic::ObjectRef};
+use crate::dataplane::Counters;
+use egress_policy::diagnostic::ObjectRef;
 
 /// What only the kernel side knows; built by the enforcer on request.
 #[derive(Clone, Debug, Default)]

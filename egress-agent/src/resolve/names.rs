@@ -2,7 +2,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::{compile::plan::Plan, policy::model::HostName};
+use crate::compile::plan::Plan;
+use egress_policy::model::HostName;
 
 /// Every `HostName::Dns` in the `allowedHosts` of the plan's gateways, each
 /// once. Literal addresses and CIDRs need no resolving and are left out.
@@ -22,10 +23,8 @@ pub fn dns_names(plan: &Plan) -> BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        compile::plan::{Egress, GatewayRole, WorkloadPlan},
-        policy::model::{AllowedHost, ObjectId},
-    };
+    use crate::compile::plan::{Egress, GatewayRole, WorkloadPlan};
+    use egress_policy::model::{AllowedHost, ObjectId};
 
     fn gateway(name: &str, hosts: Option<Vec<HostName>>) -> WorkloadPlan {
         WorkloadPlan {

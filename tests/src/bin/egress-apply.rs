@@ -13,7 +13,7 @@ use clap::Parser;
 use egress_agent::{
     compile,
     dataplane::{cgroup_ids, Dataplane, MapImage},
-    policy, sys,
+    sys,
 };
 
 #[derive(Parser)]
@@ -44,7 +44,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mount = sys::cgroup2_mount()?;
     let mut images = Vec::new();
     for path in &args.policies {
-        let loaded = policy::load(std::slice::from_ref(path))
+        let loaded = egress_policy::load(std::slice::from_ref(path))
             .map_err(|e| anyhow!("{}: {:#?}", path.display(), e.diagnostics))?;
         let plan = compile::compile(&loaded.model);
         images.push(MapImage::build(

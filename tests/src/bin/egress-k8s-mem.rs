@@ -467,7 +467,7 @@ async fn inventory(client: Client) -> anyhow::Result<()> {
     // The policy layer accepts the whole set; how long validating and
     // compiling it takes is what a reload adds to the path to a verdict.
     let began = Instant::now();
-    let loaded = egress_agent::policy::load_sources(&first.sources);
+    let loaded = egress_policy::load_sources(&first.sources);
     if let Ok(l) = &loaded {
         let plan = egress_agent::compile::compile(&l.model);
         println!(

@@ -24,7 +24,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _};
-use egress_agent::policy::model::ObjectId;
+use egress_policy::model::ObjectId;
 use integration_tests::{
     netns::Netns,
     nftns::nft_script,

@@ -6,7 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use egress_common::{capture, CaptureInfo, MAX_CAPTURE_PORTS};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::{compile::Capture, policy::model::IpRanges};
+use crate::compile::Capture;
+use egress_policy::model::IpRanges;
 
 /// What the kernel holds for one captured workload.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -120,7 +121,7 @@ mod tests {
     use std::net::{IpAddr, SocketAddr};
 
     use super::*;
-    use crate::policy::model::{CaptureRules, ObjectId};
+    use egress_policy::model::{CaptureRules, ObjectId};
 
     fn capture(rules: CaptureRules, proxy: &str) -> Capture {
         Capture {

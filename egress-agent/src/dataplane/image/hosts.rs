@@ -10,10 +10,8 @@ use std::{
 use egress_common::PortEntry;
 use ipnet::IpNet;
 
-use crate::{
-    compile::GatewayRole,
-    policy::model::{AllowedHost, HostName, ObjectId},
-};
+use crate::compile::GatewayRole;
+use egress_policy::model::{AllowedHost, HostName, ObjectId};
 
 /// One allowed host of one gateway; its index in
 /// [`MapImage::gateway_hosts`](super::MapImage::gateway_hosts) is the rule

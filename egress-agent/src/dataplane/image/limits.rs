@@ -17,10 +17,8 @@ use egress_common::{PortEntry, MAX_PORT_CHAIN, MAX_PORT_ENTRIES};
 use ipnet::IpNet;
 
 use super::ports::reduce;
-use crate::{
-    compile::{Allow, Egress, Plan, RuleRef},
-    policy::model::ObjectId,
-};
+use crate::compile::{Allow, Egress, Plan, RuleRef};
+use egress_policy::model::ObjectId;
 
 /// The most (protocol, port) entries one prefix's list can hold.
 pub const MAX_PORTS_PER_PREFIX: usize = MAX_PORT_ENTRIES * MAX_PORT_CHAIN;
@@ -116,7 +114,7 @@ fn entries(allows: &[Allow]) -> (Vec<PortEntry>, Vec<RuleRef>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{self, Source};
+    use egress_policy::Source;
 
     fn plan(ports_a: &[u16], ports_b: &[u16]) -> Plan {
         let list = |ports: &[u16]| {
@@ -144,7 +142,7 @@ mod tests {
         if !ports_b.is_empty() {
             sources.push(Source::new("b.yaml", np("b", ports_b)));
         }
-        let loaded = policy::load_sources(&sources).expect("valid");
+        let loaded = egress_policy::load_sources(&sources).expect("valid");
         crate::compile::compile(&loaded.model)
     }
 

@@ -23,11 +23,9 @@ use egress_common::{host_ports, PolicyInfo, PortEntry};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::ImageError;
-use crate::{
-    compile::{prefix::PrefixTable, Egress, Guard, Plan, RuleRef, WorkloadPlan},
-    policy::model::ObjectId,
-};
+use crate::compile::{prefix::PrefixTable, Egress, Guard, Plan, RuleRef, WorkloadPlan};
 pub use capture::ImageCapture;
+use egress_policy::model::ObjectId;
 pub use host_tables::HostTable;
 use host_tables::HostTables;
 pub use hosts::GatewayHost;

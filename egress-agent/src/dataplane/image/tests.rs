@@ -7,10 +7,8 @@ use egress_common::{host_ports, PolicyInfo, PortEntry, Reason, EMPTY_SET, NO_RUL
 use ipnet::IpNet;
 
 use super::*;
-use crate::{
-    compile::{self, Destination, Verdict},
-    policy::{self, ports::Protocol, Source},
-};
+use crate::compile::{self, Destination, Verdict};
+use egress_policy::{ports::Protocol, Source};
 
 const BASE: &str = r#"
 apiVersion: v1
@@ -42,7 +40,7 @@ fn plan(extra: &[&str]) -> Plan {
         text.push_str("\n---\n");
         text.push_str(o);
     }
-    let loaded = match policy::load_sources(&[Source::new("image.yaml", text)]) {
+    let loaded = match egress_policy::load_sources(&[Source::new("image.yaml", text)]) {
         Ok(l) => l,
         Err(e) => panic!("test policy invalid: {:#?}", e.diagnostics),
     };

@@ -38,12 +38,12 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Parser, Subcommand};
-use egress_agent::{
-    compile::{decide, Decision, Destination, Egress, Plan, Reason, Verdict, WorkloadPlan},
-    policy::{
-        model::{AllowedHost, HostName, ObjectId},
-        ports::Protocol,
-    },
+use egress_agent::compile::{
+    decide, Decision, Destination, Egress, Plan, Reason, Verdict, WorkloadPlan,
+};
+use egress_policy::{
+    model::{AllowedHost, HostName, ObjectId},
+    ports::Protocol,
 };
 use integration_tests::{
     internet::{HTTPS_PORT, HTTP_PORT},

@@ -10,9 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use egress_agent::{
     compile::{decide, Destination, Plan, Verdict, WorkloadPlan},
-    policy::{model::ObjectId, ports::Protocol},
     resolve::dns_names,
 };
+use egress_policy::{model::ObjectId, ports::Protocol};
 use integration_tests::{
     internet::{HTTPS_PORT, HTTP_PORT},
     mesh::Mesh,

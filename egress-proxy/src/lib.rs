@@ -134,8 +134,8 @@ impl Shared {
 /// `cgroup/getsockopt` program (5.3+).
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), egress_agent::proxy::ProxyError> {
-/// use egress_agent::proxy::{
+/// # async fn demo() -> Result<(), egress_proxy::ProxyError> {
+/// use egress_proxy::{
 ///     access_log::{AccessLog, Format},
 ///     allow::AllowList,
 ///     gateway::Gateway,

@@ -14,7 +14,7 @@ use k8s_openapi::api::{
 };
 
 use super::{Builder, Ctx};
-use crate::policy::{
+use crate::{
     diagnostic::FieldPath,
     model::{Endpoint, EndpointPort, EndpointSlice, Node, Service, ServicePort},
     ports::PortRange,

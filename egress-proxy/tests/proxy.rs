@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use egress_agent::proxy::{
+use egress_proxy::{
     access_log::{AccessLog, Format},
     allow::AllowList,
     gateway::Gateway,
@@ -621,7 +621,7 @@ async fn shutdown_ends_open_connections_after_the_drain_time() {
 
 #[tokio::test]
 async fn a_reloaded_allow_list_applies_to_the_next_connection() {
-    let allow = egress_agent::proxy::allow::SharedAllowList::new(allow_list(&["old.test"]));
+    let allow = egress_proxy::allow::SharedAllowList::new(allow_list(&["old.test"]));
     let gw = Running::start(
         Mode::Gateway(Gateway {
             allow: allow.clone(),

@@ -11,7 +11,7 @@ use std::{
 use ipnet::IpNet;
 
 use super::sniff::Host;
-use crate::policy::{
+use egress_policy::{
     model::{AllowedHost, EgressGateway, HostName},
     ports::Protocol,
 };
@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn from_the_seed_gateway() {
-        let loaded = crate::policy::load(&[std::path::PathBuf::from(concat!(
+        let loaded = egress_policy::load(&[std::path::PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../policies"
         ))])
