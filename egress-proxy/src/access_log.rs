@@ -1,6 +1,11 @@
 //! One line per connection, in the spirit of Envoy's TCP access log: when,
 //! where the client meant to go, the name it asked for, where the proxy
 //! connected, bytes each way, how long, and the verdict with its reason.
+//!
+//! Lines go through a bounded queue to one writer thread. A connection task
+//! never waits for the sink: a stuck stdout pipe or a slow disk would
+//! otherwise stall every worker behind one lock. When the queue is full the
+//! line is dropped and counted (`access_log_dropped`) instead.
 
 use std::{
     fmt,
@@ -8,11 +13,19 @@ use std::{
     io::{self, Write},
     net::SocketAddr,
     path::Path,
-    sync::Mutex,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+/// Lines queued for the writer before new ones are dropped: a few seconds
+/// of a busy gateway, a few MiB at most.
+pub const QUEUE: usize = 4096;
 
 /// What the proxy decided for a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -105,38 +118,72 @@ impl fmt::Display for Entry {
     }
 }
 
-/// Where lines go. Each line is written and flushed whole under a lock, so
-/// concurrent connections never interleave.
+/// What the writer thread receives.
+enum Msg {
+    Line(String),
+    /// Answered once every earlier line is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Where lines go: a bounded queue in front of one writer thread, which
+/// writes and flushes each line whole, so lines never interleave.
 pub struct AccessLog {
     format: Format,
-    sink: Mutex<Box<dyn Write + Send>>,
+    queue: mpsc::Sender<Msg>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl AccessLog {
-    pub fn stdout(format: Format) -> Self {
-        Self {
-            format,
-            sink: Mutex::new(Box::new(io::stdout())),
-        }
+    pub fn stdout(format: Format) -> io::Result<Self> {
+        Self::writer(format, Box::new(io::stdout()))
     }
 
     /// Appends to `path`, creating it.
     pub fn file(format: Format, path: &Path) -> io::Result<Self> {
         let file = File::options().create(true).append(true).open(path)?;
+        Self::writer(format, Box::new(file))
+    }
+
+    /// Any writer (tests collect lines in memory), behind a [`QUEUE`]-line
+    /// queue.
+    pub fn writer(format: Format, writer: Box<dyn Write + Send>) -> io::Result<Self> {
+        Self::with_queue(format, writer, QUEUE)
+    }
+
+    /// Any writer behind a queue of `lines` lines (at least one).
+    pub fn with_queue(
+        format: Format,
+        mut writer: Box<dyn Write + Send>,
+        lines: usize,
+    ) -> io::Result<Self> {
+        let (queue, mut rx) = mpsc::channel(lines.max(1));
+        // A thread, not a task: writes block, and a blocked write must not
+        // hold one of the runtime's workers.
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                while let Some(msg) = rx.blocking_recv() {
+                    match msg {
+                        Msg::Line(line) => {
+                            let written = writeln!(writer, "{line}").and_then(|()| writer.flush());
+                            if let Err(e) = written {
+                                tracing::warn!(error = %e, "cannot write the access log");
+                            }
+                        }
+                        Msg::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })?;
         Ok(Self {
             format,
-            sink: Mutex::new(Box::new(file)),
+            queue,
+            dropped: Arc::default(),
         })
     }
 
-    /// Any writer (tests collect lines in memory).
-    pub fn writer(format: Format, writer: Box<dyn Write + Send>) -> Self {
-        Self {
-            format,
-            sink: Mutex::new(writer),
-        }
-    }
-
+    /// Queues the entry's line; never waits. A full queue drops the line.
     pub fn log(&self, entry: &Entry) {
         let line = match self.format {
             Format::Text => entry.to_string(),
@@ -145,11 +192,25 @@ impl AccessLog {
                 Err(e) => format!("{{\"error\":\"access log entry not serialisable: {e}\"}}"),
             },
         };
-        // A poisoned lock only means another line's write panicked; the
-        // sink itself is still usable.
-        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = writeln!(sink, "{line}").and_then(|()| sink.flush()) {
-            tracing::warn!(error = %e, "cannot write the access log");
+        if self.queue.try_send(Msg::Line(line)).is_err() {
+            let dropped = self.dropped.fetch_add(1, Relaxed) + 1;
+            // Say so, but not once per line while the sink is stuck.
+            if dropped.is_power_of_two() {
+                tracing::warn!(dropped, "access log queue full: lines dropped");
+            }
+        }
+    }
+
+    /// Lines dropped so far because the queue was full.
+    pub fn dropped(&self) -> Arc<AtomicU64> {
+        self.dropped.clone()
+    }
+
+    /// Waits until every line queued so far is written (at shutdown).
+    pub async fn flush(&self) {
+        let (done, written) = oneshot::channel();
+        if self.queue.send(Msg::Flush(done)).await.is_ok() {
+            let _ = written.await;
         }
     }
 }
@@ -229,6 +290,40 @@ mod tests {
         assert_eq!(v["bytes_received"], 1_879_689);
         assert_eq!(v["duration_ms"], 44);
         assert_eq!(v["verdict"], "allowed");
+    }
+
+    /// A sink that blocks until released, as a stuck stdout pipe does.
+    struct Stuck(std::sync::mpsc::Receiver<()>, Arc<AtomicU64>);
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _ = self.0.recv();
+            let lines = buf.iter().filter(|&&b| b == b'\n').count();
+            self.1.fetch_add(lines as u64, Relaxed);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stuck_sink_drops_and_counts_lines_instead_of_blocking() {
+        let (release, gate) = std::sync::mpsc::channel();
+        let writes = Arc::new(AtomicU64::new(0));
+        let log = AccessLog::with_queue(Format::Text, Box::new(Stuck(gate, writes.clone())), 4)
+            .expect("writer thread");
+        // The writer holds at most one line while stuck; the queue holds
+        // four; everything past that is dropped, and `log` returns at once
+        // every time (a blocking `log` would hang this test).
+        for _ in 0..100 {
+            log.log(&entry());
+        }
+        let dropped = log.dropped().load(Relaxed);
+        assert!((95..=96).contains(&dropped), "dropped {dropped}");
+        drop(release);
+        log.flush().await;
+        assert_eq!(writes.load(Relaxed) + dropped, 100);
     }
 
     #[test]

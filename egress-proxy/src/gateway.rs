@@ -5,8 +5,16 @@
 //! sidecar, or else the port the client connected to (as an Istio gateway's
 //! port-per-protocol listeners). Names are resolved at connect time, so the
 //! upstream is always the address the name has now.
+//!
+//! Nothing the gateway reads before routing is trusted by default: a PROXY
+//! header is believed only from `--proxy-protocol-from` sources (the
+//! sidecars), and the header, ClientHello and request head each have a
+//! deadline and a size cap, so a slow or endless client costs one bounded
+//! buffer for a bounded time.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::{fmt, net::SocketAddr, sync::atomic::Ordering::Relaxed, time::Duration};
+
+use ipnet::IpNet;
 
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -18,7 +26,7 @@ use super::{
     allow::SharedAllowList,
     forward,
     proxy_protocol::{self, Parsed, Received},
-    sniff::{self, Sniff, Sniffed, MAX_SNIFF},
+    sniff::{self, Sniff, SniffError, Sniffed, MAX_SNIFF},
     stats::{self, BLACK_HOLE},
     upstream::UpstreamError,
     Outcome, Record, Shared,
@@ -33,6 +41,57 @@ const MAX_PROXY_HEADER: usize = 512;
 pub struct Gateway {
     /// Shared with whoever reloads it (the CLI, on SIGHUP).
     pub allow: SharedAllowList,
+    /// Peers whose PROXY headers are believed (the sidecars). Empty: every
+    /// header is refused. A header chooses the port and the logged client,
+    /// so believing anyone's would let any client claim to be another.
+    pub proxy_protocol_from: Vec<IpNet>,
+}
+
+impl Gateway {
+    fn trusts(&self, peer: SocketAddr) -> bool {
+        let ip = super::original_dst::unmap(peer).ip();
+        self.proxy_protocol_from.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Why a client's head was refused before routing; each kind has its own
+/// counter.
+#[derive(Debug)]
+enum Refused {
+    /// A PROXY header from a peer not in `proxy_protocol_from`.
+    Untrusted(SocketAddr),
+    /// Not in time; says which part was missing.
+    Timeout(&'static str, Duration),
+    /// Over a size cap (header flood).
+    TooLarge(String),
+    /// Malformed, closed early, or a read error.
+    Other(String),
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Untrusted(peer) => write!(
+                f,
+                "PROXY header from {peer}, which is not in --proxy-protocol-from"
+            ),
+            Self::Timeout(what, after) => write!(f, "no {what} within {after:?}"),
+            Self::TooLarge(why) | Self::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+impl Refused {
+    fn count(&self, shared: &Shared) {
+        let d = &shared.stats.downstream;
+        let counter = match self {
+            Self::Untrusted(_) => &d.downstream_proxy_proto_untrusted,
+            Self::Timeout(..) => &d.downstream_cx_header_timeout,
+            Self::TooLarge(_) => &d.downstream_cx_header_too_large,
+            Self::Other(_) => return,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
 }
 
 /// Handles one client connection to the gateway.
@@ -43,9 +102,15 @@ pub(super) async fn handle(
     record: &mut Record,
 ) -> Outcome {
     let local = client.local_addr().ok();
-    let (sniffed, buf) = match read_head(shared, &mut client, record).await {
+    let (sniffed, buf) = match read_head(gateway, shared, &mut client, record).await {
         Ok(head) => head,
-        Err(reason) => return Outcome::denied(reason),
+        Err(refused) => {
+            refused.count(shared);
+            if matches!(refused, Refused::Untrusted(_)) {
+                tracing::warn!(%refused, "untrusted PROXY header: closed");
+            }
+            return Outcome::denied(refused);
+        }
     };
     record.protocol = sniffed.protocol();
     let is_http = matches!(sniffed, Sniffed::Http { .. });
@@ -97,6 +162,7 @@ pub(super) async fn handle(
     let upstream = match connected {
         Ok(upstream) => upstream,
         Err(e) => {
+            shared.upstream_failed(&e);
             let looped = matches!(e, UpstreamError::Loop { .. });
             if let UpstreamError::Loop { addr } = &e {
                 record.upstream = Some(*addr);
@@ -120,18 +186,31 @@ pub(super) async fn handle(
 }
 
 /// Reads the optional PROXY header and the ClientHello or request head,
-/// within the sniff timeout and the sniff buffer. Returns what was sniffed
-/// and the client's bytes to forward (header removed).
+/// within the deadlines and the size caps. Returns what was sniffed and the
+/// client's bytes to forward (header removed).
 async fn read_head(
+    gateway: &Gateway,
     shared: &Shared,
     client: &mut TcpStream,
     record: &mut Record,
-) -> Result<(Sniffed, Vec<u8>), String> {
-    let deadline = Instant::now() + shared.limits.sniff_timeout;
+) -> Result<(Sniffed, Vec<u8>), Refused> {
+    let limits = &shared.limits;
+    let accepted = Instant::now();
+    let deadline = accepted + limits.sniff_timeout;
+    let first_deadline = accepted + limits.first_byte_timeout.min(limits.sniff_timeout);
+    // The TCP peer, before any header names another client.
+    let peer = record.downstream;
     let mut buf = Vec::with_capacity(4096);
     let mut header_done = false;
+    // Whether any byte came: the first-byte deadline only applies before.
+    let mut received = false;
     loop {
         if !header_done {
+            // Refused on the signature alone: an untrusted peer's header
+            // is never parsed, let alone believed.
+            if buf.starts_with(proxy_protocol::SIGNATURE) && !gateway.trusts(peer) {
+                return Err(Refused::Untrusted(peer));
+            }
             match proxy_protocol::parse(&buf) {
                 Ok(Parsed::Absent) => header_done = true,
                 Ok(Parsed::Present { header, len }) => {
@@ -148,17 +227,22 @@ async fn read_head(
                     header_done = true;
                 }
                 Ok(Parsed::NeedMore) if buf.len() >= MAX_PROXY_HEADER => {
-                    return Err(format!("PROXY header longer than {MAX_PROXY_HEADER} bytes"))
+                    return Err(Refused::TooLarge(format!(
+                        "PROXY header longer than {MAX_PROXY_HEADER} bytes"
+                    )))
                 }
                 Ok(Parsed::NeedMore) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(Refused::Other(e.to_string())),
             }
         }
         if header_done {
             match sniff::sniff(&buf) {
                 Ok(Sniff::Done(sniffed)) => return Ok((sniffed, buf)),
                 Ok(Sniff::NeedMore) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e @ (SniffError::TooLong | SniffError::TooManyHeaders)) => {
+                    return Err(Refused::TooLarge(e.to_string()))
+                }
+                Err(e) => return Err(Refused::Other(e.to_string())),
             }
         }
         let room = if header_done {
@@ -168,17 +252,28 @@ async fn read_head(
         };
         let mut chunk = [0u8; 4096];
         let want = room.min(chunk.len());
-        let read = tokio::time::timeout_at(deadline, client.read(&mut chunk[..want])).await;
+        let (until, missing, after) = match (received, header_done) {
+            (false, _) => (first_deadline, "first bytes", limits.first_byte_timeout),
+            (true, false) => (deadline, "complete PROXY header", limits.sniff_timeout),
+            (true, true) => (
+                deadline,
+                "complete ClientHello or request head",
+                limits.sniff_timeout,
+            ),
+        };
+        let read = tokio::time::timeout_at(until, client.read(&mut chunk[..want])).await;
         match read {
-            Err(_) => {
-                return Err(format!(
-                    "no SNI or Host within {:?}",
-                    shared.limits.sniff_timeout
+            Err(_) => return Err(Refused::Timeout(missing, after.min(limits.sniff_timeout))),
+            Ok(Err(e)) => return Err(Refused::Other(format!("client read failed: {e}"))),
+            Ok(Ok(0)) => {
+                return Err(Refused::Other(
+                    "client closed before sending SNI or Host".into(),
                 ))
             }
-            Ok(Err(e)) => return Err(format!("client read failed: {e}")),
-            Ok(Ok(0)) => return Err("client closed before sending SNI or Host".into()),
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Ok(n)) => {
+                received = true;
+                buf.extend_from_slice(&chunk[..n]);
+            }
         }
     }
 }

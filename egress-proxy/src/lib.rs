@@ -11,9 +11,11 @@
 //!
 //! Both write one [`access_log`] line per connection and count per
 //! destination in Envoy's names ([`stats`], served by [`admin`]). Every
-//! connection is bounded: a capped sniff buffer, a cap on concurrent
-//! connections, sniff/connect/idle timeouts ([`Limits`]), and a [`relay`]
-//! that passes half-closes on and drops idle pairs.
+//! connection is bounded: a capped sniff buffer, caps on concurrent
+//! connections in all and per source address, first-byte/sniff/resolve/
+//! connect/idle timeouts ([`Limits`]), and a [`relay`] that passes
+//! half-closes on and drops idle pairs. The gateway believes a PROXY header
+//! only from the sources it was told to trust.
 
 pub mod access_log;
 pub mod admin;
@@ -28,10 +30,11 @@ pub mod stats;
 pub mod upstream;
 
 use std::{
+    collections::HashMap,
     future::Future,
     io,
-    net::SocketAddr,
-    sync::{atomic::Ordering::Relaxed, Arc},
+    net::{IpAddr, SocketAddr},
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -43,7 +46,7 @@ use tokio::{
 
 use access_log::{AccessLog, Entry, Verdict};
 use stats::Stats;
-use upstream::{Connector, StaticEntry};
+use upstream::{Connector, StaticEntry, UpstreamError};
 
 /// Resource bounds for every connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,8 +54,17 @@ pub struct Limits {
     /// Connections handled at once; more are accepted and closed at once
     /// (counted as `downstream_cx_overflow`), so the backlog cannot grow.
     pub max_connections: usize,
-    /// Gateway: time for the PROXY header plus ClientHello or request head.
+    /// Connections one source address may have open at once, so one
+    /// client cannot take all of `max_connections`; more are closed at
+    /// once (`downstream_cx_per_source_overflow`).
+    pub max_connections_per_source: usize,
+    /// Gateway: time from accept to the client's first bytes.
+    pub first_byte_timeout: Duration,
+    /// Gateway: time from accept to the end of the PROXY header plus
+    /// ClientHello or request head.
     pub sniff_timeout: Duration,
+    /// Name resolution of an upstream (or of `--via-gateway`).
+    pub resolve_timeout: Duration,
     pub connect_timeout: Duration,
     /// No byte in either direction for this long ends the connection.
     pub idle_timeout: Duration,
@@ -64,7 +76,12 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 4096,
+            max_connections_per_source: 1024,
+            // Real clients (and sidecars, with their PROXY header) speak
+            // first and at once; only a preconnecting browser waits.
+            first_byte_timeout: Duration::from_secs(3),
             sniff_timeout: Duration::from_secs(5),
+            resolve_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             // Envoy's TCP proxy default idle timeout is one hour.
             idle_timeout: Duration::from_secs(3600),
@@ -108,6 +125,8 @@ pub enum ProxyError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("no --listen address")]
     NoListener,
+    #[error("cannot start the access log writer: {0}")]
+    AccessLog(io::Error),
 }
 
 /// What every connection task shares.
@@ -119,6 +138,7 @@ struct Shared {
     log: AccessLog,
     /// Becomes true when open connections must end (drain time over).
     stop: watch::Receiver<bool>,
+    sources: Arc<Sources>,
 }
 
 impl Shared {
@@ -126,6 +146,49 @@ impl Shared {
     async fn stopped(&self) {
         let mut stop = self.stop.clone();
         let _ = stop.wait_for(|s| *s).await;
+    }
+
+    /// Counts an upstream failure that has a listener-wide counter.
+    fn upstream_failed(&self, e: &UpstreamError) {
+        if matches!(e, UpstreamError::ResolveTimeout { .. }) {
+            self.stats
+                .downstream
+                .upstream_resolve_timeout
+                .fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Open connections per source address. Only addresses with a connection
+/// open have an entry, so the map is bounded by `max_connections`.
+#[derive(Debug, Default)]
+struct Sources(Mutex<HashMap<IpAddr, usize>>);
+
+impl Sources {
+    /// A slot for one more connection from `ip`, unless it has `max` open.
+    fn enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot(self.clone(), ip))
+    }
+}
+
+/// Gives its source's slot back when the connection ends, however it ends.
+struct SourceSlot(Arc<Sources>, IpAddr);
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
     }
 }
 
@@ -143,12 +206,16 @@ impl Shared {
 /// };
 /// let allow = AllowList::Only(vec!["edition.cnn.com:443".parse().expect("rule")]);
 /// let proxy = Proxy::bind(Config {
-///     mode: Mode::Gateway(Gateway { allow: allow.into() }),
+///     mode: Mode::Gateway(Gateway {
+///         allow: allow.into(),
+///         // The sidecars' pod network: only they may send PROXY headers.
+///         proxy_protocol_from: vec!["10.244.0.0/16".parse().expect("CIDR")],
+///     }),
 ///     listen: vec!["0.0.0.0:443".parse().expect("address")],
 ///     admin: Some("127.0.0.1:15000".parse().expect("address")),
 ///     limits: Limits::default(),
 ///     resolve: Vec::new(),
-///     access_log: AccessLog::stdout(Format::Text),
+///     access_log: AccessLog::stdout(Format::Text).expect("writer thread"),
 /// })
 /// .await?;
 /// proxy
@@ -176,7 +243,11 @@ impl Proxy {
         if config.listen.is_empty() {
             return Err(ProxyError::NoListener);
         }
-        let mut connector = Connector::new(config.resolve, config.limits.connect_timeout);
+        let mut connector = Connector::new(
+            config.resolve,
+            config.limits.connect_timeout,
+            config.limits.resolve_timeout,
+        );
         let mut listeners = Vec::new();
         for addr in config.listen {
             let listener = TcpListener::bind(addr)
@@ -198,15 +269,18 @@ impl Proxy {
         // The semaphore (and the drain's acquire_many) count in u32.
         let limits = Limits {
             max_connections: config.limits.max_connections.clamp(1, 1 << 20),
+            max_connections_per_source: config.limits.max_connections_per_source.max(1),
             ..config.limits
         };
+        let mut stats = Stats::default();
+        stats.downstream.access_log_dropped = config.access_log.dropped();
         Ok(Self {
             listeners,
             admin,
             mode: config.mode,
             limits,
             connector,
-            stats: Arc::default(),
+            stats: Arc::new(stats),
             log: config.access_log,
         })
     }
@@ -240,6 +314,7 @@ impl Proxy {
             stats: self.stats,
             log: self.log,
             stop: stop_rx,
+            sources: Arc::default(),
         });
         let mut accepting = JoinSet::new();
         for listener in self.listeners {
@@ -261,6 +336,8 @@ impl Proxy {
             // Stopped relays only need to log and drop their sockets.
             let _ = tokio::time::timeout(Duration::from_secs(2), permits.acquire_many(all)).await;
         }
+        // The last connections' lines are still queued.
+        let _ = tokio::time::timeout(Duration::from_secs(2), shared.log.flush()).await;
     }
 }
 
@@ -289,6 +366,17 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, permits: Arc<Se
             tracing::warn!(%peer, max = shared.limits.max_connections, "too many connections: closed");
             continue;
         };
+        let per_source = shared.limits.max_connections_per_source;
+        let source = original_dst::unmap(peer).ip();
+        let Some(slot) = shared.sources.enter(source, per_source) else {
+            shared
+                .stats
+                .downstream
+                .downstream_cx_per_source_overflow
+                .fetch_add(1, Relaxed);
+            tracing::warn!(%peer, max = per_source, "too many connections from one source: closed");
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let _active = stats::Active::enter(&shared.stats.downstream.downstream_cx_active);
@@ -299,6 +387,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, permits: Arc<Se
                 Mode::Gateway(g) => gateway::handle(g, &shared, stream, &mut record).await,
             };
             record.finish(&shared, outcome);
+            drop(slot);
             drop(permit);
         });
     }

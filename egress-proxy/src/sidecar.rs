@@ -88,6 +88,7 @@ pub(super) async fn handle(
     let mut upstream = match connected {
         Ok(upstream) => upstream,
         Err(e) => {
+            shared.upstream_failed(&e);
             cluster.upstream_cx_connect_fail.fetch_add(1, Relaxed);
             return Outcome::allowed(Some(&e.to_string()));
         }

@@ -118,6 +118,8 @@ pub enum SniffError {
     UnknownProtocol,
     #[error("no complete ClientHello or request head within {MAX_SNIFF} bytes")]
     TooLong,
+    #[error("request head with more than {MAX_HEADERS} headers")]
+    TooManyHeaders,
 }
 
 /// The sniffer's answer for the bytes received so far.
@@ -195,6 +197,7 @@ fn sniff_http(buf: &[u8]) -> Result<Sniff, SniffError> {
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(buf) {
         Ok(httparse::Status::Partial) => Ok(Sniff::NeedMore),
+        Err(httparse::Error::TooManyHeaders) => Err(SniffError::TooManyHeaders),
         Err(e) => Err(SniffError::MalformedHttp(e.to_string())),
         Ok(httparse::Status::Complete(_)) => {
             let mut hosts = request
@@ -339,6 +342,11 @@ mod tests {
         ));
         let endless = [b'A'; MAX_SNIFF];
         assert!(sniff(&endless).is_err());
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "X: y\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(sniff(many.as_bytes()), Err(SniffError::TooManyHeaders));
         let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
         long.resize(MAX_SNIFF, b'a');
         assert_eq!(sniff(&long), Err(SniffError::TooLong));

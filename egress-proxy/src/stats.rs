@@ -35,6 +35,23 @@ pub struct Downstream {
     pub downstream_cx_active: AtomicU64,
     /// Connections accepted over `--max-connections` and closed at once.
     pub downstream_cx_overflow: AtomicU64,
+    /// Connections closed at once because their source address already
+    /// had `--max-connections-per-source` open.
+    pub downstream_cx_per_source_overflow: AtomicU64,
+    /// Closed for not sending their first bytes, PROXY header, ClientHello
+    /// or request head in time (slowloris).
+    pub downstream_cx_header_timeout: AtomicU64,
+    /// Closed for a PROXY header, ClientHello or request head over its cap
+    /// (header flood).
+    pub downstream_cx_header_too_large: AtomicU64,
+    /// PROXY headers refused: their sender is not in
+    /// `--proxy-protocol-from`.
+    pub downstream_proxy_proto_untrusted: AtomicU64,
+    /// Upstream names not resolved within `--resolve-timeout`.
+    pub upstream_resolve_timeout: AtomicU64,
+    /// Access-log lines dropped because the log's queue was full; shared
+    /// with the [`AccessLog`](crate::access_log::AccessLog).
+    pub access_log_dropped: Arc<AtomicU64>,
 }
 
 /// All counters. Cluster entries are created on first use and live as long
@@ -79,16 +96,32 @@ impl Stats {
             .collect()
     }
 
-    fn downstream(&self) -> [(&'static str, u64); 3] {
+    fn downstream(&self) -> [(&'static str, u64); 9] {
         let d = &self.downstream;
         [
-            ("downstream_cx_total", d.downstream_cx_total.load(Relaxed)),
-            ("downstream_cx_active", d.downstream_cx_active.load(Relaxed)),
+            ("downstream_cx_total", &d.downstream_cx_total),
+            ("downstream_cx_active", &d.downstream_cx_active),
+            ("downstream_cx_overflow", &d.downstream_cx_overflow),
             (
-                "downstream_cx_overflow",
-                d.downstream_cx_overflow.load(Relaxed),
+                "downstream_cx_per_source_overflow",
+                &d.downstream_cx_per_source_overflow,
             ),
+            (
+                "downstream_cx_header_timeout",
+                &d.downstream_cx_header_timeout,
+            ),
+            (
+                "downstream_cx_header_too_large",
+                &d.downstream_cx_header_too_large,
+            ),
+            (
+                "downstream_proxy_proto_untrusted",
+                &d.downstream_proxy_proto_untrusted,
+            ),
+            ("upstream_resolve_timeout", &d.upstream_resolve_timeout),
+            ("access_log_dropped", &*d.access_log_dropped),
         ]
+        .map(|(name, counter)| (name, counter.load(Relaxed)))
     }
 
     /// Envoy's admin `/stats` text: `cluster.NAME.STAT: VALUE`.

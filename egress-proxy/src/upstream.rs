@@ -48,6 +48,8 @@ impl FromStr for StaticEntry {
 pub enum UpstreamError {
     #[error("cannot resolve {host}: {source}")]
     Resolve { host: String, source: io::Error },
+    #[error("cannot resolve {host}: no answer within {timeout:?}")]
+    ResolveTimeout { host: String, timeout: Duration },
     #[error("{host} resolves to no address")]
     NoAddress { host: String },
     #[error("refusing to connect to {addr}: it is this proxy (loop)")]
@@ -65,14 +67,23 @@ pub struct Connector {
     /// Addresses the proxy listens on (listeners and admin).
     own: Vec<SocketAddr>,
     pub connect_timeout: Duration,
+    /// The system resolver's own timeouts (resolv.conf's `timeout` ×
+    /// `attempts` × servers) can add up to many seconds per name; a
+    /// client should hear a 502 sooner than that.
+    pub resolve_timeout: Duration,
 }
 
 impl Connector {
-    pub fn new(statics: Vec<StaticEntry>, connect_timeout: Duration) -> Self {
+    pub fn new(
+        statics: Vec<StaticEntry>,
+        connect_timeout: Duration,
+        resolve_timeout: Duration,
+    ) -> Self {
         Self {
             statics: statics.into_iter().map(|e| (e.host, e.addrs)).collect(),
             own: Vec::new(),
             connect_timeout,
+            resolve_timeout,
         }
     }
 
@@ -104,8 +115,16 @@ impl Connector {
         if let Some(ips) = self.statics.get(host) {
             return Ok(ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect());
         }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        // On timeout the getaddrinfo call goes on in tokio's blocking pool
+        // until the system resolver gives up; only the client stops
+        // waiting. The connection caps bound how many can pile up.
+        let lookup = tokio::net::lookup_host((host.as_str(), port));
+        let addrs: Vec<SocketAddr> = tokio::time::timeout(self.resolve_timeout, lookup)
             .await
+            .map_err(|_| UpstreamError::ResolveTimeout {
+                host: host.to_string(),
+                timeout: self.resolve_timeout,
+            })?
             .map_err(|source| UpstreamError::Resolve {
                 host: host.to_string(),
                 source,
@@ -184,6 +203,7 @@ mod tests {
     async fn statics_win_over_dns() {
         let c = Connector::new(
             vec!["edition.cnn.com=127.0.0.9".parse().expect("entry")],
+            Duration::from_secs(1),
             Duration::from_secs(1),
         );
         let host: Host = "edition.cnn.com".parse().expect("host");

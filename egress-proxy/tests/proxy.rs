@@ -98,7 +98,8 @@ impl Running {
                 .iter()
                 .map(|r| r.parse().expect("resolve"))
                 .collect(),
-            access_log: AccessLog::writer(Format::Json, Box::new(log.clone())),
+            access_log: AccessLog::writer(Format::Json, Box::new(log.clone()))
+                .expect("access log writer"),
         })
         .await
         .expect("proxy binds");
@@ -132,9 +133,17 @@ impl Running {
     }
 }
 
+/// A gateway that believes PROXY headers from loopback (the tests'
+/// "sidecars").
 fn gateway(allow: &[&str]) -> Mode {
+    trusting(allow, &["127.0.0.0/8"])
+}
+
+/// A gateway that believes PROXY headers from `trusted` only.
+fn trusting(allow: &[&str], trusted: &[&str]) -> Mode {
     Mode::Gateway(Gateway {
         allow: allow_list(allow).into(),
+        proxy_protocol_from: trusted.iter().map(|t| t.parse().expect("CIDR")).collect(),
     })
 }
 
@@ -479,7 +488,8 @@ async fn a_silent_peer_cannot_pin_a_connection() {
         drop(s);
     });
 
-    // 1. A client that sends nothing: closed by the sniff timeout.
+    // 1. A client that sends nothing: closed by the first-byte deadline
+    //    (bounded by the sniff timeout).
     let silent = exchange(gw.addr, b"").await;
     assert_eq!(silent, "");
     // 2. A client whose upstream goes quiet: closed by the idle timeout.
@@ -492,7 +502,7 @@ async fn a_silent_peer_cannot_pin_a_connection() {
         .map(|l| l["reason"].as_str().unwrap_or(""))
         .collect();
     assert!(
-        reasons.iter().any(|r| r.contains("no SNI or Host within")),
+        reasons.iter().any(|r| r.contains("no first bytes within")),
         "{reasons:?}"
     );
     assert!(reasons.contains(&"idle timeout"), "{reasons:?}");
@@ -625,6 +635,7 @@ async fn a_reloaded_allow_list_applies_to_the_next_connection() {
     let gw = Running::start(
         Mode::Gateway(Gateway {
             allow: allow.clone(),
+            proxy_protocol_from: Vec::new(),
         }),
         quick(),
         &["new.test=127.0.0.2"],
@@ -641,4 +652,273 @@ async fn a_reloaded_allow_list_applies_to_the_next_connection() {
     assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
     gw.shutdown().await;
     assert_eq!(new.await.expect("upstream").len(), 1);
+}
+
+/// Connects to `to` from the loopback address `from`, so one test can play
+/// several clients (sources) at once.
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{from}:0").parse().expect("address"))
+        .expect("bind the client's source address");
+    socket.connect(to).await.expect("connect to proxy")
+}
+
+/// Sends `request` on `s` and reads until the proxy closes.
+async fn exchange_on(mut s: TcpStream, request: &[u8]) -> String {
+    s.write_all(request).await.expect("send");
+    let mut out = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut out))
+        .await
+        .expect("proxy answers or closes in time")
+        .ok();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads until the proxy closes (EOF or reset); fails after PATIENCE.
+async fn closed_by_proxy(s: &mut TcpStream) {
+    let mut sink = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut sink))
+        .await
+        .expect("the proxy closes the connection in time")
+        .ok();
+}
+
+/// Waits until `/stats` shows `line`.
+async fn stats_show(gw: &Running, line: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let stats = gw.stats().await;
+        if stats.contains(line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {line:?} in:\n{stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_slowloris_client_is_cut_while_a_normal_client_is_served() {
+    let (cnn_addr, cnn) = upstream("127.0.0.2", 0, "cnn", 1).await;
+    let limits = Limits {
+        first_byte_timeout: Duration::from_secs(1),
+        sniff_timeout: Duration::from_secs(2),
+        ..quick()
+    };
+    let gw = Running::start(
+        gateway(&["edition.cnn.com"]),
+        limits,
+        &["edition.cnn.com=127.0.0.2"],
+    )
+    .await;
+    // One byte a second of a head that would take a minute and a half.
+    let slow = {
+        let addr = gw.addr;
+        tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let head = get("edition.cnn.com");
+            let mut sent = 0;
+            for byte in &head {
+                if s.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                sent += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            (sent, head.len())
+        })
+    };
+    // A silent client: not even a first byte.
+    let mut silent = TcpStream::connect(gw.addr).await.expect("connect");
+    // Meanwhile a normal client, to the upstream's port through the
+    // PROXY header (trusted from loopback), is served.
+    let q = cnn_addr.port();
+    let mut request = proxy_protocol::encode(
+        "10.244.1.10:50000".parse().expect("addr"),
+        format!("203.0.113.10:{q}").parse().expect("addr"),
+    )
+    .expect("header");
+    request.extend_from_slice(&get("edition.cnn.com"));
+    let reply = exchange(gw.addr, &request).await;
+    assert!(reply.contains("cnn got"), "{reply}");
+
+    closed_by_proxy(&mut silent).await;
+    let (sent, whole) = tokio::time::timeout(PATIENCE * 2, slow)
+        .await
+        .expect("the slow client is cut before a generous bound")
+        .expect("slow client task");
+    assert!(sent < whole, "the slow client finished its head: not cut");
+    stats_show(
+        &gw,
+        "listener.egress_proxy.downstream_cx_header_timeout: 2\n",
+    )
+    .await;
+    let lines = gw.log.wait_for(3).await;
+    let reasons: Vec<&str> = lines.iter().filter_map(|l| l["reason"].as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("no first bytes within")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("no complete ClientHello or request head within")),
+        "{reasons:?}"
+    );
+    gw.shutdown().await;
+    let _ = cnn.await;
+}
+
+#[tokio::test]
+async fn a_header_flood_is_refused_at_the_cap() {
+    let gw = Running::start(gateway(&["edition.cnn.com"]), quick(), &[]).await;
+    // A huge head: one endless header line. The proxy stops reading at its
+    // 16 KiB cap and closes; what the client gets written before that is
+    // bounded by the cap plus the two sockets' buffers, far below 64 MiB.
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nX-Flood: ")
+        .await
+        .expect("send");
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut written = 0usize;
+    let flood = async {
+        while written < 64 << 20 {
+            match s.write(&chunk).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => written += n,
+            }
+        }
+        false
+    };
+    let cut = tokio::time::timeout(PATIENCE, flood)
+        .await
+        .expect("the flood is cut in time");
+    assert!(cut, "the proxy took {written} bytes of one header line");
+    // Endless small headers: refused at the header count, before the cap.
+    let endless = format!("GET / HTTP/1.1\r\n{}", "X: y\r\n".repeat(1000));
+    let reply = exchange(gw.addr, endless.as_bytes()).await;
+    assert_eq!(reply, "");
+    stats_show(
+        &gw,
+        "listener.egress_proxy.downstream_cx_header_too_large: 2\n",
+    )
+    .await;
+    let lines = gw.log.wait_for(2).await;
+    let reasons: Vec<&str> = lines.iter().filter_map(|l| l["reason"].as_str()).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("16384 bytes")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("more than 96 headers")),
+        "{reasons:?}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_proxy_header_is_believed_only_from_a_trusted_source() {
+    let (upstream_addr, cnn) = upstream("127.0.0.3", 0, "cnn", 1).await;
+    let q = upstream_addr.port();
+    // Only 127.0.0.2 plays the sidecar.
+    let gw = Running::start(
+        trusting(&[&format!("edition.cnn.com:{q}")], &["127.0.0.2/32"]),
+        quick(),
+        &["edition.cnn.com=127.0.0.3"],
+    )
+    .await;
+    let original: SocketAddr = format!("203.0.113.10:{q}").parse().expect("addr");
+    let claimed: SocketAddr = "10.244.1.10:50000".parse().expect("addr");
+    let mut request = proxy_protocol::encode(claimed, original).expect("header");
+    request.extend_from_slice(&get("edition.cnn.com"));
+
+    let untrusted = exchange_on(connect_from("127.0.0.1", gw.addr).await, &request).await;
+    assert_eq!(untrusted, "", "an untrusted PROXY header gets nothing");
+    let lines = gw.log.wait_for(1).await;
+    assert_eq!(lines[0]["verdict"], "denied");
+    assert!(
+        lines[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("--proxy-protocol-from")),
+        "{}",
+        lines[0]
+    );
+    // The log names the real peer, not the client the header claimed.
+    assert!(
+        lines[0]["downstream"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("127.0.0.1:")),
+        "{}",
+        lines[0]
+    );
+
+    let trusted = exchange_on(connect_from("127.0.0.2", gw.addr).await, &request).await;
+    assert!(trusted.contains("cnn got"), "{trusted}");
+    let lines = gw.log.wait_for(2).await;
+    assert_eq!(lines[1]["downstream"], claimed.to_string());
+    assert_eq!(lines[1]["original_dst"], original.to_string());
+    let stats = gw.stats().await;
+    assert!(
+        stats.contains("listener.egress_proxy.downstream_proxy_proto_untrusted: 1\n"),
+        "{stats}"
+    );
+    gw.shutdown().await;
+    assert_eq!(cnn.await.expect("cnn"), vec![get("edition.cnn.com")]);
+}
+
+#[tokio::test]
+async fn the_per_source_cap_refuses_one_more_and_serves_others() {
+    let (_, cnn) = upstream("127.0.0.3", 0, "cnn", 2).await;
+    let limits = Limits {
+        max_connections_per_source: 2,
+        ..quick()
+    };
+    let gw = Running::start(
+        gateway(&["edition.cnn.com"]),
+        limits,
+        &["edition.cnn.com=127.0.0.3"],
+    )
+    .await;
+    // Ask for the upstream's port through the gateway's own port: the
+    // upstream listens on the gateway's port number on 127.0.0.3.
+    drop(cnn);
+    let (_, cnn) = upstream("127.0.0.3", gw.addr.port(), "cnn", 2).await;
+    // 127.0.0.1 holds both of its slots, mid-head.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect_from("127.0.0.1", gw.addr).await;
+        s.write_all(b"GET / HT").await.expect("partial");
+        held.push(s);
+    }
+    let mut third = connect_from("127.0.0.1", gw.addr).await;
+    closed_by_proxy(&mut third).await;
+    stats_show(
+        &gw,
+        "listener.egress_proxy.downstream_cx_per_source_overflow: 1\n",
+    )
+    .await;
+    // Another source is served meanwhile.
+    let other = exchange_on(
+        connect_from("127.0.0.2", gw.addr).await,
+        &get("edition.cnn.com"),
+    )
+    .await;
+    assert!(other.contains("cnn got"), "{other}");
+    // A slot given back is usable again.
+    drop(held.pop());
+    gw.log.wait_for(2).await;
+    let again = exchange_on(
+        connect_from("127.0.0.1", gw.addr).await,
+        &get("edition.cnn.com"),
+    )
+    .await;
+    assert!(again.contains("cnn got"), "{again}");
+    drop(held);
+    gw.shutdown().await;
+    assert_eq!(cnn.await.expect("cnn").len(), 2);
 }
