@@ -67,6 +67,8 @@ fn the_gateway_binary_enforces_the_seed_allowed_hosts() {
         ])
         .args(["--gateway", "istio-system/istio-egressgateway"])
         .args(["--resolve", "edition.cnn.com=127.0.0.2"])
+        // This test plays the sidecar, from loopback.
+        .args(["--proxy-protocol-from", "127.0.0.1"])
         .args(["--access-log", &log.display().to_string()])
         .stderr(Stdio::null())
         .spawn()

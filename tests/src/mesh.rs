@@ -118,6 +118,11 @@ impl Mesh {
                 sim.policies_dir().display().to_string(),
             ]);
             args.extend(["--gateway".into(), policy.unwrap_or_default()]);
+            // The sidecars send PROXY headers from pod addresses; nothing
+            // else may.
+            for cidr in &plan.node.cluster_cidrs {
+                args.extend(["--proxy-protocol-from".into(), cidr.to_string()]);
+            }
             let listen = GATEWAY_PORTS
                 .iter()
                 .map(|p| SocketAddr::new(pod.addresses[0], *p))

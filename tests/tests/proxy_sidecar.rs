@@ -239,6 +239,9 @@ fn through_the_gateway_the_original_port_travels_in_a_proxy_header() {
             &allow,
             "--resolve",
             &resolve,
+            // The sidecar below, the only one allowed a PROXY header.
+            "--proxy-protocol-from",
+            "127.0.0.1",
         ],
         "127.0.0.1:15443".parse().expect("addr"),
     );

@@ -293,9 +293,25 @@ pub struct ProxyArgs {
     /// accept.
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
-    /// Time for the ClientHello or request head (gateway).
+    /// Connections one source address may have open at once; more are
+    /// closed on accept.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections_per_source: usize,
+    /// Gateway: believe PROXY headers only from these peers (the
+    /// sidecars), as CIDR or IP; repeatable. Default: none, so every
+    /// PROXY header is refused.
+    #[arg(long, value_name = "CIDR", value_parser = parse_net)]
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// Gateway: time from accept to the client's first bytes.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub first_byte_timeout: std::time::Duration,
+    /// Gateway: time from accept to the end of the PROXY header and the
+    /// ClientHello or request head.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub sniff_timeout: std::time::Duration,
+    /// Resolving an upstream name (or --via-gateway's); a timeout is a 502.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub resolve_timeout: std::time::Duration,
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: std::time::Duration,
     /// No byte either way for this long closes the connection.
@@ -306,6 +322,13 @@ pub struct ProxyArgs {
     pub drain_timeout: std::time::Duration,
     #[arg(long, value_enum, default_value_t)]
     pub log_format: LogFormat,
+}
+
+/// `10.244.0.0/16`, or a bare address as its /32 or /128.
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("expected a CIDR or an IP address, got {s:?}"))
 }
 
 /// `250ms`, `5s`, `2m`, `1h`; a bare number is seconds.

@@ -20,8 +20,12 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
     let mut reloadable = None;
     let mode = match args.mode {
         ProxyMode::Sidecar => {
-            if !args.policies.is_empty() || !args.allow.is_empty() || args.allow_any {
-                bail!("--policies, --gateway, --allow and --allow-any are for --mode gateway");
+            if !args.policies.is_empty()
+                || !args.allow.is_empty()
+                || args.allow_any
+                || !args.proxy_protocol_from.is_empty()
+            {
+                bail!("--policies, --gateway, --allow, --allow-any and --proxy-protocol-from are for --mode gateway");
             }
             Mode::Sidecar(Sidecar {
                 via_gateway: args.via_gateway.clone(),
@@ -33,7 +37,10 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
             }
             let allow = SharedAllowList::new(allow_list(args)?);
             reloadable = Some(allow.clone());
-            Mode::Gateway(Gateway { allow })
+            Mode::Gateway(Gateway {
+                allow,
+                proxy_protocol_from: args.proxy_protocol_from.clone(),
+            })
         }
     };
     let listen = match (args.listen.is_empty(), args.mode) {
@@ -46,7 +53,7 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
         Output::Json => access_log::Format::Json,
     };
     let access_log = match &args.access_log {
-        None => AccessLog::stdout(format),
+        None => AccessLog::stdout(format).context("cannot start the access log")?,
         Some(path) => AccessLog::file(format, path)
             .with_context(|| format!("cannot open the access log {}", path.display()))?,
     };
@@ -56,7 +63,10 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
         admin: args.admin,
         limits: Limits {
             max_connections: args.max_connections,
+            max_connections_per_source: args.max_connections_per_source,
+            first_byte_timeout: args.first_byte_timeout,
             sniff_timeout: args.sniff_timeout,
+            resolve_timeout: args.resolve_timeout,
             connect_timeout: args.connect_timeout,
             idle_timeout: args.idle_timeout,
             drain_timeout: args.drain_timeout,
