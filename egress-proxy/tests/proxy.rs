@@ -224,6 +224,14 @@ fn get(host: &str) -> Vec<u8> {
     format!("GET /politics HTTP/1.1\r\nHost: {host}\r\nUser-Agent: test\r\n\r\n").into_bytes()
 }
 
+/// What a sidecar sends the gateway: a PROXY header saying `client` meant
+/// `original`, then the client's GET for edition.cnn.com.
+fn proxied_get(client: SocketAddr, original: SocketAddr) -> Vec<u8> {
+    let mut request = proxy_protocol::encode(client, original).expect("header");
+    request.extend_from_slice(&get("edition.cnn.com"));
+    request
+}
+
 /// A minimal TLS 1.2 ClientHello naming `sni`.
 fn client_hello(sni: &str) -> Vec<u8> {
     let name = sni.as_bytes();
@@ -539,9 +547,7 @@ async fn the_port_comes_from_the_sidecars_proxy_header() {
     .await;
     let original: SocketAddr = format!("203.0.113.10:{q}").parse().expect("addr");
     let client: SocketAddr = "10.244.1.10:50000".parse().expect("addr");
-    let mut request = proxy_protocol::encode(client, original).expect("header");
-    request.extend_from_slice(&get("edition.cnn.com"));
-    let reply = exchange(gw.addr, &request).await;
+    let reply = exchange(gw.addr, &proxied_get(client, original)).await;
     assert!(reply.contains("cnn got"), "{reply}");
     let lines = gw.log.wait_for(1).await;
     assert_eq!(lines[0]["original_dst"], original.to_string());
@@ -654,6 +660,20 @@ async fn a_reloaded_allow_list_applies_to_the_next_connection() {
     assert_eq!(new.await.expect("upstream").len(), 1);
 }
 
+/// A gateway allowing edition.cnn.com, which it resolves to `ip`.
+async fn cnn_gateway(limits: Limits, ip: &str) -> Running {
+    let resolve = format!("edition.cnn.com={ip}");
+    Running::start(gateway(&["edition.cnn.com"]), limits, &[&resolve]).await
+}
+
+/// Whether some access-log line's reason contains `needle`.
+fn has_reason(lines: &[serde_json::Value], needle: &str) -> bool {
+    lines
+        .iter()
+        .filter_map(|l| l["reason"].as_str())
+        .any(|r| r.contains(needle))
+}
+
 /// Connects to `to` from the loopback address `from`, so one test can play
 /// several clients (sources) at once.
 async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
@@ -708,12 +728,7 @@ async fn a_slowloris_client_is_cut_while_a_normal_client_is_served() {
         sniff_timeout: Duration::from_secs(2),
         ..quick()
     };
-    let gw = Running::start(
-        gateway(&["edition.cnn.com"]),
-        limits,
-        &["edition.cnn.com=127.0.0.2"],
-    )
-    .await;
+    let gw = cnn_gateway(limits, "127.0.0.2").await;
     // One byte a second of a head that would take a minute and a half.
     let slow = {
         let addr = gw.addr;
@@ -736,12 +751,10 @@ async fn a_slowloris_client_is_cut_while_a_normal_client_is_served() {
     // Meanwhile a normal client, to the upstream's port through the
     // PROXY header (trusted from loopback), is served.
     let q = cnn_addr.port();
-    let mut request = proxy_protocol::encode(
+    let request = proxied_get(
         "10.244.1.10:50000".parse().expect("addr"),
         format!("203.0.113.10:{q}").parse().expect("addr"),
-    )
-    .expect("header");
-    request.extend_from_slice(&get("edition.cnn.com"));
+    );
     let reply = exchange(gw.addr, &request).await;
     assert!(reply.contains("cnn got"), "{reply}");
 
@@ -757,18 +770,10 @@ async fn a_slowloris_client_is_cut_while_a_normal_client_is_served() {
     )
     .await;
     let lines = gw.log.wait_for(3).await;
-    let reasons: Vec<&str> = lines.iter().filter_map(|l| l["reason"].as_str()).collect();
+    assert!(has_reason(&lines, "no first bytes within"), "{lines:?}");
     assert!(
-        reasons
-            .iter()
-            .any(|r| r.starts_with("no first bytes within")),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons
-            .iter()
-            .any(|r| r.starts_with("no complete ClientHello or request head within")),
-        "{reasons:?}"
+        has_reason(&lines, "no complete ClientHello or request head within"),
+        "{lines:?}"
     );
     gw.shutdown().await;
     let _ = cnn.await;
@@ -809,15 +814,8 @@ async fn a_header_flood_is_refused_at_the_cap() {
     )
     .await;
     let lines = gw.log.wait_for(2).await;
-    let reasons: Vec<&str> = lines.iter().filter_map(|l| l["reason"].as_str()).collect();
-    assert!(
-        reasons.iter().any(|r| r.contains("16384 bytes")),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons.iter().any(|r| r.contains("more than 96 headers")),
-        "{reasons:?}"
-    );
+    assert!(has_reason(&lines, "16384 bytes"), "{lines:?}");
+    assert!(has_reason(&lines, "more than 96 headers"), "{lines:?}");
     gw.shutdown().await;
 }
 
@@ -834,8 +832,7 @@ async fn a_proxy_header_is_believed_only_from_a_trusted_source() {
     .await;
     let original: SocketAddr = format!("203.0.113.10:{q}").parse().expect("addr");
     let claimed: SocketAddr = "10.244.1.10:50000".parse().expect("addr");
-    let mut request = proxy_protocol::encode(claimed, original).expect("header");
-    request.extend_from_slice(&get("edition.cnn.com"));
+    let request = proxied_get(claimed, original);
 
     let untrusted = exchange_on(connect_from("127.0.0.1", gw.addr).await, &request).await;
     assert_eq!(untrusted, "", "an untrusted PROXY header gets nothing");
@@ -873,20 +870,12 @@ async fn a_proxy_header_is_believed_only_from_a_trusted_source() {
 
 #[tokio::test]
 async fn the_per_source_cap_refuses_one_more_and_serves_others() {
-    let (_, cnn) = upstream("127.0.0.3", 0, "cnn", 2).await;
     let limits = Limits {
         max_connections_per_source: 2,
         ..quick()
     };
-    let gw = Running::start(
-        gateway(&["edition.cnn.com"]),
-        limits,
-        &["edition.cnn.com=127.0.0.3"],
-    )
-    .await;
-    // Ask for the upstream's port through the gateway's own port: the
-    // upstream listens on the gateway's port number on 127.0.0.3.
-    drop(cnn);
+    let gw = cnn_gateway(limits, "127.0.0.3").await;
+    // Without a PROXY header the port is the gateway's own.
     let (_, cnn) = upstream("127.0.0.3", gw.addr.port(), "cnn", 2).await;
     // 127.0.0.1 holds both of its slots, mid-head.
     let mut held = Vec::new();
