@@ -218,6 +218,25 @@ mod tests {
             ),
             "{prom}"
         );
+        stats
+            .downstream
+            .downstream_cx_per_source_overflow
+            .fetch_add(2, Relaxed);
+        stats.downstream.access_log_dropped.fetch_add(5, Relaxed);
+        let (text, prom) = (stats.envoy_text(), stats.prometheus());
+        for line in [
+            "listener.egress_proxy.downstream_cx_per_source_overflow: 2\n",
+            "listener.egress_proxy.access_log_dropped: 5\n",
+        ] {
+            assert!(text.contains(line), "{text}");
+        }
+        for line in [
+            "# TYPE envoy_listener_downstream_proxy_proto_untrusted counter\n",
+            "envoy_listener_downstream_cx_per_source_overflow 2\n",
+            "envoy_listener_access_log_dropped 5\n",
+        ] {
+            assert!(prom.contains(line), "{prom}");
+        }
         {
             let _a = Active::enter(&c.upstream_cx_active);
             assert_eq!(c.upstream_cx_active.load(Relaxed), 1);
