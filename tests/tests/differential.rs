@@ -158,9 +158,9 @@ struct PolicySet {
 fn random_net(rng: &mut Rng) -> Net {
     let v6 = rng.chance(35);
     let base = if v6 {
-        parse_net(*rng.pick(&REMOTE_V6[..]))
+        parse_net(rng.pick::<&str>(&REMOTE_V6))
     } else {
-        parse_net(*rng.pick(&REMOTE_V4[..]))
+        parse_net(rng.pick::<&str>(&REMOTE_V4))
     };
     let pods = if v6 {
         "fd00:244:1::/64"
@@ -306,7 +306,7 @@ fn policy_set(rng: &mut Rng) -> PolicySet {
 
 fn peer(rng: &mut Rng, nets: &mut Vec<Net>, tiers: &[&str]) -> String {
     match rng.below(5) {
-        0 | 1 | 2 => {
+        0..=2 => {
             let net = random_net(rng);
             nets.push(net);
             let width = if net.0.is_ipv4() { 32 } else { 128 };
@@ -387,9 +387,9 @@ fn flow(rng: &mut Rng, set: &PolicySet) -> Flow {
         }
         _ => {
             let remote = if family_v6 {
-                parse_net(*rng.pick(&REMOTE_V6[..]))
+                parse_net(rng.pick::<&str>(&REMOTE_V6))
             } else {
-                parse_net(*rng.pick(&REMOTE_V4[..]))
+                parse_net(rng.pick::<&str>(&REMOTE_V4))
             };
             inside(rng, remote)
         }

@@ -575,7 +575,7 @@ fn test_run(program_id: u32) -> anyhow::Result<()> {
 }
 
 fn hex(text: &str) -> anyhow::Result<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         bail!("odd number of hex digits");
     }
     (0..text.len())
