@@ -268,6 +268,80 @@ impl<'a> Client<'a> {
         ])
     }
 
+    /// Many operations in one probe process (`egress-probe batch`), in
+    /// order: each is `connect FROM ADDR/PROTO`, `sendto FROM ADDR` or
+    /// `raw FROM ADDR`, from a socket bound to FROM. Connects wait up to
+    /// `timeout`.
+    pub fn batch(&self, ops: &[String], timeout: Duration) -> anyhow::Result<Vec<Outcome>> {
+        let timeout_ms = timeout.as_millis().to_string();
+        let lines = self.feed(&["batch", "--timeout-ms", &timeout_ms], ops)?;
+        Ok(lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("RESULT "))
+            .map(|r| Outcome::parse(r.trim()))
+            .collect())
+    }
+
+    /// Runs each frame once through the loaded program `program_id`
+    /// (`BPF_PROG_TEST_RUN`) from this client's cgroup: the program's
+    /// return value, or the call's outcome if it failed.
+    pub fn test_run(
+        &self,
+        program_id: u32,
+        frames: &[Vec<u8>],
+    ) -> anyhow::Result<Vec<Result<u32, Outcome>>> {
+        let hex: Vec<String> = frames
+            .iter()
+            .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        let lines = self.feed(&["test-run", &program_id.to_string()], &hex)?;
+        lines
+            .iter()
+            .map(
+                |l| match (l.strip_prefix("RETVAL "), l.strip_prefix("RESULT ")) {
+                    (Some(n), _) => Ok(Ok(n.trim().parse()?)),
+                    (_, Some(r)) => Ok(Err(Outcome::parse(r.trim()))),
+                    _ => bail!("egress-probe test-run said {l:?}"),
+                },
+            )
+            .collect()
+    }
+
+    /// Runs a probe command with `input` on its stdin, one line each, and
+    /// returns its stdout's lines; it must answer each input line.
+    fn feed(&self, args: &[&str], input: &[String]) -> anyhow::Result<Vec<String>> {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting egress-probe")?;
+        let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        let text: String = input.iter().map(|l| format!("{l}\n")).collect();
+        // Written from another thread: the probe answers as it reads, and
+        // a full stdout pipe would otherwise block both sides.
+        let writer = thread::spawn(move || stdin.write_all(text.as_bytes()));
+        let output = child.wait_with_output().context("running egress-probe")?;
+        let written = writer
+            .join()
+            .map_err(|_| anyhow!("stdin writer panicked"))?;
+        let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if written.is_err() || !output.status.success() || lines.len() != input.len() {
+            bail!(
+                "egress-probe {args:?} ({}) answered {} of {} lines: {}",
+                output.status,
+                lines.len(),
+                input.len(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(lines)
+    }
+
     /// Runs a probe command that ends with a `DONE` line.
     fn done(&self, args: &[&str]) -> anyhow::Result<Flood> {
         let output = self

@@ -75,6 +75,7 @@ mod maps;
 pub mod nft;
 pub mod object;
 mod syscalls;
+mod test_run;
 mod uninstall;
 
 use std::path::{Path, PathBuf};
@@ -93,6 +94,7 @@ pub use image::{
 };
 pub use links::{program_name, AttachedLink};
 pub use maps::{EbpfLogLevel, EntryCounts, FlowEntries};
+pub use test_run::test_run;
 pub use uninstall::UninstallReport;
 
 use cgroups::CgroupRoot;

@@ -2,7 +2,8 @@
 //! the programs' clock.
 //!
 //! aya 0.14 attaches `cgroup/getsockopt` with a bpf_link but cannot hand
-//! that link out as an `FdLink` to pin, so that link is created here.
+//! that link out as an `FdLink` to pin, so that link is created here; nor
+//! does it wrap `BPF_PROG_TEST_RUN`, which the program-level tests use.
 
 use std::{
     ffi::CString,
@@ -20,6 +21,8 @@ use std::{
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 /// `BPF_CGROUP_GETSOCKOPT` of `enum bpf_attach_type`.
 pub(super) const BPF_CGROUP_GETSOCKOPT: u32 = 21;
 /// `BPF_CGROUP_SETSOCKOPT`.
@@ -121,6 +124,73 @@ pub(super) fn link_info(fd: &OwnedFd) -> io::Result<LinkInfo> {
         cgroup_id: (info.type_ == BPF_LINK_TYPE_CGROUP).then_some(info.cgroup_id),
         attach_type: info.attach_type,
     })
+}
+
+/// `BPF_PROG_GET_FD_BY_ID`: a descriptor of the loaded program `id`.
+pub(super) fn prog_get_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct Attr {
+        prog_id: u32,
+        next_id: u32,
+        open_flags: u32,
+        _pad: [u32; 13],
+    }
+    let mut attr = Attr {
+        prog_id: id,
+        next_id: 0,
+        open_flags: 0,
+        _pad: [0; 13],
+    };
+    // SAFETY: `attr` is a valid, zero-padded bpf_attr for this command.
+    unsafe { bpf_new_fd(BPF_PROG_GET_FD_BY_ID, &mut attr) }
+}
+
+/// `BPF_PROG_TEST_RUN`: runs `prog` once on `data` (no context in or
+/// out, no data copied back) and returns the program's return value.
+pub(super) fn prog_test_run(prog: BorrowedFd<'_>, data: &[u8]) -> io::Result<u32> {
+    #[repr(C)]
+    struct Attr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    let mut attr = Attr {
+        prog_fd: fd_u32(prog)?,
+        retval: 0,
+        data_size_in: u32::try_from(data.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        data_size_out: 0,
+        data_in: data.as_ptr() as u64,
+        data_out: 0,
+        repeat: 1,
+        duration: 0,
+        ctx_size_in: 0,
+        ctx_size_out: 0,
+        ctx_in: 0,
+        ctx_out: 0,
+        flags: 0,
+        cpu: 0,
+        batch_size: 0,
+        _pad: 0,
+    };
+    // SAFETY: `attr` is a valid, zero-padded bpf_attr for this command;
+    // `data_in` points at `data`, which outlives the call, and no output
+    // buffer is given.
+    unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
+    Ok(attr.retval)
 }
 
 /// `union bpf_attr` for BPF_OBJ_PIN and BPF_OBJ_GET: pathname, bpf_fd,

@@ -84,6 +84,18 @@
 //!   outcome is the wanted one: `READY <first>`, then `REACHED mono_ns=…`
 //!   (`CLOCK_MONOTONIC`, comparable with the caller's clock).
 //!
+//! For the differential and program-level tests, many operations in one
+//! process (one line of stdin each, one line of stdout each, in order):
+//!
+//! - `batch`: each line is `connect FROM ADDR/PROTO`, `sendto FROM ADDR`
+//!   or `raw FROM ADDR` (the operations above, from a socket bound to the
+//!   address FROM, port 0; `raw` is `raw-from` with FROM port 40000):
+//!   `RESULT <outcome>`.
+//! - `test-run PROGRAM_ID`: each line is a frame in hex, run once through
+//!   the loaded program PROGRAM_ID with `BPF_PROG_TEST_RUN` from this
+//!   process (so from its cgroup): `RETVAL <n>`, or `RESULT <outcome>` if
+//!   the call failed.
+//!
 //! `<outcome>` is `ok`, `eperm`, `refused`, `timeout` or `errno=N <text>`.
 //!
 //! `ip netns exec` is not used because it remounts `/sys` in a new mount
@@ -254,6 +266,14 @@ enum Command {
         #[arg(long, default_value_t = 60_000)]
         give_up_ms: u64,
     },
+    /// One connect, sendto or raw datagram per stdin line.
+    Batch {
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+    /// One `BPF_PROG_TEST_RUN` of a loaded program per stdin line (a
+    /// frame in hex).
+    TestRun { program_id: u32 },
     /// Connect (or sendto) again and again until stdin closes.
     Repeat {
         op: RepeatOp,
@@ -418,6 +438,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             )
             .context("until")
         }
+        Command::Batch { timeout_ms } => batch(Duration::from_millis(timeout_ms)),
+        Command::TestRun { program_id } => test_run(program_id),
         Command::Repeat {
             op,
             target,
@@ -492,14 +514,74 @@ fn listen(target: Target) -> anyhow::Result<()> {
 }
 
 fn connect(target: Target, timeout: Duration) -> io::Result<()> {
+    connect_from(None, target, timeout)
+}
+
+/// [`connect`] from a socket bound to `bind` (port 0) first.
+fn connect_from(bind: Option<IpAddr>, target: Target, timeout: Duration) -> io::Result<()> {
+    let local = bind.map_or(unspecified(target.addr), |ip| SocketAddr::new(ip, 0));
     match target.proto {
-        Proto::Tcp => TcpStream::connect_timeout(&target.addr, timeout).map(drop),
+        Proto::Tcp => {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(target.addr),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.bind(&local.into())?;
+            socket.connect_timeout(&target.addr.into(), timeout)
+        }
         Proto::Udp => {
-            let socket = UdpSocket::bind(unspecified(target.addr))?;
+            let socket = UdpSocket::bind(local)?;
             socket.connect(target.addr)?;
             socket.send(PAYLOAD).map(drop)
         }
     }
+}
+
+/// `batch`: one operation per stdin line, one `RESULT` line each.
+fn batch(timeout: Duration) -> anyhow::Result<()> {
+    for line in io::stdin().lines() {
+        let line = line.context("reading stdin")?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [op, from, to] = words[..] else {
+            bail!("batch line {line:?}: want OP FROM TO");
+        };
+        let from: IpAddr = from.parse().with_context(|| format!("FROM in {line:?}"))?;
+        let to: Target = to
+            .parse()
+            .map_err(|e| anyhow::anyhow!("TO in {line:?}: {e}"))?;
+        let outcome = match op {
+            "connect" => connect_from(Some(from), to, timeout),
+            "sendto" => sendto_from(Some(SocketAddr::new(from, 0)), to.addr),
+            "raw" => raw_from(SocketAddr::new(from, 40_000), to.addr),
+            other => bail!("batch line {line:?}: unknown operation {other:?}"),
+        };
+        report(outcome)?;
+    }
+    Ok(())
+}
+
+/// `test-run`: each stdin line a hex frame for the program `program_id`.
+fn test_run(program_id: u32) -> anyhow::Result<()> {
+    for line in io::stdin().lines() {
+        let line = line.context("reading stdin")?;
+        let frame = hex(line.trim()).with_context(|| format!("frame {line:?}"))?;
+        match egress_agent::dataplane::test_run(program_id, &frame) {
+            Ok(retval) => println!("RETVAL {retval}"),
+            Err(err) => report(Err(err))?,
+        }
+    }
+    Ok(())
+}
+
+fn hex(text: &str) -> anyhow::Result<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        bail!("odd number of hex digits");
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).context("not hex"))
+        .collect()
 }
 
 fn hold(target: Target, timeout: Duration) -> anyhow::Result<()> {
