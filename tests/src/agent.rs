@@ -157,10 +157,42 @@ impl Agent {
         count: usize,
         within: Duration,
     ) -> anyhow::Result<()> {
+        if !self.logged_within(needle, count, within)? {
+            bail!(
+                "egress-agent did not log {needle:?} {count} time(s) within {within:?}:\n{}",
+                self.log()
+            );
+        }
+        Ok(())
+    }
+
+    /// A silence check: fails if `needle` appears in the log once more than
+    /// it has so far within `within`. A bounded wait for the arrival a
+    /// regression would bring, not a timing check: a pass costs the whole
+    /// window, a regression ends it early.
+    pub fn expect_no_log(&mut self, needle: &str, within: Duration) -> anyhow::Result<()> {
+        let seen = self.log().matches(needle).count();
+        if self.logged_within(needle, seen + 1, within)? {
+            bail!(
+                "egress-agent logged {needle:?} within {within:?}, and must not have:\n{}",
+                self.log()
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the log contains `needle` `count` times in all within
+    /// `within`; an error if the agent exits first.
+    fn logged_within(
+        &mut self,
+        needle: &str,
+        count: usize,
+        within: Duration,
+    ) -> anyhow::Result<bool> {
         let deadline = Instant::now() + within;
         loop {
             if self.log().matches(needle).count() >= count {
-                return Ok(());
+                return Ok(true);
             }
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
@@ -171,10 +203,7 @@ impl Agent {
                 }
             }
             if Instant::now() > deadline {
-                bail!(
-                    "egress-agent did not log {needle:?} {count} time(s) within {within:?}:\n{}",
-                    self.log()
-                );
+                return Ok(false);
             }
             thread::sleep(Duration::from_millis(20));
         }

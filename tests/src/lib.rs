@@ -31,6 +31,12 @@ pub use netns::{Netns, TestNet};
 pub use pins::PinDir;
 pub use probe::{Client, Event, Held, Listener, Outcome, Proto, RepeatOp, Repeater, Tally};
 
+/// How long a silence check waits for what must not happen (a datagram that
+/// must not arrive, a log line the agent must not write). A bound, not a
+/// timing check: a regression turns into an arrival within it, long against
+/// the agent's 50 ms reload debounce and its event readers.
+pub const SILENCE: std::time::Duration = std::time::Duration::from_millis(700);
+
 /// Fails early, and says why, when the tests cannot work at all.
 pub fn require_root() {
     // SAFETY: getuid has no preconditions.

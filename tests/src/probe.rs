@@ -662,6 +662,21 @@ impl Repeater {
         }
     }
 
+    /// Waits until `n` more attempts than so far were made: the operation
+    /// ran at least `n` times in the state the test is in now. Fails if
+    /// they were not made within `within`, which only bounds a hang.
+    pub fn wait_for_more(&self, n: u64, within: Duration) -> anyhow::Result<Tally> {
+        let want = self.tally().total() + n;
+        let tally = self.wait_for(want, within);
+        if tally.total() < want {
+            bail!(
+                "{} of {want} attempts within {within:?}: {tally:?}",
+                tally.total()
+            );
+        }
+        Ok(tally)
+    }
+
     /// Stops the probe and returns every outcome.
     pub fn stop(mut self) -> Tally {
         self.finish();
