@@ -22,6 +22,7 @@ use integration_tests::{
     netns::TestNet,
     pins::PinDir,
     probe::{Client, Listener, Outcome, Proto, RepeatOp, Tally},
+    SILENCE,
 };
 use serde_json::Value;
 
@@ -446,18 +447,22 @@ fn a_file_rewritten_in_place_in_slow_steps_is_applied_once_complete() -> anyhow:
     let cut = last.find("    ports:").expect("the policy has ports");
     let (partial, rest) = last.split_at(cut);
     {
-        // One writer, one open file: truncate, pause, part, pause, rest.
+        // One writer, one open file: truncate, pause, part, pause, rest,
+        // pause. Each pause is a silence check, long against the agent's
+        // debounce: a reload of the file as it stands (empty, cut short)
+        // would arrive in the agent's log within it.
         let mut file = fs::OpenOptions::new()
             .write(true)
             .truncate(true)
             .open(dir.path.join("policy.yaml"))?;
-        thread::sleep(Duration::from_millis(300));
+        let mut pause = || agent.expect_no_log("policy files changed", SILENCE);
+        pause()?;
         file.write_all(partial.as_bytes())?;
         file.flush()?;
-        thread::sleep(Duration::from_millis(300));
+        pause()?;
         file.write_all(rest.as_bytes())?;
         file.flush()?;
-        thread::sleep(Duration::from_millis(300));
+        pause()?;
     } // closed here: IN_CLOSE_WRITE
 
     let second = wait_for_status(&socket, "generation 2", |s| {
