@@ -16,7 +16,7 @@ use integration_tests::{
     mesh::{counter, AccessLine, Mesh},
     require_root,
     scenario::{id, Running},
-    Listener, Outcome, Proto,
+    Listener, Outcome, Proto, SILENCE,
 };
 
 const LOG_WAIT: Duration = Duration::from_secs(5);
@@ -315,10 +315,14 @@ spec:
         .next_event(Duration::from_secs(2))
         .context("reached directly")?;
     ensure!(seen.peer().ip() == w.node.sim.pod_of(&sleep()).context("pod")?.addresses[0]);
-    std::thread::sleep(Duration::from_millis(300));
+    // A silence check: had the connection gone through the sidecar, its
+    // access-log line (written when the connection ends) would arrive.
+    let sidecar = w.mesh.sidecar(&sidecar_of_sleep()).context("sidecar")?;
+    let lines = sidecar.wait_for_lines(logged + 1, SILENCE);
     ensure!(
-        w.sidecar_log().len() == logged,
-        "the sidecar logged nothing new"
+        lines.len() == logged,
+        "the sidecar logged nothing new: {:?}",
+        lines.get(logged..)
     );
     // The internet is still captured.
     let curl = w.node.sim.curl(&sleep(), "https://edition.cnn.com/")?;
