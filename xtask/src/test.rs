@@ -3,8 +3,8 @@
 //! 1. `cargo fmt --all -- --check`
 //! 2. `cargo clippy --workspace --all-targets -- -D warnings`
 //! 3. unit tests: `cargo test --workspace --exclude integration-tests`
-//! 4. fuzz smoke: each fuzz target in fuzz/ for a short while (cargo fuzz,
-//!    libFuzzer); any crash fails the stage
+//! 4. fuzz smoke: one `cargo fuzz build` of every target in fuzz/, then each
+//!    for a short while (cargo fuzz, libFuzzer); any crash fails the stage
 //! 5. privileged integration tests: `cargo test -p integration-tests`
 //!
 //! Stage 5 needs root. Without root it is skipped, loudly. With root, a
@@ -37,7 +37,8 @@ pub struct TestArgs {
     /// Run only the fuzz smoke stage.
     #[arg(long, conflicts_with_all = ["no_fuzz", "unit_only", "no_lint"])]
     fuzz_only: bool,
-    /// How long each fuzz target runs in the smoke stage.
+    /// How long the loader fuzz target runs in the smoke stage; the other
+    /// targets run a third of it.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     fuzz_seconds: u32,
 }
@@ -45,9 +46,40 @@ pub struct TestArgs {
 /// Where the smoke stage builds the fuzz targets (see [`fuzz_smoke`]).
 const FUZZ_TARGET_DIR: &str = "fuzz/target-nosan";
 
-/// The fuzz targets of fuzz/Cargo.toml, each with its seed directories
-/// (relative to the workspace root) besides its own corpus.
-const FUZZ_TARGETS: &[(&str, &[&str])] = &[("loader", &["fuzz/seeds/loader", "policies"])];
+/// A target of fuzz/Cargo.toml as the smoke stage runs it.
+struct FuzzTarget {
+    name: &'static str,
+    /// Seed directories (relative to the workspace root) besides the
+    /// target's own corpus.
+    seeds: &'static [&'static str],
+    /// Its run, in percent of `--fuzz-seconds`: the loader, which covers
+    /// the most code, gets the whole; the others a third each (19 s
+    /// by default), which keeps the stage about a minute longer.
+    share: u32,
+}
+
+const FUZZ_TARGETS: &[FuzzTarget] = &[
+    FuzzTarget {
+        name: "loader",
+        seeds: &["fuzz/seeds/loader", "policies"],
+        share: 100,
+    },
+    FuzzTarget {
+        name: "k8s_objects",
+        seeds: &["fuzz/seeds/k8s_objects"],
+        share: 33,
+    },
+    FuzzTarget {
+        name: "sniff",
+        seeds: &["fuzz/seeds/sniff"],
+        share: 33,
+    },
+    FuzzTarget {
+        name: "proxy_protocol",
+        seeds: &["fuzz/seeds/proxy_protocol", "fuzz/seeds/sniff"],
+        share: 33,
+    },
+];
 
 enum Verdict {
     Passed,
@@ -216,12 +248,14 @@ pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
         } else {
             match host::cargo_fuzz_version() {
                 Some(v) if v == host::CARGO_FUZZ_VERSION => {
-                    for (target, seeds) in FUZZ_TARGETS {
+                    // All targets in one build; each run then finds its
+                    // binary up to date.
+                    report.command(NAME, &mut fuzz_cargo("build"))?;
+                    for target in FUZZ_TARGETS {
                         if report.go_on() {
-                            report.command(
-                                NAME,
-                                &mut fuzz_smoke(target, seeds, args.fuzz_seconds)?,
-                            )?;
+                            let seconds =
+                                (args.fuzz_seconds.saturating_mul(target.share) / 100).max(1);
+                            report.command(NAME, &mut fuzz_smoke(target, seconds)?)?;
                         }
                     }
                 }
@@ -289,24 +323,15 @@ pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
 /// panics (debug assertions and overflow checks stay on). With
 /// AddressSanitizer the loader target ran at 124 executions/s against
 /// about 3,900 without, on the same (busy) 2-core machine.
-fn fuzz_smoke(target: &str, seeds: &[&str], seconds: u32) -> anyhow::Result<Command> {
+fn fuzz_smoke(target: &FuzzTarget, seconds: u32) -> anyhow::Result<Command> {
     let root = host::workspace_root();
-    let corpus = root.join("fuzz/corpus").join(target);
+    let corpus = root.join("fuzz/corpus").join(target.name);
     std::fs::create_dir_all(&corpus)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", corpus.display()))?;
-    let mut cmd = run::cargo();
-    cmd.current_dir(&root)
-        // cargo fuzz passes nightly-only flags (sanitizer coverage); the
-        // stable compiler accepts them with RUSTC_BOOTSTRAP.
-        .env("RUSTC_BOOTSTRAP", "1")
-        .args(["fuzz", "run", "--fuzz-dir", "fuzz", "--sanitizer", "none"])
-        // A target directory for unsanitized builds only, so that a
-        // developer's AddressSanitizer builds in fuzz/target stay usable.
-        .arg("--target-dir")
-        .arg(root.join(FUZZ_TARGET_DIR))
-        .arg(target)
+    let mut cmd = fuzz_cargo("run");
+    cmd.arg(target.name)
         .arg(&corpus)
-        .args(seeds.iter().map(|s| root.join(s)))
+        .args(target.seeds.iter().map(|s| root.join(s)))
         .args([
             "--",
             &format!("-max_total_time={seconds}"),
@@ -314,6 +339,23 @@ fn fuzz_smoke(target: &str, seeds: &[&str], seconds: u32) -> anyhow::Result<Comm
             "-print_final_stats=1",
         ]);
     Ok(cmd)
+}
+
+/// `cargo fuzz VERB` with the smoke stage's flags (all targets for
+/// `build`; the run's target and arguments are left to add).
+fn fuzz_cargo(verb: &str) -> Command {
+    let root = host::workspace_root();
+    let mut cmd = run::cargo();
+    cmd.current_dir(&root)
+        // cargo fuzz passes nightly-only flags (sanitizer coverage); the
+        // stable compiler accepts them with RUSTC_BOOTSTRAP.
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["fuzz", verb, "--fuzz-dir", "fuzz", "--sanitizer", "none"])
+        // A target directory for unsanitized builds only, so that a
+        // developer's AddressSanitizer builds in fuzz/target stay usable.
+        .arg("--target-dir")
+        .arg(root.join(FUZZ_TARGET_DIR));
+    cmd
 }
 
 /// Prints the space free for the build (debug test binaries need a few GiB).
