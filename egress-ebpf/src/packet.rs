@@ -79,11 +79,29 @@ impl Packet {
     }
 }
 
+/// `skb->protocol` of an IPv4 and of an IPv6 packet (network byte order,
+/// as the field holds it).
+const ETH_P_IP_BE: u32 = 0x0800_u16.to_be() as u32;
+const ETH_P_IPV6_BE: u32 = 0x86dd_u16.to_be() as u32;
+
 /// The packet's headers; `None` if it is not IP.
 #[inline(always)]
 pub fn parse(ctx: &SkBuffContext) -> Result<Option<Packet>, Malformed> {
     let first: u8 = load(ctx, 0)?;
-    match first >> 4 {
+    let version = first >> 4;
+    // The family the kernel sends the packet as must be the one its first
+    // byte claims. A raw IPv4 socket with IP_HDRINCL may write any version
+    // nibble, and read as IPv6 its payload would stand where the
+    // destination is: a packet routed as IPv4 to one address could be
+    // judged as IPv6 to another. A mismatch cannot be judged: fail closed.
+    match (ctx.skb.protocol(), version) {
+        (ETH_P_IP_BE, 4) | (ETH_P_IPV6_BE, 6) => {}
+        (ETH_P_IP_BE | ETH_P_IPV6_BE, _) => return Err(Malformed),
+        // Not sent as IP (test runs with other ethertypes): the first byte
+        // is all there is to go on.
+        _ => {}
+    }
+    match version {
         4 => {
             let header_len = usize::from(first & 0x0f) * 4;
             if header_len < 20 {

@@ -572,12 +572,14 @@ fn truncated_cases() -> Vec<Case> {
     let mut not_ip = udp4(ANY4);
     not_ip[0] = 0x55;
     vec![
-        // Neither IPv4 nor IPv6: the output paths that run the program
-        // never carry one, so it passes, counted (and any receiver drops
-        // an IP packet of the wrong version).
+        // Sent as IPv4 with version 5 (a raw socket with IP_HDRINCL can):
+        // not the family it is sent as, so it fails closed.
+        case("version 5, sent as IPv4", v4(not_ip.clone()), MALFORMED),
+        // Neither IPv4 nor IPv6, and not sent as IP either (the output
+        // paths that run the program never carry one): it passes, counted.
         case(
-            "version 5",
-            v4(not_ip),
+            "version 5, sent as another ethertype",
+            short(not_ip),
             Expect {
                 allow: true,
                 reason: Reason::NotIp,
@@ -804,6 +806,33 @@ fn ipv4_later_fragments_carry_no_ports_and_match_only_any_port_rules() {
 fn ipv6_extension_header_chains_are_followed_to_the_ports() {
     let s = Enforced::new(POLICY).unwrap();
     check(&s, &s.client("prod/client"), &ipv6_extension_cases());
+}
+
+/// A packet sent as one family whose first byte claims the other: read as
+/// the claimed family, its bytes would name an allowed destination (the
+/// IPv6 header's destination lies in what IPv4 routes as payload). The
+/// program must not judge it by the claim.
+fn family_mismatch_cases() -> Vec<Case> {
+    let l4 = transport(TCP, ALLOWED_PORT);
+    let mut as_v6_in_v4 = ipv6(PORTED6, &[], TCP, 0, &l4);
+    let mut as_v4_in_v6 = ipv4(PORTED4, TCP, 0, &[], &l4);
+    // Pad so that both are long enough for either header.
+    as_v6_in_v4.resize(as_v6_in_v4.len().max(64), 0);
+    as_v4_in_v6.resize(as_v4_in_v6.len().max(64), 0);
+    vec![
+        case(
+            "an IPv6 header sent as IPv4 (IP_HDRINCL with version 6)",
+            v4(as_v6_in_v4),
+            MALFORMED,
+        ),
+        case("an IPv4 header sent as IPv6", v6(as_v4_in_v6), MALFORMED),
+    ]
+}
+
+#[test]
+fn a_packet_is_judged_as_the_family_it_is_sent_as_not_the_one_it_claims() {
+    let s = Enforced::new(POLICY).unwrap();
+    check(&s, &s.client("prod/client"), &family_mismatch_cases());
 }
 
 #[test]
