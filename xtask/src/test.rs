@@ -49,6 +49,8 @@ const FUZZ_TARGET_DIR: &str = "fuzz/target-nosan";
 /// A target of fuzz/Cargo.toml as the smoke stage runs it.
 struct FuzzTarget {
     name: &'static str,
+    /// Its line in the summary.
+    stage: &'static str,
     /// Seed directories (relative to the workspace root) besides the
     /// target's own corpus.
     seeds: &'static [&'static str],
@@ -61,21 +63,25 @@ struct FuzzTarget {
 const FUZZ_TARGETS: &[FuzzTarget] = &[
     FuzzTarget {
         name: "loader",
+        stage: "fuzz loader",
         seeds: &["fuzz/seeds/loader", "policies"],
         share: 100,
     },
     FuzzTarget {
         name: "k8s_objects",
+        stage: "fuzz k8s_objects",
         seeds: &["fuzz/seeds/k8s_objects"],
         share: 33,
     },
     FuzzTarget {
         name: "sniff",
+        stage: "fuzz sniff",
         seeds: &["fuzz/seeds/sniff"],
         share: 33,
     },
     FuzzTarget {
         name: "proxy_protocol",
+        stage: "fuzz proxy_protocol",
         seeds: &["fuzz/seeds/proxy_protocol", "fuzz/seeds/sniff"],
         share: 33,
     },
@@ -250,12 +256,12 @@ pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
                 Some(v) if v == host::CARGO_FUZZ_VERSION => {
                     // All targets in one build; each run then finds its
                     // binary up to date.
-                    report.command(NAME, &mut fuzz_cargo("build"))?;
+                    report.command("fuzz build", &mut fuzz_cargo("build"))?;
                     for target in FUZZ_TARGETS {
                         if report.go_on() {
                             let seconds =
                                 (args.fuzz_seconds.saturating_mul(target.share) / 100).max(1);
-                            report.command(NAME, &mut fuzz_smoke(target, seconds)?)?;
+                            report.command(target.stage, &mut fuzz_smoke(target, seconds)?)?;
                         }
                     }
                 }
