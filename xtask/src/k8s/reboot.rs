@@ -25,7 +25,7 @@ use super::{
     kubectl::Kubectl,
     layout::{self, NodeSpec, BPFFS_DIR},
     node, rollout,
-    scenario::{self, pod_yaml_on, probe, wait_ready, Checks, Cluster, Outcome, RebootNode},
+    scenario::{self, pod_yaml_on, wait_ready, Checks, Cluster, Outcome, RebootNode},
     teardown,
 };
 
@@ -236,14 +236,14 @@ pub fn run(
     );
     // The node's pods have their own policy again: the allowed flow works.
     let gateway = scenario::pod_ip(k, "istio-system", "istio-egressgateway")?;
-    let since = Instant::now();
-    let (outcome, text) = loop {
-        let (outcome, text) = probe(k, "test-egress", "boot-hammer", &gateway, 80)?;
-        if outcome == Outcome::Ok || since.elapsed() > Duration::from_secs(20) {
-            break (outcome, text);
-        }
-        thread::sleep(Duration::from_millis(200));
-    };
+    let (outcome, text) = scenario::probe_until_ok(
+        k,
+        "test-egress",
+        "boot-hammer",
+        &gateway,
+        80,
+        Instant::now(),
+    )?;
     checks.check(
         outcome == Outcome::Ok,
         "after the reboot, test-egress/boot-hammer's allowed flow (to the gateway) works",

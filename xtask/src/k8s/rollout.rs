@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeSet,
-    fs, thread,
+    fs,
     time::{Duration, Instant},
 };
 
@@ -103,13 +103,8 @@ pub fn run(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<Option<
     let gateway = pod_ip(k, "istio-system", "istio-egressgateway")?;
     // Until the agent has matched the pod it is pending and refused: wait
     // for the allowed flow, then check the denied one.
-    let (allowed, text) = loop {
-        let (outcome, text) = probe(k, "test-egress", "after-rollout", &gateway, 80)?;
-        if outcome == Outcome::Ok || ready.elapsed() > Duration::from_secs(20) {
-            break (outcome, text);
-        }
-        thread::sleep(Duration::from_millis(200));
-    };
+    let (allowed, text) =
+        scenario::probe_until_ok(k, "test-egress", "after-rollout", &gateway, 80, ready)?;
     checks.check(
         allowed == Outcome::Ok,
         "a pod created right after the rollout: its allowed flow (to the gateway) works",

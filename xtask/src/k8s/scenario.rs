@@ -832,6 +832,26 @@ fn first_packet(
     Ok(())
 }
 
+/// Probes `namespace/pod` → `ip:port` every 200 ms until it is allowed,
+/// for at most 20 s from `since`; returns the last outcome. For a pod the
+/// agent may not have matched yet (pending, and refused until then).
+pub fn probe_until_ok(
+    k: &Kubectl,
+    namespace: &str,
+    pod: &str,
+    ip: &str,
+    port: u16,
+    since: Instant,
+) -> anyhow::Result<(Outcome, String)> {
+    loop {
+        let (outcome, text) = probe(k, namespace, pod, ip, port)?;
+        if outcome == Outcome::Ok || since.elapsed() > Duration::from_secs(20) {
+            return Ok((outcome, text));
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// `script`, with everything it prints also kept in the container, in
 /// `/tmp/out`, for [`output_until_done`] and [`output_of`].
 ///
