@@ -519,3 +519,36 @@ fn bad_service_and_endpoint_addresses_name_the_object_and_field() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn redirect_capture_must_be_sidecar_or_all() {
+    let redirect = "apiVersion: egress.enforcer.dev/v1alpha1\nkind: Redirect\n\
+        metadata: {name: r, namespace: prod}\nspec: {podSelector: {}, capture: Everyone}\n";
+    one_error(
+        &format!("{NS}{WORKLOAD}{redirect}"),
+        &[
+            "policies/case.yaml",
+            "Redirect prod/r",
+            "spec.capture",
+            "\"Everyone\"",
+            "Sidecar",
+            "All",
+        ],
+    );
+}
+
+#[test]
+fn an_unknown_interception_mode_names_the_annotation() {
+    let workload = "apiVersion: egress.enforcer.dev/v1alpha1\nkind: Workload\n\
+        metadata:\n  name: app\n  namespace: prod\n  annotations: {sidecar.istio.io/interceptionMode: redirect}\n\
+        spec: {cgroup: t/app}\n";
+    one_error(
+        &format!("{NS}{workload}"),
+        &[
+            "Workload prod/app",
+            "sidecar.istio.io/interceptionMode",
+            "\"redirect\"",
+            "REDIRECT, TPROXY or NONE",
+        ],
+    );
+}

@@ -28,7 +28,7 @@ metadata: {name: istio-system, labels: {istio: system}}
 apiVersion: egress.enforcer.dev/v1alpha1
 kind: Workload
 metadata: {name: client, namespace: prod, labels: {app: client}}
-spec: {cgroup: t/prod/client, addresses: [10.1.0.9, "fd00:1::9"]}
+spec: {cgroup: t/prod/client, addresses: [10.1.0.9, "fd00:1::9"], sidecar: true}
 ---
 apiVersion: egress.enforcer.dev/v1alpha1
 kind: Workload
@@ -76,6 +76,19 @@ fn redirect(extra: &str) -> String {
     format!(
         "apiVersion: egress.enforcer.dev/v1alpha1\nkind: Redirect\nmetadata: {{name: sidecar, namespace: prod}}\n\
          spec:\n  podSelector: {{matchLabels: {{app: client}}}}\n{extra}"
+    )
+}
+
+/// `prod/plain`, selected like `prod/client`; `annotations` a flow map or
+/// empty, `spec` more fields after its cgroup.
+fn plain(annotations: &str, spec: &str) -> String {
+    let annotations = if annotations.is_empty() {
+        String::new()
+    } else {
+        format!("  annotations: {annotations}\n")
+    };
+    format!(
+        "apiVersion: egress.enforcer.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: plain\n  namespace: prod\n  labels: {{app: client}}\n{annotations}spec: {{cgroup: t/prod/plain{spec}}}\n"
     )
 }
 
@@ -262,14 +275,33 @@ fn cases() -> Vec<Case> {
             vec![redirect("  podSelector: {}\n  proxy: {selector: {podSelector: {matchLabels: {app: client}}}}\n").replacen("  podSelector: {matchLabels: {app: client}}\n", "", 1)],
             "prod/client", "203.0.113.5:443", "allow"),
         case("annotation includeOutboundIPRanges overrides the Redirect",
-            vec![redirect("  includeIPRanges: \"*\"\n"), "apiVersion: egress.enforcer.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: annotated\n  namespace: prod\n  labels: {app: client}\n  annotations: {traffic.sidecar.istio.io/includeOutboundIPRanges: \"10.0.0.0/8\"}\nspec: {cgroup: t/prod/annotated}\n".into()],
+            vec![redirect("  includeIPRanges: \"*\"\n"), "apiVersion: egress.enforcer.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: annotated\n  namespace: prod\n  labels: {app: client}\n  annotations: {traffic.sidecar.istio.io/includeOutboundIPRanges: \"10.0.0.0/8\"}\nspec: {cgroup: t/prod/annotated, sidecar: true}\n".into()],
             "prod/annotated", "203.0.113.5:443", "allow"),
         case("annotation excludeOutboundPorts overrides the Redirect",
-            vec![redirect("  includeIPRanges: \"*\"\n"), "apiVersion: egress.enforcer.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: annotated\n  namespace: prod\n  labels: {app: client}\n  annotations: {traffic.sidecar.istio.io/excludeOutboundPorts: \"443\"}\nspec: {cgroup: t/prod/annotated}\n".into()],
+            vec![redirect("  includeIPRanges: \"*\"\n"), "apiVersion: egress.enforcer.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: annotated\n  namespace: prod\n  labels: {app: client}\n  annotations: {traffic.sidecar.istio.io/excludeOutboundPorts: \"443\"}\nspec: {cgroup: t/prod/annotated, sidecar: true}\n".into()],
             "prod/annotated", "203.0.113.5:443", "allow"),
         case("annotation includeOutboundPorts adds ports",
-            vec![redirect("  includeIPRanges: \"\"\n"), "apiVersion: egress.enforcer.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: annotated\n  namespace: prod\n  labels: {app: client}\n  annotations: {traffic.sidecar.istio.io/includeOutboundPorts: \"8443\"}\nspec: {cgroup: t/prod/annotated}\n".into()],
+            vec![redirect("  includeIPRanges: \"\"\n"), "apiVersion: egress.enforcer.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: annotated\n  namespace: prod\n  labels: {app: client}\n  annotations: {traffic.sidecar.istio.io/includeOutboundPorts: \"8443\"}\nspec: {cgroup: t/prod/annotated, sidecar: true}\n".into()],
             "prod/annotated", "203.0.113.5:8443", "redirect 127.0.0.1:15001"),
+        // --- which selected workloads are captured (Istio captures injected pods only) ---
+        case("a selected workload without a sidecar is not captured (capture: Sidecar, the default)",
+            vec![redirect("  includeIPRanges: \"*\"\n"), plain("", "")],
+            "prod/plain", "203.0.113.5:443", "allow"),
+        case("Istio's sidecar.istio.io/status annotation marks a sidecar",
+            vec![redirect("  includeIPRanges: \"*\"\n"), plain(r#"{sidecar.istio.io/status: '{"containers":["istio-proxy"]}'}"#, "")],
+            "prod/plain", "203.0.113.5:443", "redirect 127.0.0.1:15001"),
+        case("capture: All captures workloads without a sidecar",
+            vec![redirect("  capture: All\n"), plain("", "")],
+            "prod/plain", "203.0.113.5:443", "redirect 127.0.0.1:15001"),
+        case("interceptionMode NONE: not captured, even with a sidecar",
+            vec![redirect(""), plain("{sidecar.istio.io/interceptionMode: NONE}", ", sidecar: true")],
+            "prod/plain", "203.0.113.5:443", "allow"),
+        case("interceptionMode NONE: not captured, even with capture: All",
+            vec![redirect("  capture: All\n"), plain("{sidecar.istio.io/interceptionMode: NONE}", "")],
+            "prod/plain", "203.0.113.5:443", "allow"),
+        case("interceptionMode TPROXY captures outbound as REDIRECT does",
+            vec![redirect(""), plain("{sidecar.istio.io/interceptionMode: TPROXY}", ", sidecar: true")],
+            "prod/plain", "203.0.113.5:443", "redirect 127.0.0.1:15001"),
         // --- gateway exclusivity ---
         case("only the gateway reaches the internet, whatever policy allows",
             vec![gateway(""), np("open", "  - to: [{ipBlock: {cidr: 0.0.0.0/0}}]\n")],

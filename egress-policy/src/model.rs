@@ -126,7 +126,31 @@ pub struct Workload {
     pub ports: Vec<NamedPort>,
     /// Istio's `traffic.sidecar.istio.io/*Outbound*` annotations, parsed.
     pub capture_overrides: CaptureOverrides,
+    /// Whether it carries a proxy sidecar (`spec.sidecar`, or Istio's
+    /// `sidecar.istio.io/status` annotation, which its injector writes).
+    pub sidecar: bool,
+    /// Istio's `sidecar.istio.io/interceptionMode`.
+    pub interception: Interception,
     pub origin: Origin,
+}
+
+/// Istio's `sidecar.istio.io/interceptionMode`. Istio's TPROXY mode changes
+/// only how *inbound* traffic reaches the sidecar (outbound stays a
+/// REDIRECT to 15001), so for egress it captures exactly as `Redirect`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Interception {
+    #[default]
+    Redirect,
+    Tproxy,
+    /// No capture at all: the pod's traffic goes out as if no Redirect
+    /// selected it (its NetworkPolicy still applies).
+    None,
+}
+
+impl Interception {
+    pub fn captures(self) -> bool {
+        self != Self::None
+    }
 }
 
 /// Per-workload overrides of a Redirect's [`CaptureRules`]; each present
@@ -284,11 +308,32 @@ impl fmt::Display for HostName {
 pub struct Redirect {
     pub id: ObjectId,
     pub capture: WorkloadSelector,
+    /// Which of the selected workloads are captured.
+    pub scope: CaptureScope,
     pub proxy: Proxy,
     pub rules: CaptureRules,
     /// UDP/53 to this proxy port when set.
     pub dns_port: Option<u16>,
     pub origin: Origin,
+}
+
+/// `Redirect.spec.capture`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum CaptureScope {
+    /// Only workloads that carry a sidecar, as Istio captures only the pods
+    /// it injected: a pod without one has no proxy to be sent to, and
+    /// capturing it would refuse all of its TCP.
+    #[default]
+    Sidecar,
+    /// Every selected workload: a node-level proxy that serves them all.
+    All,
+}
+
+impl Redirect {
+    /// Whether this Redirect captures `w`, which its selector selects.
+    pub fn captures_workload(&self, w: &Workload) -> bool {
+        w.interception.captures() && (self.scope == CaptureScope::All || w.sidecar)
+    }
 }
 
 /// Where captured connections go, and who the proxy is.

@@ -53,6 +53,12 @@ pub struct WorkloadSpec {
     /// Named ports, for NetworkPolicy rules that name a port.
     #[serde(default)]
     pub ports: Vec<NamedPortSpec>,
+    /// The workload carries a proxy sidecar, so a Redirect with the default
+    /// `capture: Sidecar` captures it. The pod conversion sets it when the
+    /// pod has the sidecar container; Istio's `sidecar.istio.io/status`
+    /// annotation says the same.
+    #[serde(default)]
+    pub sidecar: Option<bool>,
 }
 
 /// A named container port, as in `Pod.spec.containers[].ports[]`.
@@ -133,6 +139,11 @@ pub struct RedirectSpec {
     /// `captureDns`, which is kept as an alias).
     #[serde(default, rename = "captureDNS", alias = "captureDns")]
     pub capture_dns: Option<DnsCaptureSpec>,
+    /// `Sidecar` (the default): only selected workloads that carry a
+    /// sidecar are captured, as Istio captures only injected pods. `All`:
+    /// every selected workload (a node-level proxy serving them all).
+    #[serde(default)]
+    pub capture: Option<String>,
 }
 
 /// `Redirect.spec.proxy`.

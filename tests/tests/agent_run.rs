@@ -457,12 +457,14 @@ fn startup_refuses_clearly_without_cgroup2() -> anyhow::Result<()> {
 }
 
 /// A Redirect of `shop/app` with `captureDNS`; its proxy workload does not
-/// run here: only where the query goes matters.
+/// run here: only where the query goes matters. `capture: All`, as
+/// `shop/app` is written without a sidecar.
 const DNS_REDIRECT: &str = r#"apiVersion: egress.enforcer.dev/v1alpha1
 kind: Redirect
 metadata: {name: sidecar, namespace: shop}
 spec:
   podSelector: {matchLabels: {app: web}}
+  capture: All
   proxy: {selector: {podSelector: {matchLabels: {role: proxy}}}}
   captureDNS: {enabled: true, port: 15053}
 "#;

@@ -36,7 +36,7 @@ metadata: {name: apps}
 apiVersion: egress.enforcer.dev/v1alpha1
 kind: Workload
 metadata: {name: app, namespace: apps, labels: {app: app}}
-spec: {cgroup: $ROOT/apps/app}
+spec: {cgroup: $ROOT/apps/app, sidecar: true}
 ---
 apiVersion: egress.enforcer.dev/v1alpha1
 kind: Workload

@@ -275,7 +275,7 @@ const TWO_PODS: &str = r#"
 apiVersion: egress.enforcer.dev/v1alpha1
 kind: Workload
 metadata: {name: a, namespace: default, labels: {app: a}}
-spec: {cgroup: egress-demo/default/a/app, addresses: ["10.244.1.21"]}
+spec: {cgroup: egress-demo/default/a/app, addresses: ["10.244.1.21"], sidecar: true}
 ---
 apiVersion: egress.enforcer.dev/v1alpha1
 kind: Workload
@@ -285,7 +285,7 @@ spec: {cgroup: egress-demo/default/a/istio-proxy}
 apiVersion: egress.enforcer.dev/v1alpha1
 kind: Workload
 metadata: {name: b, namespace: default, labels: {app: b}}
-spec: {cgroup: egress-demo/default/b/app, addresses: ["10.244.1.22"]}
+spec: {cgroup: egress-demo/default/b/app, addresses: ["10.244.1.22"], sidecar: true}
 ---
 apiVersion: egress.enforcer.dev/v1alpha1
 kind: Workload

@@ -216,6 +216,9 @@ metadata:
   namespace: test-egress
 spec:
   podSelector: {{}}
+  # The seed's test-egress/sleep Workload is written without a sidecar;
+  # the injection is this file's proxy workload.
+  capture: All
   proxy:
     address: 127.0.0.1
     port: 15001

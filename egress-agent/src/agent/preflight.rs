@@ -84,7 +84,7 @@ pub struct Inputs<'a> {
     /// `None`: the cgroup2 mount's root.
     pub cgroup_root: Option<&'a Path>,
     pub socket: &'a Path,
-    pub metrics_addr: Option<SocketAddr>,
+    pub metrics_addrs: &'a [SocketAddr],
 }
 
 /// What [`check_inputs`] found and holds for the start.
@@ -93,7 +93,7 @@ pub struct Checked {
     /// `--metrics-addr`, already bound: binding is the only real test that
     /// the address is usable, and keeping the socket means nothing can take
     /// it between the check and the start.
-    pub metrics: Option<std::net::TcpListener>,
+    pub metrics: Vec<std::net::TcpListener>,
     /// The policy set is rejected but an earlier run's generation is
     /// pinned: it stays in force, and the agent reports not-ready until a
     /// valid set is applied.
@@ -113,13 +113,14 @@ pub fn check_inputs(inputs: &Inputs<'_>) -> Result<Checked, PreflightError> {
     check_cgroup_root(inputs.cgroup_root)?;
     check_socket(inputs.socket)?;
     let metrics = inputs
-        .metrics_addr
-        .map(|addr| {
+        .metrics_addrs
+        .iter()
+        .map(|&addr| {
             std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .map_err(|source| PreflightError::Metrics { addr, source })
         })
-        .transpose()?;
+        .collect::<Result<_, _>>()?;
     let mut start_not_ready = false;
     if !inputs.kubernetes {
         if let Err(rejected) = egress_policy::load(inputs.policies) {

@@ -134,9 +134,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", default_value = egress_agent::observe::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Serve Prometheus metrics at http://ADDR/metrics, plus /healthz and
-    /// /readyz.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
+    /// /readyz. A comma-separated list (repeatable) of `IP:PORT`,
+    /// `[IPv6]:PORT` or a bare IP (port 9464), so that the DaemonSet can
+    /// bind exactly the pod's addresses with `$(POD_IPS)`.
+    #[arg(long, value_name = "ADDR[,ADDR]", value_parser = parse_metrics_addrs)]
+    pub metrics_addr: Vec<MetricsAddrs>,
     /// Report one allowed decision in N as an event (0: none).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub sample_allow: u32,
@@ -412,5 +414,64 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("").is_err());
+    }
+}
+
+/// One `--metrics-addr` value: its addresses.
+#[derive(Clone, Debug)]
+pub struct MetricsAddrs(pub Vec<SocketAddr>);
+
+/// `IP:PORT`, `[IPv6]:PORT` or a bare IP (IPv4 or IPv6, with the default
+/// port), comma-separated. A bare IPv6 address cannot carry a port: its
+/// last group would be read as one, so a port needs the brackets.
+fn parse_metrics_addrs(value: &str) -> Result<MetricsAddrs, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .map(|one| {
+            if one.is_empty() {
+                return Err(format!("{value:?}: an empty address"));
+            }
+            one.parse::<SocketAddr>()
+                .or_else(|_| {
+                    one.parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, DEFAULT_METRICS_PORT))
+                })
+                .map_err(|_| format!("{one:?} is neither IP:PORT, [IPv6]:PORT nor an IP address"))
+        })
+        .collect::<Result<_, _>>()
+        .map(MetricsAddrs)
+}
+
+/// The port of a bare-IP `--metrics-addr`.
+pub const DEFAULT_METRICS_PORT: u16 = 9464;
+
+#[cfg(test)]
+mod metrics_addr_tests {
+    use super::*;
+
+    #[test]
+    fn pod_ips_bind_both_families_on_the_default_port() {
+        let MetricsAddrs(addrs) = parse_metrics_addrs("10.244.1.5,fd00:10:244:1::5").unwrap();
+        assert_eq!(
+            addrs,
+            [
+                "10.244.1.5:9464".parse::<SocketAddr>().unwrap(),
+                "[fd00:10:244:1::5]:9464".parse().unwrap()
+            ]
+        );
+        let MetricsAddrs(addrs) = parse_metrics_addrs("0.0.0.0:9100, [::1]:9101").unwrap();
+        assert_eq!(addrs[1], "[::1]:9101".parse::<SocketAddr>().unwrap());
+    }
+
+    #[test]
+    fn bad_addresses_are_named() {
+        let err = parse_metrics_addrs("10.0.0.1,nope:80").unwrap_err();
+        assert!(err.contains("\"nope:80\""), "{err}");
+        assert!(parse_metrics_addrs("10.0.0.1,")
+            .unwrap_err()
+            .contains("empty"));
+        // An unexpanded $(POD_IPS) (the env var is missing) is refused.
+        assert!(parse_metrics_addrs("$(POD_IPS)").is_err());
     }
 }

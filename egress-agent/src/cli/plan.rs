@@ -106,6 +106,13 @@ fn workload(out: &mut String, w: &WorkloadPlan) {
             let _ = writeln!(out, "  dns capture: UDP 53 → {}:{port}", c.proxy.ip());
         }
     }
+    if let Some(passed) = &w.passed_over {
+        let _ = writeln!(
+            out,
+            "  capture: none; Redirect {} selects it ({})",
+            passed.redirect, passed.why
+        );
+    }
     match &w.egress {
         Egress::Unrestricted => {
             let _ = writeln!(

@@ -40,13 +40,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         // Every argument and input is checked before anything touches the
         // kernel: a refused start leaves nothing attached or pinned.
+        let metrics_addrs: Vec<_> = args
+            .metrics_addr
+            .iter()
+            .flat_map(|a| a.0.iter().copied())
+            .collect();
         let checked = preflight::check_inputs(&preflight::Inputs {
             policies: &args.policies,
             kubernetes: args.kubernetes,
             pin_dir: &args.bpffs,
             cgroup_root: args.cgroup_root.as_deref(),
             socket: &args.socket,
-            metrics_addr: args.metrics_addr,
+            metrics_addrs: &metrics_addrs,
         })?;
         // Kubernetes settings are checked before anything is attached; the
         // client connects only once the watchers start (after the agent
@@ -200,7 +205,7 @@ fn guards(args: &RunArgs, enforcer: &mut KernelEnforcer) -> anyhow::Result<RunGu
 /// Starts the event reader, the agent socket and the metrics server.
 async fn observe(
     args: &RunArgs,
-    metrics: Option<std::net::TcpListener>,
+    metrics: Vec<std::net::TcpListener>,
     enforcer: &mut KernelEnforcer,
 ) -> anyhow::Result<Observing> {
     let hub = EventHub::new(observe::RECENT_EVENTS);
@@ -235,9 +240,10 @@ async fn observe(
     observe::server::start(&args.socket, hub.clone(), queries_tx.clone())?;
     tracing::info!(socket = %args.socket.display(), "serving events and status");
     let (ready, ready_rx) = tokio::sync::watch::channel(false);
-    if let Some(listener) = metrics {
-        let bound = observe::http::start(listener, queries_tx, ready_rx)
-            .with_context(|| format!("cannot serve metrics on {:?}", args.metrics_addr))?;
+    for listener in metrics {
+        let addr = listener.local_addr().ok();
+        let bound = observe::http::start(listener, queries_tx.clone(), ready_rx.clone())
+            .with_context(|| format!("cannot serve metrics on {addr:?}"))?;
         tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
     }
     Ok(Observing {

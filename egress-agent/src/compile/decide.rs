@@ -176,6 +176,12 @@ pub fn decide(plan: &Plan, workload: &WorkloadPlan, dst: Destination) -> Decisio
             capture.redirect
         ));
     }
+    if let Some(passed) = &workload.passed_over {
+        trace.push(format!(
+            "not captured by Redirect {} ({})",
+            passed.redirect, passed.why
+        ));
+    }
     filter(plan, workload, dst, trace)
 }
 

@@ -126,6 +126,7 @@ impl Plan {
                 gateway: None,
                 proxy_for: Vec::new(),
                 capture: None,
+                passed_over: None,
                 egress: Egress::Isolated {
                     policies: Vec::new(),
                     table: dns.clone(),
@@ -145,6 +146,7 @@ impl Plan {
                 gateway: None,
                 proxy_for: Vec::new(),
                 capture: None,
+                passed_over: None,
                 egress: Egress::Unrestricted,
                 packet_sockets: false,
                 guard: Some(Guard::Exempt),

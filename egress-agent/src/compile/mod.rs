@@ -23,8 +23,8 @@ use ipnet::IpNet;
 pub use decide::{decide, Decision, Destination, Reason, Verdict};
 pub use guard::{Guard, Guards};
 pub use plan::{
-    Allow, Capture, ClusterScope, Egress, GatewayRole, NodeRules, Plan, RuleRef, ScopePort,
-    WorkloadPlan, WorkloadPort,
+    Allow, Capture, ClusterScope, Egress, GatewayRole, NodeRules, PassedOver, Plan, RuleRef,
+    ScopePort, WorkloadPlan, WorkloadPort,
 };
 use prefix::{Atom, HostPort, PrefixTable};
 
@@ -255,11 +255,15 @@ fn workload(model: &Model, w: &Workload) -> WorkloadPlan {
         .collect();
     // The proxy's own connections are never captured, whichever Redirect
     // they would otherwise fall under: that is what prevents loops.
-    let capture = if proxy_for.is_empty() {
+    let selected = || {
         model
             .redirects
             .iter()
-            .find(|r| model.selects(&r.capture, w))
+            .filter(|r| model.selects(&r.capture, w))
+    };
+    let capture = if proxy_for.is_empty() {
+        selected()
+            .find(|r| r.captures_workload(w))
             .map(|r| Capture {
                 redirect: r.id.clone(),
                 proxy: SocketAddr::new(r.proxy.address, r.proxy.port),
@@ -269,6 +273,18 @@ fn workload(model: &Model, w: &Workload) -> WorkloadPlan {
     } else {
         None
     };
+    let passed_over = match (&capture, proxy_for.is_empty()) {
+        (None, true) => selected().next().map(|r| PassedOver {
+            redirect: r.id.clone(),
+            why: if !w.interception.captures() {
+                "sidecar.istio.io/interceptionMode is NONE"
+            } else {
+                "no sidecar: capture is Sidecar, and the workload has neither the sidecar \
+                 container nor sidecar.istio.io/status"
+            },
+        }),
+        _ => None,
+    };
     WorkloadPlan {
         id: w.id.clone(),
         cgroup: w.cgroup.clone().unwrap_or_default(),
@@ -276,6 +292,7 @@ fn workload(model: &Model, w: &Workload) -> WorkloadPlan {
         gateway,
         proxy_for,
         capture,
+        passed_over,
         egress: egress(model, w),
         packet_sockets: w
             .annotations

@@ -121,6 +121,10 @@ pub struct WorkloadPlan {
     pub proxy_for: Vec<ObjectId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capture: Option<Capture>,
+    /// A Redirect that selects this workload but does not capture it, and
+    /// why (for `explain` and `plan`: the pod's traffic goes out directly).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passed_over: Option<PassedOver>,
     pub egress: Egress,
     /// May create packet sockets (`AF_PACKET`): the Workload is annotated
     /// [`PACKET_SOCKETS_ANNOTATION`]` = "allow"`. Gateways may anyway.
@@ -148,6 +152,13 @@ pub struct GatewayRole {
     /// REGISTRY_ONLY when `Some`, ALLOW_ANY when `None`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_hosts: Option<Vec<AllowedHost>>,
+}
+
+/// A Redirect that selects a workload and leaves it alone.
+#[derive(Clone, Debug, Serialize)]
+pub struct PassedOver {
+    pub redirect: ObjectId,
+    pub why: &'static str,
 }
 
 /// Transparent capture of this workload's outbound TCP.

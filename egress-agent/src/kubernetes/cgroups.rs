@@ -44,10 +44,15 @@ pub const MAX_DEPTH: usize = 10;
 
 /// Walks `mount/base` (base relative to the mount, `""` for the mount
 /// itself) up to `max_depth` levels. Directories that vanish during the walk
-/// are skipped: pods come and go.
+/// are skipped: pods come and go. `base` itself counts as a pods root when
+/// it is one: an agent attached right at `kubepods.slice` guards it.
 pub fn scan(mount: &Path, base: &str, max_depth: usize) -> CgroupIndex {
     let mut index = CgroupIndex::default();
     let start = mount.join(base);
+    let base = base.trim_matches('/');
+    if base.rsplit('/').next().is_some_and(is_pods_root) {
+        index.roots.push(base.to_owned());
+    }
     walk(mount, &start, 0, max_depth, &mut index);
     index.roots.sort();
     index
@@ -245,6 +250,11 @@ mod tests {
             container_dir(&mount, &pod, CID),
             Some(format!("{pod}/cri-containerd-{CID}.scope"))
         );
+        // Attached at the pods root itself (deploy/overlays/systemd): the
+        // same pods, and the root is guarded.
+        let narrow = scan(&mount, "kubepods.slice", MAX_DEPTH);
+        assert_eq!(narrow.pods, index.pods);
+        assert_eq!(narrow.roots, ["kubepods.slice"]);
         fs::remove_dir_all(&mount).ok();
     }
 

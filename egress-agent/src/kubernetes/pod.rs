@@ -11,8 +11,10 @@
 //!   directory (so every container of the pod is covered, including ones
 //!   whose id is not in the status yet), with the pod's labels and
 //!   annotations (Istio's `traffic.sidecar.istio.io/*` are then parsed by
-//!   the same code as for Workload files), its `status.podIPs` and its
-//!   named container ports;
+//!   the same code as for Workload files), its `status.podIPs`, its
+//!   named container ports, and `spec.sidecar: true` when the pod has the
+//!   sidecar container (a Redirect's default `capture: Sidecar` captures
+//!   only such pods, as Istio captures only the pods it injected);
 //! - if the pod has the sidecar container (`--sidecar-container`, default
 //!   `istio-proxy`; a regular container or a native sidecar init container),
 //!   one **proxy workload** `<pod>.<container>` for that container's
@@ -275,6 +277,7 @@ pub fn convert(
             node_name: None,
             addresses: Vec::new(),
             ports: Vec::new(),
+            sidecar: false,
         });
     }
     docs.push(WorkloadDoc {
@@ -285,6 +288,7 @@ pub fn convert(
         node_name: None,
         addresses,
         ports,
+        sidecar: local.sidecar.is_some(),
     });
     PodState::Ready(
         docs.into_iter()
@@ -310,6 +314,7 @@ pub fn peer(pod: &SlimPod, problems: &mut Vec<Problem>) -> Option<Source> {
         node_name: pod.node_name.clone(),
         addresses: pod.ips.iter().map(ToString::to_string).collect(),
         ports: pod.ports.iter().map(port_json).collect(),
+        sidecar: false,
     };
     Some(doc.source(&BTreeMap::new()))
 }
@@ -357,6 +362,8 @@ struct WorkloadDoc {
     node_name: Option<String>,
     addresses: Vec<String>,
     ports: Vec<serde_json::Value>,
+    /// The pod has the sidecar container (set on its app workload only).
+    sidecar: bool,
 }
 
 impl WorkloadDoc {
@@ -378,6 +385,9 @@ impl WorkloadDoc {
         }
         if let Some(node) = &self.node_name {
             spec["nodeName"] = json!(node);
+        }
+        if self.sidecar {
+            spec["sidecar"] = json!(true);
         }
         let doc = json!({
             "apiVersion": egress_policy::objects::EXTENSION_API_VERSION,
@@ -425,6 +435,7 @@ impl WorkloadDoc {
                 annotations::EXCLUDE_IP_RANGES,
                 annotations::INCLUDE_PORTS,
                 annotations::EXCLUDE_PORTS,
+                annotations::INTERCEPTION_MODE,
             ]
             .contains(&k.as_str())
         });
@@ -539,6 +550,7 @@ mod tests {
             !w.labels.contains_key(CONTAINER_LABEL),
             "a pod cannot label itself the proxy"
         );
+        assert!(!w.sidecar, "no sidecar: a default Redirect leaves it alone");
         std::fs::remove_dir_all(&m).ok();
     }
 
@@ -578,7 +590,11 @@ mod tests {
             Some("istio-proxy")
         );
         assert!(proxy.addresses.is_empty());
-        assert!(model.workload(&ObjectId::new("default", "sleep")).is_some());
+        let app = model
+            .workload(&ObjectId::new("default", "sleep"))
+            .expect("app workload");
+        assert!(app.sidecar, "the app of a pod with a sidecar is captured");
+        assert!(!proxy.sidecar);
         // Another name for the sidecar: then istio-proxy is just an app.
         let model = model_of(&convert(
             &here(&p, "envoy"),

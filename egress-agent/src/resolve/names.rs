@@ -45,6 +45,7 @@ mod tests {
             }),
             proxy_for: Vec::new(),
             capture: None,
+            passed_over: None,
             egress: Egress::Unrestricted,
             packet_sockets: false,
             guard: None,

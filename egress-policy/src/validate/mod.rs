@@ -39,6 +39,9 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// Istio's per-pod capture annotations.
 pub mod annotations {
+    /// Written by Istio's injector on every pod it gave a sidecar.
+    pub const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
+    pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
     pub const INCLUDE_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";
     pub const EXCLUDE_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
     pub const INCLUDE_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";

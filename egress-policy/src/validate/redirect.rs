@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use super::{Builder, Ctx};
 use crate::{
     diagnostic::FieldPath,
-    model::{CaptureRules, Proxy, Redirect},
+    model::{CaptureRules, CaptureScope, Proxy, Redirect},
     objects::{Object, RedirectSpec, WorkloadSelectorSpec},
     ports::PortRange,
 };
@@ -94,8 +94,19 @@ impl Builder {
             },
             _ => None,
         };
-        let (Some(capture), Some(address), Some(port), Some(proxy_selector)) =
-            (capture, address, port, proxy_selector)
+        let scope = match spec.capture.as_deref() {
+            None | Some("Sidecar") => Some(CaptureScope::Sidecar),
+            Some("All") => Some(CaptureScope::All),
+            Some(other) => {
+                self.diags.push(ctx.error(
+                    spec_path.key("capture"),
+                    format!("{other:?} is neither `Sidecar` (the default) nor `All`"),
+                ));
+                None
+            }
+        };
+        let (Some(capture), Some(scope), Some(address), Some(port), Some(proxy_selector)) =
+            (capture, scope, address, port, proxy_selector)
         else {
             return;
         };
@@ -121,6 +132,7 @@ impl Builder {
         self.model.redirects.push(Redirect {
             id,
             capture,
+            scope,
             proxy: Proxy {
                 address,
                 port,

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     diagnostic::FieldPath,
-    model::{CaptureOverrides, NamedPort, Workload},
+    model::{CaptureOverrides, Interception, NamedPort, Workload},
     objects::{self, Object, PortList, StringOrList, WorkloadSpec},
     ports::PortRange,
 };
@@ -64,6 +64,9 @@ impl Builder {
         }
         let annotations = objects::string_map(&meta.annotations);
         let capture_overrides = self.capture_overrides(ctx, &annotations);
+        let interception = self.interception(ctx, &annotations);
+        let sidecar = obj.spec.sidecar.unwrap_or(false)
+            || annotations.contains_key(annotations::SIDECAR_STATUS);
         if !self.keep {
             return;
         }
@@ -76,6 +79,8 @@ impl Builder {
             addresses,
             ports,
             capture_overrides,
+            sidecar,
+            interception,
             origin: ctx.origin(),
         });
     }
@@ -116,5 +121,28 @@ impl Builder {
             );
         }
         overrides
+    }
+
+    /// `sidecar.istio.io/interceptionMode`, spelled as Istio spells it.
+    fn interception(
+        &mut self,
+        ctx: &Ctx<'_, '_>,
+        annotations: &BTreeMap<String, String>,
+    ) -> Interception {
+        match annotations
+            .get(annotations::INTERCEPTION_MODE)
+            .map(String::as_str)
+        {
+            None | Some("REDIRECT") => Interception::Redirect,
+            Some("TPROXY") => Interception::Tproxy,
+            Some("NONE") => Interception::None,
+            Some(other) => {
+                self.diags.push(ctx.error(
+                    FieldPath::of(&["metadata", "annotations"]).key(annotations::INTERCEPTION_MODE),
+                    format!("{other:?} is not an interception mode: REDIRECT, TPROXY or NONE"),
+                ));
+                Interception::Redirect
+            }
+        }
     }
 }

@@ -23,6 +23,7 @@
 
 pub(crate) mod control_plane;
 mod dns;
+mod hardening;
 mod images;
 pub mod kind;
 pub(crate) mod kube_build;
@@ -390,6 +391,7 @@ fn bring_up_and_test(
                     times.scenario = Some(scenario::run(&cluster, checks)?);
                     times.two_nodes = Some(two_nodes::run(&cluster, checks)?);
                     check_metrics(checks);
+                    hardening::check(&kubectl, checks);
                     uninstall_job(&cluster, checks)
                 })();
                 times.run = Some(run_began.elapsed());
@@ -540,7 +542,7 @@ patches:
             - --policies=/etc/egress-enforcer/policies
             - --cgroup-root=/sys/fs/cgroup/{CGROUP_ROOT}/$(NODE_NAME)
             - --bpffs={BPFFS_DIR}/$(NODE_NAME)
-            - --metrics-addr=0.0.0.0:{METRICS_PORT}
+            - --metrics-addr=$(POD_IPS)
             - --boot-state=/var/lib/egress-agent/boot.json
             volumeMounts:
             - name: run
@@ -897,13 +899,13 @@ mod tests {
         );
     }
 
-    /// deploy/policies-configmap.yaml carries policies/ files verbatim:
+    /// deploy/base/policies-configmap.yaml carries policies/ files verbatim:
     /// each file's lines, indented under its key, in order.
     #[test]
     fn the_deployed_configmap_matches_the_seed_policies() {
         let root = host::workspace_root();
-        let configmap = fs::read_to_string(root.join("deploy/policies-configmap.yaml"))
-            .expect("deploy/policies-configmap.yaml");
+        let configmap = fs::read_to_string(root.join("deploy/base/policies-configmap.yaml"))
+            .expect("deploy/base/policies-configmap.yaml");
         for file in ["egress-gateway.yaml", "sidecar-redirect.yaml"] {
             let policy = fs::read_to_string(root.join("policies").join(file)).expect("policy");
             let mut block: String = policy
@@ -919,7 +921,7 @@ mod tests {
             block.insert_str(0, &format!("  {file}: |\n"));
             assert!(
                 configmap.contains(&block),
-                "deploy/policies-configmap.yaml is out of date with policies/{file}"
+                "deploy/base/policies-configmap.yaml is out of date with policies/{file}"
             );
         }
     }

@@ -548,6 +548,7 @@ pub fn run(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<Timings
 
     println!("\nk8s-test: 5. the sidecar Redirect: the app's connections go to its istio-proxy");
     sidecar(cluster, checks)?;
+    without_sidecar(cluster, checks, &gateway_ip)?;
 
     println!(
         "\nk8s-test: 6. with no agent running, enforcement stays; the replacement adopts the pins"
@@ -645,6 +646,60 @@ spec:
         &format!(
             "default/sleep's istio-proxy → {allowed_name} not redirected, and denied (only the gateway leaves)"
         ),
+        &text,
+    );
+    Ok(())
+}
+
+/// default/plain, in the Redirect's namespace but without a sidecar: the
+/// Redirect (`capture: Sidecar`, the default) leaves it alone, as Istio
+/// leaves pods it did not inject, so it reaches a Service directly (a
+/// captured pod without a proxy would get ECONNREFUSED on every TCP
+/// connect), and is still refused the internet.
+fn without_sidecar(
+    cluster: &Cluster<'_>,
+    checks: &mut Checks,
+    gateway_ip: &str,
+) -> anyhow::Result<()> {
+    let k = cluster.kubectl;
+    k.apply(&pod_yaml_on(
+        cluster,
+        "default",
+        "plain",
+        &[("app", "plain")],
+        "exec sleep 3600",
+        cluster.app_node,
+    ))?;
+    wait_ready(k, "default", "pod/plain", Duration::from_secs(120))?;
+    let target = ("istio-egressgateway.istio-system", gateway_ip);
+    // Until the agent has matched the new pod it is pending (refused);
+    // the same wait as for a sidecar'd pod.
+    let created = Instant::now();
+    let (outcome, text, shown) = loop {
+        let got = fetch_or_probe(cluster, "default", "plain", target)?;
+        if got.0 != Outcome::Eperm || created.elapsed() > Duration::from_secs(20) {
+            break got;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    checks.check(
+        outcome == Outcome::Ok && text.contains("HTTP/1"),
+        &format!(
+            "default/plain (no sidecar, same namespace) → the gateway Service {shown} directly, not captured"
+        ),
+        &text,
+    );
+    let out = k.exec("default", "plain", &http_get(gateway_ip, 80))?;
+    let body = format!("{}{}", out.stdout, out.stderr);
+    checks.check(
+        body.contains("istio-egressgateway") && !body.contains("answered by the istio-proxy"),
+        "default/plain's answer comes from the gateway pod itself, not a proxy",
+        &first_line(&body),
+    );
+    let (outcome, text, shown) = fetch_or_probe(cluster, "default", "plain", cluster.allowed_host)?;
+    checks.check(
+        outcome == Outcome::Eperm,
+        &format!("default/plain → {shown} denied (not captured, and not the gateway)"),
         &text,
     );
     Ok(())

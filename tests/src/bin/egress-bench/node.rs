@@ -84,7 +84,7 @@ spec: {{cgroup: bench/gw/gateway, addresses: ["10.244.0.20"]}}
 apiVersion: egress.enforcer.dev/v1alpha1
 kind: Workload
 metadata: {{name: client, namespace: bench, labels: {{app: client}}}}
-spec: {{cgroup: bench/client/app, addresses: ["{CLIENT_V4}"]}}
+spec: {{cgroup: bench/client/app, addresses: ["{CLIENT_V4}"], sidecar: true}}
 ---
 apiVersion: egress.enforcer.dev/v1alpha1
 kind: Workload
