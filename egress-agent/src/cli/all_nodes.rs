@@ -202,10 +202,15 @@ fn get(address: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
 struct Metrics<'a>(&'a str);
 
 impl Metrics<'_> {
-    /// The sum of every sample of `name` (all label sets); `None` if it
-    /// has none.
+    /// The sum of every sample of `name` (all label sets): 0 for a family
+    /// described but without samples (a labelled gauge with nothing to
+    /// count), `None` if the agent does not have it at all.
     fn sum(&self, name: &str) -> Option<u64> {
-        let mut total = None;
+        let described = self
+            .0
+            .lines()
+            .any(|l| l.strip_prefix("# TYPE ").and_then(|t| t.split(' ').next()) == Some(name));
+        let mut total = described.then_some(0);
         for line in self.0.lines().filter(|l| !l.starts_with('#')) {
             let sample = line.split(['{', ' ']).next().unwrap_or("");
             if sample != name {
@@ -293,6 +298,7 @@ mod tests {
     const SCRAPE: &str = "# HELP egress_policy_generation Generation in force (0 = none).
 # TYPE egress_policy_generation gauge
 egress_policy_generation 7
+# TYPE egress_pending_oldest_seconds gauge
 egress_pending_pods 2
 egress_quarantined_objects{kind=\"Pod\",namespace=\"a\",name=\"b\",held=\"leftout\"} 1
 egress_quarantined_objects{kind=\"NetworkPolicy\",namespace=\"a\",name=\"c\",held=\"lastgood\"} 1
@@ -308,6 +314,11 @@ egress_apply_failures_total 0
         assert_eq!(m.sum("egress_apply_failures_total"), Some(0));
         assert_eq!(m.sum("egress_pending"), None, "a prefix is not a name");
         assert_eq!(m.sum("egress_reload_failures_total"), None);
+        assert_eq!(
+            m.sum("egress_pending_oldest_seconds"),
+            Some(0),
+            "described, no sample"
+        );
     }
 
     #[test]

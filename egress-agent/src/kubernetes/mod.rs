@@ -13,7 +13,10 @@
 //! - every Node (name and addresses: node IPs count as in-cluster);
 //! - every Service, and its endpoints: EndpointSlices `discovery.k8s.io/v1`
 //!   or `v1beta1`, whichever the server serves (found by API discovery at
-//!   start), else `v1 Endpoints` ([`objects`]).
+//!   start), else `v1 Endpoints` ([`objects`]);
+//! - every Istio ServiceEntry (`networking.istio.io`, the newest served
+//!   version), where Istio's API is served: gateways with `allowedHosts:
+//!   fromServiceEntries` take their hosts from them.
 //!
 //! Each is kept as what the agent makes of it ([`cache`]), written as YAML
 //! documents and validated and compiled with the files of `--policies` as
@@ -155,7 +158,8 @@ pub fn spawn(client: Client, settings: KubeSettings) -> watch::Receiver<Option<I
         }),
         nodes: start::<Node, _>(&client, &touch_tx, |n| Some(objects::node(n))),
         services: start::<Service, _>(&client, &touch_tx, |s| Some(objects::service(s))),
-        slices: watch_slices(client, touch_tx.clone()),
+        slices: watch_slices(client.clone(), touch_tx.clone()),
+        service_entries: watch_service_entries(client, touch_tx.clone()),
     };
     tokio::spawn(build_loop(caches, settings, touch, touch_tx, tx));
     rx
@@ -256,6 +260,76 @@ fn watch_slices(client: Client, touch: mpsc::UnboundedSender<()>) -> Cache<Vec<S
     cache
 }
 
+/// How often the agent looks again for Istio's API when it is not served:
+/// installing Istio (or its CRDs) after the agent is picked up this late.
+const ISTIO_DISCOVERY_EVERY: Duration = Duration::from_secs(30);
+
+/// Watches Istio ServiceEntries (`networking.istio.io`, the newest served
+/// version), for gateways with `allowedHosts: fromServiceEntries`. Where
+/// Istio's API is not served the cache is empty (and ready: the first
+/// inventory does not wait for Istio), and discovery is tried again every
+/// [`ISTIO_DISCOVERY_EVERY`].
+fn watch_service_entries(client: Client, touch: mpsc::UnboundedSender<()>) -> Cache<Vec<Source>> {
+    let (cache, writer) = cache::cache();
+    tokio::spawn(async move {
+        let mut said_absent = false;
+        let version = loop {
+            match probe_service_entries(&client).await {
+                Ok(Some(version)) => break version,
+                Ok(None) => {
+                    if !said_absent {
+                        info!("no networking.istio.io ServiceEntry API served: no ServiceEntries (looked for again every {}s)", ISTIO_DISCOVERY_EVERY.as_secs());
+                        // An empty listing: ready, so the inventory does
+                        // not wait for an API that may never come.
+                        writer.apply(watcher::Event::<DynamicObject>::Init, &|_| None);
+                        writer.apply(watcher::Event::<DynamicObject>::InitDone, &|_| None);
+                        said_absent = true;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %format_chain(&e), "API discovery of ServiceEntries failed; retrying")
+                }
+            }
+            tokio::time::sleep(ISTIO_DISCOVERY_EVERY).await;
+        };
+        info!(version, "watching networking.istio.io ServiceEntries");
+        let _ = objects::SERVICE_ENTRY_VERSION.set(version.clone());
+        let gvk =
+            kube::core::GroupVersionKind::gvk("networking.istio.io", &version, "ServiceEntry");
+        let resource = kube::core::ApiResource::from_gvk_with_plural(&gvk, "serviceentries");
+        let api = Api::<DynamicObject>::all_with(client, &resource);
+        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        cache::feed(
+            stream,
+            writer,
+            format!("ServiceEntry ({})", resource.api_version),
+            |o: &DynamicObject| Some(vec![objects::dynamic_service_entry(o)]),
+            touch,
+        )
+        .await;
+    });
+    cache
+}
+
+/// The newest `networking.istio.io` version that serves ServiceEntries,
+/// if any.
+async fn probe_service_entries(client: &Client) -> Result<Option<String>, kube::Error> {
+    for version in ["v1", "v1beta1", "v1alpha3"] {
+        match client
+            .list_api_group_resources(&format!("networking.istio.io/{version}"))
+            .await
+        {
+            Ok(list) if list.resources.iter().any(|r| r.name == "serviceentries") => {
+                return Ok(Some(version.to_owned()))
+            }
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 /// Which endpoints API the server serves, preferring `discovery.k8s.io/v1`.
 /// Retried with backoff until the server answers: the first inventory
 /// waits for it, as it waits for every listing.
@@ -298,11 +372,13 @@ struct Caches {
     nodes: Cache<Vec<Source>>,
     services: Cache<Vec<Source>>,
     slices: Cache<Vec<Source>>,
+    service_entries: Cache<Vec<Source>>,
 }
 
 impl Caches {
-    fn generations(&self) -> [u64; 6] {
+    fn generations(&self) -> [u64; 7] {
         [
+            self.service_entries.generation(),
             self.pods.generation(),
             self.namespaces.generation(),
             self.policies.generation(),
@@ -312,8 +388,9 @@ impl Caches {
         ]
     }
 
-    fn documents(&self) -> [(&'static str, &Cache<Vec<Source>>); 5] {
+    fn documents(&self) -> [(&'static str, &Cache<Vec<Source>>); 6] {
         [
+            ("ServiceEntry", &self.service_entries),
             ("Namespace", &self.namespaces),
             ("NetworkPolicy", &self.policies),
             ("Node", &self.nodes),
@@ -407,7 +484,7 @@ fn watch_roots(
 /// document, not 10k (see docs/kubernetes.md for the measure).
 #[derive(Default)]
 struct ClusterPart {
-    generations: Option<[u64; 6]>,
+    generations: Option<[u64; 7]>,
     /// By pod key: (resourceVersion, document, problems).
     peers: std::collections::BTreeMap<String, (String, Option<Source>, Vec<Problem>)>,
     /// The other kinds' documents.
@@ -738,6 +815,7 @@ mod tests {
             nodes: empty(),
             services: empty(),
             slices: empty(),
+            service_entries: empty(),
         };
         let peer = |name: &str, ip: &str, rv: &str| -> Pod {
             serde_json::from_value(serde_json::json!({

@@ -34,6 +34,7 @@ pub struct Simulated {
     nodes: Writer<Vec<Source>>,
     services: Writer<Vec<Source>>,
     slices: Writer<Vec<Source>>,
+    service_entries: Writer<Vec<Source>>,
     touch: mpsc::UnboundedSender<()>,
     node_name: String,
     sidecar: String,
@@ -54,6 +55,7 @@ impl Simulated {
         let (nodes, nodes_w) = cache::cache();
         let (services, services_w) = cache::cache();
         let (slices, slices_w) = cache::cache();
+        let (service_entries, service_entries_w) = cache::cache();
         let this = Self {
             pods: pods_w,
             namespaces: namespaces_w,
@@ -61,6 +63,7 @@ impl Simulated {
             nodes: nodes_w,
             services: services_w,
             slices: slices_w,
+            service_entries: service_entries_w,
             touch: touch.clone(),
             node_name: settings.node_name.clone(),
             sidecar: settings.sidecar.clone(),
@@ -75,6 +78,7 @@ impl Simulated {
             nodes,
             services,
             slices,
+            service_entries,
         };
         tokio::spawn(build_loop(caches, settings, touched, touch, tx));
         (this, rx)
@@ -87,6 +91,7 @@ impl Simulated {
             &self.nodes,
             &self.services,
             &self.slices,
+            &self.service_entries,
         ] {
             f(w);
         }
