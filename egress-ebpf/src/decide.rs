@@ -73,8 +73,8 @@ pub struct Dst {
     /// IP protocol number.
     pub proto: u8,
     /// Destination port for TCP, UDP and SCTP; 0 for every other protocol
-    /// (and for IPv4 non-first fragments), so that only "any protocol"
-    /// entries match those.
+    /// and for non-first fragments, so that only entries without ports
+    /// match those (port ranges from a policy start at 1).
     pub port: u16,
 }
 

@@ -3,9 +3,12 @@
 //! (the kernel pushes the transport header back for ingress).
 //!
 //! Non-first fragments carry no ports, so they are read with ports 0 and
-//! only match "any protocol" entries. The same goes for every protocol other
-//! than TCP, UDP and SCTP (ICMP, ESP, ...), and for IPv6 packets with more
-//! than [`MAX_EXTENSION_HEADERS`] extension headers.
+//! only match entries without ports: "any protocol", or their protocol
+//! with every port (a rule that names the protocol alone). Every protocol
+//! other than TCP, UDP and SCTP (ICMP, ESP, ...) is read with port 0 too,
+//! and so matches only "any protocol" entries; so does an IPv6 packet with
+//! more than [`MAX_EXTENSION_HEADERS`] extension headers, whose protocol
+//! is the next header number where the walk stopped.
 
 use aya_ebpf::programs::SkBuffContext;
 

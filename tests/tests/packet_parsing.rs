@@ -19,7 +19,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use egress_agent::dataplane::{self, Hook, Reason};
+use egress_agent::dataplane::{self, Hook, Reason, VerdictKind};
 use integration_tests::{Client, Enforced};
 
 /// `prod/client` may reach 10.200.0.0/24 (except .3) and fd00:200::/64
@@ -743,6 +743,16 @@ fn check(s: &Enforced, client: &Client<'_>, cases: &[Case]) {
         let want = cases.iter().filter(|c| c.expect.reason == reason).count() as u64;
         let got = after.enforced(Hook::Skb, reason) - before.enforced(Hook::Skb, reason);
         assert_eq!(got, want, "cgroup_skb counter of {reason:?}");
+        // The single-counter read the packet fuzz target relies on.
+        let one = s
+            .dataplane_ref()
+            .verdict_count(VerdictKind::new(Hook::Skb, reason))
+            .expect("one counter");
+        assert_eq!(
+            one,
+            after.enforced(Hook::Skb, reason),
+            "{reason:?} read alone"
+        );
     }
     println!("{} cases as expected", cases.len());
 }

@@ -5,6 +5,7 @@
 //! 3. unit tests: `cargo test --workspace --exclude integration-tests`
 //! 4. fuzz smoke: one `cargo fuzz build` of every target in fuzz/, then each
 //!    for a short while (cargo fuzz, libFuzzer); any crash fails the stage
+//!    (the packet target needs root, and is skipped without it)
 //! 5. privileged integration tests: `cargo test -p integration-tests`
 //!
 //! Stage 5 needs root. Without root it is skipped, loudly. With root, a
@@ -58,6 +59,10 @@ struct FuzzTarget {
     /// the most code, gets the whole; the others a third each (19 s
     /// by default), which keeps the stage about a minute longer.
     share: u32,
+    /// Needs root: it loads the data plane and test-runs its program from
+    /// a workload's cgroup. Without root it is skipped, loudly, as the
+    /// privileged tests are.
+    privileged: bool,
 }
 
 const FUZZ_TARGETS: &[FuzzTarget] = &[
@@ -66,24 +71,35 @@ const FUZZ_TARGETS: &[FuzzTarget] = &[
         stage: "fuzz loader",
         seeds: &["fuzz/seeds/loader", "policies"],
         share: 100,
+        privileged: false,
     },
     FuzzTarget {
         name: "k8s_objects",
         stage: "fuzz k8s_objects",
         seeds: &["fuzz/seeds/k8s_objects"],
         share: 33,
+        privileged: false,
     },
     FuzzTarget {
         name: "sniff",
         stage: "fuzz sniff",
         seeds: &["fuzz/seeds/sniff"],
         share: 33,
+        privileged: false,
     },
     FuzzTarget {
         name: "proxy_protocol",
         stage: "fuzz proxy_protocol",
         seeds: &["fuzz/seeds/proxy_protocol", "fuzz/seeds/sniff"],
         share: 33,
+        privileged: false,
+    },
+    FuzzTarget {
+        name: "packet",
+        stage: "fuzz packet",
+        seeds: &["fuzz/seeds/packet"],
+        share: 33,
+        privileged: true,
     },
 ];
 
@@ -258,11 +274,20 @@ pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
                     // binary up to date.
                     report.command("fuzz build", &mut fuzz_cargo("build"))?;
                     for target in FUZZ_TARGETS {
-                        if report.go_on() {
-                            let seconds =
-                                (args.fuzz_seconds.saturating_mul(target.share) / 100).max(1);
-                            report.command(target.stage, &mut fuzz_smoke(target, seconds)?)?;
+                        if !report.go_on() {
+                            break;
                         }
+                        if target.privileged && !host::is_root() {
+                            let why = format!(
+                                "not root (euid {}); it loads eBPF programs and moves itself into a cgroup",
+                                host::euid()
+                            );
+                            println!("SKIPPED {}: {why}", target.stage);
+                            report.skip(target.stage, &why);
+                            continue;
+                        }
+                        let seconds = (args.fuzz_seconds.saturating_mul(target.share) / 100).max(1);
+                        report.command(target.stage, &mut fuzz_smoke(target, seconds)?)?;
                     }
                 }
                 found => {

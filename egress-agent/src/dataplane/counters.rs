@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use egress_common::{map, verdict_from_index, FlowEvent, Hook, Reason, NO_RULE, VERDICT_SLOTS};
+use egress_common::{
+    map, verdict_from_index, verdict_index, FlowEvent, Hook, Reason, NO_RULE, VERDICT_SLOTS,
+};
 
 use super::{
     maps::{per_cpu_total, read, Maps},
@@ -81,6 +83,13 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// One `VERDICTS` counter, without reading the others (nor
+    /// `RULE_HITS`, a hash map walked entry by entry).
+    pub(super) fn read_one(maps: &Maps, kind: VerdictKind) -> Result<u64, DataplaneError> {
+        let index = verdict_index(kind.hook, kind.reason, kind.audit);
+        per_cpu_total(&maps.verdicts, map::VERDICTS, index)
+    }
+
     pub(super) fn read(maps: &Maps) -> Result<Self, DataplaneError> {
         let mut verdicts = BTreeMap::new();
         for index in 0..VERDICT_SLOTS {

@@ -254,6 +254,15 @@ impl Dataplane {
         Counters::read(&self.maps)
     }
 
+    /// How many verdicts of `kind` the programs returned: one counter of
+    /// [`Dataplane::counters`], read with a single lookup, for a caller
+    /// that checks the reason of every test run (fuzz/fuzz_targets/packet.rs).
+    /// `kind.hook` must decide ([`Hook::decides`]); others have no counter
+    /// and the lookup fails.
+    pub fn verdict_count(&self, kind: VerdictKind) -> Result<u64, DataplaneError> {
+        Counters::read_one(&self.maps, kind)
+    }
+
     /// Entries currently in each map (both generations, plus anything
     /// stale), e.g. to check that a reload left nothing behind.
     pub fn entry_counts(&self) -> Result<EntryCounts, DataplaneError> {
@@ -291,7 +300,6 @@ impl Dataplane {
         self.maps.active_slot()
     }
 
-    /// The programs' links, in attach order.
     /// A reader of the programs' aya-log records, forwarding them to
     /// `logger`: they share one log ring, found through `cgroup_skb`'s
     /// program (loaded now or adopted).
@@ -308,6 +316,7 @@ impl Dataplane {
             .map_err(|source| DataplaneError::EbpfLog { source })
     }
 
+    /// The programs' links, in attach order.
     pub fn links(&self) -> &[AttachedLink] {
         &self.links
     }
