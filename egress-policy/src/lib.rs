@@ -6,6 +6,7 @@
 //! line.
 
 pub mod apimachinery;
+pub mod crd;
 pub mod diagnostic;
 pub mod model;
 pub mod objects;

@@ -1,0 +1,339 @@
+//! The CustomResourceDefinitions of `EgressGateway` and `Redirect`, and
+//! the status each node's agent reports on them.
+//!
+//! The CRDs are derived (kube's `CustomResource`, schemars) from the spec
+//! types the loader parses ([`crate::objects`]), so the schema the API
+//! server enforces is the parse the agent does. A schema cannot say
+//! everything the agent checks (a CIDR's syntax, a DNS name, a selector
+//! that matches nothing): the API server refuses what the schema can say,
+//! and the agent still validates the rest, quarantining the object alone.
+//!
+//! **Status.** Every agent judges every object, so each writes the
+//! outcome on its own node into one entry of `status.nodes`, a list-map
+//! keyed by `node` (`x-kubernetes-list-type: map`), by server-side apply
+//! with the field manager `egress-agent/<node>`: the API server merges the
+//! entries, and an agent never overwrites another's. `status.programmed`
+//! (`"2/2"`) and `status.nodeCount` summarise the entries for `kubectl
+//! get`; one agent per object writes them (see the agent's
+//! `kubernetes::status`).
+
+use std::borrow::Cow;
+
+use k8s_openapi::{
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
+use kube::CustomResourceExt as _;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+
+use crate::objects::{
+    EgressGatewayResource, HostPortSpec, PortList, RedirectResource, StringOrList,
+};
+
+/// The condition every node reports.
+pub const PROGRAMMED: &str = "Programmed";
+
+/// Why a node's `Programmed` condition is what it is.
+pub mod reasons {
+    /// True: this generation of the object is in force on the node.
+    pub const APPLIED: &str = "Applied";
+    /// False: the object is invalid and nothing of it is in force (it has
+    /// no earlier valid version on this node).
+    pub const INVALID: &str = "Invalid";
+    /// False: this generation is invalid; its last valid version stays in
+    /// force on the node.
+    pub const QUARANTINED: &str = "Quarantined";
+    /// False: the node's policy set as a whole was not applied (an error
+    /// in the operator's files, or the kernel refused it); what was in
+    /// force before stays.
+    pub const NOT_APPLIED: &str = "NotApplied";
+}
+
+/// `status` of an EgressGateway or a Redirect.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// One entry per node, written by that node's agent alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["node"]
+    ))]
+    pub nodes: Vec<NodeStatus>,
+    /// `<programmed>/<reporting>`: the nodes whose entry says Programmed
+    /// for the object's current generation, of the nodes with an entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub programmed: Option<String>,
+    /// The nodes with an entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_count: Option<i32>,
+}
+
+/// One node's verdict on the object.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The node's name: the key of the entry.
+    pub node: String,
+    /// The object's `metadata.generation` the conditions are about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Programmed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["type"]
+    ))]
+    pub conditions: Vec<Condition>,
+}
+
+impl NodeStatus {
+    /// The `Programmed` condition, if any.
+    pub fn programmed(&self) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == PROGRAMMED)
+    }
+}
+
+impl PolicyStatus {
+    /// `(programmed, reporting)` among the entries of `nodes` that `keep`
+    /// keeps: programmed means `Programmed=True` for `generation`.
+    pub fn count(&self, generation: Option<i64>, keep: impl Fn(&str) -> bool) -> (usize, usize) {
+        let kept: Vec<&NodeStatus> = self.nodes.iter().filter(|n| keep(&n.node)).collect();
+        let programmed = kept
+            .iter()
+            .filter(|n| {
+                n.observed_generation == generation
+                    && n.programmed().is_some_and(|c| c.status == "True")
+            })
+            .count();
+        (programmed, kept.len())
+    }
+}
+
+/// The two CRDs, as the API server takes them.
+pub fn crds() -> [CustomResourceDefinition; 2] {
+    [EgressGatewayResource::crd(), RedirectResource::crd()]
+}
+
+// The untagged enums below accept two shapes of different types (a string
+// or a list, a number or an object). A structural schema gives every node
+// one type, and forbids types inside `anyOf`, so these say only what holds
+// for both shapes and keep the value as written
+// (`x-kubernetes-preserve-unknown-fields`); the agent's parse checks the
+// rest, and quarantines an object that fails it.
+
+impl JsonSchema for StringOrList {
+    fn schema_name() -> Cow<'static, str> {
+        "StringOrList".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A list of CIDRs, or one comma-separated string of them (Istio's form; \"*\" is every address).",
+            "x-kubernetes-preserve-unknown-fields": true
+        })
+    }
+}
+
+impl JsonSchema for PortList {
+    fn schema_name() -> Cow<'static, str> {
+        "PortList".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A list of ports, or one comma-separated string of them (Istio's form; \"*\" is every port).",
+            "x-kubernetes-preserve-unknown-fields": true
+        })
+    }
+}
+
+impl JsonSchema for HostPortSpec {
+    fn schema_name() -> Cow<'static, str> {
+        "HostPortSpec".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    /// `minimum`/`maximum` apply to a number only and `properties` and
+    /// `required` to an object only, so each shape is held to its own.
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A port number, or {port, protocol, name} as in an Istio ServiceEntry.",
+            "x-kubernetes-preserve-unknown-fields": true,
+            "minimum": 1,
+            "maximum": 65535,
+            "required": ["port"],
+            "properties": {
+                "port": {"type": "integer", "format": "int64", "minimum": 1, "maximum": 65535},
+                "protocol": {"type": "string"},
+                "name": {"type": "string"}
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Every node of a structural schema has a type, or is one of the two
+    /// extensions that stand for one; `anyOf`/`oneOf`/`allOf`/`not` carry
+    /// no type. Returns the paths that break it.
+    fn unstructural(schema: &Value, path: &str, found: &mut Vec<String>) {
+        let Some(obj) = schema.as_object() else {
+            return;
+        };
+        let typed = obj.get("type").is_some_and(|t| t.as_str().is_some())
+            || obj.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true))
+            || obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+        if !typed {
+            found.push(format!("{path}: no type"));
+        }
+        for junctor in ["anyOf", "oneOf", "allOf", "not"] {
+            let subs = match obj.get(junctor) {
+                Some(Value::Array(list)) => list.iter().collect(),
+                Some(one) => vec![one],
+                None => vec![],
+            };
+            if subs.iter().any(|s| s.get("type").is_some()) {
+                found.push(format!("{path}.{junctor}: a type inside a junctor"));
+            }
+        }
+        for (key, value) in obj
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            unstructural(value, &format!("{path}.{key}"), found);
+        }
+        if let Some(items) = obj.get("items") {
+            unstructural(items, &format!("{path}[]"), found);
+        }
+        if let Some(extra) = obj.get("additionalProperties").filter(|a| a.is_object()) {
+            unstructural(extra, &format!("{path}{{}}"), found);
+        }
+    }
+
+    fn schema_of(crd: &CustomResourceDefinition) -> Value {
+        let version = &crd.spec.versions[0];
+        serde_json::to_value(
+            version
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .expect("a schema"),
+        )
+        .expect("JSON")
+    }
+
+    #[test]
+    fn every_schema_is_structural() {
+        for crd in crds() {
+            let mut found = Vec::new();
+            unstructural(&schema_of(&crd), &crd.spec.names.kind, &mut found);
+            assert!(found.is_empty(), "{found:#?}");
+        }
+    }
+
+    #[test]
+    fn the_schema_says_what_it_can_of_the_agents_checks() {
+        let [gateway, redirect] = crds().map(|c| schema_of(&c));
+        let spec = &redirect["properties"]["spec"]["properties"];
+        assert_eq!(
+            spec["capture"]["enum"],
+            serde_json::json!(["Sidecar", "All"])
+        );
+        for port in [
+            &spec["proxy"]["properties"]["port"],
+            &spec["captureDNS"]["properties"]["port"],
+        ] {
+            assert_eq!(
+                (port["minimum"].as_f64(), port["maximum"].as_f64()),
+                (Some(1.0), Some(65535.0))
+            );
+        }
+        assert_eq!(
+            spec["includeIPRanges"]["x-kubernetes-preserve-unknown-fields"],
+            Value::Bool(true)
+        );
+        let spec = &gateway["properties"]["spec"];
+        assert_eq!(
+            spec["required"],
+            serde_json::json!(["clusterCIDRs", "selector"])
+        );
+        assert_eq!(
+            spec["properties"]["clusterCIDRs"]["minItems"].as_u64(),
+            Some(1)
+        );
+        let status = &gateway["properties"]["status"]["properties"]["nodes"];
+        assert_eq!(status["x-kubernetes-list-type"], "map");
+        assert_eq!(
+            status["x-kubernetes-list-map-keys"],
+            serde_json::json!(["node"])
+        );
+    }
+
+    #[test]
+    fn both_kinds_have_a_status_subresource_and_a_programmed_column() {
+        for crd in crds() {
+            let version = &crd.spec.versions[0];
+            assert!(version
+                .subresources
+                .as_ref()
+                .is_some_and(|s| s.status.is_some()));
+            let columns = version
+                .additional_printer_columns
+                .as_deref()
+                .unwrap_or_default();
+            assert!(
+                columns.iter().any(|c| c.json_path == ".status.programmed"),
+                "{columns:?}"
+            );
+            assert_eq!(crd.spec.group, "egress.enforcer.dev");
+            assert_eq!(crd.spec.scope, "Namespaced");
+        }
+    }
+
+    #[test]
+    fn only_this_generations_programmed_entries_count() {
+        let entry = |node: &str, generation, status: &str| NodeStatus {
+            node: node.into(),
+            observed_generation: Some(generation),
+            conditions: vec![Condition {
+                type_: PROGRAMMED.into(),
+                status: status.into(),
+                reason: reasons::APPLIED.into(),
+                message: String::new(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Default::default(),
+                ),
+                observed_generation: Some(generation),
+            }],
+        };
+        let status = PolicyStatus {
+            nodes: vec![
+                entry("a", 2, "True"),
+                entry("b", 1, "True"),
+                entry("c", 2, "False"),
+            ],
+            ..PolicyStatus::default()
+        };
+        assert_eq!(status.count(Some(2), |_| true), (1, 3));
+        assert_eq!(status.count(Some(2), |n| n != "c"), (1, 2));
+    }
+}
