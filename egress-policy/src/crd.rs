@@ -166,20 +166,17 @@ impl JsonSchema for HostPortSpec {
         true
     }
 
-    /// `minimum`/`maximum` apply to a number only and `properties` and
-    /// `required` to an object only, so each shape is held to its own.
+    /// `minimum` and `maximum` hold a number to the port range and let an
+    /// object through. The object form's fields get no schema: `properties`
+    /// on a node without a type made the API server's server-side apply
+    /// take the node for an object, and refuse every write of an object
+    /// holding a number there (`expected map, got 80`), status included.
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "description": "A port number, or {port, protocol, name} as in an Istio ServiceEntry.",
             "x-kubernetes-preserve-unknown-fields": true,
             "minimum": 1,
-            "maximum": 65535,
-            "required": ["port"],
-            "properties": {
-                "port": {"type": "integer", "format": "int64", "minimum": 1, "maximum": 65535},
-                "protocol": {"type": "string"},
-                "name": {"type": "string"}
-            }
+            "maximum": 65535
         })
     }
 }
