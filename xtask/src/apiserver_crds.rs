@@ -15,7 +15,9 @@
 //! 4. the agent's status writer (`egress-k8s-status`, the agent's own
 //!    code) writes, as two nodes, each node's entry by server-side apply
 //!    with its own field manager: both entries must end up on each seed
-//!    object, with the summary `2/2`, which `kubectl get` then shows.
+//!    object, with the summary `2/2`, which `kubectl get` then shows. It
+//!    acts as the agent's ServiceAccount, with the ClusterRole of
+//!    `deploy/base/rbac.yaml` and nothing else: that RBAC is enough.
 
 use std::{
     fs,
@@ -36,6 +38,8 @@ use crate::{
 
 /// The files' probes that only the agent can refuse start with this.
 const AGENT_ONLY: &str = "[agent only]";
+/// The agent's ServiceAccount, as a user name.
+const AGENT_USER: &str = "system:serviceaccount:egress-enforcer:egress-agent";
 /// The kinds' names in the OpenAPI document.
 const OPENAPI_NAMES: [&str; 2] = [
     "dev.enforcer.egress.v1alpha1.EgressGateway",
@@ -225,8 +229,15 @@ fn status(dir: &Path, kubectl: &Kubectl, cache: &Path, root: &Path) -> anyhow::R
         .context("no server in the kubeconfig")?;
     let tokens = fs::read_to_string(dir.join("pki/tokens.csv")).context("the token file")?;
     let token = tokens.split(',').next().context("no token")?;
+    expect_ok(
+        kubectl_in(kubectl, cache)
+            .args(["apply", "-f"])
+            .arg(root.join("deploy/base/rbac.yaml")),
+        "applying the agent's RBAC",
+    )?;
     let out = Command::new(&writer)
         .args(["--server", server, "--token", token])
+        .args(["--impersonate", AGENT_USER])
         .args(["--node", "node-a", "--node", "node-b"])
         .output()
         .with_context(|| format!("running {}", writer.display()))?;
@@ -244,7 +255,8 @@ fn status(dir: &Path, kubectl: &Kubectl, cache: &Path, root: &Path) -> anyhow::R
     let ok = out.status.success() && table.matches(" 2/2 ").count() == 2;
     println!(
         "{}  two nodes' status entries, each written by server-side apply as its own field \
-         manager (egress-agent/node-a, egress-agent/node-b), both kept; summary 2/2:",
+         manager (egress-agent/node-a, egress-agent/node-b) with the agent's RBAC, both \
+         kept; summary 2/2:",
         if ok { "✓" } else { "✗" }
     );
     for line in shown.lines().chain(table.lines()) {

@@ -35,6 +35,10 @@ struct Args {
     /// A bearer token of a user allowed to read and patch the objects.
     #[arg(long)]
     token: String,
+    /// Act as this user (impersonation by the token's user), e.g. the
+    /// agent's ServiceAccount, to prove its RBAC is enough.
+    #[arg(long)]
+    impersonate: Option<String>,
     /// A node to write as (repeat for several).
     #[arg(long = "node", required = true)]
     nodes: Vec<String>,
@@ -54,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         let mut config = kube::Config::new(args.server.parse().context("--server")?);
         config.accept_invalid_certs = true;
         config.auth_info.token = Some(args.token.clone().into());
+        config.auth_info.impersonate = args.impersonate.clone();
         let client = Client::try_from(config).context("client")?;
         run(client, &args).await
     })
