@@ -8,108 +8,18 @@
 //! that matches nothing): the API server refuses what the schema can say,
 //! and the agent still validates the rest, quarantining the object alone.
 //!
-//! **Status.** Every agent judges every object, so each writes the
-//! outcome on its own node into one entry of `status.nodes`, a list-map
-//! keyed by `node` (`x-kubernetes-list-type: map`), by server-side apply
-//! with the field manager `egress-agent/<node>`: the API server merges the
-//! entries, and an agent never overwrites another's. `status.programmed`
-//! (`"2/2"`) and `status.nodeCount` summarise the entries for `kubectl
-//! get`; one agent per object writes them (see the agent's
-//! `kubernetes::status`).
+//! Both kinds have a status subresource; what goes in it is
+//! [`crate::status`].
 
 use std::borrow::Cow;
 
-use k8s_openapi::{
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    apimachinery::pkg::apis::meta::v1::Condition,
-};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt as _;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
-use serde::{Deserialize, Serialize};
 
 use crate::objects::{
     EgressGatewayResource, HostPortSpec, PortList, RedirectResource, StringOrList,
 };
-
-/// The condition every node reports.
-pub const PROGRAMMED: &str = "Programmed";
-
-/// Why a node's `Programmed` condition is what it is.
-pub mod reasons {
-    /// True: this generation of the object is in force on the node.
-    pub const APPLIED: &str = "Applied";
-    /// False: the object is invalid and nothing of it is in force (it has
-    /// no earlier valid version on this node).
-    pub const INVALID: &str = "Invalid";
-    /// False: this generation is invalid; its last valid version stays in
-    /// force on the node.
-    pub const QUARANTINED: &str = "Quarantined";
-    /// False: the node's policy set as a whole was not applied (an error
-    /// in the operator's files, or the kernel refused it); what was in
-    /// force before stays.
-    pub const NOT_APPLIED: &str = "NotApplied";
-}
-
-/// `status` of an EgressGateway or a Redirect.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyStatus {
-    /// One entry per node, written by that node's agent alone.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend(
-        "x-kubernetes-list-type" = "map",
-        "x-kubernetes-list-map-keys" = ["node"]
-    ))]
-    pub nodes: Vec<NodeStatus>,
-    /// `<programmed>/<reporting>`: the nodes whose entry says Programmed
-    /// for the object's current generation, of the nodes with an entry.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub programmed: Option<String>,
-    /// The nodes with an entry.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_count: Option<i32>,
-}
-
-/// One node's verdict on the object.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeStatus {
-    /// The node's name: the key of the entry.
-    pub node: String,
-    /// The object's `metadata.generation` the conditions are about.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// `Programmed`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend(
-        "x-kubernetes-list-type" = "map",
-        "x-kubernetes-list-map-keys" = ["type"]
-    ))]
-    pub conditions: Vec<Condition>,
-}
-
-impl NodeStatus {
-    /// The `Programmed` condition, if any.
-    pub fn programmed(&self) -> Option<&Condition> {
-        self.conditions.iter().find(|c| c.type_ == PROGRAMMED)
-    }
-}
-
-impl PolicyStatus {
-    /// `(programmed, reporting)` among the entries of `nodes` that `keep`
-    /// keeps: programmed means `Programmed=True` for `generation`.
-    pub fn count(&self, generation: Option<i64>, keep: impl Fn(&str) -> bool) -> (usize, usize) {
-        let kept: Vec<&NodeStatus> = self.nodes.iter().filter(|n| keep(&n.node)).collect();
-        let programmed = kept
-            .iter()
-            .filter(|n| {
-                n.observed_generation == generation
-                    && n.programmed().is_some_and(|c| c.status == "True")
-            })
-            .count();
-        (programmed, kept.len())
-    }
-}
 
 /// The two CRDs, as the API server takes them.
 pub fn crds() -> [CustomResourceDefinition; 2] {
@@ -304,33 +214,5 @@ mod tests {
             assert_eq!(crd.spec.group, "egress.enforcer.dev");
             assert_eq!(crd.spec.scope, "Namespaced");
         }
-    }
-
-    #[test]
-    fn only_this_generations_programmed_entries_count() {
-        let entry = |node: &str, generation, status: &str| NodeStatus {
-            node: node.into(),
-            observed_generation: Some(generation),
-            conditions: vec![Condition {
-                type_: PROGRAMMED.into(),
-                status: status.into(),
-                reason: reasons::APPLIED.into(),
-                message: String::new(),
-                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    Default::default(),
-                ),
-                observed_generation: Some(generation),
-            }],
-        };
-        let status = PolicyStatus {
-            nodes: vec![
-                entry("a", 2, "True"),
-                entry("b", 1, "True"),
-                entry("c", 2, "False"),
-            ],
-            ..PolicyStatus::default()
-        };
-        assert_eq!(status.count(Some(2), |_| true), (1, 3));
-        assert_eq!(status.count(Some(2), |n| n != "c"), (1, 2));
     }
 }

@@ -14,6 +14,7 @@ mod parse;
 pub mod ports;
 pub mod selector;
 pub mod source;
+pub mod status;
 pub mod validate;
 pub mod yaml11;
 

@@ -18,7 +18,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::crd::PolicyStatus;
+use crate::status::PolicyStatus;
 
 /// The API group and version of the extension kinds.
 pub const EXTENSION_API_VERSION: &str = "egress.enforcer.dev/v1alpha1";
@@ -96,12 +96,17 @@ pub struct WorkloadSelectorSpec {
 /// `EgressGateway.spec`: the workloads that alone may reach addresses
 /// outside `clusterCIDRs`, and the external hosts they may reach.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, CustomResource)]
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) of kube's attribute repeats `type_ = ...`"
+)]
 #[serde(rename_all = "camelCase")]
 #[kube(
     group = "egress.enforcer.dev",
     version = "v1alpha1",
     kind = "EgressGateway",
     root = "EgressGatewayResource",
+    doc = "Only the workloads it selects may reach addresses outside clusterCIDRs, and only the allowedHosts. Enforced by the egress-agent on every node; status.nodes has each node's verdict.",
     namespaced,
     status = "PolicyStatus",
     shortname = "egw",
@@ -157,14 +162,20 @@ pub enum HostPortSpec {
     },
 }
 
-/// `Redirect.spec`: which workloads are captured, and where to.
+/// `Redirect.spec`: which workloads are captured, and where to. Absent
+/// selectors select every pod of the object's namespace.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, CustomResource)]
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) of kube's attribute repeats `type_ = ...`"
+)]
 #[serde(rename_all = "camelCase")]
 #[kube(
     group = "egress.enforcer.dev",
     version = "v1alpha1",
     kind = "Redirect",
     root = "RedirectResource",
+    doc = "Sends the outbound TCP (and DNS) of the workloads it selects to a proxy, as Istio's sidecar capture does. Enforced by the egress-agent on every node; status.nodes has each node's verdict.",
     namespaced,
     status = "PolicyStatus",
     category = "egress",
@@ -220,12 +231,14 @@ pub struct RedirectSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub capture_dns: Option<DnsCaptureSpec>,
-    /// Which of the selected workloads are captured.
+    /// `Sidecar` (the default): the selected workloads that carry a
+    /// sidecar. `All`: every selected workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture: Option<Capture>,
 }
 
-/// `Redirect.spec.capture`.
+/// Which of the selected workloads are captured: `Sidecar` (the
+/// default) or `All`.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema)]
 pub enum Capture {
     /// The default: only selected workloads that carry a sidecar, as Istio
@@ -235,7 +248,7 @@ pub enum Capture {
     All,
 }
 
-/// `Redirect.spec.proxy`.
+/// Where captured connections go, and which workloads are the proxy.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxySpec {
@@ -251,7 +264,7 @@ pub struct ProxySpec {
     pub selector: Option<WorkloadSelectorSpec>,
 }
 
-/// `Redirect.spec.captureDNS`.
+/// DNS capture: UDP port 53 to the proxy's DNS port.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DnsCaptureSpec {

@@ -16,10 +16,7 @@ use super::{
 };
 use crate::{
     compile::{Egress, Plan},
-    kubernetes::{
-        events::{Rejection, Report},
-        status::Verdict,
-    },
+    kubernetes::events::{Rejection, Report, Verdict},
     observe::{metrics, EventHub, Query, Status},
     resolve::{dns_names, HostResolver, ResolverSettings},
 };

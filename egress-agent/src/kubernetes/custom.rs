@@ -31,8 +31,8 @@ use tracing::{info, warn};
 use super::cache::{self, Cache, Writer};
 use crate::errors::format_chain;
 use egress_policy::{
-    crd::PolicyStatus,
     objects::{EgressGatewayResource, RedirectResource, EXTENSION_API_VERSION},
+    status::PolicyStatus,
     Source,
 };
 

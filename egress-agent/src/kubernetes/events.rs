@@ -49,7 +49,7 @@ use kube::{
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::{custom::Kind, status::Verdict};
+use super::custom::Kind;
 use crate::{
     errors::format_chain,
     observe::status::{Finding, Held, Quarantined},
@@ -82,6 +82,19 @@ pub struct Rejection {
     /// It holds back a workload of this node: a pod here is selected by
     /// it, or is it.
     pub here: bool,
+}
+
+/// What the last reload came to, for the custom resources' status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Verdict {
+    /// No reload yet.
+    #[default]
+    Pending,
+    /// The policy set is in force as agent generation `generation`.
+    Applied { generation: u64 },
+    /// The policy set was rejected, or the kernel refused it; `in_force`
+    /// stays.
+    NotApplied { in_force: Option<u64>, why: String },
 }
 
 /// What the agent's event loop sends after each reload, for the Events

@@ -52,13 +52,13 @@ use tracing::{debug, info, warn};
 
 use super::{
     custom::{Custom, Kind},
-    events::{designated, truncate, Report},
+    events::{designated, truncate, Report, Verdict},
     CustomCaches,
 };
 use crate::{errors::format_chain, observe::status::Held};
 use egress_policy::{
-    crd::{reasons, NodeStatus, PolicyStatus, PROGRAMMED},
     objects::EXTENSION_API_VERSION,
+    status::{reasons, NodeStatus, PolicyStatus, PROGRAMMED},
 };
 
 /// The field manager of the summary fields, whichever node writes them.
@@ -70,19 +70,6 @@ const LOOK_EVERY: Duration = Duration::from_secs(1);
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// The longest message written (the Events' limit, for one style).
 const MESSAGE_MAX: usize = 1024;
-
-/// What the last reload came to, as the status reports it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Verdict {
-    /// No reload yet.
-    #[default]
-    Pending,
-    /// The policy set is in force as agent generation `generation`.
-    Applied { generation: u64 },
-    /// The policy set was rejected, or the kernel refused it; `in_force`
-    /// stays.
-    NotApplied { in_force: Option<u64>, why: String },
-}
 
 /// The field manager of `node`'s entries. The API server refuses a
 /// manager name over 128 bytes.

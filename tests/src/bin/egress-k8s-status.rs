@@ -21,8 +21,8 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use egress_agent::kubernetes::{
     custom::{self, Kind},
-    events::Report,
-    status::{self, Verdict},
+    events::{Report, Verdict},
+    status,
 };
 use kube::{core::DynamicObject, Api, Client};
 use tokio::sync::{mpsc, watch};
