@@ -768,6 +768,45 @@ mod tests {
     }
 
     #[test]
+    fn custom_resources_join_the_documents_with_their_generation() {
+        let empty = || cache::cache::<Vec<Source>>().0;
+        let (gateways, writer) = cache::cache::<Custom>();
+        let caches = Caches {
+            pods: cache::cache().0,
+            namespaces: empty(),
+            policies: empty(),
+            nodes: empty(),
+            services: empty(),
+            slices: empty(),
+            custom: [
+                (Kind::EgressGateway, gateways),
+                (Kind::Redirect, cache::cache().0),
+            ],
+        };
+        let gateway = |generation: i64| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "egress.enforcer.dev/v1alpha1", "kind": "EgressGateway",
+                "metadata": {"name": "gw", "namespace": "istio-system", "generation": generation},
+                "spec": {"selector": {}, "clusterCIDRs": ["10.0.0.0/8"]}
+            }))
+            .expect("a custom resource")
+        };
+        let map = |o: &DynamicObject| Some(custom::convert(Kind::EgressGateway, o));
+        writer.apply(watcher::Event::Apply(gateway(2)), &map);
+        let mut part = ClusterPart::default();
+        part.refresh(&caches);
+        const NAME: &str = "kubernetes/egressgateways/istio-system/gw";
+        assert_eq!(part.custom.get(NAME), Some(&2));
+        assert!(part.sources().any(|s| &*s.file == Path::new(NAME)));
+        writer.apply(watcher::Event::Apply(gateway(3)), &map);
+        part.refresh(&caches);
+        assert_eq!(part.custom.get(NAME), Some(&3), "a change is seen");
+        writer.apply(watcher::Event::Delete(gateway(3)), &map);
+        part.refresh(&caches);
+        assert!(part.custom.is_empty() && part.sources().next().is_none());
+    }
+
+    #[test]
     fn a_peer_is_written_again_only_when_its_pod_changed() {
         let (pods, pod_writer) = cache::cache::<SlimPod>();
         let empty = || cache::cache::<Vec<Source>>().0;
