@@ -552,3 +552,54 @@ fn an_unknown_interception_mode_names_the_annotation() {
         ],
     );
 }
+
+#[test]
+fn allowed_hosts_is_a_list_or_from_service_entries() {
+    let gateway = "apiVersion: egress.enforcer.dev/v1alpha1\nkind: EgressGateway\n\
+        metadata: {name: gw, namespace: prod}\n\
+        spec: {selector: {podSelector: {}}, clusterCIDRs: [10.0.0.0/8], allowedHosts: fromEverything}\n";
+    one_error(
+        &format!("{NS}{WORKLOAD}{gateway}"),
+        &[
+            "EgressGateway prod/gw",
+            "spec.allowedHosts",
+            "\"fromEverything\"",
+            "fromServiceEntries",
+        ],
+    );
+}
+
+#[test]
+fn a_service_entry_port_out_of_range_names_the_entry_and_the_field() {
+    let entry = "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n\
+        metadata: {name: cnn, namespace: prod}\n\
+        spec: {hosts: [edition.cnn.com], ports: [{number: 70000, name: https, protocol: TLS}]}\n";
+    one_error(
+        &format!("{NS}{entry}"),
+        &["ServiceEntry prod/cnn", "spec.ports[0].number", "70000"],
+    );
+}
+
+#[test]
+fn a_wildcard_service_entry_host_is_a_warning_and_the_rest_holds() {
+    let entry = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+        metadata: {name: wiki, namespace: prod}\n\
+        spec: {hosts: [\"*.wikipedia.org\", en.wikipedia.org], ports: [{number: 443, name: tls, protocol: TLS}]}\n";
+    let loaded =
+        egress_policy::load_sources(&[Source::new("policies/case.yaml", format!("{NS}{entry}"))])
+            .expect("a wildcard host is not an error");
+    let warning = loaded
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .find(|w| w.contains("*.wikipedia.org"))
+        .expect("a warning names the wildcard");
+    assert!(warning.contains("spec.hosts[0]"), "{warning}");
+    let entry = &loaded.model.service_entries[0];
+    assert_eq!(
+        entry.hosts.len(),
+        1,
+        "en.wikipedia.org stays: {:?}",
+        entry.hosts
+    );
+}

@@ -92,6 +92,16 @@ fn plain(annotations: &str, spec: &str) -> String {
     )
 }
 
+/// An Istio ServiceEntry for `api.example.com` in `namespace`, with one
+/// STATIC endpoint, 203.0.113.7, on HTTPS 443; `extra` more spec fields.
+fn service_entry(namespace: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {{name: api, namespace: {namespace}}}\n\
+         spec:\n  hosts: [api.example.com]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n\
+         \x20 ports: [{{number: 443, name: https, protocol: HTTPS}}]\n  endpoints: [{{address: 203.0.113.7}}]\n{extra}"
+    )
+}
+
 fn gateway(extra: &str) -> String {
     format!(
         "apiVersion: egress.enforcer.dev/v1alpha1\nkind: EgressGateway\nmetadata: {{name: egress, namespace: istio-system}}\n\
@@ -302,6 +312,31 @@ fn cases() -> Vec<Case> {
         case("interceptionMode TPROXY captures outbound as REDIRECT does",
             vec![redirect(""), plain("{sidecar.istio.io/interceptionMode: TPROXY}", ", sidecar: true")],
             "prod/plain", "203.0.113.5:443", "redirect 127.0.0.1:15001"),
+        // --- Istio ServiceEntries as the gateway's allow-list ---
+        case("fromServiceEntries: an entry's endpoint at its port",
+            vec![gateway("  allowedHosts: fromServiceEntries\n"), service_entry("prod", "")],
+            "istio-system/gw", "203.0.113.7:443", "allow"),
+        case("fromServiceEntries: another port of the endpoint",
+            vec![gateway("  allowedHosts: fromServiceEntries\n"), service_entry("prod", "")],
+            "istio-system/gw", "203.0.113.7:80", "deny allow-list"),
+        case("fromServiceEntries: no entry allows nothing",
+            vec![gateway("  allowedHosts: fromServiceEntries\n")],
+            "istio-system/gw", "203.0.113.7:443", "deny allow-list"),
+        case("fromServiceEntries: exportTo . hides it from other namespaces",
+            vec![gateway("  allowedHosts: fromServiceEntries\n"), service_entry("prod", "  exportTo: [\".\"]\n")],
+            "istio-system/gw", "203.0.113.7:443", "deny allow-list"),
+        case("fromServiceEntries: exportTo . in the gateway's own namespace",
+            vec![gateway("  allowedHosts: fromServiceEntries\n"), service_entry("istio-system", "  exportTo: [\".\"]\n")],
+            "istio-system/gw", "203.0.113.7:443", "allow"),
+        case("fromServiceEntries: exportTo names the gateway's namespace",
+            vec![gateway("  allowedHosts: fromServiceEntries\n"), service_entry("prod", "  exportTo: [istio-system]\n")],
+            "istio-system/gw", "203.0.113.7:443", "allow"),
+        case("fromServiceEntries: exportTo ~ is nowhere",
+            vec![gateway("  allowedHosts: fromServiceEntries\n"), service_entry("istio-system", "  exportTo: [\"~\"]\n")],
+            "istio-system/gw", "203.0.113.7:443", "deny allow-list"),
+        case("a listed allowedHosts ignores ServiceEntries",
+            vec![gateway("  allowedHosts: [{host: 198.51.100.1}]\n"), service_entry("prod", "")],
+            "istio-system/gw", "203.0.113.7:443", "deny allow-list"),
         // --- gateway exclusivity ---
         case("only the gateway reaches the internet, whatever policy allows",
             vec![gateway(""), np("open", "  - to: [{ipBlock: {cidr: 0.0.0.0/0}}]\n")],

@@ -18,7 +18,7 @@ use kube::CustomResourceExt as _;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 
 use crate::objects::{
-    EgressGatewayResource, HostPortSpec, PortList, RedirectResource, StringOrList,
+    AllowedHostsSpec, EgressGatewayResource, PortList, RedirectResource, StringOrList,
 };
 
 /// The two CRDs, as the API server takes them.
@@ -26,12 +26,10 @@ pub fn crds() -> [CustomResourceDefinition; 2] {
     [EgressGatewayResource::crd(), RedirectResource::crd()]
 }
 
-// The untagged enums below accept two shapes of different types (a string
-// or a list, a number or an object). A structural schema gives every node
-// one type, and forbids types inside `anyOf`, so these say only what holds
-// for both shapes and keep the value as written
-// (`x-kubernetes-preserve-unknown-fields`); the agent's parse checks the
-// rest, and quarantines an object that fails it.
+// The untagged enums below accept a string or a list. A structural schema
+// gives every node one type, and forbids types inside `anyOf`, so these
+// keep the value as written (`x-kubernetes-preserve-unknown-fields`); the
+// agent's parse checks it, and quarantines an object that fails it.
 
 impl JsonSchema for StringOrList {
     fn schema_name() -> Cow<'static, str> {
@@ -67,26 +65,25 @@ impl JsonSchema for PortList {
     }
 }
 
-impl JsonSchema for HostPortSpec {
+impl JsonSchema for AllowedHostsSpec {
     fn schema_name() -> Cow<'static, str> {
-        "HostPortSpec".into()
+        "AllowedHostsSpec".into()
     }
 
     fn inline_schema() -> bool {
         true
     }
 
-    /// `minimum` and `maximum` hold a number to the port range and let an
-    /// object through. The object form's fields get no schema: `properties`
-    /// on a node without a type made the API server's server-side apply
-    /// take the node for an object, and refuse every write of an object
-    /// holding a number there (`expected map, got 80`), status included.
+    /// A list of hosts or the word `fromServiceEntries`, so the list's
+    /// items get no schema either: `items` (or `properties`) on a node
+    /// without a type makes the API server's server-side apply take the
+    /// node for a list (an object), and refuse every later write of an
+    /// object holding the other shape there, status writes included
+    /// (found by `cargo xtask apiserver-diff`: `expected map, got 80`).
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "A port number, or {port, protocol, name} as in an Istio ServiceEntry.",
-            "x-kubernetes-preserve-unknown-fields": true,
-            "minimum": 1,
-            "maximum": 65535
+            "description": "The external hosts the gateway may reach: a list of {host, ports} (ports as numbers or {port, protocol, name}, as in an Istio ServiceEntry), or \"fromServiceEntries\" for the hosts of the Istio ServiceEntries visible to the gateway's namespace. Absent: any host.",
+            "x-kubernetes-preserve-unknown-fields": true
         })
     }
 }

@@ -69,6 +69,9 @@ pub struct Model {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub nodes: Vec<Node>,
+    /// Istio ServiceEntries, for gateways with `allowedHosts:
+    /// fromServiceEntries`.
+    pub service_entries: Vec<ServiceEntry>,
 }
 
 impl Model {
@@ -274,9 +277,34 @@ pub struct EgressGateway {
     pub selector: WorkloadSelector,
     /// Pod and service ranges; everything else is "the internet".
     pub cluster_cidrs: Vec<IpNet>,
-    /// REGISTRY_ONLY when set, ALLOW_ANY when absent.
+    /// REGISTRY_ONLY when set, ALLOW_ANY when absent. With
+    /// `fromServiceEntries`, the hosts of the ServiceEntries visible to the
+    /// gateway's namespace, filled in once every object is known.
     pub allowed_hosts: Option<Vec<AllowedHost>>,
+    pub from_service_entries: bool,
     pub origin: Origin,
+}
+
+/// Istio's `ServiceEntry`, reduced to what a gateway may reach.
+#[derive(Clone, Debug)]
+pub struct ServiceEntry {
+    pub id: ObjectId,
+    /// Its hosts, and its endpoints' addresses (where the mesh connects
+    /// for them), each with the entry's ports.
+    pub hosts: Vec<AllowedHost>,
+    /// `exportTo`: empty or `*` is every namespace, `.` its own, `~` none.
+    pub export_to: Vec<String>,
+    pub origin: Origin,
+}
+
+impl ServiceEntry {
+    /// Whether Istio makes it visible in `namespace`.
+    pub fn visible_in(&self, namespace: &str) -> bool {
+        self.export_to.is_empty()
+            || self.export_to.iter().any(|to| {
+                to == "*" || to == namespace || (to == "." && self.id.namespace == namespace)
+            })
+    }
 }
 
 /// A host the gateway may reach, with the ports it may use (empty = any).

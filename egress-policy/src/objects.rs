@@ -33,7 +33,15 @@ pub const KNOWN_KINDS: &[(&str, &str)] = &[
     (EXTENSION_API_VERSION, "Workload"),
     (EXTENSION_API_VERSION, "EgressGateway"),
     (EXTENSION_API_VERSION, "Redirect"),
+    (ISTIO_NETWORKING_V1, "ServiceEntry"),
+    ("networking.istio.io/v1beta1", "ServiceEntry"),
+    ("networking.istio.io/v1alpha3", "ServiceEntry"),
 ];
+
+/// Istio's networking API, whose ServiceEntries can feed a gateway's
+/// allow-list (`allowedHosts: fromServiceEntries`). Every served version
+/// has the same ServiceEntry fields.
+pub const ISTIO_NETWORKING_V1: &str = "networking.istio.io/v1";
 
 /// An extension object: the usual envelope around a `spec`.
 #[derive(Debug, Deserialize)]
@@ -130,25 +138,99 @@ pub struct EgressGatewaySpec {
     #[serde(rename = "clusterCIDRs")]
     #[schemars(length(min = 1))]
     pub cluster_cidrs: Vec<String>,
-    /// Absent: the gateway may reach any host; present: only these.
+    /// Absent: the gateway may reach any host; a list: only these;
+    /// `fromServiceEntries`: the hosts of the Istio ServiceEntries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allowed_hosts: Option<Vec<AllowedHostSpec>>,
+    pub allowed_hosts: Option<AllowedHostsSpec>,
+}
+
+/// `EgressGateway.spec.allowedHosts`: a list, or `fromServiceEntries`.
+/// Its schema is written by hand ([`crate::crd`]).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum AllowedHostsSpec {
+    List(Vec<AllowedHostSpec>),
+    /// `fromServiceEntries`: the hosts of every Istio ServiceEntry visible
+    /// to the gateway's namespace, as Istio's REGISTRY_ONLY allows them.
+    From(String),
+}
+
+/// The `allowedHosts` value that takes the hosts from ServiceEntries.
+pub const FROM_SERVICE_ENTRIES: &str = "fromServiceEntries";
+
+/// Istio's `ServiceEntry.spec` (networking.istio.io), every field of the
+/// API so that a real ServiceEntry parses; only hosts, ports, endpoints
+/// and exportTo decide what a gateway may reach.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntrySpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Virtual IPs the mesh answers for; not where the gateway connects.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<ServiceEntryPortSpec>,
+    #[serde(default)]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub resolution: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<ServiceEntryEndpointSpec>,
+    #[serde(default)]
+    pub workload_selector: Option<serde_json::Value>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+}
+
+/// `ServiceEntry.spec.ports[]`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntryPortSpec {
+    pub number: i64,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub target_port: Option<i64>,
+}
+
+/// `ServiceEntry.spec.endpoints[]`: where the mesh sends traffic for the
+/// hosts (with `resolution: STATIC`, an IP; with `DNS`, a name).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntryEndpointSpec {
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Port name → the endpoint's port number.
+    #[serde(default)]
+    pub ports: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub locality: Option<String>,
+    #[serde(default)]
+    pub weight: Option<i64>,
+    #[serde(default)]
+    pub service_account: Option<String>,
 }
 
 /// One external host the gateway may reach, like an Istio ServiceEntry.
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AllowedHostSpec {
     /// A DNS name (no wildcard), an IP address or a CIDR.
-    #[schemars(length(min = 1))]
     pub host: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<HostPortSpec>,
 }
 
 /// A port of an allowed host. Accepts `443` or `{port: 443, protocol: TCP}`.
-/// Its schema is written by hand ([`crate::crd`]): a number or an object
-/// is no structural schema.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum HostPortSpec {

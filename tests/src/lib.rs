@@ -20,6 +20,7 @@ pub mod names;
 pub mod netns;
 pub mod nftns;
 pub mod node;
+pub mod packet;
 pub mod pins;
 pub mod policies;
 pub mod probe;
@@ -29,7 +30,9 @@ pub use cgroup::TestCgroup;
 pub use enforcer::{Enforced, Resolved};
 pub use netns::{Netns, TestNet};
 pub use pins::PinDir;
-pub use probe::{Client, Event, Held, Listener, Outcome, Proto, RepeatOp, Repeater, Tally};
+pub use probe::{
+    Client, Event, Held, Listener, Outcome, Proto, RepeatOp, Repeater, Tally, Tunnelled,
+};
 
 /// How long a silence check waits for what must not happen (a datagram that
 /// must not arrive, a log line the agent must not write). A bound, not a

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _};
 
-use crate::{Netns, TestCgroup};
+use crate::{packet::Tunnel, Netns, TestCgroup};
 
 /// How long a client waits for `connect()` by default. Long enough for a
 /// veth round trip under load, short enough that a dropped SYN (which makes
@@ -418,6 +418,24 @@ impl<'a> Client<'a> {
         self.run(&["raw-from", &addr.to_string(), "--from", &from.to_string()])
     }
 
+    /// One tunnelled packet ([`Tunnelled`]), written whole on an
+    /// `IPPROTO_RAW` socket.
+    pub fn tunnel(&self, packet: &Tunnelled) -> anyhow::Result<Outcome> {
+        let (addr, from) = (packet.outer_to.to_string(), packet.outer_from.to_string());
+        let (inner_from, inner_to) = (packet.inner_from.to_string(), packet.inner_to.to_string());
+        self.run(&[
+            "tunnel",
+            packet.tunnel.name(),
+            &addr,
+            "--from",
+            &from,
+            "--inner-from",
+            &inner_from,
+            "--inner-to",
+            &inner_to,
+        ])
+    }
+
     /// One UDP datagram from `from`, as a whole frame on an AF_PACKET
     /// socket: EPERM when the socket is refused.
     pub fn packet_udp(&self, from: SocketAddr, addr: SocketAddr) -> anyhow::Result<Outcome> {
@@ -533,6 +551,40 @@ impl<'a> Client<'a> {
                 String::from_utf8_lossy(&output.stderr).trim()
             ),
         }
+    }
+}
+
+/// One UDP datagram from `inner_from` to `inner_to`, encapsulated by
+/// `tunnel` in an outer packet from `outer_from` to `outer_to`
+/// ([`Client::tunnel`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tunnelled {
+    pub tunnel: Tunnel,
+    pub outer_from: IpAddr,
+    pub outer_to: IpAddr,
+    pub inner_from: SocketAddr,
+    pub inner_to: SocketAddr,
+}
+
+impl Tunnelled {
+    /// The outer packet's IP protocol.
+    pub fn protocol(&self) -> u8 {
+        self.tunnel.outer_protocol(self.inner_to.is_ipv6())
+    }
+}
+
+impl fmt::Display for Tunnelled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} → {} around {} → {}",
+            self.tunnel
+                .device(self.outer_to.is_ipv6(), self.inner_to.is_ipv6()),
+            self.outer_from,
+            self.outer_to,
+            self.inner_from,
+            self.inner_to
+        )
     }
 }
 
@@ -724,18 +776,28 @@ pub enum Event {
     Received(SocketAddr),
     /// Data arrived on an accepted TCP connection.
     Data(SocketAddr),
+    /// An IP packet arrived, seen by a sniffer ([`Listener::sniff`]).
+    Packet { source: IpAddr, protocol: u8 },
 }
 
 impl Event {
+    /// The peer; for a [`Event::Packet`], its source with port 0.
     pub fn peer(&self) -> SocketAddr {
         match self {
             Event::Accepted(peer) | Event::Received(peer) | Event::Data(peer) => *peer,
+            Event::Packet { source, .. } => SocketAddr::new(*source, 0),
         }
     }
 
     fn parse(line: &str) -> Option<Self> {
         let mut words = line.split_whitespace();
-        let (kind, peer) = (words.next()?, words.next()?.parse().ok()?);
+        let kind = words.next()?;
+        if kind == "PACKET" {
+            let source = words.next()?.parse().ok()?;
+            let protocol = words.next()?.parse().ok()?;
+            return Some(Event::Packet { source, protocol });
+        }
+        let peer = words.next()?.parse().ok()?;
         match kind {
             "ACCEPTED" => Some(Event::Accepted(peer)),
             "RECEIVED" => Some(Event::Received(peer)),
@@ -756,9 +818,27 @@ pub struct Listener {
 impl Listener {
     /// Starts listening on `addr` in `netns` and waits until it is bound.
     pub fn start(netns: &Netns, addr: SocketAddr, proto: Proto) -> anyhow::Result<Self> {
+        let target = format!("{addr}/{}", proto.suffix());
+        Self::spawn(netns, &["listen", &target], addr)
+    }
+
+    /// Starts a sniffer in `netns` that reports every IP packet to `addr`
+    /// arriving on any of its interfaces, whatever its protocol
+    /// ([`Event::Packet`]: source and protocol), and waits until it is
+    /// ready. Sees what a socket would not: an outer tunnel packet, a
+    /// protocol nothing in the namespace handles.
+    pub fn sniff(netns: &Netns, addr: IpAddr) -> anyhow::Result<Self> {
+        Self::spawn(
+            netns,
+            &["sniff", &addr.to_string()],
+            SocketAddr::new(addr, 0),
+        )
+    }
+
+    fn spawn(netns: &Netns, args: &[&str], addr: SocketAddr) -> anyhow::Result<Self> {
         let mut child = Command::new(probe_exe())
-            .args(["--netns", netns.name(), "listen"])
-            .arg(format!("{addr}/{}", proto.suffix()))
+            .args(["--netns", netns.name()])
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .context("starting the egress-probe listener")?;

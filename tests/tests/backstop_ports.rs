@@ -6,6 +6,16 @@
 //! socket, and the outer packet of a VXLAN device it made. Only a gateway's
 //! address, from that gateway's own port, may leave.
 //!
+//! Tunnels other than VXLAN (GRE, IP in IP, Geneve; this kernel has no
+//! module for their devices) are sent as such a device would send them,
+//! written whole on a raw socket: an outer packet to the internet around
+//! an inner one to a peer the pod may reach, with a forged outer source
+//! and with the pod's own. A sniffer on the far side sees any outer packet
+//! that arrives, whatever its protocol. The other way round, the pod has
+//! the node's own VXLAN device (an overlay's, as flannel's) decapsulate a
+//! packet whose inner source is the gateway's address or its own: that
+//! inner packet comes from no port, and must not leave either.
+//!
 //! Each technique is first shown to work with no agent on the node, with a
 //! listener on the far side that records the source it saw; then with the
 //! real agent running (nothing arrives, the bridge table counts it), then
@@ -26,9 +36,10 @@ use integration_tests::{
     agent::APPLY_WAIT,
     nftns::nft,
     node::SimNode,
+    packet::{self, Tunnel},
     require_root,
     scenario::{dual_stack_seed, id, Running},
-    Client, Listener, Netns, Outcome, Proto,
+    Client, Event, Listener, Netns, Outcome, Proto, Tunnelled,
 };
 
 const ARRIVAL: Duration = Duration::from_secs(2);
@@ -64,6 +75,15 @@ const FORGED: [(&str, IpAddr, IpAddr); 3] = [
 /// outer source of its VXLAN device.
 const ADDED_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 98);
 const ADDED_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 0x98);
+
+/// The sleep pod's own addresses (the dual-stack seed's).
+const SLEEP_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
+const SLEEP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 0x10);
+
+/// Where the tunnels' outer packets go: internet addresses that nothing
+/// else uses, each watched by a sniffer.
+const TUNNEL_END_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 70);
+const TUNNEL_END_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x113, 0, 0, 0, 0, 0x70);
 
 /// The internet addresses the gateway reaches through its pod port (its
 /// default route is its own uplink), one per family.
@@ -123,9 +143,9 @@ fn arrived(listener: &Listener, within: Duration) -> Option<IpAddr> {
     listener.next_event(within).map(|e| e.peer().ip())
 }
 
-/// Sends with every forged source, per family, by raw IP and (IPv4) by
-/// AF_PACKET to the bridge's MAC, and returns how many datagrams were sent
-/// per family. `expect` is whether they arrive.
+/// Sends with every forged source, per family, by raw IP and by AF_PACKET
+/// to the bridge's MAC, and returns how many datagrams were sent per
+/// family. `expect` is whether they arrive.
 fn forge(pod: &Client<'_>, far: &Far, expect: bool, round: &str) -> anyhow::Result<[u64; 2]> {
     let mut sent = [0u64; 2];
     for (what, v4, v6) in FORGED {
@@ -133,10 +153,8 @@ fn forge(pod: &Client<'_>, far: &Far, expect: bool, round: &str) -> anyhow::Resu
             let listener = far.for_family(forged.is_ipv6());
             let from = SocketAddr::new(forged, 40_000);
             let mut techniques = vec![("raw IP", pod.raw_udp_from(from, listener.addr())?)];
-            if forged.is_ipv4() {
-                let frame = pod.packet_udp_to_mac(from, listener.addr(), SimNode::BRIDGE_MAC)?;
-                techniques.push(("AF_PACKET", frame));
-            }
+            let frame = pod.packet_udp_to_mac(from, listener.addr(), SimNode::BRIDGE_MAC)?;
+            techniques.push(("AF_PACKET", frame));
             for (technique, outcome) in techniques {
                 ensure!(
                     outcome == Outcome::Ok,
@@ -273,6 +291,266 @@ fn forged_drops(counts: &BackstopCounts) -> [u64; 2] {
         counts.get(DenyCounter::BridgedForgedV4).packets,
         counts.get(DenyCounter::BridgedForgedV6).packets,
     ]
+}
+
+/// Every tunnelled packet the sleep pod sends per outer source: each
+/// encapsulation around an inner datagram of each family, from the pod's
+/// own address to the gateway (istio-system, which the seed's policy lets
+/// it reach), in an outer packet from `from` to the internet.
+fn tunnelled(from: IpAddr) -> Vec<Tunnelled> {
+    let outer_to = if from.is_ipv6() {
+        IpAddr::V6(TUNNEL_END_V6)
+    } else {
+        IpAddr::V4(TUNNEL_END_V4)
+    };
+    let inner = [
+        (IpAddr::V4(SLEEP_V4), IpAddr::V4(GATEWAY_V4)),
+        (SLEEP_V6.into(), GATEWAY_V6.into()),
+    ];
+    Tunnel::ALL
+        .into_iter()
+        .flat_map(|tunnel| {
+            inner.map(|(own, peer)| Tunnelled {
+                tunnel,
+                outer_from: from,
+                outer_to,
+                inner_from: SocketAddr::new(own, 40_000),
+                inner_to: SocketAddr::new(peer, PORT),
+            })
+        })
+        .collect()
+}
+
+/// The outer sources of [`tunnelled`]: the forged ones and the pod's own,
+/// per family.
+fn outer_sources() -> Vec<(&'static str, IpAddr)> {
+    FORGED
+        .into_iter()
+        .flat_map(|(what, v4, v6)| [(what, v4), (what, v6)])
+        .chain([
+            ("the pod's own address", SLEEP_V4.into()),
+            ("the pod's own address", SLEEP_V6.into()),
+        ])
+        .collect()
+}
+
+/// Sends every packet of [`tunnelled`] for every outer source, each
+/// checked for `expect_outcome` and, when `expect_arrival`, for its outer
+/// packet arriving at the sniffer with its source and protocol. Returns
+/// how many were sent per family of the outer packet, forged and own:
+/// `[[forged v4, forged v6], [own v4, own v6]]`.
+fn send_tunnelled(
+    client: &Client<'_>,
+    sniffers: &[Listener; 2],
+    expect_outcome: &Outcome,
+    expect_arrival: bool,
+    round: &str,
+) -> anyhow::Result<[[u64; 2]; 2]> {
+    let mut sent = [[0u64; 2]; 2];
+    for (what, from) in outer_sources() {
+        let own = from == IpAddr::V4(SLEEP_V4) || from == IpAddr::V6(SLEEP_V6);
+        for packet in tunnelled(from) {
+            let outcome = client.tunnel(&packet)?;
+            ensure!(
+                &outcome == expect_outcome,
+                "{round}: {packet} (outer source {what}): {outcome:?}, expected {expect_outcome:?}"
+            );
+            sent[usize::from(own)][usize::from(from.is_ipv6())] += 1;
+            if expect_arrival {
+                let sniffer = &sniffers[usize::from(from.is_ipv6())];
+                let got = sniffer.next_event(ARRIVAL);
+                let wanted = Event::Packet {
+                    source: from,
+                    protocol: packet.protocol(),
+                };
+                ensure!(
+                    got.as_ref() == Some(&wanted),
+                    "{round}: {packet} (outer source {what}): arrived {got:?}, expected {wanted:?}"
+                );
+            }
+        }
+    }
+    if !expect_arrival {
+        // One bounded wait after the last send covers them all: any
+        // arrival, of any of them, ends it.
+        for sniffer in sniffers {
+            let got = sniffer.events(SILENCE);
+            ensure!(got.is_empty(), "{round}: outer packets arrived: {got:?}");
+        }
+    }
+    Ok(sent)
+}
+
+/// The node's own VXLAN device, as an overlay gives it one (flannel's
+/// `flannel.1`): it takes in any VXLAN packet to any of the node's
+/// addresses with its VNI and, inside, its MAC address.
+const NODE_VTEP: &str = "flannel.1";
+
+fn add_node_vtep(sim: &SimNode) -> anyhow::Result<()> {
+    let vni = packet::VNI.to_string();
+    let port = packet::VXLAN_PORT.to_string();
+    sim.node().ip(&[
+        "link",
+        "add",
+        NODE_VTEP,
+        "address",
+        packet::INNER_DESTINATION_MAC,
+        "type",
+        "vxlan",
+        "id",
+        &vni,
+        "dstport",
+        &port,
+        "nolearning",
+    ])?;
+    sim.node().ip(&["link", "set", NODE_VTEP, "up"])
+}
+
+/// The sleep pod, from its own address and port, has the node decapsulate
+/// a VXLAN packet (to the node's address: never forwarded, so neither
+/// check sees the outer packet) whose inner datagram goes to the internet
+/// from a local workload's address: the gateway's and its own, per family
+/// of the inner packet. Returns how many were sent per family.
+fn through_the_node_vtep(
+    sim: &SimNode,
+    client: &Client<'_>,
+    sniffers: &[Listener; 2],
+    expect: bool,
+    round: &str,
+) -> anyhow::Result<[u64; 2]> {
+    let node = IpAddr::V4(sim.node_cluster_address().context("node address")?);
+    let mut sent = [0u64; 2];
+    for (inner_from, inner_to) in [
+        (IpAddr::V4(GATEWAY_V4), IpAddr::V4(TUNNEL_END_V4)),
+        (SLEEP_V4.into(), TUNNEL_END_V4.into()),
+        (GATEWAY_V6.into(), TUNNEL_END_V6.into()),
+        (SLEEP_V6.into(), TUNNEL_END_V6.into()),
+    ] {
+        let packet = Tunnelled {
+            tunnel: Tunnel::Vxlan,
+            outer_from: SLEEP_V4.into(),
+            outer_to: node,
+            inner_from: SocketAddr::new(inner_from, 40_000),
+            inner_to: SocketAddr::new(inner_to, PORT),
+        };
+        ensure!(client.tunnel(&packet)? == Outcome::Ok, "{round}: {packet}");
+        let v6 = usize::from(inner_to.is_ipv6());
+        sent[v6] += 1;
+        if expect {
+            let got = sniffers[v6].next_event(ARRIVAL);
+            let wanted = Event::Packet {
+                source: inner_from,
+                protocol: packet::IPPROTO_UDP,
+            };
+            ensure!(
+                got.as_ref() == Some(&wanted),
+                "{round}: {packet}, decapsulated by the node: arrived {got:?}, expected {wanted:?}"
+            );
+        }
+    }
+    if !expect {
+        for sniffer in sniffers {
+            let got = sniffer.events(SILENCE);
+            ensure!(
+                got.is_empty(),
+                "{round}: decapsulated by the node, arrived: {got:?}"
+            );
+        }
+    }
+    Ok(sent)
+}
+
+fn routed_drops(counts: &BackstopCounts) -> [u64; 2] {
+    [
+        counts.get(DenyCounter::RoutedForgedV4).packets,
+        counts.get(DenyCounter::RoutedForgedV6).packets,
+    ]
+}
+
+fn forward_drops(counts: &BackstopCounts) -> [u64; 2] {
+    [
+        counts.get(DenyCounter::ForwardV4).packets,
+        counts.get(DenyCounter::ForwardV6).packets,
+    ]
+}
+
+#[test]
+fn tunnelled_packets_from_a_pod_port_never_leave_the_node_whatever_their_outer_source(
+) -> anyhow::Result<()> {
+    require_root();
+    let sim = node()?;
+    add_node_vtep(&sim)?;
+    let sleep = id("test-egress/sleep");
+    let internet = sim.internet();
+    let sniffers = [
+        Listener::sniff(internet, TUNNEL_END_V4.into())?,
+        Listener::sniff(internet, TUNNEL_END_V6.into())?,
+    ];
+
+    // No agent: every encapsulation, from every outer source, arrives as
+    // sent (an outer packet of its protocol, from its source); and what
+    // the node's own VXLAN device decapsulates leaves as its inner packet.
+    let pod = sim.pod_of(&sleep).context("sleep pod")?;
+    let outside = Client::outside(&pod.netns);
+    send_tunnelled(&outside, &sniffers, &Outcome::Ok, true, "no agent")?;
+    through_the_node_vtep(&sim, &outside, &sniffers, true, "no agent")?;
+
+    let mut node = Running::start(sim, &[])?;
+    let sim = &node.sim;
+    let gateway_port = sim
+        .pod_of(&id("istio-system/istio-egressgateway"))
+        .and_then(|p| p.node_if.clone())
+        .context("gateway port")?;
+    let pod = sim.pod_of(&sleep).context("sleep pod")?;
+    let sleep_port = pod.node_if.clone().context("sleep port")?;
+    // The gateway's port too: its addresses are only known to be bound to
+    // a port (and so forged from any other) once it is.
+    wait_for_ports(sim, &[&gateway_port, &sleep_port])?;
+
+    // From the workload's cgroup, the egress program judges the outer
+    // packet (to the internet: refused at the send).
+    let inside = sim.client(&sleep).context("sleep client")?;
+    send_tunnelled(&inside, &sniffers, &Outcome::Eperm, false, "in the cgroup")?;
+
+    // From outside the cgroup root only the node stands in the way: a
+    // forged outer source is dropped at the pod's port, the pod's own at
+    // the forward hook (a non-gateway address leaving the cluster). What
+    // the node decapsulates comes in on its VXLAN device, which is no
+    // local workload's port: the inner packet is dropped there, the
+    // gateway's address as any other.
+    let outside = Client::outside(&pod.netns);
+    for round in ["agent running", "agent SIGKILLed"] {
+        let counts = node.sim.backstop_counters()?;
+        let before = [
+            forged_drops(&counts),
+            forward_drops(&counts),
+            routed_drops(&counts),
+        ];
+        let tunnelled = send_tunnelled(&outside, &sniffers, &Outcome::Ok, false, round)?;
+        let decapsulated = through_the_node_vtep(&node.sim, &outside, &sniffers, false, round)?;
+        let counts = node.sim.backstop_counters()?;
+        let after = [
+            forged_drops(&counts),
+            forward_drops(&counts),
+            routed_drops(&counts),
+        ];
+        let sent = [tunnelled[0], tunnelled[1], decapsulated];
+        for (i, counter) in ["bridged_forged", "forward_denied", "routed_forged"]
+            .into_iter()
+            .enumerate()
+        {
+            let counted = [after[i][0] - before[i][0], after[i][1] - before[i][1]];
+            ensure!(
+                counted == sent[i],
+                "{round}: {counter} counted {counted:?} of {:?} sent",
+                sent[i]
+            );
+        }
+        if round == "agent running" {
+            node.agent.kill()?;
+        }
+    }
+    Ok(())
 }
 
 #[test]

@@ -14,6 +14,14 @@
 //! and maps) and the technique is tried again. These fixtures have no
 //! nftables at all: the kernel programs hold alone, as with `--no-nft`.
 //!
+//! Tunnels: an inner packet to a peer the policy allows, inside an outer
+//! one to the internet. A tunnel device's outer packet is the kernel's,
+//! which only the node backstop judges (`backstop_ports.rs`). Written
+//! whole on a raw socket, as each encapsulation would be (GRE, IP in IP,
+//! Geneve, VXLAN; both families outside and inside), it is the workload's
+//! own packet: the egress program judges its destination, and refuses an
+//! internet one whatever the inner packet and the outer source.
+//!
 //! No assertion depends on timing: a listener's silence is a bounded wait
 //! that a regression turns into an arrival, never the other way round.
 
@@ -24,7 +32,8 @@ use std::{
 
 use egress_agent::dataplane::{FlowEvent, Hook, Reason};
 use integration_tests::{
-    agent::Agent, Client, Enforced, Listener, Outcome, PinDir, Proto, Resolved, TestCgroup, TestNet,
+    agent::Agent, packet::Tunnel, Client, Enforced, Event, Listener, Outcome, PinDir, Proto,
+    Resolved, TestCgroup, TestNet, Tunnelled,
 };
 
 const ARRIVAL: Duration = Duration::from_secs(2);
@@ -57,6 +66,11 @@ fn policy(annotations: &str) -> String {
 /// (the two-way channel), per family.
 const FORGED_V4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 99);
 const FORGED_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0x99);
+
+/// Where tunnels' outer packets go: an address outside the policy, on the
+/// server's side (see [`far_side`]), per family.
+const FAR_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 70);
+const FAR_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x113, 0, 0, 0, 0, 0x70);
 
 fn at(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
@@ -137,6 +151,161 @@ fn attack(
     );
     s.open().unwrap();
     s
+}
+
+/// Gives the server's namespace the [`FAR_V4`] and [`FAR_V6`] addresses,
+/// which the client reaches over the same link, and a sniffer on each.
+fn far_side(net: &TestNet) -> anyhow::Result<[Listener; 2]> {
+    net.server
+        .ip(&["addr", "add", &format!("{FAR_V4}/32"), "dev", "eth0"])?;
+    let far_v6 = format!("{FAR_V6}/128");
+    net.server
+        .ip(&["-6", "addr", "add", &far_v6, "dev", "eth0", "nodad"])?;
+    net.client
+        .ip(&["route", "add", &format!("{FAR_V4}/32"), "dev", "eth0"])?;
+    net.client
+        .ip(&["-6", "route", "add", &far_v6, "dev", "eth0"])?;
+    Ok([
+        Listener::sniff(&net.server, FAR_V4.into())?,
+        Listener::sniff(&net.server, FAR_V6.into())?,
+    ])
+}
+
+/// Every encapsulation around an inner datagram of each family, from the
+/// client's own address to the server (which the policy allows), in an
+/// outer packet from `from` to [`FAR_V4`] or [`FAR_V6`] (its family).
+fn tunnelled(from: IpAddr) -> Vec<Tunnelled> {
+    let outer_to = if from.is_ipv6() {
+        IpAddr::V6(FAR_V6)
+    } else {
+        IpAddr::V4(FAR_V4)
+    };
+    let inner = [
+        (
+            IpAddr::V4(TestNet::CLIENT_V4),
+            IpAddr::V4(TestNet::SERVER_V4),
+        ),
+        (TestNet::CLIENT_V6.into(), TestNet::SERVER_V6.into()),
+    ];
+    Tunnel::ALL
+        .into_iter()
+        .flat_map(|tunnel| {
+            inner.map(|(own, server)| Tunnelled {
+                tunnel,
+                outer_from: from,
+                outer_to,
+                inner_from: at(own, 40_000),
+                inner_to: at(server, 7607),
+            })
+        })
+        .collect()
+}
+
+/// The outer sources of the tunnel cases: the client's own addresses and
+/// the forged ones.
+const OUTER_SOURCES: [(&str, IpAddr); 4] = [
+    ("own", IpAddr::V4(TestNet::CLIENT_V4)),
+    ("own", IpAddr::V6(TestNet::CLIENT_V6)),
+    ("forged", IpAddr::V4(FORGED_V4)),
+    ("forged", IpAddr::V6(FORGED_V6)),
+];
+
+/// Sends every tunnel case from `client`; each must give `expected`, and
+/// arrive at the sniffers (its outer source and protocol) if `arrives`,
+/// else nothing may arrive. Returns how many were sent with the client's
+/// own outer source and with a forged one.
+fn tunnels(
+    client: &Client<'_>,
+    sniffers: &[Listener; 2],
+    expected: &Outcome,
+    arrives: bool,
+    round: &str,
+) -> anyhow::Result<(u64, u64)> {
+    let (mut own, mut forged) = (0, 0);
+    for (kind, from) in OUTER_SOURCES {
+        for packet in tunnelled(from) {
+            let outcome = client.tunnel(&packet)?;
+            anyhow::ensure!(
+                &outcome == expected,
+                "{round}: {packet}: {outcome:?}, expected {expected:?}"
+            );
+            if kind == "own" {
+                own += 1;
+            } else {
+                forged += 1;
+            }
+            if arrives {
+                let got = sniffers[usize::from(from.is_ipv6())].next_event(ARRIVAL);
+                let wanted = Event::Packet {
+                    source: from,
+                    protocol: packet.protocol(),
+                };
+                anyhow::ensure!(
+                    got.as_ref() == Some(&wanted),
+                    "{round}: {packet}: arrived {got:?}, expected {wanted:?}"
+                );
+            }
+        }
+    }
+    if !arrives {
+        // One bounded wait after the last send: any arrival ends it.
+        for sniffer in sniffers {
+            let got = sniffer.events(SILENCE);
+            anyhow::ensure!(got.is_empty(), "{round}: outer packets arrived: {got:?}");
+        }
+    }
+    Ok((own, forged))
+}
+
+#[test]
+fn tunnelled_packets_are_judged_by_their_outer_destination() -> anyhow::Result<()> {
+    let mut s = Enforced::new(&policy(""))?;
+    let sniffers = far_side(&s.net)?;
+
+    // Baseline: every encapsulation, from every outer source, arrives as
+    // sent when no program judges it.
+    let outside = Client::outside(&s.net.client);
+    tunnels(&outside, &sniffers, &Outcome::Ok, true, "outside the root")?;
+
+    // From the workload: the outer packet is refused at the send (its
+    // destination is outside the policy, its inner one inside), counted as
+    // a forged source when it is one, else by the policy's default deny.
+    let inside = s.client("prod/client");
+    let (own, forged) = tunnels(&inside, &sniffers, &Outcome::Eperm, false, "enforced")?;
+    let counters = s.dataplane_ref().counters()?;
+    assert_eq!(
+        counters.enforced(Hook::Skb, Reason::Spoofed),
+        forged,
+        "{counters:?}"
+    );
+    assert_eq!(
+        counters.enforced(Hook::Skb, Reason::DefaultDeny),
+        own,
+        "{counters:?}"
+    );
+
+    // The same encapsulation to the server, which the policy allows, goes:
+    // it is the outer destination that was refused, not tunnelling.
+    let server = Listener::sniff(&s.net.server, TestNet::SERVER_V4.into())?;
+    let allowed = Tunnelled {
+        outer_to: TestNet::SERVER_V4.into(),
+        ..tunnelled(TestNet::CLIENT_V4.into())[0]
+    };
+    assert_eq!(inside.tunnel(&allowed)?, Outcome::Ok, "{allowed}");
+    assert_eq!(
+        server.next_event(ARRIVAL),
+        Some(Event::Packet {
+            source: TestNet::CLIENT_V4.into(),
+            protocol: allowed.protocol()
+        }),
+        "{allowed}"
+    );
+
+    // The agent is gone (pins only): still refused.
+    s.close();
+    let inside = s.client("prod/client");
+    tunnels(&inside, &sniffers, &Outcome::Eperm, false, "pins only")?;
+    Ok(())
 }
 
 fn packet(c: &Client<'_>, from: SocketAddr, to: SocketAddr) -> anyhow::Result<Outcome> {
@@ -285,8 +454,8 @@ fn own_sources_and_ping_inside_the_cluster_keep_working() {
     assert_eq!(counters.flow(FlowEvent::UdpReplyOutsideCluster), 0);
 }
 
-/// The same techniques against the real agent process, run with
-/// `--no-nft` (the kernel programs alone), then after SIGKILL.
+/// The same techniques, and the tunnels, against the real agent process,
+/// run with `--no-nft` (the kernel programs alone), then after SIGKILL.
 #[test]
 fn a_real_agent_with_no_nft_and_then_sigkilled_refuses_every_technique() -> anyhow::Result<()> {
     integration_tests::require_root();
@@ -344,7 +513,10 @@ fn a_real_agent_with_no_nft_and_then_sigkilled_refuses_every_technique() -> anyh
     }
     let inside = Client::in_cgroup(&net.client, &cgroup);
     let outside = Client::outside(&net.client);
+    let sniffers = far_side(&net)?;
+    tunnels(&outside, &sniffers, &Outcome::Ok, true, "baseline")?;
     for round in ["agent running", "agent SIGKILLed"] {
+        tunnels(&inside, &sniffers, &Outcome::Eperm, false, round)?;
         for (name, technique, server, forged) in &cases {
             let listener = Listener::start(&net.server, at(*server, 7606), Proto::Udp)?;
             let from = at(*forged, 40_000);

@@ -222,3 +222,69 @@ fn a_registry_only_gateway_reaches_only_its_allowed_hosts_and_ports() {
     assert_eq!(by_host(Hook::Connect4), [(Some(registry_index), 1)].into());
     assert_eq!(by_host(Hook::Sendmsg4), [(Some(udp_index), 1)].into());
 }
+
+/// A gateway whose allow-list is Istio's ServiceEntries: one exported to
+/// every namespace (`registry.test` on 7020), one kept to its own namespace
+/// (`.`), which the gateway must not get.
+const FROM_SERVICE_ENTRIES: &str = r#"
+---
+apiVersion: egress.enforcer.dev/v1alpha1
+kind: Workload
+metadata: {name: gw-entries, namespace: egress, labels: {gateway: entries}}
+spec: {cgroup: $ROOT/egress/gw-entries}
+---
+apiVersion: egress.enforcer.dev/v1alpha1
+kind: EgressGateway
+metadata: {name: entries, namespace: egress}
+spec:
+  selector: {podSelector: {matchLabels: {gateway: entries}}}
+  clusterCIDRs: [10.200.0.0/29, "fd00:200::/120"]
+  allowedHosts: fromServiceEntries
+"#;
+
+const SERVICE_ENTRIES: &str = r#"
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: registry, namespace: apps}
+spec:
+  hosts: [registry.test]
+  ports: [{number: 7020, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: private, namespace: apps}
+spec:
+  hosts: [private.test]
+  ports: [{number: 7021, name: tcp, protocol: TCP}]
+  endpoints: [{address: 10.200.0.10}]
+  resolution: STATIC
+  exportTo: ["."]
+"#;
+
+#[test]
+fn a_gateway_from_service_entries_reaches_what_the_visible_entries_list() {
+    let mut s = setup();
+    let resolved: Resolved = [("registry.test".to_owned(), vec![IpAddr::V4(INTERNET)])].into();
+    let with_entries = format!("{POLICY}{FROM_SERVICE_ENTRIES}{SERVICE_ENTRIES}");
+    s.apply(&with_entries, &resolved, false).unwrap();
+    let registry = Listener::start(&s.net.server, at(INTERNET, 7020), Proto::Tcp).unwrap();
+    let private = Listener::start(&s.net.server, at(INTERNET_OTHER, 7021), Proto::Tcp).unwrap();
+    let gw = s.client("egress/gw-entries");
+    assert_eq!(gw.connect_tcp(at(INTERNET, 7020)).unwrap(), Outcome::Ok);
+    assert!(registry.next_event(ARRIVAL).is_some());
+    // Not exported to the gateway's namespace: not allowed.
+    assert_eq!(
+        gw.connect_tcp(at(INTERNET_OTHER, 7021)).unwrap(),
+        Outcome::Eperm
+    );
+    assert_eq!(private.next_event(SILENCE), None);
+
+    // The entry deleted: the gateway loses the host.
+    s.apply(&format!("{POLICY}{FROM_SERVICE_ENTRIES}"), &resolved, false)
+        .unwrap();
+    let gw = s.client("egress/gw-entries");
+    assert_eq!(gw.connect_tcp(at(INTERNET, 7020)).unwrap(), Outcome::Eperm);
+    assert_eq!(registry.next_event(SILENCE), None);
+}

@@ -18,7 +18,7 @@ use egress_agent::{
 };
 use integration_tests::{
     nftns::{in_netns, nft, nft_script, ForwardingNet as Net},
-    require_root, Client, Listener, Outcome, Proto,
+    require_root, Client, Event, Listener, Outcome, Proto,
 };
 
 const PORT: u16 = 7101;
@@ -515,4 +515,116 @@ fn a_routed_pod_port_vouches_for_its_sources_and_forged_ones_never_leave() {
     );
     assert_eq!(listeners[0].next_event(SILENCE), None);
     assert_eq!(counters(&net).get(DenyCounter::RoutedForgedV4).packets, 4);
+}
+
+#[test]
+fn a_local_address_from_an_interface_that_is_not_its_port_never_leaves() {
+    require_root();
+    let net = Net::new().expect("forwarding topology");
+    // The agent knows the gateway's port and not the workload's (a pod it
+    // has not found a port for yet, or cannot see): what the workload
+    // sends comes in on an interface that is no port at all.
+    let mut rules = node_rules();
+    rules.ports.retain(|p| p.interface == Net::GATEWAY_IF);
+    let workload = Client::outside(&net.workload);
+    let gateway = Client::outside(&net.gateway);
+    let listeners: Vec<Listener> = [IpAddr::from(Net::INTERNET_V4), Net::INTERNET_V6.into()]
+        .into_iter()
+        .map(|ip| Listener::start(&net.internet, internet(ip), Proto::Udp).unwrap())
+        .collect();
+    let gateway_sources = [IpAddr::from(Net::GATEWAY_V4), Net::GATEWAY_V6.into()];
+
+    // The node's uplink is another such interface: the internet sends to
+    // addresses the node routes back out of it, with the gateway's
+    // address as source.
+    let hairpin = [
+        (IpAddr::from(Ipv4Addr::new(198, 18, 5, 5)), "198.18.5.0/24"),
+        ("2001:db8:ff:5::5".parse().unwrap(), "2001:db8:ff:5::/64"),
+    ];
+    for (target, net_of) in hairpin {
+        let (family, internet_side, node_side) = if target.is_ipv4() {
+            (
+                "-4",
+                Net::NODE_INTERNET_V4.to_string(),
+                Net::INTERNET_V4.to_string(),
+            )
+        } else {
+            (
+                "-6",
+                Net::NODE_INTERNET_V6.to_string(),
+                Net::INTERNET_V6.to_string(),
+            )
+        };
+        net.internet
+            .ip(&[family, "route", "add", net_of, "via", &internet_side])
+            .unwrap();
+        net.node
+            .ip(&[family, "route", "add", net_of, "via", &node_side])
+            .unwrap();
+    }
+    let sniffers: Vec<Listener> = hairpin
+        .iter()
+        .map(|(target, _)| Listener::sniff(&net.internet, *target).unwrap())
+        .collect();
+    let from_the_uplink = Client::outside(&net.internet);
+
+    let send_all = || {
+        for (i, own) in gateway_sources.into_iter().enumerate() {
+            let from = SocketAddr::new(own, 40_000);
+            assert_eq!(
+                workload.raw_udp_from(from, listeners[i].addr()).unwrap(),
+                Outcome::Ok
+            );
+            let to = SocketAddr::new(hairpin[i].0, PORT);
+            assert_eq!(from_the_uplink.raw_udp_from(from, to).unwrap(), Outcome::Ok);
+        }
+    };
+
+    // Without the backstop the gateway's address leaves from both.
+    send_all();
+    for (i, own) in gateway_sources.into_iter().enumerate() {
+        assert_eq!(next_peer(&listeners[i]), Some(own), "from the workload");
+        assert_eq!(
+            sniffers[i].next_event(ARRIVAL),
+            Some(Event::Packet {
+                source: own,
+                protocol: 17
+            }),
+            "from the uplink"
+        );
+    }
+
+    apply(&net, &rules);
+    send_all();
+    for listener in listeners.iter().chain(&sniffers) {
+        assert_eq!(
+            listener.next_event(SILENCE),
+            None,
+            "the gateway's address left"
+        );
+    }
+    let counts = counters(&net);
+    assert_eq!(counts.get(DenyCounter::RoutedForgedV4).packets, 2);
+    assert_eq!(counts.get(DenyCounter::RoutedForgedV6).packets, 2);
+    assert_eq!(counts.get(DenyCounter::ForwardV4).packets, 0);
+    assert_eq!(counts.get(DenyCounter::ForwardV6).packets, 0);
+
+    // The gateway, from its own port, still leaves.
+    for (i, own) in gateway_sources.into_iter().enumerate() {
+        let from = SocketAddr::new(own, 40_001);
+        assert_eq!(
+            gateway.raw_udp_from(from, listeners[i].addr()).unwrap(),
+            Outcome::Ok
+        );
+        assert_eq!(next_peer(&listeners[i]), Some(own));
+        assert_eq!(gateway.sendto(listeners[i].addr()).unwrap(), Outcome::Ok);
+        assert_eq!(next_peer(&listeners[i]), Some(own));
+    }
+    // The workload's own address, its port unknown, is judged by address:
+    // not a gateway's, so it does not leave either.
+    assert_eq!(workload.sendto(listeners[0].addr()).unwrap(), Outcome::Ok);
+    assert_eq!(listeners[0].next_event(SILENCE), None);
+    let counts = counters(&net);
+    assert_eq!(counts.get(DenyCounter::ForwardV4).packets, 1);
+    assert_eq!(counts.get(DenyCounter::RoutedForgedV4).packets, 2);
 }

@@ -45,9 +45,20 @@ pub enum Command {
     Completions(CompletionsArgs),
 }
 
-/// Output format.
+/// Output format, as kubectl's `-o`: `text` (the default), `wide` (text
+/// with more columns where there are more), `json` or `yaml`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    #[default]
+    Text,
+    Wide,
+    Json,
+    Yaml,
+}
+
+/// The proxy's access-log format: one line per connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogLine {
     #[default]
     Text,
     Json,
@@ -229,6 +240,24 @@ pub struct EventsArgs {
 pub struct StatusArgs {
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
+    /// Every node's agent, through the API server: the agents behind the
+    /// metrics Service (`--service`), each asked for its `/metrics` and
+    /// `/readyz`. Uses the pod's service account in a pod, else
+    /// `--kubeconfig` or the usual kubeconfig.
+    #[arg(long)]
+    pub all_nodes: bool,
+    /// With --all-nodes: the agents' metrics Service, `NAMESPACE/NAME`.
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        default_value = "egress-enforcer/egress-agent-metrics",
+        requires = "all_nodes"
+    )]
+    pub service: String,
+    /// With --all-nodes: kubeconfig file (default: in-cluster, then
+    /// $KUBECONFIG or ~/.kube/config).
+    #[arg(long, value_name = "FILE", requires = "all_nodes")]
+    pub kubeconfig: Option<PathBuf>,
     /// The agent's socket.
     #[arg(long, value_name = "PATH", default_value = egress_agent::observe::DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -293,7 +322,7 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "FILE")]
     pub access_log: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
-    pub access_log_format: Output,
+    pub access_log_format: LogLine,
     /// Connections handled at once (1 to 1048576); more are closed on
     /// accept.
     #[arg(long, default_value_t = 4096)]

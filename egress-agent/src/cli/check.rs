@@ -49,7 +49,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         }
     };
     match args.output {
-        Output::Text => {
+        Output::Text | Output::Wide => {
             for d in &diagnostics {
                 eprintln!("{d}");
             }
@@ -59,14 +59,13 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                 eprintln!("{summary}");
             }
         }
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let report = Report {
                 valid,
                 diagnostics: &diagnostics,
             };
-            match serde_json::to_string_pretty(&report) {
-                Ok(json) => println!("{json}"),
-                Err(e) => eprintln!("cannot encode report: {e}"),
+            if let Err(e) = super::print_structured(&report, args.output) {
+                eprintln!("cannot encode report: {e}");
             }
         }
     }

@@ -27,7 +27,14 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<ExitCode> {
         let mut out = stdout.lock();
         let written = match args.output {
             Output::Json => writeln!(out, "{line}"),
-            Output::Text => {
+            // One YAML document per event, so that a stream stays a stream.
+            Output::Yaml => {
+                let event: serde_json::Value = serde_json::from_str(&line)
+                    .with_context(|| format!("unexpected reply from the agent: {line}"))?;
+                let yaml = serde_yaml::to_string(&event)?;
+                write!(out, "---\n{yaml}")
+            }
+            Output::Text | Output::Wide => {
                 let event: VerdictEvent = serde_json::from_str(&line)
                     .with_context(|| format!("unexpected reply from the agent: {line}"))?;
                 writeln!(out, "{event}")

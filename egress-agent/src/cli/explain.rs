@@ -37,15 +37,15 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     };
     let decision = compile::decide(&plan, workload, to);
     match args.output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let report = Report {
                 from: &from,
                 to: to.to_string(),
                 decision: &decision,
             };
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            super::print_structured(&report, args.output)?;
         }
-        Output::Text => {
+        Output::Text | Output::Wide => {
             println!("{from} → {to}: {}", decision.verdict);
             println!("  decided by: {}", decision.reason);
             for step in &decision.trace {

@@ -1,5 +1,6 @@
 //! The `egress-agent` command line: one module per verb.
 
+mod all_nodes;
 pub mod args;
 mod boot_guard;
 mod check;
@@ -64,4 +65,13 @@ fn print_diagnostics(diagnostics: &[Diagnostic]) {
     for d in diagnostics {
         eprintln!("{d}");
     }
+}
+
+/// `value` as pretty JSON or as YAML (`-o json`, `-o yaml`), on stdout.
+fn print_structured<T: serde::Serialize>(value: &T, output: args::Output) -> anyhow::Result<()> {
+    match output {
+        args::Output::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        _ => println!("{}", serde_json::to_string_pretty(value)?),
+    }
+    Ok(())
 }

@@ -14,8 +14,8 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     };
     let plan = compile::compile(&loaded.model);
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-        Output::Text => print!("{}", render(&plan)),
+        Output::Json | Output::Yaml => super::print_structured(&plan, args.output)?,
+        Output::Text | Output::Wide => print!("{}", render(&plan)),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,7 +13,7 @@ use egress_proxy::{
     Config, Limits, Mode, Proxy,
 };
 
-use super::args::{Output, ProxyArgs, ProxyMode};
+use super::args::{LogLine, ProxyArgs, ProxyMode};
 
 pub fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
     super::run::init_logging(args.log_format);
@@ -49,8 +49,8 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
         (true, ProxyMode::Gateway) => bail!("--mode gateway needs at least one --listen"),
     };
     let format = match args.access_log_format {
-        Output::Text => access_log::Format::Text,
-        Output::Json => access_log::Format::Json,
+        LogLine::Text => access_log::Format::Text,
+        LogLine::Json => access_log::Format::Json,
     };
     let access_log = match &args.access_log {
         None => AccessLog::stdout(format).context("cannot start the access log")?,

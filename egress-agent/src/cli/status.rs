@@ -11,6 +11,9 @@ use super::{
 };
 
 pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    if args.all_nodes {
+        return super::all_nodes::run(args);
+    }
     let line = client::ask(&args.socket, &Request::Status)?
         .next()
         .context("the agent closed the socket without answering")?
@@ -20,7 +23,12 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     }
     match args.output {
         Output::Json => println!("{line}"),
-        Output::Text => {
+        Output::Yaml => {
+            let status: serde_json::Value = serde_json::from_str(&line)
+                .with_context(|| format!("unexpected reply from the agent: {line}"))?;
+            super::print_structured(&status, args.output)?;
+        }
+        Output::Text | Output::Wide => {
             let status: Status = serde_json::from_str(&line)
                 .with_context(|| format!("unexpected reply from the agent: {line}"))?;
             println!("{status}");

@@ -265,6 +265,15 @@ pub fn resource_of(source: &str) -> Option<(ApiResource, Option<String>, String)
         "endpointslices" => (ApiResource::erase::<EndpointSlice>(&()), true),
         "namespaces" => (ApiResource::erase::<Namespace>(&()), false),
         "nodes" => (ApiResource::erase::<Node>(&()), false),
+        "serviceentries" => {
+            let version = super::objects::SERVICE_ENTRY_VERSION.get()?;
+            let gvk =
+                kube::core::GroupVersionKind::gvk("networking.istio.io", version, "ServiceEntry");
+            (
+                ApiResource::from_gvk_with_plural(&gvk, "serviceentries"),
+                true,
+            )
+        }
         custom => (
             Kind::ALL
                 .into_iter()

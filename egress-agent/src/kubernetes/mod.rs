@@ -14,6 +14,9 @@
 //! - every Service, and its endpoints: EndpointSlices `discovery.k8s.io/v1`
 //!   or `v1beta1`, whichever the server serves (found by API discovery at
 //!   start), else `v1 Endpoints` ([`objects`]);
+//! - every Istio ServiceEntry (`networking.istio.io`, the newest served
+//!   version), where Istio's API is served: gateways with `allowedHosts:
+//!   fromServiceEntries` take their hosts from them;
 //! - every EgressGateway and Redirect, where their CRDs are installed
 //!   ([`custom`]; `egress-agent crds` prints them, [`crds`]).
 //!
@@ -169,6 +172,7 @@ pub fn spawn(
         nodes: start::<Node, _>(&client, &touch_tx, |n| Some(objects::node(n))),
         services: start::<Service, _>(&client, &touch_tx, |s| Some(objects::service(s))),
         slices: watch_slices(client.clone(), touch_tx.clone()),
+        service_entries: watch_service_entries(client.clone(), touch_tx.clone()),
         custom: custom::watch(client, touch_tx.clone()),
     };
     let custom = caches.custom.clone();
@@ -271,6 +275,76 @@ fn watch_slices(client: Client, touch: mpsc::UnboundedSender<()>) -> Cache<Vec<S
     cache
 }
 
+/// How often the agent looks again for Istio's API when it is not served:
+/// installing Istio (or its CRDs) after the agent is picked up this late.
+const ISTIO_DISCOVERY_EVERY: Duration = Duration::from_secs(30);
+
+/// Watches Istio ServiceEntries (`networking.istio.io`, the newest served
+/// version), for gateways with `allowedHosts: fromServiceEntries`. Where
+/// Istio's API is not served the cache is empty (and ready: the first
+/// inventory does not wait for Istio), and discovery is tried again every
+/// [`ISTIO_DISCOVERY_EVERY`].
+fn watch_service_entries(client: Client, touch: mpsc::UnboundedSender<()>) -> Cache<Vec<Source>> {
+    let (cache, writer) = cache::cache();
+    tokio::spawn(async move {
+        let mut said_absent = false;
+        let version = loop {
+            match probe_service_entries(&client).await {
+                Ok(Some(version)) => break version,
+                Ok(None) => {
+                    if !said_absent {
+                        info!("no networking.istio.io ServiceEntry API served: no ServiceEntries (looked for again every {}s)", ISTIO_DISCOVERY_EVERY.as_secs());
+                        // An empty listing: ready, so the inventory does
+                        // not wait for an API that may never come.
+                        writer.apply(watcher::Event::<DynamicObject>::Init, &|_| None);
+                        writer.apply(watcher::Event::<DynamicObject>::InitDone, &|_| None);
+                        said_absent = true;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %format_chain(&e), "API discovery of ServiceEntries failed; retrying")
+                }
+            }
+            tokio::time::sleep(ISTIO_DISCOVERY_EVERY).await;
+        };
+        info!(version, "watching networking.istio.io ServiceEntries");
+        let _ = objects::SERVICE_ENTRY_VERSION.set(version.clone());
+        let gvk =
+            kube::core::GroupVersionKind::gvk("networking.istio.io", &version, "ServiceEntry");
+        let resource = kube::core::ApiResource::from_gvk_with_plural(&gvk, "serviceentries");
+        let api = Api::<DynamicObject>::all_with(client, &resource);
+        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        cache::feed(
+            stream,
+            writer,
+            format!("ServiceEntry ({})", resource.api_version),
+            |o: &DynamicObject| Some(vec![objects::dynamic_service_entry(o)]),
+            touch,
+        )
+        .await;
+    });
+    cache
+}
+
+/// The newest `networking.istio.io` version that serves ServiceEntries,
+/// if any.
+async fn probe_service_entries(client: &Client) -> Result<Option<String>, kube::Error> {
+    for version in ["v1", "v1beta1", "v1alpha3"] {
+        match client
+            .list_api_group_resources(&format!("networking.istio.io/{version}"))
+            .await
+        {
+            Ok(list) if list.resources.iter().any(|r| r.name == "serviceentries") => {
+                return Ok(Some(version.to_owned()))
+            }
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 /// Which endpoints API the server serves, preferring `discovery.k8s.io/v1`.
 /// Retried with backoff until the server answers: the first inventory
 /// waits for it, as it waits for every listing.
@@ -313,12 +387,14 @@ struct Caches {
     nodes: Cache<Vec<Source>>,
     services: Cache<Vec<Source>>,
     slices: Cache<Vec<Source>>,
+    service_entries: Cache<Vec<Source>>,
     custom: CustomCaches,
 }
 
 impl Caches {
-    fn generations(&self) -> [u64; 8] {
+    fn generations(&self) -> [u64; 9] {
         [
+            self.service_entries.generation(),
             self.pods.generation(),
             self.namespaces.generation(),
             self.policies.generation(),
@@ -330,8 +406,9 @@ impl Caches {
         ]
     }
 
-    fn documents(&self) -> [(&'static str, &Cache<Vec<Source>>); 5] {
+    fn documents(&self) -> [(&'static str, &Cache<Vec<Source>>); 6] {
         [
+            ("ServiceEntry", &self.service_entries),
             ("Namespace", &self.namespaces),
             ("NetworkPolicy", &self.policies),
             ("Node", &self.nodes),
@@ -434,7 +511,7 @@ fn watch_roots(
 /// document, not 10k (see docs/kubernetes.md for the measure).
 #[derive(Default)]
 struct ClusterPart {
-    generations: Option<[u64; 8]>,
+    generations: Option<[u64; 9]>,
     /// By pod key: (resourceVersion, document, problems).
     peers: std::collections::BTreeMap<String, (String, Option<Source>, Vec<Problem>)>,
     /// The other kinds' documents.
@@ -778,6 +855,7 @@ mod tests {
             nodes: empty(),
             services: empty(),
             slices: empty(),
+            service_entries: empty(),
             custom: [
                 (Kind::EgressGateway, gateways),
                 (Kind::Redirect, cache::cache().0),
@@ -817,6 +895,7 @@ mod tests {
             nodes: empty(),
             services: empty(),
             slices: empty(),
+            service_entries: empty(),
             custom: Kind::ALL.map(|k| (k, cache::cache().0)),
         };
         let peer = |name: &str, ip: &str, rv: &str| -> Pod {

@@ -344,6 +344,41 @@ fn endpoint_of(a: &EndpointAddress, ip: IpAddr, ready: bool) -> Endpoint {
     }
 }
 
+/// The served `networking.istio.io` version whose ServiceEntries are
+/// watched: Events about them must name it. Set once, at discovery.
+pub static SERVICE_ENTRY_VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// An Istio ServiceEntry read as a [`DynamicObject`], as a document of its
+/// own apiVersion: only its name, namespace and `spec` (every served
+/// version has the same spec). Istio's own validation is not repeated:
+/// the agent's finds what it cannot use, and quarantines only that entry.
+pub fn dynamic_service_entry(o: &DynamicObject) -> Source {
+    let api_version = o
+        .types
+        .as_ref()
+        .map_or(egress_policy::objects::ISTIO_NETWORKING_V1, |t| {
+            t.api_version.as_str()
+        });
+    let doc = serde_json::json!({
+        "apiVersion": api_version,
+        "kind": "ServiceEntry",
+        "metadata": {
+            "name": o.metadata.name,
+            "namespace": o.metadata.namespace,
+        },
+        "spec": o.data.get("spec").cloned().unwrap_or_else(|| serde_json::json!({})),
+    });
+    let name = o.metadata.name.as_deref().unwrap_or_default();
+    let namespace = o.metadata.namespace.as_deref().unwrap_or("default");
+    Source {
+        file: Arc::from(Path::new(&format!(
+            "kubernetes/serviceentries/{namespace}/{name}"
+        ))),
+        // A `Value` of plain JSON always serializes.
+        text: serde_json::to_string_pretty(&doc).unwrap_or_default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -35,6 +35,7 @@ pub struct Simulated {
     nodes: Writer<Vec<Source>>,
     services: Writer<Vec<Source>>,
     slices: Writer<Vec<Source>>,
+    service_entries: Writer<Vec<Source>>,
     /// EgressGateways and Redirects, as if their CRDs were installed.
     custom: [(Kind, Writer<Custom>); 2],
     touch: mpsc::UnboundedSender<()>,
@@ -57,6 +58,7 @@ impl Simulated {
         let (nodes, nodes_w) = cache::cache();
         let (services, services_w) = cache::cache();
         let (slices, slices_w) = cache::cache();
+        let (service_entries, service_entries_w) = cache::cache();
         let (gateways, gateways_w) = cache::cache();
         let (redirects, redirects_w) = cache::cache();
         let this = Self {
@@ -66,6 +68,7 @@ impl Simulated {
             nodes: nodes_w,
             services: services_w,
             slices: slices_w,
+            service_entries: service_entries_w,
             custom: [
                 (Kind::EgressGateway, gateways_w),
                 (Kind::Redirect, redirects_w),
@@ -87,6 +90,7 @@ impl Simulated {
             nodes,
             services,
             slices,
+            service_entries,
             custom: [(Kind::EgressGateway, gateways), (Kind::Redirect, redirects)],
         };
         tokio::spawn(build_loop(caches, settings, touched, touch, tx));
@@ -100,6 +104,7 @@ impl Simulated {
             &self.nodes,
             &self.services,
             &self.slices,
+            &self.service_entries,
         ] {
             f(w);
         }

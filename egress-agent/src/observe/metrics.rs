@@ -269,6 +269,7 @@ fn object_labels(q: &super::status::Quarantined) -> (String, String, String) {
             "nodes" => "Node",
             "services" => "Service",
             "endpointslices" => "EndpointSlice",
+            "serviceentries" => "ServiceEntry",
             other => other,
         }
         .to_owned()

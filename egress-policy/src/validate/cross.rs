@@ -31,6 +31,7 @@ impl Builder {
         }
         self.unique_workload_resources();
         self.exclusive_claims();
+        self.hosts_from_service_entries();
         for use_ in std::mem::take(&mut self.selector_uses) {
             if self.model.select(&use_.selector).next().is_none() {
                 let doc = &docs[use_.doc];

@@ -9,7 +9,10 @@ use super::{fields::is_dns_name, Builder, Ctx};
 use crate::{
     diagnostic::FieldPath,
     model::{AllowedHost, EgressGateway, HostName},
-    objects::{AllowedHostSpec, EgressGatewaySpec, HostPortSpec, Object},
+    objects::{
+        AllowedHostSpec, AllowedHostsSpec, EgressGatewaySpec, HostPortSpec, Object,
+        FROM_SERVICE_ENTRIES,
+    },
     ports::{PortRange, Protocol},
 };
 
@@ -34,15 +37,32 @@ impl Builder {
                 "must list at least one CIDR: without them every address is the internet",
             ));
         }
-        let allowed_hosts = obj.spec.allowed_hosts.as_ref().map(|hosts| {
-            hosts
-                .iter()
-                .enumerate()
-                .filter_map(|(i, h)| {
-                    self.allowed_host(ctx, h, spec_path.key("allowedHosts").index(i))
-                })
-                .collect()
-        });
+        let hosts_path = spec_path.key("allowedHosts");
+        let (allowed_hosts, from_service_entries) = match &obj.spec.allowed_hosts {
+            None => (None, false),
+            Some(AllowedHostsSpec::List(hosts)) => (
+                Some(
+                    hosts
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, h)| self.allowed_host(ctx, h, hosts_path.index(i)))
+                        .collect(),
+                ),
+                false,
+            ),
+            // Filled in by the cross-object checks, once every
+            // ServiceEntry is known; none visible allows nothing.
+            Some(AllowedHostsSpec::From(from)) if from == FROM_SERVICE_ENTRIES => {
+                (Some(Vec::new()), true)
+            }
+            Some(AllowedHostsSpec::From(other)) => {
+                self.diags.push(ctx.error(
+                    hosts_path,
+                    format!("{other:?}: expected a list of hosts, or `{FROM_SERVICE_ENTRIES}`"),
+                ));
+                (None, false)
+            }
+        };
         let Some(selector) = selector else { return };
         if !self.keep {
             return;
@@ -61,6 +81,7 @@ impl Builder {
             selector,
             cluster_cidrs,
             allowed_hosts,
+            from_service_entries,
             origin: ctx.origin(),
         });
     }
@@ -71,26 +92,7 @@ impl Builder {
         spec: &AllowedHostSpec,
         path: FieldPath,
     ) -> Option<AllowedHost> {
-        let raw = spec.host.trim();
-        let host = if let Ok(ip) = raw.parse::<IpAddr>() {
-            HostName::Net(IpNet::from(ip.to_canonical()))
-        } else if let Ok(net) = raw.parse::<IpNet>() {
-            HostName::Net(net.trunc())
-        } else if raw.starts_with("*.") {
-            self.diags.push(ctx.error(
-                path.key("host"),
-                format!("wildcard host {raw:?} cannot be enforced by address: list each host"),
-            ));
-            return None;
-        } else if is_dns_name(raw) {
-            HostName::Dns(raw.trim_end_matches('.').to_ascii_lowercase())
-        } else {
-            self.diags.push(ctx.error(
-                path.key("host"),
-                format!("{raw:?} is neither a DNS name nor an IP address or CIDR"),
-            ));
-            return None;
-        };
+        let host = self.host_name(ctx, &spec.host, path.key("host"))?;
         let mut ports = Vec::new();
         for (i, p) in spec.ports.iter().enumerate() {
             let p_path = path.key("ports").index(i);
@@ -122,5 +124,36 @@ impl Builder {
             }
         }
         Some(AllowedHost { host, ports })
+    }
+
+    /// A host as a gateway can be held to it: an address, a CIDR or a DNS
+    /// name; `None` (with an error at `path`) for anything else.
+    pub(super) fn host_name(
+        &mut self,
+        ctx: &Ctx<'_, '_>,
+        raw: &str,
+        path: FieldPath,
+    ) -> Option<HostName> {
+        let raw = raw.trim();
+        let host = if let Ok(ip) = raw.parse::<IpAddr>() {
+            HostName::Net(IpNet::from(ip.to_canonical()))
+        } else if let Ok(net) = raw.parse::<IpNet>() {
+            HostName::Net(net.trunc())
+        } else if raw.starts_with("*.") {
+            self.diags.push(ctx.error(
+                path,
+                format!("wildcard host {raw:?} cannot be enforced by address: list each host"),
+            ));
+            return None;
+        } else if is_dns_name(raw) {
+            HostName::Dns(raw.trim_end_matches('.').to_ascii_lowercase())
+        } else {
+            self.diags.push(ctx.error(
+                path,
+                format!("{raw:?} is neither a DNS name nor an IP address or CIDR"),
+            ));
+            return None;
+        };
+        Some(host)
     }
 }

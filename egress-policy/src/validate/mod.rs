@@ -16,7 +16,9 @@ use k8s_openapi::api::{
 use super::{
     diagnostic::{Diagnostic, Diagnostics, FieldPath, Location, ObjectRef},
     model::{Model, ObjectId, Origin, WorkloadSelector},
-    objects::{EgressGatewaySpec, Object, RedirectSpec, WorkloadSpec, KNOWN_KINDS},
+    objects::{
+        EgressGatewaySpec, Object, RedirectSpec, ServiceEntrySpec, WorkloadSpec, KNOWN_KINDS,
+    },
     parse,
     source::{self, Document, Source},
 };
@@ -29,6 +31,7 @@ mod namespace;
 mod network_policy;
 mod redirect;
 mod selectors;
+mod service_entry;
 mod services;
 mod workload;
 
@@ -256,6 +259,13 @@ impl Builder {
             "Node" => {
                 if let Some(node) = parse::typed(doc, &ctx.object, &mut self.diags) {
                     self.node(&mut ctx, node);
+                }
+            }
+            "ServiceEntry" => {
+                if let Some(obj) =
+                    parse::typed::<Object<ServiceEntrySpec>>(doc, &ctx.object, &mut self.diags)
+                {
+                    self.service_entry(&mut ctx, obj);
                 }
             }
             _ => unreachable!("kind checked against KNOWN_KINDS"),

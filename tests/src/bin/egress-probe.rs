@@ -54,6 +54,17 @@
 //!   socket (`SOCK_RAW`, `IPPROTO_UDP`): no `connect` or `sendmsg` hook
 //!   sees it, only `cgroup_skb/egress` does. `RESULT <outcome>` of the
 //!   `sendto()`. Listeners report it as an ordinary datagram.
+//! - `tunnel KIND ADDR --from SRC --inner-from A --inner-to B`: one UDP
+//!   datagram from A to B, encapsulated as a KIND tunnel device would
+//!   (`gre`, `ip`, `geneve`, `geneve-ethernet`, `vxlan`; see
+//!   `integration_tests::packet::Tunnel`) in an outer packet from SRC to
+//!   ADDR, written whole on an `IPPROTO_RAW` socket: what a tunnel device
+//!   puts on the wire, without one. `RESULT <outcome>`.
+//! - `sniff ADDR`: every IP packet to the address ADDR that arrives on any
+//!   interface of the namespace, seen on an `AF_PACKET` socket before
+//!   anything in the namespace acts on it: `LISTENING <ADDR>:0`, then
+//!   `PACKET <source> <protocol>` for each, until killed. How a test sees
+//!   an outer packet of any protocol arrive.
 //!
 //! For the transparent redirect:
 //!
@@ -114,7 +125,10 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use integration_tests::loadgen;
+use integration_tests::{
+    loadgen,
+    packet::{self, Tunnel},
+};
 
 #[derive(Parser)]
 #[command(about = "Network probe for the privileged tests")]
@@ -229,6 +243,22 @@ enum Command {
         #[arg(long)]
         from: SocketAddr,
     },
+    /// One tunnelled UDP datagram, header included, on an `IPPROTO_RAW`
+    /// socket.
+    Tunnel {
+        tunnel: Tunnel,
+        /// The outer destination.
+        addr: IpAddr,
+        /// The outer source.
+        #[arg(long)]
+        from: IpAddr,
+        #[arg(long)]
+        inner_from: SocketAddr,
+        #[arg(long)]
+        inner_to: SocketAddr,
+    },
+    /// Report every IP packet to an address that arrives.
+    Sniff { addr: IpAddr },
     /// One ICMP echo request on a raw IP socket, as `ping` sends it;
     /// "ok" once the echo reply arrives (or "timeout").
     Ping {
@@ -404,6 +434,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             report(packet_frame(from, addr, to_mac.unwrap_or([0xff; 6])))
         }
         Command::RawFrom { addr, from } => report(raw_from(from, addr)),
+        Command::Tunnel {
+            tunnel: kind,
+            addr,
+            from,
+            inner_from,
+            inner_to,
+        } => report(tunnel(kind, (from, addr), (inner_from, inner_to))),
+        Command::Sniff { addr } => sniff(addr),
         Command::Ping { addr, timeout_ms } => report(ping(addr, Duration::from_millis(timeout_ms))),
         Command::Raw { addr } => report(raw_udp(addr)),
         Command::Hold { target, timeout_ms } => hold(target, Duration::from_millis(timeout_ms)),
@@ -511,6 +549,57 @@ fn listen(target: Target) -> anyhow::Result<()> {
         }
     }
     bail!("listener stopped")
+}
+
+/// `sniff`: an `AF_PACKET` socket for every protocol on every interface.
+/// `SOCK_DGRAM` strips the link-layer header, so each read starts with the
+/// IP header whatever the interface.
+fn sniff(addr: IpAddr) -> anyhow::Result<()> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let all = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain syscall; the descriptor is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            i32::from(all),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("AF_PACKET socket");
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    println!("LISTENING {}", SocketAddr::new(addr, 0));
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        // SAFETY: an all-zero sockaddr_ll is valid; the kernel fills it.
+        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: the buffers and their lengths outlive the call.
+        let n = unsafe {
+            libc::recvfrom(
+                socket.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut from as *mut libc::sockaddr_ll).cast(),
+                &mut len,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error()).context("recvfrom");
+        }
+        // What this namespace sends shows up too.
+        if from.sll_pkttype == libc::PACKET_OUTGOING {
+            continue;
+        }
+        if let Some((source, destination, protocol)) = packet::addresses(&buf[..n as usize]) {
+            if destination == addr {
+                println!("PACKET {source} {protocol}");
+            }
+        }
+    }
 }
 
 fn connect(target: Target, timeout: Duration) -> io::Result<()> {
@@ -1043,9 +1132,28 @@ fn raw_udp(to: SocketAddr) -> io::Result<()> {
     Ok(())
 }
 
-/// Sends the datagram of [`ip_udp`] whole on an `IPPROTO_RAW` socket,
-/// which implies `IP_HDRINCL` (`IPV6_HDRINCL`): the source is ours to pick.
+/// Sends the datagram of [`packet::ip_udp`] whole on an `IPPROTO_RAW`
+/// socket: the source is ours to pick.
 fn raw_from(from: SocketAddr, to: SocketAddr) -> io::Result<()> {
+    header_included(&packet::ip_udp(from, to, PAYLOAD)?, to.ip())
+}
+
+/// Sends one tunnelled packet: [`packet::ip_udp`] from `inner_from` to
+/// `inner_to`, encapsulated by `tunnel` in an outer packet from `from` to
+/// `to`, whole on an `IPPROTO_RAW` socket.
+fn tunnel(
+    tunnel: Tunnel,
+    (from, to): (IpAddr, IpAddr),
+    (inner_from, inner_to): (SocketAddr, SocketAddr),
+) -> io::Result<()> {
+    let inner = packet::ip_udp(inner_from, inner_to, PAYLOAD)?;
+    header_included(&tunnel.encapsulate(from, to, &inner)?, to)
+}
+
+/// Sends `packet`, an IP packet to `to`, on an `IPPROTO_RAW` socket, which
+/// implies `IP_HDRINCL` (`IPV6_HDRINCL`): the kernel takes the header as
+/// written, whatever the source and protocol.
+fn header_included(packet: &[u8], to: IpAddr) -> io::Result<()> {
     use std::os::fd::{FromRawFd as _, OwnedFd};
     let domain = if to.is_ipv4() {
         libc::AF_INET
@@ -1065,9 +1173,8 @@ fn raw_from(from: SocketAddr, to: SocketAddr) -> io::Result<()> {
     }
     // SAFETY: a fresh descriptor nothing else owns.
     let socket = UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    socket
-        .send_to(&ip_udp(from, to)?, SocketAddr::new(to.ip(), 0))
-        .map(drop)
+    // A raw socket's address carries no port (IPv6 insists on 0).
+    socket.send_to(packet, SocketAddr::new(to, 0)).map(drop)
 }
 
 /// An ICMP(v6) echo request on a raw socket, and its reply.
@@ -1092,7 +1199,7 @@ fn ping(addr: IpAddr, timeout: Duration) -> io::Result<()> {
     echo.extend_from_slice(PAYLOAD);
     if addr.is_ipv4() {
         // The kernel fills in ICMPv6 checksums itself, not ICMP ones.
-        let sum = checksum(&[&echo]);
+        let sum = packet::checksum(&[&echo]);
         echo[2..4].copy_from_slice(&sum.to_be_bytes());
     }
     socket.send_to(&echo, SocketAddr::new(addr, 0))?;
@@ -1113,67 +1220,6 @@ fn ping(addr: IpAddr, timeout: Duration) -> io::Result<()> {
         {
             return Ok(());
         }
-    }
-}
-
-/// The Internet checksum of `parts`, concatenated.
-fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum = 0u32;
-    let bytes: Vec<u8> = parts.concat();
-    for pair in bytes.chunks(2) {
-        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// An IP packet carrying one UDP datagram of [`PAYLOAD`] from `from` to
-/// `to`, checksums filled in.
-fn ip_udp(from: SocketAddr, to: SocketAddr) -> io::Result<Vec<u8>> {
-    let udp_len = (8 + PAYLOAD.len()) as u16;
-    let mut udp = Vec::new();
-    udp.extend_from_slice(&from.port().to_be_bytes());
-    udp.extend_from_slice(&to.port().to_be_bytes());
-    udp.extend_from_slice(&udp_len.to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(PAYLOAD);
-    match (from.ip(), to.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let pseudo = [
-                &s.octets()[..],
-                &d.octets()[..],
-                &[0, 17],
-                &udp_len.to_be_bytes()[..],
-            ]
-            .concat();
-            let sum = checksum(&[&pseudo, &udp]);
-            udp[6..8].copy_from_slice(&sum.to_be_bytes());
-            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
-            ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            let sum = checksum(&[&ip]);
-            ip[10..12].copy_from_slice(&sum.to_be_bytes());
-            ip.extend_from_slice(&udp);
-            Ok(ip)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let len32 = u32::from(udp_len).to_be_bytes();
-            let pseudo = [&s.octets()[..], &d.octets()[..], &len32[..], &[0, 0, 0, 17]].concat();
-            let sum = checksum(&[&pseudo, &udp]);
-            udp[6..8].copy_from_slice(&sum.to_be_bytes());
-            let mut ip = vec![0x60, 0, 0, 0];
-            ip.extend_from_slice(&udp_len.to_be_bytes());
-            ip.extend_from_slice(&[17, 64]);
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            ip.extend_from_slice(&udp);
-            Ok(ip)
-        }
-        _ => Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
     }
 }
 
@@ -1210,7 +1256,8 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     bytes.try_into().map_err(|_| format!("{s}: not six bytes"))
 }
 
-/// Sends the datagram of [`ip_udp`] as a frame on an AF_PACKET socket.
+/// Sends the datagram of [`packet::ip_udp`] as a frame on an AF_PACKET
+/// socket.
 /// The socket is created first: EPERM there is the refusal under test.
 fn packet_frame(from: SocketAddr, to: SocketAddr, mac: [u8; 6]) -> io::Result<()> {
     use std::os::fd::{FromRawFd as _, OwnedFd};
@@ -1228,7 +1275,7 @@ fn packet_frame(from: SocketAddr, to: SocketAddr, mac: [u8; 6]) -> io::Result<()
     }
     // SAFETY: a fresh descriptor nothing else owns.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let frame = ip_udp(from, to)?;
+    let frame = packet::ip_udp(from, to, PAYLOAD)?;
     // SAFETY: an all-zero sockaddr_ll is valid; fields set below.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;

@@ -89,7 +89,9 @@ fn metrics_not_on_loopback(node: &NodeSpec, checks: &mut Checks) {
     let (refused, said) = match out {
         Ok(o) => {
             let err = String::from_utf8_lossy(&o.stderr).trim().to_owned();
-            (!o.status.success() && err.contains("refused"), err)
+            // curl's exit code 7: it could not connect (nothing listens
+            // there); anything else (a timeout, an answer) is not that.
+            (o.status.code() == Some(7), err)
         }
         Err(e) => (false, e.to_string()),
     };

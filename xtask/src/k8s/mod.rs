@@ -395,6 +395,7 @@ fn bring_up_and_test(
                     times.two_nodes = Some(two_nodes::run(&cluster, checks)?);
                     check_metrics(checks);
                     hardening::check(&kubectl, checks);
+                    check_status_all_nodes(&kubectl, checks);
                     uninstall_job(&cluster, checks)
                 })();
                 times.run = Some(run_began.elapsed());
@@ -760,6 +761,69 @@ fn check_metrics_on(node: &NodeSpec, checks: &mut Checks) {
             node.name, node.ip
         ),
         &format!("{samples} samples"),
+    );
+}
+
+/// `egress-agent status --all-nodes`, as an operator runs it: `kubectl
+/// exec` into one agent, which finds every agent through the metrics
+/// Service's endpoints and asks each for `/readyz` and `/metrics`.
+fn check_status_all_nodes(kubectl: &Kubectl, checks: &mut Checks) {
+    let pod = match scenario::agent_pod(kubectl, None) {
+        Ok(pod) => pod,
+        Err(e) => {
+            checks.check(false, "egress-agent status --all-nodes", &format!("{e:#}"));
+            return;
+        }
+    };
+    let status = |output: &str| {
+        kubectl
+            .output(&[
+                "exec",
+                "-n",
+                "egress-enforcer",
+                &pod,
+                "--",
+                "egress-agent",
+                "status",
+                "--all-nodes",
+                "-o",
+                output,
+            ])
+            .unwrap_or_else(|e| format!("{e:#}"))
+    };
+    let table = status("wide");
+    println!("k8s-test: kubectl exec {pod} -- egress-agent status --all-nodes -o wide\n{table}");
+    let ready_rows = NODES
+        .iter()
+        .filter(|node| {
+            table.lines().any(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                cells.first() == Some(&node.name) && cells.get(2) == Some(&"True")
+            })
+        })
+        .count();
+    checks.check(
+        ready_rows == NODES.len(),
+        &format!("egress-agent status --all-nodes (from {pod}) lists both nodes' agents, Ready"),
+        &table.lines().collect::<Vec<_>>().join(" / "),
+    );
+    let json = status("json");
+    let nodes = serde_json::from_str::<serde_json::Value>(&json)
+        .ok()
+        .and_then(|v| v.get("nodes")?.as_array().map(Vec::len))
+        .unwrap_or(0);
+    let yaml = status("yaml");
+    let in_yaml = NODES
+        .iter()
+        .filter(|n| {
+            yaml.lines()
+                .any(|l| l.trim_start_matches("- ").trim() == format!("node: {}", n.name))
+        })
+        .count();
+    checks.check(
+        nodes == NODES.len() && in_yaml == NODES.len(),
+        "egress-agent status --all-nodes -o json / -o yaml: one entry per node",
+        &format!("json: {nodes} entries, yaml: {in_yaml} nodes"),
     );
 }
 

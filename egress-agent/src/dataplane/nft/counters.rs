@@ -17,7 +17,9 @@ pub enum DenyCounter {
     /// workload's address.
     ForwardV6,
     /// IPv4 packets dropped on the forward hook: from a routed workload
-    /// port, with a source that is not its workload's.
+    /// port with a source that is not its workload's, or with a local
+    /// workload's address from an interface that is not its port (a
+    /// bridge excepted: the bridge table judged those).
     RoutedForgedV4,
     /// The same for IPv6.
     RoutedForgedV6,
@@ -67,7 +69,8 @@ impl DenyCounter {
                 "forwarded from a non-gateway workload address"
             }
             DenyCounter::RoutedForgedV4 | DenyCounter::RoutedForgedV6 => {
-                "forwarded from a workload's interface with a source that is not its own"
+                "forwarded with a source its interface does not vouch for (a workload's port with \
+                 a source not its own, or a local workload's address from another interface)"
             }
             DenyCounter::BridgedForgedV4 | DenyCounter::BridgedForgedV6 => {
                 "sent into the bridge from a workload's port with a source that is not its own"

@@ -9,6 +9,7 @@
 //!     set ports { type ifname; elements = { "veth1", "veth2" } }
 //!     set sources_v4 { type ifname . ipv4_addr;
 //!                      elements = { "veth1" . 10.244.1.2, "veth2" . 10.244.2.2 } }
+//!     set bound_v4 { type ipv4_addr; elements = { 10.244.1.2, 10.244.2.2 } }
 //!     (the same address sets for IPv6)
 //!     counter forward_denied_v4 { }  counter routed_forged_v4 { }  (and _v6)
 //!     chain deny {
@@ -17,14 +18,19 @@
 //!     }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
-//!         iifname @ports ip daddr != @cluster_v4 iifname . ip saddr != @sources_v4 counter name "routed_forged_v4" jump deny
+//!         jump routed
 //!         ip saddr @workloads_v4 ip saddr != @gateways_v4 ip daddr != @cluster_v4 counter name "forward_denied_v4" jump deny
+//!         (the same for IPv6)
+//!     }
+//!     chain routed {
+//!         meta iifkind "bridge" return
+//!         iifname @ports ip daddr != @cluster_v4 iifname . ip saddr != @sources_v4 counter name "routed_forged_v4" jump deny
+//!         ip saddr @bound_v4 ip daddr != @cluster_v4 iifname . ip saddr != @sources_v4 counter name "routed_forged_v4" jump deny
 //!         (the same two for IPv6)
 //!     }
 //! }
 //! table bridge egress_enforcer {          # what pods put on a bridge
-//!     set cluster_v4, ports, sources_v4 (as above), and
-//!     set bound_v4 { type ipv4_addr; elements = { 10.244.1.2, 10.244.2.2 } }
+//!     set cluster_v4, ports, sources_v4, bound_v4 (as above)
 //!     (and IPv6)
 //!     counter bridged_forged_v4 { }  (and _v6)
 //!     chain deny { (as above) }
@@ -47,9 +53,10 @@
 //!    (the node's end of its veth) whose source is not one of that
 //!    workload's addresses is forged, whatever socket made it (one the
 //!    cgroup programs never saw, `AF_PACKET`, the outer packet of a tunnel
-//!    device in the pod). A known address sent from another port is
-//!    forged too. Keyed on `interface . address` pairs, so the gateway's
-//!    address from a non-gateway pod's port is as forged as any other.
+//!    device in the pod). A known address sent from another port, or from
+//!    any other interface, is forged too. Keyed on `interface . address`
+//!    pairs, so the gateway's address from a non-gateway pod's port is as
+//!    forged as any other.
 //! 2. **Only gateways' addresses leave.** With sources vouched for, the
 //!    address check of the forward chain is a check of who sent it.
 //!
@@ -66,8 +73,16 @@
 //! IPv6 link-local sources are not judged either: a router never forwards
 //! them, and neighbour discovery uses them. With routed ports (a veth per
 //! pod without a bridge: Calico, Cilium's veth mode) the IP layer sees the
-//! port itself, so check 1 runs in the forward chain, on forwarded packets
-//! only.
+//! port itself, so check 1 runs in the forward chain (`routed`), on
+//! forwarded packets only. There a local workload's address is forwarded
+//! legitimately from its own port only, so it is dropped from any other
+//! interface: another pod's port the agent does not know (yet), the
+//! node's uplink, a tunnel device of the node's. Except from a bridge:
+//! the bridge table has vouched for its ports already, and at the IP
+//! layer every bridged pod shares the bridge. The bridge is skipped by
+//! `return` rather than matched with `!=`, because `meta iifkind` ends a
+//! rule unmatched on a device without a kind (a physical NIC), and such
+//! a device must not escape the check.
 
 use std::{
     borrow::Cow,
@@ -98,6 +113,8 @@ pub const LOG_PREFIX: &str = "egress-enforcer deny: ";
 pub const FAMILIES: [NfFamily; 2] = [NfFamily::INet, NfFamily::Bridge];
 
 const FORWARD_CHAIN: &str = "forward";
+/// Check 1 for routed ports, which the forward chain jumps to.
+const ROUTED_CHAIN: &str = "routed";
 const PREROUTING_CHAIN: &str = "prerouting";
 const DENY_CHAIN: &str = "deny";
 const PORTS: &str = "ports";
@@ -108,6 +125,8 @@ const FORWARD_PRIORITY: i32 = 0;
 /// The bridge family's `filter` (`NF_BR_PRI_FILTER_BRIDGED`); any would
 /// do, for the same reason.
 const BRIDGE_PRIORITY: i32 = -200;
+/// What `meta iifkind` says of a Linux bridge.
+const BRIDGE_KIND: &str = "bridge";
 /// Log lines per second, so that a pod hammering a denied destination
 /// cannot flood the kernel log. Counters still count every packet.
 const LOG_RATE_PER_SECOND: u32 = 10;
@@ -267,7 +286,15 @@ pub fn ruleset(rules: &NodeRules) -> Nftables<'static> {
             false,
             workloads,
         ));
-        batch.add(set(NfFamily::Bridge, family.bound, single, false, bound));
+        for table in FAMILIES {
+            batch.add(set(
+                table,
+                family.bound,
+                single.clone(),
+                false,
+                bound.clone(),
+            ));
+        }
         for counter in [family.counter, family.routed_forged, family.bridged_forged] {
             batch.add(named_counter(counter));
         }
@@ -280,15 +307,30 @@ pub fn ruleset(rules: &NodeRules) -> Nftables<'static> {
     }
 
     batch.add(chain(NfFamily::INet, FORWARD_CHAIN, Some(NfHook::Forward)));
+    batch.add(chain(NfFamily::INet, ROUTED_CHAIN, None));
     batch.add(chain(
         NfFamily::Bridge,
         PREROUTING_CHAIN,
         Some(NfHook::Prerouting),
     ));
     if !rules.cluster_cidrs.is_empty() {
+        batch.add(rule(NfFamily::INet, ROUTED_CHAIN, not_on_a_bridge()));
         for family in [&V4, &V6] {
-            batch.add(rule(NfFamily::INet, FORWARD_CHAIN, routed_forged(family)));
+            for from_port in [true, false] {
+                batch.add(rule(
+                    NfFamily::INet,
+                    ROUTED_CHAIN,
+                    routed_forged(family, from_port),
+                ));
+            }
         }
+        batch.add(rule(
+            NfFamily::INet,
+            FORWARD_CHAIN,
+            vec![Statement::Jump(JumpTarget {
+                target: ROUTED_CHAIN.into(),
+            })],
+        ));
         for family in [&V4, &V6] {
             batch.add(rule(NfFamily::INet, FORWARD_CHAIN, deny_statements(family)));
         }
@@ -426,14 +468,40 @@ fn deny_statements(family: &Family) -> Vec<Statement<'static>> {
     statements
 }
 
-/// `iifname @ports <ip> daddr != @cluster iifname . <ip> saddr != @sources
-/// counter name <counter> jump deny`: a forwarded packet from a routed
-/// workload port with a source that is not its workload's. A bridged port
-/// is never the input interface here (the bridge is), so this only ever
-/// matches routed ports.
-fn routed_forged(family: &Family) -> Vec<Statement<'static>> {
+/// `meta iifkind "bridge" return`: what a bridge forwards, the bridge
+/// table has judged port by port (module doc).
+fn not_on_a_bridge() -> Vec<Statement<'static>> {
     vec![
-        lookup(meta(MetaKey::Iifname), Operator::EQ, PORTS),
+        compare(
+            meta(MetaKey::Iifkind),
+            Operator::EQ,
+            Expression::String(BRIDGE_KIND.into()),
+        ),
+        Statement::Return(None),
+    ]
+}
+
+/// A forwarded packet to a destination outside the cluster with a source
+/// its input interface does not vouch for: from a routed workload port
+/// (`from_port`) with a source that is not its workload's, or with a
+/// local workload's address from any interface that is not that
+/// workload's port.
+///
+/// `iifname @ports <ip> daddr != @cluster iifname . <ip> saddr != @sources
+/// counter name <counter> jump deny`, or `<ip> saddr @bound …` in place of
+/// `iifname @ports`.
+fn routed_forged(family: &Family, from_port: bool) -> Vec<Statement<'static>> {
+    let first = if from_port {
+        lookup(meta(MetaKey::Iifname), Operator::EQ, PORTS)
+    } else {
+        lookup(
+            payload(family.protocol, "saddr"),
+            Operator::EQ,
+            family.bound,
+        )
+    };
+    vec![
+        first,
         lookup(
             payload(family.protocol, "daddr"),
             Operator::NEQ,
@@ -783,8 +851,8 @@ mod tests {
         );
         let rules = rules_of(&commands, "inet", "deny");
         let forward_rules = rules_of(&commands, "inet", "forward");
-        assert_eq!(forward_rules.len(), 4);
-        let forward_rules = &forward_rules[2..];
+        assert_eq!(forward_rules.len(), 3);
+        let forward_rules = &forward_rules[1..];
         assert_eq!(
             forward_rules[0]["expr"],
             json!([
@@ -825,9 +893,9 @@ mod tests {
         node.ports = vec![port("veth1", &["10.244.2.2"])];
         let commands = commands(&node);
         let rules = added(&commands, "rule");
-        assert!(rules
+        assert!(rules.iter().all(|r| ["forward", "routed", "prerouting"]
             .iter()
-            .all(|r| r["chain"] != "forward" && r["chain"] != "prerouting"));
+            .all(|c| r["chain"] != *c)));
         // The tables keep their shape: the counters can still be read.
         let mut counters: Vec<_> = added(&commands, "counter")
             .into_iter()
@@ -871,33 +939,72 @@ mod tests {
             assert_eq!(v6["type"], json!(["ifname", "ipv6_addr"]));
             assert_eq!(v6["elem"], json!([{"concat": ["veth2", "fd00:244:2::2"]}]));
         }
-        assert_eq!(
-            set_in(&commands, "bridge", "bound_v4")["elem"],
-            json!(["10.244.1.2", "10.244.2.2"])
-        );
+        for family in ["inet", "bridge"] {
+            assert_eq!(
+                set_in(&commands, family, "bound_v4")["elem"],
+                json!(["10.244.1.2", "10.244.2.2"])
+            );
+            assert_eq!(
+                set_in(&commands, family, "bound_v6")["elem"],
+                json!(["fd00:244:2::2"])
+            );
+        }
     }
 
     #[test]
-    fn a_routed_port_with_a_source_not_its_own_is_dropped_before_the_address_check() {
+    fn a_routed_port_vouches_for_its_sources_and_a_local_address_for_its_port() {
         let commands = commands(&rules(&["10.244.0.0/16"], &[], &[]));
         let forward = rules_of(&commands, "inet", "forward");
+        assert_eq!(forward[0]["expr"], json!([{"jump": {"target": "routed"}}]));
+        let routed = added(&commands, "chain")
+            .into_iter()
+            .find(|c| c["name"] == "routed")
+            .unwrap();
         assert_eq!(
-            forward[0]["expr"],
+            *routed,
+            json!({"family": "inet", "table": TABLE, "name": "routed"}),
+            "a regular chain, reached only from forward"
+        );
+        let routed = rules_of(&commands, "inet", "routed");
+        assert_eq!(routed.len(), 5);
+        let leaving_v4 = json!({"match": {"left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                                "right": "@cluster_v4", "op": "!="}});
+        let forged_v4 = json!({"match": {"left": {"concat": [{"meta": {"key": "iifname"}},
+                                         {"payload": {"protocol": "ip", "field": "saddr"}}]},
+                               "right": "@sources_v4", "op": "!="}});
+        let deny = [
+            json!({"counter": "routed_forged_v4"}),
+            json!({"jump": {"target": "deny"}}),
+        ];
+        // What a bridge forwards, the bridge table judged port by port.
+        assert_eq!(
+            routed[0]["expr"],
             json!([
-                {"match": {"left": {"meta": {"key": "iifname"}}, "right": "@ports", "op": "=="}},
-                {"match": {"left": {"payload": {"protocol": "ip", "field": "daddr"}},
-                           "right": "@cluster_v4", "op": "!="}},
-                {"match": {"left": {"concat": [{"meta": {"key": "iifname"}},
-                                               {"payload": {"protocol": "ip", "field": "saddr"}}]},
-                           "right": "@sources_v4", "op": "!="}},
-                {"counter": "routed_forged_v4"},
-                {"jump": {"target": "deny"}},
+                {"match": {"left": {"meta": {"key": "iifkind"}}, "right": "bridge", "op": "=="}},
+                {"return": null},
             ])
         );
-        assert_eq!(
-            forward[1]["expr"][3],
-            json!({"counter": "routed_forged_v6"})
-        );
+        // From a workload's port, a source not its own.
+        let mut expected = vec![
+            json!({"match": {"left": {"meta": {"key": "iifname"}}, "right": "@ports", "op": "=="}}),
+            leaving_v4.clone(),
+            forged_v4.clone(),
+        ];
+        expected.extend(deny.clone());
+        assert_eq!(routed[1]["expr"], Value::Array(expected));
+        // From any other interface, a local workload's address.
+        let mut expected = vec![
+            json!({"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                             "right": "@bound_v4", "op": "=="}}),
+            leaving_v4,
+            forged_v4,
+        ];
+        expected.extend(deny);
+        assert_eq!(routed[2]["expr"], Value::Array(expected));
+        for (i, first) in [(3, "@ports"), (4, "@bound_v6")] {
+            assert_eq!(routed[i]["expr"][0]["match"]["right"], first);
+            assert_eq!(routed[i]["expr"][3], json!({"counter": "routed_forged_v6"}));
+        }
     }
 
     #[test]
