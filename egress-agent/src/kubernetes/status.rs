@@ -48,7 +48,7 @@ use kube::{
 };
 use serde_json::json;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::{
     custom::{Custom, Kind},
@@ -329,7 +329,8 @@ async fn write_loop(
             }
         }
         if !objects.is_empty() && failed.is_empty() {
-            info!(
+            // Every agent's write wakes every other: debug, not info.
+            debug!(
                 objects = objects.len(),
                 "custom resources' status up to date"
             );
