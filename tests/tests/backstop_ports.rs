@@ -13,8 +13,11 @@
 //! and with the pod's own. A sniffer on the far side sees any outer packet
 //! that arrives, whatever its protocol. The other way round, the pod has
 //! the node's own VXLAN device (an overlay's, as flannel's) decapsulate a
-//! packet whose inner source is the gateway's address or its own: that
-//! inner packet comes from no port, and must not leave either.
+//! packet to the internet whose inner source is the gateway's address, an
+//! unused pod-subnet address, one outside the cluster or its own: that
+//! inner packet comes from no port, and must not leave either. What a
+//! pod on another node sends through that device to an address inside the
+//! cluster (the gateway's, or another pod's) still arrives.
 //!
 //! Each technique is first shown to work with no agent on the node, with a
 //! listener on the far side that records the source it saw; then with the
@@ -386,6 +389,14 @@ fn send_tunnelled(
 /// addresses with its VNI and, inside, its MAC address.
 const NODE_VTEP: &str = "flannel.1";
 
+/// The cluster's pod subnet on the other node: its routes go through the
+/// node's VXLAN device, as flannel installs one per node.
+const PEER_SUBNET_V4: &str = "10.244.5.0/24";
+const PEER_SUBNET_V6: &str = "fd00:10:244:5::/64";
+/// A pod on the other node.
+const PEER_POD_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 5, 7);
+const PEER_POD_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 5, 0, 0, 0, 7);
+
 fn add_node_vtep(sim: &SimNode) -> anyhow::Result<()> {
     let vni = packet::VNI.to_string();
     let port = packet::VXLAN_PORT.to_string();
@@ -403,14 +414,19 @@ fn add_node_vtep(sim: &SimNode) -> anyhow::Result<()> {
         &port,
         "nolearning",
     ])?;
-    sim.node().ip(&["link", "set", NODE_VTEP, "up"])
+    sim.node().ip(&["link", "set", NODE_VTEP, "up"])?;
+    sim.node()
+        .ip(&["route", "add", PEER_SUBNET_V4, "dev", NODE_VTEP])?;
+    sim.node()
+        .ip(&["-6", "route", "add", PEER_SUBNET_V6, "dev", NODE_VTEP])
 }
 
 /// The sleep pod, from its own address and port, has the node decapsulate
 /// a VXLAN packet (to the node's address: never forwarded, so neither
 /// check sees the outer packet) whose inner datagram goes to the internet
-/// from a local workload's address: the gateway's and its own, per family
-/// of the inner packet. Returns how many were sent per family.
+/// from each of [`FORGED`] (a local workload's address, the gateway's, is
+/// one) and from its own address, per family of the inner packet.
+/// Returns how many were sent per family.
 fn through_the_node_vtep(
     sim: &SimNode,
     client: &Client<'_>,
@@ -420,12 +436,16 @@ fn through_the_node_vtep(
 ) -> anyhow::Result<[u64; 2]> {
     let node = IpAddr::V4(sim.node_cluster_address().context("node address")?);
     let mut sent = [0u64; 2];
-    for (inner_from, inner_to) in [
-        (IpAddr::V4(GATEWAY_V4), IpAddr::V4(TUNNEL_END_V4)),
-        (SLEEP_V4.into(), TUNNEL_END_V4.into()),
-        (GATEWAY_V6.into(), TUNNEL_END_V6.into()),
-        (SLEEP_V6.into(), TUNNEL_END_V6.into()),
-    ] {
+    let inner_sources = FORGED
+        .into_iter()
+        .flat_map(|(_, v4, v6)| [v4, v6])
+        .chain([SLEEP_V4.into(), SLEEP_V6.into()]);
+    for inner_from in inner_sources {
+        let inner_to = if inner_from.is_ipv6() {
+            IpAddr::V6(TUNNEL_END_V6)
+        } else {
+            IpAddr::V4(TUNNEL_END_V4)
+        };
         let packet = Tunnelled {
             tunnel: Tunnel::Vxlan,
             outer_from: SLEEP_V4.into(),
@@ -460,6 +480,63 @@ fn through_the_node_vtep(
     Ok(sent)
 }
 
+/// Listeners on the gateway's and the sleep pod's addresses, per family:
+/// in-cluster destinations that pods on other nodes reach through the
+/// node's VXLAN device.
+fn in_cluster_listeners(sim: &SimNode) -> anyhow::Result<Vec<Listener>> {
+    let gateway = sim
+        .pod_of(&id("istio-system/istio-egressgateway"))
+        .context("gateway pod")?;
+    let sleep = sim.pod_of(&id("test-egress/sleep")).context("sleep pod")?;
+    [
+        (&gateway.netns, IpAddr::V4(GATEWAY_V4)),
+        (&gateway.netns, GATEWAY_V6.into()),
+        (&sleep.netns, SLEEP_V4.into()),
+        (&sleep.netns, SLEEP_V6.into()),
+    ]
+    .into_iter()
+    .map(|(netns, ip)| Listener::start(netns, SocketAddr::new(ip, PORT), Proto::Udp))
+    .collect()
+}
+
+/// A pod on another node reaches the gateway and the sleep pod through
+/// the node's VXLAN device, per family: the legitimate traffic of the
+/// overlay, which stays inside the cluster and arrives, from the peer
+/// pod's address. The internet namespace stands in for the other node:
+/// it is on the node's uplink, as other nodes are, and the outer packet
+/// goes to the node's uplink address.
+fn from_a_peer_node(sim: &SimNode, listeners: &[Listener], round: &str) -> anyhow::Result<()> {
+    let peer = Client::outside(sim.internet());
+    for listener in listeners {
+        let inner_from = if listener.addr().is_ipv6() {
+            IpAddr::V6(PEER_POD_V6)
+        } else {
+            IpAddr::V4(PEER_POD_V4)
+        };
+        let packet = Tunnelled {
+            tunnel: Tunnel::Vxlan,
+            outer_from: SimNode::UPLINK_INTERNET_V4.into(),
+            outer_to: SimNode::UPLINK_NODE_V4.into(),
+            inner_from: SocketAddr::new(inner_from, 40_000),
+            inner_to: listener.addr(),
+        };
+        ensure!(peer.tunnel(&packet)? == Outcome::Ok, "{round}: {packet}");
+        let got = arrived(listener, ARRIVAL);
+        ensure!(
+            got == Some(inner_from),
+            "{round}: {packet}, from a pod on another node: arrived {got:?}"
+        );
+    }
+    Ok(())
+}
+
+fn tunnel_drops(counts: &BackstopCounts) -> [u64; 2] {
+    [
+        counts.get(DenyCounter::TunnelEgressV4).packets,
+        counts.get(DenyCounter::TunnelEgressV6).packets,
+    ]
+}
+
 fn routed_drops(counts: &BackstopCounts) -> [u64; 2] {
     [
         counts.get(DenyCounter::RoutedForgedV4).packets,
@@ -487,13 +564,17 @@ fn tunnelled_packets_from_a_pod_port_never_leave_the_node_whatever_their_outer_s
         Listener::sniff(internet, TUNNEL_END_V6.into())?,
     ];
 
+    let in_cluster = in_cluster_listeners(&sim)?;
+
     // No agent: every encapsulation, from every outer source, arrives as
     // sent (an outer packet of its protocol, from its source); and what
-    // the node's own VXLAN device decapsulates leaves as its inner packet.
+    // the node's own VXLAN device decapsulates leaves as its inner packet,
+    // whatever its source.
     let pod = sim.pod_of(&sleep).context("sleep pod")?;
     let outside = Client::outside(&pod.netns);
     send_tunnelled(&outside, &sniffers, &Outcome::Ok, true, "no agent")?;
     through_the_node_vtep(&sim, &outside, &sniffers, true, "no agent")?;
+    from_a_peer_node(&sim, &in_cluster, "no agent")?;
 
     let mut node = Running::start(sim, &[])?;
     let sim = &node.sim;
@@ -515,29 +596,39 @@ fn tunnelled_packets_from_a_pod_port_never_leave_the_node_whatever_their_outer_s
     // From outside the cgroup root only the node stands in the way: a
     // forged outer source is dropped at the pod's port, the pod's own at
     // the forward hook (a non-gateway address leaving the cluster). What
-    // the node decapsulates comes in on its VXLAN device, which is no
-    // local workload's port: the inner packet is dropped there, the
-    // gateway's address as any other.
+    // the node decapsulates comes in on its VXLAN device, a tunnel: its
+    // inner packet is dropped on leaving the cluster, whatever its source
+    // (none is counted as routed_forged, which would judge a local
+    // workload's address). A peer pod's packet to an address inside the
+    // cluster still arrives.
     let outside = Client::outside(&pod.netns);
     for round in ["agent running", "agent SIGKILLed"] {
         let counts = node.sim.backstop_counters()?;
         let before = [
             forged_drops(&counts),
             forward_drops(&counts),
+            tunnel_drops(&counts),
             routed_drops(&counts),
         ];
         let tunnelled = send_tunnelled(&outside, &sniffers, &Outcome::Ok, false, round)?;
         let decapsulated = through_the_node_vtep(&node.sim, &outside, &sniffers, false, round)?;
+        from_a_peer_node(&node.sim, &in_cluster, round)?;
         let counts = node.sim.backstop_counters()?;
         let after = [
             forged_drops(&counts),
             forward_drops(&counts),
+            tunnel_drops(&counts),
             routed_drops(&counts),
         ];
-        let sent = [tunnelled[0], tunnelled[1], decapsulated];
-        for (i, counter) in ["bridged_forged", "forward_denied", "routed_forged"]
-            .into_iter()
-            .enumerate()
+        let sent = [tunnelled[0], tunnelled[1], decapsulated, [0, 0]];
+        for (i, counter) in [
+            "bridged_forged",
+            "forward_denied",
+            "tunnel_egress",
+            "routed_forged",
+        ]
+        .into_iter()
+        .enumerate()
         {
             let counted = [after[i][0] - before[i][0], after[i][1] - before[i][1]];
             ensure!(

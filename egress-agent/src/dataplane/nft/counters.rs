@@ -23,6 +23,12 @@ pub enum DenyCounter {
     RoutedForgedV4,
     /// The same for IPv6.
     RoutedForgedV6,
+    /// IPv4 packets dropped on the forward hook: decapsulated (or
+    /// decrypted) by one of the node's tunnel devices and going outside
+    /// the cluster, whatever their source.
+    TunnelEgressV4,
+    /// The same for IPv6.
+    TunnelEgressV6,
     /// IPv4 frames dropped as they entered a bridge port: from a workload's
     /// port with a source not its own, or a workload's address from
     /// another port.
@@ -32,11 +38,13 @@ pub enum DenyCounter {
 }
 
 impl DenyCounter {
-    pub const ALL: [DenyCounter; 6] = [
+    pub const ALL: [DenyCounter; 8] = [
         DenyCounter::ForwardV4,
         DenyCounter::ForwardV6,
         DenyCounter::RoutedForgedV4,
         DenyCounter::RoutedForgedV6,
+        DenyCounter::TunnelEgressV4,
+        DenyCounter::TunnelEgressV6,
         DenyCounter::BridgedForgedV4,
         DenyCounter::BridgedForgedV6,
     ];
@@ -49,6 +57,8 @@ impl DenyCounter {
             DenyCounter::ForwardV6 => "forward_denied_v6",
             DenyCounter::RoutedForgedV4 => "routed_forged_v4",
             DenyCounter::RoutedForgedV6 => "routed_forged_v6",
+            DenyCounter::TunnelEgressV4 => "tunnel_egress_v4",
+            DenyCounter::TunnelEgressV6 => "tunnel_egress_v6",
             DenyCounter::BridgedForgedV4 => "bridged_forged_v4",
             DenyCounter::BridgedForgedV6 => "bridged_forged_v6",
         }
@@ -71,6 +81,10 @@ impl DenyCounter {
             DenyCounter::RoutedForgedV4 | DenyCounter::RoutedForgedV6 => {
                 "forwarded with a source its interface does not vouch for (a workload's port with \
                  a source not its own, or a local workload's address from another interface)"
+            }
+            DenyCounter::TunnelEgressV4 | DenyCounter::TunnelEgressV6 => {
+                "forwarded from one of the node's tunnel devices (decapsulated: VXLAN, Geneve, GRE, \
+                 IP in IP, WireGuard, ...) to outside the cluster"
             }
             DenyCounter::BridgedForgedV4 | DenyCounter::BridgedForgedV6 => {
                 "sent into the bridge from a workload's port with a source that is not its own"
@@ -202,7 +216,9 @@ mod tests {
             {"counter": {"family": "inet", "name": "forward_denied_v6", "table": "egress_enforcer", "handle": 4, "packets": 3, "bytes": 180}},
             {"counter": {"family": "inet", "name": "forward_denied_v4", "table": "egress_enforcer", "handle": 2, "packets": 7, "bytes": 5000000000}},
             {"counter": {"family": "inet", "name": "routed_forged_v4", "table": "egress_enforcer", "packets": 1, "bytes": 60}},
-            {"counter": {"family": "inet", "name": "routed_forged_v6", "table": "egress_enforcer", "packets": 2, "bytes": 80}}
+            {"counter": {"family": "inet", "name": "routed_forged_v6", "table": "egress_enforcer", "packets": 2, "bytes": 80}},
+            {"counter": {"family": "inet", "name": "tunnel_egress_v4", "table": "egress_enforcer", "packets": 5, "bytes": 300}},
+            {"counter": {"family": "inet", "name": "tunnel_egress_v6", "table": "egress_enforcer", "packets": 0, "bytes": 0}}
         ]}"#;
         let counts = parse(&[inet.into(), BRIDGE.into()]).unwrap();
         assert_eq!(
@@ -214,8 +230,9 @@ mod tests {
         );
         assert_eq!(counts.get(DenyCounter::ForwardV6).packets, 3);
         assert_eq!(counts.get(DenyCounter::RoutedForgedV6).packets, 2);
+        assert_eq!(counts.get(DenyCounter::TunnelEgressV4).packets, 5);
         assert_eq!(counts.get(DenyCounter::BridgedForgedV4).packets, 4);
-        assert_eq!(counts.iter().count(), 6);
+        assert_eq!(counts.iter().count(), 8);
     }
 
     #[test]

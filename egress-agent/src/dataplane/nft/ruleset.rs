@@ -11,13 +11,18 @@
 //!                      elements = { "veth1" . 10.244.1.2, "veth2" . 10.244.2.2 } }
 //!     set bound_v4 { type ipv4_addr; elements = { 10.244.1.2, 10.244.2.2 } }
 //!     (the same address sets for IPv6)
-//!     counter forward_denied_v4 { }  counter routed_forged_v4 { }  (and _v6)
+//!     counter forward_denied_v4 { }  counter routed_forged_v4 { }
+//!     counter tunnel_egress_v4 { }  (and _v6)
 //!     chain deny {
 //!         limit rate 10/second burst 20 packets log prefix "egress-enforcer deny: "
 //!         drop
 //!     }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
+//!         meta iifkind { "vxlan", "geneve", "bareudp", "gre", "gretap", "erspan", "ip6gre",
+//!                        "ip6gretap", "ip6erspan", "ipip", "sit", "ip6tnl", "wireguard" }
+//!             ip daddr != @cluster_v4 counter name "tunnel_egress_v4" jump deny
+//!         (the same for IPv6)
 //!         jump routed
 //!         ip saddr @workloads_v4 ip saddr != @gateways_v4 ip daddr != @cluster_v4 counter name "forward_denied_v4" jump deny
 //!         (the same for IPv6)
@@ -47,7 +52,7 @@
 //!
 //! Two checks, which together drop everything that leaves the cluster
 //! from a workload's port unless it is a gateway's address from that
-//! gateway's port:
+//! gateway's port, and a third for what comes from no port at all:
 //!
 //! 1. **The port vouches for the source.** A frame from a workload's port
 //!    (the node's end of its veth) whose source is not one of that
@@ -59,6 +64,23 @@
 //!    forged as any other.
 //! 2. **Only gateways' addresses leave.** With sources vouched for, the
 //!    address check of the forward chain is a check of who sent it.
+//! 3. **Nothing decapsulated leaves.** What one of the node's tunnel
+//!    devices (flannel's `flannel.1`, Calico's `tunl0` or `vxlan.calico`,
+//!    Cilium's `cilium_vxlan`, a `collect_md` device) takes out of a
+//!    tunnel comes from no port, with whatever source its sender wrote: a
+//!    pod that sends a tunnel packet to the node's own address chooses
+//!    it. Such a packet is never a gateway's egress (every common overlay
+//!    sends a remote pod's internet traffic out through that pod's own
+//!    node, and what it sends to a gateway pod here is addressed to that
+//!    pod, inside the cluster), so it is dropped when it leaves the
+//!    cluster, judged by the kind of its input interface alone. WireGuard
+//!    counts as a tunnel: Calico and Cilium carry pods' traffic between
+//!    nodes over it when encryption is on. Replies are not excepted: a pod
+//!    can make the conntrack entry a reply would match (a forged outside
+//!    source to an address inside the cluster is not judged), so an
+//!    exception would reopen the way out. The rule comes before the
+//!    routed chain, so that one counter holds every decapsulated drop,
+//!    whatever its source.
 //!
 //! Where the port is seen decides where check 1 runs. On a bridge (`cni0`
 //! of the bridge plugin, flannel, kubenet) the IP layer sees the bridge as
@@ -77,12 +99,12 @@
 //! forwarded packets only. There a local workload's address is forwarded
 //! legitimately from its own port only, so it is dropped from any other
 //! interface: another pod's port the agent does not know (yet), the
-//! node's uplink, a tunnel device of the node's. Except from a bridge:
-//! the bridge table has vouched for its ports already, and at the IP
-//! layer every bridged pod shares the bridge. The bridge is skipped by
-//! `return` rather than matched with `!=`, because `meta iifkind` ends a
-//! rule unmatched on a device without a kind (a physical NIC), and such
-//! a device must not escape the check.
+//! node's uplink (from a tunnel device, check 3 has dropped it already).
+//! Except from a bridge: the bridge table has vouched for its ports
+//! already, and at the IP layer every bridged pod shares the bridge. The
+//! bridge is skipped by `return` rather than matched with `!=`, because
+//! `meta iifkind` ends a rule unmatched on a device without a kind (a
+//! physical NIC), and such a device must not escape the check.
 
 use std::{
     borrow::Cow,
@@ -93,7 +115,7 @@ use std::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nftables::{
     batch::Batch,
-    expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix},
+    expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem},
     schema::{
         Chain, Counter, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
     },
@@ -127,6 +149,28 @@ const FORWARD_PRIORITY: i32 = 0;
 const BRIDGE_PRIORITY: i32 = -200;
 /// What `meta iifkind` says of a Linux bridge.
 const BRIDGE_KIND: &str = "bridge";
+/// What `meta iifkind` says of a tunnel device: the kernel's
+/// `rtnl_link_ops` kind of each driver that takes packets out of a
+/// tunnel and hands them to the IP layer (check 3 of the module doc).
+/// `ipip` and `sit` cover the IP-in-IP modes of IPv4 outer packets,
+/// `ip6tnl` those of IPv6 ones. Not here: `tun` (a user-space program
+/// writes those packets, and VPN clients and VMs use it for much else),
+/// and IPsec's `vti`, `vti6` and `xfrm`, which no common CNI uses.
+const TUNNEL_KINDS: [&str; 13] = [
+    "vxlan",
+    "geneve",
+    "bareudp",
+    "gre",
+    "gretap",
+    "erspan",
+    "ip6gre",
+    "ip6gretap",
+    "ip6erspan",
+    "ipip",
+    "sit",
+    "ip6tnl",
+    "wireguard",
+];
 /// Log lines per second, so that a pod hammering a denied destination
 /// cannot flood the kernel log. Counters still count every packet.
 const LOG_RATE_PER_SECOND: u32 = 10;
@@ -147,6 +191,7 @@ struct Family {
     bound: &'static str,
     counter: DenyCounter,
     routed_forged: DenyCounter,
+    tunnel_egress: DenyCounter,
     bridged_forged: DenyCounter,
     /// Sources never forwarded, so never judged on a bridge port.
     unrouted_sources: Option<(IpAddr, u8)>,
@@ -162,6 +207,7 @@ const V4: Family = Family {
     bound: "bound_v4",
     counter: DenyCounter::ForwardV4,
     routed_forged: DenyCounter::RoutedForgedV4,
+    tunnel_egress: DenyCounter::TunnelEgressV4,
     bridged_forged: DenyCounter::BridgedForgedV4,
     unrouted_sources: None,
 };
@@ -176,6 +222,7 @@ const V6: Family = Family {
     bound: "bound_v6",
     counter: DenyCounter::ForwardV6,
     routed_forged: DenyCounter::RoutedForgedV6,
+    tunnel_egress: DenyCounter::TunnelEgressV6,
     bridged_forged: DenyCounter::BridgedForgedV6,
     // fe80::/10
     unrouted_sources: Some((
@@ -295,7 +342,12 @@ pub fn ruleset(rules: &NodeRules) -> Nftables<'static> {
                 bound.clone(),
             ));
         }
-        for counter in [family.counter, family.routed_forged, family.bridged_forged] {
+        for counter in [
+            family.counter,
+            family.routed_forged,
+            family.tunnel_egress,
+            family.bridged_forged,
+        ] {
             batch.add(named_counter(counter));
         }
     }
@@ -323,6 +375,9 @@ pub fn ruleset(rules: &NodeRules) -> Nftables<'static> {
                     routed_forged(family, from_port),
                 ));
             }
+        }
+        for family in [&V4, &V6] {
+            batch.add(rule(NfFamily::INet, FORWARD_CHAIN, tunnel_egress(family)));
         }
         batch.add(rule(
             NfFamily::INet,
@@ -479,6 +534,33 @@ fn not_on_a_bridge() -> Vec<Statement<'static>> {
         ),
         Statement::Return(None),
     ]
+}
+
+/// `meta iifkind { <tunnel kinds> } <ip> daddr != @cluster counter name
+/// <counter> jump deny`: decapsulated by one of the node's tunnel devices
+/// and leaving the cluster (check 3 of the module doc). On a device
+/// without a kind (a physical NIC) `meta iifkind` ends the rule
+/// unmatched, so what the uplink forwards is never taken for a tunnel's.
+fn tunnel_egress(family: &Family) -> Vec<Statement<'static>> {
+    let kinds = TUNNEL_KINDS
+        .iter()
+        .map(|kind| SetItem::Element(Expression::String((*kind).into())))
+        .collect();
+    vec![
+        compare(
+            meta(MetaKey::Iifkind),
+            Operator::EQ,
+            Expression::Named(NamedExpression::Set(kinds)),
+        ),
+        lookup(
+            payload(family.protocol, "daddr"),
+            Operator::NEQ,
+            family.cluster,
+        ),
+    ]
+    .into_iter()
+    .chain(count_and_deny(family.tunnel_egress))
+    .collect()
 }
 
 /// A forwarded packet to a destination outside the cluster with a source
@@ -851,8 +933,9 @@ mod tests {
         );
         let rules = rules_of(&commands, "inet", "deny");
         let forward_rules = rules_of(&commands, "inet", "forward");
-        assert_eq!(forward_rules.len(), 3);
-        let forward_rules = &forward_rules[1..];
+        // After the tunnel rules and the jump to the routed chain.
+        assert_eq!(forward_rules.len(), 5);
+        let forward_rules = &forward_rules[3..];
         assert_eq!(
             forward_rules[0]["expr"],
             json!([
@@ -955,7 +1038,7 @@ mod tests {
     fn a_routed_port_vouches_for_its_sources_and_a_local_address_for_its_port() {
         let commands = commands(&rules(&["10.244.0.0/16"], &[], &[]));
         let forward = rules_of(&commands, "inet", "forward");
-        assert_eq!(forward[0]["expr"], json!([{"jump": {"target": "routed"}}]));
+        assert_eq!(forward[2]["expr"], json!([{"jump": {"target": "routed"}}]));
         let routed = added(&commands, "chain")
             .into_iter()
             .find(|c| c["name"] == "routed")
@@ -1004,6 +1087,34 @@ mod tests {
         for (i, first) in [(3, "@ports"), (4, "@bound_v6")] {
             assert_eq!(routed[i]["expr"][0]["match"]["right"], first);
             assert_eq!(routed[i]["expr"][3], json!({"counter": "routed_forged_v6"}));
+        }
+    }
+
+    #[test]
+    fn what_a_tunnel_device_decapsulates_never_leaves_the_cluster_whatever_its_source() {
+        let commands = commands(&rules(&["10.244.0.0/16", "fd00:10:244::/48"], &[], &[]));
+        let forward = rules_of(&commands, "inet", "forward");
+        let kinds = json!({"set": [
+            "vxlan", "geneve", "bareudp", "gre", "gretap", "erspan", "ip6gre", "ip6gretap",
+            "ip6erspan", "ipip", "sit", "ip6tnl", "wireguard"
+        ]});
+        // First, before any source is looked at: by the input device's
+        // kind and the destination alone.
+        for (i, protocol, family) in [(0, "ip", "v4"), (1, "ip6", "v6")] {
+            assert_eq!(
+                forward[i]["expr"],
+                json!([
+                    {"match": {"left": {"meta": {"key": "iifkind"}}, "right": kinds, "op": "=="}},
+                    {"match": {"left": {"payload": {"protocol": protocol, "field": "daddr"}},
+                               "right": format!("@cluster_{family}"), "op": "!="}},
+                    {"counter": format!("tunnel_egress_{family}")},
+                    {"jump": {"target": "deny"}},
+                ])
+            );
+        }
+        // The devices pods and the uplink come from are no tunnels.
+        for kind in ["bridge", "veth", "tun", "openvswitch", "dummy"] {
+            assert!(!TUNNEL_KINDS.contains(&kind), "{kind}");
         }
     }
 
