@@ -20,6 +20,10 @@ pub struct Inventory {
     /// enforced yet, by UID: what `status` says of a pending pod. Empty in
     /// file mode.
     pub waiting: BTreeMap<String, Waiting>,
+    /// The `metadata.generation` of each custom resource (EgressGateway,
+    /// Redirect) among `sources`, by document name: what the status a
+    /// node writes on it is about. Empty in file mode.
+    pub custom: BTreeMap<String, i64>,
 }
 
 /// A pod of this node that is not enforced yet.

@@ -530,7 +530,7 @@ fn redirect_capture_must_be_sidecar_or_all() {
             "policies/case.yaml",
             "Redirect prod/r",
             "spec.capture",
-            "\"Everyone\"",
+            "`Everyone`",
             "Sidecar",
             "All",
         ],

@@ -6,6 +6,7 @@
 //! line.
 
 pub mod apimachinery;
+pub mod crd;
 pub mod diagnostic;
 pub mod model;
 pub mod objects;
@@ -13,6 +14,7 @@ mod parse;
 pub mod ports;
 pub mod selector;
 pub mod source;
+pub mod status;
 pub mod validate;
 pub mod yaml11;
 

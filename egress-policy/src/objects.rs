@@ -3,11 +3,22 @@
 //! Kubernetes kinds use the k8s-openapi types, so a `NetworkPolicy` is
 //! accepted exactly as the API server would accept it and the same types serve
 //! when objects come from a cluster. The extension kinds below are ours.
+//!
+//! `EgressGateway` and `Redirect` are also custom resources: their CRDs
+//! are derived from these same spec types ([`crate::crd`]), so the schema
+//! the API server checks and the parse the agent does cannot drift apart.
+//! The derive adds a root type for each ([`EgressGatewayResource`],
+//! [`RedirectResource`]); the loader still parses the envelope
+//! [`Object`], which also reads files.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use serde::Deserialize;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::status::PolicyStatus;
 
 /// The API group and version of the extension kinds.
 pub const EXTENSION_API_VERSION: &str = "egress.enforcer.dev/v1alpha1";
@@ -81,28 +92,61 @@ pub struct NamedPortSpec {
 
 /// Selects workloads across namespaces, like a NetworkPolicy peer. An absent
 /// `namespaceSelector` means the object's own namespace.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSelectorSpec {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
 }
 
-/// `EgressGateway.spec`.
-#[derive(Debug, Deserialize)]
+/// `EgressGateway.spec`: the workloads that alone may reach addresses
+/// outside `clusterCIDRs`, and the external hosts they may reach.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, CustomResource)]
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) of kube's attribute repeats `type_ = ...`"
+)]
 #[serde(rename_all = "camelCase")]
+#[kube(
+    group = "egress.enforcer.dev",
+    version = "v1alpha1",
+    kind = "EgressGateway",
+    root = "EgressGatewayResource",
+    doc = "Only the workloads it selects may reach addresses outside clusterCIDRs, and only the allowedHosts. Enforced by the egress-agent on every node; status.nodes has each node's verdict.",
+    namespaced,
+    status = "PolicyStatus",
+    shortname = "egw",
+    category = "egress",
+    printcolumn(
+        name = "Programmed",
+        type_ = "string",
+        json_path = ".status.programmed",
+        description = "Nodes whose agent enforces this generation, of the nodes that reported"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
 pub struct EgressGatewaySpec {
     pub selector: WorkloadSelectorSpec,
+    /// The cluster's pod and service ranges: everything else is the
+    /// internet, which only the gateway may reach.
     #[serde(rename = "clusterCIDRs")]
+    #[schemars(length(min = 1))]
     pub cluster_cidrs: Vec<String>,
-    #[serde(default)]
+    /// Absent: the gateway may reach any host; a list: only these;
+    /// `fromServiceEntries`: the hosts of the Istio ServiceEntries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_hosts: Option<AllowedHostsSpec>,
 }
 
 /// `EgressGateway.spec.allowedHosts`: a list, or `fromServiceEntries`.
-#[derive(Debug, Deserialize)]
+/// Its schema is written by hand ([`crate::crd`]).
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum AllowedHostsSpec {
     List(Vec<AllowedHostSpec>),
@@ -177,84 +221,147 @@ pub struct ServiceEntryEndpointSpec {
 }
 
 /// One external host the gateway may reach, like an Istio ServiceEntry.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AllowedHostSpec {
+    /// A DNS name (no wildcard), an IP address or a CIDR.
     pub host: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<HostPortSpec>,
 }
 
 /// A port of an allowed host. Accepts `443` or `{port: 443, protocol: TCP}`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum HostPortSpec {
     Number(i64),
     Full {
         port: i64,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         protocol: Option<String>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
     },
 }
 
-/// `Redirect.spec`: which workloads are captured, and where to.
-#[derive(Debug, Deserialize)]
+/// `Redirect.spec`: which workloads are captured, and where to. Absent
+/// selectors select every pod of the object's namespace.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, CustomResource)]
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) of kube's attribute repeats `type_ = ...`"
+)]
 #[serde(rename_all = "camelCase")]
+#[kube(
+    group = "egress.enforcer.dev",
+    version = "v1alpha1",
+    kind = "Redirect",
+    root = "RedirectResource",
+    doc = "Sends the outbound TCP (and DNS) of the workloads it selects to a proxy, as Istio's sidecar capture does. Enforced by the egress-agent on every node; status.nodes has each node's verdict.",
+    namespaced,
+    status = "PolicyStatus",
+    category = "egress",
+    printcolumn(
+        name = "Capture",
+        type_ = "string",
+        json_path = ".spec.capture",
+        description = "Sidecar (the default: workloads with a sidecar) or All"
+    ),
+    printcolumn(
+        name = "Programmed",
+        type_ = "string",
+        json_path = ".status.programmed",
+        description = "Nodes whose agent enforces this generation, of the nodes that reported"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
 pub struct RedirectSpec {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
     #[serde(default)]
     pub proxy: ProxySpec,
-    #[serde(default, rename = "includeIPRanges")]
+    #[serde(
+        default,
+        rename = "includeIPRanges",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub include_ip_ranges: Option<StringOrList>,
-    #[serde(default, rename = "excludeIPRanges")]
+    #[serde(
+        default,
+        rename = "excludeIPRanges",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub exclude_ip_ranges: Option<StringOrList>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include_ports: Option<PortList>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exclude_ports: Option<PortList>,
     /// Also send UDP port 53 to the proxy's DNS port, like Istio DNS proxying.
     /// Spelled `captureDNS`, as documented (camelCase would give
-    /// `captureDns`, which is kept as an alias).
-    #[serde(default, rename = "captureDNS", alias = "captureDns")]
+    /// `captureDns`, which files may still use; the CRD knows only
+    /// `captureDNS`).
+    #[serde(
+        default,
+        rename = "captureDNS",
+        alias = "captureDns",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub capture_dns: Option<DnsCaptureSpec>,
-    /// `Sidecar` (the default): only selected workloads that carry a
-    /// sidecar are captured, as Istio captures only injected pods. `All`:
-    /// every selected workload (a node-level proxy serving them all).
-    #[serde(default)]
-    pub capture: Option<String>,
+    /// `Sidecar` (the default): the selected workloads that carry a
+    /// sidecar. `All`: every selected workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<Capture>,
 }
 
-/// `Redirect.spec.proxy`.
-#[derive(Debug, Default, Deserialize)]
+/// Which of the selected workloads are captured: `Sidecar` (the
+/// default) or `All`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema)]
+pub enum Capture {
+    /// The default: only selected workloads that carry a sidecar, as Istio
+    /// captures only injected pods.
+    Sidecar,
+    /// Every selected workload (a node-level proxy serving them all).
+    All,
+}
+
+/// Where captured connections go, and which workloads are the proxy.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxySpec {
-    #[serde(default)]
+    /// An IP address; 127.0.0.1 by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    #[serde(default)]
+    /// 15001 by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i64>,
     /// Which workloads are the proxy; never redirected, known by cgroup.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<WorkloadSelectorSpec>,
 }
 
-/// `Redirect.spec.captureDNS`.
-#[derive(Debug, Deserialize)]
+/// DNS capture: UDP port 53 to the proxy's DNS port.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DnsCaptureSpec {
     #[serde(default)]
     pub enabled: bool,
-    #[serde(default)]
+    /// 15053 by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i64>,
 }
 
 /// Istio writes ranges as one comma-separated string (`"*"`,
 /// `"10.0.0.0/8,172.16.0.0/12"`); YAML users write lists. Accept both.
-#[derive(Debug, Deserialize)]
+/// Its schema is written by hand ([`crate::crd`]).
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum StringOrList {
     String(String),
@@ -262,7 +369,8 @@ pub enum StringOrList {
 }
 
 /// Ports as a list of numbers or an Istio-style comma-separated string.
-#[derive(Debug, Deserialize)]
+/// Its schema is written by hand ([`crate::crd`]).
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum PortList {
     String(String),

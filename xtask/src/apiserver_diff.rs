@@ -26,6 +26,9 @@
 //! agent refuses unknown fields as kubectl does, because a silently dropped
 //! typo (`protocl: UDP`, `tоo:`) would widen a policy. Those cases are
 //! listed, not counted.
+//!
+//! Then the CRDs of EgressGateway and Redirect are installed in the same
+//! server and checked the same way ([`crate::apiserver_crds`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -39,7 +42,7 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{
-    host,
+    apiserver_crds, host,
     k8s::{
         control_plane::{self, ETCD},
         kube_build,
@@ -63,18 +66,18 @@ pub struct ApiserverDiffArgs {
 }
 
 /// One corpus file.
-struct Case {
-    path: PathBuf,
+pub(crate) struct Case {
+    pub(crate) path: PathBuf,
     /// The file name, which names the case in the table.
-    name: String,
+    pub(crate) name: String,
     /// What it probes: its first line, without the `#`.
-    probe: String,
+    pub(crate) probe: String,
 }
 
 /// A verdict and, for a rejection, why.
 #[derive(Clone)]
-struct Verdict {
-    accepted: bool,
+pub(crate) struct Verdict {
+    pub(crate) accepted: bool,
     reason: String,
 }
 
@@ -102,25 +105,28 @@ pub fn run(args: &ApiserverDiffArgs) -> anyhow::Result<ExitCode> {
     let agent = build_agent(&root)?;
 
     let mut cluster = TempCluster::create(args.keep)?;
-    let result = cluster
-        .start()
-        .and_then(|kubectl| compare(&cluster, &kubectl, &agent, &corpus_dir, &cases));
+    let result = cluster.start().and_then(|kubectl| {
+        let disagreements = compare(&cluster, &kubectl, &agent, &corpus_dir, &cases)?;
+        let crds = apiserver_crds::check(&cluster.dir, &kubectl, &agent)?;
+        Ok((disagreements, crds))
+    });
     drop(cluster);
-    let disagreements = result?;
+    let (disagreements, crds) = result?;
     println!(
-        "apiserver-diff: {} objects, {} disagreement(s), {:.1}s",
+        "apiserver-diff: {} objects, {} disagreement(s); CRDs: {} failed check(s); {:.1}s",
         cases.len(),
         disagreements,
+        crds,
         started.elapsed().as_secs_f32()
     );
-    Ok(if disagreements == 0 {
+    Ok(if disagreements == 0 && crds == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-fn read_corpus(dir: &Path) -> anyhow::Result<Vec<Case>> {
+pub(crate) fn read_corpus(dir: &Path) -> anyhow::Result<Vec<Case>> {
     let entries = fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     let mut cases = Vec::new();
     for entry in entries {
@@ -312,7 +318,7 @@ fn free_ports() -> anyhow::Result<[u16; 3]> {
 
 /// kubectl for the temporary cluster, its discovery cache in `cache`
 /// rather than the user's ~/.kube.
-fn kubectl_in(kubectl: &Kubectl, cache: &Path) -> std::process::Command {
+pub(crate) fn kubectl_in(kubectl: &Kubectl, cache: &Path) -> std::process::Command {
     let mut cmd = kubectl.command();
     cmd.arg(format!("--cache-dir={}", cache.display()));
     cmd
@@ -375,7 +381,7 @@ fn compare(
     Ok(disagreements.len())
 }
 
-fn print_table(rows: &[(&Case, &Verdict, &Verdict)]) {
+pub(crate) fn print_table(rows: &[(&Case, &Verdict, &Verdict)]) {
     let width = rows.iter().map(|(c, _, _)| c.name.len()).max().unwrap_or(4);
     println!("{:width$}  {:9} {:8}  probe", "file", "apiserver", "agent");
     for (case, api, agent) in rows {
@@ -407,7 +413,7 @@ fn one_line(text: &str, max: usize) -> String {
 /// (an admission check, not validation; the agent creates namespaces
 /// implicitly). A name the API server refuses is left to the objects that
 /// use it, which it then refuses for the same reason.
-fn create_namespaces(kubectl: &Kubectl, cache: &Path, cases: &[Case]) {
+pub(crate) fn create_namespaces(kubectl: &Kubectl, cache: &Path, cases: &[Case]) {
     let mut names = BTreeSet::new();
     for case in cases {
         let text = fs::read_to_string(&case.path).unwrap_or_default();
@@ -434,7 +440,7 @@ fn create_namespaces(kubectl: &Kubectl, cache: &Path, cases: &[Case]) {
 /// file in the error, so a case is rejected exactly when its path appears
 /// in kubectl's errors; the number of dry-run successes on stdout must
 /// then equal the number of cases left, or the attribution is wrong.
-fn oracle(
+pub(crate) fn oracle(
     kubectl: &Kubectl,
     cache: &Path,
     corpus_dir: &Path,
@@ -506,7 +512,7 @@ fn oracle(
 }
 
 /// `egress-agent check FILE -o json`: valid or not, and its first error.
-fn agent_verdict(agent: &Path, file: &Path) -> anyhow::Result<Verdict> {
+pub(crate) fn agent_verdict(agent: &Path, file: &Path) -> anyhow::Result<Verdict> {
     let out = std::process::Command::new(agent)
         .arg("check")
         .arg(file)

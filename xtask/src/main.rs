@@ -2,6 +2,7 @@
 //!
 //! `main` only parses and dispatches; each task lives in its own module.
 
+mod apiserver_crds;
 mod apiserver_diff;
 mod bench;
 mod demo;
@@ -46,7 +47,9 @@ enum Task {
     KindTest(k8s::kind::KindTestArgs),
     /// Send every object of tests/apiserver-corpus through a real
     /// kube-apiserver 1.20 (`kubectl apply --dry-run=server`) and through
-    /// `egress-agent check`; fail on any disagreement.
+    /// `egress-agent check`; fail on any disagreement. Then install the
+    /// CRDs there and check them the same way (tests/apiserver-corpus-crds),
+    /// with two nodes' status written by server-side apply.
     ApiserverDiff(apiserver_diff::ApiserverDiffArgs),
     /// Memory of the agent's slim Pod cache at 10k pods, against a real
     /// kube-apiserver 1.20.2 (as root; removes everything it creates).

@@ -627,6 +627,47 @@ mod tests {
     }
 
     #[test]
+    fn a_custom_resource_named_like_a_file_object_is_left_out_naming_both() {
+        let dir =
+            std::env::temp_dir().join(format!("egress-quarantine-clash-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let gateway = |cidr: &str| {
+            format!(
+                "apiVersion: egress.enforcer.dev/v1alpha1\nkind: EgressGateway\n\
+                 metadata: {{name: gw, namespace: shop}}\n\
+                 spec: {{selector: {{podSelector: {{matchLabels: {{app: web}}}}}}, clusterCIDRs: [{cidr}]}}\n"
+            )
+        };
+        std::fs::write(dir.join("gw.yaml"), gateway("10.0.0.0/8")).unwrap();
+        let cr = api("kubernetes/egressgateways/shop/gw", &gateway("10.1.0.0/16"));
+        let o = load(
+            std::slice::from_ref(&dir),
+            &[api("kubernetes/pods/shop/web", POD), cr],
+            &HashMap::new(),
+        )
+        .expect("the file's object stays in force");
+        assert_eq!(o.quarantined.len(), 1, "{:?}", o.quarantined);
+        let q = &o.quarantined[0];
+        assert_eq!(
+            (q.source.as_str(), q.held),
+            ("kubernetes/egressgateways/shop/gw", Held::LeftOut)
+        );
+        let message = &q.findings[0].message;
+        assert!(
+            message.contains("duplicate EgressGateway shop/gw")
+                && message.contains("gw.yaml")
+                && message.contains("custom resource and a file"),
+            "{message}"
+        );
+        assert_eq!(o.loaded.model.gateways.len(), 1);
+        assert_eq!(
+            o.loaded.model.gateways[0].cluster_cidrs[0].to_string(),
+            "10.0.0.0/8"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn errors_in_the_operators_files_still_reject_the_set() {
         let dir = std::env::temp_dir().join(format!("egress-quarantine-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

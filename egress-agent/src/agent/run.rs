@@ -10,10 +10,13 @@ use tokio::{
 };
 use tracing::{error, info};
 
-use super::reload::{format_chain, Enforcer, Inventory, Reloader};
+use super::{
+    reload::{format_chain, Enforcer, Inventory, Reloader},
+    state::ReloadOutcome,
+};
 use crate::{
     compile::{Egress, Plan},
-    kubernetes::events::{Rejection, Report},
+    kubernetes::events::{Rejection, Report, Verdict},
     observe::{metrics, EventHub, Query, Status},
     resolve::{dns_names, HostResolver, ResolverSettings},
 };
@@ -361,7 +364,35 @@ fn report<E: Enforcer>(reloader: &Reloader<E>) -> Report {
         .filter_map(|s| s.file.to_str()?.strip_prefix("kubernetes/nodes/"))
         .map(str::to_owned)
         .collect();
-    Report { rejections, nodes }
+    let in_force = state.current.as_ref().map(|g| g.number);
+    let outcome = match &state.last_reload {
+        None => Verdict::Pending,
+        Some(ReloadOutcome::Applied { generation }) => Verdict::Applied {
+            generation: *generation,
+        },
+        Some(ReloadOutcome::Rejected { diagnostics }) => {
+            let errors: Vec<&egress_policy::Diagnostic> =
+                diagnostics.iter().filter(|d| d.is_error()).collect();
+            let first = errors.first().map(ToString::to_string).unwrap_or_default();
+            Verdict::NotApplied {
+                in_force,
+                why: match errors.len() {
+                    0 | 1 => format!("rejected: {first}"),
+                    n => format!("rejected with {n} errors, the first: {first}"),
+                },
+            }
+        }
+        Some(ReloadOutcome::Failed { error }) => Verdict::NotApplied {
+            in_force,
+            why: format!("the kernel refused it: {error}"),
+        },
+    };
+    Report {
+        rejections,
+        nodes,
+        outcome,
+        custom: inventory.custom.clone(),
+    }
 }
 
 /// Whether the object named `source` holds back a workload of this node: a

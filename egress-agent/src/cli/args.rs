@@ -37,6 +37,9 @@ pub enum Command {
     Events(EventsArgs),
     /// Show what the running agent has attached, in force, and how full.
     Status(StatusArgs),
+    /// Print the CustomResourceDefinitions of EgressGateway and Redirect
+    /// (deploy/base/crds.yaml), generated from the agent's types.
+    Crds,
     /// Print shell completions.
     #[command(hide = true)]
     Completions(CompletionsArgs),

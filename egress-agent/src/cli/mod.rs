@@ -6,6 +6,7 @@ mod boot_guard;
 mod check;
 mod client;
 mod completions;
+mod crds;
 mod events;
 mod explain;
 mod plan;
@@ -33,6 +34,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Proxy(args) => proxy::run(&args),
         Command::Events(args) => events::run(&args),
         Command::Status(args) => status::run(&args),
+        Command::Crds => {
+            crds::run();
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions(args) => {
             completions::run(&args);
             Ok(ExitCode::SUCCESS)

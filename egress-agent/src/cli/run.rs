@@ -90,10 +90,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         let feed = if let Some((node_name, client)) = kube {
             // Quarantined API objects are reported on themselves, as
             // Events; in file mode there is no API server to write to.
-            observing.rejections = Some(kubernetes::events::spawn(
-                client.clone(),
-                node_name.clone(),
-            ));
+            let reports = kubernetes::events::spawn(client.clone(), node_name.clone());
+            let verdicts = reports.subscribe();
+            observing.rejections = Some(reports);
             let settings = KubeSettings {
                 kubeconfig: args.kubeconfig.clone(),
                 node_name,
@@ -104,7 +103,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                 exempt: guards.guards.exempt.clone(),
             };
             tracing::info!(node = %settings.node_name, sidecar = %settings.sidecar, "Kubernetes mode: watching Pods on this node, Namespaces and NetworkPolicies");
-            Some(kubernetes::spawn(client, settings))
+            let node = settings.node_name.clone();
+            let (inventory, custom) = kubernetes::spawn(client.clone(), settings);
+            // Each node's verdict on every EgressGateway and Redirect, in
+            // the object's status.
+            kubernetes::status::spawn(client, node, verdicts, custom);
+            Some(inventory)
         } else {
             reloader.set_inventory(Inventory {
                 guards: guards.guards,

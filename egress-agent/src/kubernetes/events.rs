@@ -31,7 +31,7 @@
 //! In file mode there is no API server, and no Events.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     time::Duration,
 };
 
@@ -49,6 +49,7 @@ use kube::{
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::custom::Kind;
 use crate::{
     errors::format_chain,
     observe::status::{Finding, Held, Quarantined},
@@ -83,12 +84,31 @@ pub struct Rejection {
     pub here: bool,
 }
 
-/// What the agent's event loop sends after each reload.
+/// What the last reload came to, for the custom resources' status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Verdict {
+    /// No reload yet.
+    #[default]
+    Pending,
+    /// The policy set is in force as agent generation `generation`.
+    Applied { generation: u64 },
+    /// The policy set was rejected, or the kernel refused it; `in_force`
+    /// stays.
+    NotApplied { in_force: Option<u64>, why: String },
+}
+
+/// What the agent's event loop sends after each reload, for the Events
+/// and for the custom resources' status ([`super::status`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     pub rejections: Vec<Rejection>,
     /// The cluster's Node names, as the inventory has them.
     pub nodes: Vec<String>,
+    /// What the reload came to.
+    pub outcome: Verdict,
+    /// The custom resources the reload judged: their generation by
+    /// document name.
+    pub custom: BTreeMap<String, i64>,
 }
 
 /// The node among `nodes` that reports `key` when no node is affected:
@@ -216,7 +236,7 @@ pub fn event(r: &Rejection, node: &str) -> Event {
 }
 
 /// At most `max` bytes, cut at a character boundary, marked with `…`.
-fn truncate(mut s: String, max: usize) -> String {
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
     if s.len() <= max {
         return s;
     }
@@ -254,7 +274,13 @@ pub fn resource_of(source: &str) -> Option<(ApiResource, Option<String>, String)
                 true,
             )
         }
-        _ => return None,
+        custom => (
+            Kind::ALL
+                .into_iter()
+                .find(|k| k.plural() == custom)?
+                .api_resource(),
+            true,
+        ),
     };
     let names: Vec<&str> = parts.collect();
     match (namespaced, names.as_slice()) {
@@ -432,6 +458,13 @@ mod tests {
         );
         let (pod, ..) = resource_of("kubernetes/pods/shop/web").expect("a Pod");
         assert_eq!(pod.api_version, "v1");
+        let (gateway, ns, name) =
+            resource_of("kubernetes/egressgateways/istio-system/gw").expect("a custom resource");
+        assert_eq!(
+            (gateway.api_version.as_str(), gateway.plural.as_str()),
+            ("egress.enforcer.dev/v1alpha1", "egressgateways")
+        );
+        assert_eq!((ns.as_deref(), name.as_str()), (Some("istio-system"), "gw"));
         assert!(resource_of("policies/np.yaml").is_none());
         assert!(resource_of("kubernetes/networkpolicies/only-a-name").is_none());
     }
@@ -442,6 +475,7 @@ mod tests {
         let bad = Report {
             rejections: vec![rejection(NP, "invalid CIDR", true)],
             nodes: vec!["node-a".into(), "node-b".into()],
+            ..Report::default()
         };
         assert_eq!(d.due(&bad).len(), 1);
         assert!(d.due(&bad).is_empty(), "not at every reload");
@@ -468,6 +502,7 @@ mod tests {
         let report = |here| Report {
             rejections: vec![rejection(NP, "m", here)],
             nodes: nodes.clone(),
+            ..Report::default()
         };
         // Not affecting any node: exactly one node reports it.
         let reporters: Vec<&String> = nodes
@@ -487,7 +522,7 @@ mod tests {
         // Without any Node known, every agent reports (nothing is lost).
         let alone = Report {
             rejections: vec![rejection(NP, "m", false)],
-            nodes: vec![],
+            ..Report::default()
         };
         assert_eq!(Dedupe::new("node-a").due(&alone).len(), 1);
     }

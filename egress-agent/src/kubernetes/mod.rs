@@ -16,20 +16,22 @@
 //!   start), else `v1 Endpoints` ([`objects`]);
 //! - every Istio ServiceEntry (`networking.istio.io`, the newest served
 //!   version), where Istio's API is served: gateways with `allowedHosts:
-//!   fromServiceEntries` take their hosts from them.
+//!   fromServiceEntries` take their hosts from them;
+//! - every EgressGateway and Redirect, where their CRDs are installed
+//!   ([`custom`]; `egress-agent crds` prints them, [`crds`]).
 //!
 //! Each is kept as what the agent makes of it ([`cache`]), written as YAML
 //! documents and validated and compiled with the files of `--policies` as
 //! one set ([`crate::inventory::Inventory`]): the same code path as files,
-//! with findings that name the object and field. EgressGateway and Redirect
-//! objects still come from `--policies`, a directory the DaemonSet mounts
-//! from a ConfigMap: no CRD has to be installed (which a 1.20 cluster would
-//! need as `apiextensions.k8s.io/v1` with a full schema), the agent's RBAC
-//! stays read-only on the policy kinds (its one write is Events), and a
-//! ConfigMap edit reloads like a file edit.
+//! with findings that name the object and field. Without the CRDs,
+//! EgressGateway and Redirect objects come from `--policies` alone, a
+//! directory the DaemonSet mounts from a ConfigMap; files and custom
+//! resources may also be mixed (a name both use is an error on the
+//! custom resource, which is then left out).
 //!
 //! Objects the agent quarantines are reported as Kubernetes Events on the
-//! objects themselves ([`events`]).
+//! objects themselves ([`events`]); each node writes its verdict on every
+//! custom resource into that object's status ([`status`]).
 //!
 //! The inventory is rebuilt (after [`DEBOUNCE`]) when an object changes,
 //! when a directory appears or goes under a guarded root (inotify), and
@@ -38,10 +40,13 @@
 
 pub mod cache;
 pub mod cgroups;
+pub mod crds;
+pub mod custom;
 pub mod events;
 pub mod objects;
 pub mod pod;
 pub mod simulated;
+pub mod status;
 
 use std::{
     path::{Path, PathBuf},
@@ -63,6 +68,7 @@ use tracing::{debug, error, info, warn};
 
 use self::{
     cache::Cache,
+    custom::{Custom, Kind},
     objects::SliceSource,
     pod::{Problem, SlimPod},
 };
@@ -140,9 +146,16 @@ pub fn node_name(flag: Option<&str>) -> Result<String, KubeError> {
         .ok_or(KubeError::NoNodeName)
 }
 
+/// The custom resources' caches, as the status writer reads them.
+pub type CustomCaches = [(Kind, Cache<Custom>); 2];
+
 /// Starts the watchers and the inventory builder; the receiver gets the
-/// first inventory once every listing is complete, then each change.
-pub fn spawn(client: Client, settings: KubeSettings) -> watch::Receiver<Option<Inventory>> {
+/// first inventory once every listing is complete, then each change. The
+/// custom resources' caches are also returned, for [`status`].
+pub fn spawn(
+    client: Client,
+    settings: KubeSettings,
+) -> (watch::Receiver<Option<Inventory>>, CustomCaches) {
     let (tx, rx) = watch::channel(None);
     let (touch_tx, touch) = mpsc::unbounded_channel::<()>();
     let caches = Caches {
@@ -159,10 +172,12 @@ pub fn spawn(client: Client, settings: KubeSettings) -> watch::Receiver<Option<I
         nodes: start::<Node, _>(&client, &touch_tx, |n| Some(objects::node(n))),
         services: start::<Service, _>(&client, &touch_tx, |s| Some(objects::service(s))),
         slices: watch_slices(client.clone(), touch_tx.clone()),
-        service_entries: watch_service_entries(client, touch_tx.clone()),
+        service_entries: watch_service_entries(client.clone(), touch_tx.clone()),
+        custom: custom::watch(client, touch_tx.clone()),
     };
+    let custom = caches.custom.clone();
     tokio::spawn(build_loop(caches, settings, touch, touch_tx, tx));
-    rx
+    (rx, custom)
 }
 
 /// Watches the Pods of every node into a slim cache ([`pod::slim`]): the
@@ -373,10 +388,11 @@ struct Caches {
     services: Cache<Vec<Source>>,
     slices: Cache<Vec<Source>>,
     service_entries: Cache<Vec<Source>>,
+    custom: CustomCaches,
 }
 
 impl Caches {
-    fn generations(&self) -> [u64; 7] {
+    fn generations(&self) -> [u64; 9] {
         [
             self.service_entries.generation(),
             self.pods.generation(),
@@ -385,6 +401,8 @@ impl Caches {
             self.nodes.generation(),
             self.services.generation(),
             self.slices.generation(),
+            self.custom[0].1.generation(),
+            self.custom[1].1.generation(),
         ]
     }
 
@@ -414,6 +432,15 @@ async fn build_loop(
     for (kind, cache) in caches.documents() {
         if !cache.clone().wait_until_ready().await {
             error!(kind, "the watch ended before its first listing");
+            return;
+        }
+    }
+    for (kind, cache) in &caches.custom {
+        if !cache.clone().wait_until_ready().await {
+            error!(
+                kind = kind.name(),
+                "the watch ended before its first listing"
+            );
             return;
         }
     }
@@ -484,11 +511,13 @@ fn watch_roots(
 /// document, not 10k (see docs/kubernetes.md for the measure).
 #[derive(Default)]
 struct ClusterPart {
-    generations: Option<[u64; 7]>,
+    generations: Option<[u64; 9]>,
     /// By pod key: (resourceVersion, document, problems).
     peers: std::collections::BTreeMap<String, (String, Option<Source>, Vec<Problem>)>,
     /// The other kinds' documents.
     others: Vec<Source>,
+    /// The custom resources' `metadata.generation`, by document name.
+    custom: std::collections::BTreeMap<String, i64>,
     problems: Vec<Problem>,
 }
 
@@ -523,10 +552,20 @@ impl ClusterPart {
         for (_, cache) in caches.documents() {
             cache.read(|docs| others.extend(docs.values().flatten().cloned()));
         }
+        let mut custom = std::collections::BTreeMap::new();
+        for (_, cache) in &caches.custom {
+            cache.read(|items| {
+                for c in items.values() {
+                    others.push(c.source.clone());
+                    custom.insert(c.source.file.to_string_lossy().into_owned(), c.generation);
+                }
+            });
+        }
         *self = Self {
             generations: Some(generations),
             peers,
             others,
+            custom,
             problems,
         };
     }
@@ -601,6 +640,7 @@ fn build(
         sources,
         guards,
         waiting,
+        custom: cluster.custom.clone(),
     }
 }
 
@@ -805,6 +845,46 @@ mod tests {
     }
 
     #[test]
+    fn custom_resources_join_the_documents_with_their_generation() {
+        let empty = || cache::cache::<Vec<Source>>().0;
+        let (gateways, writer) = cache::cache::<Custom>();
+        let caches = Caches {
+            pods: cache::cache().0,
+            namespaces: empty(),
+            policies: empty(),
+            nodes: empty(),
+            services: empty(),
+            slices: empty(),
+            service_entries: empty(),
+            custom: [
+                (Kind::EgressGateway, gateways),
+                (Kind::Redirect, cache::cache().0),
+            ],
+        };
+        let gateway = |generation: i64| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "egress.enforcer.dev/v1alpha1", "kind": "EgressGateway",
+                "metadata": {"name": "gw", "namespace": "istio-system", "generation": generation},
+                "spec": {"selector": {}, "clusterCIDRs": ["10.0.0.0/8"]}
+            }))
+            .expect("a custom resource")
+        };
+        let map = |o: &DynamicObject| Some(custom::convert(Kind::EgressGateway, o));
+        writer.apply(watcher::Event::Apply(gateway(2)), &map);
+        let mut part = ClusterPart::default();
+        part.refresh(&caches);
+        const NAME: &str = "kubernetes/egressgateways/istio-system/gw";
+        assert_eq!(part.custom.get(NAME), Some(&2));
+        assert!(part.sources().any(|s| &*s.file == Path::new(NAME)));
+        writer.apply(watcher::Event::Apply(gateway(3)), &map);
+        part.refresh(&caches);
+        assert_eq!(part.custom.get(NAME), Some(&3), "a change is seen");
+        writer.apply(watcher::Event::Delete(gateway(3)), &map);
+        part.refresh(&caches);
+        assert!(part.custom.is_empty() && part.sources().next().is_none());
+    }
+
+    #[test]
     fn a_peer_is_written_again_only_when_its_pod_changed() {
         let (pods, pod_writer) = cache::cache::<SlimPod>();
         let empty = || cache::cache::<Vec<Source>>().0;
@@ -816,6 +896,7 @@ mod tests {
             services: empty(),
             slices: empty(),
             service_entries: empty(),
+            custom: Kind::ALL.map(|k| (k, cache::cache().0)),
         };
         let peer = |name: &str, ip: &str, rv: &str| -> Pod {
             serde_json::from_value(serde_json::json!({

@@ -15,12 +15,13 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod},
     networking::v1::NetworkPolicy,
 };
-use kube::runtime::watcher::Event;
+use kube::{core::DynamicObject, runtime::watcher::Event};
 use tokio::sync::{mpsc, watch};
 
 use super::{
     build_loop,
     cache::{self, Writer},
+    custom::{self, Custom, Kind},
     objects, pod, Caches, KubeSettings,
 };
 use crate::inventory::Inventory;
@@ -35,6 +36,8 @@ pub struct Simulated {
     services: Writer<Vec<Source>>,
     slices: Writer<Vec<Source>>,
     service_entries: Writer<Vec<Source>>,
+    /// EgressGateways and Redirects, as if their CRDs were installed.
+    custom: [(Kind, Writer<Custom>); 2],
     touch: mpsc::UnboundedSender<()>,
     node_name: String,
     sidecar: String,
@@ -56,6 +59,8 @@ impl Simulated {
         let (services, services_w) = cache::cache();
         let (slices, slices_w) = cache::cache();
         let (service_entries, service_entries_w) = cache::cache();
+        let (gateways, gateways_w) = cache::cache();
+        let (redirects, redirects_w) = cache::cache();
         let this = Self {
             pods: pods_w,
             namespaces: namespaces_w,
@@ -64,6 +69,10 @@ impl Simulated {
             services: services_w,
             slices: slices_w,
             service_entries: service_entries_w,
+            custom: [
+                (Kind::EgressGateway, gateways_w),
+                (Kind::Redirect, redirects_w),
+            ],
             touch: touch.clone(),
             node_name: settings.node_name.clone(),
             sidecar: settings.sidecar.clone(),
@@ -71,6 +80,9 @@ impl Simulated {
         };
         this.every(|w| w.apply::<Namespace>(Event::Init, &|_| None));
         this.pods.apply::<Pod>(Event::Init, &|_| None);
+        for (_, w) in &this.custom {
+            w.apply::<DynamicObject>(Event::Init, &|_| None);
+        }
         let caches = Caches {
             pods,
             namespaces,
@@ -79,6 +91,7 @@ impl Simulated {
             services,
             slices,
             service_entries,
+            custom: [(Kind::EgressGateway, gateways), (Kind::Redirect, redirects)],
         };
         tokio::spawn(build_loop(caches, settings, touched, touch, tx));
         (this, rx)
@@ -101,6 +114,9 @@ impl Simulated {
     pub fn listed(&self) {
         self.every(|w| w.apply::<Namespace>(Event::InitDone, &|_| None));
         self.pods.apply::<Pod>(Event::InitDone, &|_| None);
+        for (_, w) in &self.custom {
+            w.apply::<DynamicObject>(Event::InitDone, &|_| None);
+        }
         self.listed.set(true);
         let _ = self.touch.send(());
     }
@@ -154,5 +170,15 @@ impl Simulated {
     pub fn delete_network_policy(&self, np: &NetworkPolicy) {
         let map = |_: &NetworkPolicy| None;
         self.changed(self.policies.apply(Event::Delete(np.clone()), &map));
+    }
+
+    /// An EgressGateway or Redirect custom resource created or changed.
+    pub fn custom(&self, kind: Kind, object: &DynamicObject) {
+        let map = |o: &DynamicObject| Some(custom::convert(kind, o));
+        for (k, w) in &self.custom {
+            if *k == kind {
+                self.changed(w.apply(self.event(object), &map));
+            }
+        }
     }
 }

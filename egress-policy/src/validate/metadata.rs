@@ -2,7 +2,7 @@
 //! name and namespace, no duplicate, and the label, annotation and
 //! finalizer rules kube-apiserver applies.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -74,10 +74,20 @@ impl Builder {
                 Some(l) => format!("{}:{}", file.display(), l.line),
                 None => file.display().to_string(),
             };
+            // Files are loaded before API objects, so a custom resource
+            // named like a file's object is the one found second.
+            let api = |f: &Path| f.starts_with("kubernetes");
+            let hint = if api(ctx.doc.file) && !api(file) {
+                "; a custom resource and a file of --policies cannot share a name: \
+                 the file's object stays in force and this custom resource is left out \
+                 (rename one, or delete one)"
+            } else {
+                ""
+            };
             self.diags.push(ctx.error(
                 FieldPath::of(&["metadata", "name"]),
                 format!(
-                    "duplicate {} {}: already defined at {at}",
+                    "duplicate {} {}: already defined at {at}{hint}",
                     ctx.object.kind,
                     ctx.object_label()
                 ),

@@ -7,7 +7,7 @@ use super::{Builder, Ctx};
 use crate::{
     diagnostic::FieldPath,
     model::{CaptureRules, CaptureScope, Proxy, Redirect},
-    objects::{Object, RedirectSpec, WorkloadSelectorSpec},
+    objects::{Capture, Object, RedirectSpec, WorkloadSelectorSpec},
     ports::PortRange,
 };
 
@@ -94,19 +94,12 @@ impl Builder {
             },
             _ => None,
         };
-        let scope = match spec.capture.as_deref() {
-            None | Some("Sidecar") => Some(CaptureScope::Sidecar),
-            Some("All") => Some(CaptureScope::All),
-            Some(other) => {
-                self.diags.push(ctx.error(
-                    spec_path.key("capture"),
-                    format!("{other:?} is neither `Sidecar` (the default) nor `All`"),
-                ));
-                None
-            }
+        let scope = match spec.capture {
+            None | Some(Capture::Sidecar) => CaptureScope::Sidecar,
+            Some(Capture::All) => CaptureScope::All,
         };
-        let (Some(capture), Some(scope), Some(address), Some(port), Some(proxy_selector)) =
-            (capture, scope, address, port, proxy_selector)
+        let (Some(capture), Some(address), Some(port), Some(proxy_selector)) =
+            (capture, address, port, proxy_selector)
         else {
             return;
         };

@@ -423,7 +423,7 @@ async fn inventory(client: Client) -> anyhow::Result<()> {
         exempt: Vec::new(),
     };
     let started = Instant::now();
-    let mut rx = kubernetes::spawn(client.clone(), settings);
+    let (mut rx, _custom) = kubernetes::spawn(client.clone(), settings);
     let first = tokio::time::timeout(Duration::from_secs(120), rx.wait_for(Option::is_some))
         .await
         .context("no inventory within 120 s")?

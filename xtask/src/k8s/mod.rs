@@ -22,6 +22,7 @@
 //!    `--teardown` only tears down).
 
 pub(crate) mod control_plane;
+mod crds;
 mod dns;
 mod hardening;
 mod images;
@@ -374,6 +375,7 @@ fn bring_up_and_test(
         let outcome = match agent {
             None => baseline(&cluster, checks),
             Some(_) => {
+                crds::prepare(&kubectl)?;
                 apply_agent(&kubectl)?;
                 let ready = scenario::wait_agent(&kubectl, Duration::from_secs(180))?;
                 times.agent_ready = Some(ready);
@@ -388,6 +390,7 @@ fn bring_up_and_test(
                     return result;
                 }
                 let result = (|| {
+                    crds::check(&kubectl, checks);
                     times.scenario = Some(scenario::run(&cluster, checks)?);
                     times.two_nodes = Some(two_nodes::run(&cluster, checks)?);
                     check_metrics(checks);
@@ -568,6 +571,7 @@ patches:
         agent_state = layout::state("agent-state").display(),
         v2 = v2.display(),
     );
+    let kustomization = kustomization + crds::OVERLAY;
     fs::write(overlay.join("kustomization.yaml"), kustomization).context("writing the overlay")?;
     kubectl.run(&["apply", "-k", &overlay.display().to_string()])
 }
