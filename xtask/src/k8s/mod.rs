@@ -40,6 +40,7 @@ pub(crate) mod procs;
 mod reboot;
 mod rollout;
 mod scenario;
+mod service_entries;
 mod teardown;
 mod two_nodes;
 
@@ -376,6 +377,7 @@ fn bring_up_and_test(
             None => baseline(&cluster, checks),
             Some(_) => {
                 crds::prepare(&kubectl)?;
+                service_entries::install_crd(&kubectl)?;
                 apply_agent(&kubectl)?;
                 let ready = scenario::wait_agent(&kubectl, Duration::from_secs(180))?;
                 times.agent_ready = Some(ready);
@@ -393,6 +395,8 @@ fn bring_up_and_test(
                     crds::check(&kubectl, checks);
                     times.scenario = Some(scenario::run(&cluster, checks)?);
                     times.two_nodes = Some(two_nodes::run(&cluster, checks)?);
+                    println!("\nk8s-test: Istio ServiceEntries as a gateway's allow-list");
+                    service_entries::run(&cluster, checks)?;
                     check_metrics(checks);
                     hardening::check(&kubectl, checks);
                     check_status_all_nodes(&kubectl, checks);
