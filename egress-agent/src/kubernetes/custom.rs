@@ -26,10 +26,9 @@ use kube::{
     Api, Client, Resource as _,
 };
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::cache::{self, Cache, Writer};
-use crate::errors::format_chain;
 use egress_policy::{
     objects::{EgressGatewayResource, RedirectResource, EXTENSION_API_VERSION},
     status::PolicyStatus,
@@ -194,32 +193,16 @@ async fn discover_and_watch(
 /// The custom kinds the server serves. Retried with backoff until the
 /// server answers.
 async fn discover(client: &Client) -> Vec<Kind> {
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match probe(client).await {
-            Ok(kinds) => return kinds,
-            Err(e) => {
-                warn!(error = %format_chain(&e), "API discovery of the custom resources failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-        }
-    }
+    super::until_answered("the custom resources", || probe(client)).await
 }
 
 async fn probe(client: &Client) -> Result<Vec<Kind>, kube::Error> {
-    match client
-        .list_api_group_resources(&EgressGatewayResource::api_version(&()))
-        .await
-    {
-        Ok(list) => Ok(Kind::ALL
-            .into_iter()
-            .filter(|k| list.resources.iter().any(|r| r.name == k.plural()))
-            .collect()),
-        // The group is not served: no CRD installed.
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
+    // Nothing served (the group unknown): no CRD installed.
+    let served = super::served(client, &EgressGatewayResource::api_version(&())).await?;
+    Ok(Kind::ALL
+        .into_iter()
+        .filter(|k| served.iter().any(|r| r == k.plural()))
+        .collect())
 }
 
 #[cfg(test)]

@@ -329,17 +329,43 @@ fn watch_service_entries(client: Client, touch: mpsc::UnboundedSender<()>) -> Ca
 /// The newest `networking.istio.io` version that serves ServiceEntries,
 /// if any.
 async fn probe_service_entries(client: &Client) -> Result<Option<String>, kube::Error> {
-    for version in ["v1", "v1beta1", "v1alpha3"] {
-        match client
-            .list_api_group_resources(&format!("networking.istio.io/{version}"))
-            .await
+    let served = first_serving(
+        client,
+        &[
+            "networking.istio.io/v1",
+            "networking.istio.io/v1beta1",
+            "networking.istio.io/v1alpha3",
+        ],
+        "serviceentries",
+    )
+    .await?;
+    Ok(served.and_then(|gv| gv.strip_prefix("networking.istio.io/").map(str::to_owned)))
+}
+
+/// The resources (plural names) the server serves in `group_version`;
+/// none when it does not serve that group version at all (404).
+async fn served(client: &Client, group_version: &str) -> Result<Vec<String>, kube::Error> {
+    match client.list_api_group_resources(group_version).await {
+        Ok(list) => Ok(list.resources.into_iter().map(|r| r.name).collect()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The first of `group_versions` (in order of preference) that serves
+/// `plural`, if any.
+async fn first_serving<'a>(
+    client: &Client,
+    group_versions: &[&'a str],
+    plural: &str,
+) -> Result<Option<&'a str>, kube::Error> {
+    for group_version in group_versions {
+        if served(client, group_version)
+            .await?
+            .iter()
+            .any(|r| r == plural)
         {
-            Ok(list) if list.resources.iter().any(|r| r.name == "serviceentries") => {
-                return Ok(Some(version.to_owned()))
-            }
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(e) => return Err(e),
+            return Ok(Some(group_version));
         }
     }
     Ok(None)
@@ -349,12 +375,22 @@ async fn probe_service_entries(client: &Client) -> Result<Option<String>, kube::
 /// Retried with backoff until the server answers: the first inventory
 /// waits for it, as it waits for every listing.
 async fn discover_slices(client: &Client) -> SliceSource {
+    until_answered("EndpointSlices", || probe_slices(client)).await
+}
+
+/// `probe`, retried with backoff (from 0.5 s to 30 s) until the server
+/// answers; each failure is logged, naming `what` was being discovered.
+async fn until_answered<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
     let mut delay = Duration::from_millis(500);
     loop {
-        match probe_slices(client).await {
-            Ok(source) => return source,
+        match probe().await {
+            Ok(answer) => return answer,
             Err(e) => {
-                warn!(error = %format_chain(&e), "API discovery of EndpointSlices failed; retrying");
+                warn!(error = %format_chain(&e), "API discovery of {what} failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
@@ -363,21 +399,14 @@ async fn discover_slices(client: &Client) -> SliceSource {
 }
 
 async fn probe_slices(client: &Client) -> Result<SliceSource, kube::Error> {
-    for (group_version, source) in [
-        ("discovery.k8s.io/v1", SliceSource::V1),
-        ("discovery.k8s.io/v1beta1", SliceSource::V1beta1),
-    ] {
-        match client.list_api_group_resources(group_version).await {
-            Ok(list) if list.resources.iter().any(|r| r.name == "endpointslices") => {
-                return Ok(source)
-            }
-            Ok(_) => {}
-            // Not served at all.
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(SliceSource::Endpoints)
+    let versions = ["discovery.k8s.io/v1", "discovery.k8s.io/v1beta1"];
+    Ok(
+        match first_serving(client, &versions, "endpointslices").await? {
+            Some("discovery.k8s.io/v1") => SliceSource::V1,
+            Some(_) => SliceSource::V1beta1,
+            None => SliceSource::Endpoints,
+        },
+    )
 }
 
 struct Caches {
