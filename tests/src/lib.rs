@@ -10,6 +10,7 @@
 //! namespace's interfaces and routes are never touched.
 
 pub mod agent;
+pub mod apiserver;
 pub mod bpftool;
 pub mod cgroup;
 pub mod enforcer;

@@ -271,9 +271,18 @@ fn route_gateway_through_its_port(sim: &SimNode) -> anyhow::Result<()> {
         .ip(&["-6", "route", "add", &v6, "via", &gw6, "dev", "eth0"])
 }
 
-/// Waits until the agent's bridge table knows `ports` (a condition wait,
-/// bounded by [`APPLY_WAIT`]).
-fn wait_for_ports(sim: &SimNode, ports: &[&str]) -> anyhow::Result<()> {
+/// Waits until the agent's bridge table knows the ports (the node's ends
+/// of their veths) of `pods` (a condition wait, bounded by
+/// [`APPLY_WAIT`]).
+fn wait_for_ports(sim: &SimNode, pods: &[&str]) -> anyhow::Result<()> {
+    let ports = pods
+        .iter()
+        .map(|p| {
+            sim.pod_of(&id(p))
+                .and_then(|pod| pod.node_if.clone())
+                .with_context(|| format!("{p}'s port"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let deadline = Instant::now() + APPLY_WAIT;
     loop {
         let listed =
@@ -360,26 +369,21 @@ fn send_tunnelled(
             );
             sent[usize::from(own)][usize::from(from.is_ipv6())] += 1;
             if expect_arrival {
-                let sniffer = &sniffers[usize::from(from.is_ipv6())];
-                let got = sniffer.next_event(ARRIVAL);
                 let wanted = Event::Packet {
                     source: from,
                     protocol: packet.protocol(),
                 };
-                ensure!(
-                    got.as_ref() == Some(&wanted),
-                    "{round}: {packet} (outer source {what}): arrived {got:?}, expected {wanted:?}"
-                );
+                let sniffer = &sniffers[usize::from(from.is_ipv6())];
+                arrives(
+                    sniffer,
+                    wanted,
+                    &format!("{round}: {packet} (outer source {what})"),
+                )?;
             }
         }
     }
     if !expect_arrival {
-        // One bounded wait after the last send covers them all: any
-        // arrival, of any of them, ends it.
-        for sniffer in sniffers {
-            let got = sniffer.events(SILENCE);
-            ensure!(got.is_empty(), "{round}: outer packets arrived: {got:?}");
-        }
+        none_arrive(sniffers, &format!("{round}: outer packets"))?;
     }
     Ok(sent)
 }
@@ -457,25 +461,16 @@ fn through_the_node_vtep(
         let v6 = usize::from(inner_to.is_ipv6());
         sent[v6] += 1;
         if expect {
-            let got = sniffers[v6].next_event(ARRIVAL);
             let wanted = Event::Packet {
                 source: inner_from,
                 protocol: packet::IPPROTO_UDP,
             };
-            ensure!(
-                got.as_ref() == Some(&wanted),
-                "{round}: {packet}, decapsulated by the node: arrived {got:?}, expected {wanted:?}"
-            );
+            let what = format!("{round}: {packet}, decapsulated by the node");
+            arrives(&sniffers[v6], wanted, &what)?;
         }
     }
     if !expect {
-        for sniffer in sniffers {
-            let got = sniffer.events(SILENCE);
-            ensure!(
-                got.is_empty(),
-                "{round}: decapsulated by the node, arrived: {got:?}"
-            );
-        }
+        none_arrive(sniffers, &format!("{round}: decapsulated by the node"))?;
     }
     Ok(sent)
 }
@@ -578,15 +573,13 @@ fn tunnelled_packets_from_a_pod_port_never_leave_the_node_whatever_their_outer_s
 
     let mut node = Running::start(sim, &[])?;
     let sim = &node.sim;
-    let gateway_port = sim
-        .pod_of(&id("istio-system/istio-egressgateway"))
-        .and_then(|p| p.node_if.clone())
-        .context("gateway port")?;
     let pod = sim.pod_of(&sleep).context("sleep pod")?;
-    let sleep_port = pod.node_if.clone().context("sleep port")?;
     // The gateway's port too: its addresses are only known to be bound to
     // a port (and so forged from any other) once it is.
-    wait_for_ports(sim, &[&gateway_port, &sleep_port])?;
+    wait_for_ports(
+        sim,
+        &["istio-system/istio-egressgateway", "test-egress/sleep"],
+    )?;
 
     // From the workload's cgroup, the egress program judges the outer
     // packet (to the internet: refused at the send).
@@ -663,13 +656,11 @@ fn forged_sources_from_a_pod_port_never_leave_the_node_with_the_agent_up_or_kill
 
     let mut node = Running::start(sim, &[])?;
     let sim = &node.sim;
-    let gateway_port = sim
-        .pod_of(&id("istio-system/istio-egressgateway"))
-        .and_then(|p| p.node_if.clone())
-        .context("gateway port")?;
     let pod = sim.pod_of(&sleep).context("sleep pod")?;
-    let sleep_port = pod.node_if.clone().context("sleep port")?;
-    wait_for_ports(sim, &[&gateway_port, &sleep_port])?;
+    wait_for_ports(
+        sim,
+        &["istio-system/istio-egressgateway", "test-egress/sleep"],
+    )?;
     let outside = Client::outside(&pod.netns);
 
     for round in ["agent running", "agent SIGKILLed"] {
@@ -690,6 +681,26 @@ fn forged_sources_from_a_pod_port_never_leave_the_node_with_the_agent_up_or_kill
         if round == "agent running" {
             node.agent.kill()?;
         }
+    }
+    Ok(())
+}
+
+/// The next packet `sniffer` sees, within [`ARRIVAL`], is `wanted`.
+fn arrives(sniffer: &Listener, wanted: Event, what: &str) -> anyhow::Result<()> {
+    let got = sniffer.next_event(ARRIVAL);
+    ensure!(
+        got.as_ref() == Some(&wanted),
+        "{what}: arrived {got:?}, expected {wanted:?}"
+    );
+    Ok(())
+}
+
+/// No sniffer sees anything. One bounded wait after the last send covers
+/// every packet sent: any arrival, of any of them, ends it.
+fn none_arrive(sniffers: &[Listener], what: &str) -> anyhow::Result<()> {
+    for sniffer in sniffers {
+        let got = sniffer.events(SILENCE);
+        ensure!(got.is_empty(), "{what} arrived: {got:?}");
     }
     Ok(())
 }

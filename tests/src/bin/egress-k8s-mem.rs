@@ -121,10 +121,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let mut config = kube::Config::new(args.server.parse().context("--server")?);
-        config.accept_invalid_certs = true;
-        config.auth_info.token = Some(args.token.clone().into());
-        let client = Client::try_from(config).context("client")?;
+        let client = integration_tests::apiserver::client(&args.server, &args.token, None)?;
         match args.command {
             Command::Create { pods, per_node } => create(client, pods, per_node).await,
             Command::Measure { mode, node } => measure(client, mode, node).await,

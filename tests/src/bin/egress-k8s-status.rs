@@ -55,11 +55,11 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let mut config = kube::Config::new(args.server.parse().context("--server")?);
-        config.accept_invalid_certs = true;
-        config.auth_info.token = Some(args.token.clone().into());
-        config.auth_info.impersonate = args.impersonate.clone();
-        let client = Client::try_from(config).context("client")?;
+        let client = integration_tests::apiserver::client(
+            &args.server,
+            &args.token,
+            args.impersonate.clone(),
+        )?;
         run(client, &args).await
     })
 }

@@ -780,19 +780,7 @@ fn check_status_all_nodes(kubectl: &Kubectl, checks: &mut Checks) {
         }
     };
     let status = |output: &str| {
-        kubectl
-            .output(&[
-                "exec",
-                "-n",
-                "egress-enforcer",
-                &pod,
-                "--",
-                "egress-agent",
-                "status",
-                "--all-nodes",
-                "-o",
-                output,
-            ])
+        scenario::agent_cli(kubectl, &pod, &["status", "--all-nodes", "-o", output])
             .unwrap_or_else(|e| format!("{e:#}"))
     };
     let table = status("wide");

@@ -744,17 +744,7 @@ fn sigkill(
         thread::sleep(Duration::from_millis(200));
     }
     let took = wait_agent(k, Duration::from_secs(120))?;
-    let status = k.output(&[
-        "exec",
-        "-n",
-        AGENT_NS,
-        &pod,
-        "--",
-        "egress-agent",
-        "status",
-        "-o",
-        "json",
-    ])?;
+    let status = agent_cli(k, &pod, &["status", "-o", "json"])?;
     let adopted = status.matches("\"adopted\":true").count();
     let fresh = status.matches("\"adopted\":false").count();
     checks.check(
@@ -959,6 +949,13 @@ fn summarize(outcomes: &[&str]) -> String {
 }
 
 pub const AGENT_NS: &str = "egress-enforcer";
+
+/// `egress-agent ARGS` in the agent's pod `pod`, its output. The image
+/// has no shell: the verb runs directly (`kubectl exec … -- egress-agent`).
+pub fn agent_cli(kubectl: &Kubectl, pod: &str, args: &[&str]) -> anyhow::Result<String> {
+    let exec = ["exec", "-n", AGENT_NS, pod, "--", "egress-agent"];
+    kubectl.output(&[&exec[..], args].concat())
+}
 const AGENT_SELECTOR: &str = "app.kubernetes.io/name=egress-agent";
 
 /// How long the "no agent" checks wait once the agent's pods are gone:

@@ -301,15 +301,7 @@ fn print_agent_events(k: &Kubectl) {
             // The agent's image has no shell: the verbs run directly, and
             // the output is cut here.
             for (verb, keep_last) in [("events", true), ("status", false)] {
-                let shown = match k.output(&[
-                    "exec",
-                    "-n",
-                    "egress-enforcer",
-                    &pod,
-                    "--",
-                    "egress-agent",
-                    verb,
-                ]) {
+                let shown = match scenario::agent_cli(k, &pod, &[verb]) {
                     Ok(out) => {
                         let lines: Vec<&str> = out.lines().collect();
                         let cut = if keep_last {

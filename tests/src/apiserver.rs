@@ -1,0 +1,16 @@
+//! A client for the test API servers (`apiserver-diff`'s and k8s-test's),
+//! which serve a self-signed certificate on loopback and take a bearer
+//! token.
+
+use anyhow::Context as _;
+use kube::Client;
+
+/// A client of `server` (`https://…`) with `token`, as `impersonate` when
+/// given. The server's certificate is not checked: the tests made it.
+pub fn client(server: &str, token: &str, impersonate: Option<String>) -> anyhow::Result<Client> {
+    let mut config = kube::Config::new(server.parse().context("--server")?);
+    config.accept_invalid_certs = true;
+    config.auth_info.token = Some(token.to_owned().into());
+    config.auth_info.impersonate = impersonate;
+    Client::try_from(config).context("client")
+}
