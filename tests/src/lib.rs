@@ -25,6 +25,7 @@ pub mod packet;
 pub mod pins;
 pub mod policies;
 pub mod probe;
+pub mod rotating_dns;
 pub mod scenario;
 
 pub use cgroup::TestCgroup;

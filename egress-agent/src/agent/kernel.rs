@@ -18,11 +18,14 @@ use crate::{
         VerdictKind,
     },
     observe::{self, KernelView},
-    resolve::ResolvedHosts,
+    resolve::{
+        relay::{GatewayDns, RelayedGateway},
+        HostResolver, ResolvedHosts,
+    },
     sys,
 };
 use egress_common::{capacity, EventConfig, EventStat};
-use egress_policy::model::ObjectId;
+use egress_policy::model::{HostName, ObjectId};
 
 /// Why the kernel could not be programmed.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +142,12 @@ pub struct KernelEnforcer {
     last_port_look: Option<Instant>,
     /// Workloads whose ports could not be looked for, already warned of.
     ports_unseen: BTreeSet<ObjectId>,
+    /// `run --follow-gateway-dns`: the relay's port, and the relays once
+    /// the resolver runs ([`Enforcer::use_resolver`]).
+    gateway_dns_port: Option<u16>,
+    gateway_dns: Option<GatewayDns>,
+    /// Set when a gateway's relay started or went since the last apply.
+    relays_moved: bool,
 }
 
 /// A workload as the port finder needs it.
@@ -223,6 +232,9 @@ impl KernelEnforcer {
             ports_moved: false,
             last_port_look: None,
             ports_unseen: BTreeSet::new(),
+            gateway_dns_port: None,
+            gateway_dns: None,
+            relays_moved: false,
         })
     }
 
@@ -259,6 +271,38 @@ impl KernelEnforcer {
     pub fn with_dns_capture(mut self, on: bool) -> Self {
         self.capture_dns = on;
         self
+    }
+
+    /// Relays the gateways' DNS at `port` on their loopback, and programs
+    /// the answers they get for their `allowedHosts` names before passing
+    /// them on (`run --follow-gateway-dns`, see `resolve::relay`).
+    pub fn with_gateway_dns(mut self, port: Option<u16>) -> Self {
+        self.gateway_dns_port = port;
+        self
+    }
+
+    /// The plan's gateways with DNS names, for the relays.
+    fn relayed_gateways(&self, plan: &Plan) -> Vec<RelayedGateway> {
+        plan.workloads
+            .iter()
+            .filter_map(|w| {
+                let hosts = w.gateway.as_ref()?.allowed_hosts.as_ref()?;
+                let names: BTreeSet<String> = hosts
+                    .iter()
+                    .filter_map(|h| match &h.host {
+                        HostName::Dns(name) => Some(name.clone()),
+                        HostName::Net(_) => None,
+                    })
+                    .collect();
+                (!names.is_empty()).then(|| RelayedGateway {
+                    id: w.id.clone(),
+                    cgroup: self
+                        .cgroup_mount
+                        .join(dataplane::cgroup_relative(&self.cgroup_mount, &w.cgroup)),
+                    names,
+                })
+            })
+            .collect()
     }
 
     pub fn dataplane_mut(&mut self) -> &mut Dataplane {
@@ -443,6 +487,21 @@ impl Enforcer for KernelEnforcer {
             stripped = plan.clone().without_dns_capture();
             &stripped
         };
+        // Gateways' DNS goes to a relay only once it listens: a query sent
+        // to a port nobody holds would fail.
+        let relayed;
+        let gateways = self
+            .gateway_dns
+            .is_some()
+            .then(|| self.relayed_gateways(plan));
+        let plan = match (self.gateway_dns.as_mut(), gateways) {
+            (Some(relays), Some(gateways)) => {
+                let ready = relays.sync(gateways);
+                relayed = plan.clone().with_gateway_dns(&ready, relays.port());
+                &relayed
+            }
+            _ => plan,
+        };
         let image =
             MapImage::build(plan, &ids, &resolved, self.audit).map_err(KernelError::Image)?;
         // The tables depend on the node rules only; rewriting them also
@@ -492,6 +551,10 @@ impl Enforcer for KernelEnforcer {
             self.nft_seen.clear();
             self.nft_applied = Some(node);
         }
+        if let Some(relays) = &self.gateway_dns {
+            relays.programmed(hosts);
+            self.relays_moved = false;
+        }
         if let Some(e) = &stats.cleanup_error {
             warn!(error = %e, "the new generation is in force, but deleting the previous one stopped short; the next apply removes what is left");
         }
@@ -523,6 +586,16 @@ impl Enforcer for KernelEnforcer {
         info!(?stats, "data plane programmed");
         self.save_boot_state(plan);
         Ok(())
+    }
+
+    fn use_resolver(&mut self, resolver: &HostResolver) {
+        let Some(port) = self.gateway_dns_port else {
+            return;
+        };
+        match GatewayDns::new(port, resolver.learner()) {
+            Ok(relays) => self.gateway_dns = Some(relays),
+            Err(e) => warn!(error = %e, "cannot relay the gateways' DNS"),
+        }
     }
 
     fn view(&self) -> KernelView {
@@ -638,7 +711,7 @@ impl Enforcer for KernelEnforcer {
     }
 
     fn needs_reconcile(&self, plan: &Plan) -> bool {
-        if self.ports_moved {
+        if self.ports_moved || self.relays_moved {
             return true;
         }
         // One stat per workload, and only while some still wait.
@@ -653,6 +726,12 @@ impl Enforcer for KernelEnforcer {
     fn poll(&mut self) {
         self.poll_backstop(false);
         self.poll_ports();
+        if let Some(relays) = &mut self.gateway_dns {
+            if relays.poll() {
+                info!("a gateway's DNS relay started or stopped: applying again");
+                self.relays_moved = true;
+            }
+        }
         if !self.audit
             || self
                 .last_audit

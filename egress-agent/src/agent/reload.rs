@@ -37,6 +37,10 @@ pub trait Enforcer {
     /// reporting audit findings.
     fn poll(&mut self) {}
 
+    /// Hands the enforcer the running resolver, for what follows DNS
+    /// answers (the gateways' relay, `run --follow-gateway-dns`).
+    fn use_resolver(&mut self, _resolver: &crate::resolve::HostResolver) {}
+
     /// What `status` and `/metrics` show of the kernel side.
     fn view(&self) -> crate::observe::KernelView {
         crate::observe::KernelView::default()

@@ -151,6 +151,7 @@ pub async fn run<E: Enforcer>(
     }
 
     let resolver = HostResolver::spawn(options.resolver.clone(), []).map_err(RunError::Resolver)?;
+    reloader.enforcer_mut().use_resolver(&resolver);
     let mut hosts = resolver.subscribe();
 
     resolve_first(

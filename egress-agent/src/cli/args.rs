@@ -142,6 +142,23 @@ pub struct RunArgs {
     /// proxying). Off by default.
     #[arg(long)]
     pub capture_dns: bool,
+    /// Make the gateways' allow-lists follow the DNS answers the gateways
+    /// themselves get: their UDP queries go to a relay of the agent's on
+    /// their loopback at this port (15054 when the flag is given alone),
+    /// which asks the agent's DNS servers and programs the addresses of
+    /// their `allowedHosts` names before passing the answer on.
+    #[arg(
+        long,
+        value_name = "PORT",
+        num_args = 0..=1,
+        default_missing_value = "15054",
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub follow_gateway_dns: Option<u16>,
+    /// How long past its TTL an address a gateway was given stays allowed
+    /// (with --follow-gateway-dns).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub gateway_dns_grace: u64,
     #[arg(long, value_enum, default_value_t)]
     pub log_format: LogFormat,
     /// Unix socket for `events` and `status` (mode 0600).

@@ -83,6 +83,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             args.ebpf_log,
         )?
         .with_dns_capture(args.capture_dns)
+        .with_gateway_dns(args.follow_gateway_dns)
         .with_boot_state(args.boot_state.clone());
         let guards = guards(args, &mut enforcer)?;
         let mut observing = observe(args, checked.metrics, &mut enforcer).await?;
@@ -122,6 +123,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             } else {
                 Upstream::Servers(args.dns_servers.clone())
             },
+            learn_grace: std::time::Duration::from_secs(args.gateway_dns_grace),
             ..ResolverSettings::default()
         };
         run_agent(

@@ -1,6 +1,9 @@
 //! The plan: what the kernel is programmed with, per workload.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use ipnet::IpNet;
 use serde::Serialize;
@@ -10,7 +13,7 @@ use serde::Serialize;
 pub use super::prefix::{Allow, RuleRef};
 use super::{prefix::PrefixTable, services::Frontend};
 use egress_policy::{
-    model::{AllowedHost, CaptureRules, ObjectId},
+    model::{AllowedHost, CaptureRules, IpRanges, ObjectId},
     ports::Protocol,
 };
 
@@ -51,6 +54,32 @@ impl Plan {
     pub fn without_dns_capture(mut self) -> Self {
         for capture in self.workloads.iter_mut().filter_map(|w| w.capture.as_mut()) {
             capture.dns_port = None;
+        }
+        self
+    }
+
+    /// The plan with the DNS of the gateways in `relayed` sent to the
+    /// agent's relay on their loopback at `port` (`run
+    /// --follow-gateway-dns`, see `resolve::relay`): a capture of UDP/53
+    /// alone, with no TCP captured. A gateway that a Redirect captures
+    /// keeps that capture.
+    pub fn with_gateway_dns(mut self, relayed: &BTreeSet<ObjectId>, port: u16) -> Self {
+        for w in &mut self.workloads {
+            let Some(gateway) = &w.gateway else {
+                continue;
+            };
+            if w.capture.is_some() || !relayed.contains(&w.id) {
+                continue;
+            }
+            w.capture = Some(Capture {
+                redirect: gateway.gateway.clone(),
+                proxy: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port),
+                rules: CaptureRules {
+                    include_ip_ranges: IpRanges::Only(Vec::new()),
+                    ..CaptureRules::default()
+                },
+                dns_port: Some(port),
+            });
         }
         self
     }

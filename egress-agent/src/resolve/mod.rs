@@ -16,6 +16,10 @@
 //!   past their expiry, then go. Retries back off from
 //!   [`ResolverSettings::retry_min`] to [`ResolverSettings::retry_max`].
 //!
+//! With `run --follow-gateway-dns` the gateways' own DNS answers are added
+//! too: [`relay`] answers their queries, and an answer for one of their
+//! names is programmed before it is passed on.
+//!
 //! The DNS client is hickory's stub resolver, asking `/etc/resolv.conf`'s
 //! servers or an explicit list ([`Upstream`]).
 
@@ -25,6 +29,7 @@ mod names;
 mod query;
 mod record;
 mod refresh;
+pub mod relay;
 mod resolver;
 mod settings;
 

@@ -21,6 +21,8 @@ pub(crate) struct Querier {
     resolver: TokioResolver,
     /// `IP:PORT, …`, for error messages.
     servers: Arc<str>,
+    /// The same servers, for the gateways' DNS relay.
+    addrs: Arc<[std::net::SocketAddr]>,
 }
 
 impl Querier {
@@ -58,6 +60,7 @@ impl Querier {
                 )
             }
         };
+        let addrs = server_addrs(&config).into();
         let servers = describe(&config);
         opts.timeout = settings.query_timeout;
         opts.attempts = settings.attempts;
@@ -79,6 +82,7 @@ impl Querier {
         Ok(Self {
             resolver,
             servers: servers.into(),
+            addrs,
         })
     }
 
@@ -111,12 +115,16 @@ impl Querier {
     pub(crate) fn servers(&self) -> &str {
         &self.servers
     }
+
+    pub(crate) fn addrs(&self) -> Arc<[std::net::SocketAddr]> {
+        Arc::clone(&self.addrs)
+    }
 }
 
 /// The addresses in `records` that belong to `name`, directly or through
 /// its CNAME chain, and the shortest TTL along the way. Records for other
 /// owners are ignored: a server cannot widen the allow-list with extras.
-fn addresses(name: &Name, family: Family, records: &[Record]) -> Answer {
+pub(crate) fn addresses(name: &Name, family: Family, records: &[Record]) -> Answer {
     let mut owners = vec![name.clone()];
     let mut ttl = None::<u32>;
     // Each pass adds at least one owner or stops, so this ends.
@@ -150,13 +158,23 @@ fn addresses(name: &Name, family: Family, records: &[Record]) -> Answer {
     }
 }
 
+fn server_addrs(config: &ResolverConfig) -> Vec<std::net::SocketAddr> {
+    config
+        .name_servers()
+        .iter()
+        .map(|ns| {
+            let port = ns.connections.first().map_or(53, |c| c.port);
+            std::net::SocketAddr::new(ns.ip, port)
+        })
+        .collect()
+}
+
 fn describe(config: &ResolverConfig) -> String {
-    let mut out = Vec::new();
-    for ns in config.name_servers() {
-        let port = ns.connections.first().map_or(53, |c| c.port);
-        out.push(std::net::SocketAddr::new(ns.ip, port).to_string());
-    }
-    out.join(", ")
+    let addrs: Vec<String> = server_addrs(config)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    addrs.join(", ")
 }
 
 /// The name as the policy wrote it: no trailing dot.

@@ -51,6 +51,7 @@ pub(crate) struct Timing {
     refresh_lead: Duration,
     retry_min: Duration,
     retry_max: Duration,
+    learn_grace: Duration,
 }
 
 impl From<&ResolverSettings> for Timing {
@@ -62,6 +63,7 @@ impl From<&ResolverSettings> for Timing {
             refresh_lead: s.refresh_lead,
             retry_min: s.retry_min,
             retry_max: s.retry_max,
+            learn_grace: s.learn_grace,
         }
     }
 }
@@ -152,6 +154,32 @@ impl RecordSet {
         self.prune(now, timing);
     }
 
+    /// An answer the gateway itself received (through the agent's relay,
+    /// [`super::relay`]): its addresses are added, each allowed for its TTL
+    /// (clamped as for the agent's own answers) plus `learn_grace`, and
+    /// nothing else changes. The gateway may hold an address until its TTL
+    /// runs out and a little past it (connection pools, DNS caches that
+    /// round up), and a rotating name hands out a different address to
+    /// every asker, so one asker's answer supersedes nobody's.
+    pub(crate) fn learned(&mut self, now: Instant, answer: &Answer, timing: &Timing) {
+        let until = now + timing.ttl(answer.ttl) + timing.learn_grace;
+        for &addr in &answer.addrs {
+            self.held
+                .entry(addr)
+                .and_modify(|held| {
+                    // Never shorten what the agent's own answers allow; an
+                    // address of theirs keeps its stale-if-error grace.
+                    held.expires = held.expires.max(until);
+                })
+                .or_insert(Held {
+                    expires: until,
+                    // A hard deadline: no stale grace on top of it.
+                    superseded: true,
+                });
+        }
+        self.prune(now, timing);
+    }
+
     /// No usable answer: addresses stay until their grace ends, and the
     /// next try backs off.
     pub(crate) fn failed(&mut self, now: Instant, timing: &Timing) {
@@ -200,6 +228,7 @@ mod tests {
             refresh_lead: 2 * S,
             retry_min: S,
             retry_max: 30 * S,
+            learn_grace: 30 * S,
             ..ResolverSettings::default()
         })
     }
@@ -298,6 +327,27 @@ mod tests {
         set.answered(t0 + S, &answer(&["192.0.2.1"], 5), &t);
         let next = set.drop_time(ip("192.0.2.1"), &t);
         assert_eq!(next, Some(t0 + 600 * S + 300 * S));
+    }
+
+    #[test]
+    fn a_learned_answer_adds_its_addresses_for_ttl_plus_grace_and_supersedes_nothing() {
+        let (t, t0) = (timing(), Instant::now());
+        let mut set = RecordSet::new(t0);
+        set.answered(t0, &answer(&["192.0.2.1"], 60), &t);
+        // A rotating name: the gateway got another address, TTL 1 s.
+        set.learned(t0 + S, &answer(&["192.0.2.9"], 1), &t);
+        assert_eq!(at(&set, t0 + S, &t), [ip("192.0.2.1"), ip("192.0.2.9")]);
+        // Clamped to ttl_min (5 s), plus the 30 s learn grace, then gone.
+        assert_eq!(set.drop_time(ip("192.0.2.9"), &t), Some(t0 + 36 * S));
+        assert!(!at(&set, t0 + 36 * S, &t).contains(&ip("192.0.2.9")));
+        // The agent's own address keeps its stale-if-error grace.
+        assert_eq!(set.drop_time(ip("192.0.2.1"), &t), Some(t0 + 360 * S));
+        // Learning an address the agent holds never shortens it.
+        set.learned(t0 + 2 * S, &answer(&["192.0.2.1"], 1), &t);
+        assert_eq!(set.drop_time(ip("192.0.2.1"), &t), Some(t0 + 360 * S));
+        // Nor does the agent's next refresh cut a learned one short.
+        set.answered(t0 + 3 * S, &answer(&["192.0.2.1"], 60), &t);
+        assert_eq!(set.drop_time(ip("192.0.2.9"), &t), Some(t0 + 36 * S));
     }
 
     impl RecordSet {

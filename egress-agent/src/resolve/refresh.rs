@@ -9,7 +9,7 @@ use std::{
 
 use hickory_resolver::proto::rr::Name;
 use tokio::{
-    sync::watch,
+    sync::{mpsc, watch},
     task::{AbortHandle, Id, JoinError, JoinSet},
 };
 
@@ -18,6 +18,16 @@ use super::{
     record::{Answer, Family, RecordSet, Timing},
     ResolveError, ResolvedHosts, ResolverSettings,
 };
+
+/// An answer a gateway received for one of the watched names, relayed
+/// by the agent ([`super::relay`]), to be added as
+/// [`RecordSet::learned`] says.
+#[derive(Debug)]
+pub(crate) struct Learned {
+    pub(crate) name: String,
+    pub(crate) family: Family,
+    pub(crate) answer: Answer,
+}
 
 /// Names whose latest lookup failed, with the error (the first family's,
 /// when both failed).
@@ -70,7 +80,11 @@ impl Refresher {
     }
 
     /// Runs until the [`super::HostResolver`] is dropped.
-    pub(crate) async fn run(mut self, mut names: watch::Receiver<BTreeMap<String, Name>>) {
+    pub(crate) async fn run(
+        mut self,
+        mut names: watch::Receiver<BTreeMap<String, Name>>,
+        mut learned: mpsc::Receiver<Learned>,
+    ) {
         let initial = names.borrow_and_update().clone();
         self.set_names(&initial, Instant::now());
         loop {
@@ -89,6 +103,7 @@ impl Refresher {
                 Some(done) = self.lookups.join_next_with_id() => {
                     self.finish(done, Instant::now());
                 }
+                Some(learned) = learned.recv() => self.learn(&learned, Instant::now()),
                 () = tokio::time::sleep_until(wake.into()) => {}
             }
         }
@@ -171,6 +186,15 @@ impl Refresher {
                 entry.set.failed(now, &self.timing);
                 entry.last_error = Some(Arc::new(err));
             }
+        }
+    }
+
+    /// Adds a relayed answer; one for a name no longer watched (removed
+    /// while the query was under way) is dropped.
+    fn learn(&mut self, learned: &Learned, now: Instant) {
+        let key = (learned.name.clone(), learned.family);
+        if let Some(entry) = self.entries.get_mut(&key) {
+            entry.set.learned(now, &learned.answer, &self.timing);
         }
     }
 

@@ -4,13 +4,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use hickory_resolver::proto::rr::Name;
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 
 use super::{
     query::Querier,
-    refresh::{LookupFailures, Refresher},
+    refresh::{Learned, LookupFailures, Refresher},
+    relay::Learner,
     ResolveError, ResolvedHosts, ResolverSettings,
 };
+
+/// Relayed answers waiting for the refresh task. A full queue makes the
+/// relay wait, which delays that gateway's answer, never drops it.
+const LEARN_QUEUE: usize = 1024;
 
 /// Keeps the addresses of a set of DNS names current, following each
 /// answer's TTL.
@@ -42,6 +50,9 @@ pub struct HostResolver {
     hosts: watch::Receiver<ResolvedHosts>,
     failures: watch::Receiver<LookupFailures>,
     servers: String,
+    learn: mpsc::Sender<Learned>,
+    upstream: std::sync::Arc<[std::net::SocketAddr]>,
+    query_timeout: std::time::Duration,
     task: JoinHandle<()>,
 }
 
@@ -57,16 +68,21 @@ impl HostResolver {
         let names = qualify(names)?;
         let querier = Querier::new(&settings)?;
         let servers = querier.servers().to_owned();
+        let upstream = querier.addrs();
+        let (learn, learned) = mpsc::channel(LEARN_QUEUE);
         let (names_tx, names_rx) = watch::channel(names);
         let (hosts_tx, hosts) = watch::channel(ResolvedHosts::default());
         let (failures_tx, failures) = watch::channel(LookupFailures::default());
         let refresher = Refresher::new(querier, &settings, hosts_tx, failures_tx);
-        let task = runtime.spawn(refresher.run(names_rx));
+        let task = runtime.spawn(refresher.run(names_rx, learned));
         Ok(Self {
             names: names_tx,
             hosts,
             failures,
             servers,
+            learn,
+            upstream,
+            query_timeout: settings.query_timeout,
             task,
         })
     }
@@ -99,6 +115,16 @@ impl HostResolver {
     /// `explain`); a name leaves it on its next answer.
     pub fn failures(&self) -> watch::Receiver<LookupFailures> {
         self.failures.clone()
+    }
+
+    /// What the gateways' DNS relay needs: the servers to forward to (the
+    /// ones the agent asks) and the way to hand over what it learns.
+    pub fn learner(&self) -> Learner {
+        Learner {
+            learn: self.learn.clone(),
+            upstream: std::sync::Arc::clone(&self.upstream),
+            timeout: self.query_timeout,
+        }
     }
 
     /// The DNS servers asked, `IP:PORT, …`.

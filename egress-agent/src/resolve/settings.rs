@@ -49,6 +49,12 @@ pub struct ResolverSettings {
     /// consecutive failure up to [`Self::retry_max`].
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// How long past its TTL an address that a gateway was given (through
+    /// the agent's DNS relay, `run --follow-gateway-dns`) stays allowed:
+    /// clients round TTLs up, pool connections and cache answers a little
+    /// longer than told. Bounded, so that a rotating name's addresses do
+    /// not pile up.
+    pub learn_grace: Duration,
 }
 
 impl Default for ResolverSettings {
@@ -63,6 +69,7 @@ impl Default for ResolverSettings {
             attempts: 2,
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
+            learn_grace: Duration::from_secs(60),
         }
     }
 }
@@ -83,6 +90,7 @@ impl ResolverSettings {
             ("query_timeout", self.query_timeout),
             ("retry_min", self.retry_min),
             ("retry_max", self.retry_max),
+            ("learn_grace", self.learn_grace),
         ];
         if let Some((field, span)) = spans.iter().find(|(_, span)| *span > LONGEST) {
             return bad(format!("{field} {span:?} is longer than {LONGEST:?}"));

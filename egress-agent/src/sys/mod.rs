@@ -1,5 +1,6 @@
 //! Host facts the agent depends on: cgroup2 and bpffs mounts, the memlock
-//! limit, and the workloads' ports on the node ([`ports`]).
+//! limit, the workloads' ports on the node ([`ports`]) and sockets in their
+//! network namespaces ([`netns`]).
 //!
 //! Nothing here hard-codes a path: distributions and container runtimes
 //! mount cgroup2 at `/sys/fs/cgroup` (unified), `/sys/fs/cgroup/unified`
@@ -11,6 +12,7 @@ mod error;
 mod memlock;
 pub mod mountinfo;
 mod netlink;
+pub mod netns;
 pub mod ports;
 mod statfs;
 

@@ -105,7 +105,7 @@ impl PortFinder {
 /// The pids in `cgroup` and below, at most [`MAX_PROCESSES`]. A process
 /// may move into a child cgroup of its workload's, and Kubernetes puts a
 /// pod's processes in one child cgroup per container.
-fn processes(cgroup: &Path) -> Vec<u32> {
+pub(super) fn processes(cgroup: &Path) -> Vec<u32> {
     let mut pids = Vec::new();
     let mut dirs = vec![cgroup.to_path_buf()];
     let mut walked = 0;
