@@ -38,6 +38,18 @@ impl RotatingDns {
         ttl: u32,
     ) -> anyhow::Result<Self> {
         let socket = in_netns(netns, || UdpSocket::bind(address))??;
+        Self::on(socket, name, pool, ttl)
+    }
+
+    /// As [`RotatingDns::start`], on a socket already bound.
+    pub fn on(
+        socket: UdpSocket,
+        name: &str,
+        pool: Vec<Ipv4Addr>,
+        ttl: u32,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(!pool.is_empty(), "an empty address pool");
+        let address = socket.local_addr()?;
         socket.set_read_timeout(Some(Duration::from_millis(100)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicUsize::new(0));

@@ -43,10 +43,14 @@ pub fn start(cluster: &Cluster<'_>) -> anyhow::Result<(Child, Duration)> {
         .collect();
     // --local: cluster.local is answered here only (NXDOMAIN for what is
     // not a Service); --hostsdir: the Services' records, re-read on change.
+    // --server: the rotating name's zone goes to its own server, as a
+    // stub zone would (see gateway_dns).
     let script = format!(
         "exec dnsmasq --keep-in-foreground --user=root --no-resolv --no-hosts \
          --local=/cluster.local/ --hostsdir=/etc/dns-records --log-queries \
-         --log-facility=-{records}"
+         --server=/{zone}/{server} --log-facility=-{records}",
+        zone = super::gateway_dns::ZONE,
+        server = super::gateway_dns::server(),
     );
     let yaml = format!(
         "apiVersion: v1

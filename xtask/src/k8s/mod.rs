@@ -24,6 +24,7 @@
 pub(crate) mod control_plane;
 mod crds;
 mod dns;
+mod gateway_dns;
 mod hardening;
 mod images;
 pub mod kind;
@@ -362,6 +363,10 @@ fn bring_up_and_test(
             by_name: true,
         };
         scenario::prepare(&cluster)?;
+        // Before kube-dns, which forwards the rotating name's zone to it.
+        if agent.is_some() {
+            children.extend(gateway_dns::start()?);
+        }
         let (sync, dns_after) = dns::start(&cluster)?;
         children.push(("dns-sync", sync));
         times.dns = Some(dns_after);
@@ -397,6 +402,8 @@ fn bring_up_and_test(
                     times.two_nodes = Some(two_nodes::run(&cluster, checks)?);
                     println!("\nk8s-test: Istio ServiceEntries as a gateway's allow-list");
                     service_entries::run(&cluster, checks)?;
+                    println!("\nk8s-test: a gateway's allow-list follows its own DNS answers");
+                    gateway_dns::run(&cluster, checks)?;
                     check_metrics(checks);
                     hardening::check(&kubectl, checks);
                     check_status_all_nodes(&kubectl, checks);
@@ -552,6 +559,7 @@ patches:
             - --bpffs={BPFFS_DIR}/$(NODE_NAME)
             - --metrics-addr=$(POD_IPS)
             - --boot-state=/var/lib/egress-agent/boot.json
+            - --follow-gateway-dns
             volumeMounts:
             - name: run
               mountPath: /run/egress-agent
