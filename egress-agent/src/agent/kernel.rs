@@ -598,6 +598,12 @@ impl Enforcer for KernelEnforcer {
         }
     }
 
+    fn stop_relaying(&mut self) -> bool {
+        self.gateway_dns
+            .take()
+            .is_some_and(|relays| !relays.ready().is_empty())
+    }
+
     fn view(&self) -> KernelView {
         let dp = &self.dataplane;
         let programs = dp

@@ -41,6 +41,13 @@ pub trait Enforcer {
     /// answers (the gateways' relay, `run --follow-gateway-dns`).
     fn use_resolver(&mut self, _resolver: &crate::resolve::HostResolver) {}
 
+    /// Stops what follows DNS answers, before the agent exits; true when
+    /// the data plane must be applied again for it (the gateways' DNS no
+    /// longer sent to relays that are about to close).
+    fn stop_relaying(&mut self) -> bool {
+        false
+    }
+
     /// What `status` and `/metrics` show of the kernel side.
     fn view(&self) -> crate::observe::KernelView {
         crate::observe::KernelView::default()

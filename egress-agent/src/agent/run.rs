@@ -215,6 +215,12 @@ pub async fn run<E: Enforcer>(
                     _ = int.recv() => break,
                 }
     }
+    // Nothing will answer on the gateways' relays once this process is
+    // gone: hand their DNS back to the servers they ask first.
+    if reloader.enforcer_mut().stop_relaying() {
+        info!("stopping the gateways' DNS relays: their queries go to their own servers again");
+        let _ = reloader.reenforce(None);
+    }
     info!("exiting; enforcement stays in force (pinned) until `egress-agent uninstall`");
     Ok(())
 }
