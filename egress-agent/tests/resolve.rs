@@ -108,6 +108,7 @@ impl FakeDns {
             attempts: 1,
             retry_min: 200 * MS,
             retry_max: 500 * MS,
+            learn_grace: Duration::from_secs(1),
         }
     }
 }

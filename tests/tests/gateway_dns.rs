@@ -55,7 +55,7 @@ impl Scene {
                 &format!("  - host: edition.cnn.com\n    ports: [80, 443]\n  - host: {NAME}\n    ports: [80]"),
             )
         })?;
-        let sim = SimNode::new(&[policies.clone()]);
+        let sim = SimNode::new(std::slice::from_ref(&policies));
         // The node keeps its own copy.
         let _ = std::fs::remove_dir_all(&policies);
         let sim = sim?;

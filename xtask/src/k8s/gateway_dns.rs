@@ -108,8 +108,8 @@ fn answered() -> usize {
     fs::read_to_string(layout::log(LOG))
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.strip_prefix("answered ")?.trim().parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("answered ")?.trim().parse().ok())
         .unwrap_or(0)
 }
 
@@ -166,7 +166,7 @@ pub fn run(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
             "istio-system/cdn-gateway fetches http://{NAME}:{PORT}/ (its first answer programmed; {:.1} s after Ready)",
             began.elapsed().as_secs_f32()
         ),
-        &format!("{}{}", first.stdout, first.stderr).trim().to_owned(),
+        format!("{}{}", first.stdout, first.stderr).trim(),
     );
 
     let before = answered();
