@@ -24,6 +24,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use egress_policy::model::ObjectId;
 use integration_tests::{
     agent::{Agent, APPLY_WAIT},
     names,
@@ -39,6 +40,10 @@ const GRACE_SECS: u64 = 1;
 /// answers on every address; none is a seed host's.
 fn pool() -> Vec<Ipv4Addr> {
     (100..140).map(|d| Ipv4Addr::new(203, 0, 113, d)).collect()
+}
+
+fn gateway() -> ObjectId {
+    id("istio-system/istio-egressgateway")
 }
 
 struct Scene {
@@ -102,6 +107,23 @@ impl Scene {
         Ok(agent)
     }
 
+    /// What `getent` finds for the name from `who`'s pod, asking the
+    /// rotating server.
+    fn lookup(&self, who: &ObjectId) -> anyhow::Result<Vec<IpAddr>> {
+        let out = self
+            .sim
+            .pod_command_resolving_with(who, "getent", self.dns.address.ip())?
+            .args(["ahostsv4", NAME])
+            .stdin(Stdio::null())
+            .output()?;
+        let mut found: Vec<IpAddr> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        found.dedup();
+        Ok(found)
+    }
+
     /// `n` requests from the gateway's pod, each resolving the name afresh
     /// (curl has no DNS cache across runs); `(http code, address, curl
     /// exit)` per request.
@@ -111,10 +133,9 @@ impl Scene {
              --max-time 5 {extra} --write-out '%{{http_code}} %{{remote_ip}} %{{exitcode}}\\n' \
              http://{NAME}/; done"
         );
-        let gateway = id("istio-system/istio-egressgateway");
         let output = self
             .sim
-            .pod_command_resolving_with(&gateway, "sh", self.dns.address.ip())?
+            .pod_command_resolving_with(&gateway(), "sh", self.dns.address.ip())?
             .args(["-c", &script])
             .stdin(Stdio::null())
             .output()?;
@@ -192,6 +213,16 @@ fn the_gateways_allow_list_follows_its_own_rotating_dns_answers() -> anyhow::Res
         (stale[0].0, stale[0].2),
         (0, 7),
         "a connect to {last} after its TTL and grace must be refused: {stale:?}"
+    );
+
+    // SIGTERM hands the gateway's DNS back to its own server before the
+    // relay closes: its lookups keep answering with no agent.
+    agent.terminate()?;
+    let resolved = scene.lookup(&gateway())?;
+    assert!(
+        resolved.len() == 1 && pool().iter().any(|p| IpAddr::V4(*p) == resolved[0]),
+        "with the agent stopped the gateway must still resolve {NAME}: {resolved:?}\n{}",
+        agent.log()
     );
     Ok(())
 }
