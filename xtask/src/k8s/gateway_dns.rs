@@ -150,7 +150,9 @@ pub fn run(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
         "pod/cdn-gateway",
         Duration::from_secs(120),
     )?;
-    let fetch = format!("wget -q -O /dev/null -T 5 http://{NAME}:{PORT}/");
+    // `timeout`, not wget's own -T, which crashes busybox 1.35's wget
+    // (SIGSEGV before it sends anything).
+    let fetch = format!("timeout 8 wget -q -O /dev/null http://{NAME}:{PORT}/");
     // Until the agent has the pod and its relay.
     let began = Instant::now();
     let first = loop {
