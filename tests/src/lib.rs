@@ -20,6 +20,7 @@ pub mod mesh;
 pub mod names;
 pub mod netns;
 pub mod nftns;
+pub mod nftshim;
 pub mod node;
 pub mod packet;
 pub mod pins;
@@ -39,7 +40,7 @@ pub use probe::{
 /// How long a silence check waits for what must not happen (a datagram that
 /// must not arrive, a log line the agent must not write). A bound, not a
 /// timing check: a regression turns into an arrival within it, long against
-/// the agent's 50 ms reload debounce and its event readers.
+/// a small reload and the agent's event readers.
 pub const SILENCE: std::time::Duration = std::time::Duration::from_millis(700);
 
 /// Fails early, and says why, when the tests cannot work at all.

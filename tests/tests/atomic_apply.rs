@@ -7,9 +7,7 @@
 //! failed. Once nft works again, the same policy applies.
 
 use std::{
-    fs,
     net::SocketAddr,
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -20,6 +18,7 @@ use integration_tests::{
     agent::agent_exe,
     names,
     nftns::nft,
+    nftshim::NftShim,
     node::SimNode,
     require_root,
     scenario::{id, seed_policies, Running},
@@ -37,73 +36,6 @@ const SEED_NETWORK_POLICY: &str = "allow-egress-to-istio-system-and-kube-dns";
 /// The address generation 2 adds to the node rules (so the backstop's
 /// table must be rewritten), of a pod not on this node yet.
 const NEW_POD_ADDRESS: &str = "10.244.2.99";
-
-/// An `nft` that fails the backstop's transactions (`nft -j -f -`) while
-/// its fault file exists, and is the real nft otherwise. Each transaction
-/// it fails is noted in `failed`.
-struct NftShim {
-    dir: PathBuf,
-    fault: PathBuf,
-    failed: PathBuf,
-}
-
-impl NftShim {
-    fn new() -> anyhow::Result<Self> {
-        let real = Command::new("sh").args(["-c", "command -v nft"]).output()?;
-        let real = String::from_utf8(real.stdout)?.trim().to_owned();
-        ensure!(!real.is_empty(), "nft is not installed");
-        let dir = std::env::temp_dir().join(names::unique("egress-nft-shim"));
-        fs::create_dir_all(&dir)?;
-        let shim = Self {
-            fault: dir.join("fault"),
-            failed: dir.join("failed"),
-            dir,
-        };
-        let script = format!(
-            "#!/bin/sh\n\
-             # Fault injection: the backstop's transaction fails while the fault file exists.\n\
-             if [ -e '{fault}' ] && [ \"$*\" = '-j -f -' ]; then\n\
-             \x20   cat > /dev/null\n\
-             \x20   echo x >> '{failed}'\n\
-             \x20   echo 'Error: injected fault: the transaction was refused' >&2\n\
-             \x20   exit 1\n\
-             fi\n\
-             exec '{real}' \"$@\"\n",
-            fault = shim.fault.display(),
-            failed = shim.failed.display(),
-        );
-        let path = shim.dir.join("nft");
-        fs::write(&path, script)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-        Ok(shim)
-    }
-
-    /// `PATH` with the shim first.
-    fn path(&self) -> String {
-        let rest = std::env::var("PATH").unwrap_or_default();
-        format!("{}:{rest}", self.dir.display())
-    }
-
-    fn fail(&self, on: bool) -> anyhow::Result<()> {
-        if on {
-            fs::write(&self.fault, "")?;
-        } else if self.fault.exists() {
-            fs::remove_file(&self.fault)?;
-        }
-        Ok(())
-    }
-
-    /// Transactions failed so far.
-    fn failures(&self) -> usize {
-        fs::read_to_string(&self.failed).map_or(0, |s| s.lines().count())
-    }
-}
-
-impl Drop for NftShim {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// The agent on the seed node, observed through its CLI and `/metrics`.
 struct Node {

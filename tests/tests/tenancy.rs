@@ -223,7 +223,7 @@ fn a_bad_policy_in_one_namespace_does_not_hold_back_another() -> anyhow::Result<
         pins.path(),
         Some(root.path()),
         false,
-        false,
+        None,
         EventConfig {
             sample_allow: 0,
             interval_ms: 1000,

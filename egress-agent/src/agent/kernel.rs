@@ -1,5 +1,7 @@
 //! The real [`Enforcer`]: the eBPF data plane plus the nftables backstop.
 
+mod view;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -10,21 +12,22 @@ use std::{
 
 use tracing::{info, warn};
 
-use super::reload::Enforcer;
+use super::reload::{Enforcer, Observer};
 use crate::{
     compile::{guard::BootState, NodeRules, Plan, WorkloadPort},
     dataplane::{
-        self, nft::Backstop, Dataplane, DataplaneError, EbpfLogLevel, ImageError, MapImage,
-        VerdictKind,
+        self,
+        nft::{Backstop, NftError},
+        Dataplane, DataplaneError, EbpfLogLevel, ImageError, MapImage, VerdictKind,
     },
-    observe::{self, KernelView},
+    observe,
     resolve::{
         relay::{GatewayDns, RelayedGateway},
         HostResolver, ResolvedHosts,
     },
     sys,
 };
-use egress_common::{capacity, EventConfig, EventStat};
+use egress_common::EventConfig;
 use egress_policy::model::{HostName, ObjectId};
 
 /// Why the kernel could not be programmed.
@@ -121,9 +124,11 @@ pub struct KernelEnforcer {
     /// Audit counts already reported, and when they were last read.
     audited: BTreeMap<(u64, Option<u32>, VerdictKind), u64>,
     last_audit: Option<Instant>,
-    /// Names of the image in force, shared with the event reader.
+    /// Names of the image in force, shared with the event reader and the
+    /// observer.
     shared_names: Arc<RwLock<observe::Names>>,
-    events: EventConfig,
+    /// What `status` and `/metrics` read, beside the applies.
+    observer: Arc<view::KernelObserver>,
     /// Where backstop drops are reported as events, and the counts last
     /// reported.
     hub: Option<observe::EventHub>,
@@ -179,17 +184,20 @@ const AUDIT_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 impl KernelEnforcer {
     /// Loads or adopts the pinned data plane under `pin_dir`, attached at
-    /// `cgroup_root` (default: the cgroup2 mount's root). In audit mode the
+    /// `cgroup_root` (default: the cgroup2 mount's root), with `backstop`
+    /// as the nftables backstop (`None`: `--no-nft`). In audit mode the
     /// backstop is not installed: it can only drop, never count-and-pass.
     pub fn open(
         pin_dir: &Path,
         cgroup_root: Option<&Path>,
         audit: bool,
-        nft: bool,
+        backstop: Option<Backstop>,
         events: EventConfig,
         ebpf_log: EbpfLogLevel,
     ) -> Result<Self, KernelError> {
-        super::preflight::check(nft && !audit)?;
+        let nft = backstop.is_some();
+        let backstop = backstop.filter(|_| !audit);
+        super::preflight::check(backstop.as_ref())?;
         super::preflight::ensure_bpffs(pin_dir)?;
         let lock = super::lock::PinDirLock::acquire(pin_dir)?;
         let cgroup_mount = sys::cgroup2_mount().map_err(KernelError::Cgroup2)?;
@@ -204,6 +212,17 @@ impl KernelEnforcer {
         dataplane
             .set_event_config(events)
             .map_err(|e| KernelError::Events(Box::new(e)))?;
+        let reader = dataplane.reader().map_err(|source| KernelError::Open {
+            pin_dir: pin_dir.to_owned(),
+            source: Box::new(source),
+        })?;
+        let shared_names = Arc::default();
+        let observer = Arc::new(view::KernelObserver {
+            dataplane: reader,
+            backstop: backstop.clone(),
+            events,
+            names: Arc::clone(&shared_names),
+        });
         info!(pin_dir = %pin_dir.display(), cgroup_root = %root.display(), links = dataplane.links().len(), "data plane attached");
         if audit && nft {
             warn!(
@@ -213,7 +232,7 @@ impl KernelEnforcer {
         Ok(Self {
             _lock: lock,
             dataplane,
-            backstop: (nft && !audit).then(Backstop::new),
+            backstop,
             cgroup_mount,
             audit,
             capture_dns: false,
@@ -221,8 +240,8 @@ impl KernelEnforcer {
             names: Names::default(),
             audited: BTreeMap::new(),
             last_audit: None,
-            shared_names: Arc::default(),
-            events,
+            shared_names,
+            observer,
             hub: None,
             nft_seen: BTreeMap::new(),
             last_nft_poll: None,
@@ -530,6 +549,14 @@ impl Enforcer for KernelEnforcer {
                     "the nftables transaction failed: the new eBPF generation was taken back \
                      before the flip"
                 );
+                if matches!(e, NftError::TimedOut { .. }) {
+                    // nft was killed at its timeout, normally before it
+                    // sent its transaction; but the kernel may have taken
+                    // it first. The table's rules are then unknown, and
+                    // the next apply rewrites it whatever they are.
+                    warn!("the nftables backstop's table may hold the new node rules until the next apply");
+                    self.nft_applied = None;
+                }
                 return Err(KernelError::Nft(e));
             }
         }
@@ -604,116 +631,8 @@ impl Enforcer for KernelEnforcer {
             .is_some_and(|relays| !relays.ready().is_empty())
     }
 
-    fn view(&self) -> KernelView {
-        let dp = &self.dataplane;
-        let programs = dp
-            .links()
-            .iter()
-            .map(|l| observe::status::ProgramStatus {
-                program: dataplane::program_name(l.hook).to_owned(),
-                link_id: l.link_id,
-                program_id: l.program_id,
-                adopted: l.adopted,
-            })
-            .collect();
-        let mut maps = Vec::new();
-        let fill = |name: &str, entries: usize, capacity: u32| observe::status::MapFill {
-            name: name.to_owned(),
-            entries: entries as u64,
-            capacity: u64::from(capacity),
-        };
-        match dp.entry_counts() {
-            Ok(c) => maps.extend([
-                fill("workloads", c.workloads, capacity::WORKLOADS),
-                fill("policies", c.policies, capacity::POLICIES),
-                fill("allow", c.allow, 2 * capacity::ALLOW),
-                fill("port_sets", c.port_sets, capacity::PORT_SETS),
-                fill("cluster", c.cluster, 2 * capacity::CLUSTER),
-                fill("gateway", c.gateway, 2 * capacity::GATEWAY),
-                fill("host_ports", c.host_ports, capacity::HOST_PORTS),
-                fill("captures", c.captures, capacity::POLICIES),
-                fill("capture", c.capture, 2 * capacity::CAPTURE),
-            ]),
-            Err(e) => warn!(error = %e, "cannot count map entries"),
-        }
-        let flows = dp.flow_entries();
-        maps.push(fill(
-            "inbound_tcp",
-            flows.inbound_tcp,
-            capacity::INBOUND_TCP,
-        ));
-        maps.push(fill(
-            "inbound_udp",
-            flows.inbound_udp,
-            capacity::INBOUND_UDP,
-        ));
-        maps.extend([
-            fill("redirected", flows.redirected, capacity::REDIRECTED),
-            fill("orig_dst", flows.orig_dst, capacity::ORIG_DST),
-            fill("dns_orig", flows.dns_orig, capacity::DNS_ORIG),
-        ]);
-        let counters = dp
-            .counters()
-            .inspect_err(|e| warn!(error = %e, "cannot read the verdict counters"))
-            .ok();
-        if let Some(c) = &counters {
-            maps.push(fill("rule_hits", c.hits().len(), capacity::RULE_HITS));
-        }
-        let mut events = observe::status::KernelEvents {
-            sample_allow: self.events.sample_allow,
-            interval_ms: self.events.interval_ms,
-            ..Default::default()
-        };
-        match dp.event_stats() {
-            Ok(stats) => {
-                for (stat, n) in stats {
-                    match stat {
-                        EventStat::Emitted => events.emitted = n,
-                        EventStat::Suppressed => events.suppressed = n,
-                        EventStat::RingFull => events.ring_full = n,
-                    }
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot read the event counters"),
-        }
-        let nft = match &self.backstop {
-            None => observe::status::NftStatus {
-                installed: false,
-                table: dataplane::nft::TABLE.to_owned(),
-                ..Default::default()
-            },
-            Some(backstop) => match backstop.counters() {
-                Ok(counts) => observe::status::NftStatus {
-                    installed: true,
-                    table: dataplane::nft::TABLE.to_owned(),
-                    dropped_packets: counts
-                        .iter()
-                        .map(|(c, v)| (c.name().to_owned(), v.packets))
-                        .collect(),
-                    error: None,
-                },
-                Err(e) => observe::status::NftStatus {
-                    installed: false,
-                    table: dataplane::nft::TABLE.to_owned(),
-                    dropped_packets: vec![],
-                    error: Some(super::reload::format_chain(&e)),
-                },
-            },
-        };
-        KernelView {
-            pin_dir: dp.pin_dir().display().to_string(),
-            cgroup_root: dp.cgroup_root().display().to_string(),
-            programs,
-            maps,
-            nft,
-            events,
-            counters,
-            names: self
-                .shared_names
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        }
+    fn observer(&self) -> Arc<dyn Observer> {
+        Arc::clone(&self.observer) as Arc<dyn Observer>
     }
 
     fn needs_reconcile(&self, plan: &Plan) -> bool {

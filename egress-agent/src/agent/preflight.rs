@@ -11,11 +11,11 @@ use std::{
     net::SocketAddr,
     os::unix::fs::FileTypeExt as _,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use tracing::{error, warn};
 
+use crate::dataplane::nft::{Backstop, NftError};
 use egress_policy::{Rejected, Severity};
 
 /// Capabilities `run` needs, as bit numbers of `CapEff`.
@@ -35,6 +35,11 @@ pub enum PreflightError {
     NoNft {
         #[source]
         source: io::Error,
+    },
+    #[error("nft does not work ({source}); fix nftables or pass --no-nft")]
+    Nft {
+        #[source]
+        source: NftError,
     },
     #[error("bpffs is not mounted at {path} and mounting it failed: {source}")]
     Bpffs {
@@ -216,8 +221,9 @@ fn check_socket(path: &Path) -> Result<(), PreflightError> {
     }
 }
 
-/// Checks privileges and, when the backstop is wanted, the nft binary.
-pub fn check(nft: bool) -> Result<(), PreflightError> {
+/// Checks privileges and, when the backstop is wanted, that its nft runs
+/// (within its timeout).
+pub fn check(backstop: Option<&Backstop>) -> Result<(), PreflightError> {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     let missing = missing_caps(&status);
     if !missing.is_empty() {
@@ -225,13 +231,11 @@ pub fn check(nft: bool) -> Result<(), PreflightError> {
             missing: missing.join(", "),
         });
     }
-    if nft {
-        Command::new("nft")
-            .arg("--version")
-            .output()
-            .map_err(|source| PreflightError::NoNft { source })?;
+    match backstop.map(Backstop::version) {
+        None | Some(Ok(_)) => Ok(()),
+        Some(Err(NftError::Run { source, .. })) => Err(PreflightError::NoNft { source }),
+        Some(Err(source)) => Err(PreflightError::Nft { source }),
     }
-    Ok(())
 }
 
 /// Mounts bpffs at the standard `/sys/fs/bpf` when the pin directory is

@@ -33,7 +33,7 @@ pub trait Enforcer {
         false
     }
 
-    /// Called on every tick of the event loop, for periodic work such as
+    /// Called on every tick of the apply worker, for periodic work such as
     /// reporting audit findings.
     fn poll(&mut self) {}
 
@@ -48,7 +48,24 @@ pub trait Enforcer {
         false
     }
 
-    /// What `status` and `/metrics` show of the kernel side.
+    /// What `status` and `/metrics` read of the kernel side. It is read on
+    /// other threads, while this enforcer applies, so it shares no state
+    /// with it but what it is given here.
+    fn observer(&self) -> Arc<dyn Observer> {
+        Arc::new(Unobserved)
+    }
+}
+
+/// Reads what `status` and `/metrics` show of the kernel side (see
+/// [`Enforcer::observer`]).
+pub trait Observer: Send + Sync {
+    fn view(&self) -> crate::observe::KernelView;
+}
+
+/// An enforcer with nothing of the kernel to show.
+struct Unobserved;
+
+impl Observer for Unobserved {
     fn view(&self) -> crate::observe::KernelView {
         crate::observe::KernelView::default()
     }

@@ -1,26 +1,26 @@
-//! The agent's event loop: what makes it reload.
+//! The agent's event loop: what makes it reload, and the answers to
+//! `status` and `/metrics`.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use notify::{RecursiveMode, Watcher};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
-    time::{interval, sleep, MissedTickBehavior},
 };
 use tracing::{error, info};
 
 use super::{
-    reload::{format_chain, Enforcer, Inventory, Reloader},
-    state::ReloadOutcome,
+    mailbox::Request,
+    reload::{format_chain, Enforcer, Inventory, Observer, Reloader},
+    worker::{Outlets, Snapshot, Ticks, Worker},
 };
 use crate::{
-    compile::{Egress, Plan},
-    kubernetes::events::{Rejection, Report, Verdict},
+    compile::Plan,
+    kubernetes::events::Report,
     observe::{metrics, EventHub, Query, Status},
     resolve::{dns_names, HostResolver, ResolverSettings},
 };
-use egress_policy::model::ObjectId;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,14 +41,15 @@ pub enum RunError {
     Resolver(#[source] crate::resolve::ResolveError),
     #[error("the Kubernetes inventory ended before its first listing")]
     InventoryGone,
+    #[error("cannot start the apply worker")]
+    Worker(#[source] std::io::Error),
+    #[error("the apply worker stopped (it panicked); exiting so that the agent is restarted")]
+    WorkerGone,
 }
 
-/// Timing knobs of the loop.
+/// Timing knobs of the loop and the worker.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Several files may be completed at once (`cp -r`, a ConfigMap
-    /// update); completions closer together than this become one reload.
-    pub debounce: Duration,
     /// How often workloads whose cgroup did not exist yet are looked for.
     pub reconcile_every: Duration,
     pub resolver: ResolverSettings,
@@ -62,7 +63,6 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
-            debounce: Duration::from_millis(50),
             reconcile_every: Duration::from_millis(100),
             resolver: ResolverSettings::default(),
             initial_dns_wait: Duration::from_secs(2),
@@ -86,24 +86,41 @@ pub struct Observing {
 /// programs and maps stay pinned (fail closed); only `uninstall` removes
 /// them.
 ///
+/// The loop turns triggers (file changes, SIGHUP, inventories, DNS
+/// answers) into requests to the apply worker ([`super::worker`]), which
+/// owns `reloader` from the first apply on, and never waits for an apply
+/// itself. A lone trigger is applied at once; those that come while an
+/// apply runs are applied together right after it. `status` and
+/// `/metrics` are answered all along, from what the worker last published.
+///
 /// With `inventory` (Kubernetes mode), nothing is applied before the first
 /// inventory arrives: until the API server has listed every Pod,
 /// Namespace and NetworkPolicy, a plan would lack policies and open what
 /// they close. Pinned enforcement (and the pending policy) stays in force
-/// while it waits. Each new inventory is applied after `debounce`, like a
-/// file change.
-pub async fn run<E: Enforcer>(
+/// while it waits.
+pub async fn run<E: Enforcer + Send + 'static>(
     mut reloader: Reloader<E>,
     paths: &[PathBuf],
     options: RunOptions,
     observing: Option<Observing>,
     mut inventory: Option<watch::Receiver<Option<Inventory>>>,
 ) -> Result<(), RunError> {
-    let (mut queries, hub, ready, rejections) = match observing {
-        Some(o) => (Some(o.queries), o.hub, Some(o.ready), o.rejections),
-        None => (None, EventHub::new(0), None, None),
+    let (published, mut snapshots) = watch::channel(Snapshot::of(reloader.state()));
+    let (ready, rejections) = match observing {
+        Some(o) => {
+            // Answered from now on, whatever the worker is doing, and
+            // before it starts (while the first listing and the first DNS
+            // answers are awaited).
+            tokio::spawn(serve_queries(
+                o.queries,
+                snapshots.clone(),
+                reloader.enforcer().observer(),
+                o.hub,
+            ));
+            (Some(o.ready), o.rejections)
+        }
+        None => (None, None),
     };
-    let mut host_refreshes: u64 = 0;
     let sig = |kind, name| {
         signal(kind).map_err(|source| RunError::Signal {
             signal: name,
@@ -162,67 +179,110 @@ pub async fn run<E: Enforcer>(
         options.initial_dns_wait,
     )
     .await;
-    reload(&mut reloader, &resolver);
-    after_reload(&ready, &rejections, &reloader);
-    let mut tick = interval(options.reconcile_every);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut pending_tick = interval(options.pending_every);
-    pending_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
+    let worker = Worker::spawn(
+        reloader,
+        Ticks {
+            reconcile_every: options.reconcile_every,
+            pending_every: options.pending_every,
+        },
+        Outlets {
+            snapshots: published,
+            ready,
+            rejections,
+        },
+    )
+    .map_err(RunError::Worker)?;
+    worker.post(Request::Reload);
+    // The generation whose allowedHosts names the resolver watches.
+    let mut named = None;
+    let result = loop {
         tokio::select! {
-                    _ = hup.recv() => {
-                        info!("SIGHUP: reloading");
-                        reload(&mut reloader, &resolver);
-                        after_reload(&ready, &rejections, &reloader);
-                    }
-                    Some(()) = changes.recv() => {
-                        sleep(options.debounce).await;
-                        while changes.try_recv().is_ok() {}
-                        info!("policy files changed: reloading");
-                        reload(&mut reloader, &resolver);
-                        after_reload(&ready, &rejections, &reloader);
-                    }
-                    Some(()) = next_inventory(&mut inventory) => {
-                        sleep(options.debounce).await;
-                        if let Some(latest) = inventory.as_mut().and_then(|f| f.borrow_and_update().clone()) {
-                            reloader.set_inventory(latest);
-                            reload(&mut reloader, &resolver);
-                            after_reload(&ready, &rejections, &reloader);
-                        }
-                    }
-                    Ok(()) = hosts.changed() => {
-                        let snapshot = hosts.borrow_and_update().clone();
-        info!(hosts = %describe(&snapshot), "allowedHosts addresses changed");
-                        // A failure is logged and counted by the reloader;
-                        // the addresses in force stay.
-                        if reloader.reenforce(Some(snapshot)).is_ok() {
-                            host_refreshes += 1;
-                        }
-                    }
-                    _ = tick.tick() => {
-                        reloader.enforcer_mut().poll();
-                        let due = reloader.plan().is_some_and(|plan| reloader.enforcer().needs_reconcile(&plan));
-                        if due {
-                            // Logged and counted by the reloader.
-                            let _ = reloader.reenforce(None);
-                        }
-                    }
-                    _ = pending_tick.tick() => reloader.refresh_pending(),
-                    Some(query) = next_query(&mut queries) => {
-                        answer(query, &reloader, &hub, host_refreshes);
-                    }
-                    _ = term.recv() => break,
-                    _ = int.recv() => break,
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading");
+                worker.post(Request::Reload);
+            }
+            Some(()) = changes.recv() => {
+                while changes.try_recv().is_ok() {}
+                info!("policy files changed: reloading");
+                worker.post(Request::Reload);
+            }
+            Some(()) = next_inventory(&mut inventory) => {
+                if let Some(latest) = inventory.as_mut().and_then(|f| f.borrow_and_update().clone()) {
+                    worker.post(Request::Inventory(latest));
                 }
+            }
+            Ok(()) = hosts.changed() => {
+                let snapshot = hosts.borrow_and_update().clone();
+                info!(hosts = %describe(&snapshot), "allowedHosts addresses changed");
+                worker.post(Request::Hosts(snapshot));
+            }
+            changed = snapshots.changed() => match changed {
+                Ok(()) => {
+                    let plan = snapshots.borrow_and_update().state.current.as_ref().map(|g| (g.number, Arc::clone(&g.plan)));
+                    watch_names(plan, &mut named, &resolver);
+                }
+                // Only a panic ends the worker before the loop stops it.
+                Err(_) => break Err(RunError::WorkerGone),
+            },
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+        }
+    };
+    if snapshots.borrow().applying.is_some() {
+        info!("waiting for the apply in progress to finish");
     }
-    // Nothing will answer on the gateways' relays once this process is
-    // gone: hand their DNS back to the servers they ask first.
-    if reloader.enforcer_mut().stop_relaying() {
-        info!("stopping the gateways' DNS relays: their queries go to their own servers again");
-        let _ = reloader.reenforce(None);
+    // The worker's end closes the snapshots, which ends the query server.
+    if let Ok(Err(_)) = tokio::task::spawn_blocking(move || worker.stop()).await {
+        error!("the apply worker panicked");
     }
-    info!("exiting; enforcement stays in force (pinned) until `egress-agent uninstall`");
-    Ok(())
+    if result.is_ok() {
+        info!("exiting; enforcement stays in force (pinned) until `egress-agent uninstall`");
+    }
+    result
+}
+
+/// Has the resolver watch the `allowedHosts` names of the plan in force,
+/// when a reload put a new generation in force.
+fn watch_names(plan: Option<(u64, Arc<Plan>)>, named: &mut Option<u64>, resolver: &HostResolver) {
+    let Some((generation, plan)) = plan else {
+        return;
+    };
+    if *named == Some(generation) {
+        return;
+    }
+    *named = Some(generation);
+    if let Err(e) = resolver.set_names(dns_names(&plan)) {
+        error!(error = %format_chain(&e), "cannot watch the new allowedHosts names");
+    }
+}
+
+/// Answers `status` and `/metrics`, one query at a time as the loop did,
+/// from the worker's last snapshot and a fresh read of the kernel, until
+/// the snapshots end (the agent exits). The read (every map, and nft for
+/// the backstop's counters) runs on a blocking thread, so that nothing
+/// async waits on it.
+async fn serve_queries(
+    mut queries: mpsc::Receiver<Query>,
+    mut snapshots: watch::Receiver<Snapshot>,
+    observer: Arc<dyn Observer>,
+    hub: EventHub,
+) {
+    loop {
+        let query = tokio::select! {
+            query = queries.recv() => query,
+            Err(_) = snapshots.changed() => None,
+        };
+        let Some(query) = query else {
+            return;
+        };
+        let snapshot = snapshots.borrow().clone();
+        let (observer, hub) = (Arc::clone(&observer), hub.clone());
+        // A panic fails this query alone: its reply is dropped.
+        let _ = tokio::task::spawn_blocking(move || {
+            answer(query, &snapshot, observer.as_ref(), &hub);
+        })
+        .await;
+    }
 }
 
 /// Whether a watcher event marks a policy file as complete, so that a
@@ -305,17 +365,15 @@ async fn next_inventory(feed: &mut Option<watch::Receiver<Option<Inventory>>>) -
     }
 }
 
-/// The next query, or never when nobody observes.
-async fn next_query(queries: &mut Option<mpsc::Receiver<Query>>) -> Option<Query> {
-    match queries {
-        Some(q) => q.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-fn answer<E: Enforcer>(query: Query, reloader: &Reloader<E>, hub: &EventHub, refreshes: u64) {
-    let kernel = reloader.enforcer().view();
-    let status = Status::build(reloader.state(), &kernel, hub, refreshes);
+fn answer(query: Query, snapshot: &Snapshot, observer: &dyn Observer, hub: &EventHub) {
+    let kernel = observer.view();
+    let status = Status::build(
+        &snapshot.state,
+        snapshot.applying.as_ref(),
+        &kernel,
+        hub,
+        snapshot.host_refreshes,
+    );
     // A client that went away is not an error.
     let _ = match query {
         Query::Status(reply) => reply.send(status).map_err(drop),
@@ -327,113 +385,6 @@ fn answer<E: Enforcer>(query: Query, reloader: &Reloader<E>, hub: &EventHub, ref
             ))
             .map_err(drop),
     };
-}
-
-/// Publishes what a reload changed: readiness, and the quarantined objects
-/// to report as Events.
-fn after_reload<E: Enforcer>(
-    ready: &Option<watch::Sender<bool>>,
-    rejections: &Option<watch::Sender<Report>>,
-    reloader: &Reloader<E>,
-) {
-    if let Some(ready) = ready {
-        ready.send_replace(reloader.state().current.is_some());
-    }
-    if let Some(tx) = rejections {
-        let report = report(reloader);
-        tx.send_if_modified(|current| {
-            let changed = *current != report;
-            if changed {
-                *current = report;
-            }
-            changed
-        });
-    }
-}
-
-/// The quarantined objects of the generation in force, each with whether
-/// it holds back a workload of this node, and the cluster's Nodes.
-fn report<E: Enforcer>(reloader: &Reloader<E>) -> Report {
-    let state = reloader.state();
-    let plan = state.current.as_ref().map(|g| &g.plan);
-    let inventory = reloader.inventory();
-    let rejections = state
-        .quarantined
-        .iter()
-        .map(|q| Rejection {
-            quarantined: q.clone(),
-            here: holds_back_here(&q.source, plan.map(|p| &**p), inventory),
-        })
-        .collect();
-    let nodes = inventory
-        .sources
-        .iter()
-        .filter_map(|s| s.file.to_str()?.strip_prefix("kubernetes/nodes/"))
-        .map(str::to_owned)
-        .collect();
-    let in_force = state.current.as_ref().map(|g| g.number);
-    let outcome = match &state.last_reload {
-        None => Verdict::Pending,
-        Some(ReloadOutcome::Applied { generation }) => Verdict::Applied {
-            generation: *generation,
-        },
-        Some(ReloadOutcome::Rejected { diagnostics }) => {
-            let errors: Vec<&egress_policy::Diagnostic> =
-                diagnostics.iter().filter(|d| d.is_error()).collect();
-            let first = errors.first().map(ToString::to_string).unwrap_or_default();
-            Verdict::NotApplied {
-                in_force,
-                why: match errors.len() {
-                    0 | 1 => format!("rejected: {first}"),
-                    n => format!("rejected with {n} errors, the first: {first}"),
-                },
-            }
-        }
-        Some(ReloadOutcome::Failed { error }) => Verdict::NotApplied {
-            in_force,
-            why: format!("the kernel refused it: {error}"),
-        },
-    };
-    Report {
-        rejections,
-        nodes,
-        outcome,
-        custom: inventory.custom.clone(),
-    }
-}
-
-/// Whether the object named `source` holds back a workload of this node: a
-/// NetworkPolicy that selects one (its stand-in keeps its name), or a pod
-/// of this node (its document has a cgroup; a peer's has none).
-fn holds_back_here(source: &str, plan: Option<&Plan>, inventory: &Inventory) -> bool {
-    if let Some(rest) = source.strip_prefix("kubernetes/networkpolicies/") {
-        let (Some(plan), Ok(id)) = (plan, rest.parse::<ObjectId>()) else {
-            return false;
-        };
-        return plan.workloads.iter().any(|w| {
-            w.guard.is_none()
-                && matches!(&w.egress, Egress::Isolated { policies, .. } if policies.contains(&id))
-        });
-    }
-    if source.starts_with("kubernetes/pods/") {
-        return inventory
-            .sources
-            .iter()
-            .find(|s| s.file.to_str() == Some(source))
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s.text).ok())
-            .is_some_and(|doc| doc["spec"]["cgroup"].is_string());
-    }
-    false
-}
-
-fn reload<E: Enforcer>(reloader: &mut Reloader<E>, resolver: &HostResolver) {
-    if reloader.reload().is_applied() {
-        if let Some(plan) = reloader.plan() {
-            if let Err(e) = resolver.set_names(dns_names(&plan)) {
-                error!(error = %format_chain(&e), "cannot watch the new allowedHosts names");
-            }
-        }
-    }
 }
 
 #[cfg(test)]

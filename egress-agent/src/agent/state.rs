@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     compile::{Egress, Plan},
     observe::{
-        status::{GenerationStatus, LastReload, WorkloadStatus},
+        status::{ApplyingStatus, GenerationStatus, LastReload, WorkloadStatus},
         wallclock::rfc3339,
         EventHub, KernelView, Status,
     },
@@ -70,6 +70,15 @@ impl std::fmt::Display for ApplyTrigger {
     }
 }
 
+/// An apply under way on the apply worker (see `agent::worker`): `status`
+/// says so beside the generation in force, which stays in force unless it
+/// succeeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applying {
+    pub trigger: ApplyTrigger,
+    pub since: SystemTime,
+}
+
 /// An apply the kernel refused. The enforcer is atomic, so the generation
 /// in force before it stayed in force, in the eBPF maps and the nftables
 /// backstop alike.
@@ -117,6 +126,7 @@ pub struct AgentState {
 impl Status {
     pub fn build(
         state: &AgentState,
+        applying: Option<&Applying>,
         kernel: &KernelView,
         hub: &EventHub,
         allowed_hosts_refreshes: u64,
@@ -194,6 +204,10 @@ impl Status {
             generation: state.current.as_ref().map(|g| GenerationStatus {
                 number: g.number,
                 loaded_at: rfc3339(g.loaded_at),
+            }),
+            applying: applying.map(|a| ApplyingStatus {
+                trigger: a.trigger.to_string(),
+                since: rfc3339(a.since),
             }),
             last_reload,
             reloads: state.reloads,

@@ -137,6 +137,11 @@ pub struct RunArgs {
     /// Do not install the nftables backstop.
     #[arg(long)]
     pub no_nft: bool,
+    /// How long one run of nft may take (applying the backstop, reading
+    /// its counters); one that takes longer is killed, and its apply fails
+    /// with the previous generation left in force.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub nft_timeout: std::time::Duration,
     /// Carry out `captureDNS` of Redirects: captured workloads' UDP
     /// queries to port 53 go to the proxy's DNS port (Istio's DNS
     /// proxying). Off by default.
@@ -463,6 +468,20 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn the_nft_timeout_defaults_to_the_backstops() {
+        use clap::Parser as _;
+        let cli =
+            super::Cli::try_parse_from(["egress-agent", "run", "--policies", "p"]).expect("parses");
+        let super::Command::Run(run) = cli.command else {
+            panic!("run");
+        };
+        assert_eq!(
+            run.nft_timeout,
+            egress_agent::dataplane::nft::DEFAULT_TIMEOUT
+        );
     }
 }
 

@@ -88,7 +88,7 @@ pub fn run(args: &BootGuardArgs) -> anyhow::Result<ExitCode> {
         &args.bpffs,
         args.cgroup_root.as_deref(),
         false,
-        false,
+        None,
         EventConfig::default(),
         EbpfLogLevel::Off,
     )?;

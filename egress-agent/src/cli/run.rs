@@ -11,7 +11,7 @@ use egress_agent::{
         run::{run as run_agent, Observing, RunOptions},
         Reloader,
     },
-    dataplane::EbpfLogLevel,
+    dataplane::{nft::Backstop, EbpfLogLevel},
     observe::{self, EventHub},
     resolve::{ResolverSettings, Upstream},
 };
@@ -75,7 +75,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             &args.bpffs,
             args.cgroup_root.as_deref(),
             args.audit,
-            !args.no_nft,
+            (!args.no_nft).then(|| Backstop::new().with_timeout(args.nft_timeout)),
             EventConfig {
                 sample_allow: args.sample_allow,
                 interval_ms: args.event_interval_ms,

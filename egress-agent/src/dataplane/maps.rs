@@ -8,7 +8,7 @@ use std::{
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, PerCpuHashMap, RingBuf,
+        Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray, PerCpuHashMap, RingBuf,
     },
     Ebpf, EbpfLoader,
 };
@@ -381,14 +381,34 @@ fn describe(kind: Option<MapType>, key: usize, value: usize, max: u32, flags: u3
 impl Maps {
     /// Takes every map out of `ebpf`.
     pub(super) fn take(ebpf: &mut Ebpf, maps_dir: &Path) -> Result<Self, DataplaneError> {
-        fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
-        where
-            T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-        {
-            let map = ebpf
-                .take_map(name)
-                .ok_or(DataplaneError::MissingMap(name))?;
-            T::try_from(map).map_err(|source| DataplaneError::MapLayout { map: name, source })
+        let mut take = |name| ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name));
+        let mut maps = Self::assemble(maps_dir, &mut take)?;
+        maps.events = Some(typed(take(map::EVENTS)?, map::EVENTS)?);
+        Ok(maps)
+    }
+
+    /// Opens every map again from its pin under `maps_dir`: a second set
+    /// of handles on the same kernel maps, so that a reader (`status`,
+    /// `/metrics`) needs no access to the handles an apply writes with.
+    /// The event ring is left out: one reader streams it.
+    pub(super) fn open_pinned(maps_dir: &Path) -> Result<Self, DataplaneError> {
+        Self::assemble(maps_dir, &mut |name| {
+            let path = maps_dir.join(name);
+            MapData::from_pin(&path)
+                .and_then(Map::from_map_data)
+                .map_err(|source| DataplaneError::PinnedMap { path, source })
+        })
+    }
+
+    /// Every map but the event ring, each from `open`.
+    fn assemble(
+        maps_dir: &Path,
+        open: &mut dyn FnMut(&'static str) -> Result<Map, DataplaneError>,
+    ) -> Result<Self, DataplaneError> {
+        macro_rules! handle {
+            ($name:expr) => {
+                typed(open($name)?, $name)?
+            };
         }
         let pinned_id = |name: &'static str| {
             let pin = maps_dir.join(name);
@@ -403,33 +423,33 @@ impl Maps {
             dns_orig: pinned_id(map::DNS_ORIG)?,
         };
         Ok(Self {
-            active: take(ebpf, map::ACTIVE)?,
-            config: take(ebpf, map::CONFIG)?,
-            workloads: take(ebpf, map::WORKLOADS)?,
-            policies: take(ebpf, map::POLICIES)?,
-            allow_v4: take(ebpf, map::ALLOW_V4)?,
-            allow_v6: take(ebpf, map::ALLOW_V6)?,
-            port_sets: take(ebpf, map::PORT_SETS)?,
-            cluster_v4: take(ebpf, map::CLUSTER_V4)?,
-            cluster_v6: take(ebpf, map::CLUSTER_V6)?,
-            host_ports: take(ebpf, map::HOST_PORTS)?,
-            gateway_v4: take(ebpf, map::GATEWAY_V4)?,
-            gateway_v6: take(ebpf, map::GATEWAY_V6)?,
-            verdicts: take(ebpf, map::VERDICTS)?,
-            rule_hits: take(ebpf, map::RULE_HITS)?,
-            inbound_tcp: take(ebpf, map::INBOUND_TCP)?,
-            inbound_udp: take(ebpf, map::INBOUND_UDP)?,
-            flow_events: take(ebpf, map::FLOW_EVENTS)?,
-            captures: take(ebpf, map::CAPTURES)?,
-            capture_v4: take(ebpf, map::CAPTURE_V4)?,
-            capture_v6: take(ebpf, map::CAPTURE_V6)?,
-            redirected: take(ebpf, map::REDIRECTED)?,
-            orig_dst: take(ebpf, map::ORIG_DST)?,
-            dns_orig: take(ebpf, map::DNS_ORIG)?,
-            events: Some(take(ebpf, map::EVENTS)?),
-            event_config: take(ebpf, map::EVENT_CONFIG)?,
-            event_stats: take(ebpf, map::EVENT_STATS)?,
-            sources: take(ebpf, map::SOURCES)?,
+            active: handle!(map::ACTIVE),
+            config: handle!(map::CONFIG),
+            workloads: handle!(map::WORKLOADS),
+            policies: handle!(map::POLICIES),
+            allow_v4: handle!(map::ALLOW_V4),
+            allow_v6: handle!(map::ALLOW_V6),
+            port_sets: handle!(map::PORT_SETS),
+            cluster_v4: handle!(map::CLUSTER_V4),
+            cluster_v6: handle!(map::CLUSTER_V6),
+            host_ports: handle!(map::HOST_PORTS),
+            gateway_v4: handle!(map::GATEWAY_V4),
+            gateway_v6: handle!(map::GATEWAY_V6),
+            verdicts: handle!(map::VERDICTS),
+            rule_hits: handle!(map::RULE_HITS),
+            inbound_tcp: handle!(map::INBOUND_TCP),
+            inbound_udp: handle!(map::INBOUND_UDP),
+            flow_events: handle!(map::FLOW_EVENTS),
+            captures: handle!(map::CAPTURES),
+            capture_v4: handle!(map::CAPTURE_V4),
+            capture_v6: handle!(map::CAPTURE_V6),
+            redirected: handle!(map::REDIRECTED),
+            orig_dst: handle!(map::ORIG_DST),
+            dns_orig: handle!(map::DNS_ORIG),
+            events: None,
+            event_config: handle!(map::EVENT_CONFIG),
+            event_stats: handle!(map::EVENT_STATS),
+            sources: handle!(map::SOURCES),
             own,
         })
     }
@@ -608,6 +628,14 @@ pub struct FlowEntries {
     pub orig_dst: usize,
     /// UDP sockets whose DNS queries were redirected (`DNS_ORIG`).
     pub dns_orig: usize,
+}
+
+/// `map` as the typed handle `T`, checked against its key and value sizes.
+fn typed<T>(map: Map, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    T::try_from(map).map_err(|source| DataplaneError::MapLayout { map: name, source })
 }
 
 pub(super) fn read(map: &'static str, source: aya::maps::MapError) -> DataplaneError {

@@ -136,6 +136,54 @@ pub struct Dataplane {
     set_ids: Allocator,
 }
 
+/// What `status` and `/metrics` read of a [`Dataplane`]: its links, and its
+/// counters and map fill through handles of their own on the pinned maps.
+/// It shares nothing with the `Dataplane`, so it reads on one thread while
+/// an apply writes on another; the kernel serializes each map operation,
+/// and a count taken during an apply includes what has been written of the
+/// new generation so far.
+pub struct DataplaneReader {
+    pin_dir: PathBuf,
+    cgroup_root: PathBuf,
+    links: Vec<AttachedLink>,
+    maps: Maps,
+}
+
+impl DataplaneReader {
+    /// See [`Dataplane::counters`].
+    pub fn counters(&self) -> Result<Counters, DataplaneError> {
+        Counters::read(&self.maps)
+    }
+
+    /// See [`Dataplane::entry_counts`].
+    pub fn entry_counts(&self) -> Result<EntryCounts, DataplaneError> {
+        self.maps.entry_counts()
+    }
+
+    /// See [`Dataplane::flow_entries`].
+    pub fn flow_entries(&self) -> FlowEntries {
+        self.maps.flow_entries()
+    }
+
+    /// See [`Dataplane::event_stats`].
+    pub fn event_stats(&self) -> Result<Vec<(egress_common::EventStat, u64)>, DataplaneError> {
+        self.maps.event_stats()
+    }
+
+    /// The programs' links, as the `Dataplane` attached or adopted them.
+    pub fn links(&self) -> &[AttachedLink] {
+        &self.links
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn cgroup_root(&self) -> &Path {
+        &self.cgroup_root
+    }
+}
+
 impl Dataplane {
     /// Loads the embedded object with maps pinned under `<pin_dir>/maps`
     /// (reusing pinned maps if present), attaches every program at
@@ -340,6 +388,17 @@ impl Dataplane {
     /// The cgroup the programs are attached to.
     pub fn cgroup_root(&self) -> &Path {
         &self.root.path
+    }
+
+    /// A second, read-only handle on this data plane's pinned maps (see
+    /// [`DataplaneReader`]).
+    pub fn reader(&self) -> Result<DataplaneReader, DataplaneError> {
+        Ok(DataplaneReader {
+            pin_dir: self.pin_dir.clone(),
+            cgroup_root: self.root.path.clone(),
+            links: self.links.clone(),
+            maps: Maps::open_pinned(&self.pin_dir.join("maps"))?,
+        })
     }
 
     /// Detaches and removes everything under `pin_dir` that the agent

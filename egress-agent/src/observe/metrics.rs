@@ -173,6 +173,13 @@ pub fn render(status: &Status, counters: Option<&Counters>, names: &Names) -> St
         "Generation in force (0 = none)",
         generation,
     );
+    let applying = Gauge::<i64>::default();
+    applying.set(i64::from(status.applying.is_some()));
+    registry.register(
+        "apply_in_progress",
+        "1 while an apply (a reload, an allowedHosts refresh or a reconcile) runs",
+        applying,
+    );
     let quarantined = gauge(
         &mut registry,
         "quarantined_objects",

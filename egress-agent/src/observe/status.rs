@@ -105,6 +105,15 @@ pub struct GenerationStatus {
     pub loaded_at: String,
 }
 
+/// An apply under way.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyingStatus {
+    /// "reload", "allowedHosts refresh" or "reconcile".
+    pub trigger: String,
+    pub since: String,
+}
+
 /// What stands in for a quarantined object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -182,6 +191,10 @@ pub struct Status {
     #[serde(default)]
     pub ready: bool,
     pub generation: Option<GenerationStatus>,
+    /// An apply under way: the generation above stays in force unless it
+    /// succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applying: Option<ApplyingStatus>,
     pub last_reload: Option<LastReload>,
     pub reloads: u64,
     pub failed_reloads: u64,
@@ -264,6 +277,13 @@ impl fmt::Display for Status {
                  earlier run stays in force"
             )?,
             None => writeln!(f, "policy: NOT READY: none in force")?,
+        }
+        if let Some(a) = &self.applying {
+            writeln!(
+                f,
+                "applying now: {} since {} (what is above stays in force unless it succeeds)",
+                a.trigger, a.since
+            )?;
         }
         if let Some(r) = &self.last_reload {
             writeln!(

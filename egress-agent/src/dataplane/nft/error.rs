@@ -1,6 +1,6 @@
 //! Errors from driving `nft`.
 
-use std::{ffi::OsString, fmt, io, process::ExitStatus};
+use std::{ffi::OsString, fmt, io, process::ExitStatus, time::Duration};
 
 use super::counters::ParseError;
 
@@ -10,6 +10,8 @@ pub enum Operation {
     Apply,
     Uninstall,
     ReadCounters,
+    /// `nft --version`, to check before the start that nft runs.
+    Version,
 }
 
 impl fmt::Display for Operation {
@@ -18,6 +20,7 @@ impl fmt::Display for Operation {
             Operation::Apply => "applying the nftables backstop",
             Operation::Uninstall => "uninstalling the nftables backstop",
             Operation::ReadCounters => "reading the nftables backstop's counters",
+            Operation::Version => "asking nft for its version",
         })
     }
 }
@@ -40,6 +43,16 @@ pub enum NftError {
         program: OsString,
         status: ExitStatus,
         stderr: String,
+    },
+    /// nft did not exit within the timeout (see
+    /// [`Backstop::with_timeout`](super::Backstop::with_timeout)); it was
+    /// killed, with every process of its group.
+    #[error("{operation}: `{command}` did not finish within {timeout:?}; it was killed")]
+    TimedOut {
+        operation: Operation,
+        /// The program and its arguments.
+        command: String,
+        timeout: Duration,
     },
     #[error("{operation}: serializing the batch for nft")]
     Serialize {

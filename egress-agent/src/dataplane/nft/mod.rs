@@ -40,7 +40,7 @@ mod error;
 mod exec;
 mod ruleset;
 
-pub use backstop::Backstop;
+pub use backstop::{Backstop, DEFAULT_TIMEOUT};
 pub use counters::{BackstopCounts, CounterValue, DenyCounter};
 pub use error::{NftError, Operation};
 pub use ruleset::{ruleset, uninstall_batch, FAMILIES, LOG_PREFIX};
