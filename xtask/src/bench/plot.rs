@@ -13,6 +13,8 @@ pub fn colour(variant: &str) -> RGBColor {
     match variant {
         "ours" => RGBColor(0x1f, 0x77, 0xb4),
         "iptables" => RGBColor(0xd6, 0x27, 0x28),
+        // iptables' family, lighter: the same list behind conntrack.
+        "iptables-est" => RGBColor(0xe3, 0x77, 0xc2),
         "nftables" => RGBColor(0xff, 0x7f, 0x0e),
         "direct" | "none" => RGBColor(0x55, 0x55, 0x55),
         _ => RGBColor(0x2c, 0xa0, 0x2c),

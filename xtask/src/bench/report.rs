@@ -211,7 +211,7 @@ fn relative(doc: &Path, plots: &Path) -> String {
 }
 
 const P1_VARIANTS: [&str; 4] = ["direct", "ours", "iptables", "nftables"];
-const P2_VARIANTS: [&str; 4] = ["none", "ours", "iptables", "nftables"];
+const P2_VARIANTS: [&str; 5] = ["none", "ours", "iptables", "iptables-est", "nftables"];
 const P3_VARIANTS: [&str; 3] = ["ours", "iptables", "nftables"];
 
 fn p1_section(md: &mut String, t: &Table, summary: &mut Vec<Row>, rel: &str) {
@@ -303,88 +303,185 @@ fn p1_plot(t: &Table, path: &Path) -> anyhow::Result<()> {
     )
 }
 
+/// P2's figures, each a table: the metric and its caption.
+const P2_METRICS: [(&str, &str); 3] = [
+    (
+        "tcp_throughput",
+        "TCP throughput on one established connection (Gbit/s)",
+    ),
+    ("udp_rate", "64-byte UDP received (thousand packets/s)"),
+    (
+        "connect_rate",
+        "New TCP connections per second (connect, then close with a reset)",
+    ),
+];
+
+/// The CIDR counts any P2 metric has, ascending: a metric missing from the
+/// samples (one added after they were taken) still gets its rows, with `–`.
+fn p2_counts(t: &Table) -> Vec<usize> {
+    let mut ns: Vec<usize> = P2_METRICS.iter().flat_map(|(m, _)| t.cidrs(m)).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    ns
+}
+
 fn p2_section(md: &mut String, t: &Table, summary: &mut Vec<Row>, rel: &str) {
     let _ = writeln!(
         md,
-        "## P2: enforcement per packet\n\n\
+        "## P2: enforcement per packet and per connection\n\n\
          From the client pod to the server pod (through the node, as between two pods), with N \
-         CIDR rules allowing the client's egress; the server's address is the last of them. \
-         *none* has no filter; *ours* is a NetworkPolicy with N `ipBlock`s (cgroup_skb + LPM \
-         trie); *iptables* is one `-d CIDR -j ACCEPT` rule per CIDR in the pod's filter OUTPUT \
-         (legacy backend, loaded with iptables-restore), then a DROP; *nftables* an interval \
-         set looked up from an output chain. TCP is `iperf3` (one stream); UDP is `iperf3 -u -b \
-         0 -l 64`, counted at the receiver.\n\n\
+         CIDR rules allowing the client's egress; the server's address is the last of them, so \
+         a list evaluated in order matches it with its last rule (the worst case for a linear \
+         list). *none* has no filter; *ours* is a NetworkPolicy with N `ipBlock`s (cgroup_skb + \
+         LPM trie); *iptables* is one `-d CIDR -j ACCEPT` rule per CIDR in the pod's filter \
+         OUTPUT (legacy backend, loaded with iptables-restore), then a DROP, and every packet \
+         walks the list; *iptables-est* is the same list behind `-m conntrack --ctstate \
+         ESTABLISHED,RELATED -j ACCEPT` as the first rule of OUTPUT, as real rule sets start: \
+         only a connection's first packet walks the list (a UDP flow's until the first reply; \
+         iperf3's UDP test opens with a datagram the server answers), at the price of conntrack \
+         on every packet; *nftables* an interval set looked up from an output chain. TCP is \
+         `iperf3` (one stream); UDP is `iperf3 -u -b 0 -l 64`, counted at the receiver. New \
+         connections are `egress-probe connect-rate` to an accept-and-close listener at the \
+         server's address, one after another: each a full handshake, then closed with a reset \
+         and no request, so three packets leave the client (SYN, ACK, RST); *iptables* walks \
+         the list for each of them, *iptables-est* for the SYN alone. All three run in the same \
+         window, with the same rules loaded.\n\n\
          ![P2]({rel}p2.svg)\n"
     );
-    for (metric, what) in [
-        ("tcp_throughput", "TCP throughput (Gbit/s)"),
-        ("udp_rate", "64-byte UDP received (thousand packets/s)"),
-    ] {
+    let ns = p2_counts(t);
+    let others: Vec<&str> = P2_VARIANTS.into_iter().filter(|v| *v != "ours").collect();
+    for (metric, what) in P2_METRICS {
         let _ = writeln!(
             md,
-            "{what}:\n\n| CIDRs | none | ours | iptables | nftables | ours vs none | ours vs \
-             iptables | ours vs nftables |\n|---|---|---|---|---|---|---|---|"
+            "{what}:\n\n| CIDRs | {} | {} |\n|---|{}",
+            P2_VARIANTS.join(" | "),
+            others
+                .iter()
+                .map(|v| format!("ours vs {v}"))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            "---|".repeat(P2_VARIANTS.len() + others.len())
         );
-        for n in t.cidrs(metric) {
+        for &n in &ns {
             let g = |v: &str| t.get(metric, v, n);
+            let cells: Vec<String> = P2_VARIANTS.iter().map(|v| cell(g(v))).collect();
+            let ratios: Vec<String> = others
+                .iter()
+                .map(|v| times(ratio(g("ours"), g(v))))
+                .collect();
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} |",
                 count(n),
-                cell(g("none")),
-                cell(g("ours")),
-                cell(g("iptables")),
-                cell(g("nftables")),
-                times(ratio(g("ours"), g("none"))),
-                times(ratio(g("ours"), g("iptables"))),
-                times(ratio(g("ours"), g("nftables"))),
+                cells.join(" | "),
+                ratios.join(" | ")
             );
         }
         md.push('\n');
     }
-    if let Some(&max) = t.cidrs("tcp_throughput").last() {
-        for (metric, what) in [("tcp_throughput", "TCP"), ("udp_rate", "UDP 64 B")] {
-            if let Some(r) = ratio(t.get(metric, "ours", max), t.get(metric, "none", max)) {
-                summary.push(Row {
-                    measure: format!("P2 {what} at {} CIDRs, ours vs no filter", count(max)),
-                    target: "≥ 0.95×".into(),
-                    result: against(r, 0.95),
-                    met: r >= 0.95,
-                });
+    let Some(&max) = ns.last() else { return };
+    let _ = writeln!(
+        md,
+        "New connections at {} CIDRs, each mechanism against no filter and ours against it:\n\n\
+         | mechanism | connects/s | p50 latency (µs) | p99 latency (µs) | vs none | ours vs it |\n\
+         |---|---|---|---|---|---|",
+        count(max)
+    );
+    let none = t.get("connect_rate", "none", max);
+    let ours = t.get("connect_rate", "ours", max);
+    for v in P2_VARIANTS {
+        let rate = t.get("connect_rate", v, max);
+        let _ = writeln!(
+            md,
+            "| {v} | {} | {} | {} | {} | {} |",
+            cell(rate),
+            cell(t.get("connect_p50", v, max)),
+            cell(t.get("connect_p99", v, max)),
+            times(ratio(rate, none)),
+            if v == "ours" {
+                "–".to_owned()
+            } else {
+                times(ratio(ours, rate))
             }
+        );
+    }
+    md.push('\n');
+    let missing = P2_METRICS.iter().any(|(metric, _)| {
+        ns.iter()
+            .any(|&n| P2_VARIANTS.iter().any(|v| t.get(metric, v, n).is_none()))
+    });
+    if missing {
+        md.push_str(
+            "–: not in these samples (a figure or variant added to the benchmark after they \
+             were taken, or a run that failed); the next `cargo xtask bench` fills it.\n\n",
+        );
+    }
+    let est: Vec<String> = P2_METRICS
+        .iter()
+        .zip(["TCP", "UDP 64 B", "new connections"])
+        .filter_map(|((metric, _), what)| {
+            let r = ratio(
+                t.get(metric, "ours", max),
+                t.get(metric, "iptables-est", max),
+            )?;
+            Some(format!("{what} {r:.2}×"))
+        })
+        .collect();
+    if !est.is_empty() {
+        let _ = writeln!(
+            md,
+            "At {} CIDRs, ours against iptables with the `ESTABLISHED` shortcut: {}.\n",
+            count(max),
+            est.join(", ")
+        );
+    }
+    for (metric, what) in [
+        ("tcp_throughput", "TCP"),
+        ("udp_rate", "UDP 64 B"),
+        ("connect_rate", "new TCP connections/s"),
+    ] {
+        if let Some(r) = ratio(t.get(metric, "ours", max), t.get(metric, "none", max)) {
+            summary.push(Row {
+                measure: format!("P2 {what} at {} CIDRs, ours vs no filter", count(max)),
+                target: "≥ 0.95×".into(),
+                result: against(r, 0.95),
+                met: r >= 0.95,
+            });
         }
     }
 }
 
 fn p2_plot(t: &Table, path: &Path) -> anyhow::Result<()> {
-    let groups: Vec<(String, usize)> = t
-        .cidrs("tcp_throughput")
-        .into_iter()
-        .map(|n| (count(n), n))
-        .collect();
+    let groups: Vec<(String, usize)> = p2_counts(t).into_iter().map(|n| (count(n), n)).collect();
     let names: Vec<String> = groups.iter().map(|(g, _)| g.clone()).collect();
+    let panel = |title, y_label, metric| Panel {
+        title,
+        y_label,
+        groups: names.clone(),
+        series: plot::bars_of(t, metric, &P2_VARIANTS, &groups),
+        log: false,
+        lines: true,
+        line: None,
+    };
     plot::draw(
         path,
-        "P2: enforcement per packet, against the number of CIDR rules",
+        "P2: enforcement per packet and per connection, against the number of CIDR rules",
         &[
-            Panel {
-                title: "TCP throughput (higher is better)",
-                y_label: "Gbit/s",
-                groups: names.clone(),
-                series: plot::bars_of(t, "tcp_throughput", &P2_VARIANTS, &groups),
-                log: false,
-                lines: true,
-                line: None,
-            },
-            Panel {
-                title: "64-byte UDP packets received (higher is better)",
-                y_label: "thousand packets/s",
-                groups: names,
-                series: plot::bars_of(t, "udp_rate", &P2_VARIANTS, &groups),
-                log: false,
-                lines: true,
-                line: None,
-            },
+            panel(
+                "TCP throughput (higher is better)",
+                "Gbit/s",
+                "tcp_throughput",
+            ),
+            panel(
+                "64-byte UDP packets received (higher is better)",
+                "thousand packets/s",
+                "udp_rate",
+            ),
+            panel(
+                "new TCP connections per second (higher is better)",
+                "conn/s",
+                "connect_rate",
+            ),
         ],
     )
 }
@@ -641,6 +738,35 @@ mod tests {
     }
 
     #[test]
+    fn samples_from_before_the_new_figures_leave_their_cells_empty() {
+        // A run without iptables-est and new connections (docs/bench's
+        // samples.json from before they existed): their columns and rows
+        // are laid out, with –, so that the next run fills them.
+        let mut samples = Vec::new();
+        for (v, g) in [("none", 20.0), ("ours", 19.0), ("iptables", 5.0)] {
+            samples.push(sample("p2", "tcp_throughput", v, 1000, g));
+            samples.push(sample("p2", "udp_rate", v, 1000, g));
+        }
+        let samples = Samples {
+            meta: Meta::default(),
+            samples,
+        };
+        let mut md = String::new();
+        let mut summary = Vec::new();
+        p2_section(&mut md, &samples.stats("p2"), &mut summary, "");
+        assert!(md.contains("| 1k | 20.0 | 19.0 | 5.00 | – | – | 0.95× | 3.80× | – | – |"));
+        assert!(
+            md.contains("| 1k | – | – | – | – | – | – | – | – | – |"),
+            "{md}"
+        );
+        assert!(md.contains("| iptables-est | – | – | – | – | – |"), "{md}");
+        assert!(!md.contains("ESTABLISHED` shortcut:"));
+        assert!(md.contains("–: not in these samples"));
+        // The targets table only has what was measured.
+        assert_eq!(summary.len(), 2);
+    }
+
+    #[test]
     fn a_ratio_just_under_its_threshold_shows_three_decimals() {
         assert_eq!(against(1.147, 1.15), "1.147×");
         assert_eq!(against(1.30, 1.15), "1.30×");
@@ -665,10 +791,14 @@ mod tests {
                 ("none", 20.0),
                 ("ours", 19.5),
                 ("iptables", 5.0),
+                ("iptables-est", 19.0),
                 ("nftables", 18.0),
             ] {
                 samples.push(sample("p2", "tcp_throughput", v, n, g));
                 samples.push(sample("p2", "udp_rate", v, n, g * 10.0));
+                samples.push(sample("p2", "connect_rate", v, n, g * 1000.0));
+                samples.push(sample("p2", "connect_p50", v, n, 1000.0 / g));
+                samples.push(sample("p2", "connect_p99", v, n, 2000.0 / g));
             }
         }
         for v in P3_VARIANTS {
@@ -711,7 +841,35 @@ mod tests {
         assert!(
             text.contains("| P1 connects/s, ours vs iptables REDIRECT | ≥ 1.15× | 1.30× | met |")
         );
-        assert!(text.contains("| 1k | 20.0 | 19.5 | 5.00 | 18.0 | 0.97× | 3.90× | 1.08× |"));
+        assert!(
+            text.contains(
+                "| 1k | 20.0 | 19.5 | 5.00 | 19.0 | 18.0 | 0.97× | 3.90× | 1.03× | 1.08× |"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "| CIDRs | none | ours | iptables | iptables-est | nftables | ours vs none | ours vs \
+             iptables | ours vs iptables-est | ours vs nftables |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        ));
+        // New connections: the across-N table, then each mechanism at the
+        // largest N, against no filter and ours against it.
+        assert!(text.contains("| 1k | 20000 | 19500 | 5000 | 19000 | 18000 | 0.97× |"));
+        assert!(
+            text.contains("| iptables | 5000 | 200 | 400 | 0.25× | 3.90× |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| ours | 19500 | 51.3 | 103 | 0.97× | – |"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "ours against iptables with the `ESTABLISHED` shortcut: TCP 1.03×, UDP 64 B 1.03×, \
+             new connections 1.03×."
+        ));
+        assert!(!text.contains("–: not in these samples"));
+        assert!(text.contains(
+            "| P2 new TCP connections/s at 1k CIDRs, ours vs no filter | ≥ 0.95× | 0.97× | met |"
+        ));
         assert!(text.contains("![P2](bench/p2.svg)"));
         assert!(text.contains("was not idle"));
         assert!(text.contains("## P6: the slim Pod cache"), "{text}");

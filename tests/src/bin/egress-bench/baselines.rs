@@ -1,6 +1,7 @@
 //! The rule sets of the baselines, as the tools users would pick write
 //! them: istio-iptables' `nat` chains, the nftables equivalent, one
-//! iptables rule per CIDR, and an nftables interval set.
+//! iptables rule per CIDR (bare, and behind the conntrack `ESTABLISHED`
+//! shortcut), and an nftables interval set.
 //!
 //! iptables is driven through its legacy (x_tables) backend: that is the
 //! linear rule walk that kube-router's 675k-rule tables ran into. Every
@@ -71,13 +72,30 @@ pub fn nft_redirect() -> String {
 
 /// One `ACCEPT` rule per CIDR, in order, then a drop of the rest of what
 /// leaves through `eth0`, for `iptables-restore` (which replaces the whole
-/// filter table).
+/// filter table). Every packet walks the list: the rule set as
+/// kube-router generated it.
 pub fn iptables_cidrs(cidrs: &[String]) -> String {
+    filter_table(cidrs, false)
+}
+
+/// [`iptables_cidrs`] behind the conntrack shortcut that hand-written and
+/// most generated rule sets start with: the first rule of `OUTPUT`
+/// accepts every packet of a connection conntrack already knows, so only a
+/// connection's first packet (or a UDP flow's, until a reply) walks the
+/// list. Loading it turns conntrack on in the pod's namespace, which then
+/// tracks every packet.
+pub fn iptables_cidrs_established(cidrs: &[String]) -> String {
+    filter_table(cidrs, true)
+}
+
+fn filter_table(cidrs: &[String], established_first: bool) -> String {
     let mut s = String::with_capacity(64 * (cidrs.len() + 8));
-    let _ = writeln!(
-        s,
-        "*filter\n:{CIDR_CHAIN} - [0:0]\n-A OUTPUT -o eth0 -j {CIDR_CHAIN}"
-    );
+    let _ = writeln!(s, "*filter\n:{CIDR_CHAIN} - [0:0]");
+    if established_first {
+        s.push_str(ESTABLISHED_RULE);
+        s.push('\n');
+    }
+    let _ = writeln!(s, "-A OUTPUT -o eth0 -j {CIDR_CHAIN}");
     for c in cidrs {
         let _ = writeln!(s, "-A {CIDR_CHAIN} -d {c} -j ACCEPT");
     }
@@ -87,6 +105,9 @@ pub fn iptables_cidrs(cidrs: &[String]) -> String {
     s.push_str("COMMIT\n");
     s
 }
+
+/// The conntrack shortcut, as the first rule of the filter `OUTPUT` chain.
+pub const ESTABLISHED_RULE: &str = "-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT";
 
 /// Empties the filter table again.
 pub fn flush_filter() -> String {
@@ -132,9 +153,25 @@ mod tests {
         let ipt = iptables_cidrs(&cidrs);
         assert_eq!(ipt.matches("-j ACCEPT").count(), 2);
         assert!(ipt.trim_end().ends_with("COMMIT"));
+        assert!(!ipt.contains("conntrack"));
         let nft = nft_cidrs(&cidrs);
         assert!(nft.contains("10.0.0.0/32,\n") && nft.contains("10.0.0.2/32\n"));
         assert!(!nft_cidrs(&[]).contains("elements"));
         assert!(istio_nat().contains("-d 10.96.0.0/12 -j ISTIO_REDIRECT"));
+    }
+
+    #[test]
+    fn the_established_shortcut_comes_first_then_the_same_list() {
+        let cidrs = vec!["10.0.0.0/32".to_owned(), "10.0.0.2/32".to_owned()];
+        let est = iptables_cidrs_established(&cidrs);
+        let rules: Vec<&str> = est.lines().filter(|l| l.starts_with("-A ")).collect();
+        assert_eq!(rules[0], ESTABLISHED_RULE);
+        // Past the shortcut, exactly the linear baseline's rules.
+        let linear = iptables_cidrs(&cidrs);
+        let linear: Vec<&str> = linear.lines().filter(|l| l.starts_with("-A ")).collect();
+        assert_eq!(rules[1..], linear[..]);
+        // With no CIDRs: the shortcut alone (conntrack on, nothing dropped).
+        assert!(iptables_cidrs_established(&[]).contains(ESTABLISHED_RULE));
+        assert!(!iptables_cidrs_established(&[]).contains("DROP"));
     }
 }

@@ -1,8 +1,8 @@
-//! The five measures (see the issue: P1 redirect cost, P2 per-packet
-//! enforcement, P3 apply latency, P4 time to enforce a new workload, P5
-//! the agent's footprint). Each runs its variants side by side, one
-//! repetition of every variant after the other, so that load from
-//! elsewhere on the machine spreads over all of them alike.
+//! The five measures (see the issue: P1 redirect cost, P2 per-packet and
+//! per-connection enforcement, P3 apply latency, P4 time to enforce a new
+//! workload, P5 the agent's footprint). Each runs its variants side by
+//! side, one repetition of every variant after the other, so that load
+//! from elsewhere on the machine spreads over all of them alike.
 
 use std::{
     fs,
@@ -51,11 +51,23 @@ enum Variant {
     Bare,
     Ours,
     Iptables,
+    /// P2 only: [`Variant::Iptables`]' list behind the conntrack
+    /// `ESTABLISHED,RELATED` shortcut.
+    IptablesEstablished,
     Nftables,
 }
 
 impl Variant {
-    const ALL: [Variant; 4] = [Self::Bare, Self::Ours, Self::Iptables, Self::Nftables];
+    /// P1's: a redirect has no conntrack-shortcut variant.
+    const REDIRECT: [Variant; 4] = [Self::Bare, Self::Ours, Self::Iptables, Self::Nftables];
+    /// P2's.
+    const FILTER: [Variant; 5] = [
+        Self::Bare,
+        Self::Ours,
+        Self::Iptables,
+        Self::IptablesEstablished,
+        Self::Nftables,
+    ];
 }
 
 // ---------------------------------------------------------------- P1
@@ -67,14 +79,14 @@ pub fn p1(bench: &Bench, plan: &Plan, out: &mut Samples) -> anyhow::Result<()> {
     let netns = bench.pod_netns(CLIENT)?;
     let ours = bench.workload_cgroup(CLIENT)?;
     for run in 0..plan.reps {
-        for variant in Variant::ALL {
+        for variant in Variant::REDIRECT {
             let (cgroup, target) = match variant {
                 Variant::Bare => (
                     bench.bare.path().to_owned(),
                     SocketAddr::from(([127, 0, 0, 1], PROXY_PORT)),
                 ),
                 Variant::Ours => (ours.clone(), SERVICE_DST),
-                Variant::Iptables | Variant::Nftables => {
+                Variant::Iptables | Variant::IptablesEstablished | Variant::Nftables => {
                     (bench.bare.path().to_owned(), SERVICE_DST)
                 }
             };
@@ -90,7 +102,7 @@ pub fn p1(bench: &Bench, plan: &Plan, out: &mut Samples) -> anyhow::Result<()> {
                         Some(&baselines::nft_redirect()),
                     )?;
                 }
-                Variant::Bare | Variant::Ours => {}
+                Variant::Bare | Variant::Ours | Variant::IptablesEstablished => {}
             }
             let rate = connect_rate(&cgroup, &netns, target, plan.seconds);
             match variant {
@@ -100,18 +112,10 @@ pub fn p1(bench: &Bench, plan: &Plan, out: &mut Samples) -> anyhow::Result<()> {
                 Variant::Nftables => {
                     run_in_netns(&netns, "nft", &["-f", "-"], Some(&baselines::nft_delete()))?;
                 }
-                Variant::Bare | Variant::Ours => {}
+                Variant::Bare | Variant::Ours | Variant::IptablesEstablished => {}
             }
             let rate = rate.with_context(|| format!("P1 {variant:?}"))?;
-            if rate.ok == 0 || rate.failed * 100 > rate.ok {
-                bail!(
-                    "P1 {variant:?}: {} connects failed, {} succeeded (first error: {:?}): the \
-                     destination does not reach the proxy",
-                    rate.failed,
-                    rate.ok,
-                    rate.first_error
-                );
-            }
+            expect_connected(&rate, &format!("P1 {variant:?}"), "the proxy")?;
             let name = match variant {
                 Variant::Bare => "direct",
                 v => name(v),
@@ -141,8 +145,24 @@ fn name(v: Variant) -> &'static str {
         Variant::Bare => "none",
         Variant::Ours => "ours",
         Variant::Iptables => "iptables",
+        Variant::IptablesEstablished => "iptables-est",
         Variant::Nftables => "nftables",
     }
+}
+
+/// Fails unless (nearly) every connect of `rate` succeeded: otherwise the
+/// figure would measure timeouts or refusals, not connects.
+fn expect_connected(rate: &Rate, what: &str, destination: &str) -> anyhow::Result<()> {
+    if rate.ok == 0 || rate.failed * 100 > rate.ok {
+        bail!(
+            "{what}: {} connects failed, {} succeeded (first error: {:?}): the destination does \
+             not reach {destination}",
+            rate.failed,
+            rate.ok,
+            rate.first_error
+        );
+    }
+    Ok(())
 }
 
 fn connect_rate(
@@ -168,13 +188,17 @@ fn connect_rate(
 
 // ---------------------------------------------------------------- P2
 
-/// P2: TCP throughput and small-packet UDP rate from the client pod to the
-/// server pod (through the node, as between two pods), with N CIDR rules.
+/// P2: from the client pod to the server pod (through the node, as between
+/// two pods), with N CIDR rules: TCP throughput and small-packet UDP rate
+/// on established flows, and new TCP connections per second to the
+/// server's address, the last of the N (where a linear rule list pays on
+/// every connection, shortcut or not).
 pub fn p2(bench: &mut Bench, plan: &Plan, out: &mut Samples) -> anyhow::Result<()> {
-    eprintln!("P2 enforcement per packet: iperf3 TCP and 64-byte UDP");
+    eprintln!("P2 enforcement per packet: iperf3 TCP and 64-byte UDP, new connections/s");
     let netns = bench.pod_netns(CLIENT)?;
     let ours = bench.workload_cgroup(CLIENT)?;
     let bare = bench.bare.path().to_owned();
+    let server = SocketAddr::from((SERVER_V4, SERVER_ACCEPT_PORT));
     for &n in &plan.cidr_counts {
         let cidrs = node::cidrs(n);
         // The agent's rules stay loaded for the whole N: they only act on
@@ -185,9 +209,10 @@ pub fn p2(bench: &mut Bench, plan: &Plan, out: &mut Samples) -> anyhow::Result<(
             expect_denied(bench, &ours, &netns)?;
         }
         let ipt = baselines::iptables_cidrs(&cidrs);
+        let ipt_est = baselines::iptables_cidrs_established(&cidrs);
         let nft = baselines::nft_cidrs(&cidrs);
         for run in 0..plan.reps {
-            for variant in Variant::ALL {
+            for variant in Variant::FILTER {
                 let cgroup = if variant == Variant::Ours {
                     &ours
                 } else {
@@ -197,14 +222,20 @@ pub fn p2(bench: &mut Bench, plan: &Plan, out: &mut Samples) -> anyhow::Result<(
                     Variant::Iptables => {
                         run_in_netns(&netns, IPTABLES_RESTORE, &[], Some(&ipt))?;
                     }
+                    Variant::IptablesEstablished => {
+                        run_in_netns(&netns, IPTABLES_RESTORE, &[], Some(&ipt_est))?;
+                    }
                     Variant::Nftables => {
                         run_in_netns(&netns, "nft", &["-f", "-"], Some(&nft))?;
                     }
                     Variant::Bare | Variant::Ours => {}
                 }
-                let measured = iperf_pair(cgroup, &netns, plan.seconds);
+                let measured = iperf_pair(cgroup, &netns, plan.seconds).and_then(|pair| {
+                    let rate = connect_rate(cgroup, &netns, server, plan.seconds)?;
+                    Ok((pair, rate))
+                });
                 match variant {
-                    Variant::Iptables => {
+                    Variant::Iptables | Variant::IptablesEstablished => {
                         run_in_netns(
                             &netns,
                             IPTABLES_RESTORE,
@@ -217,25 +248,26 @@ pub fn p2(bench: &mut Bench, plan: &Plan, out: &mut Samples) -> anyhow::Result<(
                     }
                     Variant::Bare | Variant::Ours => {}
                 }
-                let (gbits, kpps) = measured.with_context(|| format!("P2 {variant:?} n={n}"))?;
-                out.push(Sample {
-                    measure: "p2",
-                    metric: "tcp_throughput",
-                    unit: "Gbit/s",
-                    variant: name(variant),
-                    cidrs: n,
-                    run,
-                    value: gbits,
-                });
-                out.push(Sample {
-                    measure: "p2",
-                    metric: "udp_rate",
-                    unit: "kpkt/s",
-                    variant: name(variant),
-                    cidrs: n,
-                    run,
-                    value: kpps,
-                });
+                let what = format!("P2 {variant:?} n={n}");
+                let ((gbits, kpps), rate) = measured.with_context(|| what.clone())?;
+                expect_connected(&rate, &what, "the server")?;
+                for (metric, unit, value) in [
+                    ("tcp_throughput", "Gbit/s", gbits),
+                    ("udp_rate", "kpkt/s", kpps),
+                    ("connect_rate", "conn/s", rate.per_second()),
+                    ("connect_p50", "µs", rate.p50_us),
+                    ("connect_p99", "µs", rate.p99_us),
+                ] {
+                    out.push(Sample {
+                        measure: "p2",
+                        metric,
+                        unit,
+                        variant: name(variant),
+                        cidrs: n,
+                        run,
+                        value,
+                    });
+                }
             }
         }
     }

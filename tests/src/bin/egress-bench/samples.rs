@@ -17,7 +17,8 @@ pub struct Sample {
     /// What was measured, e.g. `connect_rate`, `tcp_throughput`.
     pub metric: &'static str,
     pub unit: &'static str,
-    /// `direct`/`none`, `ours`, `iptables`, `nftables`.
+    /// `direct`/`none`, `ours`, `iptables`, `iptables-est` (P2: behind the
+    /// conntrack shortcut), `nftables`.
     pub variant: &'static str,
     /// CIDR rules in force.
     pub cidrs: usize,
