@@ -330,11 +330,12 @@ fn the_metrics_table_matches_the_code() {
     };
     // With counters present every family is registered, also those that
     // have no sample yet; counters are exposed with `_total`.
-    let text = render(
-        &Status::default(),
-        Some(&Counters::default()),
-        &Names::default(),
-    );
+    // And with every optional part on (the gateways' DNS relay).
+    let status = Status {
+        gateway_dns: Some(Default::default()),
+        ..Status::default()
+    };
+    let text = render(&status, Some(&Counters::default()), &Names::default());
     let produced: BTreeSet<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -26,7 +26,7 @@ use std::{
 use anyhow::Context as _;
 use egress_policy::model::ObjectId;
 use integration_tests::{
-    agent::{Agent, APPLY_WAIT},
+    agent::{agent_exe, Agent, APPLY_WAIT},
     names,
     node::SimNode,
     rotating_dns::RotatingDns,
@@ -86,7 +86,27 @@ impl Scene {
         Ok(Self { sim, dns })
     }
 
+    fn socket(&self) -> std::path::PathBuf {
+        self.sim.scratch_dir().join("agent.sock")
+    }
+
+    /// `egress-agent status -o json`'s `gatewayDns`.
+    fn relay_status(&self) -> anyhow::Result<serde_json::Value> {
+        let out = std::process::Command::new(agent_exe())
+            .args(["status", "-o", "json", "--socket"])
+            .arg(self.socket())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(status["gatewayDns"].clone())
+    }
+
     fn agent(&self, extra: &[&str]) -> anyhow::Result<Agent> {
+        let socket = self.socket().display().to_string();
         let policies = self.sim.policies_dir().display().to_string();
         let root = self.sim.cgroup_root().display().to_string();
         let dns = self.dns.address.to_string();
@@ -100,6 +120,8 @@ impl Scene {
             &dns,
             "--gateway-dns-grace",
             &grace,
+            "--socket",
+            &socket,
         ];
         args.extend_from_slice(extra);
         let mut agent = Agent::start(self.sim.node(), self.sim.pin_dir(), &args)?;
@@ -201,6 +223,13 @@ fn the_gateways_allow_list_follows_its_own_rotating_dns_answers() -> anyhow::Res
     assert!(
         scene.dns.answered() >= asked + 200,
         "every request must have been a fresh DNS answer"
+    );
+    let relay = scene.relay_status()?;
+    assert_eq!(relay["relays"], 1, "{relay}");
+    let counted = |k: &str| relay[k].as_u64().unwrap_or(0);
+    assert!(
+        counted("programmed") + counted("late") >= 200,
+        "every answer for the name is counted, programmed (or late): {relay}"
     );
 
     // An address handed out is dropped after its TTL (clamped to 5 s) and

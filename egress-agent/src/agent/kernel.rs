@@ -222,6 +222,7 @@ impl KernelEnforcer {
             backstop: backstop.clone(),
             events,
             names: Arc::clone(&shared_names),
+            relays: Arc::default(),
         });
         info!(pin_dir = %pin_dir.display(), cgroup_root = %root.display(), links = dataplane.links().len(), "data plane attached");
         if audit && nft {
@@ -619,7 +620,8 @@ impl Enforcer for KernelEnforcer {
         let Some(port) = self.gateway_dns_port else {
             return;
         };
-        match GatewayDns::new(port, resolver.learner()) {
+        let stats = Arc::clone(&self.observer.relays);
+        match GatewayDns::new(port, resolver.learner(), stats) {
             Ok(relays) => self.gateway_dns = Some(relays),
             Err(e) => warn!(error = %e, "cannot relay the gateways' DNS"),
         }

@@ -217,6 +217,7 @@ impl Status {
             maps: kernel.maps.clone(),
             nft: kernel.nft.clone(),
             kernel_events: kernel.events,
+            gateway_dns: kernel.gateway_dns,
             agent_events: hub.stats(),
             redirect_events: hub.redirects(),
             reload_seconds_total: state.reload_seconds_total,

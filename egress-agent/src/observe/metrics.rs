@@ -245,6 +245,35 @@ pub fn render(status: &Status, counters: Option<&Counters>, names: &Names) -> St
             .inc_by(*n);
     }
 
+    if let Some(dns) = &status.gateway_dns {
+        let relays = Gauge::<i64>::default();
+        relays.set(i64::try_from(dns.relays).unwrap_or(i64::MAX));
+        registry.register(
+            "gateway_dns_relays",
+            "Gateway pods whose DNS the agent relays",
+            relays,
+        );
+        let queries = counter(
+            &mut registry,
+            "gateway_dns_queries",
+            "Gateways' DNS queries relayed, by what became of them",
+        );
+        for (result, n) in [
+            ("programmed", dns.programmed),
+            ("late", dns.late),
+            ("upstream_failure", dns.upstream_failures),
+            (
+                "other",
+                dns.queries
+                    .saturating_sub(dns.programmed + dns.late + dns.upstream_failures),
+            ),
+        ] {
+            queries
+                .get_or_create(&vec![("result", result.to_owned())])
+                .inc_by(n);
+        }
+    }
+
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &registry);

@@ -21,6 +21,8 @@ pub struct KernelView {
     /// `None` when they could not be read (the error is logged).
     pub counters: Option<Counters>,
     pub names: Names,
+    /// `None` unless the agent relays the gateways' DNS.
+    pub gateway_dns: Option<GatewayDnsStatus>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +54,25 @@ pub struct NftStatus {
     pub dropped_packets: Vec<(String, u64)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The gateways' DNS relay (`run --follow-gateway-dns`), since the agent
+/// started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayDnsStatus {
+    /// Gateway pods with a relay now.
+    pub relays: u64,
+    /// Queries answered (forwarded, or SERVFAIL when no server answered).
+    pub queries: u64,
+    /// Answers for an `allowedHosts` name whose addresses were programmed
+    /// before the reply went back.
+    pub programmed: u64,
+    /// Such answers passed on before their addresses were programmed
+    /// (after the relay's wait): a connect may have been refused.
+    pub late: u64,
+    /// Queries no server answered.
+    pub upstream_failures: u64,
 }
 
 /// The kernel's event counters and settings.
@@ -203,6 +224,8 @@ pub struct Status {
     pub maps: Vec<MapFill>,
     pub nft: NftStatus,
     pub kernel_events: KernelEvents,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_dns: Option<GatewayDnsStatus>,
     pub agent_events: HubStats,
     /// Redirect events received, by workload.
     pub redirect_events: Vec<(String, u64)>,
@@ -388,6 +411,13 @@ impl fmt::Display for Status {
         }
         if let Some(e) = &self.nft.error {
             writeln!(f, "  error: {e}")?;
+        }
+        if let Some(d) = &self.gateway_dns {
+            writeln!(
+                f,
+                "gateway DNS relay: {} relays; {} queries, {} answers programmed before the reply, {} late, {} with no server answering",
+                d.relays, d.queries, d.programmed, d.late, d.upstream_failures
+            )?;
         }
         let k = &self.kernel_events;
         writeln!(

@@ -33,7 +33,10 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -82,6 +85,27 @@ pub struct Learner {
     pub(super) timeout: Duration,
 }
 
+/// What the relays did since the agent started, for `status` and
+/// `/metrics`; shared before the relays start, so that it can be read
+/// from elsewhere.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Set once relaying is on.
+    pub enabled: AtomicBool,
+    /// Gateway pods with a relay now.
+    pub relays: AtomicU64,
+    pub queries: AtomicU64,
+    pub programmed: AtomicU64,
+    pub late: AtomicU64,
+    pub upstream_failures: AtomicU64,
+}
+
+impl RelayStats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A gateway workload on this node whose `allowedHosts` has DNS names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayedGateway {
@@ -106,6 +130,7 @@ pub struct GatewayDns {
     gateways: Vec<RelayedGateway>,
     /// Gateways whose relay could not be started, already warned of.
     warned: BTreeSet<ObjectId>,
+    stats: Arc<RelayStats>,
 }
 
 /// One gateway pod's relay; dropping it closes its sockets.
@@ -113,6 +138,12 @@ struct Relay {
     netns: (u64, u64),
     names: watch::Sender<BTreeSet<String>>,
     tasks: Vec<AbortHandle>,
+}
+
+impl Drop for GatewayDns {
+    fn drop(&mut self) {
+        self.stats.relays.store(0, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Relay {
@@ -125,8 +156,14 @@ impl Drop for Relay {
 
 impl GatewayDns {
     /// Must be called from within a Tokio runtime, where the relays run.
-    pub fn new(port: u16, learner: Learner) -> Result<Self, super::ResolveError> {
+    /// Counts what they do in `stats`.
+    pub fn new(
+        port: u16,
+        learner: Learner,
+        stats: Arc<RelayStats>,
+    ) -> Result<Self, super::ResolveError> {
         let runtime = Handle::try_current().map_err(|_| super::ResolveError::NoRuntime)?;
+        stats.enabled.store(true, Ordering::Relaxed);
         Ok(Self {
             port,
             learner,
@@ -135,6 +172,7 @@ impl GatewayDns {
             relays: BTreeMap::new(),
             gateways: Vec::new(),
             warned: BTreeSet::new(),
+            stats,
         })
     }
 
@@ -182,6 +220,8 @@ impl GatewayDns {
             }
         }
         self.gateways = gateways;
+        let relays = u64::try_from(self.relays.len()).unwrap_or(u64::MAX);
+        self.stats.relays.store(relays, Ordering::Relaxed);
         self.ready()
     }
 
@@ -214,6 +254,7 @@ impl GatewayDns {
         let (names, names_rx) = watch::channel(gateway.names.clone());
         let forwarder = Arc::new(Forwarder {
             gateway: gateway.id.clone(),
+            stats: Arc::clone(&self.stats),
             learner: self.learner.clone(),
             applied: self.applied.subscribe(),
             names: names_rx,
@@ -269,6 +310,7 @@ async fn serve(socket: UdpSocket, forwarder: Arc<Forwarder>) {
 /// One gateway pod's queries: forwarded, learned from, answered.
 struct Forwarder {
     gateway: ObjectId,
+    stats: Arc<RelayStats>,
     learner: Learner,
     applied: watch::Receiver<ResolvedHosts>,
     names: watch::Receiver<BTreeSet<String>>,
@@ -282,7 +324,9 @@ impl Forwarder {
         if query.len() < 12 || query[2] & 0x80 != 0 {
             return None;
         }
+        RelayStats::bump(&self.stats.queries);
         let Some(reply) = self.forward(query).await else {
+            RelayStats::bump(&self.stats.upstream_failures);
             return server_failure(query);
         };
         self.learn(&reply).await;
@@ -353,10 +397,13 @@ impl Forwarder {
             let have = hosts.addresses(&name);
             addrs.iter().all(|a| have.contains(a))
         };
-        if !matches!(
+        if matches!(
             timeout(PROGRAM_WAIT, applied.wait_for(held)).await,
             Ok(Ok(_))
         ) {
+            RelayStats::bump(&self.stats.programmed);
+        } else {
+            RelayStats::bump(&self.stats.late);
             warn!(gateway = %self.gateway, host = name, addresses = ?addrs, "the gateway's DNS answer was not programmed within {PROGRAM_WAIT:?}: it is passed on, and a connect to these addresses may be refused until it is");
         }
     }

@@ -1,14 +1,15 @@
 //! What `status` and `/metrics` show of the kernel side, read beside the
 //! applies.
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{atomic::Ordering, Arc, PoisonError, RwLock};
 
 use tracing::warn;
 
 use super::super::reload::Observer;
 use crate::{
     dataplane::{self, nft::Backstop, DataplaneReader},
-    observe::{self, KernelView},
+    observe::{self, status::GatewayDnsStatus, KernelView},
+    resolve::relay::RelayStats,
 };
 use egress_common::{capacity, EventConfig, EventStat};
 
@@ -22,6 +23,21 @@ pub(super) struct KernelObserver {
     pub(super) events: EventConfig,
     /// The names of the image in force, which each apply replaces.
     pub(super) names: Arc<RwLock<observe::Names>>,
+    pub(super) relays: Arc<RelayStats>,
+}
+
+impl KernelObserver {
+    fn gateway_dns(&self) -> Option<GatewayDnsStatus> {
+        let s = &self.relays;
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        s.enabled.load(Ordering::Relaxed).then(|| GatewayDnsStatus {
+            relays: read(&s.relays),
+            queries: read(&s.queries),
+            programmed: read(&s.programmed),
+            late: read(&s.late),
+            upstream_failures: read(&s.upstream_failures),
+        })
+    }
 }
 
 impl Observer for KernelObserver {
@@ -134,6 +150,7 @@ impl Observer for KernelObserver {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            gateway_dns: self.gateway_dns(),
         }
     }
 }
