@@ -68,7 +68,12 @@ const CIDRS: &[&str] = &[
     "2001:db8::/64",
 ];
 const PORTS: &[u16] = &[53, 80, 443, 7000, 7001, 8080];
-const CLUSTER: &[&str] = &["10.200.0.0/24", "10.1.0.0/16", "fd00:200::/64", "fd00:1::/32"];
+const CLUSTER: &[&str] = &[
+    "10.200.0.0/24",
+    "10.1.0.0/16",
+    "fd00:200::/64",
+    "fd00:1::/32",
+];
 const HOSTS: &[&str] = &["203.0.113.7", "203.0.113.8", "2001:db8::9"];
 const LABELS: &[&str] = &["a", "b", "c"];
 const WORKLOADS: usize = 6;
@@ -368,6 +373,7 @@ fn an_incremental_apply_leaves_the_state_of_a_full_apply() {
     let empty = MapImage::default();
     let mut totals = Totals::default();
     let mut fresh_checks = 0;
+    let mut aborts = 0;
     for sequence in 0..SEQUENCES {
         let mut rng = Rng(seed ^ sequence.wrapping_mul(0x2545_f491_4f6c_dd1d));
         let mut world = World::random(&mut rng);
@@ -378,6 +384,19 @@ fn an_incremental_apply_leaves_the_state_of_a_full_apply() {
             let image = fixture
                 .image(&world)
                 .unwrap_or_else(|e| panic!("seed {seed}, sequence {sequence}: {e}"));
+            // Taken back before the flip, a staged generation leaves the
+            // maps exactly as they were: the objects it kept included.
+            if rng.chance(10) {
+                let before = incremental.canonical_dump().unwrap();
+                incremental.prepare(&image).unwrap().abort();
+                let after = incremental.canonical_dump().unwrap();
+                assert!(
+                    before == after,
+                    "seed {seed}, sequence {sequence}, step {step}: abort changed the maps\n\
+                     --- before\n{before}\n--- after\n{after}"
+                );
+                aborts += 1;
+            }
             let stats = incremental.apply(&image).unwrap();
             assert!(stats.cleanup_error.is_none(), "{stats:?}");
             totals.add(&stats);
@@ -413,7 +432,7 @@ fn an_incremental_apply_leaves_the_state_of_a_full_apply() {
     println!(
         "{SEQUENCES} sequences × {STEPS} steps in {:?}: {} applies, {} policies / {} port sets / \
          {} host tables / {} cluster tags kept, {} entries written; {fresh_checks} checks \
-         against a fresh data plane",
+         against a fresh data plane, {aborts} aborts",
         start.elapsed(),
         totals.applies,
         totals.reused_policies,
@@ -427,4 +446,5 @@ fn an_incremental_apply_leaves_the_state_of_a_full_apply() {
     assert!(totals.reused_policies > 0, "seed {seed}");
     assert!(totals.reused_port_sets > 0, "seed {seed}");
     assert!(totals.reused_cluster > 0, "seed {seed}");
+    assert!(aborts > 0, "seed {seed}");
 }

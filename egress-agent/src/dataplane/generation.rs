@@ -2,22 +2,49 @@
 //!
 //! The maps hold up to two generations. `ACTIVE[0]` says which
 //! `WorkloadSlot` slot the programs read, and every other entry is keyed by
-//! ids (policy ids, the cluster tag, port set ids) that belong to exactly
-//! one generation: ids are never reused by the next generation, so the new
-//! one is written completely while the old one stays live and untouched.
-//! An apply:
+//! ids (policy ids, the cluster tag, port set and host table ids). An id
+//! names one *object* (a policy's tries, capture and `POLICIES` entry; a
+//! port set chain; a host table; the cluster's CIDRs), and an object is
+//! never changed while it exists: it is written whole under a fresh id,
+//! and deleted whole. An apply:
 //!
-//! 1. writes the new port sets, trie entries and policies under fresh ids;
-//! 2. writes the inactive slot of every `WORKLOADS` entry (the new policy,
-//!    or 0), creating entries for new workloads with only that slot set;
+//! 1. keeps every object of the live generation whose contents the new one
+//!    wants unchanged (same id, entries untouched), and writes the others
+//!    under fresh ids;
+//! 2. writes the inactive slot of every `WORKLOADS` entry whose policy
+//!    differs from what that slot holds (the new policy, or 0), creating
+//!    entries for new workloads with only that slot set;
 //! 3. flips `ACTIVE`;
 //! 4. waits until no program that read the old slot is still running (an
 //!    RCU grace period, see [`syscalls::wait_for_running_programs`]);
-//! 5. deletes the old generation's entries and clears the old slots.
+//! 5. deletes the objects the new generation did not keep, deletes the
+//!    entries of workloads that are gone, and sets every remaining
+//!    workload's old slot to its new value.
 //!
-//! A program run reads `ACTIVE` first and then only entries of that
-//! generation, so it sees one complete generation: an allowed connection
-//! never fails and a denied one never passes during a reload.
+//! A program run reads `ACTIVE` first and then only objects its slot's
+//! policy names, directly or through the ids in their entries. Both the
+//! old and the new generation are complete in the maps from step 1 until
+//! step 5, and a kept object belongs to both, unchanged: so a run sees one
+//! complete generation, and an allowed connection never fails and a denied
+//! one never passes during a reload. Step 5 writes the old slot only after
+//! the grace period, when no run reads it; the next apply's step 2 writes
+//! it again (while it is inactive) if the workload's policy changes.
+//!
+//! Contents are compared as the kernel holds them, ids they name included
+//! (see [`PolicyContent`]): objects are resolved bottom up, port sets
+//! first, so a policy is kept only if every port set and host table it
+//! names is kept too, and a new cluster tag makes every policy new. What
+//! an unchanged apply costs is thus reads and hashing; a new pod under a
+//! policy already in force costs three map writes (its `WORKLOADS` entry
+//! in step 2 and again in step 5, and `ACTIVE`), plus its own `SOURCES`
+//! pairs when its sources are checked; `CONFIG` is written only when it
+//! changes. A policy with one CIDR changed is still written whole under a
+//! new id: changing a trie in place is not done.
+//!
+//! What the live generation holds is known only to the process that wrote
+//! it: after `open` adopts pins, or after an apply that failed half way,
+//! the next apply writes every object fresh and sweeps the maps for
+//! anything not of the new generation, as before.
 //!
 //! Steps 1 and 2 ([`Applier::stage`]) and steps 3 to 5 ([`commit`]) can be
 //! taken apart, with something else in between: the agent programs the
@@ -553,7 +580,8 @@ impl Staging<'_> {
                     ids[0]
                 }
             };
-            new.sets.extend(&new.objects.port_sets[entries].keys.port_sets);
+            new.sets
+                .extend(&new.objects.port_sets[entries].keys.port_sets);
             new.sets.insert(first);
             set_ids.push(first);
         }
@@ -627,7 +655,9 @@ impl Staging<'_> {
                     fresh.cluster_v4.extend(&keys.cluster_v4);
                     fresh.cluster_v6.extend(&keys.cluster_v6);
                     written?;
-                    new.objects.cluster.insert(content, Object { id: tag, keys });
+                    new.objects
+                        .cluster
+                        .insert(content, Object { id: tag, keys });
                     tag
                 }
             };
@@ -678,7 +708,6 @@ impl Staging<'_> {
         }
         Ok(policy_ids)
     }
-
 }
 
 /// A fresh id from `alloc`, taken.
@@ -816,7 +845,8 @@ pub(super) fn abort(maps: &mut Maps, live: &mut Option<Generation>, staged: Stag
     removed += deleted;
     let mut old = staged.old;
     if let Some(old) = &mut old {
-        old.objects.take_back(staged.new.objects, &old.ids, &old.sets);
+        old.objects
+            .take_back(staged.new.objects, &old.ids, &old.sets);
     }
     if let Some(config) = staged.config_before {
         clean &= maps.set_config(config).is_ok();
