@@ -58,8 +58,18 @@ fn image(root: &TestCgroup, pods: usize, last: &str) -> MapImage {
 
 fn report(what: &str, stats: &ApplyStats) {
     println!(
-        "{what}: {:?} = write {:?} + grace {:?} + cleanup {:?}; {} prefixes written, {} entries removed",
-        stats.total, stats.write, stats.grace, stats.cleanup, stats.allow_entries, stats.removed
+        "{what}: {:?} = write {:?} + grace {:?} + cleanup {:?}; {} prefixes written, {} entries \
+         removed; {} entries and {} WORKLOADS entries written, {} policies and {} port sets kept",
+        stats.total,
+        stats.write,
+        stats.grace,
+        stats.cleanup,
+        stats.allow_entries,
+        stats.removed,
+        stats.written,
+        stats.workload_writes,
+        stats.reused_policies,
+        stats.reused_port_sets,
     );
 }
 
