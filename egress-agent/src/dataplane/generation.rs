@@ -2,22 +2,49 @@
 //!
 //! The maps hold up to two generations. `ACTIVE[0]` says which
 //! `WorkloadSlot` slot the programs read, and every other entry is keyed by
-//! ids (policy ids, the cluster tag, port set ids) that belong to exactly
-//! one generation: ids are never reused by the next generation, so the new
-//! one is written completely while the old one stays live and untouched.
-//! An apply:
+//! ids (policy ids, the cluster tag, port set and host table ids). An id
+//! names one *object* (a policy's tries, capture and `POLICIES` entry; a
+//! port set chain; a host table; the cluster's CIDRs), and an object is
+//! never changed while it exists: it is written whole under a fresh id,
+//! and deleted whole. An apply:
 //!
-//! 1. writes the new port sets, trie entries and policies under fresh ids;
-//! 2. writes the inactive slot of every `WORKLOADS` entry (the new policy,
-//!    or 0), creating entries for new workloads with only that slot set;
+//! 1. keeps every object of the live generation whose contents the new one
+//!    wants unchanged (same id, entries untouched), and writes the others
+//!    under fresh ids;
+//! 2. writes the inactive slot of every `WORKLOADS` entry whose policy
+//!    differs from what that slot holds (the new policy, or 0), creating
+//!    entries for new workloads with only that slot set;
 //! 3. flips `ACTIVE`;
 //! 4. waits until no program that read the old slot is still running (an
 //!    RCU grace period, see [`syscalls::wait_for_running_programs`]);
-//! 5. deletes the old generation's entries and clears the old slots.
+//! 5. deletes the objects the new generation did not keep, deletes the
+//!    entries of workloads that are gone, and sets every remaining
+//!    workload's old slot to its new value.
 //!
-//! A program run reads `ACTIVE` first and then only entries of that
-//! generation, so it sees one complete generation: an allowed connection
-//! never fails and a denied one never passes during a reload.
+//! A program run reads `ACTIVE` first and then only objects its slot's
+//! policy names, directly or through the ids in their entries. Both the
+//! old and the new generation are complete in the maps from step 1 until
+//! step 5, and a kept object belongs to both, unchanged: so a run sees one
+//! complete generation, and an allowed connection never fails and a denied
+//! one never passes during a reload. Step 5 writes the old slot only after
+//! the grace period, when no run reads it; the next apply's step 2 writes
+//! it again (while it is inactive) if the workload's policy changes.
+//!
+//! Contents are compared as the kernel holds them, ids they name included
+//! (see [`PolicyContent`]): objects are resolved bottom up, port sets
+//! first, so a policy is kept only if every port set and host table it
+//! names is kept too, and a new cluster tag makes every policy new. What
+//! an unchanged apply costs is thus reads and hashing; a new pod under a
+//! policy already in force costs three map writes (its `WORKLOADS` entry
+//! in step 2 and again in step 5, and `ACTIVE`), plus its own `SOURCES`
+//! pairs when its sources are checked; `CONFIG` is written only when it
+//! changes. A policy with one CIDR changed is still written whole under a
+//! new id: changing a trie in place is not done.
+//!
+//! What the live generation holds is known only to the process that wrote
+//! it: after `open` adopts pins, or after an apply that failed half way,
+//! the next apply writes every object fresh and sweeps the maps for
+//! anything not of the new generation, as before.
 //!
 //! Steps 1 and 2 ([`Applier::stage`]) and steps 3 to 5 ([`commit`]) can be
 //! taken apart, with something else in between: the agent programs the
@@ -38,17 +65,25 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use egress_common::{
-    host_ports, map, Config, PolicyAddrV4, PolicyAddrV6, SourceKey, WorkloadSlot, EMPTY_SET,
-    EXEMPT_POLICY, MAX_LEVEL, MAX_PORT_ENTRIES,
+    host_ports, map, Config, PolicyAddrV4, PolicyAddrV6, PortEntry, SourceKey, WorkloadSlot,
+    EMPTY_SET, EXEMPT_POLICY, MAX_LEVEL, MAX_PORT_ENTRIES,
 };
+use ipnet::{Ipv4Net, Ipv6Net};
+use std::net::IpAddr;
 
-use super::{cgroups::CgroupRoot, maps::Maps, syscalls, DataplaneError, MapImage};
+use super::{
+    cgroups::CgroupRoot, image::ImageCapture, maps::Maps, syscalls, DataplaneError, HostTable,
+    ImageWorkload, MapImage,
+};
 
 mod sweep;
 mod write;
 
 use sweep::{delete, delete_foreign, delete_keys, prune_sources, scan_ids};
-use write::{add_sources, level_mask, wanted_sources, write_generation, write_workload};
+use write::{
+    add_sources, level_mask, wanted_sources, write_cluster, write_host_table, write_policy,
+    write_port_set, write_workload,
+};
 
 /// What an apply did, and how long each phase took.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -72,6 +107,21 @@ pub struct ApplyStats {
     pub capture_entries: usize,
     /// Entries of earlier generations deleted (all maps).
     pub removed: usize,
+    /// Policies of the previous generation kept, id and entries, because
+    /// the new one wants the same contents (the counts above are of what
+    /// was written, so they leave these out).
+    pub reused_policies: usize,
+    /// Port sets and host tables kept likewise.
+    pub reused_port_sets: usize,
+    pub reused_host_tables: usize,
+    /// Whether the cluster tag and its entries were kept.
+    pub reused_cluster: bool,
+    /// Entries written to the generation's maps (tries, port sets, host
+    /// tables, policies, captures), kept ones not counted.
+    pub written: usize,
+    /// `WORKLOADS` entries written (staging and cleanup; deletions are in
+    /// `removed`).
+    pub workload_writes: usize,
     /// Whether the previous state was unknown (first apply after `open`, or
     /// after a failed apply) and the maps were enumerated to find it.
     pub reconciled: bool,
@@ -107,6 +157,21 @@ struct Keys {
 }
 
 impl Keys {
+    fn extend(&mut self, other: &Keys) {
+        self.allow_v4.extend(&other.allow_v4);
+        self.allow_v6.extend(&other.allow_v6);
+        self.gateway_v4.extend(&other.gateway_v4);
+        self.gateway_v6.extend(&other.gateway_v6);
+        self.cluster_v4.extend(&other.cluster_v4);
+        self.cluster_v6.extend(&other.cluster_v6);
+        self.host_ports.extend(&other.host_ports);
+        self.capture_v4.extend(&other.capture_v4);
+        self.capture_v6.extend(&other.capture_v6);
+        self.captures.extend(&other.captures);
+        self.policies.extend(&other.policies);
+        self.port_sets.extend(&other.port_sets);
+    }
+
     fn len(&self) -> usize {
         self.allow_v4.len()
             + self.allow_v6.len()
@@ -129,7 +194,76 @@ pub(super) struct Generation {
     /// Policy ids and the cluster tag.
     ids: HashSet<u32>,
     sets: HashSet<u32>,
+    /// What it holds, object by object and by content: what the next
+    /// generation keeps when it wants the same, and deletes otherwise.
+    objects: Objects,
+}
+
+/// One object of a generation (a policy, a port set chain, a host table,
+/// the cluster) under its id, with every key written for it.
+struct Object {
+    id: u32,
     keys: Keys,
+}
+
+/// A generation's objects by content. Contents are what the kernel holds
+/// under the id, with every id they name already a kernel id: equal
+/// contents are interchangeable, whichever generation wrote them.
+#[derive(Default)]
+struct Objects {
+    port_sets: HashMap<Vec<PortEntry>, Object>,
+    host_tables: HashMap<(HostTable, u32), Object>,
+    cluster: HashMap<ClusterContent, Object>,
+    policies: HashMap<PolicyContent, Object>,
+}
+
+impl Objects {
+    /// Moves back the objects that staging kept from the generation of
+    /// `ids` and `sets` (fresh ones have ids it does not have).
+    fn take_back(&mut self, new: Objects, ids: &HashSet<u32>, sets: &HashSet<u32>) {
+        fn back<C: Eq + std::hash::Hash>(
+            to: &mut HashMap<C, Object>,
+            from: HashMap<C, Object>,
+            ids: &HashSet<u32>,
+        ) {
+            to.extend(from.into_iter().filter(|(_, o)| ids.contains(&o.id)));
+        }
+        back(&mut self.port_sets, new.port_sets, sets);
+        back(&mut self.host_tables, new.host_tables, sets);
+        back(&mut self.cluster, new.cluster, ids);
+        back(&mut self.policies, new.policies, ids);
+    }
+
+    /// Objects in the id space of policies and the cluster tag.
+    fn by_id(&self) -> impl Iterator<Item = &Object> {
+        self.cluster.values().chain(self.policies.values())
+    }
+
+    /// Objects in the id space of port sets and host tables.
+    fn by_set(&self) -> impl Iterator<Item = &Object> {
+        self.port_sets.values().chain(self.host_tables.values())
+    }
+}
+
+/// What the cluster tag names: its CIDRs and its flagged hosts.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClusterContent {
+    v4: Vec<Ipv4Net>,
+    v6: Vec<Ipv6Net>,
+    hosts: Vec<(IpAddr, u8)>,
+}
+
+/// What the kernel holds under one policy id, with the kernel's set ids
+/// and cluster tag in it (see [`ImageWorkload::tables`]).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(super) struct PolicyContent {
+    pub(super) flags: u32,
+    pub(super) cluster: u32,
+    pub(super) allow_v4: Vec<(Ipv4Net, u32)>,
+    pub(super) allow_v6: Vec<(Ipv6Net, u32)>,
+    pub(super) gateway_v4: Vec<(Ipv4Net, u32)>,
+    pub(super) gateway_v6: Vec<(Ipv6Net, u32)>,
+    pub(super) capture: Option<ImageCapture>,
 }
 
 /// Hands out ids that are not taken, in a wrapping sequence (0 is never
@@ -216,8 +350,9 @@ impl Applier<'_> {
                 slot: new_slot,
                 ids: HashSet::new(),
                 sets: HashSet::new(),
-                keys: Keys::default(),
+                objects: Objects::default(),
             },
+            fresh: Keys::default(),
             before: existing.into_iter().collect(),
             slots: HashMap::new(),
             new_policy: HashMap::new(),
@@ -258,6 +393,9 @@ pub(super) struct Staged {
     /// The live generation as this process wrote it; `None`: reconcile.
     old: Option<Generation>,
     new: Generation,
+    /// The entries staging wrote: the new generation less what it kept of
+    /// the old one. All that [`abort`] deletes.
+    fresh: Keys,
     /// `WORKLOADS` before staging, and as staged.
     before: HashMap<u64, WorkloadSlot>,
     slots: HashMap<u64, WorkloadSlot>,
@@ -324,105 +462,39 @@ struct Staging<'a> {
 impl Staging<'_> {
     /// Writes the new generation, noting each write in `staged` as it
     /// goes, so that [`abort`] can take back a partial one.
+    ///
+    /// An object of the live generation with the same content is kept,
+    /// id, entries and all, instead of written again: contents are
+    /// resolved to kernel ids bottom up (port sets, then host tables,
+    /// which name them, then the cluster, then policies, which name all
+    /// three), so a kept object only names kept or fresh objects of the
+    /// new generation.
     fn write(mut self, image: &MapImage, staged: &mut Staged) -> Result<(), DataplaneError> {
-        let new = &mut staged.new;
-        let mut fresh_id = |ids: &mut Allocator, new: &mut Generation| {
-            let id = ids.fresh(&self.taken_ids);
-            self.taken_ids.insert(id);
-            new.ids.insert(id);
-            id
-        };
-        // Fresh ids for every workload, the cluster tag and every set.
-        let tag = image.has_cluster().then(|| fresh_id(self.ids, new));
-        // Exempt entries carry the reserved id in every generation; equal
-        // tables share one id (see `ImageWorkload::tables`).
-        let mut shared = HashMap::new();
-        let policy_ids: Vec<u32> = image
-            .workloads()
-            .iter()
-            .map(|w| {
-                if w.exempt {
-                    EXEMPT_POLICY
-                } else {
-                    *shared
-                        .entry(w.tables())
-                        .or_insert_with(|| fresh_id(self.ids, new))
-                }
-            })
-            .collect();
-        // One kernel set per MAX_PORT_ENTRIES entries of an image set; the
-        // first is the one the tries name, the others continue it.
-        let set_ids: Vec<Vec<u32>> = image
-            .port_sets()
-            .iter()
-            .map(|entries| {
-                (0..entries.len().div_ceil(MAX_PORT_ENTRIES).max(1))
-                    .map(|_| {
-                        let id = self.set_ids.fresh(&self.taken_sets);
-                        self.taken_sets.insert(id);
-                        new.sets.insert(id);
-                        id
-                    })
-                    .collect()
-            })
-            .collect();
-        // Host tables take ids from the same space (an `ALLOW_*` value is
-        // either), so one scan and one sweep cover both.
-        let host_ids: Vec<u32> = image
-            .host_tables()
-            .iter()
-            .map(|_| {
-                let id = self.set_ids.fresh(&self.taken_sets);
-                self.taken_sets.insert(id);
-                new.sets.insert(id);
-                id
-            })
-            .collect();
-        let kernel_set = |local: u32| -> u32 {
-            if local & host_ports::ALLOW_FLAG != 0 {
-                let host = (local & !host_ports::ALLOW_FLAG) as usize;
-                return host
-                    .checked_sub(1)
-                    .and_then(|i| host_ids.get(i))
-                    .map_or(EMPTY_SET, |id| id | host_ports::ALLOW_FLAG);
-            }
-            match local {
-                EMPTY_SET => EMPTY_SET,
-                n => set_ids
-                    .get(n as usize - 1)
-                    .and_then(|ids| ids.first().copied())
-                    .unwrap_or(EMPTY_SET),
-            }
-        };
+        // Taken out so that what is kept can be moved over; put back
+        // below, whatever happens, for `abort` and `clean_up`.
+        let mut old = staged.old.as_mut().map(|g| std::mem::take(&mut g.objects));
+        let written = self.write_objects(image, staged, old.as_mut());
+        if let (Some(g), Some(rest)) = (staged.old.as_mut(), old) {
+            g.objects = rest;
+        }
+        let policy_ids = written?;
         let maps = &mut *self.maps;
-
-        // The new workloads' own addresses, before anything can make the
-        // kernel check them; stale ones go after the grace period.
-        add_sources(maps, &staged.sources, &mut staged.added_sources)?;
-
-        // 1. The new generation's entries; nothing live refers to them yet.
-        write_generation(
-            maps,
-            image,
-            tag,
-            &policy_ids,
-            &set_ids,
-            &host_ids,
-            &kernel_set,
-            &mut staged.new.keys,
-            &mut staged.stats,
-        )?;
 
         // CONFIG for the transition: both generations' levels; audit if
         // either generation is in audit mode.
         let before = maps.config()?;
         staged.config_before = Some(before);
-        maps.set_config(Config {
+        let transition = Config {
             flags: (before.flags & Config::AUDIT) | staged.audit_flag,
             level_mask: before.level_mask | staged.new_mask,
-        })?;
+        };
+        if transition != before {
+            maps.set_config(transition)?;
+        }
 
-        // 2. The inactive slot of every workload entry.
+        // 2. The inactive slot of every workload entry. A workload whose
+        // policy is unchanged has it already: cleanup leaves both slots
+        // equal.
         staged.new_policy = image
             .workloads()
             .iter()
@@ -439,9 +511,226 @@ impl Staging<'_> {
             if slot.policy[new_slot] != want {
                 slot.policy[new_slot] = want;
                 write_workload(maps, *cgroup, *slot)?;
+                staged.stats.workload_writes += 1;
             }
         }
         Ok(())
+    }
+
+    /// Step 1: every object of the new generation, kept from `old` or
+    /// written under a fresh id; each workload's policy id.
+    fn write_objects(
+        &mut self,
+        image: &MapImage,
+        staged: &mut Staged,
+        mut old: Option<&mut Objects>,
+    ) -> Result<Vec<u32>, DataplaneError> {
+        let maps = &mut *self.maps;
+        let (ids, taken_ids) = (&mut *self.ids, &mut self.taken_ids);
+        let (set_ids_alloc, taken_sets) = (&mut *self.set_ids, &mut self.taken_sets);
+        let mut fresh_id = || take(ids, taken_ids);
+        let mut fresh_set = || take(set_ids_alloc, taken_sets);
+        // The new workloads' own addresses, before anything can make the
+        // kernel check them; stale ones go after the grace period.
+        add_sources(maps, &staged.sources, &mut staged.added_sources)?;
+
+        let new = &mut staged.new;
+        let fresh = &mut staged.fresh;
+        let stats = &mut staged.stats;
+        // Moves `content`'s object from the old generation to the new one
+        // if the old one has it.
+        fn keep<C: Eq + std::hash::Hash + Clone>(
+            old: Option<&mut HashMap<C, Object>>,
+            new: &mut HashMap<C, Object>,
+            content: &C,
+        ) -> Option<u32> {
+            if let Some(id) = new.get(content).map(|o| o.id) {
+                return Some(id);
+            }
+            let object = old?.remove(content)?;
+            let id = object.id;
+            new.insert(content.clone(), object);
+            Some(id)
+        }
+
+        // Port sets. One kernel set per MAX_PORT_ENTRIES entries of an
+        // image set; the first is the one the tries name.
+        let mut set_ids = Vec::with_capacity(image.port_sets().len());
+        for entries in image.port_sets() {
+            let first = match keep(
+                old.as_deref_mut().map(|o| &mut o.port_sets),
+                &mut new.objects.port_sets,
+                entries,
+            ) {
+                Some(id) => {
+                    stats.reused_port_sets += 1;
+                    id
+                }
+                None => {
+                    let ids: Vec<u32> = (0..entries.len().div_ceil(MAX_PORT_ENTRIES).max(1))
+                        .map(|_| fresh_set())
+                        .collect();
+                    let mut keys = Keys::default();
+                    let written = write_port_set(maps, entries, &ids, &mut keys, stats);
+                    fresh.port_sets.extend(&keys.port_sets);
+                    written?;
+                    new.objects
+                        .port_sets
+                        .insert(entries.clone(), Object { id: ids[0], keys });
+                    ids[0]
+                }
+            };
+            new.sets
+                .extend(&new.objects.port_sets[entries].keys.port_sets);
+            new.sets.insert(first);
+            set_ids.push(first);
+        }
+        let set_of = |local: u32| match local {
+            EMPTY_SET => EMPTY_SET,
+            n => set_ids.get(n as usize - 1).copied().unwrap_or(EMPTY_SET),
+        };
+
+        // Host tables take ids from the same space (an `ALLOW_*` value is
+        // either), so one scan and one sweep cover both.
+        let mut host_ids = Vec::with_capacity(image.host_tables().len());
+        for table in image.host_tables() {
+            let content = (table.clone(), set_of(table.base));
+            let id = match keep(
+                old.as_deref_mut().map(|o| &mut o.host_tables),
+                &mut new.objects.host_tables,
+                &content,
+            ) {
+                Some(id) => {
+                    stats.reused_host_tables += 1;
+                    id
+                }
+                None => {
+                    let id = fresh_set();
+                    let mut keys = Keys::default();
+                    let written = write_host_table(maps, table, id, content.1, &mut keys, stats);
+                    fresh.host_ports.extend(&keys.host_ports);
+                    written?;
+                    new.objects.host_tables.insert(content, Object { id, keys });
+                    id
+                }
+            };
+            new.sets.insert(id);
+            host_ids.push(id);
+        }
+        let kernel_set = |local: u32| -> u32 {
+            if local & host_ports::ALLOW_FLAG != 0 {
+                let host = (local & !host_ports::ALLOW_FLAG) as usize;
+                return host
+                    .checked_sub(1)
+                    .and_then(|i| host_ids.get(i))
+                    .map_or(EMPTY_SET, |id| id | host_ports::ALLOW_FLAG);
+            }
+            set_of(local)
+        };
+
+        // The cluster tag.
+        let tag = if image.has_cluster() {
+            let content = ClusterContent {
+                v4: image.cluster_v4().to_vec(),
+                v6: image.cluster_v6().to_vec(),
+                hosts: image
+                    .cluster_port_hosts()
+                    .iter()
+                    .map(|(a, v)| (*a, *v))
+                    .collect(),
+            };
+            let tag = match keep(
+                old.as_deref_mut().map(|o| &mut o.cluster),
+                &mut new.objects.cluster,
+                &content,
+            ) {
+                Some(tag) => {
+                    stats.reused_cluster = true;
+                    tag
+                }
+                None => {
+                    let tag = fresh_id();
+                    let mut keys = Keys::default();
+                    let written = write_cluster(maps, image, tag, &mut keys, stats);
+                    fresh.cluster_v4.extend(&keys.cluster_v4);
+                    fresh.cluster_v6.extend(&keys.cluster_v6);
+                    written?;
+                    new.objects
+                        .cluster
+                        .insert(content, Object { id: tag, keys });
+                    tag
+                }
+            };
+            new.ids.insert(tag);
+            tag
+        } else {
+            0
+        };
+
+        // Policies. Exempt entries carry the reserved id in every
+        // generation; equal tables share one id (see
+        // `ImageWorkload::tables`), and are resolved to kernel contents
+        // once.
+        let mut shared = HashMap::new();
+        let mut policy_ids = Vec::with_capacity(image.workloads().len());
+        for w in image.workloads() {
+            if w.exempt {
+                policy_ids.push(EXEMPT_POLICY);
+                continue;
+            }
+            if let Some(id) = shared.get(&w.tables()) {
+                policy_ids.push(*id);
+                continue;
+            }
+            let content = policy_content(w, tag, &kernel_set);
+            let id = match keep(
+                old.as_deref_mut().map(|o| &mut o.policies),
+                &mut new.objects.policies,
+                &content,
+            ) {
+                Some(id) => {
+                    stats.reused_policies += 1;
+                    id
+                }
+                None => {
+                    let id = fresh_id();
+                    let mut keys = Keys::default();
+                    let written = write_policy(maps, &content, id, &w.id, &mut keys, stats);
+                    fresh.extend(&keys);
+                    written?;
+                    new.objects.policies.insert(content, Object { id, keys });
+                    id
+                }
+            };
+            new.ids.insert(id);
+            shared.insert(w.tables(), id);
+            policy_ids.push(id);
+        }
+        Ok(policy_ids)
+    }
+}
+
+/// A fresh id from `alloc`, taken.
+fn take(alloc: &mut Allocator, taken: &mut HashSet<u32>) -> u32 {
+    let id = alloc.fresh(taken);
+    taken.insert(id);
+    id
+}
+
+/// `w`'s tables as the kernel holds them: image set numbers resolved to
+/// kernel set ids, with the cluster tag.
+fn policy_content(w: &ImageWorkload, tag: u32, kernel_set: &dyn Fn(u32) -> u32) -> PolicyContent {
+    fn resolve<N: Copy>(entries: &[(N, u32)], kernel_set: &dyn Fn(u32) -> u32) -> Vec<(N, u32)> {
+        entries.iter().map(|(n, s)| (*n, kernel_set(*s))).collect()
+    }
+    PolicyContent {
+        flags: w.flags,
+        cluster: tag,
+        allow_v4: resolve(&w.allow_v4, kernel_set),
+        allow_v6: resolve(&w.allow_v6, kernel_set),
+        gateway_v4: resolve(&w.gateway_v4, kernel_set),
+        gateway_v6: resolve(&w.gateway_v6, kernel_set),
+        capture: w.capture.clone(),
     }
 }
 
@@ -483,23 +772,31 @@ pub(super) fn commit(
     Ok(stats)
 }
 
-/// Step 5: deletes what only the old generation used.
+/// Step 5: deletes what only the old generation used, and makes each
+/// remaining workload's old slot equal to its new one, so that the next
+/// apply writes only the workloads it changes.
 fn clean_up(
     maps: &mut Maps,
     staged: &Staged,
     stats: &mut ApplyStats,
 ) -> Result<(), DataplaneError> {
-    maps.set_config(Config {
+    let config = Config {
         flags: staged.audit_flag,
         level_mask: staged.new_mask,
-    })?;
-    let live_slot = staged.live_slot as usize;
+    };
+    if maps.config()? != config {
+        maps.set_config(config)?;
+    }
+    let (live_slot, new_slot) = (staged.live_slot as usize, staged.new_slot as usize);
     for (&cgroup, slot) in &staged.slots {
         if staged.new_policy.contains_key(&cgroup) {
-            if slot.policy[live_slot] != 0 {
+            // No program reads the old slot until the next flip, which
+            // writes it first if the workload's policy changes.
+            if slot.policy[live_slot] != slot.policy[new_slot] {
                 let mut slot = *slot;
-                slot.policy[live_slot] = 0;
+                slot.policy[live_slot] = slot.policy[new_slot];
                 write_workload(maps, cgroup, slot)?;
+                stats.workload_writes += 1;
             }
         } else {
             delete(&mut maps.workloads, &cgroup, map::WORKLOADS, || {
@@ -509,7 +806,13 @@ fn clean_up(
         }
     }
     stats.removed += match &staged.old {
-        Some(old) => delete_keys(maps, &old.keys),
+        // What staging did not keep is all that is left of it.
+        Some(old) => old
+            .objects
+            .by_id()
+            .chain(old.objects.by_set())
+            .map(|o| delete_keys(maps, &o.keys))
+            .sum(),
         None => delete_foreign(maps, &staged.new.ids, &staged.new.sets)?,
     };
     stats.removed += prune_sources(maps, &staged.sources)?;
@@ -536,10 +839,15 @@ pub(super) fn abort(maps: &mut Maps, live: &mut Option<Generation>, staged: Stag
         };
         clean &= restored.is_ok();
     }
-    let keys = staged.new.keys.len();
-    let deleted = delete_keys(maps, &staged.new.keys);
+    let keys = staged.fresh.len();
+    let deleted = delete_keys(maps, &staged.fresh);
     clean &= deleted == keys;
     removed += deleted;
+    let mut old = staged.old;
+    if let Some(old) = &mut old {
+        old.objects
+            .take_back(staged.new.objects, &old.ids, &old.sets);
+    }
     if let Some(config) = staged.config_before {
         clean &= maps.set_config(config).is_ok();
     }
@@ -548,7 +856,7 @@ pub(super) fn abort(maps: &mut Maps, live: &mut Option<Generation>, staged: Stag
         clean &= gone.is_ok();
         removed += usize::from(gone.is_ok());
     }
-    *live = if clean { staged.old } else { None };
+    *live = if clean { old } else { None };
     removed
 }
 

@@ -66,6 +66,7 @@
 
 mod cgroups;
 mod counters;
+mod dump;
 mod error;
 mod generation;
 mod image;
@@ -346,6 +347,13 @@ impl Dataplane {
     /// The active generation slot.
     pub fn active_slot(&self) -> Result<u32, DataplaneError> {
         self.maps.active_slot()
+    }
+
+    /// The policy maps' contents with every id replaced by what it names
+    /// (see `dump`): equal for two data planes that enforce the same
+    /// thing, whatever ids each handed out. Reads every entry; for tests.
+    pub fn canonical_dump(&self) -> Result<String, DataplaneError> {
+        dump::canonical(&self.maps)
     }
 
     /// A reader of the programs' aya-log records, forwarding them to

@@ -12,9 +12,10 @@ use egress_common::{
 };
 
 use super::{
-    super::{cgroups::CgroupRoot, keys, maps::Maps, DataplaneError, MapImage},
-    ApplyStats, Keys,
+    super::{cgroups::CgroupRoot, keys, maps::Maps, DataplaneError, HostTable, MapImage},
+    ApplyStats, Keys, PolicyContent,
 };
+use egress_policy::model::ObjectId;
 
 /// `SOURCES` as `image` wants it: each source-checked workload's cgroup
 /// with each of its addresses.
@@ -78,173 +79,197 @@ pub(super) fn level_mask(root: &CgroupRoot, image: &MapImage) -> Result<u32, Dat
     Ok(mask)
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site; the pieces of one apply"
-)]
-pub(super) fn write_generation(
+/// Writes one port set under `ids` (one kernel set per
+/// `MAX_PORT_ENTRIES` entries; the first is the one the tries name, the
+/// others continue it).
+pub(super) fn write_port_set(
     maps: &mut Maps,
-    image: &MapImage,
-    tag: Option<u32>,
-    policy_ids: &[u32],
-    set_ids: &[Vec<u32>],
-    host_ids: &[u32],
-    kernel_set: &dyn Fn(u32) -> u32,
+    entries: &[PortEntry],
+    ids: &[u32],
     keys: &mut Keys,
     stats: &mut ApplyStats,
 ) -> Result<(), DataplaneError> {
-    for (entries, ids) in image.port_sets().iter().zip(set_ids) {
-        // Written last to first, so that a set is complete before any set
-        // names it.
-        for (i, chunk) in entries.chunks(MAX_PORT_ENTRIES).enumerate().rev() {
-            let id = ids[i];
-            let next = ids.get(i + 1).copied().unwrap_or(EMPTY_SET);
-            maps.port_sets
-                .insert(id, port_set(chunk, next), 0)
-                .map_err(|source| DataplaneError::Write {
-                    map: map::PORT_SETS,
-                    what: format!("port set {id} ({} entries)", chunk.len()),
-                    source,
-                })?;
-            keys.port_sets.push(id);
-        }
-        stats.port_sets += 1;
-    }
-    // Before the flagged entries that name them.
-    for (table, &host) in image.host_tables().iter().zip(host_ids) {
-        let base = (host_ports::BASE, 0, 0, kernel_set(table.base));
-        for &(kind, proto, port, value) in table.entries.iter().chain([&base]) {
-            let key = host_ports::key(host, kind, proto, port);
-            maps.host_ports.insert(key, value, 0).map_err(|source| {
-                let what = format!("host table {host}: kind {kind} proto {proto} port {port}");
-                write_err(map::HOST_PORTS, what, source)
-            })?;
-            keys.host_ports.push(key);
-            stats.host_port_entries += 1;
-        }
-    }
-    if let Some(tag) = tag {
-        let inside = image
-            .cluster_v4()
-            .iter()
-            .map(|n| (IpNet::V4(*n), host_ports::CLUSTER_INSIDE));
-        let inside = inside.chain(
-            image
-                .cluster_v6()
-                .iter()
-                .map(|n| (IpNet::V6(*n), host_ports::CLUSTER_INSIDE)),
-        );
-        let flagged = image
-            .cluster_port_hosts()
-            .iter()
-            .map(|(a, value)| (IpNet::from(*a), *value));
-        for (net, value) in inside.chain(flagged) {
-            let what = || format!("cluster CIDR {net}");
-            match net.trunc() {
-                IpNet::V4(n) => {
-                    let key = keys::v4(tag, n);
-                    maps.cluster_v4
-                        .insert(&key, value, 0)
-                        .map_err(|source| write_err(map::CLUSTER_V4, what(), source))?;
-                    keys.cluster_v4.push(key);
-                }
-                IpNet::V6(n) => {
-                    let key = keys::v6(tag, n);
-                    maps.cluster_v6
-                        .insert(&key, value, 0)
-                        .map_err(|source| write_err(map::CLUSTER_V6, what(), source))?;
-                    keys.cluster_v6.push(key);
-                }
-            }
-            stats.cluster_entries += 1;
-        }
-    }
-    let mut written = HashSet::new();
-    for (w, &policy) in image.workloads().iter().zip(policy_ids) {
-        if w.exempt || !written.insert(policy) {
-            continue;
-        }
-        let what = |net: &dyn std::fmt::Display| format!("prefix {net} of workload {}", w.id);
-        write_prefixes(
-            &mut maps.allow_v4,
-            map::ALLOW_V4,
-            &w.allow_v4,
-            |n| keys::v4(policy, n),
-            kernel_set,
-            &what,
-            &mut keys.allow_v4,
-        )?;
-        write_prefixes(
-            &mut maps.allow_v6,
-            map::ALLOW_V6,
-            &w.allow_v6,
-            |n| keys::v6(policy, n),
-            kernel_set,
-            &what,
-            &mut keys.allow_v6,
-        )?;
-        write_prefixes(
-            &mut maps.gateway_v4,
-            map::GATEWAY_V4,
-            &w.gateway_v4,
-            |n| keys::v4(policy, n),
-            kernel_set,
-            &what,
-            &mut keys.gateway_v4,
-        )?;
-        write_prefixes(
-            &mut maps.gateway_v6,
-            map::GATEWAY_V6,
-            &w.gateway_v6,
-            |n| keys::v6(policy, n),
-            kernel_set,
-            &what,
-            &mut keys.gateway_v6,
-        )?;
-        stats.allow_entries += w.allow_v4.len() + w.allow_v6.len();
-        stats.gateway_entries += w.gateway_v4.len() + w.gateway_v6.len();
-        if let Some(capture) = &w.capture {
-            for (net, value) in &capture.v4 {
-                let key = keys::v4(policy, *net);
-                maps.capture_v4
-                    .insert(&key, value, 0)
-                    .map_err(|source| write_err(map::CAPTURE_V4, what(net), source))?;
-                keys.capture_v4.push(key);
-            }
-            for (net, value) in &capture.v6 {
-                let key = keys::v6(policy, *net);
-                maps.capture_v6
-                    .insert(&key, value, 0)
-                    .map_err(|source| write_err(map::CAPTURE_V6, what(net), source))?;
-                keys.capture_v6.push(key);
-            }
-            maps.captures
-                .insert(policy, capture.info, 0)
-                .map_err(|source| {
-                    write_err(
-                        map::CAPTURES,
-                        format!("capture of workload {}", w.id),
-                        source,
-                    )
-                })?;
-            keys.captures.push(policy);
-            stats.capture_entries += 1 + capture.v4.len() + capture.v6.len();
-        }
-        // The policy last: a workload slot pointing at it is written after.
-        let info = PolicyInfo {
-            flags: w.flags,
-            cluster: tag.unwrap_or(0),
-        };
-        maps.policies.insert(policy, info, 0).map_err(|source| {
-            write_err(
-                map::POLICIES,
-                format!("policy {policy} of workload {}", w.id),
+    // Written last to first, so that a set is complete before any set
+    // names it.
+    for (i, chunk) in entries.chunks(MAX_PORT_ENTRIES).enumerate().rev() {
+        let id = ids[i];
+        let next = ids.get(i + 1).copied().unwrap_or(EMPTY_SET);
+        maps.port_sets
+            .insert(id, port_set(chunk, next), 0)
+            .map_err(|source| DataplaneError::Write {
+                map: map::PORT_SETS,
+                what: format!("port set {id} ({} entries)", chunk.len()),
                 source,
-            )
-        })?;
-        keys.policies.push(policy);
-        stats.policies += 1;
+            })?;
+        keys.port_sets.push(id);
+        stats.written += 1;
     }
+    stats.port_sets += 1;
+    Ok(())
+}
+
+/// Writes one host table under `host`, its `BASE` entry naming the kernel
+/// set `base`.
+pub(super) fn write_host_table(
+    maps: &mut Maps,
+    table: &HostTable,
+    host: u32,
+    base: u32,
+    keys: &mut Keys,
+    stats: &mut ApplyStats,
+) -> Result<(), DataplaneError> {
+    let base = (host_ports::BASE, 0, 0, base);
+    for &(kind, proto, port, value) in table.entries.iter().chain([&base]) {
+        let key = host_ports::key(host, kind, proto, port);
+        maps.host_ports.insert(key, value, 0).map_err(|source| {
+            let what = format!("host table {host}: kind {kind} proto {proto} port {port}");
+            write_err(map::HOST_PORTS, what, source)
+        })?;
+        keys.host_ports.push(key);
+        stats.host_port_entries += 1;
+        stats.written += 1;
+    }
+    Ok(())
+}
+
+/// Writes the cluster's CIDRs (and its flagged hosts) under `tag`.
+pub(super) fn write_cluster(
+    maps: &mut Maps,
+    image: &MapImage,
+    tag: u32,
+    keys: &mut Keys,
+    stats: &mut ApplyStats,
+) -> Result<(), DataplaneError> {
+    let inside = image
+        .cluster_v4()
+        .iter()
+        .map(|n| (IpNet::V4(*n), host_ports::CLUSTER_INSIDE));
+    let inside = inside.chain(
+        image
+            .cluster_v6()
+            .iter()
+            .map(|n| (IpNet::V6(*n), host_ports::CLUSTER_INSIDE)),
+    );
+    let flagged = image
+        .cluster_port_hosts()
+        .iter()
+        .map(|(a, value)| (IpNet::from(*a), *value));
+    for (net, value) in inside.chain(flagged) {
+        let what = || format!("cluster CIDR {net}");
+        match net.trunc() {
+            IpNet::V4(n) => {
+                let key = keys::v4(tag, n);
+                maps.cluster_v4
+                    .insert(&key, value, 0)
+                    .map_err(|source| write_err(map::CLUSTER_V4, what(), source))?;
+                keys.cluster_v4.push(key);
+            }
+            IpNet::V6(n) => {
+                let key = keys::v6(tag, n);
+                maps.cluster_v6
+                    .insert(&key, value, 0)
+                    .map_err(|source| write_err(map::CLUSTER_V6, what(), source))?;
+                keys.cluster_v6.push(key);
+            }
+        }
+        stats.cluster_entries += 1;
+        stats.written += 1;
+    }
+    Ok(())
+}
+
+/// Writes one policy under `policy`: its tries, its capture, and last its
+/// `POLICIES` entry (a workload slot pointing at it is written after).
+/// `content` has the kernel's set ids and cluster tag already.
+pub(super) fn write_policy(
+    maps: &mut Maps,
+    content: &PolicyContent,
+    policy: u32,
+    workload: &ObjectId,
+    keys: &mut Keys,
+    stats: &mut ApplyStats,
+) -> Result<(), DataplaneError> {
+    let what = |net: &dyn std::fmt::Display| format!("prefix {net} of workload {workload}");
+    write_prefixes(
+        &mut maps.allow_v4,
+        map::ALLOW_V4,
+        &content.allow_v4,
+        |n| keys::v4(policy, n),
+        &what,
+        &mut keys.allow_v4,
+    )?;
+    write_prefixes(
+        &mut maps.allow_v6,
+        map::ALLOW_V6,
+        &content.allow_v6,
+        |n| keys::v6(policy, n),
+        &what,
+        &mut keys.allow_v6,
+    )?;
+    write_prefixes(
+        &mut maps.gateway_v4,
+        map::GATEWAY_V4,
+        &content.gateway_v4,
+        |n| keys::v4(policy, n),
+        &what,
+        &mut keys.gateway_v4,
+    )?;
+    write_prefixes(
+        &mut maps.gateway_v6,
+        map::GATEWAY_V6,
+        &content.gateway_v6,
+        |n| keys::v6(policy, n),
+        &what,
+        &mut keys.gateway_v6,
+    )?;
+    let allow = content.allow_v4.len() + content.allow_v6.len();
+    let gateway = content.gateway_v4.len() + content.gateway_v6.len();
+    stats.allow_entries += allow;
+    stats.gateway_entries += gateway;
+    stats.written += allow + gateway;
+    if let Some(capture) = &content.capture {
+        for (net, value) in &capture.v4 {
+            let key = keys::v4(policy, *net);
+            maps.capture_v4
+                .insert(&key, value, 0)
+                .map_err(|source| write_err(map::CAPTURE_V4, what(net), source))?;
+            keys.capture_v4.push(key);
+        }
+        for (net, value) in &capture.v6 {
+            let key = keys::v6(policy, *net);
+            maps.capture_v6
+                .insert(&key, value, 0)
+                .map_err(|source| write_err(map::CAPTURE_V6, what(net), source))?;
+            keys.capture_v6.push(key);
+        }
+        maps.captures
+            .insert(policy, capture.info, 0)
+            .map_err(|source| {
+                write_err(
+                    map::CAPTURES,
+                    format!("capture of workload {workload}"),
+                    source,
+                )
+            })?;
+        keys.captures.push(policy);
+        let n = 1 + capture.v4.len() + capture.v6.len();
+        stats.capture_entries += n;
+        stats.written += n;
+    }
+    let info = PolicyInfo {
+        flags: content.flags,
+        cluster: content.cluster,
+    };
+    maps.policies.insert(policy, info, 0).map_err(|source| {
+        write_err(
+            map::POLICIES,
+            format!("policy {policy} of workload {workload}"),
+            source,
+        )
+    })?;
+    keys.policies.push(policy);
+    stats.policies += 1;
+    stats.written += 1;
     Ok(())
 }
 
@@ -281,13 +306,12 @@ fn write_prefixes<K: aya::Pod, N: Copy + std::fmt::Display>(
     name: &'static str,
     entries: &[(N, u32)],
     key: impl Fn(N) -> Key<K>,
-    kernel_set: &dyn Fn(u32) -> u32,
     what: &dyn Fn(&dyn std::fmt::Display) -> String,
     written: &mut Vec<Key<K>>,
 ) -> Result<(), DataplaneError> {
     for (net, set) in entries {
         let k = key(*net);
-        trie.insert(&k, kernel_set(*set), 0)
+        trie.insert(&k, *set, 0)
             .map_err(|source| write_err(name, what(net), source))?;
         written.push(k);
     }
