@@ -65,8 +65,13 @@ pub struct OrigDst {
     pub family: u16,
     /// Set once the proxy has read it with `getsockopt(SO_ORIGINAL_DST)`.
     pub answered: u8,
+    /// In `REDIRECTED` only (always 0 in `ORIG_DST`): `sock_ops` turned on
+    /// the state callbacks of the app's socket itself, so it turns them off
+    /// again once the handshake completes (another program's request is
+    /// left alone).
+    pub state_cb: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
 }
 
 /// `DNS_ORIG` value: where a UDP socket's last redirected DNS query was
@@ -156,7 +161,7 @@ mod tests {
             size_of::<CaptureInfo>(),
             4 + 2 + 2 + 4 + 16 + 2 + 2 + 4 * MAX_CAPTURE_PORTS
         );
-        assert_eq!(size_of::<OrigDst>(), 8 + 16 + 2 + 2 + 1 + 3);
+        assert_eq!(size_of::<OrigDst>(), 8 + 16 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<SockKey>(), 8 + 16 + 16 + 2 + 2 + 4);
         assert_eq!(size_of::<DnsOrig>(), 16 + 16 + 2 + 2 + 4);
     }

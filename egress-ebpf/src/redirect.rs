@@ -125,7 +125,8 @@ pub fn remember(ctx: &SockAddrContext, dst: &Dst) {
         port: dst.port,
         family,
         answered: 0,
-        _pad: [0; 3],
+        state_cb: 0,
+        _pad: [0; 2],
     };
     let _ = REDIRECTED.insert(cookie, orig, 0);
 }

@@ -59,14 +59,24 @@ pub fn on_sock_ops(ctx: &SockOpsContext) -> Option<FlowEvent> {
 
 /// A redirected connect sends its SYN: ask for state callbacks, so that a
 /// connect that fails (`SYN_SENT -> CLOSE`) removes its `REDIRECTED`
-/// entry.
+/// entry. They are needed only until the handshake completes
+/// ([`redirect_established`] turns them off again if they were turned on
+/// here), so an established redirected connection runs no callback per
+/// state change.
 #[inline(always)]
 fn redirect_connecting(ctx: &SockOpsContext) -> Option<FlowEvent> {
-    // SAFETY: an LRU element; only its presence matters.
-    unsafe { REDIRECTED.get(cookie(ctx)) }?;
-    let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
+    let entry = REDIRECTED.get_ptr_mut(cookie(ctx))?;
+    let flags = ctx.cb_flags();
+    // Already on: another program asked for them, and keeps them.
     // A failure leaves the entry to LRU eviction: bounded either way.
-    let _ = ctx.set_cb_flags(flags as i32);
+    if flags & BPF_SOCK_OPS_STATE_CB_FLAG == 0
+        && ctx
+            .set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
+            .is_ok()
+    {
+        // SAFETY: a one-byte field of a preallocated LRU element.
+        unsafe { core::ptr::write_volatile(&mut (*entry).state_cb, 1) };
+    }
     None
 }
 
@@ -148,8 +158,15 @@ fn key(ctx: &SockOpsContext, app: End, proxy: End) -> SockKey {
 fn redirect_established(ctx: &SockOpsContext) -> Option<FlowEvent> {
     let cookie = cookie(ctx);
     // SAFETY: an LRU element, copied at once.
-    let orig = (unsafe { REDIRECTED.get(cookie) }).copied()?;
+    let mut orig = (unsafe { REDIRECTED.get(cookie) }).copied()?;
     let _ = REDIRECTED.remove(cookie);
+    // The entry is gone from `REDIRECTED`, and the app's socket is never
+    // an accepted one nor a key of `ORIG_DST` (those name the proxy's
+    // socket): its state callbacks would find nothing to do.
+    if orig.state_cb != 0 {
+        let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        orig.state_cb = 0;
+    }
     // On the app's socket: local is the app, remote the proxy.
     let (local, remote) = ends(ctx);
     let event = match ORIG_DST.insert(key(ctx, local, remote), orig, 0) {
@@ -231,6 +248,12 @@ fn state_changed(ctx: &SockOpsContext) -> Option<FlowEvent> {
     if new != BPF_TCP_ESTABLISHED && new != BPF_TCP_CLOSE {
         return None;
     }
+    // Only a Fast Open child's handshake (`SYN_RECV -> ESTABLISHED`) has
+    // anything to do on `ESTABLISHED`; a redirected connect's
+    // `SYN_SENT -> ESTABLISHED` is answered here without a lookup.
+    if new == BPF_TCP_ESTABLISHED && old != BPF_TCP_SYN_RECV {
+        return None;
+    }
     let cookie = cookie(ctx);
     // A socket this program asked state callbacks for as a redirected
     // connect is never an accepted one.
@@ -246,7 +269,7 @@ fn state_changed(ctx: &SockOpsContext) -> Option<FlowEvent> {
     // SAFETY: a one-byte value of a preallocated LRU element.
     let state = unsafe { core::ptr::read_volatile(entry) };
     if new == BPF_TCP_ESTABLISHED {
-        if old == BPF_TCP_SYN_RECV && state == inbound::HANDSHAKE {
+        if state == inbound::HANDSHAKE {
             // The Fast Open client acknowledged our SYN-ACK.
             // SAFETY: as above.
             unsafe { core::ptr::write_volatile(entry, inbound::ESTABLISHED) };
