@@ -127,11 +127,14 @@ fn a_workload_with_100k_cidrs_applies_and_a_one_cidr_change_takes_effect() {
     let (changed, compiled, built) = image(&s, &policy("10.200.0.2/32"));
     let second = s.dataplane().apply(&changed).unwrap();
     report("100k CIDRs, one-CIDR change", &second, compiled, built);
+    // The policy's table changed, so it is written whole under a new id;
+    // its port set did not, so it is kept.
     assert_eq!(
         second.removed,
-        CIDRS + 2,
-        "the old generation: prefixes, policy, port set"
+        CIDRS + 1,
+        "the old generation: prefixes and policy, not the kept port set"
     );
+    assert_eq!(second.reused_port_sets, 1);
     assert_eq!(
         s.client("prod/client").connect_tcp(server(7090)).unwrap(),
         Outcome::Ok
