@@ -19,11 +19,7 @@
 //!    acts as the agent's ServiceAccount, with the ClusterRole of
 //!    `deploy/base/rbac.yaml` and nothing else: that RBAC is enough.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{fs, path::Path, process::Command};
 
 use anyhow::{bail, Context as _};
 
@@ -33,7 +29,6 @@ use crate::{
     },
     host,
     k8s::kubectl::Kubectl,
-    run,
 };
 
 /// The files' probes that only the agent can refuse start with this.
@@ -207,20 +202,7 @@ fn corpus(dir: &Path, kubectl: &Kubectl, cache: &Path, agent: &Path) -> anyhow::
 
 /// Step 4; returns 1 if it failed.
 fn status(dir: &Path, kubectl: &Kubectl, cache: &Path, root: &Path) -> anyhow::Result<usize> {
-    run::check(
-        run::cargo()
-            .args([
-                "build",
-                "-p",
-                "integration-tests",
-                "--bin",
-                "egress-k8s-status",
-            ])
-            .current_dir(root),
-    )?;
-    let writer: PathBuf = host::target_dir(root)
-        .join("debug")
-        .join("egress-k8s-status");
+    let writer = host::test_binary("egress-k8s-status", false)?;
     let kubeconfig = fs::read_to_string(dir.join("admin.kubeconfig")).context("the kubeconfig")?;
     let server = kubeconfig
         .lines()

@@ -148,6 +148,22 @@ pub fn workspace_root() -> PathBuf {
     xtask.parent().unwrap_or(xtask).to_owned()
 }
 
+/// Builds `bin` of the test crate (`integration-tests`), the programs the
+/// cluster steps run beside the agent, and returns its path.
+pub fn test_binary(bin: &str, release: bool) -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let mut build = crate::run::cargo();
+    build
+        .args(["build", "-p", "integration-tests", "--bin", bin])
+        .current_dir(&root);
+    if release {
+        build.arg("--release");
+    }
+    crate::run::check(&mut build)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(target_dir(&root).join(profile).join(bin))
+}
+
 /// Cargo's target directory, honouring `CARGO_TARGET_DIR`.
 pub fn target_dir(root: &Path) -> PathBuf {
     env::var_os("CARGO_TARGET_DIR")

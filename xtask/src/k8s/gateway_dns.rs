@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use super::{
     layout::{self, INTERNET_NETNS, NODE_A},
     procs,
-    scenario::{self, pod_yaml_on, Checks, Cluster},
+    scenario::{self, Checks, Cluster},
 };
 use crate::{host, run};
 
@@ -49,21 +49,7 @@ pub fn server() -> String {
 /// Builds and starts the rotating DNS server and the pool's web server;
 /// before kube-dns, which forwards [`ZONE`] to it.
 pub fn start() -> anyhow::Result<Vec<(&'static str, Child)>> {
-    let root = host::workspace_root();
-    run::check(
-        run::cargo()
-            .args([
-                "build",
-                "-p",
-                "integration-tests",
-                "--bin",
-                "egress-rotating-dns",
-            ])
-            .current_dir(&root),
-    )?;
-    let binary = host::target_dir(&root)
-        .join("debug")
-        .join("egress-rotating-dns");
+    let binary = host::test_binary("egress-rotating-dns", false)?;
     run::check(std::process::Command::new("ip").args([
         "-n",
         INTERNET_NETNS,
@@ -113,37 +99,10 @@ fn answered() -> usize {
         .unwrap_or(0)
 }
 
-fn gateway_yaml(cluster: &Cluster<'_>) -> String {
-    let pod = pod_yaml_on(
-        cluster,
-        "istio-system",
-        "cdn-gateway",
-        &[("istio", "cdn-egressgateway")],
-        "exec sleep 3600",
-        cluster.gateway_node,
-    );
-    format!(
-        "{pod}---
-apiVersion: egress.enforcer.dev/v1alpha1
-kind: EgressGateway
-metadata:
-  name: cdn-gateway
-  namespace: istio-system
-spec:
-  selector:
-    podSelector:
-      matchLabels: {{istio: cdn-egressgateway}}
-  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]
-  allowedHosts:
-  - host: {NAME}
-    ports: [{PORT}]
-"
-    )
-}
-
 pub fn run(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
     let k = cluster.kubectl;
-    k.apply(&gateway_yaml(cluster))?;
+    let hosts = format!("\n  - host: {NAME}\n    ports: [{PORT}]");
+    k.apply(&scenario::gateway_yaml(cluster, "cdn-gateway", &hosts))?;
     scenario::wait_ready(
         k,
         "istio-system",

@@ -97,23 +97,7 @@ pub fn missing() -> Option<String> {
 /// happened. Returns the measure's output lines (also printed).
 pub fn measure(session: &Session) -> anyhow::Result<Vec<String>> {
     let apiserver = layout::cache_bin("kube-apiserver");
-    let root = host::workspace_root();
-    let mut build = run::cargo();
-    build
-        .args([
-            "build",
-            "-p",
-            "integration-tests",
-            "--bin",
-            "egress-k8s-mem",
-        ])
-        .current_dir(&root);
-    if session.release {
-        build.arg("--release");
-    }
-    run::check(&mut build)?;
-    let profile = if session.release { "release" } else { "debug" };
-    let measure = host::target_dir(&root).join(profile).join("egress-k8s-mem");
+    let measure = host::test_binary("egress-k8s-mem", session.release)?;
 
     teardown();
     let mut children = Vec::new();

@@ -303,6 +303,36 @@ metadata:
     )
 }
 
+/// A gateway of its own on the gateway node: `istio-system/NAME`, a pod
+/// that sleeps, labelled `istio: NAME`, and the EgressGateway that selects
+/// it, with the seed's clusterCIDRs and `allowed_hosts` (the YAML value of
+/// `allowedHosts`, indented as under the key).
+pub fn gateway_yaml(cluster: &Cluster<'_>, name: &str, allowed_hosts: &str) -> String {
+    let pod = pod_yaml_on(
+        cluster,
+        "istio-system",
+        name,
+        &[("istio", name)],
+        "exec sleep 3600",
+        cluster.gateway_node,
+    );
+    format!(
+        "{pod}---
+apiVersion: egress.enforcer.dev/v1alpha1
+kind: EgressGateway
+metadata:
+  name: {name}
+  namespace: istio-system
+spec:
+  selector:
+    podSelector:
+      matchLabels: {{istio: {name}}}
+  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]
+  allowedHosts:{allowed_hosts}
+"
+    )
+}
+
 /// A ClusterIP Service `name` in `namespace` on TCP `port`, selecting
 /// pods by `selector` (one `key: value`).
 pub fn service_yaml(namespace: &str, name: &str, selector: &str, port: u16) -> String {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     kubectl::Kubectl,
-    scenario::{self, pod_yaml_on, Checks, Cluster, Outcome},
+    scenario::{self, Checks, Cluster, Outcome},
 };
 
 /// Istio's ServiceEntry CRD, reduced to what an API server needs.
@@ -27,34 +27,6 @@ pub fn install_crd(kubectl: &Kubectl) -> anyhow::Result<()> {
     ])
 }
 
-/// The gateway `istio-system/se-gateway` (its own pod and EgressGateway),
-/// allowed what the visible ServiceEntries list.
-fn gateway_yaml(cluster: &Cluster<'_>) -> String {
-    let pod = pod_yaml_on(
-        cluster,
-        "istio-system",
-        "se-gateway",
-        &[("istio", "se-egressgateway")],
-        "exec sleep 3600",
-        cluster.gateway_node,
-    );
-    format!(
-        "{pod}---
-apiVersion: egress.enforcer.dev/v1alpha1
-kind: EgressGateway
-metadata:
-  name: se-gateway
-  namespace: istio-system
-spec:
-  selector:
-    podSelector:
-      matchLabels: {{istio: se-egressgateway}}
-  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]
-  allowedHosts: fromServiceEntries
-"
-    )
-}
-
 /// Polls `se-gateway → ip:80` until it is `want` (30 s at most); the
 /// outcome and how long it took, in ms.
 fn until(cluster: &Cluster<'_>, ip: &str, want: Outcome) -> anyhow::Result<(Outcome, f64)> {
@@ -65,7 +37,13 @@ pub fn run(cluster: &Cluster<'_>, checks: &mut Checks) -> anyhow::Result<()> {
     let k = cluster.kubectl;
     let (cnn_name, cnn_ip) = cluster.allowed_host;
     let (other_name, other_ip) = cluster.other_host;
-    k.apply(&gateway_yaml(cluster))?;
+    // Its own pod and EgressGateway, allowed what the visible
+    // ServiceEntries list.
+    k.apply(&scenario::gateway_yaml(
+        cluster,
+        "se-gateway",
+        " fromServiceEntries",
+    ))?;
     scenario::wait_ready(
         k,
         "istio-system",
