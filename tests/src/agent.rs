@@ -27,6 +27,21 @@ pub fn agent_exe() -> PathBuf {
     )
 }
 
+/// `egress-agent status -o json` of the agent serving `socket`, which
+/// must answer.
+pub fn status_json(socket: &Path) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(agent_exe())
+        .args(["status", "-o", "json", "--socket"])
+        .arg(socket)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 /// A running `egress-agent run`, its log captured to a file. Dropping it
 /// kills the agent; the test's [`PinDir`](crate::pins::PinDir) then
 /// uninstalls what it pinned, so a failing test leaves nothing attached.

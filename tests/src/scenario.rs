@@ -151,7 +151,66 @@ impl Running {
     }
 }
 
+/// The seed NetworkPolicy's file.
+pub const SEED_NETWORK_POLICY: &str = "allow-egress-to-istio-system-and-kube-dns";
+
+/// The address [`Running::apply_seed_generation_2`] adds to the node rules,
+/// of a pod not on the node yet: its apply rewrites the backstop's table.
+pub const NEW_POD_ADDRESS: &str = "10.244.2.99";
+
 impl Running {
+    /// Generation 2 of the seed, which changes both layers: the seed
+    /// NetworkPolicy narrowed to DNS (test-egress loses istio-system), and
+    /// a new pod's Workload, whose address changes the backstop's rules.
+    /// Written over the NetworkPolicy's file; the agent reloads on it.
+    pub fn apply_seed_generation_2(&self) -> anyhow::Result<()> {
+        let extra = self
+            .sim
+            .cgroup_root()
+            .join("pods/egress-demo/test-egress/extra");
+        let yaml = format!(
+            "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {SEED_NETWORK_POLICY}
+  namespace: test-egress
+spec:
+  podSelector: {{}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - namespaceSelector:
+        matchLabels:
+          kube-system: \"true\"
+    ports:
+    - protocol: UDP
+      port: 53
+---
+apiVersion: egress.enforcer.dev/v1alpha1
+kind: Workload
+metadata:
+  name: extra
+  namespace: test-egress
+  labels: {{app: extra}}
+spec:
+  cgroup: {}
+  addresses: [\"{NEW_POD_ADDRESS}\"]
+",
+            extra.display()
+        );
+        self.replace_policy_file(SEED_NETWORK_POLICY, &yaml)
+            .map(drop)
+    }
+
+    /// The backstop's `workloads_v4` set, as the kernel has it.
+    pub fn backstop_workloads(&self) -> anyhow::Result<String> {
+        crate::nftns::nft(
+            self.sim.node(),
+            &["list", "set", "inet", "egress_enforcer", "workloads_v4"],
+        )
+    }
+
     /// Replaces the node's copy of the policy file whose name contains
     /// `name` with `yaml` (the agent reloads on the change).
     pub fn replace_policy_file(&self, name: &str, yaml: &str) -> anyhow::Result<PathBuf> {

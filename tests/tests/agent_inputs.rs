@@ -15,7 +15,7 @@ use std::{
 };
 
 use integration_tests::{
-    agent::{agent_exe, Agent},
+    agent::{agent_exe, status_json, Agent},
     bpftool::attached_ids,
     cgroup::TestCgroup,
     names,
@@ -258,25 +258,11 @@ fn a_first_start_with_an_invalid_policy_and_nothing_pinned_refuses() -> anyhow::
     Ok(())
 }
 
-/// `egress-agent status -o json` through `socket`.
-fn status(socket: &Path) -> anyhow::Result<Value> {
-    let out = Command::new(agent_exe())
-        .args(["status", "-o", "json", "--socket"])
-        .arg(socket)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
 /// Waits until `status` answers and `check` holds for it.
 fn wait_for_status(socket: &Path, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let last = status(socket);
+        let last = status_json(socket);
         if let Ok(s) = &last {
             if check(s) {
                 return s.clone();

@@ -6,22 +6,16 @@
 //! `status` and `/metrics` must say that generation, and why the reload
 //! failed. Once nft works again, the same policy applies.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{bail, ensure, Context as _};
 use integration_tests::{
-    agent::agent_exe,
+    agent::{agent_exe, status_json},
     names,
-    nftns::nft,
     nftshim::NftShim,
     node::SimNode,
     require_root,
-    scenario::{id, seed_policies, Running},
+    scenario::{id, seed_policies, Running, NEW_POD_ADDRESS},
     Listener, Outcome, Proto,
 };
 use serde_json::Value;
@@ -29,13 +23,6 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(15);
 const ARRIVAL: Duration = Duration::from_millis(500);
 const METRICS_PORT: u16 = 9464;
-
-/// The seed NetworkPolicy's file.
-const SEED_NETWORK_POLICY: &str = "allow-egress-to-istio-system-and-kube-dns";
-
-/// The address generation 2 adds to the node rules (so the backstop's
-/// table must be rewritten), of a pod not on this node yet.
-const NEW_POD_ADDRESS: &str = "10.244.2.99";
 
 /// The agent on the seed node, observed through its CLI and `/metrics`.
 struct Node {
@@ -60,16 +47,7 @@ impl Node {
     }
 
     fn status(&self) -> anyhow::Result<Value> {
-        let out = Command::new(agent_exe())
-            .args(["status", "-o", "json", "--socket"])
-            .arg(&self.socket)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "status: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
+        status_json(&self.socket)
     }
 
     fn status_text(&self) -> anyhow::Result<String> {
@@ -94,15 +72,6 @@ impl Node {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .with_context(|| format!("no {name} in /metrics:\n{text}"))
-    }
-
-    /// The addresses in the backstop's `workloads_v4` set, as the kernel
-    /// has them.
-    fn backstop_workloads(&self) -> anyhow::Result<String> {
-        nft(
-            self.running.sim.node(),
-            &["list", "set", "inet", "egress_enforcer", "workloads_v4"],
-        )
     }
 
     /// Entries of each generation map, from `status`.
@@ -130,45 +99,6 @@ impl Node {
             })
             .collect())
     }
-}
-
-/// The seed NetworkPolicy narrowed to DNS (test-egress loses istio-system),
-/// and a new pod's Workload, whose address changes the backstop's rules:
-/// generation 2 changes both layers.
-fn generation_2(cgroup_root: &Path) -> String {
-    format!(
-        "\
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: {SEED_NETWORK_POLICY}
-  namespace: test-egress
-spec:
-  podSelector: {{}}
-  policyTypes: [Egress]
-  egress:
-  - to:
-    - namespaceSelector:
-        matchLabels:
-          kube-system: \"true\"
-    ports:
-    - protocol: UDP
-      port: 53
----
-apiVersion: egress.enforcer.dev/v1alpha1
-kind: Workload
-metadata:
-  name: extra
-  namespace: test-egress
-  labels: {{app: extra}}
-spec:
-  cgroup: {}
-  addresses: [\"{NEW_POD_ADDRESS}\"]
-",
-        cgroup_root
-            .join("pods/egress-demo/test-egress/extra")
-            .display()
-    )
 }
 
 /// What test-egress/sleep gets: to the gateway pod (generation 1 allows
@@ -210,13 +140,11 @@ fn a_failed_nftables_transaction_leaves_the_previous_generation_in_force_everywh
     ensure!(before["generation"]["number"] == 1, "{before:#}");
     ensure!(before["nft"]["installed"] == true);
     let maps_before = node.generation_maps()?;
-    ensure!(!node.backstop_workloads()?.contains(NEW_POD_ADDRESS));
+    ensure!(!node.running.backstop_workloads()?.contains(NEW_POD_ADDRESS));
 
     // Generation 2, while nft refuses every transaction.
     shim.fail(true)?;
-    let yaml = generation_2(node.running.sim.cgroup_root());
-    node.running
-        .replace_policy_file(SEED_NETWORK_POLICY, &yaml)?;
+    node.running.apply_seed_generation_2()?;
     node.running
         .agent
         .wait_for_log("cannot program the kernel", WAIT)?;
@@ -229,7 +157,7 @@ fn a_failed_nftables_transaction_leaves_the_previous_generation_in_force_everywh
         "generation 1's verdicts after the failed apply: {v:?}"
     );
     ensure!(
-        !node.backstop_workloads()?.contains(NEW_POD_ADDRESS),
+        !node.running.backstop_workloads()?.contains(NEW_POD_ADDRESS),
         "the backstop keeps generation 1's rules"
     );
     ensure!(
@@ -289,7 +217,7 @@ fn a_failed_nftables_transaction_leaves_the_previous_generation_in_force_everywh
         "generation 2's verdicts: {v:?}"
     );
     ensure!(
-        node.backstop_workloads()?.contains(NEW_POD_ADDRESS),
+        node.running.backstop_workloads()?.contains(NEW_POD_ADDRESS),
         "the backstop has generation 2's rules"
     );
     let applied = node.status()?;

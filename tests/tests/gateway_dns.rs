@@ -26,7 +26,7 @@ use std::{
 use anyhow::Context as _;
 use egress_policy::model::ObjectId;
 use integration_tests::{
-    agent::{agent_exe, Agent, APPLY_WAIT},
+    agent::{status_json, Agent, APPLY_WAIT},
     names,
     node::SimNode,
     rotating_dns::RotatingDns,
@@ -92,17 +92,7 @@ impl Scene {
 
     /// `egress-agent status -o json`'s `gatewayDns`.
     fn relay_status(&self) -> anyhow::Result<serde_json::Value> {
-        let out = std::process::Command::new(agent_exe())
-            .args(["status", "-o", "json", "--socket"])
-            .arg(self.socket())
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "status: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        Ok(status["gatewayDns"].clone())
+        Ok(status_json(&self.socket())?["gatewayDns"].clone())
     }
 
     fn agent(&self, extra: &[&str]) -> anyhow::Result<Agent> {

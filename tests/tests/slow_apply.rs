@@ -26,11 +26,10 @@ use anyhow::{ensure, Context as _};
 use integration_tests::{
     agent::agent_exe,
     names,
-    nftns::nft,
     nftshim::NftShim,
     node::SimNode,
     require_root,
-    scenario::{id, seed_policies, Running},
+    scenario::{id, seed_policies, Running, NEW_POD_ADDRESS},
     Listener, Outcome, Proto, SILENCE,
 };
 use serde_json::Value;
@@ -40,13 +39,6 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(60);
 const ARRIVAL: Duration = Duration::from_millis(500);
 const METRICS_PORT: u16 = 9464;
-
-/// The seed NetworkPolicy's file.
-const SEED_NETWORK_POLICY: &str = "allow-egress-to-istio-system-and-kube-dns";
-
-/// The address generation 2 adds to the node rules, so that its apply
-/// rewrites the backstop's table (and runs the shim's transaction).
-const NEW_POD_ADDRESS: &str = "10.244.2.99";
 
 /// The agent on the seed node with the shim's `nft`, observed through its
 /// CLI and `/metrics`.
@@ -123,14 +115,6 @@ impl Node {
         Ok(String::from_utf8(out.stdout)?)
     }
 
-    /// The backstop's `workloads_v4` set, as the kernel has it.
-    fn backstop_workloads(&self) -> anyhow::Result<String> {
-        nft(
-            self.running.sim.node(),
-            &["list", "set", "inet", "egress_enforcer", "workloads_v4"],
-        )
-    }
-
     /// What test-egress/sleep gets: to the gateway pod (generation 1 allows
     /// it, generation 2 does not) and to the internet (neither does).
     fn verdicts(&self, gateway: &Listener, site: SocketAddr) -> anyhow::Result<(Outcome, Outcome)> {
@@ -143,51 +127,6 @@ impl Node {
             );
         }
         Ok((to_gateway, sleep.connect_tcp(site)?))
-    }
-
-    /// Generation 2: the seed NetworkPolicy narrowed to DNS (test-egress
-    /// loses the gateway), and a new pod whose address changes the
-    /// backstop's rules.
-    fn write_generation_2(&self) -> anyhow::Result<()> {
-        let extra = self
-            .running
-            .sim
-            .cgroup_root()
-            .join("pods/egress-demo/test-egress/extra");
-        let yaml = format!(
-            "\
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: {SEED_NETWORK_POLICY}
-  namespace: test-egress
-spec:
-  podSelector: {{}}
-  policyTypes: [Egress]
-  egress:
-  - to:
-    - namespaceSelector:
-        matchLabels:
-          kube-system: \"true\"
-    ports:
-    - protocol: UDP
-      port: 53
----
-apiVersion: egress.enforcer.dev/v1alpha1
-kind: Workload
-metadata:
-  name: extra
-  namespace: test-egress
-  labels: {{app: extra}}
-spec:
-  cgroup: {}
-  addresses: [\"{NEW_POD_ADDRESS}\"]
-",
-            extra.display()
-        );
-        self.running
-            .replace_policy_file(SEED_NETWORK_POLICY, &yaml)
-            .map(drop)
     }
 }
 
@@ -231,7 +170,7 @@ fn status_metrics_and_events_answer_while_an_apply_is_held_in_nft() -> anyhow::R
     // Generation 2's apply stops in nft's transaction, after the new eBPF
     // generation is written and before the flip.
     shim.hold(true)?;
-    node.write_generation_2()?;
+    node.running.apply_seed_generation_2()?;
     wait_until("the transaction is held", || shim.entered().len() == 1)?;
 
     // The agent answers, and says what is in force and what is under way.
@@ -279,7 +218,7 @@ fn status_metrics_and_events_answer_while_an_apply_is_held_in_nft() -> anyhow::R
         node.verdicts(&gateway, site)? == (Outcome::Eperm, Outcome::Eperm),
         "generation 2's verdicts"
     );
-    ensure!(node.backstop_workloads()?.contains(NEW_POD_ADDRESS));
+    ensure!(node.running.backstop_workloads()?.contains(NEW_POD_ADDRESS));
     Ok(())
 }
 
@@ -297,7 +236,7 @@ fn a_hung_nft_is_killed_at_its_timeout_and_the_previous_generation_stays() -> an
     ensure!(node.verdicts(&gateway, site)? == (Outcome::Ok, Outcome::Eperm));
 
     shim.hang(true)?;
-    node.write_generation_2()?;
+    node.running.apply_seed_generation_2()?;
     node.running
         .agent
         .wait_for_log("cannot program the kernel", WAIT)?;
@@ -332,7 +271,7 @@ fn a_hung_nft_is_killed_at_its_timeout_and_the_previous_generation_stays() -> an
         node.verdicts(&gateway, site)? == (Outcome::Ok, Outcome::Eperm),
         "generation 1's verdicts after the timeout"
     );
-    ensure!(!node.backstop_workloads()?.contains(NEW_POD_ADDRESS));
+    ensure!(!node.running.backstop_workloads()?.contains(NEW_POD_ADDRESS));
     let status = node.status()?;
     ensure!(status["generation"]["number"] == 1, "{status:#}");
     ensure!(status["lastReload"]["result"] == "failed", "{status:#}");
@@ -352,6 +291,6 @@ fn a_hung_nft_is_killed_at_its_timeout_and_the_previous_generation_stays() -> an
         node.verdicts(&gateway, site)? == (Outcome::Eperm, Outcome::Eperm),
         "generation 2's verdicts"
     );
-    ensure!(node.backstop_workloads()?.contains(NEW_POD_ADDRESS));
+    ensure!(node.running.backstop_workloads()?.contains(NEW_POD_ADDRESS));
     Ok(())
 }
