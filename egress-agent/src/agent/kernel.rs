@@ -301,6 +301,12 @@ impl KernelEnforcer {
         self
     }
 
+    /// The directory of a workload's cgroup as the plan names it.
+    fn cgroup_dir(&self, cgroup: &str) -> PathBuf {
+        self.cgroup_mount
+            .join(dataplane::cgroup_relative(&self.cgroup_mount, cgroup))
+    }
+
     /// The plan's gateways with DNS names, for the relays.
     fn relayed_gateways(&self, plan: &Plan) -> Vec<RelayedGateway> {
         plan.workloads
@@ -316,9 +322,7 @@ impl KernelEnforcer {
                     .collect();
                 (!names.is_empty()).then(|| RelayedGateway {
                     id: w.id.clone(),
-                    cgroup: self
-                        .cgroup_mount
-                        .join(dataplane::cgroup_relative(&self.cgroup_mount, &w.cgroup)),
+                    cgroup: self.cgroup_dir(&w.cgroup),
                     names,
                 })
             })
@@ -405,9 +409,7 @@ impl KernelEnforcer {
             .iter()
             .map(|w| PortOwner {
                 id: w.id.clone(),
-                cgroup: self
-                    .cgroup_mount
-                    .join(dataplane::cgroup_relative(&self.cgroup_mount, &w.cgroup)),
+                cgroup: self.cgroup_dir(&w.cgroup),
                 addresses: w.addresses.clone(),
             })
             .collect();

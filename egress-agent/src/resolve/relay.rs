@@ -73,6 +73,11 @@ pub const PROGRAM_WAIT: Duration = Duration::from_secs(2);
 /// again), so that a flood costs bounded memory.
 const MAX_IN_FLIGHT: usize = 256;
 
+/// How often [`GatewayDns::poll`] looks for the gateways' namespaces
+/// between applies. Every apply looks anyway; a pod's namespace changes
+/// only with its sandbox, which brings a new address and so an apply.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
 /// Largest DNS message over UDP (EDNS allows up to 64 KiB).
 const MAX_MESSAGE: usize = 65_535;
 
@@ -131,6 +136,7 @@ pub struct GatewayDns {
     /// Gateways whose relay could not be started, already warned of.
     warned: BTreeSet<ObjectId>,
     stats: Arc<RelayStats>,
+    last_look: Option<std::time::Instant>,
 }
 
 /// One gateway pod's relay; dropping it closes its sockets.
@@ -173,6 +179,7 @@ impl GatewayDns {
             gateways: Vec::new(),
             warned: BTreeSet::new(),
             stats,
+            last_look: None,
         })
     }
 
@@ -220,6 +227,7 @@ impl GatewayDns {
             }
         }
         self.gateways = gateways;
+        self.last_look = Some(std::time::Instant::now());
         let relays = u64::try_from(self.relays.len()).unwrap_or(u64::MAX);
         self.stats.relays.store(relays, Ordering::Relaxed);
         self.ready()
@@ -230,10 +238,14 @@ impl GatewayDns {
         self.relays.keys().cloned().collect()
     }
 
-    /// Looks for the last synced gateways' namespaces again; true when the
-    /// set of gateways with a relay changed, so the data plane must be
-    /// applied again to send (or stop sending) their DNS to it.
+    /// Looks for the last synced gateways' namespaces again (at most once
+    /// per [`LOOK_EVERY`]); true when the set of gateways with a relay
+    /// changed, so the data plane must be applied again to send (or stop
+    /// sending) their DNS to it.
     pub fn poll(&mut self) -> bool {
+        if self.last_look.is_some_and(|t| t.elapsed() < LOOK_EVERY) {
+            return false;
+        }
         let before = self.ready();
         let gateways = std::mem::take(&mut self.gateways);
         self.sync(gateways) != before
