@@ -502,28 +502,22 @@ impl Enforcer for KernelEnforcer {
             .iter()
             .map(|(name, addrs)| (name.to_owned(), addrs.to_vec()))
             .collect();
-        let stripped;
-        let plan = if self.capture_dns {
-            plan
-        } else {
-            stripped = plan.clone().without_dns_capture();
-            &stripped
-        };
-        // Gateways' DNS goes to a relay only once it listens: a query sent
-        // to a port nobody holds would fail.
-        let relayed;
-        let gateways = self
-            .gateway_dns
-            .is_some()
-            .then(|| self.relayed_gateways(plan));
-        let plan = match (self.gateway_dns.as_mut(), gateways) {
-            (Some(relays), Some(gateways)) => {
+        // The plan as the kernel gets it: without `captureDNS` unless asked
+        // for, and with the gateways' DNS sent to their relays, but only
+        // once a relay listens (a query sent to a port nobody holds would
+        // fail). One copy at most, and none when neither applies.
+        let mut adapted = (!self.capture_dns).then(|| plan.clone().without_dns_capture());
+        if self.gateway_dns.is_some() {
+            let gateways = self.relayed_gateways(adapted.as_ref().unwrap_or(plan));
+            if let Some(relays) = self.gateway_dns.as_mut() {
                 let ready = relays.sync(gateways);
-                relayed = plan.clone().with_gateway_dns(&ready, relays.port());
-                &relayed
+                if !ready.is_empty() {
+                    let base = adapted.take().unwrap_or_else(|| plan.clone());
+                    adapted = Some(base.with_gateway_dns(&ready, relays.port()));
+                }
             }
-            _ => plan,
-        };
+        }
+        let plan = adapted.as_ref().unwrap_or(plan);
         let image =
             MapImage::build(plan, &ids, &resolved, self.audit).map_err(KernelError::Image)?;
         // The tables depend on the node rules only; rewriting them also
