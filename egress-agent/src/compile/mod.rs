@@ -14,7 +14,7 @@ pub mod prefix;
 pub mod services;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
 };
 
@@ -29,7 +29,7 @@ pub use plan::{
 use prefix::{Atom, HostPort, PrefixTable};
 
 use egress_policy::{
-    model::{EgressRule, Model, Peer, Workload},
+    model::{EgressRule, Model, ObjectId, Peer, Workload},
     ports::{PortMatch, PortRange, PortSpec},
 };
 
@@ -56,11 +56,15 @@ pub fn compile(model: &Model) -> Plan {
     });
     // Workloads elsewhere (no cgroup) are peers only: selectors see them
     // through the model, the data plane never does.
+    // Workloads selected by the same policies share one table: it is built
+    // once and cloned, as building one of 100k CIDRs costs far more than
+    // copying it.
+    let mut tables: HashMap<Vec<ObjectId>, PrefixTable> = HashMap::new();
     let workloads: Vec<WorkloadPlan> = model
         .workloads
         .iter()
         .filter(|w| w.cgroup.is_some())
-        .map(|w| workload(model, w))
+        .map(|w| workload(model, w, &mut tables))
         .collect();
     let node = NodeRules {
         cluster_cidrs: cluster
@@ -233,7 +237,11 @@ fn carve(nets: &[IpNet], holes: &BTreeSet<IpAddr>) -> Vec<IpNet> {
     out
 }
 
-fn workload(model: &Model, w: &Workload) -> WorkloadPlan {
+fn workload(
+    model: &Model,
+    w: &Workload,
+    tables: &mut HashMap<Vec<ObjectId>, PrefixTable>,
+) -> WorkloadPlan {
     let gateway = model
         .gateways
         .iter()
@@ -293,7 +301,7 @@ fn workload(model: &Model, w: &Workload) -> WorkloadPlan {
         proxy_for,
         capture,
         passed_over,
-        egress: egress(model, w),
+        egress: egress(model, w, tables),
         packet_sockets: w
             .annotations
             .get(plan::PACKET_SOCKETS_ANNOTATION)
@@ -302,7 +310,10 @@ fn workload(model: &Model, w: &Workload) -> WorkloadPlan {
     }
 }
 
-fn egress(model: &Model, w: &Workload) -> Egress {
+/// What the NetworkPolicies selecting `w` allow. The table depends only on
+/// which policies those are (a rule's peers and ports are the policy's,
+/// whoever it selects), so `tables` keeps the ones already built.
+fn egress(model: &Model, w: &Workload, tables: &mut HashMap<Vec<ObjectId>, PrefixTable>) -> Egress {
     let policies: Vec<_> = model
         .network_policies
         .iter()
@@ -315,19 +326,26 @@ fn egress(model: &Model, w: &Workload) -> Egress {
     if policies.is_empty() {
         return Egress::Unrestricted;
     }
-    let mut atoms = Vec::new();
-    for policy in &policies {
-        for (index, rule) in policy.egress.iter().enumerate() {
-            let rule_ref = RuleRef {
-                policy: policy.id.clone(),
-                index,
-            };
-            rule_atoms(model, rule, &rule_ref, &mut atoms);
-        }
-    }
+    let ids: Vec<ObjectId> = policies.iter().map(|p| p.id.clone()).collect();
+    let table = tables
+        .entry(ids.clone())
+        .or_insert_with(|| {
+            let mut atoms = Vec::new();
+            for policy in &policies {
+                for (index, rule) in policy.egress.iter().enumerate() {
+                    let rule_ref = RuleRef {
+                        policy: policy.id.clone(),
+                        index,
+                    };
+                    rule_atoms(model, rule, &rule_ref, &mut atoms);
+                }
+            }
+            PrefixTable::build(&atoms)
+        })
+        .clone();
     Egress::Isolated {
-        policies: policies.iter().map(|p| p.id.clone()).collect(),
-        table: PrefixTable::build(&atoms),
+        policies: ids,
+        table,
     }
 }
 

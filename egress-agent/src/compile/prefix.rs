@@ -11,8 +11,9 @@
 //! stored set is exactly the set of rules that allow A. Holes get entries with
 //! an empty set, which shadow the shorter prefixes around them.
 //!
-//! Building costs O(prefixes × address bits) hash lookups, not O(prefixes²),
-//! so 100k CIDRs compile in well under a second. Identical allow sets are
+//! Building costs O(prefixes × distinct prefix lengths) hash lookups, not
+//! O(prefixes²): a prefix's ancestors are looked up only at the lengths
+//! some prefix of the table has. Identical allow sets are
 //! stored once; the kernel maps prefix → set id.
 //!
 //! A prefix answers for every port, but one port of one address may need
@@ -22,7 +23,7 @@
 //! `HOST_PORTS`, see `egress_common::host_ports`).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     fmt,
     net::IpAddr,
 };
@@ -98,44 +99,93 @@ pub struct PrefixTable {
 
 impl PrefixTable {
     pub fn build(atoms: &[Atom]) -> Self {
-        // prefix → (atoms whose cidr it is, atoms for which it is a hole)
-        let mut by_prefix: HashMap<IpNet, (Vec<usize>, Vec<usize>)> = HashMap::new();
+        // Allows are interned first, numbered in their sorted order: many
+        // atoms carry the same allow (every CIDR of one rule and port), and
+        // a set of numbers sorts, hashes and compares far cheaper than a
+        // set of allows, whose rules are strings. Sorting the numbers sorts
+        // the allows.
+        let mut distinct: Vec<&Allow> = atoms.iter().map(|a| &a.allow).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let number: HashMap<&Allow, u32> = distinct
+            .iter()
+            .enumerate()
+            .map(|(i, allow)| (*allow, i as u32))
+            .collect();
+
+        let allow_of: Vec<u32> = atoms.iter().map(|a| number[&a.allow]).collect();
+
+        // prefix → (atoms whose cidr it is, atoms for which it is a hole).
+        // Holes are an atom's, not its allow's: another atom with the same
+        // allow and no hole there still allows the prefix.
+        let mut by_prefix: HashMap<IpNet, (Vec<u32>, Vec<u32>)> = HashMap::new();
         for (i, atom) in atoms.iter().enumerate() {
+            let i = i as u32;
             by_prefix.entry(atom.cidr).or_default().0.push(i);
             for hole in &atom.except {
                 by_prefix.entry(*hole).or_default().1.push(i);
             }
         }
+        // Only lengths some prefix has can hold an ancestor: a table of /32s
+        // under a few /16s looks up two lengths per prefix, not 33.
+        let mut lengths: Vec<(bool, u8)> = by_prefix
+            .keys()
+            .map(|net| (net.addr().is_ipv4(), net.prefix_len()))
+            .collect();
+        lengths.sort_unstable();
+        lengths.dedup();
 
         let mut table = Self {
             entries: BTreeMap::new(),
             sets: vec![Vec::new()],
             host_ports: BTreeMap::new(),
         };
-        let mut set_ids: HashMap<Vec<Allow>, SetId> = HashMap::from([(Vec::new(), 0)]);
+        let mut set_ids: HashMap<Vec<u32>, SetId> = HashMap::from([(Vec::new(), 0)]);
         // In prefix order, so that set ids, and so the whole plan, are the
         // same for the same policy on every run (HashMap order is not).
         let mut prefixes: Vec<IpNet> = by_prefix.keys().copied().collect();
         prefixes.sort_unstable();
+        let (mut covering, mut holes, mut allows) = (Vec::new(), Vec::new(), Vec::new());
         for prefix in &prefixes {
-            let mut covering = BTreeSet::new();
-            let mut holes = BTreeSet::new();
-            for ancestor in ancestors(*prefix) {
-                if let Some((cidrs, excepts)) = by_prefix.get(&ancestor) {
-                    covering.extend(cidrs.iter().copied());
-                    holes.extend(excepts.iter().copied());
+            covering.clear();
+            holes.clear();
+            allows.clear();
+            let family = prefix.addr().is_ipv4();
+            for &(_, len) in lengths
+                .iter()
+                .filter(|(f, len)| *f == family && *len <= prefix.prefix_len())
+            {
+                let Ok(ancestor) = IpNet::new(prefix.addr(), len) else {
+                    continue;
+                };
+                if let Some((cidrs, excepts)) = by_prefix.get(&ancestor.trunc()) {
+                    covering.extend_from_slice(cidrs);
+                    holes.extend_from_slice(excepts);
                 }
             }
-            let allows: BTreeSet<Allow> = covering
-                .difference(&holes)
-                .map(|&i| atoms[i].allow.clone())
-                .collect();
-            let allows: Vec<Allow> = allows.into_iter().collect();
-            let next = SetId::try_from(table.sets.len()).unwrap_or(SetId::MAX);
-            let id = *set_ids.entry(allows.clone()).or_insert_with(|| {
-                table.sets.push(allows);
-                next
-            });
+            holes.sort_unstable();
+            allows.extend(
+                covering
+                    .iter()
+                    .filter(|atom| holes.binary_search(atom).is_err())
+                    .map(|&atom| allow_of[atom as usize]),
+            );
+            allows.sort_unstable();
+            allows.dedup();
+            let id = match set_ids.get(&allows) {
+                Some(&id) => id,
+                None => {
+                    let id = SetId::try_from(table.sets.len()).unwrap_or(SetId::MAX);
+                    table.sets.push(
+                        allows
+                            .iter()
+                            .map(|&n| distinct[n as usize].clone())
+                            .collect(),
+                    );
+                    set_ids.insert(allows.clone(), id);
+                    id
+                }
+            };
             table.entries.insert(*prefix, id);
         }
         table
@@ -340,5 +390,55 @@ mod tests {
         let t = PrefixTable::build(&atoms);
         assert_eq!(t.entries.len(), 100);
         assert_eq!(t.sets.len(), 2, "the empty set plus one shared set");
+    }
+
+    proptest::proptest! {
+        /// Any overlap of CIDRs, holes and rules: every address gets
+        /// exactly the allows of the atoms whose CIDR holds it and none
+        /// of whose holes do, as the `ipBlock` semantics say, found here
+        /// by brute force.
+        #[test]
+        fn a_lookup_gives_the_allows_of_the_atoms_around_the_address(
+            raw in proptest::collection::vec(
+                (any_net(), proptest::collection::vec(any_net(), 0..3), 0..4u8),
+                1..24,
+            ),
+            probes in proptest::collection::vec(0u32..1024, 32),
+        ) {
+            let atoms: Vec<Atom> = raw
+                .into_iter()
+                .map(|(cidr, except, rule)| Atom {
+                    cidr,
+                    except,
+                    allow: allow(&format!("r{rule}")),
+                })
+                .collect();
+            let t = PrefixTable::build(&atoms);
+            for probe in probes {
+                let addr = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 | probe));
+                let mut want: Vec<&Allow> = atoms
+                    .iter()
+                    .filter(|a| a.cidr.contains(&addr) && !a.except.iter().any(|h| h.contains(&addr)))
+                    .map(|a| &a.allow)
+                    .collect();
+                want.sort();
+                want.dedup();
+                let got: Vec<&Allow> = t.lookup(addr).unwrap_or_default().iter().collect();
+                proptest::prop_assert_eq!(got, want, "address {}", addr);
+            }
+        }
+    }
+
+    /// Prefixes inside 10.0.0.0/22, so that random ones overlap often.
+    fn any_net() -> impl proptest::strategy::Strategy<Value = IpNet> {
+        use proptest::strategy::Strategy as _;
+        (0u32..1024, 14u8..=32).prop_map(|(host, len)| {
+            IpNet::new(
+                IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 | host)),
+                len,
+            )
+            .expect("a valid length")
+            .trunc()
+        })
     }
 }
