@@ -236,6 +236,14 @@ impl Diagnostics {
         self.0.iter().any(Diagnostic::is_error)
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn into_vec(self) -> Vec<Diagnostic> {
         self.0
     }

@@ -22,8 +22,9 @@ use std::path::PathBuf;
 
 pub use diagnostic::{Diagnostic, Rejected, Severity};
 pub use model::Model;
+pub use parse::ParseCache;
 pub use source::Source;
-pub use validate::{load_sources, Loaded};
+pub use validate::{load_sources, load_sources_cached, Loaded};
 
 /// Loads every `*.yaml` / `*.yml` under `paths` (files or directories).
 pub fn load(paths: &[PathBuf]) -> Result<Loaded, Rejected> {
@@ -34,6 +35,16 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, Rejected> {
 /// Kubernetes API, written as YAML documents), validated together with the
 /// files as one set: the same checks, the same model.
 pub fn load_with(paths: &[PathBuf], extra: &[Source]) -> Result<Loaded, Rejected> {
+    load_with_cached(paths, extra, &mut ParseCache::default())
+}
+
+/// [`load_with`], with the typed parses of unchanged documents taken from
+/// `cache` (see [`ParseCache`]).
+pub fn load_with_cached(
+    paths: &[PathBuf],
+    extra: &[Source],
+    cache: &mut ParseCache,
+) -> Result<Loaded, Rejected> {
     let files = source::discover(paths).map_err(|d| Rejected {
         diagnostics: vec![*d],
     })?;
@@ -54,5 +65,5 @@ pub fn load_with(paths: &[PathBuf], extra: &[Source]) -> Result<Loaded, Rejected
             )],
         });
     }
-    load_sources(&sources)
+    load_sources_cached(&sources, cache)
 }

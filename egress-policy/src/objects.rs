@@ -44,7 +44,7 @@ pub const KNOWN_KINDS: &[(&str, &str)] = &[
 pub const ISTIO_NETWORKING_V1: &str = "networking.istio.io/v1";
 
 /// An extension object: the usual envelope around a `spec`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Object<S> {
     #[allow(dead_code, reason = "checked before the typed parse")]
@@ -57,7 +57,7 @@ pub struct Object<S> {
 }
 
 /// `Workload.spec`: one workload of the inventory (no API server).
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSpec {
     /// cgroup v2 path, absolute or relative to the cgroup2 mount. Absent: a
@@ -81,7 +81,7 @@ pub struct WorkloadSpec {
 }
 
 /// A named container port, as in `Pod.spec.containers[].ports[]`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NamedPortSpec {
     pub name: String,
@@ -161,7 +161,7 @@ pub const FROM_SERVICE_ENTRIES: &str = "fromServiceEntries";
 /// Istio's `ServiceEntry.spec` (networking.istio.io), every field of the
 /// API so that a real ServiceEntry parses; only hosts, ports, endpoints
 /// and exportTo decide what a gateway may reach.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceEntrySpec {
     #[serde(default)]
@@ -186,7 +186,7 @@ pub struct ServiceEntrySpec {
 }
 
 /// `ServiceEntry.spec.ports[]`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceEntryPortSpec {
     pub number: i64,
@@ -200,7 +200,7 @@ pub struct ServiceEntryPortSpec {
 
 /// `ServiceEntry.spec.endpoints[]`: where the mesh sends traffic for the
 /// hosts (with `resolution: STATIC`, an IP; with `DNS`, a name).
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceEntryEndpointSpec {
     #[serde(default)]

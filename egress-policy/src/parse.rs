@@ -1,6 +1,11 @@
 //! Typed parsing of one YAML document, reporting every unknown field and the
 //! path and line of any type error.
 
+use std::{
+    any::{Any, TypeId},
+    collections::HashMap,
+};
+
 use serde::de::DeserializeOwned;
 
 use super::{
@@ -9,12 +14,105 @@ use super::{
     yaml11,
 };
 
+/// Typed parses of the documents that parsed without a finding, by their
+/// text: a reload reads every source again, and without this, one changed
+/// object out of a thousand costs a thousand YAML parses. Only documents
+/// of up to [`ParseCache::MAX_TEXT`] bytes are kept: a larger one (a
+/// policy with tens of thousands of CIDRs) would double its memory to save
+/// its parse only when some other object changes.
+///
+/// A document with any finding is parsed every time, so that its findings
+/// are reported, at their place in the file, on every load. An entry not
+/// used by the last load is dropped ([`ParseCache::end`]): the cache holds
+/// at most what is in force.
+#[derive(Default)]
+pub struct ParseCache {
+    by_type: HashMap<TypeId, HashMap<Box<str>, Cached>>,
+    load: u64,
+}
+
+struct Cached {
+    value: Box<dyn Any + Send + Sync>,
+    /// The load that last used it.
+    load: u64,
+}
+
+impl ParseCache {
+    /// The largest document text kept.
+    pub const MAX_TEXT: usize = 64 * 1024;
+
+    /// Starts a load: what it does not use is dropped at its [`end`].
+    ///
+    /// [`end`]: ParseCache::end
+    pub fn begin(&mut self) {
+        self.load += 1;
+    }
+
+    /// Ends a load, dropping what it did not use.
+    pub fn end(&mut self) {
+        let load = self.load;
+        for entries in self.by_type.values_mut() {
+            entries.retain(|_, cached| cached.load == load);
+        }
+        self.by_type.retain(|_, entries| !entries.is_empty());
+    }
+
+    /// Documents kept.
+    pub fn len(&self) -> usize {
+        self.by_type.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get<T: Clone + 'static>(&mut self, text: &str) -> Option<T> {
+        let load = self.load;
+        let cached = self.by_type.get_mut(&TypeId::of::<T>())?.get_mut(text)?;
+        cached.load = load;
+        cached.value.downcast_ref::<T>().cloned()
+    }
+
+    fn put<T: Send + Sync + 'static>(&mut self, text: &str, value: T) {
+        let load = self.load;
+        self.by_type.entry(TypeId::of::<T>()).or_default().insert(
+            text.into(),
+            Cached {
+                value: Box::new(value),
+                load,
+            },
+        );
+    }
+}
+
+/// [`typed_uncached`], answered from `cache` for a document parsed before
+/// without a finding.
+pub fn typed<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+    doc: &Document<'_>,
+    object: &ObjectRef,
+    diags: &mut Diagnostics,
+    cache: &mut ParseCache,
+) -> Option<T> {
+    let kept = doc.text.len() <= ParseCache::MAX_TEXT;
+    if kept {
+        if let Some(value) = cache.get::<T>(doc.text) {
+            return Some(value);
+        }
+    }
+    let findings = diags.len();
+    let value = typed_uncached::<T>(doc, object, diags)?;
+    if kept && diags.len() == findings {
+        cache.put(doc.text, value.clone());
+    }
+    Some(value)
+}
+
 /// Deserializes `doc` as `T`, reading it as kubectl does (see
 /// [`yaml11`]): YAML 1.1 scalars, then a strict decode of the JSON. Unknown
 /// fields are errors (a typo such as `podSelecter` must not silently widen
 /// a policy) but do not stop the parse, so all of them are reported
 /// together.
-pub fn typed<T: DeserializeOwned>(
+fn typed_uncached<T: DeserializeOwned>(
     doc: &Document<'_>,
     object: &ObjectRef,
     diags: &mut Diagnostics,
@@ -147,4 +245,78 @@ fn tracked_path(path: &serde_path_to_error::Path) -> FieldPath {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{load_sources, load_sources_cached, ParseCache, Source};
+
+    const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+        metadata: {name: web, namespace: prod}\nspec:\n  podSelector: {}\n  \
+        policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock: {cidr: 10.0.0.0/8}\n";
+    /// `ports: [{port: 0120}]`: 80 in YAML 1.1, which is worth a warning.
+    const SURPRISING: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+        metadata: {name: odd, namespace: prod}\nspec:\n  podSelector: {}\n  \
+        policyTypes: [Egress]\n  egress:\n  - ports: [{port: 0120}]\n";
+
+    fn sources(texts: &[&str]) -> Vec<Source> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| Source::new(format!("p{i}.yaml"), *text))
+            .collect()
+    }
+
+    #[test]
+    fn a_cached_load_gives_the_model_and_findings_of_an_uncached_one() {
+        let set = sources(&[POLICY, SURPRISING]);
+        let mut cache = ParseCache::default();
+        for _ in 0..3 {
+            let cached = load_sources_cached(&set, &mut cache).expect("valid");
+            let fresh = load_sources(&set).expect("valid");
+            assert_eq!(format!("{:?}", cached.model), format!("{:?}", fresh.model));
+            // The warning is about the document itself, so that document
+            // is parsed, and warned about, on every load.
+            let yaml11 = cached
+                .warnings
+                .iter()
+                .filter(|w| w.to_string().contains("`0120`"));
+            assert_eq!(yaml11.count(), 1, "{:?}", cached.warnings);
+            assert_eq!(
+                cached
+                    .warnings
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+                fresh
+                    .warnings
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(cache.len(), 1, "only the document without a finding");
+        }
+    }
+
+    #[test]
+    fn what_the_last_load_did_not_use_is_dropped() {
+        let mut cache = ParseCache::default();
+        load_sources_cached(&sources(&[POLICY]), &mut cache).expect("valid");
+        assert_eq!(cache.len(), 1);
+        let changed = POLICY.replace("10.0.0.0/8", "10.1.0.0/16");
+        let loaded = load_sources_cached(&sources(&[&changed]), &mut cache).expect("valid");
+        assert!(format!("{:?}", loaded.model).contains("10.1.0.0/16"));
+        assert_eq!(cache.len(), 1, "the old text's parse went with it");
+    }
+
+    #[test]
+    fn a_document_larger_than_the_limit_is_not_kept() {
+        let mut big = POLICY.to_owned();
+        while big.len() <= ParseCache::MAX_TEXT {
+            big.push_str("    - ipBlock: {cidr: 10.0.0.0/8}\n");
+        }
+        let mut cache = ParseCache::default();
+        load_sources_cached(&sources(&[&big]), &mut cache).expect("valid");
+        assert!(cache.is_empty());
+    }
 }

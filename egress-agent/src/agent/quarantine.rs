@@ -38,7 +38,7 @@ use crate::{
 use egress_policy::{
     diagnostic::{FieldPath, Location, ObjectRef},
     model::Model,
-    Diagnostic, Loaded, Rejected, Source,
+    Diagnostic, Loaded, ParseCache, Rejected, Source,
 };
 
 /// A successful load, with what was quarantined to get there.
@@ -64,17 +64,20 @@ const LIMIT_ROUNDS: usize = 16;
 
 /// Loads `paths` with the API objects `sources`, quarantining those with
 /// errors, or that bring a pod's port list over the kernel's limit (see
-/// the module doc). `last_good` is the previous [`Outcome::good`].
+/// the module doc). `last_good` is the previous [`Outcome::good`];
+/// `parses` keeps the typed parses of unchanged documents between loads.
 pub fn load(
     paths: &[std::path::PathBuf],
     sources: &[Source],
     last_good: &HashMap<Arc<Path>, Source>,
+    parses: &mut ParseCache,
 ) -> Result<Outcome, Rejected> {
     let mut current: Vec<Source> = sources.to_vec();
     let mut quarantined: Vec<Quarantined> = Vec::new();
     let (mut invalid_rounds, mut limit_rounds) = (0, 0);
     loop {
-        let errors: Vec<Diagnostic> = match egress_policy::load_with(paths, &current) {
+        let errors: Vec<Diagnostic> = match egress_policy::load_with_cached(paths, &current, parses)
+        {
             Ok(loaded) => {
                 let plan = compile::compile(&loaded.model);
                 let overflows = port_overflows(&plan);
@@ -352,6 +355,20 @@ fn stand_in(source: &Source, keep_selector: bool) -> Option<Source> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`super::load`] with the parse cache a reloader keeps, shared by
+    /// every load of a thread's test, so that quarantining is checked with
+    /// cached parses too.
+    fn load(
+        paths: &[std::path::PathBuf],
+        sources: &[Source],
+        last_good: &HashMap<Arc<Path>, Source>,
+    ) -> Result<Outcome, Rejected> {
+        thread_local! {
+            static PARSES: std::cell::RefCell<ParseCache> = Default::default();
+        }
+        PARSES.with(|p| super::load(paths, sources, last_good, &mut p.borrow_mut()))
+    }
 
     fn api(name: &str, text: &str) -> Source {
         Source::new(name, text)

@@ -16,7 +16,7 @@ use super::{
     state::{AgentState, ApplyFailure, ApplyTrigger, Generation, ReloadOutcome},
 };
 use crate::{compile::Plan, resolve::ResolvedHosts};
-use egress_policy::{Severity, Source};
+use egress_policy::{ParseCache, Severity, Source};
 
 /// Programs the kernel with a plan. Implementations must be atomic: on
 /// error, whatever was in force before stays in force, in every layer
@@ -85,6 +85,9 @@ pub struct Reloader<E> {
     /// The API objects of the generation in force that loaded as they
     /// are: what a quarantined object falls back to.
     last_good: HashMap<Arc<Path>, Source>,
+    /// The typed parses of the documents of the last load: a reload parses
+    /// only what changed.
+    parses: ParseCache,
     pending: PendingTracker,
 }
 
@@ -101,6 +104,7 @@ impl<E: Enforcer> Reloader<E> {
             hosts: ResolvedHosts::default(),
             warned: std::collections::HashSet::new(),
             last_good: HashMap::new(),
+            parses: ParseCache::default(),
             pending: PendingTracker::default(),
         }
     }
@@ -149,8 +153,12 @@ impl<E: Enforcer> Reloader<E> {
     pub fn reload(&mut self) -> &ReloadOutcome {
         self.state.reloads += 1;
         let started = std::time::Instant::now();
-        let outcome = match quarantine::load(&self.paths, &self.inventory.sources, &self.last_good)
-        {
+        let outcome = match quarantine::load(
+            &self.paths,
+            &self.inventory.sources,
+            &self.last_good,
+            &mut self.parses,
+        ) {
             Err(rejected) => {
                 for d in &rejected.diagnostics {
                     match d.severity {

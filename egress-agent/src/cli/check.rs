@@ -17,7 +17,13 @@ struct Report<'a> {
 pub fn run(args: &CheckArgs) -> ExitCode {
     // As `run` loads files: validated, then compiled and checked against
     // the kernel's limits, so a policy over one fails here, not at apply.
-    let loaded = quarantine::load(&args.paths, &[], &HashMap::new()).map(|o| o.loaded);
+    let loaded = quarantine::load(
+        &args.paths,
+        &[],
+        &HashMap::new(),
+        &mut egress_policy::ParseCache::default(),
+    )
+    .map(|o| o.loaded);
     let (valid, diagnostics, summary) = match loaded {
         Ok(loaded) => {
             let m = &loaded.model;

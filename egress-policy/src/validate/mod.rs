@@ -19,7 +19,7 @@ use super::{
     objects::{
         EgressGatewaySpec, Object, RedirectSpec, ServiceEntrySpec, WorkloadSpec, KNOWN_KINDS,
     },
-    parse,
+    parse::{self, ParseCache},
     source::{self, Document, Source},
 };
 
@@ -60,6 +60,17 @@ pub struct Loaded {
 
 /// Loads and validates sources that are already in memory.
 pub fn load_sources(sources: &[Source]) -> Result<Loaded, super::Rejected> {
+    load_sources_cached(sources, &mut ParseCache::default())
+}
+
+/// [`load_sources`], taking the typed parse of every document that has not
+/// changed since the last load from `cache` (see [`ParseCache`]). The
+/// result is the same: only parsing is skipped, validation runs in full.
+pub fn load_sources_cached(
+    sources: &[Source],
+    cache: &mut ParseCache,
+) -> Result<Loaded, super::Rejected> {
+    cache.begin();
     let mut builder = Builder::default();
     let mut docs = Vec::new();
     for source in sources {
@@ -69,8 +80,9 @@ pub fn load_sources(sources: &[Source]) -> Result<Loaded, super::Rejected> {
         }
     }
     for (number, doc) in docs.iter().enumerate() {
-        builder.document(number, doc);
+        builder.document(number, doc, cache);
     }
+    cache.end();
     builder.finish(&docs)
 }
 
@@ -150,7 +162,7 @@ impl Ctx<'_, '_> {
 }
 
 impl Builder {
-    fn document(&mut self, number: usize, doc: &Document<'_>) {
+    fn document(&mut self, number: usize, doc: &Document<'_>, cache: &mut ParseCache) {
         if doc.head.empty {
             return;
         }
@@ -214,57 +226,65 @@ impl Builder {
         };
         match kind {
             "Namespace" => {
-                if let Some(ns) = parse::typed::<K8sNamespace>(doc, &ctx.object, &mut self.diags) {
+                if let Some(ns) =
+                    parse::typed::<K8sNamespace>(doc, &ctx.object, &mut self.diags, cache)
+                {
                     self.namespace(&mut ctx, ns);
                 }
             }
             "NetworkPolicy" => {
                 if let Some(np) =
-                    parse::typed::<K8sNetworkPolicy>(doc, &ctx.object, &mut self.diags)
+                    parse::typed::<K8sNetworkPolicy>(doc, &ctx.object, &mut self.diags, cache)
                 {
                     self.network_policy(&mut ctx, np);
                 }
             }
             "Workload" => {
                 if let Some(obj) =
-                    parse::typed::<Object<WorkloadSpec>>(doc, &ctx.object, &mut self.diags)
+                    parse::typed::<Object<WorkloadSpec>>(doc, &ctx.object, &mut self.diags, cache)
                 {
                     self.workload(&mut ctx, obj);
                 }
             }
             "EgressGateway" => {
-                if let Some(obj) =
-                    parse::typed::<Object<EgressGatewaySpec>>(doc, &ctx.object, &mut self.diags)
-                {
+                if let Some(obj) = parse::typed::<Object<EgressGatewaySpec>>(
+                    doc,
+                    &ctx.object,
+                    &mut self.diags,
+                    cache,
+                ) {
                     self.gateway(&mut ctx, obj);
                 }
             }
             "Redirect" => {
                 if let Some(obj) =
-                    parse::typed::<Object<RedirectSpec>>(doc, &ctx.object, &mut self.diags)
+                    parse::typed::<Object<RedirectSpec>>(doc, &ctx.object, &mut self.diags, cache)
                 {
                     self.redirect(&mut ctx, obj);
                 }
             }
             "Service" => {
-                if let Some(svc) = parse::typed(doc, &ctx.object, &mut self.diags) {
+                if let Some(svc) = parse::typed(doc, &ctx.object, &mut self.diags, cache) {
                     self.service(&mut ctx, svc);
                 }
             }
             "EndpointSlice" => {
-                if let Some(slice) = parse::typed(doc, &ctx.object, &mut self.diags) {
+                if let Some(slice) = parse::typed(doc, &ctx.object, &mut self.diags, cache) {
                     self.endpoint_slice(&mut ctx, slice);
                 }
             }
             "Node" => {
-                if let Some(node) = parse::typed(doc, &ctx.object, &mut self.diags) {
+                if let Some(node) = parse::typed(doc, &ctx.object, &mut self.diags, cache) {
                     self.node(&mut ctx, node);
                 }
             }
             "ServiceEntry" => {
-                if let Some(obj) =
-                    parse::typed::<Object<ServiceEntrySpec>>(doc, &ctx.object, &mut self.diags)
-                {
+                if let Some(obj) = parse::typed::<Object<ServiceEntrySpec>>(
+                    doc,
+                    &ctx.object,
+                    &mut self.diags,
+                    cache,
+                ) {
                     self.service_entry(&mut ctx, obj);
                 }
             }
