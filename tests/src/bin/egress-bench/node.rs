@@ -6,12 +6,17 @@
 //!  client pod 10.244.1.10            server pod 10.244.2.10, .11
 //!    bench/client (app: client)        accept-close on :8080, :8081
 //!    bench/client-proxy (sidecar)      iperf3 -s on :5201
-//!    accept-close on 0.0.0.0:15001
+//!      accept-close on 0.0.0.0:15001
 //! ```
 //!
 //! Baselines run their clients in a "bare" cgroup outside the agent's
 //! cgroup root, so none of the agent's cgroup programs sees them; only the
-//! agent's own variant runs in the Workload's cgroup. The agent runs for
+//! agent's own variant runs in the Workload's cgroup. The proxy stand-in
+//! runs where a sidecar runs, in its Workload's cgroup, for every variant:
+//! the agent then sees its accepted sockets close, as on a real node, and
+//! drops each redirected connection's `ORIG_DST` entry with it (outside
+//! the root, every entry stayed until LRU eviction, and from the first
+//! 64k connects on each redirect paid an eviction). The agent runs for
 //! the whole benchmark, so its node-level nftables backstop (in the node
 //! namespace, on forwarded packets) is in force for every variant alike.
 
@@ -36,6 +41,8 @@ use integration_tests::{
 
 pub const CLIENT: &str = "bench/client";
 pub const SERVER: &str = "bench/server";
+/// The client pod's sidecar, where the proxy stand-in runs.
+pub const CLIENT_PROXY: &str = "bench/client-proxy";
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
 /// The server's second address: never in the CIDR list, so denied to an
@@ -201,25 +208,32 @@ impl Bench {
             .clone())
     }
 
-    /// The servers every measure uses, in the bare cgroup: the proxy
-    /// stand-in in the client pod, accept-close listeners and iperf3 in the
-    /// server pod.
+    /// The servers every measure uses: the proxy stand-in in the client
+    /// pod's sidecar cgroup; accept-close listeners and iperf3 in the
+    /// server pod, in the bare cgroup.
     fn start_servers(&mut self) -> anyhow::Result<()> {
         let client = self.pod_netns(CLIENT)?;
         let server = self.pod_netns(SERVER)?;
         let bare = self.bare.path().to_owned();
-        for (netns, addr) in [
+        let sidecar = self.workload_cgroup(CLIENT_PROXY)?;
+        for (cgroup, netns, addr) in [
             (
+                &sidecar,
                 &client,
                 SocketAddr::from((Ipv4Addr::UNSPECIFIED, PROXY_PORT)),
             ),
-            (&server, SocketAddr::from((SERVER_V4, SERVER_ACCEPT_PORT))),
             (
+                &bare,
+                &server,
+                SocketAddr::from((SERVER_V4, SERVER_ACCEPT_PORT)),
+            ),
+            (
+                &bare,
                 &server,
                 SocketAddr::from((SERVER_OTHER_V4, OTHER_ACCEPT_PORT)),
             ),
         ] {
-            let mut child = probe(&bare, netns)
+            let mut child = probe(cgroup, netns)
                 .args(["accept-close", &addr.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
