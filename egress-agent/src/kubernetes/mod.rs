@@ -33,7 +33,7 @@
 //! objects themselves ([`events`]); each node writes its verdict on every
 //! custom resource into that object's status ([`status`]).
 //!
-//! The inventory is rebuilt (after [`DEBOUNCE`]) when an object changes,
+//! The inventory is rebuilt at once when an object changes,
 //! when a directory appears or goes under a guarded root (inotify), and
 //! every [`RESCAN_EVERY`] as a fallback; it is only published when it
 //! differs, and never before every listing is complete.
@@ -75,8 +75,6 @@ use self::{
 use crate::{compile::Guards, errors::format_chain, inventory::Inventory};
 use egress_policy::{model::ObjectId, Source};
 
-/// Changes closer together than this become one rebuild.
-pub const DEBOUNCE: Duration = Duration::from_millis(20);
 /// A full rebuild at least this often, whatever inotify says.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
@@ -496,7 +494,12 @@ async fn build_loop(
                 if got.is_none() {
                     return;
                 }
-                tokio::time::sleep(DEBOUNCE).await;
+                // No wait for more: a lone change is built at once. What
+                // is already queued, or arrives while the watch tasks that
+                // are ready run, joins this build; a burst that goes on
+                // arrives during it and becomes the next one, and the apply
+                // worker's mailbox merges what comes faster than it applies.
+                tokio::task::yield_now().await;
                 while touch.try_recv().is_ok() {}
             }
             _ = rescan.tick() => {}
