@@ -730,7 +730,11 @@ fn method(md: &mut String) {
          its node-level nftables backstop is in force for every variant alike. Each figure's \
          variants run interleaved: repetition 1 of each, then repetition 2 of each, and so on. \
          The load generators are `egress-probe connect-rate`, `accept-close` and `until` \
-         (`tests/src/loadgen.rs`) and `iperf3`. Run it with `cargo xtask bench` (a few minutes; \
+         (`tests/src/loadgen.rs`) and `iperf3`. P6, P3 through the API and P5 at 10k pods run \
+         instead against a real kube-apiserver and etcd in a network namespace of their own, \
+         with the agent in Kubernetes mode beside them (`tests/src/bin/egress-k8s-churn`), \
+         where `cargo xtask k8s-test --build-only` has cached the API server; without it they \
+         are skipped, and say why. Run it with `cargo xtask bench` (a few minutes; \
          writes this page, `docs/bench/*.svg` and `docs/bench/samples.json`) or `cargo xtask \
          bench --quick` (under three minutes; writes to `target/bench/`).\n\n",
     );

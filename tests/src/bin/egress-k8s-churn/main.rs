@@ -138,25 +138,56 @@ async fn run(args: Args) -> anyhow::Result<()> {
         began.elapsed().as_secs_f64()
     );
     let uid = probe_pod(&client).await?;
-    // The probe's target, on this namespace's loopback.
-    let out = std::process::Command::new("ip")
-        .args(["addr", "replace", &format!("{TARGET}/32"), "dev", "lo"])
-        .output()
-        .context("ip addr replace")?;
-    if !out.status.success() {
-        bail!(
-            "ip addr replace {TARGET}/32 dev lo: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    // The probe's target, on this namespace's loopback, and the probe
+    // pod's address, which its connections must come from: the agent's
+    // programs drop a workload's packets from addresses not its own, and
+    // the kernel would pick the target itself as the source of a local
+    // connection, so the target's local route names the source.
+    for args in [
+        vec!["addr", "replace", "192.0.2.60/32", "dev", "lo"],
+        vec!["addr", "replace", "192.0.2.50/32", "dev", "lo"],
+        vec![
+            "route",
+            "replace",
+            "local",
+            "192.0.2.50",
+            "dev",
+            "lo",
+            "table",
+            "local",
+            "proto",
+            "kernel",
+            "scope",
+            "host",
+            "src",
+            "192.0.2.60",
+        ],
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .context("running ip")?;
+        if !out.status.success() {
+            bail!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
     let target = format!("{TARGET}:8080");
     let mut listener = node::listener(&target)?;
-    let paths = Paths::new();
+    let paths = Paths::new()?;
+    let root = paths.cgroup_root.clone();
     let cgroup = paths.pod_cgroup(&uid);
-    std::fs::create_dir_all(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
-    let result = measure(&client, &args, paths, &cgroup, &target).await;
+    let result = match std::fs::create_dir_all(&cgroup) {
+        Ok(()) => measure(&client, &args, paths, &cgroup, &target).await,
+        Err(e) => Err(e).with_context(|| format!("creating {}", cgroup.display())),
+    };
     let _ = listener.kill();
     let _ = listener.wait();
+    // The agent removes them when it stops; this is for a failure before.
+    node::remove_cgroups(&root);
     result
 }
 
@@ -167,7 +198,7 @@ async fn measure(
     cgroup: &std::path::Path,
     target: &str,
 ) -> anyhow::Result<()> {
-    // The probe starts isolated (its policy allows elsewhere only).
+    // The probe's policy: its destination allowed, or elsewhere only.
     let probe_policy = |allow: bool| {
         let cidr = if allow {
             format!("{TARGET}/32")
@@ -176,14 +207,14 @@ async fn measure(
         };
         objects::probe_policy("probe", &[cidr])
     };
-    objects::replace(client, &objects::policies(), &probe_policy(false)).await?;
+    objects::replace(client, &objects::policies(), &probe_policy(true)).await?;
     let started = Instant::now();
     let mut agent = Agent::start(&args.agent, paths, &args.server, &args.token)?;
     let pid = agent.pid();
     agent.wait_log("a first apply", Duration::from_secs(300), |l| {
         l.contains("policy applied")
     })?;
-    Waiter::reach(cgroup, target, "eperm")?;
+    Waiter::reach(cgroup, target, "ok")?;
     let first = started.elapsed();
     agent.settle(Duration::from_secs(2))?;
     let (peak, steady) = node::rss_mib(pid)?;
@@ -214,6 +245,10 @@ async fn measure(
     );
 
     flush(&args.out)?;
+    // Both measures start from the deny state: NetworkPolicies add up, so
+    // P3's policies can only make a difference while this one denies.
+    objects::replace(client, &objects::policies(), &probe_policy(false)).await?;
+    tokio::task::block_in_place(|| Waiter::reach(cgroup, target, "eperm"))?;
     if !args.skip_p3 {
         p3(client, &mut agent, args, cgroup, target).await?;
         flush(&args.out)?;

@@ -24,7 +24,8 @@ use anyhow::{anyhow, bail, Context as _};
 /// Where this run's state lives; all of it is removed at the end.
 pub struct Paths {
     pub dir: PathBuf,
-    /// The agent's `--cgroup-root`, with a kubelet (cgroupfs) layout below.
+    /// The agent's `--cgroup-root` (below the cgroup2 mount), with a
+    /// kubelet (cgroupfs) layout below.
     pub cgroup_root: PathBuf,
     pub pins: PathBuf,
     pub socket: PathBuf,
@@ -34,15 +35,16 @@ pub struct Paths {
 pub const METRICS: &str = "127.0.0.1:9464";
 
 impl Paths {
-    pub fn new() -> Self {
+    pub fn new() -> anyhow::Result<Self> {
         let dir = PathBuf::from("/run/egress-k8s-churn");
-        Self {
-            cgroup_root: PathBuf::from("/sys/fs/cgroup/egress-k8s-churn"),
+        let mount = egress_agent::sys::cgroup2_mount().context("finding the cgroup2 mount")?;
+        Ok(Self {
+            cgroup_root: mount.join("egress-k8s-churn"),
             pins: PathBuf::from("/sys/fs/bpf/egress-k8s-churn"),
             socket: dir.join("agent.sock"),
             log: dir.join("agent.log"),
             dir,
-        }
+        })
     }
 
     /// The pod directory a cgroupfs kubelet makes for a BestEffort pod.
@@ -94,7 +96,7 @@ impl Agent {
             .arg(&paths.cgroup_root)
             .arg("--socket")
             .arg(&paths.socket)
-            .args(["--metrics", METRICS])
+            .args(["--metrics-addr", METRICS])
             .env("EGRESS_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -177,6 +179,11 @@ impl Drop for Agent {
             .stderr(Stdio::null())
             .status();
         remove_cgroups(&self.paths.cgroup_root);
+        // The log outlives the run, for a failure's post-mortem.
+        let _ = fs::copy(
+            &self.paths.log,
+            std::env::temp_dir().join("egress-k8s-churn-agent.log"),
+        );
         let _ = fs::remove_dir_all(&self.paths.dir);
     }
 }
@@ -281,7 +288,7 @@ impl Waiter {
     pub fn reach(cgroup: &Path, target: &str, want: &str) -> anyhow::Result<()> {
         let mut child = probe(Some(cgroup))?
             .args(["until", target, "--want", want])
-            .args(["--interval-ms", "10", "--give-up-ms", "120000"])
+            .args(["--interval-ms", "10", "--give-up-ms", "60000"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -291,8 +298,11 @@ impl Waiter {
             child,
             lines: BufReader::new(stdout).lines(),
         };
-        let _first = waiter.next_line()?;
-        waiter.wait().map(drop)
+        let first = waiter.next_line()?;
+        waiter
+            .wait()
+            .map(drop)
+            .with_context(|| format!("waiting for {want} on {target} (first attempt: {first})"))
     }
 
     fn next_line(&mut self) -> anyhow::Result<String> {

@@ -60,8 +60,13 @@ pub fn slices() -> ApiResource {
     )
 }
 
+/// The API of `resource` in `ns` (none: a cluster-scoped kind).
 fn api(client: &Client, resource: &ApiResource, ns: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), ns, resource)
+    if ns.is_empty() {
+        Api::all_with(client.clone(), resource)
+    } else {
+        Api::namespaced_with(client.clone(), ns, resource)
+    }
 }
 
 /// Creates `object` (in its namespace), or merges it into the existing one.
@@ -85,9 +90,9 @@ pub async fn put(
     }
 }
 
-/// Replaces the whole object (a merge patch would merge lists by
-/// replacing them anyway; a PUT makes the intent plain). Creates it when
-/// missing.
+/// Replaces the whole object with one PUT (no resourceVersion: an
+/// unconditional update, so the timed write is one request), or creates it
+/// when missing.
 pub async fn replace(
     client: &Client,
     resource: &ApiResource,
@@ -97,21 +102,16 @@ pub async fn replace(
     let name = o.metadata.name.clone().unwrap_or_default();
     let ns = o.metadata.namespace.clone().unwrap_or_default();
     let api = api(client, resource, &ns);
-    match api.get_opt(&name).await? {
-        Some(old) => {
-            let mut new = o;
-            new.metadata.resource_version = old.metadata.resource_version;
-            api.replace(&name, &PostParams::default(), &new)
-                .await
-                .with_context(|| format!("replacing {} {ns}/{name}", resource.kind))?;
-        }
-        None => {
+    match api.replace(&name, &PostParams::default(), &o).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
             api.create(&PostParams::default(), &o)
                 .await
                 .with_context(|| format!("creating {} {ns}/{name}", resource.kind))?;
+            Ok(())
         }
+        Err(e) => Err(e).with_context(|| format!("replacing {} {ns}/{name}", resource.kind)),
     }
-    Ok(())
 }
 
 pub async fn merge(
@@ -190,7 +190,8 @@ pub fn policy(i: usize, variant: usize) -> Value {
             "podSelector": {"matchLabels": {"app": format!("app-{}", i % 200)}},
             "policyTypes": ["Egress"],
             "egress": [
-                {"to": [{"podSelector": {"matchLabels": {"app": format!("app-{}", (i + 1) % 200)}}}],
+                {"to": [{"namespaceSelector": {},
+                         "podSelector": {"matchLabels": {"app": format!("app-{}", (i + 1) % 200)}}}],
                  "ports": [{"protocol": "TCP", "port": 8080}]},
                 {"to": [{"ipBlock": {"cidr": format!("172.16.{}.{}/32", v >> 8, v & 255)}}]}
             ]
