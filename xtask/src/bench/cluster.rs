@@ -140,8 +140,11 @@ pub fn p6_section(md: &mut String, samples: &Samples, summary: &mut Vec<Row>, re
          (`/proc/PID/stat`).\n\n\
          What differs from a cluster: no kubelet, scheduler or controller-manager (pods are \
          bound by `spec.nodeName`, their status written as a kubelet would), no container \
-         runtime (the probe's cgroup is made by hand, the probe is a process in it), and \
-         the API server, the load generator and the agent share the same two CPUs.\n\n\
+         runtime (the probe's cgroup is made by hand, the probe is a process in it), the \
+         probe and its destination live in the API server's network namespace (the \
+         destination an address of its loopback, whose local route makes the probe pod's \
+         address the source), no Services beside the EndpointSlices, and the API server, \
+         etcd, the load generator and the agent share the same two CPUs.\n\n\
          ![P6]({rel}p6.svg)\n\n\
          | figure | p50 (ms) | p99 (ms) | max (ms) | samples | target |\n\
          |---|---|---|---|---|---|",
@@ -178,6 +181,7 @@ pub fn p6_section(md: &mut String, samples: &Samples, summary: &mut Vec<Row>, re
     }
     md.push('\n');
     let get = |m| one(samples, m).map_or_else(|| "–".to_owned(), num);
+    let whole = |m| one(samples, m).map_or_else(|| "–".to_owned(), |v| format!("{v:.0}"));
     let _ = writeln!(
         md,
         "{} changes per second over {} s ({} writes failed), {} applies by the agent; the \
@@ -185,10 +189,10 @@ pub fn p6_section(md: &mut String, samples: &Samples, summary: &mut Vec<Row>, re
          failed.\n",
         get("rate"),
         get("seconds"),
-        get("failed"),
-        get("applies"),
+        whole("failed"),
+        whole("applies"),
         get("cpu"),
-        get("probe_failed"),
+        whole("probe_failed"),
     );
 }
 
