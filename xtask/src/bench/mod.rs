@@ -9,7 +9,8 @@
 //!    (`cargo xtask k8s-pod-memory`'s code) with 10k pods and 1k
 //!    NetworkPolicies (500 and 50 with `--quick`) and measures there the
 //!    slim Pod cache and the agent's RSS (P5), P3 from an API watch event,
-//!    and the churn (P6) ([`pod_cache`]); adds them to the samples;
+//!    and the churn (P6) ([`pod_cache`]; with `--quick` about 25 s once
+//!    built, 5 s of churn); adds them to the samples;
 //! 5. writes the report (`benchmarks.md`) and one SVG plot per measure.
 //!
 //! A full run writes `docs/benchmarks.md`, `docs/bench/*.svg` and
