@@ -5,9 +5,12 @@
 //! 2. builds `egress-agent`, `egress-probe` and `egress-bench` in release
 //!    mode;
 //! 3. runs `egress-bench`, which measures and writes the raw samples;
-//! 4. measures the slim Pod cache (P6, `cargo xtask k8s-pod-memory`'s
-//!    code: 10k pods, 500 with `--quick`) where the API server binary is
-//!    cached, and adds it to the samples;
+//! 4. where the API server binary is cached, starts a real kube-apiserver
+//!    (`cargo xtask k8s-pod-memory`'s code) with 10k pods and 1k
+//!    NetworkPolicies (500 and 50 with `--quick`) and measures there the
+//!    slim Pod cache and the agent's RSS (P5), P3 from an API watch event,
+//!    and the churn (P6) ([`pod_cache`]; with `--quick` about 25 s once
+//!    built, 5 s of churn); adds them to the samples;
 //! 5. writes the report (`benchmarks.md`) and one SVG plot per measure.
 //!
 //! A full run writes `docs/benchmarks.md`, `docs/bench/*.svg` and
@@ -16,6 +19,7 @@
 //! the repository clean. `--from FILE` only regenerates the report from
 //! saved samples.
 
+mod cluster;
 mod plot;
 mod pod_cache;
 mod report;
@@ -67,7 +71,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let root = workspace_root();
     let quick_dest = target_dir(&root).join("bench");
     if let Some(from) = &args.from {
-        let samples = samples::Samples::read(from)?;
+        let mut samples = samples::Samples::read(from)?;
+        pod_cache::migrate(&mut samples);
         let dest_dir = if args.quick || samples.meta.quick {
             quick_dest
         } else {
@@ -110,7 +115,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         // leave half a result in docs/.
         (root.join("docs"), quick_dest.join("full-samples.json"))
     };
-    // P6 is measured here, not by egress-bench.
+    // P6, and the API server's parts of P3 and P5, are measured here, not
+    // by egress-bench.
     let wants = |m: &str| args.only.is_empty() || args.only.iter().any(|o| o == m);
     let others: Vec<&String> = args.only.iter().filter(|o| *o != "p6").collect();
     let mut samples = if args.only.is_empty() || !others.is_empty() {
@@ -132,15 +138,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         samples::Samples::default()
     };
-    if wants("p6") {
-        let pods = if args.quick {
-            pod_cache::QUICK_PODS
+    let wanted = pod_cache::Wanted {
+        cache: wants("p5"),
+        agent: wants("p3") || wants("p5") || wants("p6"),
+        p3: wants("p3"),
+        p6: wants("p6"),
+    };
+    if wanted.agent {
+        let cluster = if args.quick {
+            pod_cache::QUICK
         } else {
-            pod_cache::FULL_PODS
+            pod_cache::FULL
         };
-        if let Some(p6) = pod_cache::measure(pods)? {
-            samples.samples.extend(p6);
+        let began = std::time::Instant::now();
+        if let Some(more) = pod_cache::measure(&cluster, &wanted, &quick_dest)? {
+            samples.samples.extend(more);
         }
+        println!(
+            "bench: the API server measures took {:.0} s",
+            began.elapsed().as_secs_f64()
+        );
         samples.meta.quick = args.quick;
         samples.write(&raw)?;
     }

@@ -1,34 +1,117 @@
-//! P6: the memory of the agent's slim Pod cache (issue 11), measured by
-//! `cargo xtask k8s-pod-memory`'s code against a real kube-apiserver, and
-//! turned into samples of measure `p6` (the `cidrs` field holds the pod
-//! count: it is the measure's size axis, as CIDRs are the others').
+//! The measures against a real kube-apiserver (`cargo xtask
+//! k8s-pod-memory`'s setup: etcd and the API server in a network namespace,
+//! pods bound to fake nodes):
+//!
+//! - P5's slim Pod cache (issue 11): the memory of the agent's own Pod
+//!   watch, samples of measure `p5cache`;
+//! - the real agent in Kubernetes mode (`egress-k8s-churn`): its RSS at N
+//!   pods and M NetworkPolicies (`p5k8s`), P3 from an API watch event
+//!   (`p3`, variant `ours-api`) and the churn of P6 (`p6`).
+//!
+//! The `cidrs` field of these samples holds the pod count (P3's: the CIDR
+//! count): it is each measure's size axis, as CIDRs are the others'.
 
-use super::samples::Sample;
+use std::path::Path;
+
+use super::samples::{Sample, Samples};
 use crate::k8s::pod_memory::{self, Session};
 
-/// Pods of a full run (issue 11's figure) and of a quick one (the same
-/// path end to end, in well under a minute).
-pub const FULL_PODS: usize = 10_000;
-pub const QUICK_PODS: usize = 500;
+/// The cluster of a run: issue 14's for a full one; a small one for
+/// `--quick` (the same path end to end, in about a minute).
+pub struct Cluster {
+    pub pods: usize,
+    pub policies: usize,
+    pub slices: usize,
+    /// CIDRs of the API-event P3.
+    pub p3_cidrs: usize,
+    /// Changes per second, and for how long.
+    pub rate: f64,
+    pub seconds: f64,
+}
 
-/// Measures `pods` pods with the release build. `Ok(None)` when this
-/// machine cannot (no API server binary yet): the report then has no P6.
-pub fn measure(pods: usize) -> anyhow::Result<Option<Vec<Sample>>> {
+pub const FULL: Cluster = Cluster {
+    pods: 10_000,
+    policies: 1_000,
+    slices: 200,
+    p3_cidrs: 100_000,
+    rate: 100.0,
+    seconds: 60.0,
+};
+pub const QUICK: Cluster = Cluster {
+    pods: 500,
+    policies: 50,
+    slices: 20,
+    p3_cidrs: 10_000,
+    rate: 100.0,
+    seconds: 5.0,
+};
+
+/// Which of the measures to take.
+pub struct Wanted {
+    pub cache: bool,
+    pub agent: bool,
+    pub p3: bool,
+    pub p6: bool,
+}
+
+/// Measures with the release build. `Ok(None)` when this machine cannot
+/// (no API server binary yet): the report then has none of these figures.
+pub fn measure(
+    cluster: &Cluster,
+    wanted: &Wanted,
+    scratch: &Path,
+) -> anyhow::Result<Option<Vec<Sample>>> {
     if let Some(why) = pod_memory::missing() {
-        println!("bench: P6 (slim Pod cache) skipped: {why}");
+        println!("bench: the API server measures (P5 at 10k pods, P3 through the API, P6 churn) skipped: {why}");
         return Ok(None);
     }
+    let out = scratch.join("churn-samples.json");
+    let mut args = vec![
+        format!("--policies={}", cluster.policies),
+        format!("--slices={}", cluster.slices),
+        format!("--p3-cidrs={}", cluster.p3_cidrs),
+        format!("--rate={}", cluster.rate),
+        format!("--seconds={}", cluster.seconds),
+    ];
+    if !wanted.p3 {
+        args.push("--skip-p3".into());
+    }
+    if !wanted.p6 {
+        args.push("--skip-p6".into());
+    }
     let lines = pod_memory::measure(&Session {
-        pods,
+        pods: cluster.pods,
         release: true,
         compare: false,
         inventory: false,
+        churn: wanted.agent.then(|| (args, out.clone())),
     })?;
-    let samples = parse(&lines);
-    if samples.is_empty() {
-        anyhow::bail!("egress-k8s-mem printed no `slim cache:` line");
+    let mut samples = Vec::new();
+    if wanted.cache {
+        let cache = parse(&lines);
+        if cache.is_empty() {
+            anyhow::bail!("egress-k8s-mem printed no `slim cache:` line");
+        }
+        samples.extend(cache);
+    }
+    if wanted.agent {
+        let text = std::fs::read_to_string(&out)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", out.display()))?;
+        let agent: Vec<Sample> = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("parsing {}: {e}", out.display()))?;
+        samples.extend(agent);
     }
     Ok(Some(samples))
+}
+
+/// Samples taken before the slim cache moved under P5 called it `p6`.
+pub fn migrate(samples: &mut Samples) {
+    let cache_metrics = ["listed", "heap", "heap_per_pod", "rss"];
+    for s in &mut samples.samples {
+        if s.measure == "p6" && cache_metrics.contains(&s.metric.as_str()) {
+            s.measure = "p5cache".into();
+        }
+    }
 }
 
 /// The samples in `egress-k8s-mem measure --mode slim`'s lines:
@@ -47,7 +130,7 @@ pub fn parse(lines: &[String]) -> Vec<Sample> {
     };
     let sample = |metric: &str, unit: &str, value: Option<f64>| {
         value.map(|value| Sample {
-            measure: "p6".into(),
+            measure: "p5cache".into(),
             metric: metric.into(),
             unit: unit.into(),
             variant: "ours".into(),
@@ -80,7 +163,7 @@ mod tests {
         let got: Vec<(String, f64)> = parse(&lines)
             .into_iter()
             .map(|s| {
-                assert_eq!((s.measure.as_str(), s.cidrs), ("p6", 10_000));
+                assert_eq!((s.measure.as_str(), s.cidrs), ("p5cache", 10_000));
                 (s.metric, s.value)
             })
             .collect();

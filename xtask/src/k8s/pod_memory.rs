@@ -56,6 +56,7 @@ pub fn run(args: &PodMemoryArgs) -> anyhow::Result<ExitCode> {
         release: args.release,
         compare: args.compare,
         inventory: true,
+        churn: None,
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -70,6 +71,9 @@ pub struct Session {
     pub compare: bool,
     /// Then run the agent's whole watch and time an EndpointSlice change.
     pub inventory: bool,
+    /// Then run the real agent against the server (`egress-k8s-churn`):
+    /// its arguments after `--pods`, and where it writes its samples.
+    pub churn: Option<(Vec<String>, std::path::PathBuf)>,
 }
 
 /// Why this machine cannot measure, if it cannot: it needs root (for the
@@ -129,6 +133,9 @@ pub fn measure(session: &Session) -> anyhow::Result<Vec<String>> {
         if session.inventory {
             mem(&["inventory"])?;
         }
+        if let Some((args, out)) = &session.churn {
+            churn(session.pods, args, out)?;
+        }
         Ok(())
     })();
     for (name, mut child) in children {
@@ -138,6 +145,35 @@ pub fn measure(session: &Session) -> anyhow::Result<Vec<String>> {
     }
     teardown();
     result.map(|()| lines)
+}
+
+/// `egress-k8s-churn` (release, with the release agent beside it) in the
+/// namespace, against the pods just created.
+fn churn(pods: usize, args: &[String], out: &Path) -> anyhow::Result<()> {
+    let exe = host::test_binary("egress-k8s-churn", true)?;
+    let agent = exe.with_file_name("egress-agent");
+    if !agent.exists() {
+        bail!(
+            "{} is missing: `cargo build --release -p egress-agent` (cargo xtask bench does)",
+            agent.display()
+        );
+    }
+    let _ = fs::remove_file(out);
+    run::check(
+        Command::new("nsenter")
+            .arg(format!("--net={}", layout::netns_path(NETNS).display()))
+            .arg("--")
+            .arg(&exe)
+            .arg(SERVER_FLAG)
+            .arg(format!("--token={TOKEN}"))
+            .arg("--agent")
+            .arg(&agent)
+            .arg("--pods")
+            .arg(pods.to_string())
+            .arg("--out")
+            .arg(out)
+            .args(args),
+    )
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
