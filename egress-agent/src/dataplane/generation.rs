@@ -316,7 +316,7 @@ struct ClusterContent {
 
 /// What the kernel holds under one policy id, with the kernel's set ids
 /// and cluster tag in it (see [`ImageWorkload::tables`]).
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub(super) struct PolicyContent {
     pub(super) flags: u32,
     pub(super) cluster: u32,
@@ -842,12 +842,13 @@ struct Live {
 /// its workloads are on, updating its tries in place at commit: if every
 /// workload on it moves to `group` (so that, before the flip, the old
 /// generation's reads of it see their own new answer, see the module
-/// doc), and the change is one [`in_place::plan`] accepts. Returns the id.
+/// doc), and the change is one [`in_place::plan`] accepts. Returns the id;
+/// the group's contents then move to the new generation's objects.
 fn update_in_place(
     old: &mut Objects,
     new: &mut Generation,
     live: &Live,
-    group: &Group,
+    group: &mut Group,
     updates: &mut Vec<in_place::Update>,
     stats: &mut ApplyStats,
 ) -> Option<u32> {
@@ -859,35 +860,29 @@ fn update_in_place(
     candidates.sort_unstable();
     candidates.dedup();
     for id in candidates {
-        let Some(from) = old
-            .policies
-            .iter()
-            .find(|(_, o)| o.id == id)
-            .map(|(c, _)| c.clone())
-        else {
+        let Some((from, _)) = old.policies.iter().find(|(_, o)| o.id == id) else {
             continue;
         };
         let moves = live
             .users
             .get(&id)
             .is_some_and(|on| on.is_subset(&group.cgroups));
-        let steps = match in_place::plan(&from, &group.content) {
+        let steps = match in_place::plan(from, &group.content) {
             Ok(steps) if moves => steps,
             _ => {
                 stats.in_place_declined += 1;
                 continue;
             }
         };
-        let object = old.policies.remove(&from)?;
+        // Taken out without hashing or copying its contents again.
+        let (from, object) = old.policies.extract_if(|_, o| o.id == id).next()?;
         let keys = in_place::keys_for(id, &group.content, &object.keys);
-        new.objects
-            .policies
-            .insert(group.content.clone(), Object { id, keys });
+        let to = std::mem::take(&mut group.content);
+        new.objects.policies.insert(to, Object { id, keys });
         updates.push(in_place::Update {
             id,
             from,
             from_keys: object.keys,
-            to: group.content.clone(),
             steps,
         });
         return Some(id);
@@ -957,10 +952,13 @@ pub(super) fn commit(
     if let Err(err) = updated.and_then(|()| maps.set_active(staged.new_slot)) {
         // Back to the old contents, in the same safe order, before the
         // objects go back to the live generation.
-        let undone = staged.updates[..started]
-            .iter()
-            .rev()
-            .all(|u| in_place::undo(maps, u));
+        let objects = &staged.new.objects.policies;
+        let undone = staged.updates[..started].iter().rev().all(|u| {
+            objects
+                .iter()
+                .find(|(_, o)| o.id == u.id)
+                .is_some_and(|(to, _)| in_place::undo(maps, u, to))
+        });
         abort(maps, live, staged);
         if !undone {
             *live = None;
@@ -1065,7 +1063,9 @@ pub(super) fn abort(maps: &mut Maps, live: &mut Option<Generation>, staged: Stag
         // An object to be updated in place went back under its new
         // contents; its tries still hold the old ones.
         for u in staged.updates {
-            if old.objects.policies.remove(&u.to).is_some() {
+            let before = old.objects.policies.len();
+            old.objects.policies.retain(|_, o| o.id != u.id);
+            if old.objects.policies.len() < before {
                 let object = Object {
                     id: u.id,
                     keys: u.from_keys,

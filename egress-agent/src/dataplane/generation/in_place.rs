@@ -33,7 +33,7 @@
 //! one family, or any flagged `ALLOW_*` value, old or new: each run then
 //! reads at most one changing answer for its address.
 
-use std::{cmp::Reverse, collections::HashMap, hash::Hash};
+use std::{borrow::Cow, cmp::Reverse};
 
 use aya::maps::{lpm_trie::Key, LpmTrie, MapData};
 use egress_common::{host_ports, map};
@@ -47,7 +47,7 @@ use super::{
 };
 
 /// A trie prefix: its length decides the order of the steps.
-pub trait Prefix: Copy + Eq + Hash + std::fmt::Display {
+pub trait Prefix: Copy + Ord + std::fmt::Display {
     /// Its length in bits.
     fn bits(&self) -> u8;
 }
@@ -77,27 +77,58 @@ pub enum TrieStep<N> {
 /// the module doc): upserts longest prefix first, then deletes shortest
 /// prefix first.
 pub fn trie_steps<N: Prefix>(from: &[(N, u32)], to: &[(N, u32)]) -> Vec<TrieStep<N>> {
-    let old: HashMap<N, u32> = from.iter().copied().collect();
-    let new: HashMap<N, u32> = to.iter().copied().collect();
-    // From the slices, not the maps: equal lengths keep their order, so
-    // the steps are the same on every run.
-    let mut upserts: Vec<(N, u32)> = to
-        .iter()
-        .filter(|(n, v)| old.get(n) != Some(v))
-        .copied()
-        .collect();
+    // A merge of the two tables in prefix order: image tables are sorted
+    // already (they come from ordered maps), so a 100k-entry table costs
+    // one pass and no hashing. Others are sorted first.
+    let (from, to) = (sorted(from), sorted(to));
+    let (mut upserts, mut deletes) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (from.get(i), to.get(j)) {
+            (Some(a), Some(b)) if a.0 == b.0 => {
+                if a.1 != b.1 {
+                    upserts.push(*b);
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a.0 < b.0 => {
+                deletes.push(a.0);
+                i += 1;
+            }
+            (Some(a), None) => {
+                deletes.push(a.0);
+                i += 1;
+            }
+            (_, Some(b)) => {
+                upserts.push(*b);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    // Stable sorts: equal lengths keep prefix order, so the steps are the
+    // same on every run.
     upserts.sort_by_key(|(n, _)| Reverse(n.bits()));
-    let mut deletes: Vec<N> = from
-        .iter()
-        .filter(|(n, _)| !new.contains_key(n))
-        .map(|(n, _)| *n)
-        .collect();
     deletes.sort_by_key(|n| n.bits());
     upserts
         .into_iter()
         .map(|(n, v)| TrieStep::Upsert(n, v))
         .chain(deletes.into_iter().map(TrieStep::Delete))
         .collect()
+}
+
+/// `table` in prefix order, one entry per prefix (the last one, as a
+/// trie written in this order would hold).
+fn sorted<N: Prefix>(table: &[(N, u32)]) -> Cow<'_, [(N, u32)]> {
+    if table.windows(2).all(|w| w[0].0 < w[1].0) {
+        return Cow::Borrowed(table);
+    }
+    let mut t = table.to_vec();
+    t.reverse();
+    t.sort_by_key(|(n, _)| *n);
+    t.dedup_by_key(|(n, _)| *n);
+    Cow::Owned(t)
 }
 
 /// The steps of one policy's four tries.
@@ -131,7 +162,6 @@ pub(super) struct Update {
     /// Its contents and keys in the live generation, for taking it back.
     pub(super) from: PolicyContent,
     pub(super) from_keys: Keys,
-    pub(super) to: PolicyContent,
     pub(super) steps: PolicySteps,
 }
 
@@ -257,15 +287,10 @@ pub(super) fn run(
 }
 
 /// Takes `update` back, whether all, part or none of it was written: the
-/// steps from its new contents to its old ones (a delete of a prefix that
+/// steps from its new contents `to` to its old ones (a delete of a prefix that
 /// was never upserted is no error). Returns whether it succeeded.
-pub(super) fn undo(maps: &mut Maps, update: &Update) -> bool {
-    run(
-        maps,
-        update.id,
-        &PolicySteps::between(&update.to, &update.from),
-    )
-    .is_ok()
+pub(super) fn undo(maps: &mut Maps, update: &Update, to: &PolicyContent) -> bool {
+    run(maps, update.id, &PolicySteps::between(to, &update.from)).is_ok()
 }
 
 fn run_trie<K: aya::Pod, N: Prefix>(
@@ -295,6 +320,8 @@ fn run_trie<K: aya::Pod, N: Prefix>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn net(s: &str) -> Ipv4Net {
