@@ -56,11 +56,12 @@ pub fn compile(model: &Model) -> Plan {
     });
     // Workloads elsewhere (no cgroup) are peers only: selectors see them
     // through the model, the data plane never does.
+    let mut egress = EgressCache::default();
     let workloads: Vec<WorkloadPlan> = model
         .workloads
         .iter()
         .filter(|w| w.cgroup.is_some())
-        .map(|w| workload(model, w))
+        .map(|w| workload(model, w, &mut egress))
         .collect();
     let node = NodeRules {
         cluster_cidrs: cluster
@@ -233,7 +234,16 @@ fn carve(nets: &[IpNet], holes: &BTreeSet<IpAddr>) -> Vec<IpNet> {
     out
 }
 
-fn workload(model: &Model, w: &Workload) -> WorkloadPlan {
+/// Egress tables already built in this compile, by the NetworkPolicies
+/// that select the workload (indices into `model.network_policies`).
+/// A table depends on the workload only through which policies select it
+/// (peers are resolved against the model, never against the source), so
+/// the replicas of a Deployment share one build: the cost of a compile
+/// grows with the distinct policy sets, not with the pods (at 100k CIDRs
+/// a second pod under the same policy cost a second full build).
+type EgressCache = std::collections::HashMap<Vec<usize>, Egress>;
+
+fn workload(model: &Model, w: &Workload, cache: &mut EgressCache) -> WorkloadPlan {
     let gateway = model
         .gateways
         .iter()
@@ -293,7 +303,7 @@ fn workload(model: &Model, w: &Workload) -> WorkloadPlan {
         proxy_for,
         capture,
         passed_over,
-        egress: egress(model, w),
+        egress: egress(model, w, cache),
         packet_sockets: w
             .annotations
             .get(plan::PACKET_SOCKETS_ANNOTATION)
@@ -302,19 +312,33 @@ fn workload(model: &Model, w: &Workload) -> WorkloadPlan {
     }
 }
 
-fn egress(model: &Model, w: &Workload) -> Egress {
-    let policies: Vec<_> = model
+fn egress(model: &Model, w: &Workload, cache: &mut EgressCache) -> Egress {
+    let selected: Vec<usize> = model
         .network_policies
         .iter()
-        .filter(|p| {
+        .enumerate()
+        .filter(|(_, p)| {
             p.affects_egress
                 && p.id.namespace == w.id.namespace
                 && p.pod_selector.matches(&w.labels)
         })
+        .map(|(i, _)| i)
         .collect();
-    if policies.is_empty() {
+    if selected.is_empty() {
         return Egress::Unrestricted;
     }
+    cache
+        .entry(selected)
+        .or_insert_with_key(|selected| build_egress(model, selected))
+        .clone()
+}
+
+/// The egress table of a workload selected by exactly these policies.
+fn build_egress(model: &Model, selected: &[usize]) -> Egress {
+    let policies: Vec<_> = selected
+        .iter()
+        .map(|i| &model.network_policies[*i])
+        .collect();
     let mut atoms = Vec::new();
     for policy in &policies {
         for (index, rule) in policy.egress.iter().enumerate() {
