@@ -804,9 +804,9 @@ impl Staging<'_> {
                         );
                         fresh.extend(&keys);
                         written?;
-                        new.objects
-                            .policies
-                            .insert(group.content.clone(), Object { id, keys });
+                        // Not read again: moved, not copied.
+                        let content = std::mem::take(&mut group.content);
+                        new.objects.policies.insert(content, Object { id, keys });
                         id
                     }
                 },
