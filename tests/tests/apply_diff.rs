@@ -5,7 +5,10 @@
 //! `Dataplane::canonical_dump`) after every step of 1,000 random change
 //! sequences, against a data plane that applied the same image in full:
 //! from empty maps after each step, and on a fresh pin directory after
-//! the last step of every sequence.
+//! the last step of every sequence. One policy has a larger table of
+//! nested prefixes, a few of which change at a time, so that policies are
+//! both updated in place (same id, see `generation::in_place`) and, where
+//! that is declined, written whole; the test checks that both happened.
 
 use std::{
     collections::BTreeMap,
@@ -76,6 +79,12 @@ const CLUSTER: &[&str] = &[
 ];
 const HOSTS: &[&str] = &["203.0.113.7", "203.0.113.8", "2001:db8::9"];
 const LABELS: &[&str] = &["a", "b", "c"];
+/// The label whose policy, when it exists, also has a larger table: an
+/// extra rule to `BULK` of the prefixes `bulk_cidr` numbers, nested /16s
+/// and /24s, so that a few of them changing is updated in place.
+const BULK_LABEL: &str = "a";
+const BULK: usize = 24;
+const BULK_POOL: u32 = 120;
 const WORKLOADS: usize = 6;
 
 #[derive(Clone, Debug)]
@@ -96,6 +105,19 @@ struct World {
     /// The label whose workloads are captured, if any.
     redirect: Option<(&'static str, u16, &'static str)>,
     audit: bool,
+    /// `BULK_LABEL`'s larger table, by `bulk_cidr` number.
+    bulk: Vec<u32>,
+}
+
+/// Prefix number `n` of the larger table: every fifth a /16, the others
+/// /24s, some inside those /16s.
+fn bulk_cidr(n: u32) -> String {
+    let (b, c) = (16 + n / 40, n % 40);
+    if n.is_multiple_of(5) {
+        format!("172.{b}.0.0/16")
+    } else {
+        format!("172.{b}.{c}.0/24")
+    }
 }
 
 impl World {
@@ -110,7 +132,14 @@ impl World {
             hosts: vec![(*rng.pick(HOSTS), *rng.pick(PORTS))],
             redirect: None,
             audit: false,
+            bulk: Vec::new(),
         };
+        while world.bulk.len() < BULK {
+            let n = rng.below(BULK_POOL as usize) as u32;
+            if !world.bulk.contains(&n) {
+                world.bulk.push(n);
+            }
+        }
         for label in LABELS {
             if rng.chance(70) {
                 let rules = (0..1 + rng.below(2)).map(|_| Self::rule(rng)).collect();
@@ -135,7 +164,7 @@ impl World {
     /// One or two random changes, each of the kind a reload brings.
     fn change(&mut self, rng: &mut Rng) {
         for _ in 0..1 + rng.below(2) {
-            match rng.below(10) {
+            match rng.below(12) {
                 // A pod comes, goes or moves to another policy.
                 0..=2 => {
                     let w = rng.below(WORKLOADS);
@@ -196,6 +225,18 @@ impl World {
                         self.hosts = vec![(*rng.pick(HOSTS), *rng.pick(PORTS))];
                         if rng.chance(50) {
                             self.hosts.push((*rng.pick(HOSTS), *rng.pick(PORTS)));
+                        }
+                    }
+                }
+                // A few prefixes of the larger table come, go or change.
+                10 | 11 => {
+                    for _ in 0..1 + rng.below(3) {
+                        let n = rng.below(BULK_POOL as usize) as u32;
+                        match self.bulk.iter().position(|x| *x == n) {
+                            Some(i) => {
+                                self.bulk.remove(i);
+                            }
+                            None => self.bulk.push(n),
                         }
                     }
                 }
@@ -263,6 +304,14 @@ impl World {
                         .collect();
                     let _ = writeln!(y, "    ports: [{}]", ports.join(", "));
                 }
+            }
+            if *label == BULK_LABEL && !self.bulk.is_empty() {
+                let to: Vec<String> = self
+                    .bulk
+                    .iter()
+                    .map(|n| format!("{{ipBlock: {{cidr: \"{}\"}}}}", bulk_cidr(*n)))
+                    .collect();
+                let _ = writeln!(y, "  - to: [{}]", to.join(", "));
             }
         }
         if self.gateway {
@@ -339,6 +388,9 @@ struct Totals {
     reused_host_tables: usize,
     reused_cluster: usize,
     written: usize,
+    updated_in_place: usize,
+    in_place_entries: usize,
+    in_place_declined: usize,
 }
 
 impl Totals {
@@ -349,6 +401,9 @@ impl Totals {
         self.reused_host_tables += stats.reused_host_tables;
         self.reused_cluster += usize::from(stats.reused_cluster);
         self.written += stats.written;
+        self.updated_in_place += stats.updated_in_place;
+        self.in_place_entries += stats.in_place_entries;
+        self.in_place_declined += stats.in_place_declined;
     }
 }
 
@@ -431,8 +486,9 @@ fn an_incremental_apply_leaves_the_state_of_a_full_apply() {
     }
     println!(
         "{SEQUENCES} sequences × {STEPS} steps in {:?}: {} applies, {} policies / {} port sets / \
-         {} host tables / {} cluster tags kept, {} entries written; {fresh_checks} checks \
-         against a fresh data plane, {aborts} aborts",
+         {} host tables / {} cluster tags kept, {} entries written; {} policies updated in \
+         place ({} entries), {} written whole instead; {fresh_checks} checks against a fresh \
+         data plane, {aborts} aborts",
         start.elapsed(),
         totals.applies,
         totals.reused_policies,
@@ -440,6 +496,9 @@ fn an_incremental_apply_leaves_the_state_of_a_full_apply() {
         totals.reused_host_tables,
         totals.reused_cluster,
         totals.written,
+        totals.updated_in_place,
+        totals.in_place_entries,
+        totals.in_place_declined,
     );
     // Not vacuous: policies, port sets and cluster tags were kept. (Host
     // tables need NodePort Services, which these worlds do not have.)
@@ -447,4 +506,9 @@ fn an_incremental_apply_leaves_the_state_of_a_full_apply() {
     assert!(totals.reused_port_sets > 0, "seed {seed}");
     assert!(totals.reused_cluster > 0, "seed {seed}");
     assert!(aborts > 0, "seed {seed}");
+    // Both ways of changing a policy were taken: its tries updated in
+    // place, and (too many entries changed, or its info, or a workload
+    // left it) a fresh object.
+    assert!(totals.updated_in_place > 0, "seed {seed}");
+    assert!(totals.in_place_declined > 0, "seed {seed}");
 }

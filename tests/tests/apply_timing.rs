@@ -50,16 +50,30 @@ fn image(root: &TestCgroup, pods: usize, last: &str) -> MapImage {
         root.child(&format!("prod/client-{n}")).unwrap();
     }
     let mount = egress_agent::sys::cgroup2_mount().unwrap();
+    let start = Instant::now();
     let yaml = yaml(&root.relative(), pods, last);
+    let generated = start.elapsed();
     let loaded = egress_policy::load_sources(&[Source::new("timing.yaml", yaml)]).unwrap();
+    let parsed = start.elapsed();
     let plan = compile::compile(&loaded.model);
-    MapImage::build(&plan, &cgroup_ids(&plan, &mount), &BTreeMap::new(), false).unwrap()
+    let compiled = start.elapsed();
+    let image =
+        MapImage::build(&plan, &cgroup_ids(&plan, &mount), &BTreeMap::new(), false).unwrap();
+    let built = start.elapsed();
+    println!(
+        "image ({pods} pods, last {last}): parse and validate {:?}, compile {:?}, build {:?}",
+        parsed - generated,
+        compiled - parsed,
+        built - compiled
+    );
+    image
 }
 
 fn report(what: &str, stats: &ApplyStats) {
     println!(
         "{what}: {:?} = write {:?} + grace {:?} + cleanup {:?}; {} prefixes written, {} entries \
-         removed; {} entries and {} WORKLOADS entries written, {} policies and {} port sets kept",
+         removed; {} entries and {} WORKLOADS entries written, {} policies and {} port sets kept; \
+         {} policies updated in place ({} entries)",
         stats.total,
         stats.write,
         stats.grace,
@@ -70,6 +84,8 @@ fn report(what: &str, stats: &ApplyStats) {
         stats.workload_writes,
         stats.reused_policies,
         stats.reused_port_sets,
+        stats.updated_in_place,
+        stats.in_place_entries,
     );
 }
 

@@ -127,13 +127,15 @@ fn a_workload_with_100k_cidrs_applies_and_a_one_cidr_change_takes_effect() {
     let (changed, compiled, built) = image(&s, &policy("10.200.0.2/32"));
     let second = s.dataplane().apply(&changed).unwrap();
     report("100k CIDRs, one-CIDR change", &second, compiled, built);
-    // The policy's table changed, so it is written whole under a new id;
-    // its port set did not, so it is kept.
+    // The policy's table changed by one prefix, so it is updated in place
+    // under its id (one upsert, one delete); its port set did not change,
+    // so it is kept.
     assert_eq!(
-        second.removed,
-        CIDRS + 1,
-        "the old generation: prefixes and policy, not the kept port set"
+        (second.updated_in_place, second.in_place_entries),
+        (1, 2),
+        "{second:?}"
     );
+    assert_eq!(second.removed, 1, "only the prefix that went");
     assert_eq!(second.reused_port_sets, 1);
     assert_eq!(
         s.client("prod/client").connect_tcp(server(7090)).unwrap(),

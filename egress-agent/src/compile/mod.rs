@@ -14,7 +14,7 @@ pub mod prefix;
 pub mod services;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
 };
 
@@ -29,7 +29,7 @@ pub use plan::{
 use prefix::{Atom, HostPort, PrefixTable};
 
 use egress_policy::{
-    model::{EgressRule, Model, ObjectId, Peer, Workload},
+    model::{EgressRule, Model, Peer, Workload},
     ports::{PortMatch, PortRange, PortSpec},
 };
 
@@ -56,15 +56,12 @@ pub fn compile(model: &Model) -> Plan {
     });
     // Workloads elsewhere (no cgroup) are peers only: selectors see them
     // through the model, the data plane never does.
-    // Workloads selected by the same policies share one table: it is built
-    // once and cloned, as building one of 100k CIDRs costs far more than
-    // copying it.
-    let mut tables: HashMap<Vec<ObjectId>, PrefixTable> = HashMap::new();
+    let mut egress = EgressCache::default();
     let workloads: Vec<WorkloadPlan> = model
         .workloads
         .iter()
         .filter(|w| w.cgroup.is_some())
-        .map(|w| workload(model, w, &mut tables))
+        .map(|w| workload(model, w, &mut egress))
         .collect();
     let node = NodeRules {
         cluster_cidrs: cluster
@@ -237,11 +234,16 @@ fn carve(nets: &[IpNet], holes: &BTreeSet<IpAddr>) -> Vec<IpNet> {
     out
 }
 
-fn workload(
-    model: &Model,
-    w: &Workload,
-    tables: &mut HashMap<Vec<ObjectId>, PrefixTable>,
-) -> WorkloadPlan {
+/// Egress tables already built in this compile, by the NetworkPolicies
+/// that select the workload (indices into `model.network_policies`).
+/// A table depends on the workload only through which policies select it
+/// (peers are resolved against the model, never against the source), so
+/// the replicas of a Deployment share one build: the cost of a compile
+/// grows with the distinct policy sets, not with the pods (at 100k CIDRs
+/// a second pod under the same policy cost a second full build).
+type EgressCache = std::collections::HashMap<Vec<usize>, Egress>;
+
+fn workload(model: &Model, w: &Workload, cache: &mut EgressCache) -> WorkloadPlan {
     let gateway = model
         .gateways
         .iter()
@@ -301,7 +303,7 @@ fn workload(
         proxy_for,
         capture,
         passed_over,
-        egress: egress(model, w, tables),
+        egress: egress(model, w, cache),
         packet_sockets: w
             .annotations
             .get(plan::PACKET_SOCKETS_ANNOTATION)
@@ -310,42 +312,46 @@ fn workload(
     }
 }
 
-/// What the NetworkPolicies selecting `w` allow. The table depends only on
-/// which policies those are (a rule's peers and ports are the policy's,
-/// whoever it selects), so `tables` keeps the ones already built.
-fn egress(model: &Model, w: &Workload, tables: &mut HashMap<Vec<ObjectId>, PrefixTable>) -> Egress {
-    let policies: Vec<_> = model
+fn egress(model: &Model, w: &Workload, cache: &mut EgressCache) -> Egress {
+    let selected: Vec<usize> = model
         .network_policies
         .iter()
-        .filter(|p| {
+        .enumerate()
+        .filter(|(_, p)| {
             p.affects_egress
                 && p.id.namespace == w.id.namespace
                 && p.pod_selector.matches(&w.labels)
         })
+        .map(|(i, _)| i)
         .collect();
-    if policies.is_empty() {
+    if selected.is_empty() {
         return Egress::Unrestricted;
     }
-    let ids: Vec<ObjectId> = policies.iter().map(|p| p.id.clone()).collect();
-    let table = tables
-        .entry(ids.clone())
-        .or_insert_with(|| {
-            let mut atoms = Vec::new();
-            for policy in &policies {
-                for (index, rule) in policy.egress.iter().enumerate() {
-                    let rule_ref = RuleRef {
-                        policy: policy.id.clone(),
-                        index,
-                    };
-                    rule_atoms(model, rule, &rule_ref, &mut atoms);
-                }
-            }
-            PrefixTable::build(&atoms)
-        })
-        .clone();
+    cache
+        .entry(selected)
+        .or_insert_with_key(|selected| build_egress(model, selected))
+        .clone()
+}
+
+/// The egress table of a workload selected by exactly these policies.
+fn build_egress(model: &Model, selected: &[usize]) -> Egress {
+    let policies: Vec<_> = selected
+        .iter()
+        .map(|i| &model.network_policies[*i])
+        .collect();
+    let mut atoms = Vec::new();
+    for policy in &policies {
+        for (index, rule) in policy.egress.iter().enumerate() {
+            let rule_ref = RuleRef {
+                policy: policy.id.clone(),
+                index,
+            };
+            rule_atoms(model, rule, &rule_ref, &mut atoms);
+        }
+    }
     Egress::Isolated {
-        policies: ids,
-        table,
+        policies: policies.iter().map(|p| p.id.clone()).collect(),
+        table: PrefixTable::build(&atoms),
     }
 }
 

@@ -4,17 +4,17 @@
 //! `WorkloadSlot` slot the programs read, and every other entry is keyed by
 //! ids (policy ids, the cluster tag, port set and host table ids). An id
 //! names one *object* (a policy's tries, capture and `POLICIES` entry; a
-//! port set chain; a host table; the cluster's CIDRs), and an object is
-//! never changed while it exists: it is written whole under a fresh id,
-//! and deleted whole. An apply:
+//! port set chain; a host table; the cluster's CIDRs). An object is
+//! written whole under a fresh id and deleted whole; the one exception is
+//! a policy's tries, updated in place (below). An apply:
 //!
 //! 1. keeps every object of the live generation whose contents the new one
-//!    wants unchanged (same id, entries untouched), and writes the others
-//!    under fresh ids;
+//!    wants unchanged (same id, entries untouched), takes over policies
+//!    to update in place, and writes the others under fresh ids;
 //! 2. writes the inactive slot of every `WORKLOADS` entry whose policy
 //!    differs from what that slot holds (the new policy, or 0), creating
 //!    entries for new workloads with only that slot set;
-//! 3. flips `ACTIVE`;
+//! 3. updates the taken-over policies' tries in place, and flips `ACTIVE`;
 //! 4. waits until no program that read the old slot is still running (an
 //!    RCU grace period, see [`syscalls::wait_for_running_programs`]);
 //! 5. deletes the objects the new generation did not keep, deletes the
@@ -38,8 +38,54 @@
 //! policy already in force costs three map writes (its `WORKLOADS` entry
 //! in step 2 and again in step 5, and `ACTIVE`), plus its own `SOURCES`
 //! pairs when its sources are checked; `CONFIG` is written only when it
-//! changes. A policy with one CIDR changed is still written whole under a
-//! new id: changing a trie in place is not done.
+//! changes.
+//!
+//! # Tries updated in place
+//!
+//! A policy with one CIDR changed keeps its id, and only that CIDR is
+//! written ([`in_place`]). A policy of the live generation is taken over
+//! by a new policy when:
+//!
+//! - the new generation does not want its contents unchanged (exact keeps
+//!   are resolved first, for every workload, so an object some workload
+//!   still wants as it is is kept, not updated);
+//! - every workload on it in the live slot is on the new policy in the
+//!   new generation (the old generation reads it too, see below);
+//! - its `POLICIES` entry (flags, cluster tag), capture and capture tries
+//!   stay the same, only `ALLOW_*` and `GATEWAY_*` entries change, not
+//!   both kinds in one family, and no `ALLOW_*` value names a host table;
+//! - at most half of its entries change: beyond that a fresh object costs
+//!   at most twice the writes, and keeps the simpler flip.
+//!
+//! Otherwise the new policy is written whole under a fresh id
+//! ([`ApplyStats::in_place_declined`] counts the cases where a takeover
+//! was possible by workload). Both ways leave the same contents; the
+//! dump test (`tests/tests/apply_diff.rs`) checks that the maps equal a
+//! full apply's.
+//!
+//! Why a run still sees one complete generation. The updated object is
+//! in both generations, so before the flip the old generation reads it
+//! as it changes. The steps are ordered (upserts longest prefix first,
+//! then deletes shortest first) so that for each address the trie's
+//! answer goes from the old one to the new one exactly once, never a
+//! third (the argument is in [`in_place`]). A run reads the changing
+//! trie once for its address (that is why flagged `ALLOW_*` values,
+//! read twice, and `ALLOW_*` with `GATEWAY_*`, read together, are
+//! declined), and everything else it reads through the policy is
+//! unchanged. The workloads of the old generation that read it all move
+//! to the new contents, so what such a run sees is, per address, either
+//! its old-generation answer or its new-generation one: as if the run
+//! came before or after the flip. Port sets the new entries name are
+//! written in staging, before any update; those the old entries named are
+//! deleted after the grace period, as before.
+//!
+//! Abort. An in-place write cannot be taken back by not flipping, so the
+//! updates run in [`commit`], right before the flip: after what the agent
+//! runs between stage and commit (the nftables transaction) succeeded. An
+//! abort before commit has nothing to undo. If an update or the flip
+//! fails, the updates already written are undone (the steps from new to
+//! old, in the same safe order) before the staged generation is taken
+//! back; if undoing fails too, the next apply reconciles.
 //!
 //! What the live generation holds is known only to the process that wrote
 //! it: after `open` adopts pins, or after an apply that failed half way,
@@ -76,8 +122,11 @@ use super::{
     ImageWorkload, MapImage,
 };
 
+mod in_place;
 mod sweep;
 mod write;
+
+pub use in_place::{trie_steps, Prefix, TrieStep};
 
 use sweep::{delete, delete_foreign, delete_keys, prune_sources, scan_ids};
 use write::{
@@ -116,6 +165,18 @@ pub struct ApplyStats {
     pub reused_host_tables: usize,
     /// Whether the cluster tag and its entries were kept.
     pub reused_cluster: bool,
+    /// Policies of the previous generation whose tries were updated in
+    /// place, under the same id, instead of written whole under a new one
+    /// (at commit, just before the flip).
+    pub updated_in_place: usize,
+    /// Trie entries those updates upserted or deleted (also counted in
+    /// `written` and `removed`).
+    pub in_place_entries: usize,
+    /// Changed policies that took over a previous policy's workloads but
+    /// were written whole all the same: too many entries changed, or more
+    /// than the tries (see `generation::in_place::plan`), or a workload
+    /// still on the old policy does not move with it.
+    pub in_place_declined: usize,
     /// Entries written to the generation's maps (tries, port sets, host
     /// tables, policies, captures), kept ones not counted.
     pub written: usize,
@@ -140,7 +201,7 @@ pub struct ApplyStats {
 }
 
 /// Keys of one generation, so that it can be deleted exactly.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Keys {
     allow_v4: Vec<Key<PolicyAddrV4>>,
     allow_v6: Vec<Key<PolicyAddrV6>>,
@@ -255,7 +316,7 @@ struct ClusterContent {
 
 /// What the kernel holds under one policy id, with the kernel's set ids
 /// and cluster tag in it (see [`ImageWorkload::tables`]).
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub(super) struct PolicyContent {
     pub(super) flags: u32,
     pub(super) cluster: u32,
@@ -356,6 +417,7 @@ impl Applier<'_> {
             before: existing.into_iter().collect(),
             slots: HashMap::new(),
             new_policy: HashMap::new(),
+            updates: Vec::new(),
             sources: wanted_sources(image),
             added_sources: Vec::new(),
             config_before: None,
@@ -401,6 +463,8 @@ pub(super) struct Staged {
     slots: HashMap<u64, WorkloadSlot>,
     /// Each staged workload's policy id.
     new_policy: HashMap<u64, u32>,
+    /// Policies of the live generation to update in place at commit.
+    updates: Vec<in_place::Update>,
     /// `SOURCES` as the new generation wants it, and the pairs staging
     /// added.
     sources: HashSet<SourceKey>,
@@ -670,44 +734,160 @@ impl Staging<'_> {
         // Policies. Exempt entries carry the reserved id in every
         // generation; equal tables share one id (see
         // `ImageWorkload::tables`), and are resolved to kernel contents
-        // once.
+        // once. Resolved in three rounds, so that an old object some
+        // workload still wants as it is is kept rather than updated: exact
+        // contents first, then in-place updates, then fresh objects.
+        let mut groups: Vec<Group> = Vec::new();
         let mut shared = HashMap::new();
-        let mut policy_ids = Vec::with_capacity(image.workloads().len());
+        let mut group_of = Vec::with_capacity(image.workloads().len());
         for w in image.workloads() {
             if w.exempt {
-                policy_ids.push(EXEMPT_POLICY);
+                group_of.push(None);
                 continue;
             }
-            if let Some(id) = shared.get(&w.tables()) {
-                policy_ids.push(*id);
-                continue;
-            }
-            let content = policy_content(w, tag, &kernel_set);
-            let id = match keep(
+            let g = *shared.entry(w.tables()).or_insert_with(|| {
+                groups.push(Group {
+                    content: policy_content(w, tag, &kernel_set),
+                    workload: &w.id,
+                    cgroups: HashSet::new(),
+                    id: None,
+                });
+                groups.len() - 1
+            });
+            groups[g].cgroups.insert(w.cgroup_id);
+            group_of.push(Some(g));
+        }
+        for group in &mut groups {
+            group.id = keep(
                 old.as_deref_mut().map(|o| &mut o.policies),
                 &mut new.objects.policies,
-                &content,
-            ) {
-                Some(id) => {
-                    stats.reused_policies += 1;
-                    id
-                }
-                None => {
-                    let id = fresh_id();
-                    let mut keys = Keys::default();
-                    let written = write_policy(maps, &content, id, &w.id, &mut keys, stats);
-                    fresh.extend(&keys);
-                    written?;
-                    new.objects.policies.insert(content, Object { id, keys });
-                    id
-                }
-            };
-            new.ids.insert(id);
-            shared.insert(w.tables(), id);
-            policy_ids.push(id);
+                &group.content,
+            );
+            stats.reused_policies += usize::from(group.id.is_some());
         }
+        if let Some(old) = old {
+            // Each cgroup's policy id in the live slot, and the reverse.
+            let live_slot = staged.live_slot as usize;
+            let on: HashMap<u64, u32> = staged
+                .before
+                .iter()
+                .map(|(cgroup, slot)| (*cgroup, slot.policy[live_slot]))
+                .collect();
+            let mut users: HashMap<u32, HashSet<u64>> = HashMap::new();
+            for (cgroup, id) in &on {
+                users.entry(*id).or_default().insert(*cgroup);
+            }
+            let live = Live { on, users };
+            for group in groups.iter_mut().filter(|g| g.id.is_none()) {
+                if let Some(id) = new.objects.policies.get(&group.content).map(|o| o.id) {
+                    group.id = Some(id);
+                    continue;
+                }
+                group.id = update_in_place(old, new, &live, group, &mut staged.updates, stats);
+            }
+        }
+        for group in &mut groups {
+            let id = match group.id {
+                Some(id) => id,
+                None => match new.objects.policies.get(&group.content) {
+                    Some(o) => o.id,
+                    None => {
+                        let id = fresh_id();
+                        let mut keys = Keys::default();
+                        let written = write_policy(
+                            maps,
+                            &group.content,
+                            id,
+                            group.workload,
+                            &mut keys,
+                            stats,
+                        );
+                        fresh.extend(&keys);
+                        written?;
+                        // Not read again: moved, not copied.
+                        let content = std::mem::take(&mut group.content);
+                        new.objects.policies.insert(content, Object { id, keys });
+                        id
+                    }
+                },
+            };
+            group.id = Some(id);
+            new.ids.insert(id);
+        }
+        let policy_ids = group_of
+            .iter()
+            .map(|g| g.map_or(EXEMPT_POLICY, |g| groups[g].id.unwrap_or(EXEMPT_POLICY)))
+            .collect();
         Ok(policy_ids)
     }
+}
+
+/// The workloads of the new generation that share one policy.
+struct Group<'a> {
+    content: PolicyContent,
+    /// The first of them, for error messages.
+    workload: &'a egress_policy::model::ObjectId,
+    cgroups: HashSet<u64>,
+    /// The kernel id, once resolved.
+    id: Option<u32>,
+}
+
+/// The live slot's policy ids: each cgroup's, and each id's cgroups.
+struct Live {
+    on: HashMap<u64, u32>,
+    users: HashMap<u32, HashSet<u64>>,
+}
+
+/// Takes over, for `group`, a policy of the live generation that some of
+/// its workloads are on, updating its tries in place at commit: if every
+/// workload on it moves to `group` (so that, before the flip, the old
+/// generation's reads of it see their own new answer, see the module
+/// doc), and the change is one [`in_place::plan`] accepts. Returns the id;
+/// the group's contents then move to the new generation's objects.
+fn update_in_place(
+    old: &mut Objects,
+    new: &mut Generation,
+    live: &Live,
+    group: &mut Group,
+    updates: &mut Vec<in_place::Update>,
+    stats: &mut ApplyStats,
+) -> Option<u32> {
+    let mut candidates: Vec<u32> = group
+        .cgroups
+        .iter()
+        .filter_map(|c| live.on.get(c).copied())
+        .collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    for id in candidates {
+        let Some((from, _)) = old.policies.iter().find(|(_, o)| o.id == id) else {
+            continue;
+        };
+        let moves = live
+            .users
+            .get(&id)
+            .is_some_and(|on| on.is_subset(&group.cgroups));
+        let steps = match in_place::plan(from, &group.content) {
+            Ok(steps) if moves => steps,
+            _ => {
+                stats.in_place_declined += 1;
+                continue;
+            }
+        };
+        // Taken out without hashing or copying its contents again.
+        let (from, object) = old.policies.extract_if(|_, o| o.id == id).next()?;
+        let keys = in_place::keys_for(id, &group.content, &object.keys);
+        let to = std::mem::take(&mut group.content);
+        new.objects.policies.insert(to, Object { id, keys });
+        updates.push(in_place::Update {
+            id,
+            from,
+            from_keys: object.keys,
+            steps,
+        });
+        return Some(id);
+    }
+    None
 }
 
 /// A fresh id from `alloc`, taken.
@@ -745,11 +925,44 @@ fn policy_content(w: &ImageWorkload, tag: u32, kernel_set: &dyn Fn(u32) -> u32) 
 pub(super) fn commit(
     maps: &mut Maps,
     live: &mut Option<Generation>,
-    staged: Staged,
+    mut staged: Staged,
 ) -> Result<ApplyStats, DataplaneError> {
+    // In-place updates only now, after what ran since staging (the nft
+    // transaction) succeeded: once written, not flipping does not take
+    // them back.
+    let mut started = 0;
+    let mut updated = Ok(());
+    for update in &staged.updates {
+        started += 1;
+        match in_place::run(maps, update.id, &update.steps) {
+            Ok((upserts, deletes)) => {
+                let stats = &mut staged.stats;
+                stats.updated_in_place += 1;
+                stats.in_place_entries += upserts + deletes;
+                stats.written += upserts;
+                stats.removed += deletes;
+            }
+            Err(err) => {
+                updated = Err(err);
+                break;
+            }
+        }
+    }
     // 3. Flip.
-    if let Err(err) = maps.set_active(staged.new_slot) {
+    if let Err(err) = updated.and_then(|()| maps.set_active(staged.new_slot)) {
+        // Back to the old contents, in the same safe order, before the
+        // objects go back to the live generation.
+        let objects = &staged.new.objects.policies;
+        let undone = staged.updates[..started].iter().rev().all(|u| {
+            objects
+                .iter()
+                .find(|(_, o)| o.id == u.id)
+                .is_some_and(|(to, _)| in_place::undo(maps, u, to))
+        });
         abort(maps, live, staged);
+        if !undone {
+            *live = None;
+        }
         return Err(err);
     }
     let mut stats = staged.stats.clone();
@@ -847,6 +1060,19 @@ pub(super) fn abort(maps: &mut Maps, live: &mut Option<Generation>, staged: Stag
     if let Some(old) = &mut old {
         old.objects
             .take_back(staged.new.objects, &old.ids, &old.sets);
+        // An object to be updated in place went back under its new
+        // contents; its tries still hold the old ones.
+        for u in staged.updates {
+            let before = old.objects.policies.len();
+            old.objects.policies.retain(|_, o| o.id != u.id);
+            if old.objects.policies.len() < before {
+                let object = Object {
+                    id: u.id,
+                    keys: u.from_keys,
+                };
+                old.objects.policies.insert(u.from, object);
+            }
+        }
     }
     if let Some(config) = staged.config_before {
         clean &= maps.set_config(config).is_ok();

@@ -88,7 +88,7 @@ pub use cgroups::{cgroup_ids, relative as cgroup_relative};
 pub use counters::{Counters, RuleHit, VerdictKind};
 pub use egress_common::{FlowEvent, Hook, Reason};
 pub use error::{DataplaneError, ImageError};
-pub use generation::{ApplyStats, PreparedApply};
+pub use generation::{trie_steps, ApplyStats, Prefix, PreparedApply, TrieStep};
 pub use image::{
     port_overflows, GatewayHost, HostTable, ImageSize, ImageWorkload, MapImage, PortOverflow,
     MAX_PORTS_PER_PREFIX,

@@ -293,7 +293,7 @@ pub(super) fn delete<K: aya::Pod, V: aya::Pod>(
     }
 }
 
-fn delete_trie<K: aya::Pod, V: aya::Pod>(
+pub(super) fn delete_trie<K: aya::Pod, V: aya::Pod>(
     trie: &mut aya::maps::LpmTrie<aya::maps::MapData, K, V>,
     key: &Key<K>,
     name: &'static str,

@@ -327,7 +327,7 @@ fn mapped(addr: std::net::IpAddr) -> [u8; 16] {
     }
 }
 
-fn write_err(map: &'static str, what: String, source: MapError) -> DataplaneError {
+pub(super) fn write_err(map: &'static str, what: String, source: MapError) -> DataplaneError {
     DataplaneError::Write { map, what, source }
 }
 
