@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    egress_agent::sys::heap::limit_arenas();
     match cli::run(cli::Cli::parse()) {
         Ok(code) => code,
         Err(err) => {

@@ -17,6 +17,7 @@ pub mod source;
 pub mod status;
 pub mod validate;
 pub mod yaml11;
+mod yaml_node;
 
 use std::path::PathBuf;
 

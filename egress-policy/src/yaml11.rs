@@ -9,7 +9,8 @@
 //! differently, and leniently hand a number to a string field as its text.
 //! Either difference makes the agent disagree with the API server, which
 //! `cargo xtask apiserver-diff` measures; so the typed parse decodes the
-//! [`serde_json::Value`] built here, and never the YAML text directly.
+//! JSON tree built here ([`Node`], which decodes as a [`serde_json::Value`]
+//! would), and never the YAML text directly.
 //!
 //! Scalars are resolved exactly as yaml.v2's `resolve()` does, including
 //! its use of Go's `strconv.ParseInt(s, 0, 64)` (`0x`, `0o`, `0b` and a
@@ -17,15 +18,16 @@
 //! as yaml.v2 does; a repeated key keeps its last value, as kubectl's JSON
 //! does, with a note.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use serde_json::{Map, Number, Value};
+use serde_json::Number;
 use yaml_rust2::{
     parser::{Event, MarkedEventReceiver, Parser, Tag},
     scanner::{Marker, ScanError, TScalarStyle},
 };
 
 use super::diagnostic::FieldPath;
+pub use super::yaml_node::Node;
 
 /// What YAML 1.1 makes of one untagged plain scalar.
 #[derive(Clone, Debug, PartialEq)]
@@ -223,7 +225,7 @@ impl Typed {
 /// A document as kubectl would send it.
 #[derive(Debug)]
 pub struct Converted {
-    pub value: Value,
+    pub value: Node,
     /// Every plain scalar value that is not a string (keys are not
     /// listed): for warnings, and to explain type errors.
     pub typed: Vec<Typed>,
@@ -245,7 +247,7 @@ pub fn to_json(text: &str) -> Result<Converted, ScanError> {
     let mut builder = Builder::default();
     Parser::new_from_str(text).load(&mut builder, false)?;
     Ok(Converted {
-        value: builder.root.unwrap_or(Value::Null),
+        value: builder.root.unwrap_or(Node::Null),
         typed: builder.typed,
         problems: builder.problems,
     })
@@ -268,7 +270,9 @@ enum Open {
     Map {
         path: FieldPath,
         anchor: usize,
-        entries: Map<String, Value>,
+        /// A `BTreeMap` while open (a repeated key replaces, and keys
+        /// come out sorted); only the finished [`Node`] is kept.
+        entries: BTreeMap<String, Node>,
         /// The key read, waiting for its value (`None` for a key that
         /// has no JSON form: the value is read and dropped).
         key: Option<Option<String>>,
@@ -276,15 +280,15 @@ enum Open {
     Seq {
         path: FieldPath,
         anchor: usize,
-        items: Vec<Value>,
+        items: Vec<Node>,
     },
 }
 
 #[derive(Default)]
 struct Builder {
     stack: Vec<Open>,
-    anchors: HashMap<usize, Value>,
-    root: Option<Value>,
+    anchors: HashMap<usize, Node>,
+    root: Option<Node>,
     typed: Vec<Typed>,
     problems: Vec<Problem>,
     /// For [`value_location`]: the path looked for, and where it started.
@@ -324,7 +328,7 @@ impl Builder {
     }
 
     /// A finished node: the key of a mapping, or a value where one is due.
-    fn finish(&mut self, value: Value, anchor: usize) {
+    fn finish(&mut self, value: Node, anchor: usize) {
         if anchor != 0 {
             self.anchors.insert(anchor, value.clone());
         }
@@ -352,24 +356,25 @@ impl Builder {
 
     /// `name: value` into the innermost mapping; `<<` merges as yaml.v2
     /// does (its entries overwrite those before it).
-    fn insert(&mut self, name: String, value: Value) {
+    fn insert(&mut self, name: String, value: Node) {
         let Some(Open::Map { path, entries, .. }) = self.stack.last_mut() else {
             return;
         };
         if name == "<<" {
             let sources = match value {
-                Value::Object(map) => vec![map],
-                Value::Array(items) => items
+                Node::Object(map) => vec![map],
+                Node::Array(items) => items
+                    .into_vec()
                     .into_iter()
                     .filter_map(|item| match item {
-                        Value::Object(map) => Some(map),
+                        Node::Object(map) => Some(map),
                         _ => None,
                     })
                     .collect(),
                 _ => Vec::new(),
             };
             for map in sources {
-                entries.extend(map);
+                entries.extend(map.into_vec().into_iter().map(|(k, v)| (k.into(), v)));
             }
             return;
         }
@@ -420,7 +425,7 @@ impl Builder {
     }
 
     /// A scalar value.
-    fn scalar(&mut self, text: String, plain: bool, resolved: Scalar) -> Value {
+    fn scalar(&mut self, text: String, plain: bool, resolved: Scalar) -> Node {
         let path = self.next_path();
         if plain && resolved != Scalar::Str {
             self.typed.push(Typed {
@@ -430,10 +435,10 @@ impl Builder {
             });
         }
         match resolved {
-            Scalar::Str => Value::String(text),
-            Scalar::Null => Value::Null,
-            Scalar::Bool(b) => Value::Bool(b),
-            Scalar::Int(i) => json_int(i).unwrap_or(Value::Null),
+            Scalar::Str => Node::String(text.into_boxed_str()),
+            Scalar::Null => Node::Null,
+            Scalar::Bool(b) => Node::Bool(b),
+            Scalar::Int(i) => json_int(i).unwrap_or(Node::Null),
             Scalar::Float(f) => match json_float(f) {
                 Some(v) => v,
                 None => {
@@ -442,7 +447,7 @@ impl Builder {
                         format!("`{text}` has no JSON form, so kubectl cannot send it"),
                         true,
                     );
-                    Value::Null
+                    Node::Null
                 }
             },
         }
@@ -482,7 +487,8 @@ impl MarkedEventReceiver for Builder {
                 };
                 if self.expects_key() {
                     if anchor != 0 {
-                        self.anchors.insert(anchor, Value::String(text.clone()));
+                        self.anchors
+                            .insert(anchor, Node::String(text.clone().into_boxed_str()));
                     }
                     self.key(text, resolved);
                 } else {
@@ -491,9 +497,9 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::Alias(id) => {
-                let value = self.anchors.get(&id).cloned().unwrap_or(Value::Null);
+                let value = self.anchors.get(&id).cloned().unwrap_or(Node::Null);
                 match value {
-                    Value::String(text) if self.expects_key() => self.set_key(Some(text)),
+                    Node::String(text) if self.expects_key() => self.set_key(Some(text.into())),
                     value => self.finish(value, 0),
                 }
             }
@@ -502,7 +508,7 @@ impl MarkedEventReceiver for Builder {
                 self.stack.push(Open::Map {
                     path,
                     anchor,
-                    entries: Map::new(),
+                    entries: BTreeMap::new(),
                     key: None,
                 });
             }
@@ -518,8 +524,8 @@ impl MarkedEventReceiver for Builder {
                 let (value, anchor) = match self.stack.pop() {
                     Some(Open::Map {
                         entries, anchor, ..
-                    }) => (Value::Object(entries), anchor),
-                    Some(Open::Seq { items, anchor, .. }) => (Value::Array(items), anchor),
+                    }) => (Node::object(entries), anchor),
+                    Some(Open::Seq { items, anchor, .. }) => (Node::Array(items.into()), anchor),
                     None => return,
                 };
                 self.finish(value, anchor);
@@ -530,17 +536,17 @@ impl MarkedEventReceiver for Builder {
 }
 
 /// An integer as JSON: yaml.v2 yields int64 or uint64, both exact.
-fn json_int(i: i128) -> Option<Value> {
+fn json_int(i: i128) -> Option<Node> {
     if let Ok(i) = i64::try_from(i) {
-        return Some(Value::Number(i.into()));
+        return Some(Node::Number(i.into()));
     }
-    u64::try_from(i).ok().map(|u| Value::Number(u.into()))
+    u64::try_from(i).ok().map(|u| Node::Number(u.into()))
 }
 
 /// A float as kubectl's JSON has it: Go writes an integral float64 below
 /// 1e21 without a fraction (`80.0` is sent as `80`), which the server then
 /// decodes as an integer; NaN and the infinities have no JSON form.
-fn json_float(f: f64) -> Option<Value> {
+fn json_float(f: f64) -> Option<Node> {
     if !f.is_finite() {
         return None;
     }
@@ -549,7 +555,7 @@ fn json_float(f: f64) -> Option<Value> {
             return Some(v);
         }
     }
-    Number::from_f64(f).map(Value::Number)
+    Number::from_f64(f).map(Node::Number)
 }
 
 /// Go's `strconv.FormatFloat(f, 'g', -1, 32)`: the shortest digits of the
@@ -616,7 +622,7 @@ mod tests {
                    g: [1_000, on, ~]\nh: &x {k: 1}\ni: *x\nyes: 1\n0x10: 2\n";
         let converted = to_json(doc).unwrap();
         assert_eq!(
-            converted.value,
+            serde_json::Value::from(converted.value),
             serde_json::json!({
                 "a": 80, "b": "0120", "c": 80, "d": true, "e": "yes", "f": "1_000",
                 "g": [1000, true, null], "h": {"k": 1}, "i": {"k": 1},
@@ -651,13 +657,16 @@ mod tests {
             .map(|p| (p.path.to_string(), p.fatal))
             .collect();
         assert_eq!(problems, [("a".to_owned(), true), ("b".to_owned(), false)]);
-        assert_eq!(converted.value["b"], 2);
+        assert_eq!(serde_json::Value::from(converted.value)["b"], 2);
     }
 
     #[test]
     fn merge_keys_merge() {
         let converted = to_json("base: &b {a: 1, b: 2}\nm:\n  <<: *b\n  b: 3\n").unwrap();
-        assert_eq!(converted.value["m"], serde_json::json!({"a": 1, "b": 3}));
+        assert_eq!(
+            serde_json::Value::from(converted.value)["m"],
+            serde_json::json!({"a": 1, "b": 3})
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{anyhow, Context as _};
 use egress_agent::{
     compile::{self, Plan},
-    dataplane::{cgroup_ids, ApplyStats, Dataplane, MapImage},
+    dataplane::{cgroup_ids, ApplyStats, Capacities, Dataplane, EbpfLogLevel, MapImage},
 };
 use egress_policy::{model::ObjectId, Source};
 
@@ -39,6 +39,8 @@ pub struct Enforced {
     /// The plan and image last applied.
     pub plan: Plan,
     pub image: MapImage,
+    /// What [`Enforced::open`] sizes the maps with (`run --max-cidrs`).
+    pub capacities: Capacities,
 }
 
 impl Enforced {
@@ -49,6 +51,16 @@ impl Enforced {
 
     /// [`Enforced::new`] with resolved gateway hosts and audit mode.
     pub fn with(yaml: &str, resolved: &Resolved, audit: bool) -> anyhow::Result<Self> {
+        Self::sized(yaml, resolved, audit, Capacities::default())
+    }
+
+    /// [`Enforced::with`], the maps created with `capacities`.
+    pub fn sized(
+        yaml: &str,
+        resolved: &Resolved,
+        audit: bool,
+        capacities: Capacities,
+    ) -> anyhow::Result<Self> {
         crate::require_root();
         let net = TestNet::new().context("test namespaces")?;
         let root = TestCgroup::new().context("root cgroup")?;
@@ -62,6 +74,7 @@ impl Enforced {
             mount,
             plan: Plan::default(),
             image: MapImage::default(),
+            capacities,
         };
         this.open()?;
         this.apply(yaml, resolved, audit)?;
@@ -71,8 +84,13 @@ impl Enforced {
     /// Opens (or adopts) the data plane at the root cgroup.
     pub fn open(&mut self) -> anyhow::Result<&mut Dataplane> {
         self.dataplane = None;
-        let dataplane = Dataplane::open(self.pins.path(), self.root.path())
-            .context("the data plane opens at the test's root cgroup")?;
+        let dataplane = Dataplane::open_with(
+            self.pins.path(),
+            self.root.path(),
+            EbpfLogLevel::Off,
+            self.capacities,
+        )
+        .context("the data plane opens at the test's root cgroup")?;
         Ok(self.dataplane.insert(dataplane))
     }
 

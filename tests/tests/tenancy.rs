@@ -33,7 +33,7 @@ use egress_agent::{
         run::{run, Observing, RunOptions},
         Reloader,
     },
-    dataplane::EbpfLogLevel,
+    dataplane::{Capacities, EbpfLogLevel},
     kubernetes::{events::Report, simulated::Simulated, KubeSettings},
     observe::{metrics, status::Held, EventHub, Query, Status},
 };
@@ -229,6 +229,7 @@ fn a_bad_policy_in_one_namespace_does_not_hold_back_another() -> anyhow::Result<
             interval_ms: 1000,
         },
         EbpfLogLevel::Off,
+        Capacities::default(),
     )?;
     let reloader = Reloader::new(vec![dir.0.clone()], enforcer, false);
     let settings = KubeSettings {

@@ -18,7 +18,7 @@ use crate::{
     dataplane::{
         self,
         nft::{Backstop, NftError},
-        Dataplane, DataplaneError, EbpfLogLevel, ImageError, MapImage, VerdictKind,
+        Capacities, Dataplane, DataplaneError, EbpfLogLevel, ImageError, MapImage, VerdictKind,
     },
     observe,
     resolve::{
@@ -194,6 +194,7 @@ impl KernelEnforcer {
         backstop: Option<Backstop>,
         events: EventConfig,
         ebpf_log: EbpfLogLevel,
+        capacities: Capacities,
     ) -> Result<Self, KernelError> {
         let nft = backstop.is_some();
         let backstop = backstop.filter(|_| !audit);
@@ -203,7 +204,7 @@ impl KernelEnforcer {
         let cgroup_mount = sys::cgroup2_mount().map_err(KernelError::Cgroup2)?;
         let root = cgroup_root.map_or_else(|| cgroup_mount.clone(), Path::to_path_buf);
         let mut dataplane =
-            Dataplane::open_logging(pin_dir, &root, ebpf_log).map_err(|source| {
+            Dataplane::open_with(pin_dir, &root, ebpf_log, capacities).map_err(|source| {
                 KernelError::Open {
                     pin_dir: pin_dir.to_owned(),
                     source: Box::new(source),

@@ -230,6 +230,8 @@ impl<E: Enforcer> Applier<E> {
         if reload {
             self.after_reload();
         }
+        // What the apply built and dropped goes back to the kernel.
+        crate::sys::heap::trim();
     }
 
     /// The enforcer's periodic work, then a reconcile when part of the

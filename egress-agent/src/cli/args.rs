@@ -187,6 +187,15 @@ pub struct RunArgs {
     /// adopted ones keep the level they were loaded with.
     #[arg(long, value_enum, value_name = "LEVEL", default_value_t)]
     pub ebpf_log: egress_agent::dataplane::EbpfLogLevel,
+    /// Prefixes the allow tries hold, per address family (IPv4 and IPv6
+    /// each): summed over distinct policies (workloads with equal rules
+    /// share one) and over the two generations an apply holds at once, so
+    /// a policy of N CIDRs needs 2N while it changes. Sizes the maps when
+    /// they are created (first start, or after `uninstall`); an agent
+    /// restarted with another value than the pinned maps have refuses to
+    /// start. Unused room costs no kernel memory.
+    #[arg(long, value_name = "N", default_value_t = egress_common::capacity::ALLOW)]
+    pub max_cidrs: u32,
     /// Kubernetes mode: Pods on this node, Namespaces and NetworkPolicies
     /// from the API server (in-cluster configuration unless --kubeconfig),
     /// with --policies for EgressGateways, Redirects and local Workloads.
@@ -237,6 +246,10 @@ pub struct BootGuardArgs {
     /// no saved state, the only ones. Repeatable.
     #[arg(long = "guard-cgroup", value_name = "PATH")]
     pub guard_cgroups: Vec<PathBuf>,
+    /// The agent's --max-cidrs: the guard creates the maps the agent
+    /// adopts, so both must size them alike.
+    #[arg(long, value_name = "N", default_value_t = egress_common::capacity::ALLOW)]
+    pub max_cidrs: u32,
     #[arg(long, value_enum, default_value_t)]
     pub log_format: LogFormat,
 }

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use egress_agent::{
     agent::{kernel::KernelEnforcer, reload::Enforcer as _},
     compile::guard::BootState,
-    dataplane::{cgroup_relative, EbpfLogLevel},
+    dataplane::{cgroup_relative, Capacities, EbpfLogLevel},
     resolve::ResolvedHosts,
     sys,
 };
@@ -91,6 +91,9 @@ pub fn run(args: &BootGuardArgs) -> anyhow::Result<ExitCode> {
         None,
         EventConfig::default(),
         EbpfLogLevel::Off,
+        Capacities {
+            allow: args.max_cidrs,
+        },
     )?;
     enforcer
         .enforce(&state.plan(), &ResolvedHosts::default())

@@ -11,7 +11,7 @@ use egress_agent::{
         run::{run as run_agent, Observing, RunOptions},
         Reloader,
     },
-    dataplane::{nft::Backstop, EbpfLogLevel},
+    dataplane::{nft::Backstop, Capacities, EbpfLogLevel},
     observe::{self, EventHub},
     resolve::{ResolverSettings, Upstream},
 };
@@ -81,6 +81,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                 interval_ms: args.event_interval_ms,
             },
             args.ebpf_log,
+            Capacities {
+                allow: args.max_cidrs,
+            },
         )?
         .with_dns_capture(args.capture_dns)
         .with_gateway_dns(args.follow_gateway_dns)

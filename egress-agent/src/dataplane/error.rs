@@ -74,6 +74,17 @@ pub enum DataplaneError {
         found: String,
         expected: String,
     },
+    /// A pinned map keeps the size it was created with; see
+    /// `dataplane::capacities`.
+    #[error("pinned map {path} holds at most {pinned} entries, but {flag} asks for {asked}: a pinned map cannot be resized; run with {flag} {pinned}, or run `egress-agent uninstall` first (enforcement lapses until the agent attaches again) so that the maps are created with the new size")]
+    CapacityMismatch {
+        path: PathBuf,
+        flag: &'static str,
+        pinned: u32,
+        asked: u32,
+    },
+    #[error("{flag} 0: a map needs room for at least one entry")]
+    ZeroCapacity { flag: &'static str },
     #[error("reading pinned map {path}")]
     PinnedMap {
         path: PathBuf,
@@ -161,6 +172,13 @@ pub enum DataplaneError {
         what: String,
         #[source]
         source: MapError,
+    },
+    /// The policy does not fit; the generation in force stays.
+    #[error("map `{map}` is full: it holds {capacity} prefixes, summed over the distinct policies of the generation in force and of the one being written; the policy in force is kept; raise {flag} (it sizes the map when the agent first loads it, see docs/operations.md)")]
+    MapFull {
+        map: &'static str,
+        capacity: u32,
+        flag: &'static str,
     },
     #[error("deleting {what} from `{map}`")]
     Delete {

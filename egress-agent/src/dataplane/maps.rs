@@ -18,7 +18,7 @@ use egress_common::{
     UdpFlowKey, WorkloadSlot, VERDICT_SLOTS,
 };
 
-use super::{links::OwnMaps, object, syscalls, DataplaneError};
+use super::{capacities::Capacities, links::OwnMaps, object, syscalls, DataplaneError};
 use crate::sys;
 
 /// `BPF_F_NO_PREALLOC`.
@@ -304,8 +304,10 @@ pub(super) struct Maps {
 pub(super) fn load_object(
     maps_dir: &Path,
     log_level: EbpfLogLevel,
+    capacities: &Capacities,
 ) -> Result<Ebpf, DataplaneError> {
-    check_pinned(maps_dir)?;
+    capacities.check()?;
+    check_pinned(maps_dir, capacities)?;
     let paths: Vec<(&'static str, PathBuf)> = map::ALL
         .iter()
         .map(|name| (*name, maps_dir.join(name)))
@@ -313,6 +315,9 @@ pub(super) fn load_object(
     let mut loader = EbpfLoader::new();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
+        if let Some((max, _)) = capacities.of(name) {
+            loader.map_max_entries(name, max);
+        }
     }
     // aya-log's level is a load-time global that defaults to "everything";
     // ours defaults to off.
@@ -338,8 +343,9 @@ pub enum EbpfLogLevel {
     Trace = 5,
 }
 
-/// Refuses pinned maps whose layout differs from this build's.
-fn check_pinned(maps_dir: &Path) -> Result<(), DataplaneError> {
+/// Refuses pinned maps whose layout differs from this build's, or whose
+/// size differs from the one `capacities` asks for.
+fn check_pinned(maps_dir: &Path, capacities: &Capacities) -> Result<(), DataplaneError> {
     for layout in &LAYOUTS {
         let path = maps_dir.join(layout.name);
         if !path.exists() {
@@ -356,13 +362,33 @@ fn check_pinned(maps_dir: &Path) -> Result<(), DataplaneError> {
             info.max_entries(),
             info.map_flags(),
         );
+        let asked = capacities.of(layout.name);
+        let max_entries = asked.map_or(layout.max_entries, |(max, _)| max);
         let expected = describe(
             Some(layout.kind),
             layout.key,
             layout.value,
-            layout.max_entries,
+            max_entries,
             layout.flags,
         );
+        // Only the size differs: name the flag, not a version mismatch.
+        if let Some((_, flag)) = asked.filter(|_| info.max_entries() != max_entries) {
+            let same_otherwise = describe(
+                info.map_type().ok(),
+                info.key_size() as usize,
+                info.value_size() as usize,
+                max_entries,
+                info.map_flags(),
+            ) == expected;
+            if same_otherwise {
+                return Err(DataplaneError::CapacityMismatch {
+                    path,
+                    flag,
+                    pinned: info.max_entries(),
+                    asked: max_entries,
+                });
+            }
+        }
         if found != expected {
             return Err(DataplaneError::IncompatibleMap {
                 path,

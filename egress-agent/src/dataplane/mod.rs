@@ -64,6 +64,7 @@
 //! completed handshake, since 5.10), 5.11 for eBPF memory charged to the
 //! memory cgroup rather than `RLIMIT_MEMLOCK`.
 
+mod capacities;
 mod cgroups;
 mod counters;
 mod dump;
@@ -84,6 +85,7 @@ use std::path::{Path, PathBuf};
 use crate::sys;
 use egress_policy::model::ObjectId;
 
+pub use capacities::{Capacities, MAX_CIDRS_FLAG};
 pub use cgroups::{cgroup_ids, relative as cgroup_relative};
 pub use counters::{Counters, RuleHit, VerdictKind};
 pub use egress_common::{FlowEvent, Hook, Reason};
@@ -135,6 +137,7 @@ pub struct Dataplane {
     live: Option<Generation>,
     ids: Allocator,
     set_ids: Allocator,
+    capacities: Capacities,
 }
 
 /// What `status` and `/metrics` read of a [`Dataplane`]: its links, and its
@@ -148,6 +151,7 @@ pub struct DataplaneReader {
     cgroup_root: PathBuf,
     links: Vec<AttachedLink>,
     maps: Maps,
+    capacities: Capacities,
 }
 
 impl DataplaneReader {
@@ -169,6 +173,11 @@ impl DataplaneReader {
     /// See [`Dataplane::event_stats`].
     pub fn event_stats(&self) -> Result<Vec<(egress_common::EventStat, u64)>, DataplaneError> {
         self.maps.event_stats()
+    }
+
+    /// The capacities the maps were loaded (or adopted) with.
+    pub fn capacities(&self) -> Capacities {
+        self.capacities
     }
 
     /// The programs' links, as the `Dataplane` attached or adopted them.
@@ -205,6 +214,18 @@ impl Dataplane {
         cgroup_root: &Path,
         log_level: EbpfLogLevel,
     ) -> Result<Self, DataplaneError> {
+        Self::open_with(pin_dir, cgroup_root, log_level, Capacities::default())
+    }
+
+    /// [`Dataplane::open_logging`], with the maps sized by `capacities`:
+    /// maps created now get them; pinned maps of another size are refused
+    /// ([`DataplaneError::CapacityMismatch`]).
+    pub fn open_with(
+        pin_dir: &Path,
+        cgroup_root: &Path,
+        log_level: EbpfLogLevel,
+        capacities: Capacities,
+    ) -> Result<Self, DataplaneError> {
         let root = CgroupRoot::inspect(cgroup_root)?;
         // Checked on the nearest existing ancestor, so that nothing is
         // created outside bpffs.
@@ -231,7 +252,7 @@ impl Dataplane {
                 source,
             })?;
         }
-        let mut ebpf = maps::load_object(&maps_dir, log_level)?;
+        let mut ebpf = maps::load_object(&maps_dir, log_level, &capacities)?;
         let maps = Maps::take(&mut ebpf, &maps_dir)?;
         let (links, replaced) = links::establish(&mut ebpf, &links_dir, &root, maps.own)?;
         // The programs stay loaded through their links; this process keeps
@@ -246,6 +267,7 @@ impl Dataplane {
             live: None,
             ids: Allocator::default(),
             set_ids: Allocator::port_sets(),
+            capacities,
         })
     }
 
@@ -273,6 +295,7 @@ impl Dataplane {
     /// Fails, with nothing in force changed, if a workload is not below the
     /// cgroup root or too deep, or a map cannot take the new entries.
     pub fn prepare(&mut self, image: &MapImage) -> Result<PreparedApply<'_>, DataplaneError> {
+        let capacities = self.capacities;
         let staged = Applier {
             maps: &mut self.maps,
             root: &self.root,
@@ -280,7 +303,8 @@ impl Dataplane {
             ids: &mut self.ids,
             set_ids: &mut self.set_ids,
         }
-        .stage(image)?;
+        .stage(image)
+        .map_err(|e| capacities.explain_full(e))?;
         Ok(PreparedApply {
             maps: &mut self.maps,
             live: &mut self.live,
@@ -406,6 +430,7 @@ impl Dataplane {
             cgroup_root: self.root.path.clone(),
             links: self.links.clone(),
             maps: Maps::open_pinned(&self.pin_dir.join("maps"))?,
+            capacities: self.capacities,
         })
     }
 

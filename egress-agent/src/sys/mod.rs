@@ -9,6 +9,7 @@
 mod bpffs;
 mod cgroup;
 mod error;
+pub mod heap;
 mod memlock;
 pub mod mountinfo;
 mod netlink;

@@ -63,7 +63,7 @@ impl Observer for KernelObserver {
             Ok(c) => maps.extend([
                 fill("workloads", c.workloads, capacity::WORKLOADS),
                 fill("policies", c.policies, capacity::POLICIES),
-                fill("allow", c.allow, 2 * capacity::ALLOW),
+                fill("allow", c.allow, 2 * dp.capacities().allow),
                 fill("port_sets", c.port_sets, capacity::PORT_SETS),
                 fill("cluster", c.cluster, 2 * capacity::CLUSTER),
                 fill("gateway", c.gateway, 2 * capacity::GATEWAY),
