@@ -119,7 +119,7 @@ fn counters_count_every_verdict_and_every_rule_hit_per_workload() {
     // Per workload and rule: the rule ids are the image's.
     let rule = |index| {
         s.image.rule_id(&RuleRef {
-            policy: ObjectId::new("prod", "client"),
+            policy: ObjectId::new("prod", "client").into(),
             index,
         })
     };

@@ -236,7 +236,7 @@ fn blame(
         // with its largest rule (the field the finding names).
         let mut policies: Vec<(&egress_policy::model::NetworkPolicy, usize, usize)> = Vec::new();
         for (rule, n) in &o.rules {
-            let Some(np) = model.network_policies.iter().find(|p| p.id == rule.policy) else {
+            let Some(np) = model.network_policies.iter().find(|p| p.id == *rule.policy) else {
                 continue;
             };
             match policies.iter_mut().find(|(p, _, _)| p.id == np.id) {

@@ -65,7 +65,7 @@ pub const GUARD_NAMESPACE: &str = "egress-agent";
 /// The rule that the pending policy's DNS allowance is reported as.
 pub fn pending_rule() -> RuleRef {
     RuleRef {
-        policy: ObjectId::new(GUARD_NAMESPACE, "pending:dns"),
+        policy: ObjectId::new(GUARD_NAMESPACE, "pending:dns").into(),
         index: 0,
     }
 }
@@ -73,7 +73,7 @@ pub fn pending_rule() -> RuleRef {
 /// The rule that the pending policy's API server allowance is reported as.
 pub fn pending_api_rule() -> RuleRef {
     RuleRef {
-        policy: ObjectId::new(GUARD_NAMESPACE, "pending:api-server"),
+        policy: ObjectId::new(GUARD_NAMESPACE, "pending:api-server").into(),
         index: 0,
     }
 }

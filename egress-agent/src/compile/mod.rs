@@ -343,7 +343,7 @@ fn build_egress(model: &Model, selected: &[usize]) -> Egress {
     for policy in &policies {
         for (index, rule) in policy.egress.iter().enumerate() {
             let rule_ref = RuleRef {
-                policy: policy.id.clone(),
+                policy: std::sync::Arc::new(policy.id.clone()),
                 index,
             };
             rule_atoms(model, rule, &rule_ref, &mut atoms);

@@ -41,7 +41,7 @@ impl Names {
             rules: image
                 .rules()
                 .iter()
-                .map(|r| (r.policy.clone(), r.index))
+                .map(|r| ((*r.policy).clone(), r.index))
                 .collect(),
             hosts: image
                 .gateway_hosts()

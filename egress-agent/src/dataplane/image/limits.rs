@@ -159,7 +159,7 @@ mod tests {
         assert_eq!(over[0].entries, 129);
         assert_eq!(over[0].prefix, "10.0.0.0/8".parse::<IpNet>().unwrap());
         assert_eq!(over[0].rules.len(), 1);
-        assert_eq!(over[0].rules[0].0.policy, ObjectId::new("shop", "a"));
+        assert_eq!(*over[0].rules[0].0.policy, ObjectId::new("shop", "a"));
     }
 
     #[test]
