@@ -4,22 +4,23 @@
 use std::{
     any::{Any, TypeId},
     collections::HashMap,
+    hash::{BuildHasher as _, RandomState},
 };
 
 use serde::de::DeserializeOwned;
 
 use super::{
     diagnostic::{Diagnostic, Diagnostics, FieldPath, Location, ObjectRef, Segment},
-    source::Document,
+    source::{self, Document, Layout, Source},
     yaml11,
 };
 
 /// Typed parses of the documents that parsed without a finding, by their
 /// text: a reload reads every source again, and without this, one changed
-/// object out of a thousand costs a thousand YAML parses. Only documents
-/// of up to [`ParseCache::MAX_TEXT`] bytes are kept: a larger one (a
-/// policy with tens of thousands of CIDRs) would double its memory to save
-/// its parse only when some other object changes.
+/// object out of a thousand costs a thousand YAML parses, and a new pod
+/// beside a policy of 100k CIDRs costs that policy's parse (about half a
+/// second). The cost is memory: the typed parse of every document in
+/// force (about 90 B per `ipBlock`), kept beside the model.
 ///
 /// A document with any finding is parsed every time, so that its findings
 /// are reported, at their place in the file, on every load. An entry not
@@ -28,6 +29,13 @@ use super::{
 #[derive(Default)]
 pub struct ParseCache {
     by_type: HashMap<TypeId, HashMap<Box<str>, Cached>>,
+    /// Each source's documents, by a digest of its text: splitting a
+    /// source walks all of its YAML, as much as a fifth of parsing it.
+    /// A digest rather than the text, which would double what a large
+    /// file costs: 128 bits of two SipHashes under this process's own
+    /// random keys, which no one can aim a collision at.
+    layouts: HashMap<u128, (Layout, u64)>,
+    keys: (RandomState, RandomState),
     load: u64,
 }
 
@@ -38,9 +46,6 @@ struct Cached {
 }
 
 impl ParseCache {
-    /// The largest document text kept.
-    pub const MAX_TEXT: usize = 64 * 1024;
-
     /// Starts a load: what it does not use is dropped at its [`end`].
     ///
     /// [`end`]: ParseCache::end
@@ -51,6 +56,7 @@ impl ParseCache {
     /// Ends a load, dropping what it did not use.
     pub fn end(&mut self) {
         let load = self.load;
+        self.layouts.retain(|_, (_, used)| *used == load);
         for entries in self.by_type.values_mut() {
             entries.retain(|_, cached| cached.load == load);
         }
@@ -64,6 +70,29 @@ impl ParseCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The documents of `source`, from the last load's split of the same
+    /// text when there is one.
+    pub fn documents<'a>(
+        &mut self,
+        source: &'a Source,
+    ) -> Result<Vec<Document<'a>>, Box<Diagnostic>> {
+        let digest = self.digest(&source.text);
+        let load = self.load;
+        if let Some((layout, used)) = self.layouts.get_mut(&digest) {
+            *used = load;
+            return Ok(layout.documents(source));
+        }
+        let docs = source::documents(source)?;
+        self.layouts
+            .insert(digest, (Layout::of(source, &docs), load));
+        Ok(docs)
+    }
+
+    fn digest(&self, text: &str) -> u128 {
+        let (a, b) = (&self.keys.0, &self.keys.1);
+        (u128::from(a.hash_one(text)) << 64) | u128::from(b.hash_one(text))
     }
 
     fn get<T: Clone + 'static>(&mut self, text: &str) -> Option<T> {
@@ -93,15 +122,12 @@ pub fn typed<T: DeserializeOwned + Clone + Send + Sync + 'static>(
     diags: &mut Diagnostics,
     cache: &mut ParseCache,
 ) -> Option<T> {
-    let kept = doc.text.len() <= ParseCache::MAX_TEXT;
-    if kept {
-        if let Some(value) = cache.get::<T>(doc.text) {
-            return Some(value);
-        }
+    if let Some(value) = cache.get::<T>(doc.text) {
+        return Some(value);
     }
     let findings = diags.len();
     let value = typed_uncached::<T>(doc, object, diags)?;
-    if kept && diags.len() == findings {
+    if diags.len() == findings {
         cache.put(doc.text, value.clone());
     }
     Some(value)
@@ -310,13 +336,23 @@ mod tests {
     }
 
     #[test]
-    fn a_document_larger_than_the_limit_is_not_kept() {
-        let mut big = POLICY.to_owned();
-        while big.len() <= ParseCache::MAX_TEXT {
-            big.push_str("    - ipBlock: {cidr: 10.0.0.0/8}\n");
-        }
+    fn findings_in_a_later_document_keep_their_line_when_the_split_is_cached() {
+        let file = format!("{POLICY}---\n{SURPRISING}");
+        let set = sources(&[&file]);
+        let fresh = load_sources(&set).expect("valid");
+        let lines = |w: &[crate::Diagnostic]| -> Vec<String> {
+            w.iter().map(|d| format!("{:?} {d}", d.location)).collect()
+        };
         let mut cache = ParseCache::default();
-        load_sources_cached(&sources(&[&big]), &mut cache).expect("valid");
-        assert!(cache.is_empty());
+        for _ in 0..2 {
+            let cached = load_sources_cached(&set, &mut cache).expect("valid");
+            assert_eq!(lines(&cached.warnings), lines(&fresh.warnings));
+        }
+        let yaml11 = fresh
+            .warnings
+            .iter()
+            .find(|w| w.to_string().contains("`0120`"))
+            .expect("the YAML 1.1 warning");
+        assert_eq!(yaml11.location.map(|l| l.line), Some(18), "{yaml11}");
     }
 }

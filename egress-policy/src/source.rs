@@ -138,7 +138,7 @@ impl Document<'_> {
 const HEAD_DEPTH: usize = 2;
 
 /// What the first walk of a document keeps.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Head {
     /// Where the document's root node starts (relative to its text).
     root: Option<Location>,
@@ -286,6 +286,46 @@ pub fn documents(source: &Source) -> Result<Vec<Document<'_>>, Box<Diagnostic>> 
         });
     }
     Ok(docs)
+}
+
+/// Where each document of a source is, and what its first walk kept:
+/// enough to make its [`Document`]s again without walking the text (see
+/// `ParseCache`).
+#[derive(Clone, Debug)]
+pub struct Layout(Vec<(std::ops::Range<usize>, usize, Head)>);
+
+impl Layout {
+    /// The layout of `docs`, which [`documents`] made from `source`.
+    pub fn of(source: &Source, docs: &[Document<'_>]) -> Self {
+        let base = source.text.as_ptr() as usize;
+        Self(
+            docs.iter()
+                .map(|doc| {
+                    let start = doc.text.as_ptr() as usize - base;
+                    (
+                        start..start + doc.text.len(),
+                        doc.line_offset,
+                        doc.head.clone(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// The documents of `source`, whose text is the one this layout was
+    /// made from.
+    pub fn documents<'a>(&self, source: &'a Source) -> Vec<Document<'a>> {
+        self.0
+            .iter()
+            .map(|(range, line_offset, head)| Document {
+                file: &source.file,
+                text: &source.text[range.clone()],
+                line_offset: *line_offset,
+                head: head.clone(),
+                index: OnceLock::new(),
+            })
+            .collect()
+    }
 }
 
 /// Line breaks as the YAML scanner counts them: `\r\n`, `\n` or `\r`.

@@ -20,7 +20,7 @@ use super::{
         EgressGatewaySpec, Object, RedirectSpec, ServiceEntrySpec, WorkloadSpec, KNOWN_KINDS,
     },
     parse::{self, ParseCache},
-    source::{self, Document, Source},
+    source::{Document, Source},
 };
 
 mod cross;
@@ -74,7 +74,7 @@ pub fn load_sources_cached(
     let mut builder = Builder::default();
     let mut docs = Vec::new();
     for source in sources {
-        match source::documents(source) {
+        match cache.documents(source) {
             Ok(new) => docs.extend(new),
             Err(diag) => builder.diags.push(*diag),
         }
