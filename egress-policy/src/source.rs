@@ -27,10 +27,22 @@ use yaml_rust2::{
 use super::diagnostic::{file_name, Diagnostic, FieldPath, Location, Segment};
 
 /// One YAML file, already read.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// The text is shared: in Kubernetes mode every API object is a source,
+/// and the inventory that carries 10k of them is copied and compared on
+/// every change; a copy is then a count, and an unchanged source compares
+/// equal by pointer before any byte is read.
+#[derive(Clone, Debug, Eq)]
 pub struct Source {
     pub file: Arc<Path>,
-    pub text: String,
+    pub text: Arc<str>,
+}
+
+impl PartialEq for Source {
+    fn eq(&self, other: &Self) -> bool {
+        (Arc::ptr_eq(&self.file, &other.file) || self.file == other.file)
+            && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
+    }
 }
 
 impl Source {
@@ -47,7 +59,7 @@ impl Source {
         }
         Self {
             file: file_name(file.as_ref()),
-            text,
+            text: text.into(),
         }
     }
 }

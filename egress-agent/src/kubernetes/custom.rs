@@ -124,7 +124,7 @@ pub fn convert(kind: Kind, object: &DynamicObject) -> Custom {
     Custom {
         source: Source {
             file: Arc::from(Path::new(&kind.source_name(namespace, name))),
-            text,
+            text: text.into(),
         },
         generation: meta.generation.unwrap_or_default(),
         status,

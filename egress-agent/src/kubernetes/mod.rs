@@ -950,7 +950,7 @@ mod tests {
         }
         let mut part = ClusterPart::default();
         let texts = |part: &ClusterPart| -> Vec<String> {
-            part.sources().map(|s| s.text.clone()).collect()
+            part.sources().map(|s| s.text.to_string()).collect()
         };
         part.refresh(&caches);
         assert_eq!(part.sources().count(), 2);

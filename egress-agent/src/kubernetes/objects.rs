@@ -80,7 +80,7 @@ pub fn render<K: Resource + Serialize>(resource: &str, object: &K) -> Source {
     let text = serde_json::to_string_pretty(object).unwrap_or_default();
     Source {
         file: Arc::from(Path::new(&file)),
-        text,
+        text: text.into(),
     }
 }
 
@@ -375,7 +375,9 @@ pub fn dynamic_service_entry(o: &DynamicObject) -> Source {
             "kubernetes/serviceentries/{namespace}/{name}"
         ))),
         // A `Value` of plain JSON always serializes.
-        text: serde_json::to_string_pretty(&doc).unwrap_or_default(),
+        text: serde_json::to_string_pretty(&doc)
+            .unwrap_or_default()
+            .into(),
     }
 }
 

@@ -403,7 +403,7 @@ impl WorkloadDoc {
                 "kubernetes/pods/{}/{}",
                 self.id.namespace, self.id.name
             ))),
-            text,
+            text: text.into(),
         }
     }
 
