@@ -223,6 +223,95 @@ pub fn until(
     }
 }
 
+/// The parent's side of [`until`]: a running `egress-probe until`, read
+/// line by line. `probe` is an `egress-probe` command that already names
+/// its cgroup and pod.
+pub struct Until {
+    child: std::process::Child,
+    lines: std::io::Lines<io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Until {
+    /// Spawns `probe until TARGET --want WANT` (`ok` or `eperm`), trying
+    /// every `interval_ms` for at most `give_up_ms`, and returns it with
+    /// its first attempt's line (`READY ok` or `READY eperm`).
+    pub fn spawn(
+        mut probe: std::process::Command,
+        target: &str,
+        want: &str,
+        interval_ms: u64,
+        give_up_ms: u64,
+    ) -> anyhow::Result<(Self, String)> {
+        use anyhow::Context as _;
+        let mut child = probe
+            .args(["until", target, "--want", want])
+            .args(["--interval-ms", &interval_ms.to_string()])
+            .args(["--give-up-ms", &give_up_ms.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting egress-probe until")?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut until = Self {
+            child,
+            lines: io::BufRead::lines(io::BufReader::new(stdout)),
+        };
+        let first = until.next_line()?;
+        Ok((until, first))
+    }
+
+    /// [`Until::spawn`] with a try every millisecond (for 120 s), whose
+    /// first attempt must not have the wanted outcome yet: what a change
+    /// is timed with.
+    pub fn before_change(
+        probe: std::process::Command,
+        target: &str,
+        want: &str,
+    ) -> anyhow::Result<Self> {
+        let not_yet = if want == "ok" {
+            "READY eperm"
+        } else {
+            "READY ok"
+        };
+        let (until, first) = Self::spawn(probe, target, want, 1, 120_000)?;
+        if first != not_yet {
+            anyhow::bail!("the probe's first attempt said {first:?}, expected {not_yet:?}");
+        }
+        Ok(until)
+    }
+
+    fn next_line(&mut self) -> anyhow::Result<String> {
+        use anyhow::Context as _;
+        match self.lines.next() {
+            Some(line) => Ok(line.context("reading the probe")?.trim().to_owned()),
+            None => anyhow::bail!("the probe exited"),
+        }
+    }
+
+    /// The `CLOCK_MONOTONIC` time the wanted outcome was first seen.
+    pub fn wait(mut self) -> anyhow::Result<u64> {
+        let line = self.next_line()?;
+        line.strip_prefix("REACHED mono_ns=")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("the probe said {line:?}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Until {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,6 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader},
     net::SocketAddr,
     process::Stdio,
     time::Duration,
@@ -14,7 +13,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _};
 use integration_tests::{
-    loadgen::{monotonic_ns, Rate},
+    loadgen::{monotonic_ns, Rate, Until},
     scenario::id,
 };
 
@@ -486,7 +485,7 @@ fn time_verdict(
     cidrs: &[String],
 ) -> anyhow::Result<f64> {
     let before = bench.applied();
-    let waiter = Waiter::start(cgroup, netns, target, want)?;
+    let waiter = waiter(cgroup, netns, target, want)?;
     let t0 = monotonic_ns();
     bench.put_policy(node::CIDR_POLICY_FILE, &node::cidr_policy(cidrs))?;
     let reached = waiter.wait()?;
@@ -494,70 +493,19 @@ fn time_verdict(
     Ok(reached.saturating_sub(t0) as f64 / 1e6)
 }
 
-/// A running `egress-probe until`.
-struct Waiter {
-    child: std::process::Child,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
-}
-
-impl Waiter {
-    /// Starts the probe and waits for its first attempt, which must not
-    /// already have the wanted outcome.
-    fn start(
-        cgroup: &std::path::Path,
-        netns: &str,
-        target: SocketAddr,
-        want: Want,
-    ) -> anyhow::Result<Self> {
-        let (want_arg, not_yet) = match want {
-            Want::Ok => ("ok", "READY eperm"),
-            Want::Eperm => ("eperm", "READY ok"),
-        };
-        let mut child = probe(cgroup, netns)
-            .args(["until", &target.to_string(), "--want", want_arg])
-            .args(["--interval-ms", "1", "--give-up-ms", "120000"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting egress-probe until")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut waiter = Self {
-            child,
-            lines: BufReader::new(stdout).lines(),
-        };
-        let first = waiter.next_line()?;
-        if first != not_yet {
-            bail!("the probe's first attempt said {first:?}, expected {not_yet:?}");
-        }
-        Ok(waiter)
-    }
-
-    fn next_line(&mut self) -> anyhow::Result<String> {
-        match self.lines.next() {
-            Some(line) => Ok(line.context("reading the probe")?.trim().to_owned()),
-            None => bail!("the probe exited"),
-        }
-    }
-
-    /// The `CLOCK_MONOTONIC` time the wanted outcome was seen.
-    fn wait(mut self) -> anyhow::Result<u64> {
-        let line = self.next_line()?;
-        line.strip_prefix("REACHED mono_ns=")
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("the probe said {line:?}"))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A running `egress-probe until` in `cgroup` and `netns`, whose first
+/// attempt did not have the wanted outcome yet.
+fn waiter(
+    cgroup: &std::path::Path,
+    netns: &str,
+    target: SocketAddr,
+    want: Want,
+) -> anyhow::Result<Until> {
+    let want = match want {
+        Want::Ok => "ok",
+        Want::Eperm => "eperm",
+    };
+    Until::before_change(probe(cgroup, netns), &target.to_string(), want)
 }
 
 // ---------------------------------------------------------------- P4
@@ -579,7 +527,7 @@ pub fn p4(bench: &mut Bench, plan: &Plan, out: &mut Samples) -> anyhow::Result<(
             // The probe waits in the staging cgroup (no Workload's: its
             // connects succeed), and is moved into the new cgroup at t0.
             let staging = bench.staging.path().to_owned();
-            let waiter = Waiter::start(&staging, &netns, target, Want::Eperm)?;
+            let waiter = waiter(&staging, &netns, target, Want::Eperm)?;
             let before = bench.applied();
             let t0 = monotonic_ns();
             let cgroup = bench.running.sim.add_workload(

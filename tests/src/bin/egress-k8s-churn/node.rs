@@ -20,6 +20,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _};
+use integration_tests::loadgen::Until;
 
 /// Where this run's state lives; all of it is removed at the end.
 pub struct Paths {
@@ -248,84 +249,24 @@ fn first_line(stdout: ChildStdout) -> anyhow::Result<String> {
         .map_err(|_| anyhow!("no output within 10 s"))
 }
 
-/// A running `egress-probe until` in the probe pod's cgroup: connects
-/// every millisecond until the outcome is the wanted one.
-pub struct Waiter {
-    child: Child,
-    lines: std::io::Lines<BufReader<ChildStdout>>,
-}
+/// `egress-probe until` in the probe pod's cgroup (see [`Until`]).
+pub struct Waiter;
 
 impl Waiter {
-    /// Starts the probe; its first attempt must not have the wanted
-    /// outcome yet (`want` is `ok` or `eperm`).
-    pub fn start(cgroup: &Path, target: &str, want: &str) -> anyhow::Result<Self> {
-        let not_yet = if want == "ok" {
-            "READY eperm"
-        } else {
-            "READY ok"
-        };
-        let mut child = probe(Some(cgroup))?
-            .args(["until", target, "--want", want])
-            .args(["--interval-ms", "1", "--give-up-ms", "120000"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting egress-probe until")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut waiter = Self {
-            child,
-            lines: BufReader::new(stdout).lines(),
-        };
-        let first = waiter.next_line()?;
-        if first != not_yet {
-            bail!("the probe's first attempt said {first:?}, expected {not_yet:?}");
-        }
-        Ok(waiter)
+    /// Starts the probe, trying every millisecond; its first attempt must
+    /// not have the wanted outcome yet (`want` is `ok` or `eperm`).
+    pub fn start(cgroup: &Path, target: &str, want: &str) -> anyhow::Result<Until> {
+        Until::before_change(probe(Some(cgroup))?, target, want)
     }
 
-    /// Waits (up to 120 s) until the probe's outcome is `want`, whatever
+    /// Waits (up to 60 s) until the probe's outcome is `want`, whatever
     /// the first one was.
     pub fn reach(cgroup: &Path, target: &str, want: &str) -> anyhow::Result<()> {
-        let mut child = probe(Some(cgroup))?
-            .args(["until", target, "--want", want])
-            .args(["--interval-ms", "10", "--give-up-ms", "60000"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting egress-probe until")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut waiter = Self {
-            child,
-            lines: BufReader::new(stdout).lines(),
-        };
-        let first = waiter.next_line()?;
-        waiter
+        let (until, first) = Until::spawn(probe(Some(cgroup))?, target, want, 10, 60_000)?;
+        until
             .wait()
             .map(drop)
             .with_context(|| format!("waiting for {want} on {target} (first attempt: {first})"))
-    }
-
-    fn next_line(&mut self) -> anyhow::Result<String> {
-        match self.lines.next() {
-            Some(line) => Ok(line.context("reading the probe")?.trim().to_owned()),
-            None => bail!("the probe exited"),
-        }
-    }
-
-    /// The `CLOCK_MONOTONIC` time the wanted outcome was first seen.
-    pub fn wait(mut self) -> anyhow::Result<u64> {
-        let line = self.next_line()?;
-        line.strip_prefix("REACHED mono_ns=")
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("the probe said {line:?}"))
-    }
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
