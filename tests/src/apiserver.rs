@@ -14,3 +14,14 @@ pub fn client(server: &str, token: &str, impersonate: Option<String>) -> anyhow:
     config.auth_info.impersonate = impersonate;
     Client::try_from(config).context("client")
 }
+
+/// The runtime the API server tools run their clients on: two workers, as
+/// the agent has.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}

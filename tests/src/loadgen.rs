@@ -223,6 +223,19 @@ pub fn until(
     }
 }
 
+/// The first line a child prints (within 10 s): a server's `LISTENING`.
+pub fn first_line(stdout: std::process::ChildStdout) -> anyhow::Result<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = io::BufRead::read_line(&mut io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .map(|l| l.trim().to_owned())
+        .map_err(|_| anyhow::anyhow!("no output within 10 s"))
+}
+
 /// The parent's side of [`until`]: a running `egress-probe until`, read
 /// line by line. `probe` is an `egress-probe` command that already names
 /// its cgroup and pod.

@@ -49,11 +49,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let rt = integration_tests::apiserver::runtime()?;
     rt.block_on(async move {
         let client = integration_tests::apiserver::client(
             &args.server,

@@ -4,12 +4,7 @@
 //! side, one repetition of every variant after the other, so that load
 //! from elsewhere on the machine spreads over all of them alike.
 
-use std::{
-    fs,
-    net::SocketAddr,
-    process::Stdio,
-    time::Duration,
-};
+use std::{fs, net::SocketAddr, process::Stdio, time::Duration};
 
 use anyhow::{anyhow, bail, Context as _};
 use integration_tests::{

@@ -24,10 +24,10 @@ use std::{
     ffi::OsStr,
     fmt::Write as _,
     fs,
-    io::{BufRead as _, BufReader, Write as _},
+    io::Write as _,
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -424,18 +424,7 @@ pub fn run_in_netns(
     Ok(took)
 }
 
-/// The first line a child prints (within 10 s).
-pub fn first_line(stdout: ChildStdout) -> anyhow::Result<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .map(|l| l.trim().to_owned())
-        .map_err(|_| anyhow!("no output within 10 s"))
-}
+pub use integration_tests::loadgen::first_line;
 
 #[cfg(test)]
 mod tests {

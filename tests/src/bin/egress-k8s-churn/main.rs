@@ -89,11 +89,7 @@ static SAMPLES: std::sync::Mutex<Vec<serde_json::Value>> = std::sync::Mutex::new
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let rt = integration_tests::apiserver::runtime()?;
     rt.block_on(run(args))
 }
 

@@ -11,16 +11,16 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::TcpStream,
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context as _};
-use integration_tests::loadgen::Until;
+use integration_tests::loadgen::{first_line, Until};
 
 /// Where this run's state lives; all of it is removed at the end.
 pub struct Paths {
@@ -235,18 +235,6 @@ pub fn listener(addr: &str) -> anyhow::Result<Child> {
         bail!("accept-close on {addr} said {line:?}");
     }
     Ok(child)
-}
-
-fn first_line(stdout: ChildStdout) -> anyhow::Result<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .map(|l| l.trim().to_owned())
-        .map_err(|_| anyhow!("no output within 10 s"))
 }
 
 /// `egress-probe until` in the probe pod's cgroup (see [`Until`]).
