@@ -28,7 +28,7 @@ use egress_agent::{
         pod::{self, PodState},
     },
 };
-use egress_policy::Source;
+use egress_policy::{ParseCache, Source};
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::core::DynamicObject;
@@ -137,9 +137,19 @@ fn typed<K: DeserializeOwned>(bytes: &[u8]) -> Option<K> {
     serde_json::from_slice(bytes).ok()
 }
 
-/// As `agent::reload`, without policy files.
+/// As `agent::reload`, without policy files: twice through one parse
+/// cache, as a reloader does, and the second load (its parses cached) must
+/// give the first one's answer.
 fn load(sources: &[Source], guards: &Guards) {
-    match quarantine::load(&[], sources, &HashMap::new()) {
+    let mut parses = ParseCache::default();
+    let first = quarantine::load(&[], sources, &HashMap::new(), &mut parses);
+    let again = quarantine::load(&[], sources, &HashMap::new(), &mut parses);
+    let answer = |outcome: &Result<quarantine::Outcome, egress_policy::Rejected>| match outcome {
+        Ok(o) => format!("{:?} {:?} {:?}", o.loaded.model, o.loaded.warnings, o.quarantined),
+        Err(r) => format!("{:?}", r.diagnostics),
+    };
+    assert_eq!(answer(&first), answer(&again), "a cached load changed the answer");
+    match first {
         Ok(outcome) => {
             for q in &outcome.quarantined {
                 assert!(
