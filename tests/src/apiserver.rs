@@ -25,3 +25,24 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()
         .context("tokio runtime")
 }
+
+/// The API resource of a kind the test tools create without discovery
+/// (`group` empty for the core group).
+pub fn resource(
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+) -> kube::discovery::ApiResource {
+    kube::discovery::ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: if group.is_empty() {
+            version.into()
+        } else {
+            format!("{group}/{version}")
+        },
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}

@@ -26,6 +26,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use egress_agent::kubernetes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
+use integration_tests::apiserver::resource;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     api::{Patch, PatchParams, PostParams},
@@ -341,20 +342,6 @@ async fn apply(
             Ok(())
         }
         Err(e) => Err(anyhow::anyhow!("creating {} {name}: {e:?}", resource.kind)),
-    }
-}
-
-fn resource(group: &str, version: &str, kind: &str, plural: &str) -> kube::discovery::ApiResource {
-    kube::discovery::ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: if group.is_empty() {
-            version.into()
-        } else {
-            format!("{group}/{version}")
-        },
-        kind: kind.into(),
-        plural: plural.into(),
     }
 }
 

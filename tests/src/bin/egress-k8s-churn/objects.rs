@@ -11,6 +11,8 @@ use kube::{
 };
 use serde_json::{json, Value};
 
+pub use integration_tests::apiserver::resource;
+
 /// The probe pod's namespace, name and label (its policy selects it).
 pub const PROBE_NS: &str = "bench";
 pub const PROBE_POD: &str = "probe";
@@ -25,20 +27,6 @@ pub const PROBE_IP: &str = "192.0.2.60";
 /// (the API server's own limit is 3 MiB); 100k in one object would exceed
 /// both.
 pub const CIDRS_PER_POLICY: usize = 10_000;
-
-pub fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: if group.is_empty() {
-            version.into()
-        } else {
-            format!("{group}/{version}")
-        },
-        kind: kind.into(),
-        plural: plural.into(),
-    }
-}
 
 pub fn pods() -> ApiResource {
     resource("", "v1", "Pod", "pods")
